@@ -1,0 +1,39 @@
+# tokengate: `make run` runs the service on its embedded defaults; `make test` runs the suite.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test lint format bench bench-servers clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/python -m service serve
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check service client tests bench alembic
+	$(BIN)/ruff format --check service client tests bench alembic
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff format service client tests bench alembic
+	$(BIN)/ruff check --fix service client tests bench alembic
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.auth_overhead
+
+bench-servers: $(STAMP)
+	$(BIN)/python -m bench.servers
+
+clean:
+	rm -rf $(VENV) instance .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,202 @@
+"""The ``/auth`` routes of CONTRACT section 3."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from quart import Blueprint, Response, g, jsonify, request
+from quart_schema import document_request, document_response, security_scheme
+
+from ..errors import InvalidRequest, MissingToken, RegistrationDisabled, Unauthorized
+from ..guard import REFRESH_COOKIE, check_csrf, current_identity, get_gate, login_required
+from ..sessions import ClientInfo, TokenPair
+from . import schemas
+
+log = logging.getLogger("tokengate")
+
+auth_bp = Blueprint("tokengate_auth", __name__)
+
+M = TypeVar("M", bound=BaseModel)
+BEARER = [{"bearer": []}]
+
+
+async def read_body(model: type[M], *, optional: bool = False) -> M:
+    """Parse and validate the JSON body; every fault is a ``400 invalid_request``."""
+    raw = await request.get_data(as_text=False)
+    if not raw.strip() and optional:
+        return model()
+    try:
+        data: Any = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise InvalidRequest("The body must be a JSON object encoded as UTF-8.") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("The body must be a JSON object.")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise InvalidRequest(f"{where}: {first['msg']}.") from None
+
+
+def client_info(device: str | None) -> ClientInfo:
+    agent = request.headers.get("User-Agent")
+    return ClientInfo(device=device, ip=request.remote_addr, user_agent=agent[:400] if agent else None)
+
+
+def pair_response(pair: TokenPair) -> Response:
+    response = jsonify(pair.to_json())
+    response.headers["Cache-Control"] = "no-store"
+    gate = get_gate()
+    if gate.settings.use_cookies:
+        gate.set_login_cookies(response, pair)
+    return response
+
+
+def no_content() -> Response:
+    return Response("", status=204)
+
+
+@auth_bp.post("/register")
+@document_request(schemas.Credentials)
+@document_response(schemas.UserOut, 201)
+@document_response(schemas.ErrorOut, 400)
+@document_response(schemas.ErrorOut, 409)
+async def register() -> tuple[Response, int]:
+    """Create a user."""
+    gate = get_gate()
+    if not gate.settings.allow_registration:
+        raise RegistrationDisabled()
+    body = await read_body(schemas.Credentials)
+    user = await gate.manager.register(body.username, body.password)
+    return jsonify({"id": user.id, "username": user.username}), 201
+
+
+@auth_bp.post("/login")
+@document_request(schemas.LoginRequest)
+@document_response(schemas.TokenPairOut, 200)
+@document_response(schemas.ErrorOut, 401)
+@document_response(schemas.ErrorOut, 429)
+async def login() -> Response:
+    """Check a username and password and open a session: returns a token pair."""
+    body = await read_body(schemas.LoginRequest)
+    pair = await get_gate().manager.login(body.username, body.password, client_info(body.device))
+    return pair_response(pair)
+
+
+@auth_bp.post("/refresh")
+@document_request(schemas.RefreshRequest)
+@document_response(schemas.TokenPairOut, 200)
+@document_response(schemas.ErrorOut, 401)
+async def refresh() -> Response:
+    """Trade a refresh token for a new pair; the refresh token rotates."""
+    gate = get_gate()
+    body = await read_body(schemas.RefreshRequest, optional=True)
+    token = body.refresh_token
+    if token is None and gate.settings.use_cookies:
+        token = request.cookies.get(REFRESH_COOKIE)
+        if token:
+            g.tokengate_via_cookie = True
+            check_csrf()
+    if not token:
+        raise MissingToken("No refresh token was sent.")
+    try:
+        pair = await gate.manager.refresh(token)
+    except Unauthorized:
+        g.tokengate_clear_cookies = getattr(g, "tokengate_via_cookie", False)
+        raise
+    return pair_response(pair)
+
+
+@auth_bp.get("/me")
+@login_required
+@document_response(schemas.MeOut, 200)
+@document_response(schemas.ErrorOut, 401)
+@security_scheme(BEARER)
+async def me() -> Response:
+    """Who the access token belongs to."""
+    me = current_identity()
+    return jsonify({"id": me.user_id, "username": me.username, "session_id": me.session_id})
+
+
+@auth_bp.post("/logout")
+@login_required
+@security_scheme(BEARER)
+async def logout() -> Response:
+    """End this session: its access and refresh tokens stop working at once."""
+    await get_gate().manager.logout(current_identity())
+    g.tokengate_clear_cookies = True
+    return no_content()
+
+
+@auth_bp.post("/logout-all")
+@login_required
+@security_scheme(BEARER)
+async def logout_all() -> Response:
+    """End every session of the user."""
+    await get_gate().manager.end_all(current_identity().user_id)
+    g.tokengate_clear_cookies = True
+    return no_content()
+
+
+@auth_bp.get("/sessions")
+@login_required
+@document_response(schemas.SessionsOut, 200)
+@security_scheme(BEARER)
+async def sessions() -> Response:
+    """The user's live sessions."""
+    found = await get_gate().manager.sessions(current_identity())
+    return jsonify({"sessions": [s.to_json() for s in found]})
+
+
+@auth_bp.delete("/sessions/<session_id>")
+@login_required
+@document_response(schemas.ErrorOut, 404)
+@security_scheme(BEARER)
+async def delete_session(session_id: str) -> Response:
+    """End one of the user's sessions."""
+    me = current_identity()
+    await get_gate().manager.end_session(me, session_id)
+    if session_id == me.session_id:
+        g.tokengate_clear_cookies = True
+    return no_content()
+
+
+@auth_bp.post("/password")
+@login_required
+@document_request(schemas.PasswordChange)
+@document_response(schemas.ErrorOut, 401)
+@security_scheme(BEARER)
+async def change_password() -> Response:
+    """Change the password; every other session ends."""
+    body = await read_body(schemas.PasswordChange)
+    await get_gate().manager.change_password(
+        current_identity(), body.current_password, body.new_password
+    )
+    return no_content()
+
+
+@auth_bp.post("/password-reset/request")
+@document_request(schemas.ResetRequest)
+@document_response(schemas.Empty, 202)
+@document_response(schemas.ErrorOut, 429)
+async def password_reset_request() -> tuple[Response, int]:
+    """Send a single-use reset token to the user, if there is one; always 202."""
+    gate = get_gate()
+    body = await read_body(schemas.ResetRequest)
+    await gate.manager.request_password_reset(body.username, gate.sender)
+    return jsonify({}), 202
+
+
+@auth_bp.post("/password-reset/confirm")
+@document_request(schemas.ResetConfirm)
+@document_response(schemas.ErrorOut, 401)
+async def password_reset_confirm() -> Response:
+    """Set a new password with a reset token; every session of the user ends."""
+    body = await read_body(schemas.ResetConfirm)
+    await get_gate().manager.reset_password(body.token, body.new_password)
+    return no_content()
+

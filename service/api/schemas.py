@@ -1,0 +1,109 @@
+"""Request and response bodies; they drive validation and the OpenAPI document."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+
+def _clean(value: str) -> str:
+    # Lone surrogates (legal in JSON escapes) cannot be stored or hashed, and
+    # control characters have no place in a username, device or password.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text") from None
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+Username = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=150, pattern=r"^[\w.@+-]+$"),
+    AfterValidator(_clean),
+]
+Password = Annotated[str, StringConstraints(min_length=1, max_length=1024), AfterValidator(_clean)]
+Token = Annotated[str, StringConstraints(min_length=1, max_length=8192), AfterValidator(_clean)]
+Device = Annotated[str, StringConstraints(max_length=200), AfterValidator(_clean)]
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Credentials(Body):
+    username: Username
+    password: Password
+
+
+class LoginRequest(Credentials):
+    device: Device | None = None
+
+
+class RefreshRequest(Body):
+    refresh_token: Token | None = Field(
+        default=None, description="Optional in cookie mode: the refresh_token cookie is used."
+    )
+
+
+class PasswordChange(Body):
+    current_password: Password
+    new_password: Password
+
+
+class ResetRequest(Body):
+    username: Username
+
+
+class ResetConfirm(Body):
+    token: Token
+    new_password: Password
+
+
+class UserOut(BaseModel):
+    id: int
+    username: str
+
+
+class MeOut(UserOut):
+    session_id: str
+
+
+class TokenPairOut(BaseModel):
+    access_token: str
+    refresh_token: str
+    token_type: str = "Bearer"
+    expires_in: int
+    refresh_expires_in: int
+    session_id: str
+
+
+class SessionOut(BaseModel):
+    id: str
+    device: str | None
+    ip: str | None
+    user_agent: str | None
+    created_at: str
+    last_seen_at: str
+    current: bool
+
+
+class SessionsOut(BaseModel):
+    sessions: list[SessionOut]
+
+
+class ErrorOut(BaseModel):
+    error: str
+    error_description: str
+
+
+class HealthOut(BaseModel):
+    status: str
+    database: str
+    redis: str
+
+
+class Empty(BaseModel):
+    pass

@@ -1,0 +1,220 @@
+"""The extension, ``TokenGate``, and ``create_app()``: the extension on an empty app."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from quart import Quart, Response, request
+from quart_schema import Info, QuartSchema
+from redis.asyncio import Redis
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.retry import Retry
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from . import tokens
+from .db.engine import build_engine, build_sessionmaker
+from .errors import ApiError, handle_exception
+from .guard import ACCESS_COOKIE, CSRF_COOKIE, REFRESH_COOKIE, finish_response, guard
+from .outbox import FileOutbox, Sender
+from .passwords import Passwords
+from .sessions import SessionManager, TokenPair
+from .settings import Settings
+from .store.embedded import EmbeddedRedis
+from .store.redis_store import RedisSessionStore
+
+log = logging.getLogger("tokengate")
+
+# Redis must answer fast or the request fails closed; one immediate retry
+# lets a pooled connection that died with a restarted server reconnect.
+REDIS_TIMEOUT = 0.5
+MAX_BODY_BYTES = 64 * 1024
+LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]", "::1"})
+
+
+def load_or_create_secret(instance_dir: Path) -> str:
+    """The signing key kept in ``<instance>/secret.key``, created (0600) on first use."""
+    path = instance_dir / "secret.key"
+    instance_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        key = path.read_text().strip()
+        if len(key.encode()) < 32:
+            raise RuntimeError(f"{path} holds a key shorter than 32 bytes") from None
+        return key
+    key = secrets.token_urlsafe(48)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key)
+    log.warning(
+        "TOKENGATE_SECRET_KEY is not set: generated a signing key in %s; "
+        "set the variable in production",
+        path,
+    )
+    return key
+
+
+class TokenGate:
+    """Token authentication for a Quart app: routes, guard, storage, lifecycle.
+
+    ``TokenGate(app)`` reads settings from the environment when ``settings``
+    is not given. Everything with I/O (engine, Redis, the embedded server) is
+    built in ``before_serving`` and released in ``after_serving``.
+    """
+
+    def __init__(
+        self,
+        app: Quart | None = None,
+        *,
+        settings: Settings | None = None,
+        sender: Sender | None = None,
+        clock: Callable[[], float] = time.time,
+        url_prefix: str = "/auth",
+    ) -> None:
+        self._settings = settings
+        self._sender = sender
+        self.clock = clock
+        self.url_prefix = url_prefix
+        self._manager: SessionManager | None = None
+        self._redis: Redis | None = None
+        self._engine: AsyncEngine | None = None
+        self._embedded: EmbeddedRedis | None = None
+        if app is not None:
+            self.init_app(app)
+
+    # -- wiring -----------------------------------------------------------
+    def init_app(self, app: Quart) -> None:
+        from .api.account import account_bp
+        from .api.auth import auth_bp
+        from .api.health import health_bp
+
+        app.extensions["tokengate"] = self
+        app.config.setdefault("MAX_CONTENT_LENGTH", MAX_BODY_BYTES)
+        if "QUART_SCHEMA" not in app.extensions:
+            QuartSchema(app, info=Info(title="tokengate", version="0.1.0"))
+        app.register_blueprint(auth_bp, url_prefix=self.url_prefix)
+        app.register_blueprint(health_bp)
+        app.register_blueprint(account_bp)
+        app.before_request(guard)
+        app.after_request(finish_response)
+        # Our errors render as contract JSON wherever they are raised.
+        app.register_error_handler(ApiError, handle_exception)
+        app.before_serving(self.startup)
+        app.after_serving(self.shutdown)
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = Settings.from_env()
+        return self._settings
+
+    @property
+    def manager(self) -> SessionManager:
+        if self._manager is None:
+            raise RuntimeError("tokengate is not started: run the app (before_serving)")
+        return self._manager
+
+    @property
+    def redis(self) -> Redis:
+        if self._redis is None:
+            raise RuntimeError("tokengate is not started")
+        return self._redis
+
+    @property
+    def db(self) -> async_sessionmaker[AsyncSession]:
+        return self.manager.db
+
+    # -- lifecycle --------------------------------------------------------
+    async def startup(self) -> None:
+        settings = self.settings
+        key = settings.secret_key or await asyncio.to_thread(
+            load_or_create_secret, settings.instance_dir
+        )
+        redis_url = settings.redis_url
+        if redis_url is None:
+            self._embedded = EmbeddedRedis(settings.instance_dir / "redis")
+            redis_url = await asyncio.to_thread(self._embedded.start)
+        self._redis = Redis.from_url(
+            redis_url,
+            socket_timeout=REDIS_TIMEOUT,
+            socket_connect_timeout=REDIS_TIMEOUT,
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+            max_connections=200,
+        )
+        self._engine = build_engine(settings.sqlalchemy_url)
+        signing = tokens.SigningConfig(
+            key=key, issuer=settings.issuer, audience=settings.audience, leeway=settings.leeway
+        )
+        self._manager = SessionManager(
+            settings,
+            signing,
+            RedisSessionStore(self._redis),
+            build_sessionmaker(self._engine),
+            Passwords(),
+            clock=self.clock,
+        )
+        if self._sender is None:
+            self._sender = FileOutbox(settings.instance_dir / "outbox")
+
+    async def shutdown(self) -> None:
+        if self._manager is not None:
+            await self._manager.drain()
+            self._manager = None
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
+        if self._engine is not None:
+            await self._engine.dispose()
+            self._engine = None
+        if self._embedded is not None:
+            await asyncio.to_thread(self._embedded.stop)
+            self._embedded = None
+
+    @property
+    def sender(self) -> Sender:
+        assert self._sender is not None
+        return self._sender
+
+    # -- cookies ----------------------------------------------------------
+    def _cookie_flags(self) -> dict[str, Any]:
+        host = request.host
+        host = host[: host.index("]") + 1] if host.startswith("[") else host.split(":")[0]
+        plain_local = request.scheme == "http" and host in LOCAL_HOSTS
+        return {"secure": not plain_local, "samesite": "Lax", "max_age": self.settings.refresh_ttl}
+
+    def set_access_cookie(self, response: Response, token: str) -> None:
+        response.set_cookie(ACCESS_COOKIE, token, httponly=True, path="/", **self._cookie_flags())
+
+    def set_login_cookies(self, response: Response, pair: TokenPair) -> None:
+        """Set the three cookies of cookie mode for a fresh token pair."""
+        flags = self._cookie_flags()
+        refresh_path = f"{self.url_prefix}/refresh"
+        response.set_cookie(ACCESS_COOKIE, pair.access_token, httponly=True, path="/", **flags)
+        response.set_cookie(
+            REFRESH_COOKIE, pair.refresh_token, httponly=True, path=refresh_path, **flags
+        )
+        response.set_cookie(CSRF_COOKIE, secrets.token_urlsafe(24), httponly=False, path="/", **flags)
+
+    def clear_cookies(self, response: Response) -> None:
+        flags = self._cookie_flags()
+        flags.pop("max_age")
+        response.delete_cookie(ACCESS_COOKIE, path="/", httponly=True, **flags)
+        response.delete_cookie(
+            REFRESH_COOKIE, path=f"{self.url_prefix}/refresh", httponly=True, **flags
+        )
+        response.delete_cookie(CSRF_COOKIE, path="/", **flags)
+
+
+def create_app(settings: Settings | None = None, **gate_options: Any) -> Quart:
+    """The service: ``TokenGate`` on an empty Quart app, with JSON for every error."""
+    app = Quart("tokengate")
+    TokenGate(app, settings=settings, **gate_options)
+    app.register_error_handler(Exception, handle_exception)
+    return app

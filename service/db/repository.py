@@ -1,0 +1,95 @@
+"""Queries on the durable tables. Every function takes an ``AsyncSession``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from .models import AuthSession, PurposeTokenRecord, User
+
+
+async def get_user_by_username(db: AsyncSession, username: str) -> User | None:
+    return (await db.execute(select(User).where(User.username == username))).scalar_one_or_none()
+
+
+async def get_user(db: AsyncSession, user_id: int) -> User | None:
+    return await db.get(User, user_id)
+
+
+async def get_session(db: AsyncSession, sid: str) -> AuthSession | None:
+    return await db.get(AuthSession, sid)
+
+
+async def live_sessions(db: AsyncSession, user_id: int) -> Sequence[AuthSession]:
+    query = (
+        select(AuthSession)
+        .where(AuthSession.user_id == user_id, AuthSession.ended_at.is_(None))
+        .order_by(AuthSession.created_at)
+    )
+    return (await db.execute(query)).scalars().all()
+
+
+async def end_sessions(
+    db: AsyncSession,
+    sids: Sequence[str],
+    reason: str,
+    at: datetime,
+) -> None:
+    """Mark ``sids`` ended (those not ended already keep their first reason)."""
+    if not sids:
+        return
+    await db.execute(
+        update(AuthSession)
+        .where(AuthSession.id.in_(list(sids)), AuthSession.ended_at.is_(None))
+        .values(ended_at=at, end_reason=reason)
+    )
+
+
+async def record_rotation(
+    db: AsyncSession,
+    sid: str,
+    *,
+    access_jti: str,
+    refresh_jti: str,
+    previous_refresh_jti: str,
+    issued_at: int,
+    at: datetime,
+) -> None:
+    await db.execute(
+        update(AuthSession)
+        .where(AuthSession.id == sid)
+        .values(
+            access_jti=access_jti,
+            refresh_jti=refresh_jti,
+            previous_refresh_jti=previous_refresh_jti,
+            issued_at=issued_at,
+            last_seen_at=at,
+        )
+    )
+
+
+async def touch_session(db: AsyncSession, sid: str, at: datetime) -> None:
+    await db.execute(
+        update(AuthSession)
+        .where(AuthSession.id == sid, AuthSession.last_seen_at < at)
+        .values(last_seen_at=at)
+    )
+
+
+async def consume_purpose_token(db: AsyncSession, jti: str, purpose: str, at: datetime) -> int | None:
+    """Mark the token used, once; return its user id, or None if it cannot be used."""
+    result = await db.execute(
+        update(PurposeTokenRecord)
+        .where(
+            PurposeTokenRecord.jti == jti,
+            PurposeTokenRecord.purpose == purpose,
+            PurposeTokenRecord.used_at.is_(None),
+            PurposeTokenRecord.expires_at > at,
+        )
+        .values(used_at=at)
+        .returning(PurposeTokenRecord.user_id)
+    )
+    return result.scalar_one_or_none()

@@ -1,0 +1,235 @@
+"""The service's one error tree and its one handler.
+
+::
+
+    HTTPException (werkzeug)
+    └── ApiError                     any error with a stable machine ``code``
+        ├── InvalidRequest           400 invalid_request
+        ├── NotFound                 404 not_found
+        ├── Conflict                 409 username_taken
+        ├── Forbidden                403 registration_disabled, csrf_failed
+        ├── TooManyAttempts          429 too_many_attempts (+ Retry-After)
+        ├── AuthUnavailable          503 auth_unavailable (+ Retry-After)
+        └── Unauthorized             401 + WWW-Authenticate (RFC 6750)
+            ├── MissingToken         missing_token
+            ├── InvalidToken         invalid_token
+            ├── TokenExpired         token_expired (carries the claims)
+            ├── TokenRevoked         token_revoked
+            ├── SessionExpired       session_expired
+            ├── SessionReplaced      session_replaced
+            ├── RefreshReused        refresh_reused
+            └── InvalidCredentials   invalid_credentials
+
+The handler renders every ``HTTPException`` (ours and Quart's own 404, 405,
+413...) as ``{"error", "error_description"}``; infrastructure failures become
+``503 auth_unavailable``; anything else is a logged ``500`` with no traceback
+sent to the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from quart import Response, jsonify
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger("tokengate")
+
+REALM = "tokengate"
+
+
+class ApiError(HTTPException):
+    """An error with a machine code that renders itself as contract JSON."""
+
+    code = 400
+    error = "invalid_request"
+    description = "The request is invalid."
+
+    def __init__(self, description: str | None = None) -> None:
+        super().__init__(description or type(self).description)
+
+    def extra_headers(self) -> dict[str, str]:
+        return {}
+
+
+class InvalidRequest(ApiError):
+    code = 400
+    error = "invalid_request"
+    description = "The request is malformed."
+
+
+class NotFound(ApiError):
+    code = 404
+    error = "not_found"
+    description = "No such resource."
+
+
+class Conflict(ApiError):
+    code = 409
+    error = "username_taken"
+    description = "That username is taken."
+
+
+class Forbidden(ApiError):
+    code = 403
+    error = "forbidden"
+    description = "This is not allowed."
+
+
+class RegistrationDisabled(Forbidden):
+    error = "registration_disabled"
+    description = "Registration is turned off on this server."
+
+
+class CsrfFailed(Forbidden):
+    error = "csrf_failed"
+    description = "The X-CSRF-Token header is missing or does not match the csrf_token cookie."
+
+
+class TooManyAttempts(ApiError):
+    code = 429
+    error = "too_many_attempts"
+    description = "Too many attempts; try again later."
+
+    def __init__(self, retry_after: int, description: str | None = None) -> None:
+        super().__init__(description)
+        self.retry_after = max(1, int(retry_after))
+
+    def extra_headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class AuthUnavailable(ApiError):
+    code = 503
+    error = "auth_unavailable"
+    description = "Authentication is temporarily unavailable; try again shortly."
+
+    def extra_headers(self) -> dict[str, str]:
+        return {"Retry-After": "1"}
+
+
+class Unauthorized(ApiError):
+    code = 401
+    error = "invalid_token"
+    description = "The token is invalid."
+
+    def extra_headers(self) -> dict[str, str]:
+        return {
+            "WWW-Authenticate": (
+                f'Bearer realm="{REALM}", error="invalid_token", '
+                f'error_description="{self.error}"'
+            )
+        }
+
+
+class MissingToken(Unauthorized):
+    error = "missing_token"
+    description = "No access token was sent."
+
+    def extra_headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": f'Bearer realm="{REALM}"'}
+
+
+class InvalidToken(Unauthorized):
+    error = "invalid_token"
+    description = "The token is invalid."
+
+
+class TokenExpired(Unauthorized):
+    error = "token_expired"
+    description = "The token has expired."
+
+    def __init__(self, description: str | None = None, *, claims: dict[str, Any]) -> None:
+        super().__init__(description)
+        self.claims = claims
+
+
+class TokenRevoked(Unauthorized):
+    error = "token_revoked"
+    description = "The session this token belongs to has ended."
+
+
+class SessionExpired(Unauthorized):
+    error = "session_expired"
+    description = "The session has expired."
+
+
+class SessionReplaced(Unauthorized):
+    error = "session_replaced"
+    description = "A newer login ended this session."
+
+
+class RefreshReused(Unauthorized):
+    error = "refresh_reused"
+    description = "This refresh token was already used; the session has been ended."
+
+
+class InvalidCredentials(Unauthorized):
+    error = "invalid_credentials"
+    description = "The username or password is wrong."
+
+
+# Codes a session can end with, as stored in Redis and SQL, and their errors.
+END_REASON_ERRORS: dict[str, type[Unauthorized]] = {
+    "revoked": TokenRevoked,
+    "expired": SessionExpired,
+    "replaced": SessionReplaced,
+    "reused": TokenRevoked,
+}
+
+
+def _is_infrastructure_failure(exc: BaseException) -> bool:
+    # Imported here so this module stays importable without the drivers loaded.
+    import redis.exceptions
+    import sqlalchemy.exc
+
+    return isinstance(
+        exc,
+        redis.exceptions.ConnectionError
+        | redis.exceptions.TimeoutError
+        | redis.exceptions.BusyLoadingError
+        | redis.exceptions.ReadOnlyError
+        | sqlalchemy.exc.OperationalError
+        | sqlalchemy.exc.InterfaceError
+        | sqlalchemy.exc.TimeoutError
+        | ConnectionError
+        | TimeoutError
+        | asyncio.TimeoutError,
+    ) or (isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated)
+
+
+def render(exc: HTTPException) -> Response:
+    """Build the contract's JSON error response for ``exc``."""
+    if isinstance(exc, ApiError):
+        error, headers = exc.error, exc.extra_headers()
+    else:
+        error = {
+            404: "not_found",
+            405: "method_not_allowed",
+            413: "request_too_large",
+            415: "invalid_request",
+            431: "invalid_request",
+        }.get(exc.code or 400, "invalid_request" if (exc.code or 500) < 500 else "server_error")
+        headers = {}
+    description = exc.description or "The request failed."
+    response = jsonify({"error": error, "error_description": description})
+    response.status_code = exc.code or 500
+    if exc.code == 405:
+        headers.update({k: v for k, v in exc.get_headers() if k.lower() == "allow"})
+    response.headers.update(headers)
+    return response
+
+
+async def handle_exception(exc: Exception) -> Response:
+    """The one handler: every exception a request raises ends here."""
+    if isinstance(exc, HTTPException):
+        return render(exc)
+    if _is_infrastructure_failure(exc):
+        log.warning("auth backend unavailable: %s", type(exc).__name__)
+        return render(AuthUnavailable())
+    log.error("unhandled error in request", exc_info=exc)
+    response = jsonify({"error": "server_error", "error_description": "Internal error."})
+    response.status_code = 500
+    return response

@@ -1,0 +1,612 @@
+"""Session lifecycle: login, the guard's check, refresh rotation, logout, limits.
+
+SQL holds the durable truth about every session; Redis holds its hot state
+and makes every decision atomically (``store/redis_store.py``). Writes that
+end a session go to SQL first and Redis second, so a Redis that loses its
+data can always be rebuilt from SQL without reviving anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from . import tokens
+from .db import repository as repo
+from .db.models import AuthSession, PurposeTokenRecord, User
+from .errors import (
+    END_REASON_ERRORS,
+    Conflict,
+    InvalidCredentials,
+    InvalidRequest,
+    InvalidToken,
+    NotFound,
+    RefreshReused,
+    TokenExpired,
+    TokenRevoked,
+    TooManyAttempts,
+    Unauthorized,
+)
+from .outbox import Message, Sender
+from .passwords import Passwords
+from .settings import Settings
+from .store.redis_store import EXPIRY_SLACK, Outcome, RedisSessionStore
+
+log = logging.getLogger("tokengate")
+
+_SID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+_UID = re.compile(r"^[1-9][0-9]{0,18}$")
+# Last-seen is written back to SQL at most this often per session, off the
+# request path; it bounds how stale a session rebuilt from SQL can be.
+MAX_SYNC_INTERVAL = 60
+
+
+def utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenPair:
+    access_token: str
+    refresh_token: str
+    expires_in: int
+    refresh_expires_in: int
+    session_id: str
+    csrf_token: str = field(default="", repr=False)
+
+    def __repr__(self) -> str:  # tokens never appear in reprs or logs
+        return f"TokenPair(session_id={self.session_id!r}, expires_in={self.expires_in})"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "access_token": self.access_token,
+            "refresh_token": self.refresh_token,
+            "token_type": "Bearer",
+            "expires_in": self.expires_in,
+            "refresh_expires_in": self.refresh_expires_in,
+            "session_id": self.session_id,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who made the request: what ``current_identity()`` returns."""
+
+    user_id: int
+    username: str
+    session_id: str
+    claims: dict[str, Any] = field(repr=False)
+    # Set when the guard accepted an expired token through implicit refresh.
+    new_access_token: str | None = field(default=None, repr=False)
+    new_access_expires_in: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    id: str
+    device: str | None
+    ip: str | None
+    user_agent: str | None
+    created_at: datetime
+    last_seen_at: datetime
+    current: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "device": self.device,
+            "ip": self.ip,
+            "user_agent": self.user_agent,
+            "created_at": self.created_at.isoformat().replace("+00:00", "Z"),
+            "last_seen_at": self.last_seen_at.isoformat().replace("+00:00", "Z"),
+            "current": self.current,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ClientInfo:
+    device: str | None = None
+    ip: str | None = None
+    user_agent: str | None = None
+
+
+class SessionManager:
+    """Every session rule, over one Redis store and one database."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        signing: tokens.SigningConfig,
+        store: RedisSessionStore,
+        db: async_sessionmaker[AsyncSession],
+        passwords: Passwords,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.signing = signing
+        self.store = store
+        self.db = db
+        self.passwords = passwords
+        self.clock = clock
+        idle = settings.idle_timeout
+        self.sync_interval = max(1, min(MAX_SYNC_INTERVAL, idle // 4 if idle else MAX_SYNC_INTERVAL))
+        self._background: set[asyncio.Task[None]] = set()
+
+    # -- tokens -----------------------------------------------------------
+    def mint_pair(self, user_id: str, name: str, sid: str, aj: str, rj: str, ia: int) -> TokenPair:
+        """Mint the pair identified by these ids; the same ids give the same tokens."""
+        s = self.settings
+        access = tokens.mint(
+            self.signing, tokens.AccessToken.kind, sub=user_id, jti=aj, iat=ia,
+            ttl=s.access_ttl, extra={"sid": sid, "name": name},
+        )  # fmt: skip
+        refresh = tokens.mint(
+            self.signing, tokens.RefreshToken.kind, sub=user_id, jti=rj, iat=ia,
+            ttl=s.refresh_ttl, extra={"sid": sid},
+        )  # fmt: skip
+        now = int(self.clock())
+        return TokenPair(
+            access_token=access,
+            refresh_token=refresh,
+            expires_in=max(0, ia + s.access_ttl - now),
+            refresh_expires_in=max(0, ia + s.refresh_ttl - now),
+            session_id=sid,
+        )
+
+    def mint_access(self, user_id: str, name: str, sid: str, aj: str, ia: int) -> str:
+        return tokens.mint(
+            self.signing, tokens.AccessToken.kind, sub=user_id, jti=aj, iat=ia,
+            ttl=self.settings.access_ttl, extra={"sid": sid, "name": name},
+        )  # fmt: skip
+
+    def _verify(self, kind: tokens.TokenKind, token: str, now: float) -> dict[str, Any]:
+        claims = tokens.verify(self.signing, kind, token, now=now)
+        if not _UID.match(claims["sub"]) or not _SID.match(claims.get("sid", "")):
+            raise InvalidToken("The token has a malformed claim.")
+        return claims
+
+    # -- users ------------------------------------------------------------
+    async def register(self, username: str, password: str) -> User:
+        self._check_password(password)
+        password_hash = await self.passwords.hash(password)
+        now = utc(self.clock())
+        async with self.db() as db:
+            if await repo.get_user_by_username(db, username) is not None:
+                raise Conflict()
+            user = User(
+                username=username,
+                password_hash=password_hash,
+                created_at=now,
+                password_changed_at=now,
+            )
+            db.add(user)
+            try:
+                await db.commit()
+            except IntegrityError:
+                raise Conflict() from None
+        return user
+
+    def _check_password(self, password: str) -> None:
+        if len(password) < self.settings.password_min_length:
+            raise InvalidRequest(
+                f"The password must be at least {self.settings.password_min_length} characters."
+            )
+
+    async def _throttle(self, username: str) -> None:
+        count, ttl = await self.store.failures(username)
+        if count >= self.settings.login_max_failures:
+            raise TooManyAttempts(ttl if ttl > 0 else self.settings.login_window)
+
+    async def check_credentials(self, username: str, password: str) -> User:
+        """Verify a username and password, with per-account throttling."""
+        await self._throttle(username)
+        async with self.db() as db:
+            user = await repo.get_user_by_username(db, username)
+        verdict = await self.passwords.verify(user.password_hash if user else None, password)
+        if user is None or not verdict.ok:
+            await self.store.record_failure(username, self.settings.login_window)
+            raise InvalidCredentials()
+        await self.store.clear_failures(username)
+        if verdict.rehash is not None:
+            async with self.db() as db:
+                stored = await repo.get_user(db, user.id)
+                if stored is not None:
+                    stored.password_hash = verdict.rehash
+                    await db.commit()
+        return user
+
+    # -- login ------------------------------------------------------------
+    async def login(self, username: str, password: str, client: ClientInfo) -> TokenPair:
+        user = await self.check_credentials(username, password)
+        return await self.start_session(user, client)
+
+    async def start_session(self, user: User, client: ClientInfo) -> TokenPair:
+        """Open a new session for ``user`` and return its first token pair."""
+        s = self.settings
+        now = self.clock()
+        ia = int(now)
+        sid, aj, rj = secrets.token_urlsafe(16), tokens.new_jti(), tokens.new_jti()
+        uid = str(user.id)
+        row = AuthSession(
+            id=sid, user_id=user.id, created_at=utc(now), last_seen_at=utc(now),
+            device=client.device, ip=client.ip, user_agent=client.user_agent,
+            access_jti=aj, refresh_jti=rj, issued_at=ia,
+        )  # fmt: skip
+        async with self.db() as db:
+            db.add(row)
+            await db.commit()
+        fields = {
+            "st": "live", "cr": repr(now), "ls": repr(now), "sy": repr(now),
+            "aj": aj, "rj": rj, "pj": "", "ia": ia, "nm": user.username,
+        }  # fmt: skip
+        expire_at = int(now) + s.session_max_age + EXPIRY_SLACK
+        try:
+            result = await self.store.login(
+                uid, sid, fields, now=now, idle=s.idle_timeout, max_age=s.session_max_age,
+                limit=s.max_sessions, expire_at=expire_at,
+            )  # fmt: skip
+            if isinstance(result, Outcome):
+                await self._load_index(user.id, now)
+                result = await self.store.login(
+                    uid, sid, fields, now=now, idle=s.idle_timeout, max_age=s.session_max_age,
+                    limit=s.max_sessions, expire_at=expire_at,
+                )  # fmt: skip
+        except BaseException:
+            async with self.db() as db:
+                await repo.end_sessions(db, [sid], "revoked", utc(now))
+                await db.commit()
+            raise
+        assert not isinstance(result, Outcome)
+        replaced, expired = result
+        if replaced or expired:
+            async with self.db() as db:
+                await repo.end_sessions(db, replaced, "replaced", utc(now))
+                await repo.end_sessions(db, expired, "expired", utc(now))
+                await db.commit()
+        if sid in replaced:
+            # Twenty logins at once with a limit of one: this one lost the race.
+            raise END_REASON_ERRORS["replaced"]()
+        return self.mint_pair(uid, user.username, sid, aj, rj, ia)
+
+    async def _load_index(self, user_id: int, now: float) -> None:
+        async with self.db() as db:
+            live = await repo.live_sessions(db, user_id)
+        await self.store.load_index(
+            str(user_id),
+            [(row.id, row.created_at.timestamp()) for row in live],
+            int(now) + self.settings.session_max_age + EXPIRY_SLACK,
+        )
+
+    async def _rebuild(self, user_id: str, sid: str, now: float) -> None:
+        """Put a session that Redis lost back from SQL."""
+        async with self.db() as db:
+            found = (
+                await db.execute(
+                    select(AuthSession, User.username)
+                    .join(User, User.id == AuthSession.user_id)
+                    .where(AuthSession.id == sid)
+                )
+            ).one_or_none()
+        if found is None or str(found[0].user_id) != user_id:
+            raise TokenRevoked()
+        row, username = found
+        created = row.created_at.timestamp()
+        fields = {
+            "st": "ended" if row.ended_at else "live",
+            "why": row.end_reason or "",
+            "cr": repr(created),
+            "ls": repr(row.last_seen_at.timestamp()),
+            "sy": repr(now),
+            "aj": row.access_jti,
+            "rj": row.refresh_jti,
+            "pj": row.previous_refresh_jti or "",
+            "ia": row.issued_at,
+            "nm": username,
+        }
+        expire_at = int(max(created + self.settings.session_max_age, now)) + EXPIRY_SLACK
+        await self.store.load(user_id, sid, fields, expire_at)
+
+    async def _record_end(self, sids: Sequence[str], reason: str, now: float) -> None:
+        """Write an end that Redis decided (idle, age, reuse) back to SQL."""
+        async with self.db() as db:
+            await repo.end_sessions(db, sids, reason, utc(now))
+            await db.commit()
+
+    def _ended(self, outcome: Outcome) -> Unauthorized:
+        why = outcome.values[0] if outcome.values else "revoked"
+        return END_REASON_ERRORS.get(why, TokenRevoked)()
+
+    # -- the guard --------------------------------------------------------
+    async def authenticate(self, access_token: str) -> Identity:
+        """Check an access token and its session: one JWT check, one round trip."""
+        s = self.settings
+        now = self.clock()
+        try:
+            claims = self._verify(tokens.AccessToken.kind, access_token, now)
+        except TokenExpired as exc:
+            if not s.implicit_refresh:
+                raise
+            return await self._implicit_refresh(exc, now)
+        uid, sid = claims["sub"], claims["sid"]
+        outcome = await self.store.check(
+            uid, sid, now=now, idle=s.idle_timeout, max_age=s.session_max_age,
+            sync=self.sync_interval,
+        )  # fmt: skip
+        if outcome.status == "miss":
+            await self._rebuild(uid, sid, now)
+            outcome = await self.store.check(
+                uid, sid, now=now, idle=s.idle_timeout, max_age=s.session_max_age,
+                sync=self.sync_interval,
+            )  # fmt: skip
+        await self._settle(outcome, sid, now)
+        if outcome.values:
+            self._spawn(self._touch(sid, now))
+        return Identity(int(uid), claims["name"], sid, claims)
+
+    async def _settle(self, outcome: Outcome, sid: str, now: float) -> None:
+        if outcome.status == "ended":
+            if len(outcome.values) > 1:  # Redis just decided it; SQL must hear of it
+                await self._record_end([sid], outcome.values[0], now)
+            raise self._ended(outcome)
+        if outcome.status == "miss":
+            raise TokenRevoked()
+
+    async def _implicit_refresh(self, expired: TokenExpired, now: float) -> Identity:
+        s = self.settings
+        claims = expired.claims
+        if not _UID.match(claims["sub"]) or not _SID.match(claims.get("sid", "")):
+            raise InvalidToken("The token has a malformed claim.")
+        uid, sid = claims["sub"], claims["sid"]
+        args: dict[str, Any] = {
+            "now": now, "idle": s.idle_timeout, "max_age": s.session_max_age,
+            "expired_jti": claims["jti"], "new_jti": tokens.new_jti(),
+        }  # fmt: skip
+        outcome = await self.store.implicit_refresh(uid, sid, **args)
+        if outcome.status == "miss":
+            await self._rebuild(uid, sid, now)
+            outcome = await self.store.implicit_refresh(uid, sid, **args)
+        await self._settle(outcome, sid, now)
+        aj, ia, name = outcome.values[0], int(outcome.values[1]), outcome.values[2]
+        token = self.mint_access(uid, name, sid, aj, ia)
+        fresh = dict(claims, jti=aj, iat=ia, nbf=ia, exp=ia + s.access_ttl)
+        return Identity(
+            int(uid), name, sid, fresh,
+            new_access_token=token, new_access_expires_in=max(0, ia + s.access_ttl - int(now)),
+        )  # fmt: skip
+
+    async def reissue_if_near_expiry(self, identity: Identity) -> tuple[str, int] | None:
+        """A fresh access token for a cookie nearing expiry, else ``None``.
+
+        Concurrent requests carrying the same token get the same new one: the
+        mint is keyed on the old token's ``jti`` in Redis.
+        """
+        s = self.settings
+        now = self.clock()
+        if identity.claims["exp"] - now > max(1, min(60, s.access_ttl // 2)):
+            return None
+        outcome = await self.store.implicit_refresh(
+            str(identity.user_id), identity.session_id, now=now, idle=s.idle_timeout,
+            max_age=s.session_max_age, expired_jti=identity.claims["jti"], new_jti=tokens.new_jti(),
+        )  # fmt: skip
+        if outcome.status != "ok":
+            return None
+        aj, ia, name = outcome.values[0], int(outcome.values[1]), outcome.values[2]
+        token = self.mint_access(str(identity.user_id), name, identity.session_id, aj, ia)
+        return token, max(0, ia + s.access_ttl - int(now))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _touch(self, sid: str, now: float) -> None:
+        try:
+            async with self.db() as db:
+                await repo.touch_session(db, sid, utc(now))
+                await db.commit()
+        except Exception as exc:  # a lagging last-seen is harmless; log and go on
+            log.warning("could not write last-seen back to SQL: %s", type(exc).__name__)
+
+    async def drain(self) -> None:
+        """Wait for background write-backs (at shutdown)."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+    # -- refresh ----------------------------------------------------------
+    async def refresh(self, refresh_token: str) -> TokenPair:
+        """Trade a refresh token for a new pair; reuse past the grace window ends the session."""
+        s = self.settings
+        now = self.clock()
+        claims = self._verify(tokens.RefreshToken.kind, refresh_token, now)
+        uid, sid = claims["sub"], claims["sid"]
+        args: dict[str, Any] = {
+            "now": int(now), "idle": s.idle_timeout, "max_age": s.session_max_age,
+            "grace": s.refresh_grace, "presented_jti": claims["jti"],
+            "new_access_jti": tokens.new_jti(), "new_refresh_jti": tokens.new_jti(),
+        }  # fmt: skip
+        outcome = await self.store.refresh(uid, sid, **args)
+        if outcome.status == "miss":
+            await self._rebuild(uid, sid, now)
+            outcome = await self.store.refresh(uid, sid, **args)
+        if outcome.status == "ended" and outcome.values[0] == "reused" and len(outcome.values) > 1:
+            await self._record_end([sid], "reused", now)
+            log.warning("refresh token reuse: session %s ended", sid)
+            raise RefreshReused()
+        await self._settle(outcome, sid, now)
+        aj, rj, ia, name, previous = outcome.values[:5]
+        if outcome.status == "rotated":
+            async with self.db() as db:
+                await repo.record_rotation(
+                    db, sid, access_jti=aj, refresh_jti=rj, previous_refresh_jti=previous,
+                    issued_at=int(ia), at=utc(now),
+                )  # fmt: skip
+                await db.commit()
+        return self.mint_pair(uid, name, sid, aj, rj, int(ia))
+
+    # -- ending sessions --------------------------------------------------
+    def _end_expiry(self, now: float) -> int:
+        return int(now) + self.settings.session_max_age + EXPIRY_SLACK
+
+    async def logout(self, identity: Identity) -> None:
+        now = self.clock()
+        await self._record_end([identity.session_id], "revoked", now)
+        await self.store.end(
+            str(identity.user_id), [identity.session_id], why="revoked",
+            expire_at=self._end_expiry(now),
+        )  # fmt: skip
+
+    async def end_all(self, user_id: int, *, keep: str = "", why: str = "revoked") -> None:
+        """End every session of ``user_id`` except ``keep``."""
+        now = self.clock()
+        async with self.db() as db:
+            live = [row.id for row in await repo.live_sessions(db, user_id) if row.id != keep]
+            await repo.end_sessions(db, live, why, utc(now))
+            await db.commit()
+        await self.store.end(
+            str(user_id), [*live, "*"], why=why, expire_at=self._end_expiry(now), keep=keep
+        )
+
+    async def end_session(self, identity: Identity, sid: str) -> None:
+        """End one of the caller's own sessions; another user's is ``not_found``."""
+        now = self.clock()
+        async with self.db() as db:
+            row = await repo.get_session(db, sid) if _SID.match(sid) else None
+            if row is None or row.user_id != identity.user_id:
+                raise NotFound("No such session.")
+            await repo.end_sessions(db, [sid], "revoked", utc(now))
+            await db.commit()
+        await self.store.end(
+            str(identity.user_id), [sid], why="revoked", expire_at=self._end_expiry(now)
+        )
+
+    async def sessions(self, identity: Identity) -> list[SessionInfo]:
+        """The caller's live sessions, with last-seen times from Redis where it has them."""
+        s = self.settings
+        now = self.clock()
+        async with self.db() as db:
+            rows = list(await repo.live_sessions(db, identity.user_id))
+        async with self.store.redis.pipeline(transaction=False) as pipe:
+            for row in rows:
+                pipe.hmget(self.store.session_key(str(identity.user_id), row.id), "st", "ls")
+            hot = await pipe.execute()
+        out: list[SessionInfo] = []
+        for row, (state, last) in zip(rows, hot, strict=True):
+            if state == b"ended":
+                continue
+            last_seen = float(last) if last else row.last_seen_at.timestamp()
+            created = row.created_at.timestamp()
+            if now - created >= s.session_max_age or (
+                s.idle_timeout and now - last_seen >= s.idle_timeout
+            ):
+                continue
+            out.append(
+                SessionInfo(
+                    id=row.id, device=row.device, ip=row.ip, user_agent=row.user_agent,
+                    created_at=row.created_at, last_seen_at=utc(last_seen),
+                    current=row.id == identity.session_id,
+                )  # fmt: skip
+            )
+        return out
+
+    async def change_password(self, identity: Identity, current: str, new: str) -> None:
+        """Set a new password after checking the current one; end every other session."""
+        self._check_password(new)
+        async with self.db() as db:
+            user = await repo.get_user(db, identity.user_id)
+        if user is None:
+            raise TokenRevoked()
+        verdict = await self.passwords.verify(user.password_hash, current)
+        if not verdict.ok:
+            raise InvalidCredentials("The current password is wrong.")
+        await self._set_password(identity.user_id, new)
+        await self.end_all(identity.user_id, keep=identity.session_id)
+
+    async def _set_password(self, user_id: int, password: str) -> None:
+        password_hash = await self.passwords.hash(password)
+        async with self.db() as db:
+            user = await repo.get_user(db, user_id)
+            if user is None:
+                raise InvalidToken()
+            user.password_hash = password_hash
+            user.password_changed_at = utc(self.clock())
+            await db.commit()
+
+    # -- purpose tokens ---------------------------------------------------
+    async def issue_purpose_token(
+        self, user_id: int, purpose: str, ttl: int, data: dict[str, Any] | None = None
+    ) -> str:
+        """Mint a single-use token bound to ``user_id`` and ``purpose``, living ``ttl`` seconds."""
+        now = int(self.clock())
+        jti = tokens.new_jti()
+        async with self.db() as db:
+            db.add(
+                PurposeTokenRecord(
+                    jti=jti, user_id=user_id, purpose=purpose,
+                    created_at=utc(now), expires_at=utc(now + ttl),
+                )  # fmt: skip
+            )
+            await db.commit()
+        extra: dict[str, Any] = {"purpose": purpose}
+        if data:
+            extra["data"] = data
+        return tokens.mint(
+            self.signing, tokens.PurposeToken.kind, sub=str(user_id), jti=jti, iat=now,
+            ttl=ttl, extra=extra,
+        )  # fmt: skip
+
+    async def consume_purpose_token(self, token: str, purpose: str) -> tuple[int, dict[str, Any]]:
+        """Use a purpose token once: return ``(user_id, data)`` or raise ``InvalidToken``.
+
+        A second use, another purpose, an expired or forged token are all
+        ``invalid_token``: the caller learns nothing about which.
+        """
+        now = self.clock()
+        try:
+            claims = tokens.verify(self.signing, tokens.PurposeToken.kind, token, now=now)
+        except Unauthorized:
+            raise InvalidToken("The token is invalid, expired or already used.") from None
+        if claims.get("purpose") != purpose or not _UID.match(claims["sub"]):
+            raise InvalidToken("The token is invalid, expired or already used.")
+        async with self.db() as db:
+            user_id = await repo.consume_purpose_token(db, claims["jti"], purpose, utc(now))
+            await db.commit()
+        if user_id is None or str(user_id) != claims["sub"]:
+            raise InvalidToken("The token is invalid, expired or already used.")
+        data = claims.get("data")
+        return user_id, data if isinstance(data, dict) else {}
+
+    async def request_password_reset(self, username: str, sender: Sender) -> None:
+        """Send ``username`` a reset token if the user exists; silent either way."""
+        s = self.settings
+        count, ttl = await self.store.record_failure(username, s.login_window, kind="reset")
+        if count > s.login_max_failures:
+            raise TooManyAttempts(ttl if ttl > 0 else s.login_window)
+        async with self.db() as db:
+            user = await repo.get_user_by_username(db, username)
+        if user is None:
+            return
+        token = await self.issue_purpose_token(user.id, "password_reset", s.reset_ttl)
+        message = Message(
+            to=user.username, purpose="password_reset", token=token, created_at=utc(self.clock())
+        )
+        try:
+            await sender.send(message)
+        except Exception as exc:  # the caller must not learn whether the user exists
+            log.error("could not send the password_reset message: %s", type(exc).__name__)
+
+    async def reset_password(self, token: str, new_password: str) -> None:
+        self._check_password(new_password)
+        user_id, _ = await self.consume_purpose_token(token, "password_reset")
+        await self._set_password(user_id, new_password)
+        await self.end_all(user_id)

@@ -1,0 +1,198 @@
+"""One frozen settings object, read from the environment and ``.env``.
+
+Every setting is a ``TOKENGATE_*`` variable (CONTRACT section 2). Reading is
+explicit (``Settings.from_env()``), never at import, and every bad value is
+reported on its own line naming the variable, so start-up fails once with the
+whole list instead of one error at a time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dotenv import dotenv_values
+
+PREFIX = "TOKENGATE_"
+TOKEN_LOCATIONS = frozenset({"headers", "cookies"})
+MIN_SECRET_BYTES = 32
+
+
+class SettingsError(ValueError):
+    """Raised with one line per bad variable."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The service's configuration; durations are whole seconds."""
+
+    secret_key: str | None = field(default=None, repr=False)
+    issuer: str = "tokengate"
+    audience: str = "tokengate"
+    access_ttl: int = 300
+    refresh_ttl: int = 1_296_000
+    idle_timeout: int = 1800
+    session_max_age: int = 2_592_000
+    refresh_grace: int = 10
+    max_sessions: int = 0
+    token_location: tuple[str, ...] = ("headers",)
+    implicit_refresh: bool = False
+    leeway: int = 0
+    allow_registration: bool = True
+    password_min_length: int = 8
+    login_max_failures: int = 10
+    login_window: int = 900
+    reset_ttl: int = 900
+    instance_dir: Path = Path("instance")
+    database_url: str | None = None
+    redis_url: str | None = None
+
+    def __post_init__(self) -> None:
+        problems = _check(self)
+        if problems:
+            raise SettingsError(problems)
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, dotenv: Path | None = Path(".env")
+    ) -> Settings:
+        """Build settings from ``environ`` (default ``os.environ``) over a ``.env`` file.
+
+        Real environment variables win over the file. Unknown ``TOKENGATE_*``
+        names are refused, since a typo there would silently keep a default.
+        """
+        values: dict[str, str] = {}
+        if dotenv is not None and dotenv.is_file():
+            values.update({k: v for k, v in dotenv_values(dotenv).items() if v is not None})
+        values.update(os.environ if environ is None else environ)
+        known = {f.name for f in dataclasses.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        problems: list[str] = []
+        for key, raw in values.items():
+            if not key.startswith(PREFIX) or key.startswith(PREFIX + "TEST_"):
+                continue
+            name = key[len(PREFIX) :].lower()
+            if name not in known:
+                problems.append(f"{key}: unknown setting")
+                continue
+            try:
+                kwargs[name] = _PARSERS.get(name, _text)(raw.strip())
+            except ValueError as exc:
+                problems.append(f"{key}: {exc}")
+        if problems:
+            raise SettingsError(problems)
+        return cls(**kwargs)
+
+    def replace(self, **changes: Any) -> Settings:
+        """Return a copy with ``changes`` applied (and validated)."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The database URL, with the embedded SQLite default resolved."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.instance_dir / 'tokengate.db').resolve()}"
+
+    @property
+    def use_headers(self) -> bool:
+        return "headers" in self.token_location
+
+    @property
+    def use_cookies(self) -> bool:
+        return "cookies" in self.token_location
+
+
+def _text(raw: str) -> str:
+    if not raw:
+        raise ValueError("must not be empty")
+    return raw
+
+
+def _seconds(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"expected whole seconds, got {raw!r}") from None
+    if value < 0:
+        raise ValueError(f"must not be negative, got {value}")
+    return value
+
+
+def _bool(raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"expected true or false, got {raw!r}")
+
+
+def _locations(raw: str) -> tuple[str, ...]:
+    parts = tuple(sorted({p.strip().lower() for p in raw.split(",") if p.strip()}))
+    if not parts or not set(parts) <= TOKEN_LOCATIONS:
+        raise ValueError(f"expected headers, cookies or headers,cookies, got {raw!r}")
+    return parts
+
+
+def _redis_url(raw: str) -> str:
+    if not raw.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("expected a redis://, rediss:// or unix:// URL")
+    return raw
+
+
+def _database_url(raw: str) -> str:
+    if "://" not in raw:
+        raise ValueError("expected an SQLAlchemy URL such as sqlite+aiosqlite:///path.db")
+    return raw
+
+
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "access_ttl": _seconds,
+    "refresh_ttl": _seconds,
+    "idle_timeout": _seconds,
+    "session_max_age": _seconds,
+    "refresh_grace": _seconds,
+    "max_sessions": _seconds,
+    "leeway": _seconds,
+    "password_min_length": _seconds,
+    "login_max_failures": _seconds,
+    "login_window": _seconds,
+    "reset_ttl": _seconds,
+    "implicit_refresh": _bool,
+    "allow_registration": _bool,
+    "token_location": _locations,
+    "instance_dir": Path,
+    "redis_url": _redis_url,
+    "database_url": _database_url,
+}
+
+
+def _check(s: Settings) -> list[str]:
+    problems: list[str] = []
+
+    def bad(name: str, why: str) -> None:
+        problems.append(f"{PREFIX}{name.upper()}: {why}")
+
+    if s.secret_key is not None and len(s.secret_key.encode()) < MIN_SECRET_BYTES:
+        bad("secret_key", f"must be at least {MIN_SECRET_BYTES} bytes")
+    for name in ("access_ttl", "refresh_ttl", "session_max_age", "login_window", "reset_ttl"):
+        if getattr(s, name) < 1:
+            bad(name, "must be at least 1 second")
+    if s.access_ttl > s.refresh_ttl:
+        bad("access_ttl", "must not be longer than TOKENGATE_REFRESH_TTL")
+    if s.login_max_failures < 1:
+        bad("login_max_failures", "must be at least 1")
+    if s.password_min_length < 1:
+        bad("password_min_length", "must be at least 1")
+    if not s.token_location or not set(s.token_location) <= TOKEN_LOCATIONS:
+        bad("token_location", "expected headers, cookies or headers,cookies")
+    return problems
