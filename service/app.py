@@ -136,9 +136,9 @@ class TokenGate:
     # -- lifecycle --------------------------------------------------------
     async def startup(self) -> None:
         settings = self.settings
-        key = settings.secret_key or await asyncio.to_thread(
-            load_or_create_secret, settings.instance_dir
-        )
+        key = settings.secret_key
+        if key is None:
+            key = await asyncio.to_thread(load_or_create_secret, settings.instance_dir)
         redis_url = settings.redis_url
         if redis_url is None:
             self._embedded = EmbeddedRedis(settings.instance_dir / "redis")
@@ -159,7 +159,7 @@ class TokenGate:
             signing,
             RedisSessionStore(self._redis),
             build_sessionmaker(self._engine),
-            self._passwords or await asyncio.to_thread(Passwords),
+            self._passwords if self._passwords else await asyncio.to_thread(Passwords),
             clock=self.clock,
         )
         if self._sender is None:
@@ -202,7 +202,9 @@ class TokenGate:
         response.set_cookie(
             REFRESH_COOKIE, pair.refresh_token, httponly=True, path=refresh_path, **flags
         )
-        response.set_cookie(CSRF_COOKIE, secrets.token_urlsafe(24), httponly=False, path="/", **flags)
+        response.set_cookie(
+            CSRF_COOKIE, secrets.token_urlsafe(24), httponly=False, path="/", **flags
+        )
 
     def clear_cookies(self, response: Response) -> None:
         flags = self._cookie_flags()

@@ -118,8 +118,7 @@ class Unauthorized(ApiError):
     def extra_headers(self) -> dict[str, str]:
         return {
             "WWW-Authenticate": (
-                f'Bearer realm="{REALM}", error="invalid_token", '
-                f'error_description="{self.error}"'
+                f'Bearer realm="{REALM}", error="invalid_token", error_description="{self.error}"'
             )
         }
 

@@ -138,4 +138,3 @@ async def finish_response(response: Response) -> Response:
         if gate.settings.use_cookies and (via_cookie or not gate.settings.use_headers):
             gate.set_access_cookie(response, token)
     return response
-

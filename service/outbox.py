@@ -30,7 +30,7 @@ class Message:
 
 class Sender(Protocol):
     async def send(self, message: Message) -> None:
-        """Deliver ``message``; raising makes the request log the failure (the caller still gets 202)."""
+        """Deliver ``message``; if it raises, the failure is logged (the caller gets 202)."""
 
 
 class FileOutbox:

@@ -140,7 +140,9 @@ class SessionManager:
         self.passwords = passwords
         self.clock = clock
         idle = settings.idle_timeout
-        self.sync_interval = max(1, min(MAX_SYNC_INTERVAL, idle // 4 if idle else MAX_SYNC_INTERVAL))
+        self.sync_interval = max(
+            1, min(MAX_SYNC_INTERVAL, idle // 4 if idle else MAX_SYNC_INTERVAL)
+        )
         self._background: set[asyncio.Task[None]] = set()
 
     # -- tokens -----------------------------------------------------------
@@ -512,10 +514,14 @@ class SessionManager:
                 continue
             out.append(
                 SessionInfo(
-                    id=row.id, device=row.device, ip=row.ip, user_agent=row.user_agent,
-                    created_at=row.created_at, last_seen_at=utc(last_seen),
+                    id=row.id,
+                    device=row.device,
+                    ip=row.ip,
+                    user_agent=row.user_agent,
+                    created_at=row.created_at,
+                    last_seen_at=utc(last_seen),
                     current=row.id == identity.session_id,
-                )  # fmt: skip
+                )
             )
         return out
 
@@ -552,9 +558,12 @@ class SessionManager:
         async with self.db() as db:
             db.add(
                 PurposeTokenRecord(
-                    jti=jti, user_id=user_id, purpose=purpose,
-                    created_at=utc(now), expires_at=utc(now + ttl),
-                )  # fmt: skip
+                    jti=jti,
+                    user_id=user_id,
+                    purpose=purpose,
+                    created_at=utc(now),
+                    expires_at=utc(now + ttl),
+                )
             )
             await db.commit()
         extra: dict[str, Any] = {"purpose": purpose}

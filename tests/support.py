@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -58,9 +59,18 @@ class RedisServer:
     def start(self) -> None:
         self.process = subprocess.Popen(
             [
-                redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-                "--save", "", "--appendonly", "no", "--dir", str(self.dir),
-            ],  # fmt: skip
+                redis_server_binary(),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.dir),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -100,8 +110,16 @@ class ServiceProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "service", "serve", "--port", str(self.port),
-                 "--workers", str(self.workers)],  # fmt: skip
+                [
+                    sys.executable,
+                    "-m",
+                    "service",
+                    "serve",
+                    "--port",
+                    str(self.port),
+                    "--workers",
+                    str(self.workers),
+                ],
                 cwd=self.workdir,
                 env=env,
                 stdout=log,
@@ -121,10 +139,8 @@ class ServiceProcess:
     def stop(self) -> None:
         if self.process is None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
         try:
             self.process.wait(timeout=15)
         except subprocess.TimeoutExpired:

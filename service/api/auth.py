@@ -20,7 +20,7 @@ log = logging.getLogger("tokengate")
 auth_bp = Blueprint("tokengate_auth", __name__)
 
 M = TypeVar("M", bound=BaseModel)
-BEARER = [{"bearer": []}]
+BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 
 
 async def read_body(model: type[M], *, optional: bool = False) -> M:
@@ -44,7 +44,9 @@ async def read_body(model: type[M], *, optional: bool = False) -> M:
 
 def client_info(device: str | None) -> ClientInfo:
     agent = request.headers.get("User-Agent")
-    return ClientInfo(device=device, ip=request.remote_addr, user_agent=agent[:400] if agent else None)
+    return ClientInfo(
+        device=device, ip=request.remote_addr, user_agent=agent[:400] if agent else None
+    )
 
 
 def pair_response(pair: TokenPair) -> Response:
@@ -199,4 +201,3 @@ async def password_reset_confirm() -> Response:
     body = await read_body(schemas.ResetConfirm)
     await get_gate().manager.reset_password(body.token, body.new_password)
     return no_content()
-

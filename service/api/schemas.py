@@ -74,7 +74,7 @@ class MeOut(UserOut):
 class TokenPairOut(BaseModel):
     access_token: str
     refresh_token: str
-    token_type: str = "Bearer"
+    token_type: str = "Bearer"  # noqa: S105 - the scheme name, not a secret
     expires_in: int
     refresh_expires_in: int
     session_id: str

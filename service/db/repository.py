@@ -79,7 +79,9 @@ async def touch_session(db: AsyncSession, sid: str, at: datetime) -> None:
     )
 
 
-async def consume_purpose_token(db: AsyncSession, jti: str, purpose: str, at: datetime) -> int | None:
+async def consume_purpose_token(
+    db: AsyncSession, jti: str, purpose: str, at: datetime
+) -> int | None:
     """Mark the token used, once; return its user id, or None if it cannot be used."""
     result = await db.execute(
         update(PurposeTokenRecord)

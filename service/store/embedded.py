@@ -89,7 +89,11 @@ class EmbeddedRedis:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
+                err = (
+                    self.process.stderr.read().decode(errors="replace")
+                    if self.process.stderr
+                    else ""
+                )
                 raise EmbeddedRedisError(f"redis-server exited at start: {err.strip()}")
             if _answers(self.socket_path):
                 log.info("started the embedded redis-server at %s", self.socket_path)

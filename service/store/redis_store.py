@@ -55,9 +55,12 @@ end
 
 # KEYS: session, user set. ARGV: sid, now, idle, maxage, sync.
 # Returns {'miss'} | {'ended', why, fresh?} | {'ok', sync?}
-CHECK = _COMMON + """
+CHECK = (
+    _COMMON
+    + """
 local k, z, sid = KEYS[1], KEYS[2], ARGV[1]
-local now, idle, maxage, sync = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local now, idle = tonumber(ARGV[2]), tonumber(ARGV[3])
+local maxage, sync = tonumber(ARGV[4]), tonumber(ARGV[5])
 if redis.call('EXISTS', k) == 0 then return {'miss'} end
 local h = hget(k, 'st', 'why', 'cr', 'ls', 'sy')
 if h.st ~= 'live' then return {'ended', h.why} end
@@ -72,10 +75,13 @@ if now - tonumber(h.sy) >= sync then
 end
 return {'ok'}
 """
+)
 
 # KEYS: session, user set. ARGV: sid, now, idle, maxage, expired access jti, new access jti.
 # Returns {'miss'} | {'ended', why, fresh?} | {'ok', access jti, issued at, name}
-IMPLICIT = _COMMON + """
+IMPLICIT = (
+    _COMMON
+    + """
 local k, z, sid = KEYS[1], KEYS[2], ARGV[1]
 local now, idle, maxage = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 if redis.call('EXISTS', k) == 0 then return {'miss'} end
@@ -90,12 +96,16 @@ if h.xf == ARGV[5] then return {'ok', h.xa, h.xi, h.nm} end
 redis.call('HSET', k, 'xf', ARGV[5], 'xa', ARGV[6], 'xi', ARGV[2])
 return {'ok', ARGV[6], ARGV[2], h.nm}
 """
+)
 
 # KEYS: session, user set. ARGV: sid, now, idle, maxage, grace, presented jti, new aj, new rj.
 # Returns {'miss'} | {'ended', why, fresh?} | {'rotated'|'same', aj, rj, ia, nm, previous rj}
-REFRESH = _COMMON + """
+REFRESH = (
+    _COMMON
+    + """
 local k, z, sid = KEYS[1], KEYS[2], ARGV[1]
-local now, idle, maxage, grace = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local now, idle = tonumber(ARGV[2]), tonumber(ARGV[3])
+local maxage, grace = tonumber(ARGV[4]), tonumber(ARGV[5])
 local presented = ARGV[6]
 if redis.call('EXISTS', k) == 0 then return {'miss'} end
 local h = hget(k, 'st', 'why', 'cr', 'ls', 'aj', 'rj', 'pj', 'ia', 'nm')
@@ -116,6 +126,7 @@ end
 finish(k, z, sid, 'reused', now)
 return {'ended', 'reused', '1'}
 """
+)
 
 # KEYS: session. ARGV: expire-at, field, value, ... Sets the hash only if absent.
 LOAD = """
@@ -136,9 +147,12 @@ return 1
 
 # KEYS: user set, new session. ARGV: sid, now, idle, maxage, limit, expire-at, field, value...
 # Returns {'miss'} | {'ok', {replaced sids}, {expired sids}}
-LOGIN = _COMMON + """
+LOGIN = (
+    _COMMON
+    + """
 local z, k, sid = KEYS[1], KEYS[2], ARGV[1]
-local now, idle, maxage, limit = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local now, idle = tonumber(ARGV[2]), tonumber(ARGV[3])
+local maxage, limit = tonumber(ARGV[4]), tonumber(ARGV[5])
 if redis.call('EXISTS', z) == 0 then return {'miss'} end
 local prefix = string.sub(k, 1, #k - #sid)
 local replaced, gone = {}, {}
@@ -178,6 +192,7 @@ local ttl = redis.call('TTL', z)
 if ttl < maxage + 60 then redis.call('EXPIRE', z, maxage + 60) end
 return {'ok', replaced, gone}
 """
+)
 
 # KEYS: user set, session key prefix (not a key; carries the hash tag).
 # ARGV: why, expire-at, keep sid ('' for none), sid... ('*' ends every set member).
