@@ -98,7 +98,6 @@ class TokenGate:
         from .api.health import health_bp
 
         app.extensions["tokengate"] = self
-        app.config.setdefault("MAX_CONTENT_LENGTH", MAX_BODY_BYTES)
         if "QUART_SCHEMA" not in app.extensions:
             QuartSchema(app, info=Info(title="tokengate", version="0.1.0"))
         app.register_blueprint(auth_bp, url_prefix=self.url_prefix)
@@ -219,6 +218,7 @@ class TokenGate:
 def create_app(settings: Settings | None = None, **gate_options: Any) -> Quart:
     """The service: ``TokenGate`` on an empty Quart app, with JSON for every error."""
     app = Quart("tokengate")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     TokenGate(app, settings=settings, **gate_options)
     app.register_error_handler(Exception, handle_exception)
     return app

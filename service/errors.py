@@ -5,6 +5,7 @@
     HTTPException (werkzeug)
     └── ApiError                     any error with a stable machine ``code``
         ├── InvalidRequest           400 invalid_request
+        ├── RequestTooLarge          413 request_too_large
         ├── NotFound                 404 not_found
         ├── Conflict                 409 username_taken
         ├── Forbidden                403 registration_disabled, csrf_failed
@@ -58,6 +59,12 @@ class InvalidRequest(ApiError):
     code = 400
     error = "invalid_request"
     description = "The request is malformed."
+
+
+class RequestTooLarge(ApiError):
+    code = 413
+    error = "request_too_large"
+    description = "The request body is too large."
 
 
 class NotFound(ApiError):

@@ -10,7 +10,13 @@ from pydantic import BaseModel, ValidationError
 from quart import Blueprint, Response, g, jsonify, request
 from quart_schema import document_request, document_response, security_scheme
 
-from ..errors import InvalidRequest, MissingToken, RegistrationDisabled, Unauthorized
+from ..errors import (
+    InvalidRequest,
+    MissingToken,
+    RegistrationDisabled,
+    RequestTooLarge,
+    Unauthorized,
+)
 from ..guard import REFRESH_COOKIE, check_csrf, current_identity, get_gate, login_required
 from ..sessions import ClientInfo, TokenPair
 from . import schemas
@@ -20,12 +26,18 @@ log = logging.getLogger("tokengate")
 auth_bp = Blueprint("tokengate_auth", __name__)
 
 M = TypeVar("M", bound=BaseModel)
+# Our bodies are a few hundred bytes; this holds inside someone else's app too.
+MAX_BODY_BYTES = 64 * 1024
 BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 
 
 async def read_body(model: type[M], *, optional: bool = False) -> M:
     """Parse and validate the JSON body; every fault is a ``400 invalid_request``."""
+    if (request.content_length or 0) > MAX_BODY_BYTES:
+        raise RequestTooLarge()
     raw = await request.get_data(as_text=False)
+    if len(raw) > MAX_BODY_BYTES:
+        raise RequestTooLarge()
     if not raw.strip() and optional:
         return model()
     try:

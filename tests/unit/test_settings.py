@@ -1,0 +1,104 @@
+"""Settings: one frozen object, every contract variable, one line per bad value."""
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from service.settings import Settings, SettingsError
+
+
+def test_defaults_match_the_contract():
+    s = Settings.from_env({}, dotenv=None)
+    assert (s.issuer, s.audience) == ("tokengate", "tokengate")
+    assert (s.access_ttl, s.refresh_ttl, s.idle_timeout) == (300, 1_296_000, 1800)
+    assert (s.session_max_age, s.refresh_grace, s.max_sessions) == (2_592_000, 10, 0)
+    assert s.token_location == ("headers",)
+    assert s.implicit_refresh is False and s.allow_registration is True
+    assert (s.leeway, s.password_min_length) == (0, 8)
+    assert (s.login_max_failures, s.login_window, s.reset_ttl) == (10, 900, 900)
+    assert s.instance_dir == Path("instance")
+    assert s.redis_url is None and s.secret_key is None
+    assert s.sqlalchemy_url.startswith("sqlite+aiosqlite:///")
+    assert s.sqlalchemy_url.endswith("instance/tokengate.db")
+
+
+def test_every_variable_is_read():
+    env = {
+        "TOKENGATE_SECRET_KEY": "s" * 32,
+        "TOKENGATE_ISSUER": "me",
+        "TOKENGATE_AUDIENCE": "you",
+        "TOKENGATE_ACCESS_TTL": "60",
+        "TOKENGATE_REFRESH_TTL": "600",
+        "TOKENGATE_IDLE_TIMEOUT": "0",
+        "TOKENGATE_SESSION_MAX_AGE": "3600",
+        "TOKENGATE_REFRESH_GRACE": "3",
+        "TOKENGATE_MAX_SESSIONS": "1",
+        "TOKENGATE_TOKEN_LOCATION": "cookies,headers",
+        "TOKENGATE_IMPLICIT_REFRESH": "true",
+        "TOKENGATE_LEEWAY": "2",
+        "TOKENGATE_ALLOW_REGISTRATION": "false",
+        "TOKENGATE_PASSWORD_MIN_LENGTH": "12",
+        "TOKENGATE_LOGIN_MAX_FAILURES": "3",
+        "TOKENGATE_LOGIN_WINDOW": "60",
+        "TOKENGATE_RESET_TTL": "120",
+        "TOKENGATE_INSTANCE_DIR": "/tmp/tg",
+        "TOKENGATE_DATABASE_URL": "postgresql+asyncpg://u@h/db",
+        "TOKENGATE_REDIS_URL": "redis://127.0.0.1:6379/3",
+    }
+    s = Settings.from_env(env, dotenv=None)
+    assert s.secret_key == "s" * 32 and s.issuer == "me" and s.audience == "you"
+    assert (s.access_ttl, s.refresh_ttl, s.idle_timeout, s.session_max_age) == (60, 600, 0, 3600)
+    assert (s.refresh_grace, s.max_sessions, s.leeway) == (3, 1, 2)
+    assert s.token_location == ("cookies", "headers") and s.use_cookies and s.use_headers
+    assert s.implicit_refresh and not s.allow_registration
+    assert (s.password_min_length, s.login_max_failures, s.login_window, s.reset_ttl) == (
+        12, 3, 60, 120,
+    )  # fmt: skip
+    assert s.instance_dir == Path("/tmp/tg")
+    assert s.sqlalchemy_url == "postgresql+asyncpg://u@h/db"
+    assert s.redis_url == "redis://127.0.0.1:6379/3"
+    names = {f"TOKENGATE_{f.name.upper()}" for f in dataclasses.fields(Settings)}
+    assert names == set(env)
+
+
+def test_every_bad_value_is_named_on_its_own_line():
+    env = {
+        "TOKENGATE_ACCESS_TTL": "five minutes",
+        "TOKENGATE_IMPLICIT_REFRESH": "maybe",
+        "TOKENGATE_TOKEN_LOCATION": "query",
+        "TOKENGATE_REDIS_URL": "localhost:6379",
+        "TOKENGATE_LEEWAY": "-1",
+        "TOKENGATE_ACESS_TTL": "60",
+    }
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env(env, dotenv=None)
+    lines = str(info.value).splitlines()
+    assert len(lines) == len(env)
+    for name in env:
+        assert sum(line.startswith(name + ":") for line in lines) == 1, name
+
+
+def test_short_secret_is_refused_and_never_shown():
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({"TOKENGATE_SECRET_KEY": "too-short-secret"}, dotenv=None)
+    assert "TOKENGATE_SECRET_KEY" in str(info.value)
+    assert "too-short-secret" not in str(info.value)
+    assert "s" * 40 not in repr(Settings(secret_key="s" * 40))
+
+
+def test_access_ttl_longer_than_refresh_ttl_is_refused():
+    with pytest.raises(SettingsError, match="TOKENGATE_ACCESS_TTL"):
+        Settings.from_env({"TOKENGATE_ACCESS_TTL": "100", "TOKENGATE_REFRESH_TTL": "50"}, None)
+
+
+def test_dotenv_is_read_and_the_environment_wins(tmp_path):
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("TOKENGATE_ACCESS_TTL=42\nTOKENGATE_ISSUER=from-file\n")
+    s = Settings.from_env({"TOKENGATE_ISSUER": "from-env"}, dotenv=dotenv)
+    assert s.access_ttl == 42 and s.issuer == "from-env"
+
+
+def test_settings_are_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Settings().access_ttl = 1  # type: ignore[misc]
