@@ -292,9 +292,7 @@ async def test_an_expired_access_cookie_is_kept_for_refresh(cookie_app, clock):
 async def test_a_forged_cookie_is_refused_and_cleared(cookie_app):
     client = cookie_app.test_client(use_cookies=False)
     _, cookies = await cookie_login(client)
-    forged = jwt.encode(
-        claims(cookies["access_token"].value), "x" * 40, headers={"typ": "at+jwt"}
-    )
+    forged = jwt.encode(claims(cookies["access_token"].value), "x" * 40, headers={"typ": "at+jwt"})
     r = await client.get("/auth/me", headers={"Cookie": f"access_token={forged}"})
     assert (await r.get_json())["error"] == "invalid_token"
     assert set(set_cookies(r)) == COOKIE_NAMES
