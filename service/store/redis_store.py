@@ -171,7 +171,11 @@ for _, m in ipairs(redis.call('ZRANGE', z, 1, -1)) do
 end
 redis.call('HSET', k, unpack(ARGV, 7))
 redis.call('EXPIREAT', k, ARGV[6])
-redis.call('ZADD', z, ARGV[2], sid)
+-- Scores keep login order strictly, even for logins in the same instant.
+local score = now
+local top = redis.call('ZRANGE', z, -1, -1, 'WITHSCORES')
+if top[2] and tonumber(top[2]) >= score then score = tonumber(top[2]) + 0.000001 end
+redis.call('ZADD', z, string.format('%.6f', score), sid)
 if limit > 0 then
   local excess = redis.call('ZCARD', z) - 1 - limit
   if excess > 0 then

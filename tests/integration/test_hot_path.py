@@ -1,0 +1,66 @@
+"""The guard's hot path: one JWT check, one EVALSHA, no SQL."""
+
+import asyncio
+
+from sqlalchemy import event
+
+from tests.conftest import bearer, register_and_login
+
+
+# Not per request: our own CONFIG RESETSTAT and INFO, and the handshake of a
+# pooled connection opened for the first time.
+IGNORED = {"config", "config|resetstat", "info", "hello", "client", "client|setinfo"}
+
+
+async def commandstats(redis_client):
+    """Calls per command since the last reset.
+
+    Redis counts the commands a script runs as well as the EVALSHA itself;
+    with exact counts for those, any extra command on the path would show.
+    """
+    info = await redis_client.info("commandstats")
+    calls = {name.removeprefix("cmdstat_"): stats["calls"] for name, stats in info.items()}
+    return {name: n for name, n in calls.items() if name not in IGNORED}
+
+
+async def test_one_script_call_per_request_and_nothing_else(app, redis_client):
+    client = app.test_client()
+    pair = await register_and_login(client)
+    # Load the script and warm the connection pool.
+    await asyncio.gather(
+        *(client.get("/auth/me", headers=bearer(pair["access_token"])) for _ in range(50))
+    )
+    engine = app.extensions["tokengate"]._engine
+    statements = []
+
+    def count(*args):
+        statements.append(args[2])
+
+    event.listen(engine.sync_engine, "before_cursor_execute", count)
+    try:
+        await redis_client.config_resetstat()
+        for _ in range(25):
+            r = await client.get("/auth/me", headers=bearer(pair["access_token"]))
+            assert r.status_code == 200
+        await asyncio.gather(
+            *(client.get("/auth/me", headers=bearer(pair["access_token"])) for _ in range(25))
+        )
+        stats = await commandstats(redis_client)
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", count)
+    # One EVALSHA per request; inside it, one EXISTS, one HMGET, one HSET.
+    assert stats == {"evalsha": 50, "exists": 50, "hmget": 50, "hset": 50}
+    assert statements == []
+
+
+async def test_a_refresh_is_one_script_call_plus_the_sql_record(make_app, clock, redis_client):
+    app = await make_app(clock=clock)
+    client = app.test_client()
+    pair = await register_and_login(client)
+    await client.post("/auth/refresh", json={"refresh_token": pair["refresh_token"]})
+    await redis_client.config_resetstat()
+    clock.advance(11)
+    r = await client.post("/auth/refresh", json={"refresh_token": pair["refresh_token"]})
+    assert (await r.get_json())["error"] == "refresh_reused"
+    stats = await commandstats(redis_client)
+    assert stats == {"evalsha": 1, "exists": 1, "hmget": 1, "hset": 1, "zrem": 1}

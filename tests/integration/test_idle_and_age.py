@@ -1,0 +1,79 @@
+"""Idle timeout and absolute age, on an injected clock, to within one second."""
+
+from tests.conftest import bearer, register_and_login
+
+
+async def me(client, pair):
+    r = await client.get("/auth/me", headers=bearer(pair["access_token"]))
+    return r.status_code if r.status_code == 200 else (await r.get_json())["error"]
+
+
+async def refresh(client, pair):
+    r = await client.post("/auth/refresh", json={"refresh_token": pair["refresh_token"]})
+    return (await r.get_json()) if r.status_code == 200 else (await r.get_json())["error"]
+
+
+async def test_activity_keeps_a_session_alive_and_silence_ends_it(make_app, clock):
+    app = await make_app(clock=clock, idle_timeout=10, access_ttl=3600)
+    client = app.test_client()
+    pair = await register_and_login(client)
+    for _ in range(5):  # 45 s of activity, never 10 s apart
+        clock.advance(9)
+        assert await me(client, pair) == 200
+    clock.advance(9.5)
+    assert await me(client, pair) == 200
+    clock.advance(10.5)
+    assert await me(client, pair) == "session_expired"
+    clock.advance(-10)  # even back in time, the session stays over
+    assert await me(client, pair) == "session_expired"
+    assert await refresh(client, pair) == "session_expired"
+
+
+async def test_refresh_counts_as_activity(make_app, clock):
+    app = await make_app(clock=clock, idle_timeout=10, access_ttl=5)
+    client = app.test_client()
+    pair = await register_and_login(client)
+    for _ in range(4):
+        clock.advance(8)
+        pair = await refresh(client, pair)
+        assert isinstance(pair, dict)
+    clock.advance(10)
+    assert await refresh(client, pair) == "session_expired"
+
+
+async def test_idle_timeout_zero_turns_it_off(make_app, clock):
+    app = await make_app(clock=clock, idle_timeout=0, access_ttl=100_000)
+    client = app.test_client()
+    pair = await register_and_login(client)
+    clock.advance(86_400)
+    assert await me(client, pair) == 200
+
+
+async def test_absolute_age_ends_even_an_active_session(make_app, clock):
+    app = await make_app(clock=clock, idle_timeout=10, session_max_age=30, access_ttl=5)
+    client = app.test_client()
+    pair = await register_and_login(client)
+    for _ in range(3):
+        clock.advance(9)
+        pair = await refresh(client, pair)
+        assert isinstance(pair, dict)
+    clock.advance(2.5)  # 29.5 s old
+    assert await me(client, pair) == 200
+    clock.advance(1)  # 30.5 s old
+    assert await me(client, pair) == "session_expired"
+
+
+async def test_an_expired_session_is_recorded_and_leaves_the_list(make_app, clock):
+    app = await make_app(clock=clock, idle_timeout=10, access_ttl=3600)
+    client = app.test_client()
+    old = await register_and_login(client)
+    clock.advance(11)
+    new = await register_and_login(client)
+    r = await client.get("/auth/sessions", headers=bearer(new["access_token"]))
+    assert [s["id"] for s in (await r.get_json())["sessions"]] == [new["session_id"]]
+    assert await me(client, old) == "session_expired"
+    from service.db.models import AuthSession
+
+    async with app.extensions["tokengate"].db() as db:
+        row = await db.get(AuthSession, old["session_id"])
+    assert row.end_reason == "expired" and row.ended_at is not None

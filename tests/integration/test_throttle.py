@@ -1,0 +1,65 @@
+"""Login throttling per account, whatever the client address."""
+
+import asyncio
+
+from tests.conftest import register_and_login
+
+
+async def login(client, password, ip="127.0.0.1"):
+    r = await client.post(
+        "/auth/login",
+        json={"username": "alice", "password": password},
+        scope_base={"client": (ip, 5000)},
+    )
+    return r
+
+
+async def test_too_many_failures_lock_the_account_for_the_window(make_app):
+    app = await make_app(login_max_failures=3, login_window=120)
+    client = app.test_client()
+    await register_and_login(client)
+    for i in range(3):
+        r = await login(client, "wrong password", ip=f"10.0.0.{i}")
+        assert r.status_code == 401
+    r = await login(client, "correct horse", ip="10.0.0.99")
+    assert r.status_code == 429
+    assert (await r.get_json())["error"] == "too_many_attempts"
+    assert 0 < int(r.headers["Retry-After"]) <= 120
+
+
+async def test_a_success_resets_the_count(make_app):
+    app = await make_app(login_max_failures=3)
+    client = app.test_client()
+    await register_and_login(client)
+    for _ in range(2):
+        assert (await login(client, "wrong password")).status_code == 401
+    assert (await login(client, "correct horse")).status_code == 200
+    for _ in range(2):
+        assert (await login(client, "wrong password")).status_code == 401
+    assert (await login(client, "correct horse")).status_code == 200
+
+
+async def test_unknown_accounts_are_throttled_too(make_app):
+    app = await make_app(login_max_failures=2)
+    client = app.test_client()
+    for _ in range(2):
+        r = await client.post("/auth/login", json={"username": "ghost", "password": "whatever1"})
+        assert r.status_code == 401
+    r = await client.post("/auth/login", json={"username": "ghost", "password": "whatever1"})
+    assert r.status_code == 429
+
+
+async def test_the_window_ends(make_app, redis_client):
+    app = await make_app(login_max_failures=1, login_window=1)
+    client = app.test_client()
+    await register_and_login(client)
+    assert (await login(client, "wrong password")).status_code == 401
+    assert (await login(client, "correct horse")).status_code == 429
+    # The counter is a Redis key living as long as the window: wait for it to go.
+    keys = [k async for k in redis_client.scan_iter("tg:{n*}:fails")]
+    assert len(keys) == 1
+    for _ in range(100):
+        if not await redis_client.exists(keys[0]):
+            break
+        await asyncio.sleep(0.02)
+    assert (await login(client, "correct horse")).status_code == 200
