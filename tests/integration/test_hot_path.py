@@ -6,7 +6,6 @@ from sqlalchemy import event
 
 from tests.conftest import bearer, register_and_login
 
-
 # Not per request: our own CONFIG RESETSTAT and INFO, and the handshake of a
 # pooled connection opened for the first time.
 IGNORED = {"config", "config|resetstat", "info", "hello", "client", "client|setinfo"}
