@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from . import tokens
 from .db.engine import build_engine, build_sessionmaker
-from .errors import ApiError, handle_exception
+from .errors import api_error_codes, handle_api_error, handle_exception
 from .guard import ACCESS_COOKIE, CSRF_COOKIE, REFRESH_COOKIE, finish_response, guard
 from .outbox import FileOutbox, Sender
 from .passwords import Passwords
@@ -105,8 +105,12 @@ class TokenGate:
         app.register_blueprint(account_bp)
         app.before_request(guard)
         app.after_request(finish_response)
-        # Our errors render as contract JSON wherever they are raised.
-        app.register_error_handler(ApiError, handle_exception)
+        # Our errors render as contract JSON wherever they are raised. Quart
+        # files handlers of HTTP errors by status code, so the one handler is
+        # filed under each code we use, where the host app has none of its own.
+        for code in sorted(api_error_codes()):
+            if code not in app.error_handler_spec[None]:
+                app.register_error_handler(code, handle_api_error)
         app.before_serving(self.startup)
         app.after_serving(self.shutdown)
 

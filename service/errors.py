@@ -3,7 +3,9 @@
 ::
 
     HTTPException (werkzeug)
-    └── ApiError                     any error with a stable machine ``code``
+    └── ApiError                     any error with a stable machine ``code``;
+        │                            each subclass is also werkzeug's class
+        │                            for its status, so Quart finds the handler
         ├── InvalidRequest           400 invalid_request
         ├── RequestTooLarge          413 request_too_large
         ├── NotFound                 404 not_found
@@ -34,6 +36,7 @@ import logging
 from typing import Any
 
 from quart import Response, jsonify
+from werkzeug import exceptions as wz
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger("tokengate")
@@ -55,31 +58,31 @@ class ApiError(HTTPException):
         return {}
 
 
-class InvalidRequest(ApiError):
+class InvalidRequest(ApiError, wz.BadRequest):
     code = 400
     error = "invalid_request"
     description = "The request is malformed."
 
 
-class RequestTooLarge(ApiError):
+class RequestTooLarge(ApiError, wz.RequestEntityTooLarge):
     code = 413
     error = "request_too_large"
     description = "The request body is too large."
 
 
-class NotFound(ApiError):
+class NotFound(ApiError, wz.NotFound):
     code = 404
     error = "not_found"
     description = "No such resource."
 
 
-class Conflict(ApiError):
+class Conflict(ApiError, wz.Conflict):
     code = 409
     error = "username_taken"
     description = "That username is taken."
 
 
-class Forbidden(ApiError):
+class Forbidden(ApiError, wz.Forbidden):
     code = 403
     error = "forbidden"
     description = "This is not allowed."
@@ -95,7 +98,7 @@ class CsrfFailed(Forbidden):
     description = "The X-CSRF-Token header is missing or does not match the csrf_token cookie."
 
 
-class TooManyAttempts(ApiError):
+class TooManyAttempts(ApiError, wz.TooManyRequests):
     code = 429
     error = "too_many_attempts"
     description = "Too many attempts; try again later."
@@ -108,7 +111,7 @@ class TooManyAttempts(ApiError):
         return {"Retry-After": str(self.retry_after)}
 
 
-class AuthUnavailable(ApiError):
+class AuthUnavailable(ApiError, wz.ServiceUnavailable):
     code = 503
     error = "auth_unavailable"
     description = "Authentication is temporarily unavailable; try again shortly."
@@ -117,7 +120,7 @@ class AuthUnavailable(ApiError):
         return {"Retry-After": "1"}
 
 
-class Unauthorized(ApiError):
+class Unauthorized(ApiError, wz.Unauthorized):
     code = 401
     error = "invalid_token"
     description = "The token is invalid."
@@ -226,6 +229,22 @@ def render(exc: HTTPException) -> Response:
         headers.update({k: v for k, v in exc.get_headers() if k.lower() == "allow"})
     response.headers.update(headers)
     return response
+
+
+def api_error_codes() -> set[int]:
+    """Every status code an ``ApiError`` can carry."""
+    found: set[int] = set()
+    pending: list[type[ApiError]] = [ApiError]
+    while pending:
+        cls = pending.pop()
+        found.add(cls.code)
+        pending.extend(cls.__subclasses__())
+    return found
+
+
+async def handle_api_error(exc: HTTPException) -> Response | HTTPException:
+    """Render our errors inside a host app; leave the host's own HTTP errors alone."""
+    return render(exc) if isinstance(exc, ApiError) else exc
 
 
 async def handle_exception(exc: Exception) -> Response:

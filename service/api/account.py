@@ -1,7 +1,60 @@
-"""The account page: a small browser UI on cookie mode (see docs/browser.md)."""
+"""The account page: a small browser UI on cookie mode (see docs/browser.md).
+
+``GET /account`` serves one HTML page and its static script and style sheet;
+everything else happens in the browser against the ``/auth`` routes, with the
+cookies and CSRF header of cookie mode. No inline script or style, so the
+page runs under a strict Content-Security-Policy.
+"""
 
 from __future__ import annotations
 
-from quart import Blueprint
+from pathlib import Path
 
-account_bp = Blueprint("tokengate_account", __name__)
+from quart import Blueprint, Response, render_template, send_from_directory, url_for
+from quart_schema import hide
+
+from ..errors import NotFound
+from ..guard import get_gate
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+
+account_bp = Blueprint("tokengate_account", __name__, template_folder="../templates")
+
+# The page talks only to its own origin and may not be framed (its buttons
+# end sessions, so clickjacking it would be worth something).
+PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+        "img-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+@account_bp.get("/account")
+@hide
+async def account_page() -> Response:
+    """The account page; only in cookie mode, which is what it runs on."""
+    gate = get_gate()
+    if not gate.settings.use_cookies:
+        raise NotFound(
+            "The account page needs cookie mode: set TOKENGATE_TOKEN_LOCATION "
+            "to cookies or headers,cookies."
+        )
+    auth_prefix = url_for("tokengate_auth.login").removesuffix("/login")
+    html = await render_template("tokengate/account.html", auth_prefix=auth_prefix)
+    response = Response(html, mimetype="text/html")
+    response.headers.update(PAGE_HEADERS)
+    return response
+
+
+@account_bp.get("/account/static/<path:filename>")
+@hide
+async def account_static(filename: str) -> Response:
+    """The page's script and style sheet."""
+    response = await send_from_directory(STATIC_DIR, filename)
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response

@@ -1,0 +1,63 @@
+"""TokenGate inside someone else's Quart app."""
+
+from quart import Quart
+
+from service import Settings, TokenGate, current_identity, login_required
+from service.passwords import Passwords
+from tests.conftest import FAST_HASHER, bearer, register_and_login
+from tests.support import SECRET
+
+
+def build(redis_url, database_url, tmp_path):
+    app = Quart("notes")
+
+    @app.get("/notes")
+    @login_required
+    async def notes():
+        me = current_identity()
+        return {"owner": me.username, "session": me.session_id, "sub": me.claims["sub"]}
+
+    @app.get("/public")
+    async def public():
+        return {"ok": True}
+
+    settings = Settings(
+        secret_key=SECRET,
+        redis_url=redis_url,
+        database_url=database_url,
+        instance_dir=tmp_path / "instance",
+    )
+    TokenGate(app, settings=settings, passwords=Passwords(FAST_HASHER))
+    return app
+
+
+async def test_extension_guards_the_host_apps_routes(
+    redis_client, redis_url, database_url, tmp_path
+):
+    app = build(redis_url, database_url, tmp_path)
+    async with app.test_app():
+        client = app.test_client()
+        assert (await client.get("/public")).status_code == 200
+        r = await client.get("/notes")
+        assert r.status_code == 401
+        assert (await r.get_json())["error"] == "missing_token"
+        assert r.headers["WWW-Authenticate"] == 'Bearer realm="tokengate"'
+        pair = await register_and_login(client)
+        r = await client.get("/notes", headers=bearer(pair["access_token"]))
+        assert r.status_code == 200
+        body = await r.get_json()
+        assert body["owner"] == "alice" and body["session"] == pair["session_id"]
+        await client.post("/auth/logout", headers=bearer(pair["access_token"]))
+        r = await client.get("/notes", headers=bearer(pair["access_token"]))
+        assert (await r.get_json())["error"] == "token_revoked"
+        assert app.extensions["tokengate"].settings.issuer == "tokengate"
+
+
+async def test_login_required_keeps_the_signature():
+    @login_required
+    async def view(item_id: int) -> dict[str, int]:
+        """Docs of the view."""
+        return {"id": item_id}
+
+    assert view.__name__ == "view" and view.__doc__ == "Docs of the view."
+    assert view.__wrapped__.__annotations__["item_id"] is int
