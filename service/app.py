@@ -224,5 +224,8 @@ def create_app(settings: Settings | None = None, **gate_options: Any) -> Quart:
     app = Quart("tokengate")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     TokenGate(app, settings=settings, **gate_options)
+    # Our own app: every error, Quart's included, is contract JSON.
     app.register_error_handler(Exception, handle_exception)
+    for code in api_error_codes():
+        app.register_error_handler(code, handle_exception)
     return app
