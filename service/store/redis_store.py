@@ -5,7 +5,8 @@ tag, so every key one script touches lives in the same slot)::
 
     tg:{u<uid>}:s:<sid>   hash   one session's hot state (fields below)
     tg:{u<uid>}:live      zset   the user's live sessions, scored by creation
-                                 time, plus the sentinel "~" (score 0) that
+                                 time in whole microseconds (strictly in login
+                                 order), plus the sentinel "~" (score 0) that
                                  says the set was loaded from SQL
     tg:{n<digest>}:fails  string failed logins for one account in the window
 
@@ -156,7 +157,7 @@ local maxage, limit = tonumber(ARGV[4]), tonumber(ARGV[5])
 if redis.call('EXISTS', z) == 0 then return {'miss'} end
 local prefix = string.sub(k, 1, #k - #sid)
 local replaced, gone = {}, {}
-redis.call('ZREMRANGEBYSCORE', z, '(0', now - maxage)
+redis.call('ZREMRANGEBYSCORE', z, '(0', string.format('%.0f', (now - maxage) * 1000000))
 for _, m in ipairs(redis.call('ZRANGE', z, 1, -1)) do
   local mk = prefix .. m
   if redis.call('EXISTS', mk) == 1 then
@@ -171,11 +172,12 @@ for _, m in ipairs(redis.call('ZRANGE', z, 1, -1)) do
 end
 redis.call('HSET', k, unpack(ARGV, 7))
 redis.call('EXPIREAT', k, ARGV[6])
--- Scores keep login order strictly, even for logins in the same instant.
-local score = now
+-- Scores are whole microseconds, strictly increasing in login order, even
+-- for logins within the same microsecond.
+local score = math.floor(now * 1000000)
 local top = redis.call('ZRANGE', z, -1, -1, 'WITHSCORES')
-if top[2] and tonumber(top[2]) >= score then score = tonumber(top[2]) + 0.000001 end
-redis.call('ZADD', z, string.format('%.6f', score), sid)
+if top[2] and tonumber(top[2]) >= score then score = tonumber(top[2]) + 1 end
+redis.call('ZADD', z, string.format('%.0f', score), sid)
 if limit > 0 then
   local excess = redis.call('ZCARD', z) - 1 - limit
   if excess > 0 then
@@ -330,8 +332,11 @@ class RedisSessionStore:
         self, user_id: str, live: Sequence[tuple[str, float]], expire_at: int
     ) -> None:
         flat: list[Any] = [expire_at]
-        for sid, created in live:
-            flat += [repr(created), sid]
+        previous = 0
+        for sid, created in live:  # oldest first; ties keep that order
+            score = max(int(created * 1_000_000), previous + 1)
+            flat += [str(score), sid]
+            previous = score
         await self._run(self._load_index, (self.index_key(user_id),), flat)
 
     async def login(
