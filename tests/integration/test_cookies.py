@@ -359,3 +359,45 @@ async def test_a_failed_request_does_not_reissue(cookie_app, clock):
     )
     assert r.status_code == 404
     assert set_cookies(r) == {}
+
+
+# -- the account page is served only in cookie mode -------------------------
+
+
+async def test_the_account_page_is_served_in_cookie_mode(cookie_app):
+    client = cookie_app.test_client(use_cookies=False)
+    r = await client.get("/account")
+    assert r.status_code == 200
+    assert r.mimetype == "text/html"
+    html = await r.get_data(as_text=True)
+    assert 'data-auth-prefix="/auth"' in html
+    assert '<script src="/account/static/account.js" defer></script>' in html
+    assert "<script>" not in html and "style=" not in html, "no inline code: the CSP forbids it"
+    csp = r.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
+    assert "unsafe-inline" not in csp
+    assert r.headers["X-Frame-Options"] == "DENY"
+    assert r.headers["Cache-Control"] == "no-store"
+    assert set_cookies(r) == {}
+
+    for name, mimetype in (("account.js", "text/javascript"), ("account.css", "text/css")):
+        r = await client.get(f"/account/static/{name}")
+        assert r.status_code == 200, name
+        assert r.mimetype == mimetype
+        assert r.headers["X-Content-Type-Options"] == "nosniff"
+    for path in ("/account/static/../api/account.py", "/account/static/nothing.js"):
+        assert (await client.get(path)).status_code == 404
+
+
+async def test_the_account_page_is_not_in_the_api_document(cookie_app):
+    document = await (await cookie_app.test_client().get("/openapi.json")).get_json()
+    assert not [path for path in document["paths"] if path.startswith("/account")]
+
+
+async def test_the_account_page_needs_cookie_mode(make_app):
+    app = await make_app()
+    r = await app.test_client().get("/account")
+    assert r.status_code == 404
+    body = await r.get_json()
+    assert body["error"] == "not_found"
+    assert "TOKENGATE_TOKEN_LOCATION" in body["error_description"]

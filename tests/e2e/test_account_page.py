@@ -1,0 +1,311 @@
+"""The account page in a real browser: Debian's headless Chromium, driven by Playwright.
+
+Chromium must be at ``/usr/bin/chromium`` (``.ci/browser`` installs it); a
+machine without it fails these tests rather than skipping them. Playwright
+never downloads a browser here.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import jwt
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+PASSWORD = "correct horse"
+TIMEOUT_MS = 10_000
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (.ci/browser does)")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def contexts(browser: Browser) -> Iterator[Any]:
+    """New, isolated browser contexts (each its own cookie jar), closed after the test."""
+    opened: list[BrowserContext] = []
+
+    def new() -> BrowserContext:
+        context = browser.new_context()
+        context.set_default_timeout(TIMEOUT_MS)
+        opened.append(context)
+        return context
+
+    yield new
+    for context in opened:
+        context.close()
+
+
+class AccountPage:
+    """One tab on ``/account`` that records its traffic and its script errors."""
+
+    def __init__(self, context: BrowserContext, base_url: str) -> None:
+        self.context = context
+        self.base_url = base_url
+        self.page: Page = context.new_page()
+        self.traffic: list[tuple[str, str, int]] = []
+        self.errors: list[str] = []
+        self.page.on("response", self._record)
+        self.page.on("pageerror", lambda exc: self.errors.append(str(exc)))
+        self.page.on("console", self._console)
+
+    def _record(self, response: Any) -> None:
+        self.traffic.append((response.request.method, urlsplit(response.url).path, response.status))
+
+    def _console(self, message: Any) -> None:
+        # Chromium logs every 4xx fetch; those are the page's business, not errors.
+        if message.type == "error" and not message.text.startswith("Failed to load resource"):
+            self.errors.append(message.text)
+
+    def open(self) -> None:
+        self.page.goto(self.base_url + "/account")
+
+    def login(self, username: str = "alice", password: str = PASSWORD) -> None:
+        expect(self.page.locator("#login-form")).to_be_visible()
+        self.page.fill("#username", username)
+        self.page.fill("#password", password)
+        self.page.click("#login-form button[type=submit]")
+        expect(self.page.locator("#account")).to_be_visible()
+        expect(self.page.locator("#whoami")).to_have_text(username)
+
+    def cookies(self) -> dict[str, Any]:
+        return {c["name"]: c for c in self.context.cookies(self.base_url + "/auth/refresh")}
+
+    def session_id(self) -> str:
+        return str(claims(self.cookies()["access_token"]["value"])["sid"])
+
+    def loads(self) -> int:
+        return int(self.page.locator("body").get_attribute("data-loads") or 0)
+
+    def reload_list(self) -> None:
+        """Press Refresh and wait until the page has shown the new list."""
+        before = self.loads()
+        self.page.click("#reload")
+        self.wait_for_load(before)
+
+    def wait_for_load(self, before: int) -> None:
+        expect(self.page.locator("body")).to_have_attribute("data-loads", str(before + 1))
+
+    def rows(self) -> Any:
+        return self.page.locator("#sessions tbody tr")
+
+    def wait_for_access_expiry(self) -> None:
+        """Block until the access token in the cookie has expired (not an arbitrary sleep)."""
+        exp = claims(self.cookies()["access_token"]["value"])["exp"]
+        time.sleep(max(0.0, exp - time.time()) + 0.05)
+
+
+def claims(token: str) -> dict[str, Any]:
+    payload: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
+    return payload
+
+
+def register(base_url: str, username: str = "alice") -> None:
+    r = httpx.post(base_url + "/auth/register", json={"username": username, "password": PASSWORD})
+    assert r.status_code == 201
+
+
+def api_login(base_url: str, device: str) -> dict[str, Any]:
+    r = httpx.post(
+        base_url + "/auth/login",
+        json={"username": "alice", "password": PASSWORD, "device": device},
+    )
+    assert r.status_code == 200
+    pair: dict[str, Any] = r.json()
+    return pair
+
+
+def test_the_page_refreshes_by_itself_when_the_access_token_expires(service_factory, contexts):
+    service = service_factory(token_location="headers,cookies", access_ttl=2)
+    register(service.base_url)
+    cli = api_login(service.base_url, device="cli")
+    tab = AccountPage(contexts(), service.base_url)
+    tab.open()
+    tab.login()
+
+    expect(tab.rows()).to_have_count(2)
+    current = tab.page.locator("#sessions tbody tr.is-current")
+    expect(current).to_contain_text("Chrome on Linux")
+    expect(current).to_contain_text("this device")
+    expect(tab.page.locator(f'tr[data-session-id="{cli["session_id"]}"]')).to_contain_text("cli")
+
+    # The cookies as the browser holds them: the tokens out of the script's reach.
+    jar = tab.cookies()
+    assert set(jar) == {"access_token", "refresh_token", "csrf_token"}
+    assert jar["access_token"]["httpOnly"] and jar["refresh_token"]["httpOnly"]
+    assert not jar["csrf_token"]["httpOnly"]
+    assert {c["sameSite"] for c in jar.values()} == {"Lax"}
+    assert jar["refresh_token"]["path"] == "/auth/refresh"
+    visible = tab.page.evaluate("document.cookie")
+    assert "csrf_token=" in visible and "access_token" not in visible
+
+    # Past the access token's expiry, two concurrent calls meet 401 token_expired:
+    # one refresh between them, then each is retried once.
+    tab.wait_for_access_expiry()
+    old_access, old_csrf = jar["access_token"]["value"], jar["csrf_token"]["value"]
+    tab.traffic.clear()
+    with tab.page.expect_request(lambda r: r.url.endswith("/auth/refresh")) as refresh:
+        tab.reload_list()
+    expect(tab.rows()).to_have_count(2)
+    assert refresh.value.method == "POST"
+    assert refresh.value.headers["x-csrf-token"] == old_csrf
+    assert tab.traffic.count(("POST", "/auth/refresh", 200)) == 1
+    assert [t for t in tab.traffic if t[0] == "POST"] == [("POST", "/auth/refresh", 200)]
+    for path in ("/auth/me", "/auth/sessions"):
+        assert [s for m, p, s in tab.traffic if p == path] == [401, 200], tab.traffic
+    assert tab.cookies()["access_token"]["value"] != old_access
+    assert tab.cookies()["csrf_token"]["value"] != old_csrf
+
+    # Expired again; now an unsafe call: refresh, then the DELETE is retried
+    # with the rotated CSRF token and ends the other session.
+    tab.wait_for_access_expiry()
+    tab.traffic.clear()
+    before = tab.loads()
+    tab.page.click(f'tr[data-session-id="{cli["session_id"]}"] button.end-session')
+    tab.wait_for_load(before)
+    expect(tab.rows()).to_have_count(1)
+    expect(tab.page.locator("#message")).to_have_text("The session was ended.")
+    delete_path = f"/auth/sessions/{cli['session_id']}"
+    assert [s for m, p, s in tab.traffic if m == "DELETE"] == [401, 204], tab.traffic
+    assert ("DELETE", delete_path, 204) in tab.traffic
+    assert tab.traffic.count(("POST", "/auth/refresh", 200)) == 1
+    r = httpx.post(service.base_url + "/auth/refresh", json={"refresh_token": cli["refresh_token"]})
+    assert r.json()["error"] == "token_revoked"
+    assert tab.errors == []
+
+
+def test_a_session_ended_elsewhere_lands_on_the_login_form(service_factory, contexts):
+    service = service_factory(token_location="cookies")
+    register(service.base_url)
+    first = AccountPage(contexts(), service.base_url)
+    second = AccountPage(contexts(), service.base_url)
+    first.open()
+    first.login()
+    second.open()
+    second.login()
+    expect(second.rows()).to_have_count(2)
+
+    # From the second browser, end the first one's session.
+    victim = first.session_id()
+    assert victim != second.session_id()
+    second.page.click(f'tr[data-session-id="{victim}"] button.end-session')
+    expect(second.rows()).to_have_count(1)
+
+    # The first browser's next call is refused, its cookies are cleared, and
+    # the page falls back to the login form saying why.
+    first.page.click("#reload")
+    expect(first.page.locator("#login-form")).to_be_visible()
+    expect(first.page.locator("#account")).to_be_hidden()
+    expect(first.page.locator("#message")).to_contain_text("This session was ended")
+    assert ("GET", "/auth/me", 401) in first.traffic
+    assert first.cookies() == {}
+
+    # It can log in again; the second logs out and its cookies go too.
+    first.login()
+    expect(first.rows()).to_have_count(2)
+    second.page.click("#logout")
+    expect(second.page.locator("#login-form")).to_be_visible()
+    expect(second.page.locator("#message")).to_have_text("You have logged out.")
+    assert second.cookies() == {}
+    first.page.click("#reload")
+    expect(first.rows()).to_have_count(1)
+    # "End all sessions" ends this one too.
+    first.page.click("#logout-all")
+    expect(first.page.locator("#login-form")).to_be_visible()
+    assert first.cookies() == {}
+    assert first.errors == [] and second.errors == []
+
+
+class _EvilPage(BaseHTTPRequestHandler):
+    """Serves a page that posts a form to the service as soon as it loads."""
+
+    target = ""
+
+    def do_GET(self) -> None:
+        body = (
+            "<!doctype html><title>win a prize</title>"
+            f'<form id="f" method="POST" action="{self.target}">'
+            '<input type="hidden" name="all" value="yes"></form>'
+            "<script>document.getElementById('f').submit()</script>"
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def evil_server() -> Iterator[Any]:
+    """A page on another loopback origin; ``start(target)`` returns its port."""
+    servers: list[ThreadingHTTPServer] = []
+
+    def start(target: str) -> int:
+        handler = type("Evil", (_EvilPage,), {"target": target})
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return int(server.server_address[1])
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_cross_site_form_post_is_refused(service_factory, contexts, evil_server):
+    service = service_factory(token_location="headers,cookies")
+    register(service.base_url)
+    tab = AccountPage(contexts(), service.base_url)
+    tab.open()
+    tab.login()
+    session = tab.session_id()
+    port = evil_server(service.base_url + "/auth/logout-all")
+
+    # Another origin on the same site (127.0.0.1, another port): SameSite=Lax
+    # lets the cookies ride along, and the missing X-CSRF-Token stops it.
+    with tab.page.expect_response(lambda r: r.url.endswith("/auth/logout-all")) as answer:
+        tab.page.goto(f"http://127.0.0.1:{port}/")
+    response = answer.value
+    assert response.request.method == "POST"
+    assert "access_token=" in (response.request.header_value("cookie") or "")
+    assert response.status == 403
+    assert response.json()["error"] == "csrf_failed"
+
+    # Another site altogether (localhost is not 127.0.0.1 to a browser):
+    # SameSite=Lax keeps the cookies home, so there is nothing to act on.
+    with tab.page.expect_response(lambda r: r.url.endswith("/auth/logout-all")) as answer:
+        tab.page.goto(f"http://localhost:{port}/")
+    response = answer.value
+    assert response.request.header_value("cookie") is None
+    assert response.status == 401
+    assert response.json()["error"] == "missing_token"
+
+    # The session survived both.
+    tab.open()
+    expect(tab.page.locator("#account")).to_be_visible()
+    expect(tab.rows()).to_have_count(1)
+    assert tab.session_id() == session
+    assert tab.errors == []
