@@ -87,9 +87,13 @@ class Settings:
                 kwargs[name] = _PARSERS.get(name, _text)(raw.strip())
             except ValueError as exc:
                 problems.append(f"{key}: {exc}")
+        try:
+            settings = cls(**kwargs)
+        except SettingsError as exc:  # report these together with the parse errors
+            problems += exc.problems
         if problems:
             raise SettingsError(problems)
-        return cls(**kwargs)
+        return settings
 
     def replace(self, **changes: Any) -> Settings:
         """Return a copy with ``changes`` applied (and validated)."""

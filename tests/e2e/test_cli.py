@@ -1,0 +1,88 @@
+"""The command line: serve on the embedded defaults, db upgrade, users create, bad settings."""
+
+import os
+import subprocess
+import sys
+import time
+
+import httpx
+
+from tests.support import ServiceProcess
+
+
+def clean_env(**extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENGATE_")}
+    env.update(extra)
+    return env
+
+
+def run(args, cwd, stdin=None, **env):
+    return subprocess.run(
+        [sys.executable, "-m", "service", *args],
+        cwd=cwd,
+        env=clean_env(**env),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_serve_on_embedded_defaults_answers_healthz_quickly(tmp_path):
+    """What `make run` does on a fresh machine: no Redis, no database configured."""
+    service = ServiceProcess({}, tmp_path)
+    start = time.monotonic()
+    service.start(timeout=15)
+    try:
+        assert time.monotonic() - start < 15
+        r = httpx.get(service.base_url + "/healthz")
+        assert r.json() == {"status": "ok", "database": "ok", "redis": "ok"}
+        instance = tmp_path / "instance"
+        assert (instance / "tokengate.db").is_file()
+        assert (instance / "redis" / "redis.sock").exists()
+        key = instance / "secret.key"
+        assert oct(key.stat().st_mode & 0o777) == "0o600"
+        secret = key.read_text().strip()
+        assert len(secret) >= 32
+        assert secret not in service.log.read_text()
+        assert "TOKENGATE_SECRET_KEY is not set" in service.log.read_text()
+    finally:
+        service.stop()
+    assert not (tmp_path / "instance" / "redis" / "redis.sock").exists()
+
+
+def test_db_upgrade_and_users_create(tmp_path):
+    r = run(["db", "upgrade"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "instance" / "tokengate.db").is_file()
+    r = run(["users", "create", "alice", "--password-stdin"], tmp_path, stdin="correct horse\n")
+    assert r.returncode == 0, r.stderr
+    assert "alice" in r.stdout and "correct horse" not in r.stdout + r.stderr
+    r = run(["users", "create", "alice", "--password-stdin"], tmp_path, stdin="correct horse\n")
+    assert r.returncode == 1 and "taken" in r.stderr
+    service = ServiceProcess({}, tmp_path)
+    service.start(timeout=15)
+    try:
+        login = httpx.post(
+            service.base_url + "/auth/login",
+            json={"username": "alice", "password": "correct horse"},
+        )
+        assert login.status_code == 200
+    finally:
+        service.stop()
+
+
+def test_bad_settings_stop_start_up_with_one_line_each(tmp_path):
+    r = run(
+        ["serve"],
+        tmp_path,
+        TOKENGATE_ACCESS_TTL="soon",
+        TOKENGATE_SECRET_KEY="short",
+        TOKENGATE_TOKEN_LOCATION="url",
+    )
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 3, r.stderr
+    for name in ["TOKENGATE_ACCESS_TTL", "TOKENGATE_SECRET_KEY", "TOKENGATE_TOKEN_LOCATION"]:
+        assert sum(name in line for line in lines) == 1
+    assert "Traceback" not in r.stderr and "short" not in r.stderr.replace("shorter", "")
