@@ -1,0 +1,265 @@
+"""Cookie mode, implicit refresh and password reset against the real service process, over httpx.
+
+The waits here are on a short access TTL running out: each computes when the
+token expires from its ``exp`` claim and waits exactly until then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import stat
+import time
+from http.cookies import Morsel, SimpleCookie
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+
+PASSWORD = "correct horse"
+COOKIE_NAMES = {"access_token", "refresh_token", "csrf_token"}
+
+
+def set_cookies(response: httpx.Response) -> dict[str, Morsel[str]]:
+    found: dict[str, Morsel[str]] = {}
+    for header in response.headers.get_list("set-cookie"):
+        jar: SimpleCookie = SimpleCookie()
+        jar.load(header)
+        found.update(jar)
+    return found
+
+
+def claims(token: str) -> dict[str, Any]:
+    payload: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
+    return payload
+
+
+def wait_until(epoch: float) -> None:
+    """Wait for a moment the test computed (a token's ``exp``), not a guessed delay."""
+    time.sleep(max(0.0, epoch - time.time()))
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def register(http: httpx.Client, username: str = "alice") -> None:
+    r = http.post("/auth/register", json={"username": username, "password": PASSWORD})
+    assert r.status_code == 201
+
+
+def login(http: httpx.Client, username: str = "alice", **extra: Any) -> httpx.Response:
+    r = http.post("/auth/login", json={"username": username, "password": PASSWORD}, **extra)
+    assert r.status_code == 200, r.text
+    return r
+
+
+def csrf(http: httpx.Client) -> dict[str, str]:
+    return {"X-CSRF-Token": http.cookies["csrf_token"]}
+
+
+def test_cookie_mode_csrf_and_clearing(service_factory):
+    service = service_factory(token_location="headers,cookies")
+    with (
+        httpx.Client(base_url=service.base_url) as browser,
+        httpx.Client(base_url=service.base_url) as other,
+    ):
+        register(browser)
+
+        # Plain http on a loopback address: every flag but Secure.
+        r = login(browser)
+        cookies = set_cookies(r)
+        assert set(cookies) == COOKIE_NAMES
+        assert {m["samesite"] for m in cookies.values()} == {"Lax"}
+        assert not any(m["secure"] for m in cookies.values())
+        assert cookies["access_token"]["httponly"] and cookies["refresh_token"]["httponly"]
+        assert not cookies["csrf_token"]["httponly"]
+        assert cookies["refresh_token"]["path"] == "/auth/refresh"
+        assert cookies["access_token"]["path"] == cookies["csrf_token"]["path"] == "/"
+
+        # The same server reached under a public name: Secure everywhere.
+        r = login(other, headers={"Host": "auth.example.com"})
+        assert set(set_cookies(r)) == COOKIE_NAMES
+        assert all(m["secure"] for m in set_cookies(r).values())
+        other.cookies.clear()
+        other_pair = login(other).json()
+
+        # Safe requests ride on the cookie alone.
+        r = browser.get("/auth/me")
+        assert r.status_code == 200 and r.json()["username"] == "alice"
+
+        # Unsafe ones need the CSRF header, and the right one.
+        for headers in ({}, {"X-CSRF-Token": "forged"}, {"X-CSRF-Token": ""}):
+            r = browser.post("/auth/logout", headers=headers)
+            assert r.status_code == 403
+            assert r.json()["error"] == "csrf_failed"
+        assert browser.get("/auth/me").status_code == 200
+
+        # A header-authenticated request needs none, even with cookies present.
+        r = other.post("/auth/logout", headers=bearer(other_pair["access_token"]))
+        assert r.status_code == 204
+
+        # Refresh by cookie: CSRF checked, everything rotated, the jar follows.
+        old_refresh = browser.cookies["refresh_token"]
+        assert browser.post("/auth/refresh").json()["error"] == "csrf_failed"
+        r = browser.post("/auth/refresh", headers=csrf(browser))
+        assert r.status_code == 200
+        assert set(set_cookies(r)) == COOKIE_NAMES
+        assert browser.cookies["refresh_token"] != old_refresh
+        assert browser.get("/auth/me").status_code == 200
+
+        # Ending a session from elsewhere: its next request clears its cookies.
+        other.cookies.clear()
+        login(other)
+        victim = claims(other.cookies["access_token"])["sid"]
+        r = browser.delete(f"/auth/sessions/{victim}", headers=csrf(browser))
+        assert r.status_code == 204
+        r = other.get("/auth/me")
+        assert r.status_code == 401 and r.json()["error"] == "token_revoked"
+        cleared = set_cookies(r)
+        assert set(cleared) == COOKIE_NAMES
+        assert all(m.value == "" and m["max-age"] == "0" for m in cleared.values())
+        assert not other.cookies
+
+        # Logout clears all three, and they are gone from the jar.
+        r = browser.post("/auth/logout", headers=csrf(browser))
+        assert r.status_code == 204
+        assert set(set_cookies(r)) == COOKIE_NAMES
+        assert not browser.cookies
+        r = browser.get("/auth/me")
+        assert r.status_code == 401 and r.json()["error"] == "missing_token"
+
+
+async def test_implicit_refresh_and_reissue(service_factory):
+    service = service_factory(
+        token_location="headers,cookies",
+        implicit_refresh="true",
+        access_ttl=2,
+        idle_timeout=3,
+        max_sessions=1,
+    )
+    users = ("alice", "bob", "carol", "dave", "erin")
+    async with (
+        httpx.AsyncClient(base_url=service.base_url) as http,
+        httpx.AsyncClient(base_url=service.base_url) as browser,
+    ):
+
+        async def login_as(name: str, client: httpx.AsyncClient = http) -> dict[str, Any]:
+            r = await client.post("/auth/login", json={"username": name, "password": PASSWORD})
+            assert r.status_code == 200
+            body: dict[str, Any] = r.json()
+            return body
+
+        registered = await asyncio.gather(
+            *(
+                http.post("/auth/register", json={"username": n, "password": PASSWORD})
+                for n in users
+            )
+        )
+        assert {r.status_code for r in registered} == {201}
+        # Every session this test needs, opened up front so one wait serves them all.
+        idle, alice, _, carol, dave = await asyncio.gather(
+            login_as("erin"), login_as("alice"), login_as("bob", browser), login_as("carol"),
+            login_as("dave"),
+        )  # fmt: skip
+        idle_since = time.time()
+        assert (
+            await http.post("/auth/logout", headers=bearer(carol["access_token"]))
+        ).status_code == 204
+        await login_as("dave")  # one session per user: this pushes the first out
+        expired = alice["access_token"]
+        wait_until(max(claims(p["access_token"])["exp"] for p in (alice, carol, dave)))
+        wait_until(claims(browser.cookies["access_token"])["exp"])
+
+        # 100 concurrent requests with one expired token: all accepted, one new token.
+        responses = await asyncio.gather(
+            *(http.get("/auth/me", headers=bearer(expired)) for _ in range(100))
+        )
+        assert [r.status_code for r in responses] == [200] * 100
+        new_tokens = {r.headers["X-Access-Token"] for r in responses}
+        assert len(new_tokens) == 1
+        (fresh,) = new_tokens
+        assert claims(fresh)["sid"] == claims(expired)["sid"]
+        r = await http.get("/auth/me", headers=bearer(fresh))
+        assert r.status_code == 200 and "X-Access-Token" not in r.headers
+        assert set_cookies(r) == {}  # a header client gets the header only
+
+        # In cookie mode the new token comes in the cookie as well.
+        responses = await asyncio.gather(*(browser.get("/auth/me") for _ in range(20)))
+        assert {r.status_code for r in responses} == {200}
+        renewed = {set_cookies(r)["access_token"].value for r in responses}
+        assert renewed == {responses[0].headers["X-Access-Token"]}
+        assert browser.cookies["access_token"] in renewed
+
+        # Logged out, or replaced: never revived.
+        r = await http.get("/auth/me", headers=bearer(carol["access_token"]))
+        assert r.status_code == 401 and r.json()["error"] == "token_revoked"
+        r = await http.get("/auth/me", headers=bearer(dave["access_token"]))
+        assert r.status_code == 401 and r.json()["error"] == "session_replaced"
+
+        # A cookie in its last second is re-issued before it expires.
+        current = browser.cookies["access_token"]
+        wait_until(claims(current)["exp"] - 0.9)
+        r = await browser.get("/auth/me")
+        assert r.status_code == 200
+        reissued = set_cookies(r)["access_token"].value
+        assert claims(reissued)["exp"] > claims(current)["exp"]
+        assert claims(current)["exp"] > time.time(), "the old one had not expired yet"
+
+        # Idle past the timeout: not revived either. (The Redis scripts of the
+        # refresh paths count in whole seconds, so allow one more.)
+        wait_until(idle_since + 3 + 1)
+        r = await http.get("/auth/me", headers=bearer(idle["access_token"]))
+        assert r.status_code == 401 and r.json()["error"] == "session_expired"
+        assert "X-Access-Token" not in r.headers
+
+
+def test_password_reset_over_http(service_factory):
+    service = service_factory(login_max_failures=3)
+    outbox = Path(service.workdir) / "instance" / "outbox"
+    with httpx.Client(base_url=service.base_url) as http:
+        register(http)
+        session = login(http).json()
+
+        r = http.post("/auth/password-reset/request", json={"username": "nobody"})
+        assert (r.status_code, r.json()) == (202, {})
+        assert not list(outbox.glob("*.json"))
+
+        r = http.post("/auth/password-reset/request", json={"username": "alice"})
+        assert (r.status_code, r.json()) == (202, {})
+        (path,) = outbox.glob("*.json")
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        message = json.loads(path.read_text())
+        assert set(message) == {"to", "purpose", "token", "created_at"}
+        assert (message["to"], message["purpose"]) == ("alice", "password_reset")
+        assert message["token"] not in (Path(service.log)).read_text()
+
+        # A password the server refuses leaves the token usable.
+        confirm = {"token": message["token"], "new_password": "short"}
+        r = http.post("/auth/password-reset/confirm", json=confirm)
+        assert r.status_code == 400 and r.json()["error"] == "invalid_request"
+        confirm["new_password"] = "battery staple"
+        assert http.post("/auth/password-reset/confirm", json=confirm).status_code == 204
+
+        # Every session is over; the new password works, the old does not.
+        r = http.get("/auth/me", headers=bearer(session["access_token"]))
+        assert r.json()["error"] == "token_revoked"
+        r = http.post("/auth/login", json={"username": "alice", "password": PASSWORD})
+        assert r.json()["error"] == "invalid_credentials"
+        r = http.post("/auth/login", json={"username": "alice", "password": "battery staple"})
+        assert r.status_code == 200
+
+        # Single use.
+        r = http.post("/auth/password-reset/confirm", json=confirm)
+        assert r.status_code == 401 and r.json()["error"] == "invalid_token"
+
+        # Throttled per name: three requests in the window, then 429.
+        for _ in range(2):
+            r = http.post("/auth/password-reset/request", json={"username": "alice"})
+            assert r.status_code == 202
+        r = http.post("/auth/password-reset/request", json={"username": "alice"})
+        assert r.status_code == 429
+        assert r.json()["error"] == "too_many_attempts"
+        assert int(r.headers["Retry-After"]) > 0
+        assert len(list(outbox.glob("*.json"))) == 3
