@@ -1,0 +1,25 @@
+"""tokengate's client: httpx clients that stay logged in.
+
+``AsyncAuthClient`` and ``AuthClient`` are ``httpx.AsyncClient`` and
+``httpx.Client`` with a ``TokenAuth``: tokens attached, refreshed before they
+expire and after a ``401 token_expired``, one refresh for any number of
+concurrent requests, kept in a ``MemoryTokenStore`` or a ``FileTokenStore``
+that processes share. See docs/client.md.
+"""
+
+from ._auth import TokenAuth
+from ._client import AsyncAuthClient, AuthClient
+from ._exceptions import AuthError, InvalidCredentials, LoginRequired, RateLimited
+from ._store import FileTokenStore, MemoryTokenStore
+
+__all__ = [
+    "AsyncAuthClient",
+    "AuthClient",
+    "AuthError",
+    "FileTokenStore",
+    "InvalidCredentials",
+    "LoginRequired",
+    "MemoryTokenStore",
+    "RateLimited",
+    "TokenAuth",
+]

@@ -1,0 +1,229 @@
+"""``AsyncAuthClient`` and ``AuthClient``: httpx clients that stay logged in.
+
+Each is its httpx class with a ``TokenAuth`` as its auth and a few methods
+for the ``/auth`` routes. The ``/auth`` requests the auth sends on its own
+(refresh, login) go through the client itself, so its transport, timeouts,
+proxies and event hooks apply to them too.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+
+from ._auth import (
+    Call,
+    Clock,
+    Credentials,
+    ErrorHook,
+    LoginRequiredHook,
+    Renew,
+    TokenAuth,
+    TokensHook,
+    endpoint,
+    failure,
+    login_flow,
+)
+from ._exceptions import LoginRequired
+from ._store import Tokens, TokenStore
+
+LOGOUT_PATH = "/auth/logout"
+LOGOUT_ALL_PATH = "/auth/logout-all"
+SESSIONS_PATH = "/auth/sessions"
+
+
+def _make_auth(
+    token_store: TokenStore | None,
+    refresh_margin: float,
+    credentials: Credentials | None,
+    on_refreshed: TokensHook | None,
+    on_refresh_failed: ErrorHook | None,
+    on_login_required: LoginRequiredHook | None,
+    clock: Clock,
+    kwargs: dict[str, Any],
+) -> TokenAuth:
+    if "auth" in kwargs:
+        raise TypeError(
+            "an auth client authenticates with its own TokenAuth; "
+            "use a plain httpx client for another auth"
+        )
+    return TokenAuth(
+        token_store=token_store,
+        refresh_margin=refresh_margin,
+        credentials=credentials,
+        on_refreshed=on_refreshed,
+        on_refresh_failed=on_refresh_failed,
+        on_login_required=on_login_required,
+        clock=clock,
+    )
+
+
+def _call_url(client: httpx.Client | httpx.AsyncClient, call: Call, origin: httpx.URL) -> Any:
+    # Relative to base_url when the client has one, like any request it sends.
+    return call.path if str(client.base_url) else endpoint(origin, call.path)
+
+
+class AsyncAuthClient(httpx.AsyncClient):
+    """An ``httpx.AsyncClient`` that logs in, attaches, refreshes and retries tokens.
+
+    Every httpx keyword passes through. Extra keywords: ``token_store``
+    (default a ``MemoryTokenStore``), ``refresh_margin`` (seconds before
+    expiry at which a request refreshes first; default 30), ``credentials``
+    (a callable returning ``(username, password)``, sync or async, used to log
+    in again when the session is over), the hooks ``on_refreshed``,
+    ``on_refresh_failed`` and ``on_login_required`` (sync or async), and
+    ``clock``.
+    """
+
+    def __init__(
+        self,
+        *,
+        token_store: TokenStore | None = None,
+        refresh_margin: float = 30,
+        credentials: Credentials | None = None,
+        on_refreshed: TokensHook | None = None,
+        on_refresh_failed: ErrorHook | None = None,
+        on_login_required: LoginRequiredHook | None = None,
+        clock: Clock = time.time,
+        **kwargs: Any,
+    ) -> None:
+        token_auth = _make_auth(
+            token_store, refresh_margin, credentials,
+            on_refreshed, on_refresh_failed, on_login_required, clock, kwargs,
+        )  # fmt: skip
+        super().__init__(auth=token_auth, **kwargs)
+        token_auth._async_call = self._auth_call
+        self._token_auth = token_auth
+
+    async def _auth_call(self, call: Call, origin: httpx.URL) -> httpx.Response:
+        request = self.build_request(call.method, _call_url(self, call, origin), json=call.body)
+        try:
+            return await self.send(request, auth=None)
+        except httpx.HTTPStatusError as exc:  # an event hook called raise_for_status()
+            return exc.response
+
+    @property
+    def tokens(self) -> Tokens | None:
+        """The stored tokens, or ``None`` when logged out (the repr shows no token)."""
+        return self._token_auth.tokens
+
+    async def login(self, username: str, password: str, device: str | None = None) -> Tokens:
+        """Log in and store the new tokens; raise ``InvalidCredentials``, ``RateLimited``..."""
+        flow = login_flow(username, password, device)
+        tokens = await self._token_auth._run_async(flow, self.base_url)
+        self._token_auth.token_store.save(tokens)
+        return tokens
+
+    async def refresh(self) -> Tokens:
+        """Refresh now (shared with any refresh already under way); return the new tokens."""
+        renew = Renew(self.tokens, self.base_url)
+        return await self._token_auth._run_async(self._token_auth._renewal(renew), self.base_url)
+
+    async def _end(self, path: str, doing: str) -> None:
+        if self.tokens is None:
+            return
+        try:
+            response = await self.post(path)
+        except LoginRequired:
+            return  # the session was over already, and the tokens are cleared
+        if response.status_code in (200, 204, 401):
+            self._token_auth.token_store.save(None)
+            return
+        raise failure(response, doing)
+
+    async def logout(self) -> None:
+        """End this session on the service and forget the tokens."""
+        await self._end(LOGOUT_PATH, "log out")
+
+    async def logout_all(self) -> None:
+        """End every session of the user and forget the tokens."""
+        await self._end(LOGOUT_ALL_PATH, "log out everywhere")
+
+    async def sessions(self) -> list[dict[str, Any]]:
+        """The user's live sessions, as the service lists them."""
+        response = await self.get(SESSIONS_PATH)
+        if response.status_code != 200:
+            raise failure(response, "list the sessions")
+        found: list[dict[str, Any]] = response.json()["sessions"]
+        return found
+
+
+class AuthClient(httpx.Client):
+    """An ``httpx.Client`` that logs in, attaches, refreshes and retries tokens.
+
+    The blocking twin of ``AsyncAuthClient``, with the same keywords and
+    methods; it is safe to share between threads.
+    """
+
+    def __init__(
+        self,
+        *,
+        token_store: TokenStore | None = None,
+        refresh_margin: float = 30,
+        credentials: Credentials | None = None,
+        on_refreshed: TokensHook | None = None,
+        on_refresh_failed: ErrorHook | None = None,
+        on_login_required: LoginRequiredHook | None = None,
+        clock: Clock = time.time,
+        **kwargs: Any,
+    ) -> None:
+        token_auth = _make_auth(
+            token_store, refresh_margin, credentials,
+            on_refreshed, on_refresh_failed, on_login_required, clock, kwargs,
+        )  # fmt: skip
+        super().__init__(auth=token_auth, **kwargs)
+        token_auth._sync_call = self._auth_call
+        self._token_auth = token_auth
+
+    def _auth_call(self, call: Call, origin: httpx.URL) -> httpx.Response:
+        request = self.build_request(call.method, _call_url(self, call, origin), json=call.body)
+        try:
+            return self.send(request, auth=None)
+        except httpx.HTTPStatusError as exc:  # an event hook called raise_for_status()
+            return exc.response
+
+    @property
+    def tokens(self) -> Tokens | None:
+        """The stored tokens, or ``None`` when logged out (the repr shows no token)."""
+        return self._token_auth.tokens
+
+    def login(self, username: str, password: str, device: str | None = None) -> Tokens:
+        """Log in and store the new tokens; raise ``InvalidCredentials``, ``RateLimited``..."""
+        tokens = self._token_auth._run_sync(login_flow(username, password, device), self.base_url)
+        self._token_auth.token_store.save(tokens)
+        return tokens
+
+    def refresh(self) -> Tokens:
+        """Refresh now (shared with any refresh already under way); return the new tokens."""
+        renew = Renew(self.tokens, self.base_url)
+        return self._token_auth._run_sync(self._token_auth._renewal(renew), self.base_url)
+
+    def _end(self, path: str, doing: str) -> None:
+        if self.tokens is None:
+            return
+        try:
+            response = self.post(path)
+        except LoginRequired:
+            return  # the session was over already, and the tokens are cleared
+        if response.status_code in (200, 204, 401):
+            self._token_auth.token_store.save(None)
+            return
+        raise failure(response, doing)
+
+    def logout(self) -> None:
+        """End this session on the service and forget the tokens."""
+        self._end(LOGOUT_PATH, "log out")
+
+    def logout_all(self) -> None:
+        """End every session of the user and forget the tokens."""
+        self._end(LOGOUT_ALL_PATH, "log out everywhere")
+
+    def sessions(self) -> list[dict[str, Any]]:
+        """The user's live sessions, as the service lists them."""
+        response = self.get(SESSIONS_PATH)
+        if response.status_code != 200:
+            raise failure(response, "list the sessions")
+        found: list[dict[str, Any]] = response.json()["sessions"]
+        return found

@@ -1,0 +1,56 @@
+"""The client's one error tree.
+
+::
+
+    Exception
+    └── AuthError               authentication failed; the stored tokens are kept
+        │                       (network error, 5xx, a body that cannot be resent...)
+        ├── LoginRequired       the session is over, or there is none: the tokens are
+        │   │                   cleared; ``code`` is the service's reason
+        │   │                   (token_revoked, session_expired, refresh_reused...,
+        │   │                   or missing_token when nothing is stored)
+        │   └── InvalidCredentials   a login was refused: invalid_credentials
+        └── RateLimited         429 too_many_attempts; ``retry_after`` in seconds
+
+Every error carries ``code``, the service's ``error`` string (``None`` when the
+service never answered), and ``response``, the ``httpx.Response`` behind it
+when there is one. Messages never contain a token.
+"""
+
+from __future__ import annotations
+
+import httpx
+
+
+class AuthError(Exception):
+    """Authentication could not be done; the stored tokens are kept."""
+
+    def __init__(
+        self, message: str, *, code: str | None = None, response: httpx.Response | None = None
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.response = response
+
+
+class LoginRequired(AuthError):
+    """The session is over (or there is none) and no new login was possible."""
+
+
+class InvalidCredentials(LoginRequired):
+    """The service refused the username or password."""
+
+
+class RateLimited(AuthError):
+    """Too many attempts: wait ``retry_after`` seconds (``None`` if the service did not say)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        response: httpx.Response | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, code=code, response=response)
+        self.retry_after = retry_after

@@ -1,0 +1,375 @@
+"""Where a client keeps its tokens: in memory, or in a file that processes share.
+
+A store is small and synchronous: ``load``, an atomic ``update`` and, for the
+refresh, ``begin_refresh``/``end_refresh``. The client never holds one of its
+locks while a request is on the wire: ``FileTokenStore`` marks a refresh in
+progress with a *lease* written into the file (who, until when), so other
+processes wait for the new tokens instead of refreshing too, and still read
+the file freely meanwhile.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import enum
+import json
+import logging
+import os
+import secrets
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import filelock
+
+from ._exceptions import AuthError
+
+log = logging.getLogger("tokengate.client")
+
+FILE_VERSION = 1
+# How often a process waiting on another process's refresh looks at the file again.
+LEASE_POLL_INTERVAL = 0.05
+
+
+def unverified_claims(token: str) -> dict[str, Any]:
+    """The JWT payload, *not verified*: only ever used to read ``exp`` and ``iat``.
+
+    The client cannot verify the signature (it does not hold the key) and does
+    not need to: the service checks every token; the client only wants to know
+    when to refresh.
+    """
+    parts = token.split(".")
+    if len(parts) != 3:
+        return {}
+    payload = parts[1] + "=" * (-len(parts[1]) % 4)
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(payload))
+    except (ValueError, binascii.Error):
+        return {}
+    return claims if isinstance(claims, dict) else {}
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Tokens:
+    """An access and refresh token pair; the repr never shows either token."""
+
+    access_token: str
+    refresh_token: str
+    session_id: str | None = None
+    token_type: str = "Bearer"  # noqa: S105 - the scheme name, not a secret
+    # Read from the access token's own claims, so a pair loaded from a file or
+    # pushed by the service (X-Access-Token) knows its expiry as well.
+    expires_at: float | None = field(init=False, compare=False)
+    issued_at: float | None = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        claims = unverified_claims(self.access_token)
+        object.__setattr__(self, "expires_at", _number(claims.get("exp")))
+        object.__setattr__(self, "issued_at", _number(claims.get("iat")))
+
+    def __repr__(self) -> str:
+        return f"Tokens(session_id={self.session_id!r}, expires_at={self.expires_at!r})"
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Tokens:
+        """Build from a token pair response (or a stored copy); ``ValueError`` if malformed."""
+        access, refresh = data.get("access_token"), data.get("refresh_token")
+        if not isinstance(access, str) or not access or not isinstance(refresh, str) or not refresh:
+            raise ValueError("a token pair needs a non-empty access_token and refresh_token")
+        session_id = data.get("session_id")
+        token_type = data.get("token_type") or "Bearer"
+        return cls(
+            access_token=access,
+            refresh_token=refresh,
+            session_id=session_id if isinstance(session_id, str) else None,
+            token_type=token_type if isinstance(token_type, str) else "Bearer",
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The pair as JSON-ready data (contains the tokens: keep it private)."""
+        return {
+            "access_token": self.access_token,
+            "refresh_token": self.refresh_token,
+            "token_type": self.token_type,
+            "session_id": self.session_id,
+        }
+
+    def with_access_token(self, access_token: str) -> Tokens:
+        """The same pair with a new access token (one the service pushed)."""
+        return Tokens(access_token, self.refresh_token, self.session_id, self.token_type)
+
+
+class Keep(enum.Enum):
+    """``end_refresh`` argument: leave the stored tokens as they are."""
+
+    KEEP = "keep"
+
+
+KEEP = Keep.KEEP
+Change = Tokens | None | Literal[Keep.KEEP]
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """The right to refresh, handed to one refresher; ``tokens`` are the ones to refresh."""
+
+    id: str
+    tokens: Tokens | None = field(repr=False)
+
+
+class TokenStore:
+    """Base class of token stores; subclass it to keep tokens somewhere else.
+
+    A subclass implements ``load`` and ``update``; the refresh protocol below
+    then works within one process. ``FileTokenStore`` overrides it to work
+    across processes too.
+    """
+
+    def load(self) -> Tokens | None:
+        """The stored tokens, or ``None``. Called for every request: keep it cheap."""
+        raise NotImplementedError
+
+    def update(self, change: Callable[[Tokens | None], Tokens | None]) -> Tokens | None:
+        """Atomically replace the tokens with ``change(current)``; return the result."""
+        raise NotImplementedError
+
+    def save(self, tokens: Tokens | None) -> None:
+        """Store ``tokens`` (``None`` clears the store)."""
+        self.update(lambda _: tokens)
+
+    def begin_refresh(
+        self, stale: Tokens | None, usable: Callable[[Tokens], bool]
+    ) -> Tokens | Lease | float:
+        """Ask to refresh ``stale``.
+
+        Returns tokens that are already newer than ``stale`` and ``usable``
+        (use them: someone else refreshed), a ``Lease`` (refresh its tokens,
+        then call ``end_refresh``), or a number of seconds to wait before
+        asking again (someone else is refreshing right now).
+        """
+        current = self.load()
+        if current is not None and current != stale and usable(current):
+            return current
+        return Lease(secrets.token_hex(8), current)
+
+    def end_refresh(self, lease: Lease, change: Change) -> None:
+        """Store the refresh's result, unless the tokens changed since the lease began."""
+        if change is not KEEP:
+            self.update(lambda current: change if current == lease.tokens else current)
+
+
+class MemoryTokenStore(TokenStore):
+    """Tokens in memory, for this client only: gone when the process ends."""
+
+    def __init__(self, tokens: Tokens | Mapping[str, Any] | None = None) -> None:
+        if tokens is not None and not isinstance(tokens, Tokens):
+            tokens = Tokens.from_json(tokens)
+        self._tokens: Tokens | None = tokens
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"MemoryTokenStore(tokens={self._tokens!r})"
+
+    def load(self) -> Tokens | None:
+        return self._tokens
+
+    def update(self, change: Callable[[Tokens | None], Tokens | None]) -> Tokens | None:
+        with self._lock:
+            self._tokens = change(self._tokens)
+            return self._tokens
+
+
+def _process_alive(pid: int) -> bool:
+    if os.name != "posix":  # signal 0 means something else on Windows
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class FileTokenStore(TokenStore):
+    """Tokens in a JSON file (mode 0600) that several processes can share.
+
+    Every write goes to a temporary file in the same directory and is renamed
+    over the old one, under a ``filelock`` lock, so a reader never sees half a
+    file. Before refreshing, a process re-reads the file: if another process
+    already stored newer tokens it uses them; if another process is refreshing
+    right now (its lease is in the file) it waits for the result. So the
+    processes sharing a file refresh once between them, and none of them is
+    logged out by another's refresh-token rotation. The file also keeps the
+    service's base URL for the command line.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, lock_timeout: float = 10.0, lease_ttl: float = 30.0
+    ) -> None:
+        self.path = Path(path).expanduser()
+        self.lock_timeout = lock_timeout
+        # A lease older than this is ignored (its holder hung or died elsewhere).
+        self.lease_ttl = lease_ttl
+        self._file_lock = filelock.FileLock(
+            f"{self.path}.lock", timeout=lock_timeout, mode=0o600, thread_local=False
+        )
+        # Threads of one process take turns at the file lock; this also guards the cache.
+        self._mutex = threading.Lock()
+        self._cache: tuple[tuple[int, int, int], dict[str, Any]] | None = None
+
+    def __repr__(self) -> str:
+        return f"FileTokenStore({str(self.path)!r})"
+
+    # -- reading and writing ----------------------------------------------
+    def _parse(self, raw: bytes) -> dict[str, Any]:
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            log.warning("token file %s is not valid JSON; treating it as empty", self.path)
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _read(self) -> dict[str, Any]:
+        try:
+            return self._parse(self.path.read_bytes())
+        except FileNotFoundError:
+            return {}
+
+    def _data(self) -> dict[str, Any]:
+        """The file's content, re-read only when the file changed (a ``stat`` per call)."""
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return {}
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        cached = self._cache
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        data = self._read()
+        self._cache = (key, data)
+        return data
+
+    def _write(self, data: dict[str, Any]) -> None:
+        data["version"] = FILE_VERSION
+        fd, tmp = tempfile.mkstemp(
+            dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp"
+        )
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                os.fchmod(f.fileno(), 0o600)
+                json.dump(data, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with self._mutex:
+            try:
+                self._file_lock.acquire()
+            except filelock.Timeout:
+                raise AuthError(
+                    f"Could not lock the token file {self.path} within {self.lock_timeout}s."
+                ) from None
+            try:
+                yield
+            finally:
+                self._file_lock.release()
+
+    @staticmethod
+    def _tokens_of(data: Mapping[str, Any]) -> Tokens | None:
+        raw = data.get("tokens")
+        if not isinstance(raw, dict):
+            return None
+        try:
+            return Tokens.from_json(raw)
+        except ValueError:
+            return None
+
+    # -- the store --------------------------------------------------------
+    def load(self) -> Tokens | None:
+        return self._tokens_of(self._data())
+
+    def update(self, change: Callable[[Tokens | None], Tokens | None]) -> Tokens | None:
+        with self._locked():
+            data = self._read()
+            current = self._tokens_of(data)
+            new = change(current)
+            if new != current:
+                data["tokens"] = None if new is None else new.to_json()
+                self._write(data)
+            return new
+
+    @property
+    def base_url(self) -> str | None:
+        """The service's base URL, as the command line stored it."""
+        url = self._data().get("base_url")
+        return url if isinstance(url, str) else None
+
+    @base_url.setter
+    def base_url(self, url: str | None) -> None:
+        with self._locked():
+            data = self._read()
+            data["base_url"] = url
+            self._write(data)
+
+    # -- the refresh, across processes -------------------------------------
+    def _lease_live(self, lease: Any) -> bool:
+        if not isinstance(lease, dict):
+            return False
+        until = _number(lease.get("until"))
+        if until is None or until <= time.time():
+            return False
+        pid = lease.get("pid")
+        if lease.get("host") == socket.gethostname() and isinstance(pid, int):
+            return _process_alive(pid)
+        return True
+
+    def begin_refresh(
+        self, stale: Tokens | None, usable: Callable[[Tokens], bool]
+    ) -> Tokens | Lease | float:
+        with self._locked():
+            data = self._read()
+            current = self._tokens_of(data)
+            if current is not None and current != stale and usable(current):
+                return current
+            if self._lease_live(data.get("refresh_lease")):
+                return LEASE_POLL_INTERVAL
+            lease = Lease(secrets.token_hex(8), current)
+            data["refresh_lease"] = {
+                "id": lease.id,
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "until": time.time() + self.lease_ttl,
+            }
+            self._write(data)
+            return lease
+
+    def end_refresh(self, lease: Lease, change: Change) -> None:
+        with self._locked():
+            data = self._read()
+            held = data.get("refresh_lease")
+            if isinstance(held, dict) and held.get("id") == lease.id:
+                data["refresh_lease"] = None
+            if change is not KEEP and self._tokens_of(data) == lease.tokens:
+                data["tokens"] = None if change is None else change.to_json()
+            self._write(data)
