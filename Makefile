@@ -18,6 +18,7 @@ run: $(STAMP)
 	$(BIN)/python -m service serve
 
 test: $(STAMP)
+	@./.ci/browser  # Debian's chromium for the browser tests, when it is missing
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -155,6 +155,12 @@ local z, k, sid = KEYS[1], KEYS[2], ARGV[1]
 local now, idle = tonumber(ARGV[2]), tonumber(ARGV[3])
 local maxage, limit = tonumber(ARGV[4]), tonumber(ARGV[5])
 if redis.call('EXISTS', z) == 0 then return {'miss'} end
+if redis.call('EXISTS', k) == 1 then
+  -- Loaded into the set from SQL by a concurrent login and pushed out by
+  -- another before this login got here: it lost the race.
+  redis.call('ZREM', z, sid)
+  return {'ok', {sid}, {}}
+end
 local prefix = string.sub(k, 1, #k - #sid)
 local replaced, gone = {}, {}
 redis.call('ZREMRANGEBYSCORE', z, '(0', string.format('%.0f', (now - maxage) * 1000000))
