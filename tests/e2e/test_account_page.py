@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -235,18 +235,13 @@ def test_a_session_ended_elsewhere_lands_on_the_login_form(service_factory, cont
     assert first.errors == [] and second.errors == []
 
 
-class _EvilPage(BaseHTTPRequestHandler):
-    """Serves a page that posts a form to the service as soon as it loads."""
+class _EvilSite(BaseHTTPRequestHandler):
+    """Serves pages that post a form to the service as soon as they load."""
 
-    target = ""
+    pages: ClassVar[dict[str, str]] = {}
 
     def do_GET(self) -> None:
-        body = (
-            "<!doctype html><title>win a prize</title>"
-            f'<form id="f" method="POST" action="{self.target}">'
-            '<input type="hidden" name="all" value="yes"></form>'
-            "<script>document.getElementById('f').submit()</script>"
-        ).encode()
+        body = self.pages[self.path].encode()
         self.send_response(200)
         self.send_header("Content-Type", "text/html; charset=utf-8")
         self.send_header("Content-Length", str(len(body)))
@@ -257,13 +252,21 @@ class _EvilPage(BaseHTTPRequestHandler):
         pass
 
 
+def auto_post(action: str, fields: str, enctype: str = "application/x-www-form-urlencoded") -> str:
+    return (
+        "<!doctype html><title>win a prize</title>"
+        f'<form id="f" method="POST" enctype="{enctype}" action="{action}">{fields}</form>'
+        "<script>document.getElementById('f').submit()</script>"
+    )
+
+
 @pytest.fixture
-def evil_server() -> Iterator[Any]:
-    """A page on another loopback origin; ``start(target)`` returns its port."""
+def evil_site() -> Iterator[Any]:
+    """Another loopback origin: ``start({path: html})`` serves those pages, returns the port."""
     servers: list[ThreadingHTTPServer] = []
 
-    def start(target: str) -> int:
-        handler = type("Evil", (_EvilPage,), {"target": target})
+    def start(pages: dict[str, str]) -> int:
+        handler = type("Evil", (_EvilSite,), {"pages": pages})
         server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)
@@ -275,19 +278,30 @@ def evil_server() -> Iterator[Any]:
         server.server_close()
 
 
-def test_a_cross_site_form_post_is_refused(service_factory, contexts, evil_server):
+def test_a_cross_site_form_post_is_refused(service_factory, contexts, evil_site):
     service = service_factory(token_location="headers,cookies")
     register(service.base_url)
+    register(service.base_url, "mallory")
     tab = AccountPage(contexts(), service.base_url)
     tab.open()
     tab.login()
     session = tab.session_id()
-    port = evil_server(service.base_url + "/auth/logout-all")
+    # A text/plain form can carry a body that parses as JSON: the login CSRF trick.
+    json_field = (
+        """<input type="hidden" name='{"username": "mallory", "password": "correct horse", """
+        """"device": "' value='"}'>"""
+    )
+    port = evil_site(
+        {
+            "/logout-all": auto_post(service.base_url + "/auth/logout-all", ""),
+            "/login": auto_post(service.base_url + "/auth/login", json_field, "text/plain"),
+        }
+    )
 
     # Another origin on the same site (127.0.0.1, another port): SameSite=Lax
     # lets the cookies ride along, and the missing X-CSRF-Token stops it.
     with tab.page.expect_response(lambda r: r.url.endswith("/auth/logout-all")) as answer:
-        tab.page.goto(f"http://127.0.0.1:{port}/")
+        tab.page.goto(f"http://127.0.0.1:{port}/logout-all")
     response = answer.value
     assert response.request.method == "POST"
     assert "access_token=" in (response.request.header_value("cookie") or "")
@@ -297,15 +311,24 @@ def test_a_cross_site_form_post_is_refused(service_factory, contexts, evil_serve
     # Another site altogether (localhost is not 127.0.0.1 to a browser):
     # SameSite=Lax keeps the cookies home, so there is nothing to act on.
     with tab.page.expect_response(lambda r: r.url.endswith("/auth/logout-all")) as answer:
-        tab.page.goto(f"http://localhost:{port}/")
+        tab.page.goto(f"http://localhost:{port}/logout-all")
     response = answer.value
     assert response.request.header_value("cookie") is None
     assert response.status == 401
     assert response.json()["error"] == "missing_token"
 
-    # The session survived both.
+    # Nor can a form swap the browser's session for one of the attacker's.
+    for host in ("127.0.0.1", "localhost"):
+        with tab.page.expect_response(lambda r: r.url.endswith("/auth/login")) as answer:
+            tab.page.goto(f"http://{host}:{port}/login")
+        assert answer.value.request.post_data_json["username"] == "mallory"
+        assert answer.value.status == 400
+        assert answer.value.json()["error"] == "invalid_request"
+
+    # The session survived all of it.
     tab.open()
     expect(tab.page.locator("#account")).to_be_visible()
+    expect(tab.page.locator("#whoami")).to_have_text("alice")
     expect(tab.rows()).to_have_count(1)
     assert tab.session_id() == session
     assert tab.errors == []

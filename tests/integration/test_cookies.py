@@ -8,6 +8,7 @@ browser would, so the flags themselves are what is checked.
 from __future__ import annotations
 
 import asyncio
+import json
 from http.cookies import Morsel, SimpleCookie
 from typing import Any
 
@@ -401,3 +402,32 @@ async def test_the_account_page_needs_cookie_mode(make_app):
     body = await r.get_json()
     assert body["error"] == "not_found"
     assert "TOKENGATE_TOKEN_LOCATION" in body["error_description"]
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
+async def test_cookie_mode_login_needs_a_json_content_type(cookie_app, content_type):
+    """A cross-site form can send a JSON-shaped body, never this type (login CSRF)."""
+    client = cookie_app.test_client(use_cookies=False)
+    await client.post("/auth/register", json=CREDENTIALS)
+    body = '{"username": "alice", "password": "correct horse", "device": "="}\r\n'
+    headers = {"Content-Type": content_type} if content_type else {}
+    r = await client.post("/auth/login", data=body, headers=headers)
+    assert r.status_code == 400
+    assert (await r.get_json())["error"] == "invalid_request"
+    assert set_cookies(r) == {}
+    r = await client.post(
+        "/auth/login", data=body, headers={"Content-Type": "application/json; charset=utf-8"}
+    )
+    assert r.status_code == 200
+    assert set(set_cookies(r)) == COOKIE_NAMES
+
+
+async def test_headers_mode_login_takes_any_content_type(make_app):
+    """No cookies, nothing for a forged login to plant: API clients keep their latitude."""
+    app = await make_app()
+    client = app.test_client(use_cookies=False)
+    await client.post("/auth/register", json=CREDENTIALS)
+    r = await client.post(
+        "/auth/login", data=json.dumps(CREDENTIALS), headers={"Content-Type": "text/plain"}
+    )
+    assert r.status_code == 200
