@@ -212,11 +212,13 @@ def test_a_session_ended_elsewhere_lands_on_the_login_form(service_factory, cont
 
     # The first browser's next call is refused, its cookies are cleared, and
     # the page falls back to the login form saying why.
-    first.page.click("#reload")
+    with first.page.expect_response(lambda r: r.url.endswith("/auth/me")) as answer:
+        first.page.click("#reload")
+    assert answer.value.status == 401
+    assert answer.value.json()["error"] == "token_revoked"
     expect(first.page.locator("#login-form")).to_be_visible()
     expect(first.page.locator("#account")).to_be_hidden()
     expect(first.page.locator("#message")).to_contain_text("This session was ended")
-    assert ("GET", "/auth/me", 401) in first.traffic
     assert first.cookies() == {}
 
     # It can log in again; the second logs out and its cookies go too.
