@@ -1,0 +1,83 @@
+"""Helpers for the end-to-end session tests: services kept for a module, HTTP calls."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.support import SECRET, ServiceProcess
+
+PASSWORD = "correct horse"
+TIMEOUT = httpx.Timeout(30.0)
+
+
+def start_service(workdir: Path, redis_url: str, **settings: Any) -> ServiceProcess:
+    """Start ``python -m service serve`` on ``redis_url`` and a fresh SQLite database.
+
+    The same environment as the ``service_factory`` fixture, for services that
+    a module's tests share (the service takes seconds to start); the caller
+    stops it.
+    """
+    env = {
+        "TOKENGATE_SECRET_KEY": SECRET,
+        "TOKENGATE_REDIS_URL": redis_url,
+        "TOKENGATE_DATABASE_URL": f"sqlite+aiosqlite:///{workdir / 'tokengate.db'}",
+        "TOKENGATE_INSTANCE_DIR": str(workdir / "instance"),
+    }
+    env.update({f"TOKENGATE_{k.upper()}": str(v) for k, v in settings.items()})
+    service = ServiceProcess(env, workdir)
+    service.start()
+    return service
+
+
+def new_name(prefix: str = "user") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def bearer(pair: dict[str, Any]) -> dict[str, str]:
+    return {"Authorization": f"Bearer {pair['access_token']}"}
+
+
+def error_of(r: httpx.Response) -> str:
+    """The contract's error code of a failed response (which must describe itself)."""
+    body = r.json()
+    assert body["error_description"], body
+    return str(body["error"])
+
+
+def outcome(r: httpx.Response) -> int | str:
+    """The status for a success, else the contract's error code."""
+    return r.status_code if r.status_code in (200, 204) else error_of(r)
+
+
+def register(http: httpx.Client, username: str, password: str = PASSWORD) -> None:
+    r = http.post("/auth/register", json={"username": username, "password": password})
+    assert r.status_code == 201, r.text
+
+
+def login(http: httpx.Client, username: str, password: str = PASSWORD, **extra: Any) -> dict:
+    r = http.post("/auth/login", json={"username": username, "password": password, **extra})
+    assert r.status_code == 200, r.text
+    pair: dict[str, Any] = r.json()
+    return pair
+
+
+def me(http: httpx.Client, pair: dict[str, Any]) -> int | str:
+    return outcome(http.get("/auth/me", headers=bearer(pair)))
+
+
+def refresh(http: httpx.Client, token: str) -> dict[str, Any] | str:
+    r = http.post("/auth/refresh", json={"refresh_token": token})
+    return r.json() if r.status_code == 200 else error_of(r)
+
+
+def sleep_until(deadline: float) -> None:
+    """Wait for a near point on the monotonic clock."""
+    remaining = deadline - time.monotonic()
+    assert remaining < 10, remaining
+    if remaining > 0:
+        time.sleep(remaining)

@@ -1,0 +1,352 @@
+"""The hot path, Redis losing its data, and outages, against the real service process.
+
+The Redis tests share one service on a redis-server private to this module,
+which they flush, stop and start; the service is never restarted. The
+database outage runs the service on a private PostgreSQL server that the test
+stops and starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from tests.support import RedisServer, ServiceProcess, free_port, wait_for
+
+from .session_helpers import (
+    PASSWORD,
+    TIMEOUT,
+    bearer,
+    error_of,
+    login,
+    me,
+    new_name,
+    refresh,
+    register,
+    start_service,
+)
+
+
+# -- a service on a private redis-server, shared by the Redis tests --
+@pytest.fixture(scope="module")
+def module_redis() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def module_service(
+    module_redis: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServiceProcess]:
+    """Two sessions per user, so that a third login replaces the oldest."""
+    service = start_service(tmp_path_factory.mktemp("resilient"), module_redis.url, max_sessions=2)
+    yield service
+    service.stop()
+
+
+@pytest.fixture
+def private_redis(module_redis: RedisServer) -> Iterator[RedisServer]:
+    """The module's redis-server, running at the start and at the end of each test."""
+    if module_redis.process is None:
+        module_redis.start()
+    yield module_redis
+    if module_redis.process is None:
+        module_redis.start()
+
+
+@pytest.fixture
+def service(module_service: ServiceProcess, private_redis: RedisServer) -> ServiceProcess:
+    assert module_service.process is not None and module_service.process.poll() is None
+    return module_service
+
+
+@pytest.fixture
+def http(service: ServiceProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=service.base_url, timeout=TIMEOUT) as client:
+        yield client
+
+
+def timed(call: Callable[[], httpx.Response]) -> tuple[httpx.Response, float]:
+    start = time.monotonic()
+    r = call()
+    return r, time.monotonic() - start
+
+
+def assert_unavailable(r: httpx.Response, elapsed: float) -> None:
+    """Failed closed and fast: 503 auth_unavailable with Retry-After, within a second."""
+    assert r.status_code == 503, (r.request.url.path, r.status_code, r.text)
+    assert error_of(r) == "auth_unavailable"
+    assert int(r.headers["Retry-After"]) >= 1
+    assert elapsed < 1.0, (r.request.url.path, elapsed)
+
+
+# -- 6. the hot path: one EVALSHA per authenticated request, nothing else --
+# Not per request: our own CONFIG RESETSTAT and INFO, and the handshake of a
+# pooled connection opened for the first time.
+IGNORED = {"config", "config|resetstat", "info", "hello", "client", "client|setinfo"}
+
+
+def commandstats(client: redis.Redis) -> dict[str, int]:
+    """Calls per command since the last reset, the commands scripts run included."""
+    info = client.info("commandstats")
+    calls = {name.removeprefix("cmdstat_"): stats["calls"] for name, stats in info.items()}
+    return {name: n for name, n in calls.items() if name not in IGNORED}
+
+
+async def test_one_script_call_per_request_and_nothing_else(service, private_redis):
+    with httpx.Client(base_url=service.base_url, timeout=TIMEOUT) as http:
+        name = new_name()
+        register(http, name)
+        auth = bearer(login(http, name))
+    limits = httpx.Limits(max_connections=60)
+    async with httpx.AsyncClient(
+        base_url=service.base_url, timeout=TIMEOUT, limits=limits
+    ) as client:
+
+        async def batch() -> None:
+            responses = await asyncio.gather(
+                *(client.get("/auth/me", headers=auth) for _ in range(25))
+            )
+            assert [r.status_code for r in responses] == [200] * 25
+
+        # Warm up: the script loaded, the service's connection pool filled.
+        for _ in range(2):
+            await batch()
+        stats_client = redis.Redis(port=private_redis.port, socket_timeout=5)
+        try:
+            stats_client.config_resetstat()
+            for _ in range(25):
+                r = await client.get("/auth/me", headers=auth)
+                assert r.status_code == 200
+            await batch()
+            stats = commandstats(stats_client)
+        finally:
+            stats_client.close()
+    # One EVALSHA per request; inside it, one EXISTS, one HMGET, one HSET.
+    assert stats == {"evalsha": 50, "exists": 50, "hmget": 50, "hset": 50}
+
+
+# -- 7. Redis losing its data --
+def test_sessions_keep_their_state_when_redis_loses_its_data(service, http, private_redis):
+    alice, bob = new_name("alice"), new_name("bob")
+    register(http, alice)
+    register(http, bob)
+    replaced = login(http, alice)
+    live = login(http, alice)
+    logged_out = login(http, alice)  # the third of two: ``replaced`` is pushed out
+    assert http.post("/auth/logout", headers=bearer(logged_out)).status_code == 204
+    rotated = refresh(http, live["refresh_token"])
+    assert isinstance(rotated, dict), rotated
+    other = login(http, bob)
+
+    def states() -> dict[str, Any]:
+        listed = http.get("/auth/sessions", headers=bearer(rotated)).json()["sessions"]
+        return {
+            "live": me(http, rotated),
+            "other user": me(http, other),
+            "logged out": me(http, logged_out),
+            "logged out, refresh": refresh(http, logged_out["refresh_token"]),
+            "replaced": me(http, replaced),
+            "replaced, refresh": refresh(http, replaced["refresh_token"]),
+            "listed": [s["id"] for s in listed],
+        }
+
+    expected = {
+        "live": 200,
+        "other user": 200,
+        "logged out": "token_revoked",
+        "logged out, refresh": "token_revoked",
+        "replaced": "session_replaced",
+        "replaced, refresh": "session_replaced",
+        "listed": [live["session_id"]],
+    }
+    assert states() == expected
+
+    stats_client = redis.Redis(port=private_redis.port, socket_timeout=5)
+    try:
+        stats_client.flushall()
+        assert stats_client.dbsize() == 0
+    finally:
+        stats_client.close()
+    assert states() == expected
+    # The retired refresh token, within the grace window, still gets the same successor.
+    again = refresh(http, live["refresh_token"])
+    assert isinstance(again, dict) and again["refresh_token"] == rotated["refresh_token"]
+
+    private_redis.stop()  # no persistence: everything is gone
+    private_redis.start()
+    assert states() == expected
+    # The per-user limit still counts the sessions the database knows are live.
+    newest = login(http, alice)
+    assert me(http, rotated) == 200
+    newer = login(http, alice)
+    assert me(http, rotated) == "session_replaced"
+    assert (me(http, newest), me(http, newer)) == (200, 200)
+    # The service was never restarted.
+    assert service.process is not None and service.process.poll() is None
+
+
+# -- 8. outages --
+def test_redis_down_every_auth_route_answers_503_fast_then_recovers(service, http, private_redis):
+    name = new_name()
+    register(http, name)
+    pair = login(http, name)
+    auth = bearer(pair)
+    assert me(http, pair) == 200
+
+    private_redis.stop()
+    calls: dict[str, Callable[[], httpx.Response]] = {
+        "me": lambda: http.get("/auth/me", headers=auth),
+        "sessions": lambda: http.get("/auth/sessions", headers=auth),
+        "login": lambda: http.post("/auth/login", json={"username": name, "password": PASSWORD}),
+        "refresh": lambda: http.post(
+            "/auth/refresh", json={"refresh_token": pair["refresh_token"]}
+        ),
+        "logout": lambda: http.post("/auth/logout", headers=auth),
+    }
+    for call in calls.values():
+        assert_unavailable(*timed(call))
+    r = http.get("/healthz")
+    assert r.status_code == 503
+    assert r.json()["redis"] == "unavailable"
+
+    private_redis.start()
+    # The next requests succeed, and the logout that failed did not half happen.
+    assert me(http, pair) == 200
+    assert http.get("/healthz").status_code == 200
+    fresh = refresh(http, pair["refresh_token"])
+    assert isinstance(fresh, dict), fresh
+    assert me(http, fresh) == 200
+    assert me(http, login(http, name)) == 200
+    assert http.post("/auth/logout", headers=bearer(fresh)).status_code == 204
+    assert me(http, fresh) == "token_revoked"
+    assert service.process is not None and service.process.poll() is None
+
+
+class PostgresServer:
+    """A private PostgreSQL server on a loopback port, that a test may stop and start."""
+
+    def __init__(self) -> None:
+        postgres = shutil.which("postgres")
+        if postgres is None:
+            pytest.fail("the database outage test needs PostgreSQL's postgres binary on PATH")
+        self.bin = Path(postgres).resolve().parent
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="tg-postgres-"))
+        # PostgreSQL refuses to run as root: then it runs as the postgres user.
+        self.user = "postgres" if os.geteuid() == 0 else None
+        if self.user is not None:
+            shutil.chown(self.dir, self.user)
+        self.process: subprocess.Popen[bytes] | None = None
+        subprocess.run(
+            [
+                str(self.bin / "initdb"), "-D", str(self.dir / "data"), "-U", "postgres",
+                "--auth=trust", "--no-sync", "--no-instructions", "-E", "UTF8",
+            ],
+            user=self.user, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            timeout=60,
+        )  # fmt: skip
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def ready(self) -> bool:
+        check = [str(self.bin / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)]
+        return subprocess.run(check, timeout=5, check=False).returncode == 0
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                str(self.bin / "postgres"), "-D", str(self.dir / "data"), "-p", str(self.port),
+                "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.dir}",
+                "-c", "fsync=off",
+            ],
+            user=self.user, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_for(self.ready, timeout=20, interval=0.05)
+
+    def stop(self) -> None:
+        """Fast shutdown: the server ends its clients' connections and exits."""
+        if self.process is not None:
+            self.process.send_signal(signal.SIGINT)
+            self.process.wait(timeout=20)
+            self.process = None
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres() -> Iterator[PostgresServer]:
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.remove()
+
+
+def test_database_down_fails_closed_fast_then_recovers(service_factory, postgres):
+    svc = service_factory(database_url=postgres.url)
+    service_redis = redis.Redis.from_url(svc.env["TOKENGATE_REDIS_URL"], socket_timeout=5)
+    with httpx.Client(base_url=svc.base_url, timeout=TIMEOUT) as http:
+        name = new_name()
+        register(http, name)
+        pair = login(http, name)
+        auth = bearer(pair)
+        assert me(http, pair) == 200
+
+        postgres.stop()
+        try:
+            for call in [
+                lambda: http.post("/auth/login", json={"username": name, "password": PASSWORD}),
+                lambda: http.post(
+                    "/auth/register", json={"username": new_name(), "password": PASSWORD}
+                ),
+            ]:
+                assert_unavailable(*timed(call))
+            # While Redis holds the session, the guard needs no database at all.
+            assert me(http, pair) == 200
+            # Once Redis has lost it, the session cannot be checked: closed, not open.
+            service_redis.flushdb()
+            assert_unavailable(*timed(lambda: http.get("/auth/me", headers=auth)))
+            assert_unavailable(
+                *timed(
+                    lambda: http.post(
+                        "/auth/refresh", json={"refresh_token": pair["refresh_token"]}
+                    )
+                )
+            )
+            assert_unavailable(*timed(lambda: http.post("/auth/logout", headers=auth)))
+            r = http.get("/healthz")
+            assert r.status_code == 503
+            assert r.json()["database"] == "unavailable"
+        finally:
+            postgres.start()
+
+        # Back: the next requests succeed, without restarting the service.
+        assert me(http, pair) == 200
+        assert http.get("/healthz").status_code == 200
+        fresh = refresh(http, pair["refresh_token"])
+        assert isinstance(fresh, dict), fresh
+        assert me(http, login(http, name)) == 200
+        assert http.post("/auth/logout", headers=bearer(fresh)).status_code == 204
+        assert me(http, fresh) == "token_revoked"
+    service_redis.close()
+    assert svc.process is not None and svc.process.poll() is None
