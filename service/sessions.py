@@ -433,7 +433,7 @@ class SessionManager:
         claims = self._verify(tokens.RefreshToken.kind, refresh_token, now)
         uid, sid = claims["sub"], claims["sid"]
         args: dict[str, Any] = {
-            "now": int(now), "idle": s.idle_timeout, "max_age": s.session_max_age,
+            "now": now, "idle": s.idle_timeout, "max_age": s.session_max_age,
             "grace": s.refresh_grace, "presented_jti": claims["jti"],
             "new_access_jti": tokens.new_jti(), "new_refresh_jti": tokens.new_jti(),
         }  # fmt: skip

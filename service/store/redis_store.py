@@ -13,8 +13,9 @@ tag, so every key one script touches lives in the same slot)::
 Session hash fields: ``st`` live|ended, ``why`` end reason, ``cr`` created,
 ``ls`` last seen, ``sy`` last time ``ls`` was written back to SQL, ``aj``/``rj``
 current access/refresh jti, ``pj`` the refresh jti they replaced, ``ia`` the
-pair's issue time, ``nm`` username, ``xf``/``xa``/``xi`` the last implicit
-refresh (expired access jti → new access jti, issue time).
+pair's issue time (whole seconds, its ``iat``), ``ra`` the exact rotation
+time, ``nm`` username, ``xf``/``xa``/``xi`` the last implicit refresh
+(expired access jti → new access jti, issue time).
 
 Every session key expires when the session's absolute age runs out (plus a
 minute); the user set is pruned of members older than that at each login and
@@ -109,18 +110,22 @@ local now, idle = tonumber(ARGV[2]), tonumber(ARGV[3])
 local maxage, grace = tonumber(ARGV[4]), tonumber(ARGV[5])
 local presented = ARGV[6]
 if redis.call('EXISTS', k) == 0 then return {'miss'} end
-local h = hget(k, 'st', 'why', 'cr', 'ls', 'aj', 'rj', 'pj', 'ia', 'nm')
+local h = hget(k, 'st', 'why', 'cr', 'ls', 'aj', 'rj', 'pj', 'ia', 'ra', 'nm')
 if h.st ~= 'live' then return {'ended', h.why} end
 if expired(h, now, idle, maxage) then
   finish(k, z, sid, 'expired', now)
   return {'ended', 'expired', '1'}
 end
 if presented == h.rj then
-  redis.call('HSET', k, 'pj', h.rj, 'rj', ARGV[8], 'aj', ARGV[7], 'ia', ARGV[2],
+  -- 'ia' is the new pair's iat (whole seconds); 'ra' the exact rotation time
+  -- that the grace window is measured from.
+  local ia = string.format('%d', math.floor(now))
+  redis.call('HSET', k, 'pj', h.rj, 'rj', ARGV[8], 'aj', ARGV[7], 'ia', ia, 'ra', ARGV[2],
              'ls', ARGV[2], 'sy', ARGV[2])
-  return {'rotated', ARGV[7], ARGV[8], ARGV[2], h.nm, h.rj}
+  return {'rotated', ARGV[7], ARGV[8], ia, h.nm, h.rj}
 end
-if presented == h.pj and now - tonumber(h.ia) <= grace then
+local rotated_at = tonumber(h.ra) or tonumber(h.ia)
+if presented == h.pj and now - rotated_at <= grace then
   redis.call('HSET', k, 'ls', ARGV[2])
   return {'same', h.aj, h.rj, h.ia, h.nm, h.pj}
 end
@@ -317,13 +322,13 @@ class RedisSessionStore:
         return Outcome(reply[0], tuple(reply[1:]))
 
     async def refresh(
-        self, user_id: str, sid: str, *, now: int, idle: int, max_age: int, grace: int,
+        self, user_id: str, sid: str, *, now: float, idle: int, max_age: int, grace: int,
         presented_jti: str, new_access_jti: str, new_refresh_jti: str,
     ) -> Outcome:  # fmt: skip
         reply = await self._run(
             self._refresh,
             (self.session_key(user_id, sid), self.index_key(user_id)),
-            (sid, now, idle, max_age, grace, presented_jti, new_access_jti, new_refresh_jti),
+            (sid, repr(now), idle, max_age, grace, presented_jti, new_access_jti, new_refresh_jti),
         )
         return Outcome(reply[0], tuple(reply[1:]))
 
