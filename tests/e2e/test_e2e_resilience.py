@@ -9,6 +9,7 @@ stops and starts.
 from __future__ import annotations
 
 import asyncio
+import glob
 import os
 import shutil
 import signal
@@ -241,9 +242,11 @@ class PostgresServer:
     """A private PostgreSQL server on a loopback port, that a test may stop and start."""
 
     def __init__(self) -> None:
-        postgres = shutil.which("postgres")
+        # Debian keeps the server binaries off PATH, under /usr/lib/postgresql/<n>/bin.
+        found = [shutil.which("postgres"), *sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"))]
+        postgres = next((p for p in found if p), None)
         if postgres is None:
-            pytest.fail("the database outage test needs PostgreSQL's postgres binary on PATH")
+            pytest.fail("the database outage test needs PostgreSQL's postgres binary")
         self.bin = Path(postgres).resolve().parent
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="tg-postgres-"))
