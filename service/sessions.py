@@ -556,6 +556,8 @@ class SessionManager:
         now = int(self.clock())
         jti = tokens.new_jti()
         async with self.db() as db:
+            # Keep the table small: a token past its lifetime can never be used.
+            await repo.prune_purpose_tokens(db, utc(now))
             db.add(
                 PurposeTokenRecord(
                     jti=jti,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .models import AuthSession, PurposeTokenRecord, User
@@ -95,3 +95,8 @@ async def consume_purpose_token(
         .returning(PurposeTokenRecord.user_id)
     )
     return result.scalar_one_or_none()
+
+
+async def prune_purpose_tokens(db: AsyncSession, at: datetime) -> None:
+    """Forget purpose tokens that have expired (used or not)."""
+    await db.execute(delete(PurposeTokenRecord).where(PurposeTokenRecord.expires_at <= at))

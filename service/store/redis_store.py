@@ -95,8 +95,9 @@ if expired(h, now, idle, maxage) then
 end
 redis.call('HSET', k, 'ls', ARGV[2])
 if h.xf == ARGV[5] then return {'ok', h.xa, h.xi, h.nm} end
-redis.call('HSET', k, 'xf', ARGV[5], 'xa', ARGV[6], 'xi', ARGV[2])
-return {'ok', ARGV[6], ARGV[2], h.nm}
+local iat = string.format('%d', math.floor(now))
+redis.call('HSET', k, 'xf', ARGV[5], 'xa', ARGV[6], 'xi', iat)
+return {'ok', ARGV[6], iat, h.nm}
 """
 )
 
@@ -317,7 +318,7 @@ class RedisSessionStore:
         reply = await self._run(
             self._implicit,
             (self.session_key(user_id, sid), self.index_key(user_id)),
-            (sid, int(now), idle, max_age, expired_jti, new_jti),
+            (sid, repr(now), idle, max_age, expired_jti, new_jti),
         )
         return Outcome(reply[0], tuple(reply[1:]))
 
