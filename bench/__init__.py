@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m bench.servers`` and ``python -m bench.auth_overhead``."""
