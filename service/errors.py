@@ -189,7 +189,8 @@ END_REASON_ERRORS: dict[str, type[Unauthorized]] = {
 }
 
 
-def _is_infrastructure_failure(exc: BaseException) -> bool:
+def is_infrastructure_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` means Redis or the database could not answer."""
     # Imported here so this module stays importable without the drivers loaded.
     import redis.exceptions
     import sqlalchemy.exc
@@ -251,7 +252,7 @@ async def handle_exception(exc: Exception) -> Response:
     """The one handler: every exception a request raises ends here."""
     if isinstance(exc, HTTPException):
         return render(exc)
-    if _is_infrastructure_failure(exc):
+    if is_infrastructure_failure(exc):
         log.warning("auth backend unavailable: %s", type(exc).__name__)
         return render(AuthUnavailable())
     log.error("unhandled error in request", exc_info=exc)

@@ -16,12 +16,14 @@ from typing import TYPE_CHECKING, ParamSpec, TypeVar
 from quart import Response, current_app, g, request
 
 from .errors import (
+    AuthUnavailable,
     CsrfFailed,
     InvalidToken,
     MissingToken,
     SessionExpired,
     SessionReplaced,
     TokenRevoked,
+    is_infrastructure_failure,
 )
 from .sessions import Identity
 
@@ -103,6 +105,12 @@ async def authenticate_request() -> Identity:
     except SESSION_OVER:
         g.tokengate_clear_cookies = via_cookie
         raise
+    except Exception as exc:
+        # Inside a host app no catch-all handler may exist: fail closed as
+        # the contract's 503 here, not as the host's 500.
+        if is_infrastructure_failure(exc):
+            raise AuthUnavailable() from exc
+        raise
     g.tokengate_identity = identity
     return identity
 
@@ -118,7 +126,7 @@ async def guard() -> None:
 async def finish_response(response: Response) -> Response:
     """The ``after_request`` hook: hand out re-issued tokens, clear dead cookies."""
     gate = get_gate()
-    if getattr(g, "tokengate_clear_cookies", False):
+    if getattr(g, "tokengate_clear_cookies", False) and gate.settings.use_cookies:
         gate.clear_cookies(response)
         return response
     identity: Identity | None = getattr(g, "tokengate_identity", None)
@@ -129,7 +137,13 @@ async def finish_response(response: Response) -> Response:
     if token is None and via_cookie and response.status_code < 400:
         # A browser page: re-issue the cookie before it expires, so an active
         # user never meets an expired token.
-        reissued = await gate.manager.reissue_if_near_expiry(identity)
+        try:
+            reissued = await gate.manager.reissue_if_near_expiry(identity)
+        except Exception as exc:
+            # The request itself succeeded; the next one will re-issue.
+            if not is_infrastructure_failure(exc):
+                raise
+            reissued = None
         if reissued is not None:
             token, expires_in = reissued
     if token is not None:

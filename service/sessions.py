@@ -50,6 +50,7 @@ _UID = re.compile(r"^[1-9][0-9]{0,18}$")
 # Last-seen is written back to SQL at most this often per session, off the
 # request path; it bounds how stale a session rebuilt from SQL can be.
 MAX_SYNC_INTERVAL = 60
+UNUSABLE = "The token is invalid, expired or already used."
 
 
 def utc(ts: float) -> datetime:
@@ -205,27 +206,34 @@ class SessionManager:
                 f"The password must be at least {self.settings.password_min_length} characters."
             )
 
-    async def _throttle(self, username: str) -> None:
-        count, ttl = await self.store.failures(username)
-        if count >= self.settings.login_max_failures:
-            raise TooManyAttempts(ttl if ttl > 0 else self.settings.login_window)
+    async def _count_attempt(self, username: str) -> None:
+        """Count an attempt on ``username``'s password *before* checking it.
+
+        Counting first means attempts already in flight are counted too: forty
+        guesses sent at once meet the limit like forty sent one by one. A
+        correct password clears the count.
+        """
+        s = self.settings
+        count, ttl = await self.store.record_failure(username, s.login_window)
+        if count > s.login_max_failures:
+            raise TooManyAttempts(ttl if ttl > 0 else s.login_window)
 
     async def check_credentials(self, username: str, password: str) -> User:
         """Verify a username and password, with per-account throttling."""
-        await self._throttle(username)
+        await self._count_attempt(username)
         async with self.db() as db:
             user = await repo.get_user_by_username(db, username)
         verdict = await self.passwords.verify(user.password_hash if user else None, password)
         if user is None or not verdict.ok:
-            await self.store.record_failure(username, self.settings.login_window)
             raise InvalidCredentials()
         await self.store.clear_failures(username)
         if verdict.rehash is not None:
             async with self.db() as db:
                 stored = await repo.get_user(db, user.id)
-                if stored is not None:
+                if stored is not None and stored.password_hash == user.password_hash:
                     stored.password_hash = verdict.rehash
                     await db.commit()
+                    user.password_hash = verdict.rehash
         return user
 
     # -- login ------------------------------------------------------------
@@ -279,6 +287,13 @@ class SessionManager:
         if sid in replaced:
             # Twenty logins at once with a limit of one: this one lost the race.
             raise END_REASON_ERRORS["replaced"]()
+        async with self.db() as db:
+            current = await repo.get_user(db, user.id)
+        if current is None or current.password_hash != user.password_hash:
+            # The password changed while this login was being checked, and the
+            # change may have ended the user's sessions before this one existed.
+            await self._end([sid], user.id, "revoked", now)
+            raise InvalidCredentials()
         return self.mint_pair(uid, user.username, sid, aj, rj, ia)
 
     async def _load_index(self, user_id: int, now: float) -> None:
@@ -320,7 +335,7 @@ class SessionManager:
         await self.store.load(user_id, sid, fields, expire_at)
 
     async def _record_end(self, sids: Sequence[str], reason: str, now: float) -> None:
-        """Write an end that Redis decided (idle, age, reuse) back to SQL."""
+        """Record in SQL that ``sids`` ended (the first reason recorded stays)."""
         async with self.db() as db:
             await repo.end_sessions(db, sids, reason, utc(now))
             await db.commit()
@@ -447,13 +462,16 @@ class SessionManager:
             raise RefreshReused()
         await self._settle(outcome, sid, now)
         aj, rj, ia, name, previous = outcome.values[:5]
-        if outcome.status == "rotated":
-            async with self.db() as db:
-                await repo.record_rotation(
-                    db, sid, access_jti=aj, refresh_jti=rj, previous_refresh_jti=previous,
-                    issued_at=int(ia), at=utc(now),
-                )  # fmt: skip
-                await db.commit()
+        # Recorded on the grace path too: if the first answer's SQL write
+        # failed, the client's retry lands here and SQL must still catch up.
+        # The write applies only while SQL is one step behind, so concurrent
+        # or late writes never move it backwards.
+        async with self.db() as db:
+            await repo.record_rotation(
+                db, sid, access_jti=aj, refresh_jti=rj, previous_refresh_jti=previous,
+                issued_at=int(ia), at=utc(now),
+            )  # fmt: skip
+            await db.commit()
         return self.mint_pair(uid, name, sid, aj, rj, int(ia))
 
     # -- ending sessions --------------------------------------------------
@@ -461,36 +479,55 @@ class SessionManager:
         return int(now) + self.settings.session_max_age + EXPIRY_SLACK
 
     async def logout(self, identity: Identity) -> None:
-        now = self.clock()
-        await self._record_end([identity.session_id], "revoked", now)
-        await self.store.end(
-            str(identity.user_id), [identity.session_id], why="revoked",
-            expire_at=self._end_expiry(now),
-        )  # fmt: skip
+        await self._end([identity.session_id], identity.user_id, "revoked", self.clock())
 
     async def end_all(self, user_id: int, *, keep: str = "", why: str = "revoked") -> None:
         """End every session of ``user_id`` except ``keep``."""
         now = self.clock()
         async with self.db() as db:
             live = [row.id for row in await repo.live_sessions(db, user_id) if row.id != keep]
-            await repo.end_sessions(db, live, why, utc(now))
-            await db.commit()
+        await self._end([*live, "*"], user_id, why, now, keep=keep)
+
+    async def _end(
+        self, sids: Sequence[str], user_id: int, why: str, now: float, keep: str = ""
+    ) -> None:
+        """End ``sids`` in SQL, then in Redis (``'*'``: every session Redis knows)."""
+        await self._record_end([sid for sid in sids if sid != "*"], why, now)
         await self.store.end(
-            str(user_id), [*live, "*"], why=why, expire_at=self._end_expiry(now), keep=keep
+            str(user_id), sids, why=why, expire_at=self._end_expiry(now), keep=keep
         )
+
+    async def _end_all_again(self, user_id: int, keep: str = "") -> None:
+        """A second sweep after a password change, for logins that raced it.
+
+        The first sweep ran before the new password was stored, so a failure
+        there left nothing changed and the caller could retry. This one runs
+        after; if Redis fails now, it keeps trying in the background rather
+        than leave a raced-in session alive.
+        """
+        try:
+            await self.end_all(user_id, keep=keep)
+        except Exception as exc:
+            log.warning("ending sessions after a password change failed (%s); retrying",
+                        type(exc).__name__)  # fmt: skip
+            self._spawn(self._retry_end_all(user_id, keep))
+
+    async def _retry_end_all(self, user_id: int, keep: str) -> None:
+        for attempt in range(60):
+            await asyncio.sleep(min(0.1 * 2**attempt, 5.0))
+            try:
+                await self.end_all(user_id, keep=keep)
+                return
+            except Exception as exc:  # still down: keep trying for a few minutes
+                log.warning("retrying the end of sessions: %s", type(exc).__name__)
 
     async def end_session(self, identity: Identity, sid: str) -> None:
         """End one of the caller's own sessions; another user's is ``not_found``."""
-        now = self.clock()
         async with self.db() as db:
             row = await repo.get_session(db, sid) if _SID.match(sid) else None
-            if row is None or row.user_id != identity.user_id:
-                raise NotFound("No such session.")
-            await repo.end_sessions(db, [sid], "revoked", utc(now))
-            await db.commit()
-        await self.store.end(
-            str(identity.user_id), [sid], why="revoked", expire_at=self._end_expiry(now)
-        )
+        if row is None or row.user_id != identity.user_id:
+            raise NotFound("No such session.")
+        await self._end([sid], identity.user_id, "revoked", self.clock())
 
     async def sessions(self, identity: Identity) -> list[SessionInfo]:
         """The caller's live sessions, with last-seen times from Redis where it has them."""
@@ -526,8 +563,14 @@ class SessionManager:
         return out
 
     async def change_password(self, identity: Identity, current: str, new: str) -> None:
-        """Set a new password after checking the current one; end every other session."""
+        """Set a new password after checking the current one; end every other session.
+
+        The current password is throttled like a login. Other sessions end
+        before the new password is stored, so a failure part-way leaves the old
+        password in place and the request can simply be retried.
+        """
         self._check_password(new)
+        await self._count_attempt(identity.username)
         async with self.db() as db:
             user = await repo.get_user(db, identity.user_id)
         if user is None:
@@ -535,8 +578,10 @@ class SessionManager:
         verdict = await self.passwords.verify(user.password_hash, current)
         if not verdict.ok:
             raise InvalidCredentials("The current password is wrong.")
-        await self._set_password(identity.user_id, new)
+        await self.store.clear_failures(identity.username)
         await self.end_all(identity.user_id, keep=identity.session_id)
+        await self._set_password(identity.user_id, new)
+        await self._end_all_again(identity.user_id, keep=identity.session_id)
 
     async def _set_password(self, user_id: int, password: str) -> None:
         password_hash = await self.passwords.hash(password)
@@ -576,24 +621,29 @@ class SessionManager:
             ttl=ttl, extra=extra,
         )  # fmt: skip
 
+    def _purpose_claims(self, token: str, purpose: str) -> dict[str, Any]:
+        try:
+            claims = tokens.verify(self.signing, tokens.PurposeToken.kind, token, now=self.clock())
+        except Unauthorized:
+            raise InvalidToken(UNUSABLE) from None
+        if claims.get("purpose") != purpose or not _UID.match(claims["sub"]):
+            raise InvalidToken(UNUSABLE)
+        return claims
+
     async def consume_purpose_token(self, token: str, purpose: str) -> tuple[int, dict[str, Any]]:
         """Use a purpose token once: return ``(user_id, data)`` or raise ``InvalidToken``.
 
         A second use, another purpose, an expired or forged token are all
         ``invalid_token``: the caller learns nothing about which.
         """
-        now = self.clock()
-        try:
-            claims = tokens.verify(self.signing, tokens.PurposeToken.kind, token, now=now)
-        except Unauthorized:
-            raise InvalidToken("The token is invalid, expired or already used.") from None
-        if claims.get("purpose") != purpose or not _UID.match(claims["sub"]):
-            raise InvalidToken("The token is invalid, expired or already used.")
+        claims = self._purpose_claims(token, purpose)
         async with self.db() as db:
-            user_id = await repo.consume_purpose_token(db, claims["jti"], purpose, utc(now))
+            user_id = await repo.consume_purpose_token(
+                db, claims["jti"], purpose, utc(self.clock())
+            )
             await db.commit()
         if user_id is None or str(user_id) != claims["sub"]:
-            raise InvalidToken("The token is invalid, expired or already used.")
+            raise InvalidToken(UNUSABLE)
         data = claims.get("data")
         return user_id, data if isinstance(data, dict) else {}
 
@@ -617,7 +667,31 @@ class SessionManager:
             log.error("could not send the password_reset message: %s", type(exc).__name__)
 
     async def reset_password(self, token: str, new_password: str) -> None:
+        """Set a new password with a reset token and end every session of the user.
+
+        The sessions end first and the token is used up only with the new
+        password, in one transaction: a failure part-way leaves the token
+        usable for a retry.
+        """
         self._check_password(new_password)
-        user_id, _ = await self.consume_purpose_token(token, "password_reset")
-        await self._set_password(user_id, new_password)
+        claims = self._purpose_claims(token, "password_reset")
+        async with self.db() as db:
+            usable = await repo.purpose_token_usable(
+                db, claims["jti"], "password_reset", utc(self.clock())
+            )
+        if usable is None or str(usable) != claims["sub"]:
+            raise InvalidToken(UNUSABLE)
+        user_id = int(claims["sub"])
         await self.end_all(user_id)
+        password_hash = await self.passwords.hash(new_password)
+        now = utc(self.clock())
+        async with self.db() as db:
+            if await repo.consume_purpose_token(db, claims["jti"], "password_reset", now) is None:
+                raise InvalidToken(UNUSABLE)
+            user = await repo.get_user(db, user_id)
+            if user is None:
+                raise InvalidToken(UNUSABLE)
+            user.password_hash = password_hash
+            user.password_changed_at = now
+            await db.commit()
+        await self._end_all_again(user_id)

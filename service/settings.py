@@ -52,8 +52,9 @@ class Settings:
     login_window: int = 900
     reset_ttl: int = 900
     instance_dir: Path = Path("instance")
-    database_url: str | None = None
-    redis_url: str | None = None
+    # URLs may carry passwords: kept out of reprs like the key.
+    database_url: str | None = field(default=None, repr=False)
+    redis_url: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         problems = _check(self)

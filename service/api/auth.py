@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel, ValidationError
 from quart import Blueprint, Response, g, jsonify, request
@@ -16,6 +16,7 @@ from ..errors import (
     RegistrationDisabled,
     RequestTooLarge,
     Unauthorized,
+    handle_exception,
 )
 from ..guard import REFRESH_COOKIE, check_csrf, current_identity, get_gate, login_required
 from ..sessions import ClientInfo, TokenPair
@@ -24,6 +25,9 @@ from . import schemas
 log = logging.getLogger("tokengate")
 
 auth_bp = Blueprint("tokengate_auth", __name__)
+# Inside a host app too, anything these routes raise is contract JSON, and a
+# Redis or database failure is 503 auth_unavailable.
+auth_bp.register_error_handler(Exception, handle_exception)
 
 M = TypeVar("M", bound=BaseModel)
 # Our bodies are a few hundred bytes; this holds inside someone else's app too.
@@ -31,13 +35,19 @@ MAX_BODY_BYTES = 64 * 1024
 BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 
 
-async def read_body(model: type[M], *, optional: bool = False) -> M:
-    """Parse and validate the JSON body; every fault is a ``400 invalid_request``."""
+async def raw_body() -> bytes:
+    """The request body, refused past ``MAX_BODY_BYTES`` whatever the host app allows."""
     if (request.content_length or 0) > MAX_BODY_BYTES:
         raise RequestTooLarge()
-    raw = await request.get_data(as_text=False)
+    raw = cast(bytes, await request.get_data(as_text=False))
     if len(raw) > MAX_BODY_BYTES:
         raise RequestTooLarge()
+    return raw
+
+
+async def read_body(model: type[M], *, optional: bool = False) -> M:
+    """Parse and validate the JSON body; every fault is a ``400 invalid_request``."""
+    raw = await raw_body()
     if not raw.strip() and optional:
         return model()
     try:
@@ -52,6 +62,21 @@ async def read_body(model: type[M], *, optional: bool = False) -> M:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"
         raise InvalidRequest(f"{where}: {first['msg']}.") from None
+
+
+async def require_json_in_cookie_mode() -> None:
+    """In cookie mode, a body that sets cookies must come as ``application/json``.
+
+    A cross-site form can post a JSON-shaped ``text/plain`` body, but not this
+    type. Without the check a page could log a browser into an account of the
+    attacker's choosing (login CSRF), through login or through a refresh
+    token of the attacker's own in the body.
+    """
+    if not get_gate().settings.use_cookies:
+        return
+    has_body = bool((await raw_body()).strip())
+    if has_body and request.mimetype != "application/json":
+        raise InvalidRequest("The body must be sent as application/json.")
 
 
 def client_info(device: str | None) -> ClientInfo:
@@ -97,11 +122,7 @@ async def register() -> tuple[Response, int]:
 async def login() -> Response:
     """Check a username and password and open a session: returns a token pair."""
     gate = get_gate()
-    if gate.settings.use_cookies and request.mimetype != "application/json":
-        # A cross-site form can post a JSON-shaped text/plain body but not this
-        # type; without the check a page could log a browser into an account
-        # of the attacker's choosing (login CSRF).
-        raise InvalidRequest("The body must be sent as application/json.")
+    await require_json_in_cookie_mode()
     body = await read_body(schemas.LoginRequest)
     pair = await gate.manager.login(body.username, body.password, client_info(body.device))
     return pair_response(pair)
@@ -114,6 +135,7 @@ async def login() -> Response:
 async def refresh() -> Response:
     """Trade a refresh token for a new pair; the refresh token rotates."""
     gate = get_gate()
+    await require_json_in_cookie_mode()
     body = await read_body(schemas.RefreshRequest, optional=True)
     token = body.refresh_token
     if token is None and gate.settings.use_cookies:

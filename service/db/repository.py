@@ -58,9 +58,10 @@ async def record_rotation(
     issued_at: int,
     at: datetime,
 ) -> None:
+    """Move the session's refresh chain one step, if SQL is at ``previous_refresh_jti``."""
     await db.execute(
         update(AuthSession)
-        .where(AuthSession.id == sid)
+        .where(AuthSession.id == sid, AuthSession.refresh_jti == previous_refresh_jti)
         .values(
             access_jti=access_jti,
             refresh_jti=refresh_jti,
@@ -100,3 +101,16 @@ async def consume_purpose_token(
 async def prune_purpose_tokens(db: AsyncSession, at: datetime) -> None:
     """Forget purpose tokens that have expired (used or not)."""
     await db.execute(delete(PurposeTokenRecord).where(PurposeTokenRecord.expires_at <= at))
+
+
+async def purpose_token_usable(
+    db: AsyncSession, jti: str, purpose: str, at: datetime
+) -> int | None:
+    """The user id of an unused, unexpired purpose token, without using it."""
+    query = select(PurposeTokenRecord.user_id).where(
+        PurposeTokenRecord.jti == jti,
+        PurposeTokenRecord.purpose == purpose,
+        PurposeTokenRecord.used_at.is_(None),
+        PurposeTokenRecord.expires_at > at,
+    )
+    return (await db.execute(query)).scalar_one_or_none()

@@ -293,7 +293,9 @@ class RedisSessionStore:
 
     @staticmethod
     def throttle_key(kind: str, name: str) -> str:
-        digest = hashlib.sha256(name.casefold().encode()).hexdigest()[:32]
+        # The exact name: usernames are case-sensitive, so "Alice" and "alice"
+        # are two accounts and must not share (or clear) one counter.
+        digest = hashlib.sha256(name.encode()).hexdigest()[:32]
         return f"{KEY_PREFIX}{{n{digest}}}:{kind}"
 
     # -- scripts ----------------------------------------------------------
@@ -381,16 +383,8 @@ class RedisSessionStore:
         )
         return cast(list[str], reply)
 
-    async def failures(self, name: str) -> tuple[int, int]:
-        """Failed logins recorded for ``name`` and seconds until the window closes."""
-        key = self.throttle_key("fails", name)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.get(key)
-            pipe.ttl(key)
-            count, ttl = await pipe.execute()
-        return int(count or 0), int(ttl)
-
     async def record_failure(self, name: str, window: int, kind: str = "fails") -> tuple[int, int]:
+        """Count one more attempt on ``name``; return the count and the window's TTL."""
         reply = await self._run(self._fail, (self.throttle_key(kind, name),), (window,))
         return int(reply[0]), int(reply[1])
 

@@ -63,3 +63,47 @@ async def test_the_window_ends(make_app, redis_client):
             break
         await asyncio.sleep(0.02)
     assert (await login(client, "correct horse")).status_code == 200
+
+
+async def test_guesses_sent_at_once_meet_the_limit_too(make_app):
+    app = await make_app(login_max_failures=3)
+    client = app.test_client()
+    await register_and_login(client)
+    results = await asyncio.gather(*(login(client, f"guess {i:04}") for i in range(40)))
+    statuses = sorted(r.status_code for r in results)
+    assert statuses == [401] * 3 + [429] * 37
+
+
+async def test_accounts_differing_in_case_have_their_own_counters(make_app):
+    app = await make_app(login_max_failures=2)
+    client = app.test_client()
+    await register_and_login(client, "ALICE", "mallory's pass")
+    await register_and_login(client, "alice", "correct horse")
+    for _ in range(2):
+        r = await client.post("/auth/login", json={"username": "alice", "password": "guess 0001"})
+        assert r.status_code == 401
+    # A success on the other account does not clear this one's count.
+    r = await client.post("/auth/login", json={"username": "ALICE", "password": "mallory's pass"})
+    assert r.status_code == 200
+    r = await client.post("/auth/login", json={"username": "alice", "password": "guess 0002"})
+    assert r.status_code == 429
+
+
+async def test_the_current_password_check_is_throttled_too(make_app):
+    app = await make_app(login_max_failures=3)
+    client = app.test_client()
+    pair = await register_and_login(client)
+    auth = {"Authorization": f"Bearer {pair['access_token']}"}
+    for i in range(3):
+        r = await client.post(
+            "/auth/password",
+            json={"current_password": f"guess {i:04}", "new_password": "battery staple"},
+            headers=auth,
+        )
+        assert r.status_code == 401
+    r = await client.post(
+        "/auth/password",
+        json={"current_password": "correct horse", "new_password": "battery staple"},
+        headers=auth,
+    )
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) > 0
