@@ -1,0 +1,97 @@
+"""``python -m client login | request | logout`` against the real service."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from client import FileTokenStore
+from client.__main__ import main
+from tests.support import ROOT, RedisServer, ServiceProcess
+
+from .test_client_concurrency import PASSWORD, expired, new_user, start_service
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    redis = RedisServer()
+    redis.start()
+    started = start_service(tmp_path_factory.mktemp("client-cli"), redis.url)
+    yield started
+    started.stop()
+    redis.stop()
+
+
+def cli(*args: str, config: Path, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENGATE_")}
+    env["XDG_CONFIG_HOME"] = str(config)
+    return subprocess.run(
+        [sys.executable, "-m", "client", *args],
+        input=stdin, capture_output=True, text=True, cwd=ROOT, env=env, timeout=60,
+    )  # fmt: skip
+
+
+def test_login_then_request_with_the_token_file_in_the_config_dir(service, tmp_path):
+    name = new_user(service.base_url)
+    done = cli(
+        "login", "--base-url", service.base_url, "--username", name, "--password-stdin",
+        config=tmp_path, stdin=PASSWORD + "\n",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"logged in as {name}" in done.stdout
+
+    path = tmp_path / "tokengate" / "tokens.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert json.loads(path.read_text())["base_url"] == service.base_url
+    tokens = FileTokenStore(path).load()
+    assert tokens is not None
+    assert tokens.access_token not in done.stdout + done.stderr
+
+    done = cli("request", "GET", "/auth/me", config=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["username"] == name
+
+    # An expired access token is refreshed on the way, and the file keeps the new pair.
+    FileTokenStore(path).save(expired(tokens))
+    body = json.dumps({"current_password": PASSWORD, "new_password": PASSWORD})
+    done = cli("request", "POST", "/auth/password", "--json", body, config=tmp_path)
+    assert done.returncode == 0, done.stderr
+    refreshed = FileTokenStore(path).load()
+    assert refreshed is not None and refreshed.refresh_token != tokens.refresh_token
+
+    done = cli("logout", config=tmp_path)
+    assert done.returncode == 0 and FileTokenStore(path).load() is None
+    done = cli("request", "GET", "/auth/me", config=tmp_path)
+    assert done.returncode == 1
+    assert json.loads(done.stdout)["error"] == "missing_token"
+
+
+def test_a_wrong_password_and_no_login_fail_with_a_message(service, tmp_path):
+    name = new_user(service.base_url)
+    done = cli(
+        "login", "--base-url", service.base_url, "--username", name, "--password-stdin",
+        config=tmp_path, stdin="wrong password\n",
+    )  # fmt: skip
+    assert done.returncode == 1 and "username or password is wrong" in done.stderr
+    done = cli("request", "GET", "/auth/me", config=tmp_path / "empty")
+    assert done.returncode == 1 and "login --base-url" in done.stderr
+
+
+def test_token_file_option_and_password_prompt(service, tmp_path, monkeypatch, capsys):
+    name = new_user(service.base_url)
+    path = tmp_path / "elsewhere.json"
+    monkeypatch.setattr(getpass, "getpass", lambda prompt: PASSWORD)
+    argv = ["login", "--token-file", str(path), "--base-url", service.base_url, "--username", name]
+    assert main(argv) == 0
+    assert FileTokenStore(path).base_url == service.base_url
+    assert main(["request", "--token-file", str(path), "GET", "/auth/sessions"]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out[out.index("{") :])["sessions"][0]["current"] is True

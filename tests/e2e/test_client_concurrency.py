@@ -1,0 +1,192 @@
+"""Exactly one refresh for many concurrent requests, against the real service.
+
+Refreshes are counted by a transport that wraps the real one: it counts the
+``POST /auth/refresh`` requests that the server answered. To meet an expired
+token without waiting out a long lifetime, a test stores the session's own
+access token as the service signed it ten minutes earlier (same ``sub``,
+``sid``, ``jti``; ``exp`` past); the refresh token is the real one, and the
+new access token lives 300 s, so even a slow machine finishes the burst with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+
+from client import AsyncAuthClient, AuthClient, MemoryTokenStore
+from client._store import Tokens
+from service.tokens import AccessToken, SigningConfig, mint
+from tests.support import SECRET, RedisServer, ServiceProcess
+
+SIGNING = SigningConfig(SECRET, "tokengate", "tokengate")
+TIMEOUT = httpx.Timeout(120.0)
+PASSWORD = "correct horse"
+# httpcore's pool scans every queued request against every connection on each
+# change, so 1,000 requests queued on 100 connections spend most of their time
+# there; a smaller pool keeps the burst quick without changing what it tests.
+LIMITS = httpx.Limits(max_connections=10)
+
+
+def start_service(workdir: Path, redis_url: str, **settings: Any) -> ServiceProcess:
+    """``python -m service serve`` on ``redis_url``, a fresh SQLite file and ``settings``.
+
+    The environment of the ``service_factory`` fixture, for a service that a
+    module's tests share (it takes seconds to start); the caller stops it.
+    """
+    env = {
+        "TOKENGATE_SECRET_KEY": SECRET,
+        "TOKENGATE_REDIS_URL": redis_url,
+        "TOKENGATE_DATABASE_URL": f"sqlite+aiosqlite:///{workdir / 'tokengate.db'}",
+        "TOKENGATE_INSTANCE_DIR": str(workdir / "instance"),
+    }
+    env.update({f"TOKENGATE_{k.upper()}": str(v) for k, v in settings.items()})
+    service = ServiceProcess(env, workdir)
+    service.start()
+    return service
+
+
+def new_user(base_url: str, password: str = PASSWORD) -> str:
+    """Register a user with a fresh name; return the name."""
+    name = f"user-{uuid.uuid4().hex[:10]}"
+    r = httpx.post(f"{base_url}/auth/register", json={"username": name, "password": password})
+    assert r.status_code == 201, r.text
+    return name
+
+
+class CountingTransport(httpx.AsyncBaseTransport, httpx.BaseTransport):
+    """The real HTTP transport, counting what the server answered."""
+
+    def __init__(self, refresh_delay: float = 0.0, limits: httpx.Limits = LIMITS) -> None:
+        self._async = httpx.AsyncHTTPTransport(limits=limits)
+        self._sync = httpx.HTTPTransport(limits=limits)
+        self._lock = threading.Lock()
+        self.refresh_delay = refresh_delay
+        self.answered: Counter[tuple[str, int]] = Counter()
+        self.sent_tokens: list[str] = []
+
+    @property
+    def refreshes(self) -> int:
+        return sum(n for (path, _), n in self.answered.items() if path == "POST /auth/refresh")
+
+    @property
+    def unauthorized(self) -> int:
+        return sum(n for (_, status), n in self.answered.items() if status == 401)
+
+    def _count(self, request: httpx.Request, response: httpx.Response) -> None:
+        with self._lock:
+            self.answered[f"{request.method} {request.url.path}", response.status_code] += 1
+            token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+            self.sent_tokens.append(token)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/auth/refresh":
+            await asyncio.sleep(self.refresh_delay)
+        response = await self._async.handle_async_request(request)
+        self._count(request, response)
+        return response
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/auth/refresh":
+            time.sleep(self.refresh_delay)
+        response = self._sync.handle_request(request)
+        self._count(request, response)
+        return response
+
+    async def aclose(self) -> None:
+        await self._async.aclose()
+
+    def close(self) -> None:
+        self._sync.close()
+
+
+def expired(tokens: Tokens, ago: int = 600) -> Tokens:
+    """The same session's access token as the service signed it ``ago`` seconds back."""
+    claims = jwt.decode(tokens.access_token, options={"verify_signature": False})
+    access = mint(
+        SIGNING, AccessToken.kind, sub=claims["sub"], jti=claims["jti"], iat=int(time.time()) - ago,
+        ttl=60, extra={"sid": claims["sid"], "name": claims["name"]},
+    )  # fmt: skip
+    return Tokens(access, tokens.refresh_token, tokens.session_id)
+
+
+def logged_in(base_url: str) -> Tokens:
+    """A new user's first token pair."""
+    body = {"username": new_user(base_url), "password": PASSWORD}
+    r = httpx.post(f"{base_url}/auth/login", json=body, timeout=TIMEOUT)
+    assert r.status_code == 200, r.text
+    return Tokens.from_json(r.json())
+
+
+def behind(seconds: float) -> Callable[[], float]:
+    """A clock that many seconds slow: the client sends a token the service finds expired."""
+    return lambda: time.time() - seconds
+
+
+@pytest.fixture(scope="module")
+def module_redis() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def service(
+    module_redis: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServiceProcess]:
+    """The service on its default lifetimes (access tokens live 300 s)."""
+    started = start_service(tmp_path_factory.mktemp("client-concurrency"), module_redis.url)
+    yield started
+    started.stop()
+
+
+@pytest.mark.parametrize("in_flight", [False, True], ids=["expired-before-sending", "in-flight"])
+async def test_1000_concurrent_async_requests_cause_one_refresh(service, in_flight):
+    old = expired(logged_in(service.base_url))
+    transport = CountingTransport(refresh_delay=0.2)
+    async with AsyncAuthClient(
+        base_url=service.base_url, transport=transport, timeout=TIMEOUT,
+        token_store=MemoryTokenStore(old), clock=behind(3600) if in_flight else time.time,
+    ) as api:  # fmt: skip
+        responses = await asyncio.gather(*(api.get("/auth/me") for _ in range(1000)))
+        assert {r.status_code for r in responses} == {200}
+        assert transport.refreshes == 1
+        if in_flight:
+            # Every request went out with the expired token and came back 401.
+            assert transport.answered["GET /auth/me", 401] == 1000
+        else:
+            assert transport.unauthorized == 0
+        assert transport.answered["GET /auth/me", 200] == 1000
+        assert api.tokens is not None and api.tokens.refresh_token != old.refresh_token
+
+
+@pytest.mark.parametrize("in_flight", [False, True], ids=["expired-before-sending", "in-flight"])
+def test_64_threads_on_the_sync_client_cause_one_refresh(service, in_flight):
+    old = expired(logged_in(service.base_url))
+    transport = CountingTransport(limits=httpx.Limits(max_connections=64))
+    barrier = threading.Barrier(64)
+    with AuthClient(
+        base_url=service.base_url, transport=transport, timeout=TIMEOUT,
+        token_store=MemoryTokenStore(old), clock=behind(3600) if in_flight else time.time,
+    ) as api:  # fmt: skip
+
+        def call(_: int) -> int:
+            barrier.wait()
+            return api.get("/auth/me").status_code
+
+        with ThreadPoolExecutor(64) as pool:
+            statuses = list(pool.map(call, range(64)))
+    assert statuses == [200] * 64
+    assert transport.refreshes == 1
+    assert transport.answered["GET /auth/me", 401] == (64 if in_flight else 0)

@@ -1,0 +1,333 @@
+"""The client's sync and async edges over httpx.MockTransport: the single flight,
+failures, cancellation and hooks, with no server."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import pytest
+
+from client import (
+    AsyncAuthClient,
+    AuthClient,
+    AuthError,
+    LoginRequired,
+    MemoryTokenStore,
+    RateLimited,
+)
+from client._store import Tokens
+
+from .test_client_flow import jwt
+
+BASE = "http://api.test"
+
+
+class FakeService:
+    """Stands in for the service: refresh rotates; ``/data`` wants the newest token.
+
+    The first token (generation 1) is expired as far as the service is concerned.
+    ``expired_first`` makes it look fresh to the client all the same: the token
+    expired in flight.
+    """
+
+    def __init__(self, *, expired_first: bool = False, refresh_delay: float = 0.05) -> None:
+        self.generation = 1
+        self.expired_first = expired_first
+        self.refresh_delay = refresh_delay
+        self.refreshes = 0
+        self.logins = 0
+        self.unauthorized = 0
+        self.refresh_replies: list[httpx.Response | Exception] = []
+        self._tokens: dict[int, Tokens] = {}
+
+    def tokens(self, generation: int) -> Tokens:
+        if generation not in self._tokens:
+            now = time.time()
+            if generation == 1 and not self.expired_first:
+                exp, iat = now - 10, now - 310  # the client sees it expired
+            else:
+                exp, iat = now + 300, now
+            access = jwt(exp, iat, jti=f"a{generation}")
+            self._tokens[generation] = Tokens(access, f"r{generation}", session_id="s")
+        return self._tokens[generation]
+
+    def pair(self, generation: int) -> httpx.Response:
+        body = {**self.tokens(generation).to_json(), "expires_in": 300, "refresh_expires_in": 900}
+        return httpx.Response(200, json=body)
+
+    def answer(self, request: httpx.Request) -> httpx.Response | None:
+        """Everything but the refresh; ``None`` for a refresh."""
+        path = request.url.path
+        if path == "/auth/login":
+            self.logins += 1
+            self.generation += 1
+            return self.pair(self.generation)
+        if path == "/auth/refresh":
+            return None
+        current = f"Bearer {self.tokens(self.generation).access_token}"
+        if self.generation > 1 and request.headers.get("Authorization") == current:
+            return httpx.Response(200, json={"ok": True})
+        self.unauthorized += 1
+        return httpx.Response(401, json={"error": "token_expired", "error_description": "..."})
+
+    def rotate(self) -> httpx.Response:
+        self.refreshes += 1
+        if self.refresh_replies:
+            reply = self.refresh_replies.pop(0)
+            if isinstance(reply, Exception):
+                raise reply
+            return reply
+        self.generation += 1
+        return self.pair(self.generation)
+
+    async def handle_async(self, request: httpx.Request) -> httpx.Response:
+        response = self.answer(request)
+        if response is not None:
+            return response
+        await asyncio.sleep(self.refresh_delay)
+        return self.rotate()
+
+    def handle_sync(self, request: httpx.Request) -> httpx.Response:
+        response = self.answer(request)
+        if response is not None:
+            return response
+        time.sleep(self.refresh_delay)
+        return self.rotate()
+
+    def async_client(self, **kwargs: Any) -> AsyncAuthClient:
+        kwargs.setdefault("token_store", MemoryTokenStore(self.tokens(1)))
+        return AsyncAuthClient(
+            base_url=BASE, transport=httpx.MockTransport(self.handle_async), **kwargs
+        )
+
+    def sync_client(self, **kwargs: Any) -> AuthClient:
+        kwargs.setdefault("token_store", MemoryTokenStore(self.tokens(1)))
+        return AuthClient(base_url=BASE, transport=httpx.MockTransport(self.handle_sync), **kwargs)
+
+
+# -- exactly one refresh ---------------------------------------------------------------
+@pytest.mark.parametrize("expired_first", [False, True], ids=["before-sending", "in-flight"])
+async def test_1000_concurrent_requests_share_one_refresh(expired_first):
+    service = FakeService(expired_first=expired_first)
+    async with service.async_client() as api:
+        responses = await asyncio.gather(*(api.get("/data") for _ in range(1000)))
+    assert {r.status_code for r in responses} == {200}
+    assert service.refreshes == 1
+    assert service.unauthorized == (1000 if expired_first else 0)
+
+
+@pytest.mark.parametrize("expired_first", [False, True], ids=["before-sending", "in-flight"])
+def test_64_threads_share_one_refresh(expired_first):
+    service = FakeService(expired_first=expired_first, refresh_delay=0.2)
+    barrier = threading.Barrier(64)
+    with service.sync_client() as api:
+
+        def call(_: int) -> int:
+            barrier.wait()
+            return api.get("/data").status_code
+
+        with ThreadPoolExecutor(64) as pool:
+            statuses = list(pool.map(call, range(64)))
+    assert statuses == [200] * 64
+    assert service.refreshes == 1
+
+
+async def test_newer_stored_tokens_are_used_without_a_refresh():
+    service = FakeService(expired_first=True)
+    store = MemoryTokenStore(service.tokens(1))
+    async with service.async_client(token_store=store) as api:
+        # Someone else refreshed: the service and the store are at generation 2,
+        # and this request was stamped with generation 1.
+        service.generation = 2
+        flow = api.auth.async_auth_flow(api.build_request("GET", "/data"))
+        request = await flow.__anext__()
+        store.save(service.tokens(2))
+        retry = await flow.asend(await service.handle_async(request))
+        assert retry.headers["Authorization"] == f"Bearer {service.tokens(2).access_token}"
+        await flow.aclose()
+    assert service.refreshes == 0
+
+
+# -- failures --------------------------------------------------------------------------
+async def test_a_failed_refresh_reaches_every_waiter_once_then_is_forgotten():
+    service = FakeService(refresh_delay=0.1)
+    service.refresh_replies.append(httpx.Response(503, json={"error": "auth_unavailable"}))
+    failures: list[AuthError] = []
+    async with service.async_client(on_refresh_failed=failures.append) as api:
+        results = await asyncio.gather(
+            *(api.get("/data") for _ in range(50)), return_exceptions=True
+        )
+        assert all(type(r) is AuthError and r.code == "auth_unavailable" for r in results)
+        assert len({id(r) for r in results}) == 50  # each waiter its own error
+        assert service.refreshes == 1 and len(failures) == 1
+        assert api.tokens == service.tokens(1)  # kept
+        # Forgotten: the next request tries again, and succeeds.
+        assert (await api.get("/data")).status_code == 200
+    assert service.refreshes == 2
+
+
+@pytest.mark.parametrize("sync", [False, True], ids=["async", "sync"])
+async def test_network_error_on_refresh_keeps_the_tokens(sync):
+    service = FakeService()
+    service.refresh_replies.append(httpx.ConnectError("connection refused"))
+    if sync:
+        with service.sync_client() as api, pytest.raises(AuthError) as raised:
+            api.get("/data")
+    else:
+        async with service.async_client() as api:
+            with pytest.raises(AuthError) as raised:
+                await api.get("/data")
+    assert type(raised.value) is AuthError and raised.value.code is None
+    assert isinstance(raised.value.__cause__, httpx.ConnectError)
+    assert api.tokens == service.tokens(1)
+
+
+async def test_refresh_401_clears_the_tokens_and_raises_login_required():
+    service = FakeService()
+    body = {"error": "refresh_reused", "error_description": "..."}
+    service.refresh_replies.append(httpx.Response(401, json=body))
+    told: list[Any] = []
+
+    async def on_login_required(error: LoginRequired) -> None:
+        await asyncio.sleep(0)
+        told.append(error)
+
+    async with service.async_client(on_login_required=on_login_required) as api:
+        with pytest.raises(LoginRequired) as raised:
+            await api.get("/data")
+        assert raised.value.code == "refresh_reused"
+        assert api.tokens is None
+        assert told == [raised.value]
+        # Not logged in: requests go out bare and the service answers for itself.
+        assert (await api.get("/data")).status_code == 401
+
+
+async def test_refresh_401_with_credentials_logs_in_again():
+    service = FakeService()
+    service.refresh_replies.append(httpx.Response(401, json={"error": "session_expired"}))
+    refreshed: list[Tokens] = []
+
+    async def credentials() -> tuple[str, str]:
+        return "alice", "pw"
+
+    async with service.async_client(credentials=credentials, on_refreshed=refreshed.append) as api:
+        responses = await asyncio.gather(*(api.get("/data") for _ in range(20)))
+    assert {r.status_code for r in responses} == {200}
+    assert service.refreshes == 1 and service.logins == 1
+    assert refreshed == [service.tokens(2)]
+
+
+def test_an_event_hook_that_raises_for_status_does_not_hide_the_code():
+    service = FakeService()
+    header = 'Bearer realm="tokengate", error="invalid_token", error_description="token_revoked"'
+    service.refresh_replies.append(
+        httpx.Response(401, json={"error": "token_revoked"}, headers={"WWW-Authenticate": header})
+    )
+
+    def strict(response: httpx.Response) -> None:
+        response.raise_for_status()
+
+    with (
+        service.sync_client(event_hooks={"response": [strict]}) as api,
+        pytest.raises(LoginRequired) as raised,
+    ):
+        api.get("/data")
+    assert raised.value.code == "token_revoked"
+
+
+def test_login_rate_limited():
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = {"error": "too_many_attempts", "error_description": "..."}
+        return httpx.Response(429, json=body, headers={"Retry-After": "42"})
+
+    with (
+        AuthClient(base_url=BASE, transport=httpx.MockTransport(handler)) as api,
+        pytest.raises(RateLimited) as raised,
+    ):
+        api.login("alice", "pw")
+    assert raised.value.retry_after == 42
+
+
+def test_errors_copy_for_waiters():
+    error = RateLimited("slow down", code="too_many_attempts", retry_after=3.0)
+    twin = copy.copy(error)
+    assert twin is not error and type(twin) is RateLimited
+    assert (str(twin), twin.code, twin.retry_after) == ("slow down", "too_many_attempts", 3.0)
+
+
+# -- cancellation ----------------------------------------------------------------------
+async def test_a_cancelled_leader_does_not_leave_the_others_waiting():
+    service = FakeService()
+    started = asyncio.Event()
+    leader: list[asyncio.Task[Any]] = []
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/auth/refresh" and not leader:
+            leader.append(asyncio.current_task())  # type: ignore[arg-type]
+            started.set()
+            await asyncio.Event().wait()  # hangs until cancelled
+        return await service.handle_async(request)
+
+    store = MemoryTokenStore(service.tokens(1))
+    async with AsyncAuthClient(
+        base_url=BASE, transport=httpx.MockTransport(handle), token_store=store
+    ) as api:
+        tasks = [asyncio.create_task(api.get("/data")) for _ in range(10)]
+        await started.wait()
+        leader[0].cancel()
+        results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 5)
+    cancelled = [r for r in results if isinstance(r, asyncio.CancelledError)]
+    assert len(cancelled) == 1
+    assert [r.status_code for r in results if isinstance(r, httpx.Response)] == [200] * 9
+    assert service.refreshes == 1  # the cancelled one never reached rotate()
+
+
+async def test_a_cancelled_waiter_does_not_disturb_the_flight():
+    service = FakeService(refresh_delay=0.2)
+    async with service.async_client() as api:
+        tasks = [asyncio.create_task(api.get("/data")) for _ in range(10)]
+        await asyncio.sleep(0.05)  # all ten are in the flight now
+        tasks[5].cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(results[5], asyncio.CancelledError)
+    assert [r.status_code for i, r in enumerate(results) if i != 5] == [200] * 9
+    assert service.refreshes == 1
+
+
+# -- hooks and the sync client's async callables -----------------------------------------
+def test_async_credentials_and_hooks_work_on_the_sync_client():
+    service = FakeService()
+    refreshed: list[Tokens] = []
+
+    async def credentials() -> tuple[str, str]:
+        return "alice", "pw"
+
+    async def on_refreshed(tokens: Tokens) -> None:
+        refreshed.append(tokens)
+
+    with service.sync_client(
+        token_store=MemoryTokenStore(), credentials=credentials, on_refreshed=on_refreshed
+    ) as api:
+        assert api.get("/data").status_code == 200
+    assert service.logins == 1 and refreshed == [service.tokens(2)]
+
+
+def test_a_failing_hook_is_logged_not_raised(caplog):
+    service = FakeService()
+
+    def on_refreshed(tokens: Tokens) -> None:
+        raise RuntimeError("disk full")
+
+    with (
+        caplog.at_level(logging.ERROR, logger="tokengate.client"),
+        service.sync_client(on_refreshed=on_refreshed) as api,
+    ):
+        assert api.get("/data").status_code == 200
+    assert "on_refreshed hook raised" in caplog.text

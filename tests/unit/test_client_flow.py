@@ -1,0 +1,347 @@
+"""The client's pure flows, driven by hand: no server, no transport, no clock."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import httpx
+import pytest
+
+from client import AuthError, InvalidCredentials, LoginRequired, RateLimited
+from client._auth import (
+    AskCredentials,
+    Call,
+    Load,
+    Push,
+    Renew,
+    Send,
+    TokenAuth,
+    error_code,
+    login_flow,
+    obtain,
+    replayable,
+)
+from client._store import KEEP, Tokens
+
+NOW = 1_800_000_000.0
+URL = "http://api.test/auth/me"
+
+
+def jwt(exp: float, iat: float | None = None, jti: str = "a") -> str:
+    """A token shaped like the service's (the client never checks signatures)."""
+
+    def part(data: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+    claims: dict[str, Any] = {"exp": exp, "jti": jti}
+    if iat is not None:
+        claims["iat"] = iat
+    return f"{part({'typ': 'at+jwt', 'alg': 'HS256'})}.{part(claims)}.c2ln"
+
+
+def pair(exp: float = NOW + 300, iat: float = NOW, name: str = "1") -> Tokens:
+    return Tokens(jwt(exp, iat, jti=name), f"refresh-{name}", session_id="s1")
+
+
+def pair_json(tokens: Tokens) -> dict[str, Any]:
+    return {**tokens.to_json(), "expires_in": 300, "refresh_expires_in": 1000}
+
+
+def problem(status: int, code: str, **headers: str) -> httpx.Response:
+    body = {"error": code, "error_description": "..."}
+    return httpx.Response(status, json=body, headers=headers)
+
+
+def auth(**kwargs: Any) -> TokenAuth:
+    kwargs.setdefault("clock", lambda: NOW)
+    return TokenAuth(**kwargs)
+
+
+def sent_token(op: Any) -> str:
+    assert isinstance(op, Send), op
+    return str(op.request.headers["Authorization"]).removeprefix("Bearer ")
+
+
+# -- the request flow -------------------------------------------------------------
+def test_fresh_token_is_attached_and_the_response_ends_the_flow():
+    tokens = pair()
+    flow = auth().flow(httpx.Request("GET", URL))
+    assert isinstance(next(flow), Load)
+    assert sent_token(flow.send(tokens)) == tokens.access_token
+    with pytest.raises(StopIteration):
+        flow.send(httpx.Response(200, json={}))
+
+
+def test_not_logged_in_without_credentials_sends_the_request_bare():
+    flow = auth().flow(httpx.Request("GET", URL))
+    next(flow)
+    op = flow.send(None)
+    assert isinstance(op, Send) and "Authorization" not in op.request.headers
+    with pytest.raises(StopIteration):
+        flow.send(problem(401, "missing_token"))
+
+
+def test_not_logged_in_with_credentials_logs_in_first():
+    flow = auth(credentials=lambda: ("alice", "pw")).flow(httpx.Request("GET", URL))
+    next(flow)
+    op = flow.send(None)
+    assert isinstance(op, Renew) and op.stale is None and op.relogin
+    assert op.reason == "missing_token"
+    fresh = pair(name="2")
+    assert sent_token(flow.send(fresh)) == fresh.access_token
+
+
+def test_a_token_within_the_margin_is_refreshed_before_sending():
+    old, fresh = pair(exp=NOW + 20, iat=NOW - 280), pair(name="2")
+    flow = auth(refresh_margin=30).flow(httpx.Request("GET", URL))
+    next(flow)
+    op = flow.send(old)
+    assert isinstance(op, Renew) and op.stale == old and not op.relogin and op.reason is None
+    assert op.origin == httpx.URL("http://api.test/")
+    assert sent_token(flow.send(fresh)) == fresh.access_token
+
+
+@pytest.mark.parametrize(("now", "refreshes"), [(NOW + 4, False), (NOW + 5, True)])
+def test_the_margin_is_at_most_half_the_token_lifetime(now, refreshes):
+    # A 10-second token with the default 30-second margin would refresh on
+    # every request; it refreshes from half its life on instead.
+    tokens = pair(exp=NOW + 10, iat=NOW)
+    flow = auth(clock=lambda: now).flow(httpx.Request("GET", URL))
+    next(flow)
+    assert isinstance(flow.send(tokens), Renew) is refreshes
+
+
+def test_token_expired_refreshes_and_retries_exactly_once():
+    old, fresh = pair(), pair(name="2")
+    flow = auth().flow(httpx.Request("POST", URL, json={"a": 1}))
+    next(flow)
+    assert sent_token(flow.send(old)) == old.access_token
+    op = flow.send(problem(401, "token_expired"))
+    assert isinstance(op, Renew) and op.stale == old and op.reason == "token_expired"
+    retry = flow.send(fresh)
+    assert sent_token(retry) == fresh.access_token
+    assert retry.request.content == b'{"a":1}'
+    # The retry meets token_expired again: that response is the answer, no loop.
+    with pytest.raises(StopIteration):
+        flow.send(problem(401, "token_expired"))
+
+
+@pytest.mark.parametrize(
+    "code",
+    ["token_revoked", "session_expired", "session_replaced", "invalid_token", "missing_token"],
+)
+def test_other_401_codes_do_not_refresh(code):
+    tokens = pair()
+    flow = auth().flow(httpx.Request("GET", URL))
+    next(flow)
+    flow.send(tokens)
+    try:
+        op = flow.send(problem(401, code))
+    except StopIteration:
+        return
+    # Only a look at the store, in case someone logged in again meanwhile.
+    assert isinstance(op, Load)
+    with pytest.raises(StopIteration):
+        flow.send(tokens)
+
+
+def test_a_request_stamped_with_older_tokens_than_stored_is_retried_with_them():
+    old, current = pair(), pair(name="2")
+    flow = auth().flow(httpx.Request("GET", URL))
+    next(flow)
+    flow.send(old)
+    assert isinstance(flow.send(problem(401, "token_revoked")), Load)
+    assert sent_token(flow.send(current)) == current.access_token
+
+
+def test_session_over_with_credentials_logs_in_again():
+    tokens = pair()
+    flow = auth(credentials=lambda: ("alice", "pw")).flow(httpx.Request("GET", URL))
+    next(flow)
+    flow.send(tokens)
+    op = flow.send(problem(401, "session_expired"))
+    assert isinstance(op, Renew) and op.relogin and op.reason == "session_expired"
+
+
+def test_the_code_is_read_from_www_authenticate_when_the_body_is_not_json():
+    header = 'Bearer realm="tokengate", error="invalid_token", error_description="token_expired"'
+    response = httpx.Response(401, text="nope", headers={"WWW-Authenticate": header})
+    assert error_code(response) == "token_expired"
+    flow = auth().flow(httpx.Request("GET", URL))
+    next(flow)
+    flow.send(pair())
+    assert isinstance(flow.send(response), Renew)
+
+
+def test_a_pushed_access_token_is_stored():
+    tokens, pushed = pair(), jwt(NOW + 600, NOW, jti="pushed")
+    flow = auth().flow(httpx.Request("GET", URL))
+    next(flow)
+    flow.send(tokens)
+    op = flow.send(httpx.Response(200, json={}, headers={"X-Access-Token": pushed}))
+    assert isinstance(op, Push) and op.access_token == pushed and op.stamped == tokens
+    with pytest.raises(StopIteration):
+        flow.send(None)
+
+
+def test_a_streamed_body_is_not_resent_after_token_expired():
+    tokens, fresh = pair(), pair(name="2")
+    request = httpx.Request("POST", URL, content=iter([b"chunk"]))
+    assert not replayable(request)
+    flow = auth().flow(request)
+    next(flow)
+    flow.send(tokens)
+    expired = problem(401, "token_expired")
+    assert isinstance(flow.send(expired), Renew)  # renewed, so that a resend can work
+    with pytest.raises(AuthError) as raised:
+        flow.send(fresh)
+    assert type(raised.value) is AuthError
+    assert raised.value.response is expired and raised.value.code == "token_expired"
+    assert "cannot be sent twice" in str(raised.value)
+
+
+def test_a_streamed_body_near_expiry_refreshes_before_it_is_sent():
+    request = httpx.Request("POST", URL, content=iter([b"chunk"]))
+    flow = auth().flow(request)
+    next(flow)
+    assert isinstance(flow.send(pair(exp=NOW + 1, iat=NOW - 299)), Renew)
+
+
+def test_replayable_bodies(tmp_path):
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"data")
+    assert replayable(httpx.Request("POST", URL, json={"a": 1}))
+    assert replayable(httpx.Request("POST", URL, data={"a": "1"}))
+    assert replayable(httpx.Request("POST", URL, content=b"raw"))
+    with path.open("rb") as f:
+        assert replayable(httpx.Request("POST", URL, files={"f": f}))
+    assert not replayable(httpx.Request("POST", URL, content=iter([b"x"])))
+
+
+# -- the token flows ---------------------------------------------------------------
+def run(flow: Any, *replies: Any) -> tuple[list[Any], Any]:
+    """Drive ``flow`` with ``replies`` (an exception is thrown in); return ops and result."""
+    ops = [next(flow)]
+    try:
+        for reply in replies:
+            if isinstance(reply, BaseException):
+                ops.append(flow.throw(reply))
+            else:
+                ops.append(flow.send(reply))
+    except StopIteration as stop:
+        return ops, stop.value
+    raise AssertionError(f"the flow wants more: {ops[-1]!r}")
+
+
+def test_refresh_success():
+    old, fresh = pair(), pair(name="2")
+    ops, outcome = run(
+        obtain(old, relogin=False, reason=None, can_login=False),
+        httpx.Response(200, json=pair_json(fresh)),
+    )
+    assert ops[0] == Call("POST", "/auth/refresh", {"refresh_token": old.refresh_token})
+    assert outcome.tokens == fresh and outcome.error is None and outcome.change == fresh
+    assert outcome.notes == (("refreshed", fresh),)
+
+
+def test_refresh_401_clears_the_tokens_and_requires_a_login():
+    _ops, outcome = run(
+        obtain(pair(), relogin=False, reason=None, can_login=False),
+        problem(401, "refresh_reused"),
+    )
+    assert isinstance(outcome.error, LoginRequired) and outcome.error.code == "refresh_reused"
+    assert outcome.change is None
+    assert [name for name, _ in outcome.notes] == ["refresh_failed", "login_required"]
+
+
+def test_refresh_401_with_credentials_logs_in_again():
+    fresh = pair(name="2")
+    ops, outcome = run(
+        obtain(pair(), relogin=False, reason=None, can_login=True),
+        problem(401, "session_expired"),
+        ("alice", "pw"),
+        httpx.Response(200, json=pair_json(fresh)),
+    )
+    assert isinstance(ops[1], AskCredentials)
+    assert ops[2] == Call("POST", "/auth/login", {"username": "alice", "password": "pw"})
+    assert outcome.tokens == fresh
+    assert [name for name, _ in outcome.notes] == ["refresh_failed", "refreshed"]
+
+
+def test_relogin_skips_the_refresh():
+    fresh = pair(name="2")
+    ops, outcome = run(
+        obtain(pair(), relogin=True, reason="token_revoked", can_login=True),
+        ("alice", "pw"),
+        httpx.Response(200, json=pair_json(fresh)),
+    )
+    assert isinstance(ops[0], AskCredentials) and outcome.tokens == fresh
+
+
+def test_relogin_refused_is_invalid_credentials():
+    _ops, outcome = run(
+        obtain(None, relogin=True, reason="missing_token", can_login=True),
+        ("alice", "wrong"),
+        problem(401, "invalid_credentials"),
+    )
+    assert isinstance(outcome.error, InvalidCredentials) and outcome.change is None
+    assert [name for name, _ in outcome.notes] == ["login_required"]
+
+
+def test_a_failing_credentials_callable_is_an_auth_error():
+    _ops, outcome = run(
+        obtain(None, relogin=True, reason="missing_token", can_login=True),
+        RuntimeError("keyring locked"),
+    )
+    assert type(outcome.error) is AuthError
+    assert isinstance(outcome.error.__cause__, RuntimeError)
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        httpx.ConnectError("connection refused"),
+        problem(503, "auth_unavailable", **{"Retry-After": "1"}),
+        httpx.Response(500, text="oops"),
+        httpx.Response(200, text="not json"),
+    ],
+)
+def test_network_errors_and_5xx_keep_the_tokens(reply):
+    _ops, outcome = run(obtain(pair(), relogin=False, reason=None, can_login=True), reply)
+    assert type(outcome.error) is AuthError
+    assert outcome.change is KEEP
+    assert [name for name, _ in outcome.notes] == ["refresh_failed"]
+    if isinstance(reply, httpx.Response) and reply.status_code == 503:
+        assert outcome.error.code == "auth_unavailable" and outcome.error.response is reply
+
+
+def test_login_errors_are_typed():
+    flow = login_flow("alice", "pw", device="laptop")
+    assert next(flow) == Call(
+        "POST", "/auth/login", {"username": "alice", "password": "pw", "device": "laptop"}
+    )
+    with pytest.raises(RateLimited) as limited:
+        flow.send(problem(429, "too_many_attempts", **{"Retry-After": "7"}))
+    assert limited.value.retry_after == 7 and limited.value.code == "too_many_attempts"
+
+    flow = login_flow("alice", "pw")
+    next(flow)
+    with pytest.raises(InvalidCredentials) as refused:
+        flow.send(problem(401, "invalid_credentials"))
+    assert isinstance(refused.value, LoginRequired)
+
+    flow = login_flow("alice", "pw")
+    next(flow)
+    with pytest.raises(AuthError) as unreachable:
+        flow.throw(httpx.ConnectError("refused"))
+    assert isinstance(unreachable.value.__cause__, httpx.ConnectError)
+
+
+def test_passwords_and_tokens_stay_out_of_reprs():
+    tokens = pair()
+    call = Call("POST", "/auth/login", {"username": "alice", "password": "s3cret"})
+    assert "s3cret" not in repr(call)
+    assert tokens.access_token not in repr(tokens) and tokens.refresh_token not in repr(tokens)
+    assert tokens.access_token not in repr(Push(tokens, tokens.access_token))
