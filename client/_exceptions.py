@@ -5,8 +5,8 @@
     Exception
     └── AuthError               authentication failed; the stored tokens are kept
         │                       (network error, 5xx, a body that cannot be resent...)
-        ├── LoginRequired       the session is over, or there is none: the tokens are
-        │   │                   cleared; ``code`` is the service's reason
+        ├── LoginRequired       no usable session: log in; tokens the service refused
+        │   │                   are cleared. ``code`` is the service's reason
         │   │                   (token_revoked, session_expired, refresh_reused...,
         │   │                   or missing_token when nothing is stored)
         │   └── InvalidCredentials   a login was refused: invalid_credentials
@@ -34,7 +34,7 @@ class AuthError(Exception):
 
 
 class LoginRequired(AuthError):
-    """The session is over (or there is none) and no new login was possible."""
+    """No usable session (it is over, or there never was one): log in."""
 
 
 class InvalidCredentials(LoginRequired):

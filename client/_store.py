@@ -227,9 +227,10 @@ class FileTokenStore(TokenStore):
         self._file_lock = filelock.FileLock(
             f"{self.path}.lock", timeout=lock_timeout, mode=0o600, thread_local=False
         )
-        # Threads of one process take turns at the file lock; this also guards the cache.
+        # Threads of one process take turns at the file lock.
         self._mutex = threading.Lock()
-        self._cache: tuple[tuple[int, int, int], dict[str, Any]] | None = None
+        # The file's content and tokens as last read, keyed on its inode, mtime and size.
+        self._cache: tuple[tuple[int, int, int], dict[str, Any], Tokens | None] | None = None
 
     def __repr__(self) -> str:
         return f"FileTokenStore({str(self.path)!r})"
@@ -249,19 +250,20 @@ class FileTokenStore(TokenStore):
         except FileNotFoundError:
             return {}
 
-    def _data(self) -> dict[str, Any]:
-        """The file's content, re-read only when the file changed (a ``stat`` per call)."""
+    def _current(self) -> tuple[dict[str, Any], Tokens | None]:
+        """The file's content and tokens, re-read only when the file changed (a ``stat``)."""
         try:
             st = self.path.stat()
         except FileNotFoundError:
-            return {}
+            return {}, None
         key = (st.st_ino, st.st_mtime_ns, st.st_size)
         cached = self._cache
         if cached is not None and cached[0] == key:
-            return cached[1]
+            return cached[1], cached[2]
         data = self._read()
-        self._cache = (key, data)
-        return data
+        tokens = self._tokens_of(data)
+        self._cache = (key, data, tokens)
+        return data, tokens
 
     def _write(self, data: dict[str, Any]) -> None:
         data["version"] = FILE_VERSION
@@ -307,7 +309,7 @@ class FileTokenStore(TokenStore):
 
     # -- the store --------------------------------------------------------
     def load(self) -> Tokens | None:
-        return self._tokens_of(self._data())
+        return self._current()[1]
 
     def update(self, change: Callable[[Tokens | None], Tokens | None]) -> Tokens | None:
         with self._locked():
@@ -322,7 +324,7 @@ class FileTokenStore(TokenStore):
     @property
     def base_url(self) -> str | None:
         """The service's base URL, as the command line stored it."""
-        url = self._data().get("base_url")
+        url = self._current()[0].get("base_url")
         return url if isinstance(url, str) else None
 
     @base_url.setter

@@ -57,6 +57,7 @@ def test_file_store_round_trip_mode_and_base_url(tmp_path):
     tokens = pair("a")
     store.save(tokens)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.with_name("tokens.json.lock").stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert FileTokenStore(path).load() == tokens
     assert store.base_url == "http://127.0.0.1:8000"  # kept across token writes
