@@ -60,9 +60,9 @@ def service(
 def short(
     module_redis: RedisServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServiceProcess]:
-    """Access tokens that live 2 s, for expiry met for real."""
+    """Access tokens that live 3 s, for expiry met for real."""
     url = f"redis://127.0.0.1:{module_redis.port}/2"
-    started = start_service(tmp_path_factory.mktemp("client-short"), url, access_ttl=2)
+    started = start_service(tmp_path_factory.mktemp("client-short"), url, access_ttl=3)
     yield started
     started.stop()
 
