@@ -9,11 +9,12 @@ data can always be rebuilt from SQL without reviving anything.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -51,6 +52,8 @@ _UID = re.compile(r"^[1-9][0-9]{0,18}$")
 # request path; it bounds how stale a session rebuilt from SQL can be.
 MAX_SYNC_INTERVAL = 60
 UNUSABLE = "The token is invalid, expired or already used."
+# How long a password check waits for its turn, attempt by attempt (~10 s in all).
+_ATTEMPT_WAITS = (0.01, 0.02, 0.05, *([0.1] * 99))
 
 
 def utc(ts: float) -> datetime:
@@ -206,27 +209,47 @@ class SessionManager:
                 f"The password must be at least {self.settings.password_min_length} characters."
             )
 
-    async def _count_attempt(self, username: str) -> None:
-        """Count an attempt on ``username``'s password *before* checking it.
+    @contextlib.asynccontextmanager
+    async def _password_attempt(self, username: str) -> AsyncIterator[list[bool]]:
+        """Run one throttled password check for ``username``.
 
-        Counting first means attempts already in flight are counted too: forty
-        guesses sent at once meet the limit like forty sent one by one. A
-        correct password clears the count.
+        The check starts only while the failures so far plus the checks still
+        running stay under ``TOKENGATE_LOGIN_MAX_FAILURES``; otherwise it waits
+        its turn (a burst of guesses cannot outrun the count, and correct
+        passwords sent at once take turns), or answers 429 once the failures
+        reach the limit. The body sets ``outcome[0] = True`` on success; a
+        success clears the count, anything else counts as a failure.
         """
         s = self.settings
-        count, ttl = await self.store.record_failure(username, s.login_window)
-        if count > s.login_max_failures:
-            raise TooManyAttempts(ttl if ttl > 0 else s.login_window)
+        attempt = secrets.token_hex(8)
+        for delay in _ATTEMPT_WAITS:
+            verdict = await self.store.begin_attempt(
+                username, attempt, now=self.clock(), limit=s.login_max_failures
+            )
+            if verdict < 0:
+                raise TooManyAttempts(-verdict)
+            if verdict == 1:
+                break
+            await asyncio.sleep(delay)
+        else:
+            raise TooManyAttempts(1, "Too many password checks at once for this account.")
+        outcome = [False]
+        try:
+            yield outcome
+        finally:
+            await self.store.end_attempt(
+                username, attempt, failed=not outcome[0], window=s.login_window
+            )
 
     async def check_credentials(self, username: str, password: str) -> User:
         """Verify a username and password, with per-account throttling."""
-        await self._count_attempt(username)
-        async with self.db() as db:
-            user = await repo.get_user_by_username(db, username)
-        verdict = await self.passwords.verify(user.password_hash if user else None, password)
-        if user is None or not verdict.ok:
-            raise InvalidCredentials()
-        await self.store.clear_failures(username)
+        async with self._password_attempt(username) as outcome:
+            async with self.db() as db:
+                user = await repo.get_user_by_username(db, username)
+            verdict = await self.passwords.verify(user.password_hash if user else None, password)
+            if user is None or not verdict.ok:
+                raise InvalidCredentials()
+            outcome[0] = True
         if verdict.rehash is not None:
             async with self.db() as db:
                 stored = await repo.get_user(db, user.id)
@@ -570,15 +593,15 @@ class SessionManager:
         password in place and the request can simply be retried.
         """
         self._check_password(new)
-        await self._count_attempt(identity.username)
-        async with self.db() as db:
-            user = await repo.get_user(db, identity.user_id)
-        if user is None:
-            raise TokenRevoked()
-        verdict = await self.passwords.verify(user.password_hash, current)
-        if not verdict.ok:
-            raise InvalidCredentials("The current password is wrong.")
-        await self.store.clear_failures(identity.username)
+        async with self._password_attempt(identity.username) as outcome:
+            async with self.db() as db:
+                user = await repo.get_user(db, identity.user_id)
+            if user is None:
+                raise TokenRevoked()
+            verdict = await self.passwords.verify(user.password_hash, current)
+            if not verdict.ok:
+                raise InvalidCredentials("The current password is wrong.")
+            outcome[0] = True
         await self.end_all(identity.user_id, keep=identity.session_id)
         await self._set_password(identity.user_id, new)
         await self._end_all_again(identity.user_id, keep=identity.session_id)

@@ -9,6 +9,7 @@ tag, so every key one script touches lives in the same slot)::
                                  order), plus the sentinel "~" (score 0) that
                                  says the set was loaded from SQL
     tg:{n<digest>}:fails  string failed logins for one account in the window
+    tg:{n<digest>}:inflight zset password checks of that account now running
 
 Session hash fields: ``st`` live|ended, ``why`` end reason, ``cr`` created,
 ``ls`` last seen, ``sy`` last time ``ls`` was written back to SQL, ``aj``/``rj``
@@ -241,6 +242,34 @@ return ended
 """
 
 # KEYS: throttle counter. ARGV: window. Returns {count, ttl}.
+# KEYS: failure counter, in-flight set. ARGV: now, attempt id, limit.
+# Returns {1} (go), {0} (wait for a slot) or {-1, ttl} (over the limit).
+# A password check may start only while failures so far plus the checks
+# still running stay under the limit: a burst of guesses cannot outrun the
+# count, and correct passwords sent at once simply take turns.
+ATTEMPT = """
+local now = tonumber(ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - 30)
+local fails = tonumber(redis.call('GET', KEYS[1]) or '0')
+if fails >= tonumber(ARGV[3]) then return {-1, redis.call('TTL', KEYS[1])} end
+if fails + redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[3]) then return {0} end
+redis.call('ZADD', KEYS[2], now, ARGV[2])
+redis.call('EXPIRE', KEYS[2], 60)
+return {1}
+"""
+
+# KEYS: failure counter, in-flight set. ARGV: attempt id, failed (1|0), window.
+SETTLE = """
+redis.call('ZREM', KEYS[2], ARGV[1])
+if ARGV[2] == '1' then
+  local n = redis.call('INCR', KEYS[1])
+  if n == 1 or redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
+else
+  redis.call('DEL', KEYS[1])
+end
+return 1
+"""
+
 FAIL = """
 local n = redis.call('INCR', KEYS[1])
 if n == 1 or redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
@@ -277,6 +306,8 @@ class RedisSessionStore:
         self._login = redis.register_script(LOGIN)
         self._end = redis.register_script(END)
         self._fail = redis.register_script(FAIL)
+        self._attempt = redis.register_script(ATTEMPT)
+        self._settle = redis.register_script(SETTLE)
 
     # -- keys -------------------------------------------------------------
     @staticmethod
@@ -384,9 +415,24 @@ class RedisSessionStore:
         return cast(list[str], reply)
 
     async def record_failure(self, name: str, window: int, kind: str = "fails") -> tuple[int, int]:
-        """Count one more attempt on ``name``; return the count and the window's TTL."""
+        """Count one more event of ``kind`` for ``name``; return the count and the TTL."""
         reply = await self._run(self._fail, (self.throttle_key(kind, name),), (window,))
         return int(reply[0]), int(reply[1])
 
-    async def clear_failures(self, name: str) -> None:
-        await self.redis.delete(self.throttle_key("fails", name))
+    def _attempt_keys(self, name: str) -> tuple[str, str]:
+        return self.throttle_key("fails", name), self.throttle_key("inflight", name)
+
+    async def begin_attempt(self, name: str, attempt: str, *, now: float, limit: int) -> int:
+        """Ask to check a password of ``name``: 1 go, 0 wait, or minus the seconds left."""
+        reply = await self._run(
+            self._attempt, self._attempt_keys(name), (repr(now), attempt, limit)
+        )
+        if int(reply[0]) < 0:
+            return -max(1, int(reply[1]))
+        return int(reply[0])
+
+    async def end_attempt(self, name: str, attempt: str, *, failed: bool, window: int) -> None:
+        """Settle an attempt: a failure is counted, a success clears the count."""
+        await self._run(
+            self._settle, self._attempt_keys(name), (attempt, "1" if failed else "0", window)
+        )

@@ -107,3 +107,13 @@ async def test_the_current_password_check_is_throttled_too(make_app):
         headers=auth,
     )
     assert r.status_code == 429 and int(r.headers["Retry-After"]) > 0
+
+
+async def test_correct_passwords_sent_at_once_take_turns_and_all_succeed(make_app, redis_client):
+    app = await make_app(login_max_failures=3)
+    client = app.test_client()
+    await register_and_login(client)
+    results = await asyncio.gather(*(login(client, "correct horse") for _ in range(20)))
+    assert [r.status_code for r in results] == [200] * 20
+    # Nothing is left behind: no count, no check marked as running.
+    assert [k async for k in redis_client.scan_iter("tg:{n*}")] == []
