@@ -147,3 +147,28 @@ class ServiceProcess:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
         self.process = None
+
+
+def service_env(workdir: Path, redis_url: str, **settings: Any) -> dict[str, str]:
+    """The environment of a test service: fixed key, ``redis_url``, a fresh SQLite file.
+
+    ``settings`` are lower-case ``TOKENGATE_*`` names (``access_ttl=2``).
+    """
+    env = {
+        "TOKENGATE_SECRET_KEY": SECRET,
+        "TOKENGATE_REDIS_URL": redis_url,
+        "TOKENGATE_DATABASE_URL": f"sqlite+aiosqlite:///{workdir / 'tokengate.db'}",
+        "TOKENGATE_INSTANCE_DIR": str(workdir / "instance"),
+    }
+    env.update({f"TOKENGATE_{k.upper()}": str(v) for k, v in settings.items()})
+    return env
+
+
+def start_service(workdir: Path, redis_url: str, **settings: Any) -> ServiceProcess:
+    """Start ``python -m service serve`` with :func:`service_env`; the caller stops it.
+
+    For a service that a module's tests share (it takes seconds to start).
+    """
+    service = ServiceProcess(service_env(workdir, redis_url, **settings), workdir)
+    service.start()
+    return service

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 import redis
 
-from tests.support import SECRET, ServiceProcess
+from tests.support import RedisServer, ServiceProcess, service_env
 
 _db_numbers = itertools.cycle(range(1, 16))
 
@@ -37,13 +37,7 @@ def service_factory(redis_url: str, tmp_path: Path) -> Iterator[ServiceFactory]:
         url = _with_db(redis_url, next(_db_numbers))
         redis.Redis.from_url(url).flushdb()
         workdir = tmp_path / f"service{len(started)}"
-        env = {
-            "TOKENGATE_SECRET_KEY": SECRET,
-            "TOKENGATE_REDIS_URL": url,
-            "TOKENGATE_DATABASE_URL": f"sqlite+aiosqlite:///{workdir / 'tokengate.db'}",
-            "TOKENGATE_INSTANCE_DIR": str(workdir / "instance"),
-        }
-        env.update({f"TOKENGATE_{k.upper()}": str(v) for k, v in settings.items()})
+        env = service_env(workdir, url, **settings)
         service = ServiceProcess(env, workdir, workers=workers)
         started.append(service)
         service.start()
@@ -52,6 +46,15 @@ def service_factory(redis_url: str, tmp_path: Path) -> Iterator[ServiceFactory]:
     yield start
     for service in started:
         service.stop()
+
+
+@pytest.fixture(scope="module")
+def module_redis() -> Iterator[RedisServer]:
+    """A private redis-server for the services a module's tests share."""
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

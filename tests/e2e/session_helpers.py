@@ -4,34 +4,14 @@ from __future__ import annotations
 
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import httpx
 
-from tests.support import SECRET, ServiceProcess
+from tests.support import start_service as start_service
 
 PASSWORD = "correct horse"
 TIMEOUT = httpx.Timeout(30.0)
-
-
-def start_service(workdir: Path, redis_url: str, **settings: Any) -> ServiceProcess:
-    """Start ``python -m service serve`` on ``redis_url`` and a fresh SQLite database.
-
-    The same environment as the ``service_factory`` fixture, for services that
-    a module's tests share (the service takes seconds to start); the caller
-    stops it.
-    """
-    env = {
-        "TOKENGATE_SECRET_KEY": SECRET,
-        "TOKENGATE_REDIS_URL": redis_url,
-        "TOKENGATE_DATABASE_URL": f"sqlite+aiosqlite:///{workdir / 'tokengate.db'}",
-        "TOKENGATE_INSTANCE_DIR": str(workdir / "instance"),
-    }
-    env.update({f"TOKENGATE_{k.upper()}": str(v) for k, v in settings.items()})
-    service = ServiceProcess(env, workdir)
-    service.start()
-    return service
 
 
 def new_name(prefix: str = "user") -> str:

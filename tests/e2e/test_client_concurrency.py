@@ -17,8 +17,6 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import Any
 
 import httpx
 import jwt
@@ -27,7 +25,7 @@ import pytest
 from client import AsyncAuthClient, AuthClient, MemoryTokenStore
 from client._store import Tokens
 from service.tokens import AccessToken, SigningConfig, mint
-from tests.support import SECRET, RedisServer, ServiceProcess
+from tests.support import SECRET, RedisServer, ServiceProcess, start_service
 
 SIGNING = SigningConfig(SECRET, "tokengate", "tokengate")
 TIMEOUT = httpx.Timeout(120.0)
@@ -36,24 +34,6 @@ PASSWORD = "correct horse"
 # change, so 1,000 requests queued on 100 connections spend most of their time
 # there; a smaller pool keeps the burst quick without changing what it tests.
 LIMITS = httpx.Limits(max_connections=10)
-
-
-def start_service(workdir: Path, redis_url: str, **settings: Any) -> ServiceProcess:
-    """``python -m service serve`` on ``redis_url``, a fresh SQLite file and ``settings``.
-
-    The environment of the ``service_factory`` fixture, for a service that a
-    module's tests share (it takes seconds to start); the caller stops it.
-    """
-    env = {
-        "TOKENGATE_SECRET_KEY": SECRET,
-        "TOKENGATE_REDIS_URL": redis_url,
-        "TOKENGATE_DATABASE_URL": f"sqlite+aiosqlite:///{workdir / 'tokengate.db'}",
-        "TOKENGATE_INSTANCE_DIR": str(workdir / "instance"),
-    }
-    env.update({f"TOKENGATE_{k.upper()}": str(v) for k, v in settings.items()})
-    service = ServiceProcess(env, workdir)
-    service.start()
-    return service
 
 
 def new_user(base_url: str, password: str = PASSWORD) -> str:
@@ -131,14 +111,6 @@ def logged_in(base_url: str) -> Tokens:
 def behind(seconds: float) -> Callable[[], float]:
     """A clock that many seconds slow: the client sends a token the service finds expired."""
     return lambda: time.time() - seconds
-
-
-@pytest.fixture(scope="module")
-def module_redis() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -38,14 +38,6 @@ from .test_client_concurrency import (
 
 
 @pytest.fixture(scope="module")
-def module_redis() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def service(
     module_redis: RedisServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServiceProcess]:

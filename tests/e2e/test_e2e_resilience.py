@@ -42,14 +42,6 @@ from .session_helpers import (
 
 # -- a service on a private redis-server, shared by the Redis tests --
 @pytest.fixture(scope="module")
-def module_redis() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def module_service(
     module_redis: RedisServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServiceProcess]:

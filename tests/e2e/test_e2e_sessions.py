@@ -43,14 +43,6 @@ from .session_helpers import (
 
 # -- services shared by the module --
 @pytest.fixture(scope="module")
-def module_redis() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def general(
     module_redis: RedisServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServiceProcess]:
