@@ -54,6 +54,19 @@ local function finish(k, z, sid, why, now)
   redis.call('HSET', k, 'st', 'ended', 'why', why)
   redis.call('ZREM', z, sid)
 end
+-- The session's fields (those named, and the ones every check needs) if it
+-- is alive; else nil and the reply that ends the script: missing, ended, or
+-- found past its idle timeout or absolute age just now (then ended here).
+local function alive(k, z, sid, now, idle, maxage, ...)
+  if redis.call('EXISTS', k) == 0 then return nil, {'miss'} end
+  local h = hget(k, 'st', 'why', 'cr', 'ls', ...)
+  if h.st ~= 'live' then return nil, {'ended', h.why} end
+  if expired(h, now, idle, maxage) then
+    finish(k, z, sid, 'expired', now)
+    return nil, {'ended', 'expired', '1'}
+  end
+  return h
+end
 """
 
 # KEYS: session, user set. ARGV: sid, now, idle, maxage, sync.
@@ -64,13 +77,8 @@ CHECK = (
 local k, z, sid = KEYS[1], KEYS[2], ARGV[1]
 local now, idle = tonumber(ARGV[2]), tonumber(ARGV[3])
 local maxage, sync = tonumber(ARGV[4]), tonumber(ARGV[5])
-if redis.call('EXISTS', k) == 0 then return {'miss'} end
-local h = hget(k, 'st', 'why', 'cr', 'ls', 'sy')
-if h.st ~= 'live' then return {'ended', h.why} end
-if expired(h, now, idle, maxage) then
-  finish(k, z, sid, 'expired', now)
-  return {'ended', 'expired', '1'}
-end
+local h, reply = alive(k, z, sid, now, idle, maxage, 'sy')
+if not h then return reply end
 redis.call('HSET', k, 'ls', ARGV[2])
 if now - tonumber(h.sy) >= sync then
   redis.call('HSET', k, 'sy', ARGV[2])
@@ -87,13 +95,8 @@ IMPLICIT = (
     + """
 local k, z, sid = KEYS[1], KEYS[2], ARGV[1]
 local now, idle, maxage = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-if redis.call('EXISTS', k) == 0 then return {'miss'} end
-local h = hget(k, 'st', 'why', 'cr', 'ls', 'xf', 'xa', 'xi', 'nm')
-if h.st ~= 'live' then return {'ended', h.why} end
-if expired(h, now, idle, maxage) then
-  finish(k, z, sid, 'expired', now)
-  return {'ended', 'expired', '1'}
-end
+local h, reply = alive(k, z, sid, now, idle, maxage, 'xf', 'xa', 'xi', 'nm')
+if not h then return reply end
 redis.call('HSET', k, 'ls', ARGV[2])
 if h.xf == ARGV[5] then return {'ok', h.xa, h.xi, h.nm} end
 local iat = string.format('%d', math.floor(now))
@@ -111,13 +114,8 @@ local k, z, sid = KEYS[1], KEYS[2], ARGV[1]
 local now, idle = tonumber(ARGV[2]), tonumber(ARGV[3])
 local maxage, grace = tonumber(ARGV[4]), tonumber(ARGV[5])
 local presented = ARGV[6]
-if redis.call('EXISTS', k) == 0 then return {'miss'} end
-local h = hget(k, 'st', 'why', 'cr', 'ls', 'aj', 'rj', 'pj', 'ia', 'ra', 'nm')
-if h.st ~= 'live' then return {'ended', h.why} end
-if expired(h, now, idle, maxage) then
-  finish(k, z, sid, 'expired', now)
-  return {'ended', 'expired', '1'}
-end
+local h, reply = alive(k, z, sid, now, idle, maxage, 'aj', 'rj', 'pj', 'ia', 'ra', 'nm')
+if not h then return reply end
 if presented == h.rj then
   -- 'ia' is the new pair's iat (whole seconds); 'ra' the exact rotation time
   -- that the grace window is measured from.
