@@ -86,3 +86,40 @@ def test_bad_settings_stop_start_up_with_one_line_each(tmp_path):
     for name in ["TOKENGATE_ACCESS_TTL", "TOKENGATE_SECRET_KEY", "TOKENGATE_TOKEN_LOCATION"]:
         assert sum(name in line for line in lines) == 1
     assert "Traceback" not in r.stderr and "short" not in r.stderr.replace("shorter", "")
+
+
+def redis_servers_on(socket_path):
+    """Running redis-server processes whose command line names ``socket_path``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                args = fh.read().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        # redis-server retitles itself "redis-server unixsocket:<path>".
+        if "redis-server" in args[0] and str(socket_path) in " ".join(args):
+            found.append(int(entry))
+    return found
+
+
+def test_workers_share_one_embedded_redis(tmp_path):
+    service = ServiceProcess({}, tmp_path, workers=2)
+    service.start(timeout=30)
+    try:
+        sock = (tmp_path / "instance" / "redis" / "redis.sock").resolve()
+        assert len(redis_servers_on(sock)) == 1
+        with httpx.Client(base_url=service.base_url, headers={"Connection": "close"}) as http:
+            r = http.post("/auth/register", json={"username": "alice", "password": "correct horse"})
+            assert r.status_code == 201
+            pair = http.post(
+                "/auth/login", json={"username": "alice", "password": "correct horse"}
+            ).json()
+            auth = {"Authorization": f"Bearer {pair['access_token']}"}
+            assert [http.get("/auth/me", headers=auth).status_code for _ in range(10)] == [200] * 10
+        assert len(redis_servers_on(sock)) == 1
+    finally:
+        service.stop()
+    assert redis_servers_on(sock) == []
