@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -52,6 +53,8 @@ _UID = re.compile(r"^[1-9][0-9]{0,18}$")
 # request path; it bounds how stale a session rebuilt from SQL can be.
 MAX_SYNC_INTERVAL = 60
 UNUSABLE = "The token is invalid, expired or already used."
+# How long shutdown waits for background write-backs and retries.
+DRAIN_SECONDS = 5.0
 # How long a password check waits for its turn, attempt by attempt (~10 s in all).
 _ATTEMPT_WAITS = (0.01, 0.02, 0.05, *([0.1] * 99))
 
@@ -379,20 +382,25 @@ class SessionManager:
                 raise
             return await self._implicit_refresh(exc, now)
         uid, sid = claims["sub"], claims["sid"]
-        outcome = await self.store.check(
-            uid, sid, now=now, idle=s.idle_timeout, max_age=s.session_max_age,
-            sync=self.sync_interval,
+        check = functools.partial(
+            self.store.check, uid, sid, now=now, idle=s.idle_timeout,
+            max_age=s.session_max_age, sync=self.sync_interval,
         )  # fmt: skip
-        if outcome.status == "miss":
-            await self._rebuild(uid, sid, now)
-            outcome = await self.store.check(
-                uid, sid, now=now, idle=s.idle_timeout, max_age=s.session_max_age,
-                sync=self.sync_interval,
-            )  # fmt: skip
+        outcome = await self._decide(uid, sid, now, check)
         await self._settle(outcome, sid, now)
         if outcome.values:
             self._spawn(self._touch(sid, now))
         return Identity(int(uid), claims["name"], sid, claims)
+
+    async def _decide(
+        self, uid: str, sid: str, now: float, script: Callable[[], Awaitable[Outcome]]
+    ) -> Outcome:
+        """Run a session script; on a miss, rebuild the session from SQL and run it again."""
+        outcome = await script()
+        if outcome.status == "miss":
+            await self._rebuild(uid, sid, now)
+            outcome = await script()
+        return outcome
 
     async def _settle(self, outcome: Outcome, sid: str, now: float) -> None:
         if outcome.status == "ended":
@@ -412,10 +420,8 @@ class SessionManager:
             "now": now, "idle": s.idle_timeout, "max_age": s.session_max_age,
             "expired_jti": claims["jti"], "new_jti": tokens.new_jti(),
         }  # fmt: skip
-        outcome = await self.store.implicit_refresh(uid, sid, **args)
-        if outcome.status == "miss":
-            await self._rebuild(uid, sid, now)
-            outcome = await self.store.implicit_refresh(uid, sid, **args)
+        implicit = functools.partial(self.store.implicit_refresh, uid, sid, **args)
+        outcome = await self._decide(uid, sid, now, implicit)
         await self._settle(outcome, sid, now)
         aj, ia, name = outcome.values[0], int(outcome.values[1]), outcome.values[2]
         token = self.mint_access(uid, name, sid, aj, ia)
@@ -459,9 +465,14 @@ class SessionManager:
             log.warning("could not write last-seen back to SQL: %s", type(exc).__name__)
 
     async def drain(self) -> None:
-        """Wait for background write-backs (at shutdown)."""
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+        """Let background work finish at shutdown, for a few seconds at most."""
+        if not self._background:
+            return
+        _, pending = await asyncio.wait(set(self._background), timeout=DRAIN_SECONDS)
+        for task in pending:
+            log.warning("shutting down with background work unfinished")
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
     # -- refresh ----------------------------------------------------------
     async def refresh(self, refresh_token: str) -> TokenPair:
@@ -475,10 +486,9 @@ class SessionManager:
             "grace": s.refresh_grace, "presented_jti": claims["jti"],
             "new_access_jti": tokens.new_jti(), "new_refresh_jti": tokens.new_jti(),
         }  # fmt: skip
-        outcome = await self.store.refresh(uid, sid, **args)
-        if outcome.status == "miss":
-            await self._rebuild(uid, sid, now)
-            outcome = await self.store.refresh(uid, sid, **args)
+        outcome = await self._decide(
+            uid, sid, now, functools.partial(self.store.refresh, uid, sid, **args)
+        )
         if outcome.status == "ended" and outcome.values[0] == "reused" and len(outcome.values) > 1:
             await self._record_end([sid], "reused", now)
             log.warning("refresh token reuse: session %s ended", sid)
