@@ -97,17 +97,11 @@ def verify(cfg: SigningConfig, kind: TokenKind, token: str, *, now: float) -> di
     if not token or len(token) > MAX_TOKEN_LENGTH:
         raise InvalidToken("The token is malformed.")
     try:
-        header = jwt.get_unverified_header(token)
-    except jwt.PyJWTError:
-        raise InvalidToken("The token is malformed.") from None
-    if header.get("alg") != ALGORITHM:
-        raise InvalidToken("The token is signed with an algorithm that is not accepted.")
-    if header.get("typ") != kind.typ:
-        raise InvalidToken("The token is not of the kind this endpoint accepts.")
-    try:
+        # One parse: the signature is checked with the pinned algorithm only
+        # (PyJWT refuses any other, "none" included), then the header is read.
         # PyJWT checks exp/nbf against its own clock; we check them against
         # ``now`` below, so the clock stays injectable.
-        claims: dict[str, Any] = jwt.decode(
+        decoded = jwt.decode_complete(
             token,
             cfg.key,
             algorithms=[ALGORITHM],
@@ -122,6 +116,13 @@ def verify(cfg: SigningConfig, kind: TokenKind, token: str, *, now: float) -> di
         )
     except jwt.PyJWTError:
         raise InvalidToken("The token is invalid.") from None
+    header, claims = decoded["header"], decoded["payload"]
+    if header.get("alg") != ALGORITHM:
+        raise InvalidToken("The token is signed with an algorithm that is not accepted.")
+    if header.get("typ") != kind.typ:
+        raise InvalidToken("The token is not of the kind this endpoint accepts.")
+    if not isinstance(claims, dict):
+        raise InvalidToken("The token is malformed.")
     for name in (*REQUIRED_CLAIMS, *kind.extra_claims):
         if name not in claims:
             raise InvalidToken("The token lacks a required claim.")
