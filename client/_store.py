@@ -112,6 +112,18 @@ class Tokens:
         return Tokens(access_token, self.refresh_token, self.session_id, self.token_type)
 
 
+def same_refresh_token(a: Tokens | None, b: Tokens | None) -> bool:
+    """Do ``a`` and ``b`` hold the same refresh token (or are both empty)?
+
+    A refresh's result replaces the pair it was begun for: that pair's access
+    token may have been replaced meanwhile (``X-Access-Token``), its refresh
+    token only by a refresh or a login.
+    """
+    if a is None or b is None:
+        return a is b
+    return a.refresh_token == b.refresh_token
+
+
 class Keep(enum.Enum):
     """``end_refresh`` argument: leave the stored tokens as they are."""
 
@@ -166,9 +178,11 @@ class TokenStore:
         return Lease(secrets.token_hex(8), current)
 
     def end_refresh(self, lease: Lease, change: Change) -> None:
-        """Store the refresh's result, unless the tokens changed since the lease began."""
+        """Store the refresh's result, unless a refresh or login replaced the tokens meanwhile."""
         if change is not KEEP:
-            self.update(lambda current: change if current == lease.tokens else current)
+            self.update(
+                lambda current: change if same_refresh_token(current, lease.tokens) else current
+            )
 
 
 class MemoryTokenStore(TokenStore):
@@ -372,6 +386,6 @@ class FileTokenStore(TokenStore):
             held = data.get("refresh_lease")
             if isinstance(held, dict) and held.get("id") == lease.id:
                 data["refresh_lease"] = None
-            if change is not KEEP and self._tokens_of(data) == lease.tokens:
+            if change is not KEEP and same_refresh_token(self._tokens_of(data), lease.tokens):
                 data["tokens"] = None if change is None else change.to_json()
             self._write(data)

@@ -331,3 +331,53 @@ def test_a_failing_hook_is_logged_not_raised(caplog):
     ):
         assert api.get("/data").status_code == 200
     assert "on_refreshed hook raised" in caplog.text
+
+
+# -- a pushed access token during a refresh ------------------------------------------------
+async def test_a_token_pushed_while_refreshing_does_not_lose_the_refresh():
+    # One request is answered with X-Access-Token (the service's implicit
+    # refresh) while another request's refresh is on the wire. The refresh's
+    # new pair must be stored: the old refresh token is retired by the service.
+    now = [1000.0]
+    first = Tokens(jwt(1300, 1000, jti="a0"), "r0")
+    refreshed = Tokens(jwt(1900, 1600, jti="a1"), "r1")
+    pushed_landed = asyncio.Event()
+    slow_sent = asyncio.Event()
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/auth/refresh":
+            await pushed_landed.wait()
+            return httpx.Response(200, json=refreshed.to_json())
+        if request.url.path == "/slow":
+            slow_sent.set()
+            pushed = jwt(1900, 1600, jti="pushed")
+            return httpx.Response(200, json={}, headers={"X-Access-Token": pushed})
+        return httpx.Response(200, json={})
+
+    store = MemoryTokenStore(first)
+    gate = asyncio.Event()
+
+    async def slow_hook(response: httpx.Response) -> None:
+        if response.request.url.path == "/slow":
+            await gate.wait()
+
+    async with AsyncAuthClient(
+        base_url=BASE, token_store=store, clock=lambda: now[0],
+        transport=httpx.MockTransport(handle), event_hooks={"response": [slow_hook]},
+    ) as api:  # fmt: skip
+        original_push = api.auth._push  # type: ignore[attr-defined]
+
+        def push(op: Any) -> None:
+            original_push(op)
+            pushed_landed.set()
+
+        api.auth._push = push  # type: ignore[attr-defined]
+        slow = asyncio.create_task(api.get("/slow"))
+        await slow_sent.wait()
+        now[0] = 1290  # within the margin: the next request refreshes first
+        fast = asyncio.create_task(api.get("/x"))
+        await asyncio.sleep(0.05)  # its refresh is on the wire
+        gate.set()
+        assert (await slow).status_code == 200 and (await fast).status_code == 200
+    stored = store.load()
+    assert stored is not None and stored.refresh_token == "r1"

@@ -183,3 +183,23 @@ def test_end_refresh_keeps_or_clears(tmp_path, make):
     assert isinstance(lease, Lease)
     store.end_refresh(lease, None)
     assert store.load() is None
+
+
+@pytest.mark.parametrize("make", [MemoryTokenStore, None], ids=["memory", "file"])
+@pytest.mark.parametrize("outcome", ["refreshed", "refused"])
+def test_a_pushed_access_token_during_a_refresh_does_not_discard_its_result(
+    tmp_path, make, outcome
+):
+    # The service pushes a new access token (X-Access-Token) for the same
+    # session while the refresh is on the wire: the pair's refresh token is
+    # still the one being refreshed, so the refresh's result must land (the
+    # old refresh token is retired by now), and a refresh 401 must clear it.
+    store = make() if make else FileTokenStore(tmp_path / "tokens.json")
+    old, new = pair("old"), pair("new")
+    store.save(old)
+    lease = store.begin_refresh(old, always)
+    assert isinstance(lease, Lease)
+    store.update(lambda current: current.with_access_token(jwt(time.time() + 600, jti="pushed")))
+    assert store.load() != old
+    store.end_refresh(lease, new if outcome == "refreshed" else None)
+    assert store.load() == (new if outcome == "refreshed" else None)
