@@ -589,13 +589,28 @@ class TokenAuth(httpx.Auth):
             )
             change = outcome.change
         finally:
-            self.token_store.end_refresh(lease, change)
+            self._end_refresh(lease, change)
         if outcome.error is not None:
             log.warning("could not renew the tokens: %s", outcome.error)
         else:
             assert outcome.tokens is not None
             log.info("tokens renewed (session %s)", outcome.tokens.session_id)
         return outcome
+
+    def _end_refresh(self, lease: Lease, change: Change) -> None:
+        """Store the refresh's result and release the lease; try twice, never raise.
+
+        The outcome stands either way: the service has rotated the refresh
+        token, so its new pair is what every waiter needs, even when the store
+        could not take it (the file lock timed out, say).
+        """
+        for attempt in (1, 2):
+            try:
+                self.token_store.end_refresh(lease, change)
+                return
+            except Exception as exc:
+                again = "; trying once more" if attempt == 1 else ""
+                log.warning("could not store the refresh's result: %s%s", describe(exc), again)
 
     def _push(self, op: Push) -> None:
         def change(current: Tokens | None) -> Tokens | None:

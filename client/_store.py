@@ -206,6 +206,11 @@ class MemoryTokenStore(TokenStore):
             return self._tokens
 
 
+# The leases this process holds for refreshes still under way (FileTokenStore).
+_leases_in_flight: set[str] = set()
+_leases_lock = threading.Lock()
+
+
 def _process_alive(pid: int) -> bool:
     if os.name != "posix":  # signal 0 means something else on Windows
         return True
@@ -357,6 +362,11 @@ class FileTokenStore(TokenStore):
             return False
         pid = lease.get("pid")
         if lease.get("host") == socket.gethostname() and isinstance(pid, int):
+            if pid == os.getpid():
+                # Ours: live only while that refresh is under way, not when a
+                # failed end_refresh left it behind.
+                with _leases_lock:
+                    return lease.get("id") in _leases_in_flight
             return _process_alive(pid)
         return True
 
@@ -377,10 +387,19 @@ class FileTokenStore(TokenStore):
                 "host": socket.gethostname(),
                 "until": time.time() + self.lease_ttl,
             }
-            self._write(data)
+            with _leases_lock:
+                _leases_in_flight.add(lease.id)
+            try:
+                self._write(data)
+            except BaseException:
+                with _leases_lock:
+                    _leases_in_flight.discard(lease.id)
+                raise
             return lease
 
     def end_refresh(self, lease: Lease, change: Change) -> None:
+        with _leases_lock:
+            _leases_in_flight.discard(lease.id)
         with self._locked():
             data = self._read()
             held = data.get("refresh_lease")

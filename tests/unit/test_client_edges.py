@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import logging
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import filelock
 import httpx
 import pytest
 
@@ -18,11 +21,12 @@ from client import (
     AsyncAuthClient,
     AuthClient,
     AuthError,
+    FileTokenStore,
     LoginRequired,
     MemoryTokenStore,
     RateLimited,
 )
-from client._store import Tokens
+from client._store import Change, Lease, Tokens
 
 from .test_client_flow import jwt
 
@@ -381,3 +385,58 @@ async def test_a_token_pushed_while_refreshing_does_not_lose_the_refresh():
         assert (await slow).status_code == 200 and (await fast).status_code == 200
     stored = store.load()
     assert stored is not None and stored.refresh_token == "r1"
+
+
+# -- a store that cannot take the refresh's result -------------------------------------------
+class FlakyFileStore(FileTokenStore):
+    """A token file whose first ``failures`` end_refresh calls fail (a lock timeout, say)."""
+
+    failures = 1
+
+    def end_refresh(self, lease: Lease, change: Change) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise AuthError(f"Could not lock the token file {self.path} within 10s.")
+        super().end_refresh(lease, change)
+
+
+async def test_a_failed_end_refresh_is_retried_and_does_not_fail_the_refresh(tmp_path, caplog):
+    service = FakeService(refresh_delay=0.1)
+    path = tmp_path / "tokens.json"
+    store = FlakyFileStore(path)
+    store.save(service.tokens(1))
+    async with service.async_client(token_store=store) as api:
+        responses = await asyncio.gather(*(api.get("/data") for _ in range(5)))
+    assert [r.status_code for r in responses] == [200] * 5
+    assert service.refreshes == 1
+    assert store.load() == service.tokens(2)  # stored on the second try
+    assert json.loads(path.read_text())["refresh_lease"] is None
+    assert "could not store the refresh's result" in caplog.text
+    assert service.tokens(2).access_token not in caplog.text
+
+
+async def test_a_lease_left_behind_by_this_process_does_not_hold_up_its_requests(tmp_path):
+    # The file lock is busy (another process holds it) when the refresh ends:
+    # the new pair cannot be stored nor the lease cleared. The request still
+    # gets the new tokens, and this process's next refresh does not wait out
+    # the lease it left in the file (lease_ttl, 30 s).
+    service = FakeService()
+    path = tmp_path / "tokens.json"
+    store = FileTokenStore(path, lock_timeout=0.1)
+    store.save(service.tokens(1))
+    other = filelock.FileLock(f"{path}.lock")
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/auth/refresh" and service.refreshes == 0:
+            other.acquire()  # until the request is answered
+        return await service.handle_async(request)
+
+    async with AsyncAuthClient(
+        base_url=BASE, transport=httpx.MockTransport(handle), token_store=store
+    ) as api:
+        assert (await api.get("/data")).status_code == 200
+        other.release()
+        assert store.load() == service.tokens(1)  # the store could not take the new pair
+        assert json.loads(path.read_text())["refresh_lease"]["pid"] == os.getpid()
+        await asyncio.wait_for(api.refresh(), 5)
+    assert service.refreshes == 2 and store.load() == service.tokens(3)
