@@ -237,6 +237,18 @@ def origin_of(url: httpx.URL) -> httpx.URL:
     return url.copy_with(path="/", query=None, fragment=None)
 
 
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def same_origin(a: httpx.URL, b: httpx.URL) -> bool:
+    """Do ``a`` and ``b`` share scheme, host and port (a default port spelled or not)?"""
+
+    def key(url: httpx.URL) -> tuple[str, str, int | None]:
+        return url.scheme, url.host, url.port or DEFAULT_PORTS.get(url.scheme)
+
+    return key(a) == key(b)
+
+
 def endpoint(base: httpx.URL, path: str) -> httpx.URL:
     """``path`` under ``base``, the way httpx merges a client's ``base_url``."""
     return base.copy_with(path=base.path.rstrip("/") + path, query=None, fragment=None)
@@ -430,6 +442,8 @@ class TokenAuth(httpx.Auth):
     half its lifetime), and on ``401 token_expired`` refreshes once and sends
     the request once more. Concurrent requests share one refresh. ``base_url``
     is where the ``/auth`` routes live (default: the origin of each request);
+    when it, or the base URL of the ``AuthClient`` it belongs to, is known,
+    only requests to that origin carry the token or may push a new one;
     ``credentials``, a callable returning ``(username, password)``, sync or
     async, lets it log in again when the session is over; the ``on_*`` hooks,
     sync or async, hear of new tokens, failed refreshes and required logins.
@@ -465,6 +479,8 @@ class TokenAuth(httpx.Auth):
         # How /auth requests are sent; a client binds its own (same transport, same hooks).
         self._sync_call: SyncCall = self._own_sync_call
         self._async_call: AsyncCall = self._own_async_call
+        # The base_url of the client this auth belongs to, when a client binds it.
+        self._client_base_url: Callable[[], httpx.URL] | None = None
 
     def __repr__(self) -> str:
         return f"TokenAuth(token_store={self.token_store!r}, refresh_margin={self.refresh_margin})"
@@ -488,8 +504,21 @@ class TokenAuth(httpx.Auth):
     def _usable(self, tokens: Tokens) -> bool:
         return not self._expiring(tokens)
 
+    def _for_service(self, url: httpx.URL) -> bool:
+        """Is ``url`` on the service? Any URL is when the service's origin is unknown."""
+        service = self.base_url
+        if service is None and self._client_base_url is not None:
+            service = self._client_base_url()
+        if service is None or not service.host:
+            return True
+        return same_origin(url, service)
+
     def flow(self, request: httpx.Request) -> Generator[Op, Any, None]:
         """The request flow: stamp, refresh before or after sending, retry once."""
+        if not self._for_service(request.url):
+            # Another host gets no token, and cannot push one.
+            yield Send(request)
+            return
         origin = origin_of(request.url)
         tokens: Tokens | None = yield Load()
         if tokens is None:

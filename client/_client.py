@@ -95,6 +95,7 @@ class AsyncAuthClient(httpx.AsyncClient):
         )  # fmt: skip
         super().__init__(auth=token_auth, **kwargs)
         token_auth._async_call = self._auth_call
+        token_auth._client_base_url = lambda: self.base_url
         self._token_auth = token_auth
 
     async def _auth_call(self, call: Call, origin: httpx.URL) -> httpx.Response:
@@ -175,6 +176,7 @@ class AuthClient(httpx.Client):
         )  # fmt: skip
         super().__init__(auth=token_auth, **kwargs)
         token_auth._sync_call = self._auth_call
+        token_auth._client_base_url = lambda: self.base_url
         self._token_auth = token_auth
 
     def _auth_call(self, call: Call, origin: httpx.URL) -> httpx.Response:

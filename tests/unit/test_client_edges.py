@@ -25,6 +25,7 @@ from client import (
     LoginRequired,
     MemoryTokenStore,
     RateLimited,
+    TokenAuth,
 )
 from client._store import Change, Lease, Tokens
 
@@ -440,3 +441,69 @@ async def test_a_lease_left_behind_by_this_process_does_not_hold_up_its_requests
         assert json.loads(path.read_text())["refresh_lease"]["pid"] == os.getpid()
         await asyncio.wait_for(api.refresh(), 5)
     assert service.refreshes == 2 and store.load() == service.tokens(3)
+
+
+# -- only the service gets the token ---------------------------------------------------------
+class Recorder:
+    """Any host: records the Authorization header sent, and pushes a long-lived token."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str | None]] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.seen.append((str(request.url), request.headers.get("Authorization")))
+        pushed = jwt(time.time() + 10**9, time.time(), jti="foreign")
+        return httpx.Response(200, json={}, headers={"X-Access-Token": pushed})
+
+
+FOREIGN = ["http://evil.test/page", "https://api.test/data", "http://api.test:8080/data"]
+
+
+@pytest.mark.parametrize("sync", [False, True], ids=["async", "sync"])
+async def test_the_token_goes_only_to_the_base_url_origin(sync):
+    # Another host (or scheme, or port) gets no token, cannot push one, and a
+    # request to it logs nobody in.
+    tokens = Tokens(jwt(time.time() + 300, time.time()), "r")
+    store = MemoryTokenStore(tokens)
+    recorder = Recorder()
+    options: dict[str, Any] = {
+        "base_url": BASE, "token_store": store, "transport": httpx.MockTransport(recorder),
+        "credentials": lambda: ("alice", "pw"),
+    }  # fmt: skip
+    if sync:
+        with AuthClient(**options) as api:
+            for url in FOREIGN:
+                api.get(url)
+            store.save(None)
+            api.get(FOREIGN[0])
+    else:
+        async with AsyncAuthClient(**options) as api:
+            for url in FOREIGN:
+                await api.get(url)
+            store.save(None)
+            await api.get(FOREIGN[0])
+    assert recorder.seen == [(url, None) for url in [*FOREIGN, FOREIGN[0]]]
+    assert store.load() is None  # no push taken, no login made
+    store.save(tokens)
+    with AuthClient(**options) as api:
+        api.get("/data")
+        api.get("http://api.test:80/other")  # the same origin, its port spelled out
+    (_, first), (_, second) = recorder.seen[-2:]
+    assert first == f"Bearer {tokens.access_token}"
+    assert second is not None and second != first  # the service's push was taken
+
+
+def test_token_auth_with_a_base_url_stamps_only_its_origin():
+    tokens = Tokens(jwt(time.time() + 300, time.time()), "r")
+    recorder = Recorder()
+    auth = TokenAuth(BASE, token_store=MemoryTokenStore(tokens))
+    with httpx.Client(auth=auth, transport=httpx.MockTransport(recorder)) as http:
+        http.get("http://evil.test/page")
+        http.get(f"{BASE}/data")
+    assert [auth for _, auth in recorder.seen] == [None, f"Bearer {tokens.access_token}"]
+    # Without a base_url of its own, a TokenAuth on a plain client cannot know
+    # the service: it stamps what it is given, as before.
+    anywhere = TokenAuth(token_store=MemoryTokenStore(tokens))
+    with httpx.Client(auth=anywhere, transport=httpx.MockTransport(recorder)) as http:
+        http.get("http://other.test/page")
+    assert recorder.seen[-1] == ("http://other.test/page", f"Bearer {tokens.access_token}")
