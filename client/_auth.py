@@ -200,10 +200,11 @@ def failure(response: httpx.Response, doing: str) -> AuthError:
     )
 
 
-def parse_pair(response: httpx.Response) -> Tokens:
-    """The token pair in a ``200`` from login or refresh."""
+def parse_pair(response: httpx.Response, clock: Clock | None = None) -> Tokens:
+    """The token pair in a ``200`` from login or refresh, noted as arrived now by ``clock``."""
     try:
-        return Tokens.from_json(response.json())
+        tokens = Tokens.from_json(response.json())
+        return tokens if clock is None else tokens.received(clock())
     except (ValueError, AttributeError):
         raise AuthError(
             "The service's answer is not a token pair.", code=None, response=response
@@ -268,9 +269,9 @@ def absorb(response: httpx.Response, stamped: Tokens) -> Generator[Op, Any, None
 
 # -- the token flows ------------------------------------------------------------
 def login_flow(
-    username: str, password: str, device: str | None = None
+    username: str, password: str, device: str | None = None, clock: Clock | None = None
 ) -> Generator[Op, Any, Tokens]:
-    """Log in: return the new pair, or raise the typed error."""
+    """Log in: return the new pair (arrived by ``clock``), or raise the typed error."""
     body: dict[str, Any] = {"username": username, "password": password}
     if device is not None:
         body["device"] = device
@@ -279,14 +280,21 @@ def login_flow(
     except httpx.HTTPError as exc:
         raise AuthError(f"Could not log in: {describe(exc)}.") from exc
     if response.status_code == 200:
-        return parse_pair(response)
+        return parse_pair(response, clock)
     raise failure(response, "log in")
 
 
 def obtain(
-    tokens: Tokens | None, *, relogin: bool, reason: str | None, can_login: bool
+    tokens: Tokens | None,
+    *,
+    relogin: bool,
+    reason: str | None,
+    can_login: bool,
+    clock: Clock | None = None,
 ) -> Generator[Op, Any, Outcome]:
     """Get new tokens: refresh ``tokens``, else log in through the credentials.
+
+    ``clock`` notes when new tokens arrived (``Tokens.received_at``).
 
     Never raises for a failure: the outcome carries the error, whether the old
     tokens are dead (a ``401`` from the refresh) or kept (network error, other
@@ -306,7 +314,7 @@ def obtain(
             return Outcome(error=error, notes=(("refresh_failed", error),))
         if response.status_code == 200:
             try:
-                fresh = parse_pair(response)
+                fresh = parse_pair(response, clock)
             except AuthError as exc:
                 return Outcome(error=exc, notes=(("refresh_failed", exc),))
             return Outcome(tokens=fresh, notes=(("refreshed", fresh),))
@@ -326,7 +334,7 @@ def obtain(
             and all(isinstance(p, str) for p in pair)
         ):
             raise TypeError("credentials must return (username, password)")
-        fresh = yield from login_flow(pair[0], pair[1])
+        fresh = yield from login_flow(pair[0], pair[1], clock=clock)
     except LoginRequired as exc:  # InvalidCredentials among them
         notes.append(("login_required", exc))
         return Outcome(error=exc, dead=True, notes=tuple(notes))
@@ -492,14 +500,19 @@ class TokenAuth(httpx.Auth):
 
     # -- the pure part ----------------------------------------------------------
     def _expiring(self, tokens: Tokens) -> bool:
-        """Is ``tokens``' access token within the refresh margin of its expiry?"""
-        if tokens.expires_at is None:
+        """Is ``tokens``' access token within the refresh margin of its expiry?
+
+        Judged by the local clock (``Tokens.local_expiry``), so a clock that runs
+        ahead of or behind the service's does not refresh early or late.
+        """
+        expiry = tokens.local_expiry
+        if expiry is None or tokens.expires_at is None:
             return False
         margin = self.refresh_margin
         if tokens.issued_at is not None:
             # A margin as long as the token's life would refresh on every request.
             margin = min(margin, (tokens.expires_at - tokens.issued_at) / 2)
-        return self.clock() >= tokens.expires_at - margin
+        return self.clock() >= expiry - margin
 
     def _usable(self, tokens: Tokens) -> bool:
         return not self._expiring(tokens)
@@ -615,6 +628,7 @@ class TokenAuth(httpx.Auth):
                 relogin=op.relogin and lease.tokens == op.stale,
                 reason=op.reason,
                 can_login=self.credentials is not None,
+                clock=self.clock,
             )
             change = outcome.change
         finally:
@@ -645,7 +659,7 @@ class TokenAuth(httpx.Auth):
         def change(current: Tokens | None) -> Tokens | None:
             if current is None or current.refresh_token != op.stamped.refresh_token:
                 return current  # refreshed or logged out meanwhile: the push is stale
-            pushed = current.with_access_token(op.access_token)
+            pushed = current.with_access_token(op.access_token, received_at=self.clock())
             if (pushed.expires_at or 0) < (current.expires_at or 0):
                 return current
             return pushed

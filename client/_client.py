@@ -112,7 +112,7 @@ class AsyncAuthClient(httpx.AsyncClient):
 
     async def login(self, username: str, password: str, device: str | None = None) -> Tokens:
         """Log in and store the new tokens; raise ``InvalidCredentials``, ``RateLimited``..."""
-        flow = login_flow(username, password, device)
+        flow = login_flow(username, password, device, clock=self._token_auth.clock)
         tokens = await self._token_auth._run_async(flow, self.base_url)
         self._token_auth.token_store.save(tokens)
         return tokens
@@ -193,7 +193,8 @@ class AuthClient(httpx.Client):
 
     def login(self, username: str, password: str, device: str | None = None) -> Tokens:
         """Log in and store the new tokens; raise ``InvalidCredentials``, ``RateLimited``..."""
-        tokens = self._token_auth._run_sync(login_flow(username, password, device), self.base_url)
+        flow = login_flow(username, password, device, clock=self._token_auth.clock)
+        tokens = self._token_auth._run_sync(flow, self.base_url)
         self._token_auth.token_store.save(tokens)
         return tokens
 

@@ -38,6 +38,10 @@ FILE_VERSION = 1
 LEASE_POLL_INTERVAL = 0.05
 
 
+# ``iat`` is whole seconds: a token may have been issued up to this much after it.
+IAT_ROUNDING = 1.0
+
+
 def unverified_claims(token: str) -> dict[str, Any]:
     """The JWT payload, *not verified*: only ever used to read ``exp`` and ``iat``.
 
@@ -70,6 +74,8 @@ class Tokens:
     refresh_token: str
     session_id: str | None = None
     token_type: str = "Bearer"  # noqa: S105 - the scheme name, not a secret
+    # When the access token arrived, by the local clock (None: not known).
+    received_at: float | None = field(default=None, compare=False)
     # Read from the access token's own claims, so a pair loaded from a file or
     # pushed by the service (X-Access-Token) knows its expiry as well.
     expires_at: float | None = field(init=False, compare=False)
@@ -82,6 +88,24 @@ class Tokens:
 
     def __repr__(self) -> str:
         return f"Tokens(session_id={self.session_id!r}, expires_at={self.expires_at!r})"
+
+    @property
+    def local_expiry(self) -> float | None:
+        """When the access token expires by the local clock.
+
+        ``exp`` is the service's clock; the local one may run ahead or behind.
+        Once the pair's arrival is known, the expiry is that arrival plus the
+        token's lifetime (``exp - iat``), whatever the skew, less the second
+        ``iat`` may have been rounded down by; before, ``exp``.
+        """
+        exp, iat = self.expires_at, self.issued_at
+        if self.received_at is None or exp is None or iat is None:
+            return exp
+        return self.received_at + (exp - iat) - IAT_ROUNDING
+
+    def received(self, at: float) -> Tokens:
+        """The same pair, noted as arrived at ``at`` (local clock)."""
+        return Tokens(self.access_token, self.refresh_token, self.session_id, self.token_type, at)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Tokens:
@@ -96,20 +120,26 @@ class Tokens:
             refresh_token=refresh,
             session_id=session_id if isinstance(session_id, str) else None,
             token_type=token_type if isinstance(token_type, str) else "Bearer",
+            received_at=_number(data.get("received_at")),
         )
 
     def to_json(self) -> dict[str, Any]:
         """The pair as JSON-ready data (contains the tokens: keep it private)."""
-        return {
+        data: dict[str, Any] = {
             "access_token": self.access_token,
             "refresh_token": self.refresh_token,
             "token_type": self.token_type,
             "session_id": self.session_id,
         }
+        if self.received_at is not None:
+            data["received_at"] = self.received_at
+        return data
 
-    def with_access_token(self, access_token: str) -> Tokens:
-        """The same pair with a new access token (one the service pushed)."""
-        return Tokens(access_token, self.refresh_token, self.session_id, self.token_type)
+    def with_access_token(self, access_token: str, received_at: float | None = None) -> Tokens:
+        """The same pair with a new access token (one the service pushed at ``received_at``)."""
+        return Tokens(
+            access_token, self.refresh_token, self.session_id, self.token_type, received_at
+        )
 
 
 def same_refresh_token(a: Tokens | None, b: Tokens | None) -> bool:

@@ -87,8 +87,8 @@ async def test_a_token_near_expiry_is_refreshed_before_the_request(short):
     transport = CountingTransport()
     async with client(short, transport, refresh_margin=1) as api:
         first = await api.login(name, PASSWORD)
-        assert first.expires_at is not None
-        await wait_until(first.expires_at - 1 + 0.05)  # within the margin, not yet expired
+        assert first.local_expiry is not None
+        await wait_until(first.local_expiry - 1 + 0.05)  # within the margin, not yet expired
         r = await api.get("/auth/me")
         assert r.status_code == 200
         assert transport.refreshes == 1 and transport.unauthorized == 0
@@ -99,10 +99,14 @@ async def test_a_token_near_expiry_is_refreshed_before_the_request(short):
 async def test_token_expired_refreshes_and_retries_once(short):
     name = new_user(short.base_url)
     transport = CountingTransport()
-    # A slow clock: the client sends the token past its expiry, the service says so.
-    async with client(short, transport, refresh_margin=0, clock=behind(60)) as api:
+    # A clock set back 60 s after the login: the client sends the token past its
+    # expiry, the service says so.
+    set_back = [0.0]
+    clock = lambda: time.time() - set_back[0]  # noqa: E731
+    async with client(short, transport, refresh_margin=0, clock=clock) as api:
         first = await api.login(name, PASSWORD)
         assert first.expires_at is not None
+        set_back[0] = 60
         await wait_until(first.expires_at + 0.05)
         r = await api.get("/auth/me")
         assert r.status_code == 200 and r.json()["username"] == name
@@ -110,6 +114,28 @@ async def test_token_expired_refreshes_and_retries_once(short):
         assert transport.refreshes == 1
         assert (await api.get("/auth/me")).status_code == 200
         assert transport.refreshes == 1
+
+
+async def test_a_skewed_clock_neither_refreshes_early_nor_sends_expired_tokens(short):
+    # Expiry is judged by when the tokens arrived and how long they live, not
+    # by comparing the service's exp with a local clock that is off by minutes.
+    async def skewed(skew: float) -> None:
+        name = new_user(short.base_url)
+        transport = CountingTransport()
+        clock = lambda: time.time() + skew  # noqa: E731
+        async with client(short, transport, refresh_margin=0.5, clock=clock) as api:
+            first = await api.login(name, PASSWORD)
+            for _ in range(3):
+                assert (await api.get("/auth/me")).status_code == 200
+            assert transport.refreshes == 0, skew  # not refreshed on every request
+            assert first.issued_at is not None
+            await wait_until(first.issued_at + 3)  # expired at the service
+            assert (await api.get("/auth/me")).status_code == 200
+            assert (transport.refreshes, transport.unauthorized) == (1, 0), skew  # refreshed first
+            responses = await asyncio.gather(*(api.get("/auth/me") for _ in range(20)))
+            assert {r.status_code for r in responses} == {200} and transport.refreshes == 1
+
+    await asyncio.gather(skewed(280), skewed(-3600))  # clock ahead, clock behind
 
 
 async def test_other_401_codes_do_not_refresh(service):

@@ -113,6 +113,49 @@ def test_the_margin_is_at_most_half_the_token_lifetime(now, refreshes):
     assert isinstance(flow.send(tokens), Renew) is refreshes
 
 
+@pytest.mark.parametrize(
+    ("skew", "after", "refreshes"),
+    [(280, 268, False), (280, 269, True), (-3600, 268, False), (-3600, 269, True)],
+)
+def test_expiry_is_judged_by_arrival_and_lifetime_not_the_local_clock(skew, after, refreshes):
+    # The local clock is off by ``skew``: a 300-second token received at local
+    # time NOW + skew expires at NOW + skew + 299 by that clock (a second less:
+    # iat is rounded down), and is refreshed from 30 s before then, whatever its
+    # exp says.
+    tokens = pair(exp=NOW + 300, iat=NOW).received(NOW + skew)
+    flow = auth(clock=lambda: NOW + skew + after).flow(httpx.Request("GET", URL))
+    next(flow)
+    assert isinstance(flow.send(tokens), Renew) is refreshes
+
+
+def test_tokens_of_unknown_arrival_are_judged_by_exp():
+    tokens = pair(exp=NOW + 300, iat=NOW)
+    assert tokens.received_at is None and tokens.local_expiry == NOW + 300
+    flow = auth(clock=lambda: NOW + 275).flow(httpx.Request("GET", URL))
+    next(flow)
+    assert isinstance(flow.send(tokens), Renew)
+
+
+def test_new_and_pushed_tokens_note_their_arrival_by_the_auth_clock():
+    skewed = auth(clock=lambda: NOW + 500)
+    _ops, outcome = run(
+        obtain(pair(), relogin=False, reason=None, can_login=False, clock=skewed.clock),
+        httpx.Response(200, json=pair_json(pair(name="2"))),
+    )
+    assert outcome.tokens.received_at == NOW + 500
+    assert outcome.tokens.local_expiry == NOW + 799
+    _ops, logged_in = run(
+        login_flow("alice", "pw", clock=skewed.clock),
+        httpx.Response(200, json=pair_json(pair(name="3"))),
+    )
+    assert logged_in.received_at == NOW + 500
+    stamped = pair()
+    skewed.token_store.save(stamped)
+    skewed._push(Push(stamped, jwt(NOW + 600, NOW + 300, jti="pushed")))
+    pushed = skewed.token_store.load()
+    assert pushed is not None and pushed.local_expiry == NOW + 799
+
+
 def test_token_expired_refreshes_and_retries_exactly_once():
     old, fresh = pair(), pair(name="2")
     flow = auth().flow(httpx.Request("POST", URL, json={"a": 1}))

@@ -203,3 +203,13 @@ def test_a_pushed_access_token_during_a_refresh_does_not_discard_its_result(
     assert store.load() != old
     store.end_refresh(lease, new if outcome == "refreshed" else None)
     assert store.load() == (new if outcome == "refreshed" else None)
+
+
+def test_the_file_keeps_when_the_tokens_arrived(tmp_path):
+    path = tmp_path / "tokens.json"
+    tokens = pair("a", exp=1_800_000_300).received(1_900_000_000.5)
+    FileTokenStore(path).save(tokens)
+    loaded = FileTokenStore(path).load()
+    assert loaded is not None and loaded.received_at == 1_900_000_000.5
+    assert loaded.local_expiry == 1_900_000_299.5
+    assert json.loads(path.read_text())["tokens"]["received_at"] == 1_900_000_000.5
