@@ -60,6 +60,12 @@ def _make_auth(
     )
 
 
+def _require_base_url(client: httpx.Client | httpx.AsyncClient, method: str) -> None:
+    # Without one, "/auth/..." is no URL: say so rather than fail inside httpx.
+    if not str(client.base_url):
+        raise ValueError(f"base_url is required for {method}()")
+
+
 def _call_url(client: httpx.Client | httpx.AsyncClient, call: Call, origin: httpx.URL) -> Any:
     # Relative to base_url when the client has one, like any request it sends.
     return call.path if str(client.base_url) else endpoint(origin, call.path)
@@ -112,6 +118,7 @@ class AsyncAuthClient(httpx.AsyncClient):
 
     async def login(self, username: str, password: str, device: str | None = None) -> Tokens:
         """Log in and store the new tokens; raise ``InvalidCredentials``, ``RateLimited``..."""
+        _require_base_url(self, "login")
         flow = login_flow(username, password, device, clock=self._token_auth.clock)
         tokens = await self._token_auth._run_async(flow, self.base_url)
         self._token_auth.token_store.save(tokens)
@@ -119,6 +126,7 @@ class AsyncAuthClient(httpx.AsyncClient):
 
     async def refresh(self) -> Tokens:
         """Refresh now (shared with any refresh already under way); return the new tokens."""
+        _require_base_url(self, "refresh")
         renew = Renew(self.tokens, self.base_url)
         return await self._token_auth._run_async(self._token_auth._renewal(renew), self.base_url)
 
@@ -136,14 +144,17 @@ class AsyncAuthClient(httpx.AsyncClient):
 
     async def logout(self) -> None:
         """End this session on the service and forget the tokens."""
+        _require_base_url(self, "logout")
         await self._end(LOGOUT_PATH, "log out")
 
     async def logout_all(self) -> None:
         """End every session of the user and forget the tokens."""
+        _require_base_url(self, "logout_all")
         await self._end(LOGOUT_ALL_PATH, "log out everywhere")
 
     async def sessions(self) -> list[dict[str, Any]]:
         """The user's live sessions, as the service lists them."""
+        _require_base_url(self, "sessions")
         response = await self.get(SESSIONS_PATH)
         if response.status_code != 200:
             raise failure(response, "list the sessions")
@@ -193,6 +204,7 @@ class AuthClient(httpx.Client):
 
     def login(self, username: str, password: str, device: str | None = None) -> Tokens:
         """Log in and store the new tokens; raise ``InvalidCredentials``, ``RateLimited``..."""
+        _require_base_url(self, "login")
         flow = login_flow(username, password, device, clock=self._token_auth.clock)
         tokens = self._token_auth._run_sync(flow, self.base_url)
         self._token_auth.token_store.save(tokens)
@@ -200,6 +212,7 @@ class AuthClient(httpx.Client):
 
     def refresh(self) -> Tokens:
         """Refresh now (shared with any refresh already under way); return the new tokens."""
+        _require_base_url(self, "refresh")
         renew = Renew(self.tokens, self.base_url)
         return self._token_auth._run_sync(self._token_auth._renewal(renew), self.base_url)
 
@@ -217,14 +230,17 @@ class AuthClient(httpx.Client):
 
     def logout(self) -> None:
         """End this session on the service and forget the tokens."""
+        _require_base_url(self, "logout")
         self._end(LOGOUT_PATH, "log out")
 
     def logout_all(self) -> None:
         """End every session of the user and forget the tokens."""
+        _require_base_url(self, "logout_all")
         self._end(LOGOUT_ALL_PATH, "log out everywhere")
 
     def sessions(self) -> list[dict[str, Any]]:
         """The user's live sessions, as the service lists them."""
+        _require_base_url(self, "sessions")
         response = self.get(SESSIONS_PATH)
         if response.status_code != 200:
             raise failure(response, "list the sessions")

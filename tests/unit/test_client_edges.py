@@ -8,6 +8,7 @@ import copy
 import json
 import logging
 import os
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -507,3 +508,30 @@ def test_token_auth_with_a_base_url_stamps_only_its_origin():
     with httpx.Client(auth=anywhere, transport=httpx.MockTransport(recorder)) as http:
         http.get("http://other.test/page")
     assert recorder.seen[-1] == ("http://other.test/page", f"Bearer {tokens.access_token}")
+
+
+# -- the /auth methods need a base_url --------------------------------------------------------
+METHODS = ["login", "refresh", "logout", "logout_all", "sessions"]
+
+
+def never(request: httpx.Request) -> httpx.Response:
+    raise AssertionError(f"nothing should be sent: {request.url}")
+
+
+@pytest.mark.parametrize("method", METHODS)
+async def test_auth_methods_without_a_base_url_say_so(method):
+    tokens = Tokens(jwt(time.time() + 300, time.time()), "r")
+    args = ("alice", "pw") if method == "login" else ()
+    message = f"base_url is required for {method}()"
+    async with AsyncAuthClient(
+        token_store=MemoryTokenStore(tokens), transport=httpx.MockTransport(never)
+    ) as api:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            await getattr(api, method)(*args)
+    with (
+        AuthClient(
+            token_store=MemoryTokenStore(tokens), transport=httpx.MockTransport(never)
+        ) as api,
+        pytest.raises(ValueError, match=re.escape(message)),
+    ):
+        getattr(api, method)(*args)
