@@ -15,20 +15,22 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/python -m service serve
+	$(BIN)/tokengate serve
 
 test: $(STAMP)
 	@./.ci/browser  # Debian's chromium for the browser tests, when it is missing
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check service client tests bench alembic
-	$(BIN)/ruff format --check service client tests bench alembic
+	@! grep -rnE '^\s*(from|import) (service|client)([. ]|$$)' service client || \
+		{ echo "lint: import quart_tokengate.service / quart_tokengate.client, not service / client"; exit 1; }
+	$(BIN)/ruff check service client tests bench
+	$(BIN)/ruff format --check service client tests bench
 	$(BIN)/mypy
 
 format: $(STAMP)
-	$(BIN)/ruff format service client tests bench alembic
-	$(BIN)/ruff check --fix service client tests bench alembic
+	$(BIN)/ruff format service client tests bench
+	$(BIN)/ruff check --fix service client tests bench
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.auth_overhead

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from quart import Quart
 
-from service import create_app
+from quart_tokengate.service import create_app
 
 
 def create() -> Quart:

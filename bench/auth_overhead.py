@@ -50,7 +50,7 @@ USERNAME, PASSWORD = "bench-user", "bench-password-1234"
 
 
 def start_redis(tmp: Path) -> tuple[Process, int]:
-    from service.store.embedded import redis_server_binary
+    from quart_tokengate.service.store.embedded import redis_server_binary
 
     port = harness.free_port()
     data = tmp / "redis"
@@ -357,7 +357,7 @@ def main() -> int:
             redis_process, redis_port = start_redis(tmp)
             processes.append(redis_process)
             database_url = f"sqlite+aiosqlite:///{tmp / 'tokengate.db'}"
-            from service.db.migrate import upgrade
+            from quart_tokengate.service.db.migrate import upgrade
 
             upgrade(database_url)
             env = service_env(tmp, redis_port, database_url)

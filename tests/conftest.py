@@ -24,9 +24,9 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from service import Settings, create_app
-from service.db.migrate import downgrade, upgrade
-from service.passwords import Passwords
+from quart_tokengate.service import Settings, create_app
+from quart_tokengate.service.db.migrate import downgrade, upgrade
+from quart_tokengate.service.passwords import Passwords
 
 from .support import SECRET, RedisServer
 

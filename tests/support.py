@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import redis
 
-from service.store.embedded import redis_server_binary
+from quart_tokengate.service.store.embedded import redis_server_binary
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "test-signing-key-" + "k" * 40
@@ -113,7 +113,7 @@ class ServiceProcess:
                 [
                     sys.executable,
                     "-m",
-                    "service",
+                    "quart_tokengate.service",
                     "serve",
                     "--port",
                     str(self.port),

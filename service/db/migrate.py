@@ -6,17 +6,18 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from alembic import command
 from alembic.config import Config
 
-from alembic import command
-
-ROOT = Path(__file__).resolve().parents[2]
+# The migrations ship inside the package, so an installed copy finds them
+# with no alembic.ini: the configuration is built here, in code.
+MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 
 def alembic_config(url: str) -> Config:
-    """An alembic ``Config`` for the project's migrations against ``url``."""
-    config = Config(str(ROOT / "alembic.ini"))
-    config.set_main_option("script_location", str(ROOT / "alembic"))
+    """An alembic ``Config`` for the migrations shipped in the package, against ``url``."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
     # Alembic's config is an INI file: a literal % must be doubled.
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return config

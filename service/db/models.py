@@ -5,7 +5,17 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, ForeignKey, Index, Integer, String, TypeDecorator
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    false,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -42,6 +52,10 @@ class User(Base):
     password_hash: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     password_changed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # A disabled user cannot log in; disabling ends every session.
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Space-separated scopes, carried by access tokens from the next login or refresh.
+    scopes: Mapped[str] = mapped_column(String(1000), default="", server_default="")
 
 
 class AuthSession(Base):
@@ -78,3 +92,20 @@ class PurposeTokenRecord(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class SigningKey(Base):
+    """A key that signs tokens, kept here so that every instance on this database
+    signs and verifies alike. The newest unretired key signs; older ones verify
+    until no token they signed can still be valid, then they are pruned."""
+
+    __tablename__ = "signing_keys"
+
+    kid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    algorithm: Mapped[str] = mapped_column(String(16))
+    # The HMAC secret, or the private key as PKCS#8 PEM; never leaves the service.
+    secret: Mapped[str] = mapped_column(Text)
+    # The public key as SubjectPublicKeyInfo PEM (asymmetric algorithms only).
+    public_key: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

@@ -18,7 +18,7 @@ def clean_env(**extra):
 
 def run(args, cwd, stdin=None, **env):
     return subprocess.run(
-        [sys.executable, "-m", "service", *args],
+        [sys.executable, "-m", "quart_tokengate.service", *args],
         cwd=cwd,
         env=clean_env(**env),
         input=stdin,

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from client import FileTokenStore
-from client.__main__ import main
+from quart_tokengate.client import FileTokenStore
+from quart_tokengate.client.__main__ import main
 from tests.support import ROOT, RedisServer, ServiceProcess
 
 from .test_client_concurrency import PASSWORD, expired, new_user, start_service
@@ -34,7 +34,7 @@ def cli(*args: str, config: Path, stdin: str = "") -> subprocess.CompletedProces
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENGATE_")}
     env["XDG_CONFIG_HOME"] = str(config)
     return subprocess.run(
-        [sys.executable, "-m", "client", *args],
+        [sys.executable, "-m", "quart_tokengate.client", *args],
         input=stdin, capture_output=True, text=True, cwd=ROOT, env=env, timeout=60,
     )  # fmt: skip
 

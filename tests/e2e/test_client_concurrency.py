@@ -22,9 +22,9 @@ import httpx
 import jwt
 import pytest
 
-from client import AsyncAuthClient, AuthClient, MemoryTokenStore
-from client._store import Tokens
-from service.tokens import AccessToken, SigningConfig, mint
+from quart_tokengate.client import AsyncAuthClient, AuthClient, MemoryTokenStore
+from quart_tokengate.client._store import Tokens
+from quart_tokengate.service.tokens import AccessToken, SigningConfig, mint
 from tests.support import SECRET, RedisServer, ServiceProcess, start_service
 
 SIGNING = SigningConfig(SECRET, "tokengate", "tokengate")

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from client import AsyncAuthClient, AuthClient, FileTokenStore
+from quart_tokengate.client import AsyncAuthClient, AuthClient, FileTokenStore
 from tests.support import RedisServer, ServiceProcess
 
 from .test_client_concurrency import (

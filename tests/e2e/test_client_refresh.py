@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from client import (
+from quart_tokengate.client import (
     AsyncAuthClient,
     AuthClient,
     AuthError,
@@ -22,7 +22,7 @@ from client import (
     RateLimited,
     TokenAuth,
 )
-from client._store import Tokens
+from quart_tokengate.client._store import Tokens
 from tests.support import RedisServer, ServiceProcess, free_port
 
 from .test_client_concurrency import (

@@ -3,8 +3,8 @@
 import jwt
 from sqlalchemy import func, select
 
-from service.db.models import AuthSession
-from service.guard import get_gate
+from quart_tokengate.service.db.models import AuthSession
+from quart_tokengate.service.guard import get_gate
 from tests.conftest import bearer, register_and_login
 from tests.support import SECRET
 

@@ -3,7 +3,7 @@
 import pytest
 from sqlalchemy import func, select
 
-from service.db.models import User
+from quart_tokengate.service.db.models import User
 from tests.conftest import bearer, register_and_login
 
 JSON = {"Content-Type": "application/json"}

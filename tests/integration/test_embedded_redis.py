@@ -6,9 +6,9 @@ import stat
 import pytest
 import redis as redis_sync
 
-from service import Settings, create_app
-from service.passwords import Passwords
-from service.store.embedded import EmbeddedRedis, redis_server_binary
+from quart_tokengate.service import Settings, create_app
+from quart_tokengate.service.passwords import Passwords
+from quart_tokengate.service.store.embedded import EmbeddedRedis, redis_server_binary
 from tests.conftest import FAST_HASHER, bearer, register_and_login
 from tests.support import SECRET
 

@@ -2,8 +2,8 @@
 
 from quart import Quart
 
-from service import Settings, TokenGate, current_identity, login_required
-from service.passwords import Passwords
+from quart_tokengate.service import Settings, TokenGate, current_identity, login_required
+from quart_tokengate.service.passwords import Passwords
 from tests.conftest import FAST_HASHER, bearer, register_and_login
 from tests.support import SECRET
 

@@ -72,7 +72,7 @@ async def test_an_expired_session_is_recorded_and_leaves_the_list(make_app, cloc
     r = await client.get("/auth/sessions", headers=bearer(new["access_token"]))
     assert [s["id"] for s in (await r.get_json())["sessions"]] == [new["session_id"]]
     assert await me(client, old) == "session_expired"
-    from service.db.models import AuthSession
+    from quart_tokengate.service.db.models import AuthSession
 
     async with app.extensions["tokengate"].db() as db:
         row = await db.get(AuthSession, old["session_id"])

@@ -10,7 +10,7 @@ import asyncio
 import jwt
 import pytest
 
-from service.store.redis_store import RedisSessionStore
+from quart_tokengate.service.store.redis_store import RedisSessionStore
 from tests.conftest import bearer, register_and_login
 from tests.integration.test_cookies import claims, cookie_header, set_cookies
 

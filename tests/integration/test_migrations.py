@@ -9,8 +9,8 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from service.db.migrate import downgrade, upgrade
-from service.db.models import Base
+from quart_tokengate.service.db.migrate import MIGRATIONS, downgrade, upgrade
+from quart_tokengate.service.db.models import Base
 
 TABLES = {"users", "sessions", "purpose_tokens"}
 
@@ -61,8 +61,7 @@ async def test_upgrade_downgrade_upgrade(database_urls):
 
 
 def test_migrations_are_named_by_date():
-    from pathlib import Path
 
-    versions = Path(__file__).resolve().parents[2] / "alembic" / "versions"
+    versions = MIGRATIONS / "versions"
     files = sorted(p.name for p in versions.glob("*.py"))
     assert files and all(name[:4].isdigit() and name[4] == "_" for name in files)

@@ -101,7 +101,7 @@ async def test_database_down_a_session_redis_lost_cannot_be_checked(make_app, re
     await gate._engine.dispose()
     good_url = gate.settings.sqlalchemy_url
     # Point the running app at a database that does not answer.
-    from service.db.engine import build_engine, build_sessionmaker
+    from quart_tokengate.service.db.engine import build_engine, build_sessionmaker
 
     dead = build_engine(f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/test")
     gate.manager.db = build_sessionmaker(dead)

@@ -6,8 +6,8 @@ import time
 from argon2 import PasswordHasher
 from sqlalchemy import select
 
-from service.db.models import User
-from service.passwords import Passwords
+from quart_tokengate.service.db.models import User
+from quart_tokengate.service.passwords import Passwords
 from tests.conftest import register_and_login
 
 

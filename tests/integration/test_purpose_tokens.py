@@ -11,10 +11,10 @@ from pathlib import Path
 import jwt
 import pytest
 
-from service import Settings, create_app
-from service.errors import InvalidToken
-from service.outbox import Message
-from service.passwords import Passwords
+from quart_tokengate.service import Settings, create_app
+from quart_tokengate.service.errors import InvalidToken
+from quart_tokengate.service.outbox import Message
+from quart_tokengate.service.passwords import Passwords
 from tests.conftest import FAST_HASHER, bearer, register_and_login
 from tests.support import SECRET
 

@@ -7,9 +7,9 @@ import pytest
 from quart import Quart
 from sqlalchemy import update
 
-from service import Settings, TokenGate, login_required
-from service.db.models import AuthSession
-from service.passwords import Passwords, Verdict
+from quart_tokengate.service import Settings, TokenGate, login_required
+from quart_tokengate.service.db.models import AuthSession
+from quart_tokengate.service.passwords import Passwords, Verdict
 from tests.conftest import FAST_HASHER, bearer, register_and_login
 from tests.support import SECRET, RedisServer
 
@@ -53,7 +53,7 @@ async def test_a_login_checked_before_a_password_change_does_not_survive_it(
         secret_key=SECRET, redis_url=redis_url, database_url=database_url,
         instance_dir=tmp_path / "instance",
     )  # fmt: skip
-    from service import create_app
+    from quart_tokengate.service import create_app
 
     app = create_app(settings, passwords=passwords)
     async with app.test_app():

@@ -4,7 +4,7 @@ import asyncio
 
 import jwt
 
-from service.db.models import AuthSession
+from quart_tokengate.service.db.models import AuthSession
 from tests.conftest import bearer, register_and_login
 
 

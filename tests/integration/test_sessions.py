@@ -2,7 +2,7 @@
 
 from sqlalchemy import select
 
-from service.db.models import AuthSession
+from quart_tokengate.service.db.models import AuthSession
 from tests.conftest import bearer, register_and_login
 
 

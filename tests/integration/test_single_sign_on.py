@@ -5,7 +5,7 @@ import asyncio
 import pytest
 from sqlalchemy import func, select
 
-from service.db.models import AuthSession
+from quart_tokengate.service.db.models import AuthSession
 from tests.conftest import bearer, register_and_login
 
 

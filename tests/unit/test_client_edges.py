@@ -18,7 +18,7 @@ import filelock
 import httpx
 import pytest
 
-from client import (
+from quart_tokengate.client import (
     AsyncAuthClient,
     AuthClient,
     AuthError,
@@ -28,7 +28,7 @@ from client import (
     RateLimited,
     TokenAuth,
 )
-from client._store import Change, Lease, Tokens
+from quart_tokengate.client._store import Change, Lease, Tokens
 
 from .test_client_flow import jwt
 

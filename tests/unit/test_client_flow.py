@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
-from client import AuthError, InvalidCredentials, LoginRequired, RateLimited
-from client._auth import (
+from quart_tokengate.client import AuthError, InvalidCredentials, LoginRequired, RateLimited
+from quart_tokengate.client._auth import (
     AskCredentials,
     Call,
     Load,
@@ -23,7 +23,7 @@ from client._auth import (
     obtain,
     replayable,
 )
-from client._store import KEEP, Tokens
+from quart_tokengate.client._store import KEEP, Tokens
 
 NOW = 1_800_000_000.0
 URL = "http://api.test/auth/me"

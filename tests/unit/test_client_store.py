@@ -13,8 +13,8 @@ import time
 import filelock
 import pytest
 
-from client import AuthError, FileTokenStore, MemoryTokenStore
-from client._store import KEEP, Lease, Tokens, unverified_claims
+from quart_tokengate.client import AuthError, FileTokenStore, MemoryTokenStore
+from quart_tokengate.client._store import KEEP, Lease, Tokens, unverified_claims
 
 from .test_client_flow import jwt
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from service.settings import Settings, SettingsError
+from quart_tokengate.service.settings import Settings, SettingsError
 
 
 def test_defaults_match_the_contract():

@@ -7,8 +7,8 @@ import time
 import jwt
 import pytest
 
-from service import tokens
-from service.errors import InvalidToken, TokenExpired
+from quart_tokengate.service import tokens
+from quart_tokengate.service.errors import InvalidToken, TokenExpired
 
 CFG = tokens.SigningConfig(key="k" * 40, issuer="tokengate", audience="tokengate")
 NOW = 1_800_000_000

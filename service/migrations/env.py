@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
+from alembic import context
 from sqlalchemy.engine import Connection
 
-from alembic import context
-from service.db.engine import build_engine
-from service.db.models import Base
-from service.settings import Settings
+from quart_tokengate.service.db.engine import build_engine
+from quart_tokengate.service.db.models import Base
+from quart_tokengate.service.settings import Settings
 
 config = context.config
 target_metadata = Base.metadata
