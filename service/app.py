@@ -31,6 +31,7 @@ from .sessions import SessionManager
 from .settings import Settings
 from .store.embedded import EmbeddedRedis
 from .store.redis_store import RedisSessionStore
+from .store.results import SessionPolicy
 from .tokens import TokenPair
 
 log = logging.getLogger("tokengate")
@@ -174,7 +175,10 @@ class TokenGate:
         signing = tokens.SigningConfig(
             key=key, issuer=settings.issuer, audience=settings.audience, leeway=settings.leeway
         )
-        store = RedisSessionStore(self._redis)
+        policy = SessionPolicy(
+            settings.idle_timeout, settings.session_max_age, settings.refresh_grace
+        )
+        store = RedisSessionStore(self._redis, policy)
         db = build_sessionmaker(self._engine)
         self._manager = SessionManager(settings, signing, store, db, clock=self.clock)
         self._purpose_tokens = PurposeTokens(signing, db, clock=self.clock)
