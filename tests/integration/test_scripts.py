@@ -172,6 +172,16 @@ async def test_the_login_script_refuses_a_set_it_was_not_told_of(redis_client, s
     assert reply == [b"ok", [], []]
 
 
+async def test_a_login_sent_twice_gets_the_same_answer(store):
+    """A retried call (its reply lost) must not turn the replaced sessions into its own loss."""
+    await open_session(store, "session-1", limit=1)
+    twice = [
+        await store.login(UID, "session-2", record(NOW + 1), now=NOW + 1, limit=1) for _ in range(2)
+    ]
+    assert twice == [Opened(replaced=("session-1",))] * 2
+    assert isinstance(await store.check(UID, "session-2", now=NOW + 2), Live)
+
+
 # -- ending ----------------------------------------------------------------------
 async def test_end_every_session_but_one(store):
     for n in range(1, 4):

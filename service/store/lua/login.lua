@@ -10,6 +10,12 @@ local maxage, limit = tonumber(ARGV[4]), tonumber(ARGV[5])
 local expiry, slack = ARGV[6], tonumber(ARGV[7])
 if redis.call('EXISTS', z) == 0 then return {'miss'} end
 if redis.call('EXISTS', k) == 1 then
+  if redis.call('HGET', k, 'st') == 'live' then
+    -- This login ran already and its reply was lost (the call was sent
+    -- again): the same answer, so the caller records the same in SQL.
+    local done = cjson.decode(redis.call('HGET', k, 'lo') or '[[], []]')
+    return {'ok', done[1], done[2]}
+  end
   -- Loaded into the set from SQL by a concurrent login and pushed out by
   -- another before this login got here: it lost the race.
   redis.call('ZREM', z, sid)
@@ -58,4 +64,7 @@ if limit > 0 then
   end
 end
 if redis.call('TTL', z) < maxage + slack then redis.call('EXPIRE', z, maxage + slack) end
+if #replaced > 0 or #gone > 0 then
+  redis.call('HSET', k, 'lo', cjson.encode({replaced, gone}))
+end
 return {'ok', replaced, gone}
