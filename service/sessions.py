@@ -25,12 +25,14 @@ from .db import repository as repo
 from .db.models import AuthSession, User
 from .db.repository import utc
 from .errors import (
-    END_REASON_ERRORS,
     InvalidCredentials,
     NotFound,
     RefreshReused,
+    SessionExpired,
+    SessionReplaced,
     TokenExpired,
     TokenRevoked,
+    Unauthorized,
 )
 from .settings import Settings
 from .store.redis_store import RedisSessionStore
@@ -40,6 +42,13 @@ from .tokens import Grant, TokenPair
 log = logging.getLogger("tokengate")
 
 R = TypeVar("R")
+# What a request meets once its session ended, by the reason it ended.
+END_REASON_ERRORS: dict[EndReason, type[Unauthorized]] = {
+    EndReason.REVOKED: TokenRevoked,
+    EndReason.EXPIRED: SessionExpired,
+    EndReason.REPLACED: SessionReplaced,
+    EndReason.REUSED: TokenRevoked,
+}
 # How long shutdown waits for background write-backs and retries.
 DRAIN_SECONDS = 5.0
 

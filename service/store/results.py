@@ -3,7 +3,7 @@
 ``RedisSessionStore`` turns every script reply into one of these; nothing
 else knows the reply layout or the Redis field names. Times on this side are
 epoch seconds (``float``), as the clock gives them and as Lua compares them;
-``*_at`` names stay for ``datetime`` values (STYLE.md).
+``*_at`` names stay for ``datetime`` values.
 """
 
 from __future__ import annotations
