@@ -1,0 +1,74 @@
+"""The test kit's fixtures, used as a user's suite would use them (real HTTP, real servers)."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from quart_tokengate.client import LoginRequired
+
+
+def me(base_url: str, access_token: str) -> int | str:
+    r = httpx.get(base_url + "/auth/me", headers={"Authorization": f"Bearer {access_token}"})
+    return r.status_code if r.status_code == 200 else str(r.json()["error"])
+
+
+async def test_auth_client_is_logged_in_over_http(auth_client, tokengate_server):
+    r = await auth_client.get("/auth/me")
+    assert r.status_code == 200
+    assert r.json()["username"].startswith("user-")
+    assert str(auth_client.base_url).rstrip("/") == tokengate_server.base_url
+
+
+def test_sync_auth_client_is_logged_in(sync_auth_client):
+    r = sync_auth_client.get("/auth/me")
+    assert r.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("state", "answer"),
+    [("live", 200), ("expired", "token_expired"), ("revoked", "token_revoked")],
+)
+def test_token_states(tokengate_server, tokengate_user, tokengate_tokens, state, answer):
+    pair = tokengate_tokens(tokengate_user(), state=state)
+    assert me(tokengate_server.base_url, pair.access_token) == answer
+
+
+async def test_advancing_the_clock_expires_the_access_token_and_the_client_refreshes(
+    auth_client, tokengate_clock
+):
+    before = auth_client.tokens
+    tokengate_clock.advance(301)
+    r = await auth_client.get("/auth/me")
+    assert r.status_code == 200
+    assert auth_client.tokens.access_token != before.access_token
+
+
+async def test_advancing_past_the_idle_timeout_ends_the_session(auth_client, tokengate_clock):
+    tokengate_clock.advance(1801)
+    with pytest.raises(LoginRequired):
+        await auth_client.get("/auth/me")
+
+
+@pytest.fixture
+def tokengate_app():
+    """A service with a session limit of one, so that every state can be made."""
+    from quart_tokengate.service import Settings, create_app
+
+    return create_app(Settings(max_sessions=1, secret_key="k" * 40))
+
+
+@pytest.mark.parametrize(
+    ("state", "answer"), [("idle", "token_expired"), ("replaced", "session_replaced")]
+)
+def test_more_token_states(tokengate_server, tokengate_user, tokengate_tokens, state, answer):
+    pair = tokengate_tokens(tokengate_user(), state=state)
+    assert me(tokengate_server.base_url, pair.access_token) == answer
+
+
+def test_idle_refresh(tokengate_server, tokengate_user, tokengate_tokens):
+    pair = tokengate_tokens(tokengate_user(), state="idle")
+    r = httpx.post(
+        tokengate_server.base_url + "/auth/refresh", json={"refresh_token": pair.refresh_token}
+    )
+    assert r.json()["error"] == "session_expired"
