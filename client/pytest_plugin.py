@@ -136,12 +136,13 @@ def _service_kit(fixture: str) -> ModuleType:
     try:
         from ..service import testing
     except ImportError as exc:
-        pytest.fail(
-            f"the {fixture} fixture needs the tokengate service ({exc.name} is missing): "
-            f"{SERVER_EXTRA}",
-            pytrace=False,
-        )
-    return testing
+        missing = exc.name
+    else:
+        return testing
+    pytest.fail(
+        f"the {fixture} fixture needs the tokengate service ({missing} is missing): {SERVER_EXTRA}",
+        pytrace=False,
+    )
 
 
 # -- the app and its server ------------------------------------------------
