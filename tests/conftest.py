@@ -28,7 +28,7 @@ from quart_tokengate.service import Settings, create_app
 from quart_tokengate.service.db.migrate import downgrade, upgrade
 from quart_tokengate.service.passwords import Passwords
 
-from .support import SECRET, RedisServer
+from .support import SECRET, PrivateRedis
 
 DATABASES = ["sqlite"] + (["postgresql"] if os.environ.get("TOKENGATE_TEST_DATABASE_URL") else [])
 # Cheap argon2id parameters for in-process tests; the service's own
@@ -59,10 +59,22 @@ def redis_url() -> Iterator[str]:
             pytest.fail(f"TOKENGATE_TEST_REDIS_URL={url} does not answer: {exc}")
         yield url
         return
-    server = RedisServer()
+    server = PrivateRedis()
     server.start()
     yield server.url
-    server.stop()
+    server.close()
+
+
+@pytest.fixture
+def private_redis() -> Iterator[PrivateRedis]:
+    """A redis-server of this test's own, on a loopback port, that the test may stop and restart.
+
+    For tests that cut, stop or count the commands of a server: never the shared one.
+    """
+    server = PrivateRedis()
+    server.start()
+    yield server
+    server.close()
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from quart_tokengate.client import (
     TokenAuth,
 )
 from quart_tokengate.client._store import Tokens
-from tests.support import RedisServer, ServiceProcess, free_port
+from tests.support import PrivateRedis, ServiceProcess, free_port
 
 from .test_client_concurrency import (
     PASSWORD,
@@ -39,7 +39,7 @@ from .test_client_concurrency import (
 
 @pytest.fixture(scope="module")
 def service(
-    module_redis: RedisServer, tmp_path_factory: pytest.TempPathFactory
+    module_redis: PrivateRedis, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServiceProcess]:
     """Default lifetimes; three failed logins per account before 429."""
     url = f"redis://127.0.0.1:{module_redis.port}/1"
@@ -50,7 +50,7 @@ def service(
 
 @pytest.fixture(scope="module")
 def short(
-    module_redis: RedisServer, tmp_path_factory: pytest.TempPathFactory
+    module_redis: PrivateRedis, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServiceProcess]:
     """Access tokens that live 3 s, for expiry met for real."""
     url = f"redis://127.0.0.1:{module_redis.port}/2"
@@ -61,7 +61,7 @@ def short(
 
 @pytest.fixture(scope="module")
 def implicit(
-    module_redis: RedisServer, tmp_path_factory: pytest.TempPathFactory
+    module_redis: PrivateRedis, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServiceProcess]:
     """Implicit refresh on: an expired token is accepted once and a new one pushed."""
     url = f"redis://127.0.0.1:{module_redis.port}/3"

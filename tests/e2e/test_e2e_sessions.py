@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import RedisServer, ServiceProcess
+from tests.support import PrivateRedis, ServiceProcess
 
 from .session_helpers import (
     PASSWORD,
@@ -44,7 +44,7 @@ from .session_helpers import (
 # -- services shared by the module --
 @pytest.fixture(scope="module")
 def general(
-    module_redis: RedisServer, tmp_path_factory: pytest.TempPathFactory
+    module_redis: PrivateRedis, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServiceProcess]:
     """Three sessions per user, a login throttle of 3 failures, the default 10 s grace."""
     url = f"redis://127.0.0.1:{module_redis.port}/1"
@@ -57,7 +57,7 @@ def general(
 
 @pytest.fixture(scope="module")
 def single_sign_on(
-    module_redis: RedisServer, tmp_path_factory: pytest.TempPathFactory
+    module_redis: PrivateRedis, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServiceProcess]:
     """One session per user, and a refresh grace window of 1 s."""
     url = f"redis://127.0.0.1:{module_redis.port}/2"
@@ -68,7 +68,7 @@ def single_sign_on(
 
 @pytest.fixture(scope="module")
 def short_sessions(
-    module_redis: RedisServer, tmp_path_factory: pytest.TempPathFactory
+    module_redis: PrivateRedis, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServiceProcess]:
     """Idle timeout 2 s, absolute age 4 s, access tokens that outlive both."""
     url = f"redis://127.0.0.1:{module_redis.port}/3"

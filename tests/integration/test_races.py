@@ -3,7 +3,6 @@
 import asyncio
 import json
 
-import pytest
 from quart import Quart
 from sqlalchemy import update
 
@@ -11,15 +10,7 @@ from quart_tokengate.service import Settings, TokenGate, login_required
 from quart_tokengate.service.db.models import AuthSession
 from quart_tokengate.service.passwords import Passwords, Verdict
 from tests.conftest import FAST_HASHER, bearer, register_and_login
-from tests.support import SECRET, RedisServer
-
-
-@pytest.fixture
-def private_redis():
-    server = RedisServer()
-    server.start()
-    yield server
-    server.stop()
+from tests.support import SECRET
 
 
 class HeldPasswords(Passwords):

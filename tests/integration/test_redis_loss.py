@@ -1,17 +1,6 @@
 """Redis losing its data (FLUSHALL, or a restart without persistence) loses nothing."""
 
-import pytest
-
 from tests.conftest import bearer, register_and_login
-from tests.support import RedisServer
-
-
-@pytest.fixture
-def private_redis():
-    server = RedisServer()
-    server.start()
-    yield server
-    server.stop()
 
 
 async def me(client, pair):
