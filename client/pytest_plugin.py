@@ -50,30 +50,31 @@ _PINNED: contextvars.ContextVar[tuple[TokengateClock, float] | None] = contextva
 class TokengateClock:
     """The clock shared by the service under test and the fixture clients.
 
-    It runs with real time, plus an offset that only grows: ``advance(s)``
-    jumps ``s`` seconds ahead, for the service and the clients together. It
-    never goes back, so any absolute expiry the service hands to Redis is at
-    or after the real one: keys never vanish early, and every session rule is
-    decided by the time this clock gives.
+    It starts at the real time and stands still until ``advance(s)`` moves it
+    ``s`` seconds forward, for the service and the clients together, so every
+    boundary (expiry, idle timeout, grace window) falls on the exact second
+    however slow the machine. It never goes back: an absolute expiry the
+    service hands to Redis is never earlier than that clock's idea of it
+    unless a test runs, in real time, longer than the service's slack past
+    the session's age; and even then the service rebuilds the state from SQL.
     """
 
     def __init__(self) -> None:
-        self._wall = time.time()
-        self._mono = time.monotonic()
+        self._now = time.time()
         self._offset = 0.0
 
     def __call__(self) -> float:
         pinned = _PINNED.get()
         if pinned is not None and pinned[0] is self:
             return pinned[1]
-        return self._wall + (time.monotonic() - self._mono) + self._offset
+        return self._now + self._offset
 
     def __repr__(self) -> str:
         return f"TokengateClock(advanced={self._offset:g}s)"
 
     @property
     def advanced(self) -> float:
-        """The seconds this clock has been moved ahead of real time."""
+        """The seconds this clock has been moved forward since the test began."""
         return self._offset
 
     def advance(self, seconds: float) -> None:

@@ -175,3 +175,16 @@ async def register_and_login(
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+async def me(client: Any, pair: dict[str, Any]) -> int | str:
+    """``GET /auth/me`` with the pair's access token: ``200``, or the error code."""
+    r = await client.get("/auth/me", headers=bearer(pair["access_token"]))
+    return r.status_code if r.status_code == 200 else str((await r.get_json())["error"])
+
+
+async def refresh(client: Any, token: str) -> dict[str, Any] | str:
+    """``POST /auth/refresh`` with ``token``: the new pair, or the error code."""
+    r = await client.post("/auth/refresh", json={"refresh_token": token})
+    body: dict[str, Any] = await r.get_json()
+    return body if r.status_code == 200 else str(body["error"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from typing import Any
 
@@ -53,11 +52,3 @@ def me(http: httpx.Client, pair: dict[str, Any]) -> int | str:
 def refresh(http: httpx.Client, token: str) -> dict[str, Any] | str:
     r = http.post("/auth/refresh", json={"refresh_token": token})
     return r.json() if r.status_code == 200 else error_of(r)
-
-
-def sleep_until(deadline: float) -> None:
-    """Wait for a near point on the monotonic clock."""
-    remaining = deadline - time.monotonic()
-    assert remaining < 10, remaining
-    if remaining > 0:
-        time.sleep(remaining)

@@ -1,4 +1,4 @@
-"""The plugin as installed: pytest-asyncio strict and auto mode, sync tests, a client-only install.
+"""The plugin as installed: the docs' example in strict and auto mode, a client-only install.
 
 Each case runs a fresh pytest in a subprocess, which loads the plugin through
 the distribution's entry point, as a user's suite does.
@@ -6,65 +6,34 @@ the distribution's entry point, as a user's suite does.
 
 from __future__ import annotations
 
+import re
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
 pytest_plugins = ["pytester"]
 
-SUITE = """
-import httpx
-import pytest
-import pytest_asyncio
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "testing.md"
 
 
-@pytest.fixture
-def tokengate_app():
-    from quart import Quart
-    from quart_tokengate.service import TokenGate, current_identity, login_required
-
-    app = Quart(__name__)
-    TokenGate(app)
-
-    @app.get("/notes")
-    @login_required
-    async def notes():
-        return {"owner": current_identity().username}
-
-    return app
-
-
-@pytest.mark.asyncio
-async def test_async_client(auth_client, tokengate_clock):
-    r = await auth_client.get("/notes")
-    assert r.status_code == 200
-    tokengate_clock.advance(301)
-    assert (await auth_client.get("/notes")).status_code == 200
-
-
-def test_sync_client(sync_auth_client):
-    assert sync_auth_client.get("/notes").json()["owner"].startswith("user-")
-
-
-def test_expired_pair(tokengate_server, tokengate_user, tokengate_tokens):
-    pair = tokengate_tokens(tokengate_user(), state="expired")
-    r = httpx.get(
-        tokengate_server.base_url + "/notes",
-        headers={"Authorization": f"Bearer {pair.access_token}"},
-    )
-    assert r.json()["error"] == "token_expired"
-"""
+def docs_example() -> dict[str, str]:
+    """The files of the complete example in docs/testing.md, by name (``# conftest.py``...)."""
+    blocks = re.findall(r"```python\n# (\w+)\.py\n(.*?)```", DOCS.read_text(), re.DOTALL)
+    return dict(blocks)
 
 
 @pytest.mark.parametrize("mode", ["strict", "auto"])
 def test_fixtures_work_in_strict_and_auto_mode(pytester: pytest.Pytester, mode: str) -> None:
-    pytester.makepyfile(test_suite=SUITE)
+    files = docs_example()
+    assert set(files) == {"conftest", "test_notes"}
+    pytester.makepyfile(**files)
     result = pytester.runpytest_subprocess(
         "-p", "no:cacheprovider", "-o", f"asyncio_mode={mode}",
         "-o", "asyncio_default_fixture_loop_scope=function",
     )  # fmt: skip
-    result.assert_outcomes(passed=3)
+    result.assert_outcomes(passed=5)
 
 
 # Makes the server's libraries unimportable, as in `pip install quart-tokengate`.
