@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import pytest
 
 from ._client import AsyncAuthClient, AuthClient
-from ._store import MemoryTokenStore, Tokens
+from ._store import MemoryTokenStore
+from ._tokens import Tokens
 
 if TYPE_CHECKING:
     from quart import Quart

@@ -298,10 +298,9 @@ class Maker:
         return made
 
     async def _register(self, username: str, password: str, scopes: tuple[str, ...]) -> MadeUser:
-        manager = self.gate.manager
-        user = await manager.register(username, password)
+        user = await self.gate.accounts.register(username, password)
         if scopes:
-            async with manager.db() as db:
+            async with self.gate.db() as db:
                 row = await db.get(User, user.id)
                 assert row is not None
                 row.scopes = " ".join(scopes)

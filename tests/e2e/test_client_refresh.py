@@ -20,8 +20,8 @@ from quart_tokengate.client import (
     MemoryTokenStore,
     RateLimited,
     TokenAuth,
+    Tokens,
 )
-from quart_tokengate.client._store import Tokens
 from quart_tokengate.client.pytest_plugin import TokengateServer
 from tests.support import PrivateRedis, ServiceProcess, free_port
 
