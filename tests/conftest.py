@@ -28,7 +28,7 @@ from quart_tokengate.service import Settings, create_app
 from quart_tokengate.service.db.migrate import downgrade, upgrade
 from quart_tokengate.service.passwords import Passwords
 
-from .support import SECRET, PrivateRedis
+from .support import SECRET, PrivateRedis, bearer
 
 DATABASES = ["sqlite"] + (["postgresql"] if os.environ.get("TOKENGATE_TEST_DATABASE_URL") else [])
 # Cheap argon2id parameters for in-process tests; the service's own
@@ -171,10 +171,6 @@ async def register_and_login(
     assert r.status_code == 200, await r.get_data()
     body: dict[str, Any] = await r.get_json()
     return body
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 async def me(client: Any, pair: dict[str, Any]) -> int | str:

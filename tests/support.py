@@ -9,10 +9,13 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
+from http.cookies import Morsel, SimpleCookie
 from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 
 from quart_tokengate.service.testing import PrivateRedis
 
@@ -28,6 +31,30 @@ __all__ = [
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "test-signing-key-" + "k" * 40
+
+
+def bearer(token: str | Mapping[str, Any]) -> dict[str, str]:
+    """The ``Authorization`` header for an access token, or for a token pair's."""
+    access = token if isinstance(token, str) else token["access_token"]
+    return {"Authorization": f"Bearer {access}"}
+
+
+def claims(token: str) -> dict[str, Any]:
+    """A token's claims, unverified (to read ``exp``, ``sid``... in a test)."""
+    payload: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
+    return payload
+
+
+def set_cookies(response: Any) -> dict[str, Morsel[str]]:
+    """The cookies a response (httpx's or Quart's) sets or deletes, by name."""
+    headers = response.headers
+    values = headers.get_list("set-cookie") if hasattr(headers, "get_list") else None
+    found: dict[str, Morsel[str]] = {}
+    for header in values if values is not None else headers.getlist("Set-Cookie"):
+        jar: SimpleCookie = SimpleCookie()
+        jar.load(header)
+        found.update(jar)
+    return found
 
 
 def free_port() -> int:

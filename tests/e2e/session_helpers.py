@@ -7,6 +7,7 @@ from typing import Any
 
 import httpx
 
+from tests.support import bearer as bearer
 from tests.support import start_service as start_service
 
 PASSWORD = "correct horse"
@@ -15,10 +16,6 @@ TIMEOUT = httpx.Timeout(30.0)
 
 def new_name(prefix: str = "user") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-def bearer(pair: dict[str, Any]) -> dict[str, str]:
-    return {"Authorization": f"Bearer {pair['access_token']}"}
 
 
 def error_of(r: httpx.Response) -> str:

@@ -15,14 +15,13 @@ from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import httpx
-import jwt
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 from quart import Quart
 
 from quart_tokengate.client.pytest_plugin import TokengateClock
 from quart_tokengate.service import Settings, create_app
-from tests.support import SECRET
+from tests.support import SECRET, claims
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -116,11 +115,6 @@ class AccountPage:
         """Move the service's clock to the access token's expiry (the test kit's server)."""
         exp = claims(self.cookies()["access_token"]["value"])["exp"]
         clock.advance(max(0.0, exp - clock()))
-
-
-def claims(token: str) -> dict[str, Any]:
-    payload: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
-    return payload
 
 
 def register(base_url: str, username: str = "alice") -> None:

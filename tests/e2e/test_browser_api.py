@@ -10,43 +10,19 @@ from __future__ import annotations
 import asyncio
 import json
 import stat
-from http.cookies import Morsel, SimpleCookie
 from pathlib import Path
 from typing import Any
 
 import httpx
-import jwt
 import pytest
 from quart import Quart
 
 from quart_tokengate.service import Settings, create_app
-from tests.support import SECRET
+from tests.e2e.session_helpers import register
+from tests.support import SECRET, bearer, claims, set_cookies
 
 PASSWORD = "correct horse"
 COOKIE_NAMES = {"access_token", "refresh_token", "csrf_token"}
-
-
-def set_cookies(response: httpx.Response) -> dict[str, Morsel[str]]:
-    found: dict[str, Morsel[str]] = {}
-    for header in response.headers.get_list("set-cookie"):
-        jar: SimpleCookie = SimpleCookie()
-        jar.load(header)
-        found.update(jar)
-    return found
-
-
-def claims(token: str) -> dict[str, Any]:
-    payload: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
-    return payload
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-def register(http: httpx.Client, username: str = "alice") -> None:
-    r = http.post("/auth/register", json={"username": username, "password": PASSWORD})
-    assert r.status_code == 201
 
 
 def login(http: httpx.Client, username: str = "alice", **extra: Any) -> httpx.Response:
@@ -65,7 +41,7 @@ def test_cookie_mode_csrf_and_clearing(service_factory):
         httpx.Client(base_url=service.base_url) as browser,
         httpx.Client(base_url=service.base_url) as other,
     ):
-        register(browser)
+        register(browser, "alice")
 
         # Plain http on a loopback address: every flag but Secure.
         r = login(browser)
@@ -225,7 +201,7 @@ def test_password_reset_over_http(service_factory):
     service = service_factory(login_max_failures=3)
     outbox = Path(service.workdir) / "instance" / "outbox"
     with httpx.Client(base_url=service.base_url) as http:
-        register(http)
+        register(http, "alice")
         session = login(http).json()
 
         r = http.post("/auth/password-reset/request", json={"username": "nobody"})

@@ -6,11 +6,7 @@ import httpx
 import pytest
 
 from quart_tokengate.client import LoginRequired
-
-
-def me(base_url: str, access_token: str) -> int | str:
-    r = httpx.get(base_url + "/auth/me", headers={"Authorization": f"Bearer {access_token}"})
-    return r.status_code if r.status_code == 200 else str(r.json()["error"])
+from tests.e2e.session_helpers import me
 
 
 async def test_auth_client_is_logged_in_over_http(auth_client, tokengate_server):
@@ -31,7 +27,8 @@ def test_sync_auth_client_is_logged_in(sync_auth_client):
 )
 def test_token_states(tokengate_server, tokengate_user, tokengate_tokens, state, answer):
     pair = tokengate_tokens(tokengate_user(), state=state)
-    assert me(tokengate_server.base_url, pair.access_token) == answer
+    with httpx.Client(base_url=tokengate_server.base_url) as http:
+        assert me(http, pair.to_json()) == answer
 
 
 async def test_advancing_the_clock_expires_the_access_token_and_the_client_refreshes(
@@ -63,7 +60,8 @@ def tokengate_app():
 )
 def test_more_token_states(tokengate_server, tokengate_user, tokengate_tokens, state, answer):
     pair = tokengate_tokens(tokengate_user(), state=state)
-    assert me(tokengate_server.base_url, pair.access_token) == answer
+    with httpx.Client(base_url=tokengate_server.base_url) as http:
+        assert me(http, pair.to_json()) == answer
 
 
 def test_idle_refresh(tokengate_server, tokengate_user, tokengate_tokens):
