@@ -6,6 +6,7 @@ import httpx
 import pytest
 
 from quart_tokengate.client import LoginRequired
+from quart_tokengate.service import Settings, create_app
 from tests.e2e.session_helpers import me
 
 
@@ -48,11 +49,50 @@ async def test_advancing_past_the_idle_timeout_ends_the_session(auth_client, tok
 
 
 @pytest.fixture
-def tokengate_app():
-    """A service with a session limit of one, so that every state can be made."""
-    from quart_tokengate.service import Settings, create_app
+def tokengate_app(request):
+    """A service with a session limit of one, so that every state can be made.
 
-    return create_app(Settings(max_sessions=1, secret_key="k" * 40))
+    A test changes other settings with ``parametrize("tokengate_app", [{...}], indirect=True)``.
+    """
+    settings = {"max_sessions": 1, "secret_key": "k" * 40, **getattr(request, "param", {})}
+    return create_app(Settings(**settings))
+
+
+@pytest.mark.parametrize("tokengate_app", [{"allow_registration": False}], indirect=True)
+def test_users_are_made_with_registration_off_and_keep_their_scopes(
+    tokengate_server, tokengate_user, sync_auth_client
+):
+    user = tokengate_user(scopes=["notes:read", "notes:write"], password="a password of mine")
+    assert (user.password, user.scopes) == ("a password of mine", ("notes:read", "notes:write"))
+    with httpx.Client(base_url=tokengate_server.base_url) as http:
+        r = http.post("/auth/register", json={"username": "x" * 8, "password": "p" * 12})
+        assert r.json()["error"] == "registration_disabled"
+        r = http.post("/auth/login", json={"username": user.username, "password": user.password})
+        assert r.status_code == 200
+    assert sync_auth_client.get("/auth/me").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("tokengate_app", "state", "needs"),
+    [({"max_sessions": 0}, "replaced", "TOKENGATE_MAX_SESSIONS"),
+     ({"idle_timeout": 0}, "idle", "TOKENGATE_IDLE_TIMEOUT")],
+    indirect=["tokengate_app"],
+)  # fmt: skip
+def test_a_state_the_settings_forbid_fails_naming_the_setting(
+    tokengate_user, tokengate_tokens, state, needs
+):
+    with pytest.raises(pytest.fail.Exception, match=needs):
+        tokengate_tokens(tokengate_user(), state=state)
+
+
+def test_the_clock_only_moves_forward(tokengate_clock):
+    start = tokengate_clock()
+    assert tokengate_clock() == start  # it stands still until advanced
+    tokengate_clock.advance(2.5)
+    assert tokengate_clock() == start + 2.5
+    for bad in (-1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="forward"):
+            tokengate_clock.advance(bad)
 
 
 @pytest.mark.parametrize(
