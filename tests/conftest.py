@@ -18,35 +18,20 @@ from typing import Any
 
 import pytest
 import redis
-from argon2 import PasswordHasher
 from quart import Quart
 from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from quart_tokengate.client.pytest_plugin import TokengateClock
 from quart_tokengate.service import Settings, create_app
 from quart_tokengate.service.db.migrate import downgrade, upgrade
 from quart_tokengate.service.passwords import Passwords
+from quart_tokengate.service.testing import FAST_HASHER
 
 from .support import SECRET, PrivateRedis, bearer
 
 DATABASES = ["sqlite"] + (["postgresql"] if os.environ.get("TOKENGATE_TEST_DATABASE_URL") else [])
-# Cheap argon2id parameters for in-process tests; the service's own
-# defaults are used by the end-to-end tests, which run the real process.
-FAST_HASHER = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
-
-
-class Clock:
-    """An injectable clock: ``clock()`` is now; ``clock.advance(s)`` moves it."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture(scope="session")
@@ -123,8 +108,9 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> TokengateClock:
+    """The test kit's clock, for apps run in-process: it moves only when advanced."""
+    return TokengateClock()
 
 
 AppFactory = Callable[..., Awaitable[Quart]]
