@@ -61,7 +61,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         import uvicorn
 
         uvicorn.run(
-            "service.app:create_app",
+            "quart_tokengate.service.app:create_app",
             factory=True,
             host=args.host,
             port=args.port,
