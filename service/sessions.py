@@ -250,7 +250,8 @@ class SessionManager:
             async with self.db() as db:
                 user = await repo.get_user_by_username(db, username)
             verdict = await self.passwords.verify(user.password_hash if user else None, password)
-            if user is None or not verdict.ok:
+            # A disabled user's password is still checked: the answer takes as long.
+            if user is None or not verdict.ok or user.disabled:
                 raise InvalidCredentials()
             outcome[0] = True
         if verdict.rehash is not None:
@@ -315,9 +316,10 @@ class SessionManager:
             raise END_REASON_ERRORS["replaced"]()
         async with self.db() as db:
             current = await repo.get_user(db, user.id)
-        if current is None or current.password_hash != user.password_hash:
-            # The password changed while this login was being checked, and the
-            # change may have ended the user's sessions before this one existed.
+        if current is None or current.password_hash != user.password_hash or current.disabled:
+            # The password changed (or the user was disabled) while this login
+            # was being checked, and the change may have ended the user's
+            # sessions before this one existed.
             await self._end([sid], user.id, "revoked", now)
             raise InvalidCredentials()
         return self.mint_pair(uid, user.username, sid, aj, rj, ia)
@@ -615,6 +617,17 @@ class SessionManager:
         await self.end_all(identity.user_id, keep=identity.session_id)
         await self._set_password(identity.user_id, new)
         await self._end_all_again(identity.user_id, keep=identity.session_id)
+
+    async def set_password(self, user_id: int, password: str) -> None:
+        """Set a password without the current one (``tokengate users set-password``).
+
+        Every session of the user ends, before and again after the change, as
+        with a password reset.
+        """
+        self._check_password(password)
+        await self.end_all(user_id)
+        await self._set_password(user_id, password)
+        await self._end_all_again(user_id)
 
     async def _set_password(self, user_id: int, password: str) -> None:
         password_hash = await self.passwords.hash(password)
