@@ -169,7 +169,7 @@ def cmd_users_create(args: argparse.Namespace) -> int:
         _migrate(settings)
 
     async def work(gate: TokenGate) -> int:
-        user = await gate.manager.register(args.username, password)
+        user = await gate.accounts.register(args.username, password)
         print(f"created user {user.username} (id {user.id})")
         return 0
 

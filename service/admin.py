@@ -91,7 +91,7 @@ async def list_users(gate: TokenGate) -> list[UserInfo]:
 async def set_password(gate: TokenGate, username: str, password: str) -> None:
     """Set ``username``'s password; every session of the user ends."""
     user = await _user(gate, username)
-    await gate.manager.set_password(user.id, password)
+    await gate.accounts.set_password(user.id, password)
 
 
 async def set_disabled(gate: TokenGate, username: str, disabled: bool) -> None:
@@ -111,7 +111,7 @@ async def set_disabled(gate: TokenGate, username: str, disabled: bool) -> None:
 async def unlock(gate: TokenGate, username: str) -> None:
     """Clear the login throttle of ``username``: it may try passwords again at once."""
     await _user(gate, username)
-    await gate.manager.store.clear_throttle(username)
+    await gate.accounts.store.clear_throttle(username)
 
 
 async def change_scopes(

@@ -20,6 +20,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from . import tokens
+from .accounts import Accounts
 from .db.engine import build_engine, build_sessionmaker
 from .db.migrate import head_revisions, schema_state, upgrade
 from .errors import (
@@ -33,10 +34,12 @@ from .errors import (
 from .guard import ACCESS_COOKIE, CSRF_COOKIE, REFRESH_COOKIE, finish_response, guard
 from .outbox import FileOutbox, Sender
 from .passwords import Passwords
-from .sessions import SessionManager, TokenPair
+from .purpose import PurposeTokens
+from .sessions import SessionManager
 from .settings import Settings
 from .store.embedded import EmbeddedRedis
 from .store.redis_store import RedisSessionStore
+from .tokens import TokenPair
 
 log = logging.getLogger("tokengate")
 
@@ -97,6 +100,8 @@ class TokenGate:
         self.clock = clock
         self.url_prefix = url_prefix
         self._manager: SessionManager | None = None
+        self._accounts: Accounts | None = None
+        self._purpose_tokens: PurposeTokens | None = None
         self._redis: Redis | None = None
         self._engine: AsyncEngine | None = None
         self._embedded: EmbeddedRedis | None = None
@@ -139,6 +144,18 @@ class TokenGate:
         return self._manager
 
     @property
+    def accounts(self) -> Accounts:
+        if self._accounts is None:
+            raise RuntimeError("tokengate is not started: run the app (before_serving)")
+        return self._accounts
+
+    @property
+    def purpose_tokens(self) -> PurposeTokens:
+        if self._purpose_tokens is None:
+            raise RuntimeError("tokengate is not started: run the app (before_serving)")
+        return self._purpose_tokens
+
+    @property
     def redis(self) -> Redis:
         if self._redis is None:
             raise RuntimeError("tokengate is not started")
@@ -175,12 +192,17 @@ class TokenGate:
         signing = tokens.SigningConfig(
             key=key, issuer=settings.issuer, audience=settings.audience, leeway=settings.leeway
         )
-        self._manager = SessionManager(
+        store = RedisSessionStore(self._redis)
+        db = build_sessionmaker(self._engine)
+        self._manager = SessionManager(settings, signing, store, db, clock=self.clock)
+        self._purpose_tokens = PurposeTokens(signing, db, clock=self.clock)
+        self._accounts = Accounts(
             settings,
-            signing,
-            RedisSessionStore(self._redis),
-            build_sessionmaker(self._engine),
+            store,
+            db,
             self._passwords if self._passwords else await asyncio.to_thread(Passwords),
+            self._manager,
+            self._purpose_tokens,
             clock=self.clock,
         )
         if self._sender is None:
@@ -230,7 +252,7 @@ class TokenGate:
     async def shutdown(self) -> None:
         if self._manager is not None:
             await self._manager.drain()
-            self._manager = None
+            self._manager = self._accounts = self._purpose_tokens = None
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None
