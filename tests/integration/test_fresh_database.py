@@ -16,8 +16,9 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from quart_tokengate.service import Settings, TokenGate, login_required
 from quart_tokengate.service.db.migrate import downgrade, head_revisions, upgrade
 from quart_tokengate.service.passwords import Passwords
-from tests.conftest import FAST_HASHER, bearer, register_and_login
-from tests.support import SECRET, free_port
+from quart_tokengate.service.testing import FAST_HASHER
+from tests.conftest import register_and_login
+from tests.support import SECRET, bearer, free_port
 
 FIRST_REVISION = "c7f4af665137"
 
