@@ -13,16 +13,13 @@ from typing import Any
 
 from quart import Quart
 from quart_schema import Info, QuartSchema
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from . import tokens
 from .accounts import Accounts
 from .db.engine import build_engine, build_sessionmaker
 from .db.migrate import head_revisions, schema_state, upgrade
+from .edge import RejectMalformedRequests
 from .errors import describe, is_infrastructure_failure, mask_url, register_error_handler
 from .guard import finish_response, guard
 from .outbox import FileOutbox, Sender
@@ -30,15 +27,13 @@ from .passwords import Passwords
 from .purpose import PurposeTokens
 from .sessions import SessionManager
 from .settings import Settings
+from .store.connect import AnyRedis, build_redis
 from .store.embedded import EmbeddedRedis
 from .store.redis_store import RedisSessionStore
 from .store.results import SessionPolicy
 
 log = logging.getLogger("tokengate")
 
-# Redis must answer fast or the request fails closed; one immediate retry
-# lets a pooled connection that died with a restarted server reconnect.
-REDIS_TIMEOUT = 0.5
 MAX_BODY_BYTES = 64 * 1024
 
 
@@ -94,7 +89,7 @@ class TokenGate:
         self._manager: SessionManager | None = None
         self._accounts: Accounts | None = None
         self._purpose_tokens: PurposeTokens | None = None
-        self._redis: Redis | None = None
+        self._redis: AnyRedis | None = None
         self._engine: AsyncEngine | None = None
         self._embedded: EmbeddedRedis | None = None
         if app is not None:
@@ -166,7 +161,7 @@ class TokenGate:
         return self._purpose_tokens
 
     @property
-    def redis(self) -> Redis:
+    def redis(self) -> AnyRedis:
         if self._redis is None:
             raise RuntimeError("tokengate is not started")
         return self._redis
@@ -192,13 +187,7 @@ class TokenGate:
         if redis_url is None:
             self._embedded = EmbeddedRedis(settings.instance_dir / "redis")
             redis_url = await asyncio.to_thread(self._embedded.start)
-        self._redis = Redis.from_url(
-            redis_url,
-            socket_timeout=REDIS_TIMEOUT,
-            socket_connect_timeout=REDIS_TIMEOUT,
-            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-            max_connections=200,
-        )
+        self._redis = build_redis(redis_url, cluster=settings.redis_cluster)
         signing = tokens.SigningConfig(
             key=key, issuer=settings.issuer, audience=settings.audience, leeway=settings.leeway
         )
@@ -294,4 +283,6 @@ def create_app(settings: Settings | None = None, **gate_options: Any) -> Quart:
     TokenGate(app, settings=settings, **gate_options)
     # Our own app: every error, Quart's included, is contract JSON.
     register_error_handler(app, everything=True)
+    # A Host header werkzeug cannot bind fails before any handler: refused here.
+    app.asgi_app = RejectMalformedRequests(app.asgi_app)  # type: ignore[method-assign]
     return app

@@ -193,6 +193,16 @@ def is_infrastructure_failure(exc: BaseException) -> bool:
         | redis.exceptions.TimeoutError
         | redis.exceptions.BusyLoadingError
         | redis.exceptions.ReadOnlyError
+        # A cluster that is failing over or resharding: CLUSTERDOWN, TRYAGAIN,
+        # MOVED/ASK past the redirect budget, a slot no node serves yet.
+        | redis.exceptions.ClusterError
+        | redis.exceptions.ClusterDownError
+        | redis.exceptions.TryAgainError
+        | redis.exceptions.AskError
+        | redis.exceptions.SlotNotCoveredError
+        | redis.exceptions.MasterDownError
+        # The cluster client could not (re)load the slot map from any node.
+        | redis.exceptions.RedisClusterException
         | sqlalchemy.exc.OperationalError
         | sqlalchemy.exc.InterfaceError
         | sqlalchemy.exc.TimeoutError

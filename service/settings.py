@@ -9,11 +9,13 @@ whole list instead of one error at a time.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
@@ -55,6 +57,8 @@ class Settings:
     # URLs may carry passwords: kept out of reprs like the key.
     database_url: str | None = field(default=None, repr=False)
     redis_url: str | None = field(default=None, repr=False)
+    redis_cluster: bool = False
+    trusted_proxies: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         problems = _check(self)
@@ -151,7 +155,27 @@ def _locations(raw: str) -> tuple[str, ...]:
 def _redis_url(raw: str) -> str:
     if not raw.startswith(("redis://", "rediss://", "unix://")):
         raise ValueError("expected a redis://, rediss:// or unix:// URL")
+    try:
+        parts = urlsplit(raw)
+        parts.port  # noqa: B018 -- parsing the port is the check
+    except ValueError:
+        raise ValueError(
+            "expected one URL (for a cluster: one node, with TOKENGATE_REDIS_CLUSTER=true)"
+        ) from None
     return raw
+
+
+def _networks(raw: str) -> tuple[str, ...]:
+    """Addresses or CIDR ranges, comma-separated, each checked and kept in canonical form."""
+    found: list[str] = []
+    for part in (p.strip() for p in raw.split(",")):
+        if not part:
+            continue
+        try:
+            found.append(str(ipaddress.ip_network(part, strict=False)))
+        except ValueError:
+            raise ValueError(f"expected addresses or CIDR ranges, got {part!r}") from None
+    return tuple(found)
 
 
 def _database_url(raw: str) -> str:
@@ -174,6 +198,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "reset_ttl": _seconds,
     "implicit_refresh": _bool,
     "allow_registration": _bool,
+    "redis_cluster": _bool,
+    "trusted_proxies": _networks,
     "token_location": _locations,
     "instance_dir": Path,
     "redis_url": _redis_url,
@@ -198,6 +224,14 @@ def _check(s: Settings) -> list[str]:
         bad("login_max_failures", "must be at least 1")
     if s.password_min_length < 1:
         bad("password_min_length", "must be at least 1")
+    if s.redis_cluster and (
+        s.redis_url is None
+        or s.redis_url.startswith("unix://")
+        or urlsplit(s.redis_url).path not in ("", "/", "/0")
+    ):
+        bad(
+            "redis_cluster", "needs TOKENGATE_REDIS_URL naming one node (redis://, rediss://, db 0)"
+        )
     if not s.token_location or not set(s.token_location) <= TOKEN_LOCATIONS:
         bad("token_location", "expected headers, cookies or headers,cookies")
     return problems

@@ -22,6 +22,18 @@ ALGORITHM = "HS256"
 # A real token is a few hundred bytes; refuse anything absurd before parsing it.
 MAX_TOKEN_LENGTH = 8192
 REQUIRED_CLAIMS = ("iss", "aud", "sub", "jti", "iat", "nbf", "exp")
+TIME_CLAIMS = ("iat", "nbf", "exp", "auth_time")
+# Times are whole epoch seconds that every JSON parser reads exactly (2**53).
+# NaN, infinities, floats such as 1e300 and booleans all compare in ways that
+# would let a signed token slip past the exp/nbf checks, so they are refused.
+MAX_TIME = 2**53
+
+
+def is_time(value: Any) -> bool:
+    """Whether ``value`` is a valid JWT time: a non-negative integer below 2**53."""
+    return type(value) is int and 0 <= value < MAX_TIME
+
+
 # The shape of the ids tokengate puts in its tokens: ``sub`` a user id, ``sid`` a session id.
 USER_ID = re.compile(r"^[1-9][0-9]{0,18}$")
 SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
@@ -130,8 +142,8 @@ def verify(cfg: SigningConfig, kind: TokenKind, token: str, *, now: float) -> di
     for name in (*REQUIRED_CLAIMS, *kind.extra_claims):
         if name not in claims:
             raise InvalidToken("The token lacks a required claim.")
-    for name in ("iat", "nbf", "exp"):
-        if not isinstance(claims[name], int | float) or isinstance(claims[name], bool):
+    for name in TIME_CLAIMS:
+        if name in claims and not is_time(claims[name]):
             raise InvalidToken("The token has a malformed time claim.")
     for name in ("sub", "sid", "jti", "name", "purpose"):
         if name in claims and (not isinstance(claims[name], str) or not claims[name]):

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
 from http.cookies import Morsel, SimpleCookie
@@ -16,12 +19,14 @@ from typing import Any
 
 import httpx
 import jwt
+import pytest
 
 from quart_tokengate.service.testing import PrivateRedis
 
 __all__ = [
     "ROOT",
     "SECRET",
+    "PostgresServer",
     "PrivateRedis",
     "ServiceProcess",
     "free_port",
@@ -71,6 +76,87 @@ def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> N
             return
         time.sleep(interval)
     raise TimeoutError(f"condition not met within {timeout}s")
+
+
+class PostgresServer:
+    """A private PostgreSQL server on a loopback port, that a test may stop and start."""
+
+    def __init__(self) -> None:
+        # Debian keeps the server binaries off PATH, under /usr/lib/postgresql/<n>/bin.
+        found = [shutil.which("postgres"), *sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"))]
+        postgres = next((p for p in found if p), None)
+        if postgres is None:
+            pytest.fail("the database outage test needs PostgreSQL's postgres binary")
+        self.bin = Path(postgres).resolve().parent
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="tg-postgres-"))
+        # PostgreSQL refuses to run as root: then it runs as the postgres user.
+        self.user = "postgres" if os.geteuid() == 0 else None
+        if self.user is not None:
+            shutil.chown(self.dir, self.user)
+        self.process: subprocess.Popen[bytes] | None = None
+        subprocess.run(
+            [
+                str(self.bin / "initdb"), "-D", str(self.dir / "data"), "-U", "postgres",
+                "--auth=trust", "--no-sync", "--no-instructions", "-E", "UTF8",
+            ],
+            user=self.user, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            timeout=60,
+        )  # fmt: skip
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def ready(self) -> bool:
+        check = [str(self.bin / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)]
+        return subprocess.run(check, timeout=5, check=False).returncode == 0
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                str(self.bin / "postgres"), "-D", str(self.dir / "data"), "-p", str(self.port),
+                "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.dir}",
+                "-c", "fsync=off",
+            ],
+            user=self.user, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_for(self.ready, timeout=20, interval=0.05)
+
+    def _processes(self) -> list[int]:
+        """The postmaster and its children (each backend leads its own process group)."""
+        assert self.process is not None
+        found = [self.process.pid]
+        for stat in glob.glob("/proc/[0-9]*/stat"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                with open(stat) as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+                if int(fields[1]) == self.process.pid:
+                    found.append(int(stat.split("/")[2]))
+        return found
+
+    def freeze(self) -> None:
+        """Stop every process of the server (SIGSTOP): connections stay open, nothing answers."""
+        for pid in self._processes():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        for pid in self._processes():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+    def stop(self) -> None:
+        """Fast shutdown: the server ends its clients' connections and exits."""
+        if self.process is not None:
+            self.thaw()
+            self.process.send_signal(signal.SIGINT)
+            self.process.wait(timeout=20)
+            self.process = None
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class ServiceProcess:

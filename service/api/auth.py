@@ -20,6 +20,7 @@ from ..errors import (
     register_error_handler,
 )
 from ..guard import current_identity, get_gate, login_required
+from ..proxies import client_address
 from ..sessions import ClientInfo
 from ..tokens import TokenPair
 from . import schemas
@@ -81,10 +82,19 @@ async def require_json_in_cookie_mode() -> None:
         raise InvalidRequest("The body must be sent as application/json.")
 
 
+def request_address() -> str:
+    """The client's address, through the trusted proxies' ``X-Forwarded-For``."""
+    return client_address(
+        request.remote_addr,
+        request.headers.getlist("X-Forwarded-For"),
+        get_gate().settings.trusted_proxies,
+    )
+
+
 def client_info(device: str | None) -> ClientInfo:
     agent = request.headers.get("User-Agent")
     return ClientInfo(
-        device=device, ip=request.remote_addr, user_agent=agent[:400] if agent else None
+        device=device, ip=request_address() or None, user_agent=agent[:400] if agent else None
     )
 
 

@@ -10,6 +10,7 @@ from quart_schema import document_response
 from ..db.migrate import schema_state
 from ..errors import register_error_handler
 from ..guard import get_gate
+from ..store.connect import probe
 from . import schemas
 
 health_bp = Blueprint("tokengate_health", __name__)
@@ -17,7 +18,7 @@ health_bp = Blueprint("tokengate_health", __name__)
 # Redis or database failure is 503 auth_unavailable.
 register_error_handler(health_bp, everything=True)
 
-PROBE_TIMEOUT = 1.0
+PROBE_TIMEOUT = 0.8
 
 
 @health_bp.get("/healthz")
@@ -40,7 +41,7 @@ async def healthz() -> tuple[Response, int]:
             return state
 
     async def redis() -> None:
-        await gate.redis.ping()
+        await probe(gate.redis)
 
     db_result, redis_result = await asyncio.gather(
         asyncio.wait_for(database(), PROBE_TIMEOUT),

@@ -14,26 +14,49 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.pool import NullPool
 
-# A database that cannot answer must turn into a 503 within about a second.
+# A database that cannot answer (down, or hung: a stopped process, a network
+# that drops packets) must turn into a 503 within a second. Every step is
+# bounded: opening a connection, waiting for a pooled one, each statement
+# (on the client, and on the server so it stops working too), SQLite's wait
+# for a lock (below). Our statements are single-row reads and writes of a few
+# milliseconds; a statement that takes longer than this is an outage.
 CONNECT_TIMEOUT = 1.0
 POOL_TIMEOUT = 2.0
+STATEMENT_TIMEOUT = 0.75
+# SQLite is the embedded single-machine default: a lock wait there is this
+# service's own writes taking turns (twenty logins at once), not an outage,
+# so it may queue longer than a network database may hang.
+SQLITE_BUSY_TIMEOUT = 5.0
+# Per process: pool_size kept open, up to pool_size + max_overflow at once.
+# Instances x workers x (POOL_SIZE + MAX_OVERFLOW) must fit under
+# PostgreSQL's max_connections (docs/design.md, "Running several instances").
+POOL_SIZE = 10
+MAX_OVERFLOW = 20
 # Migrations wait their turn behind another instance's: long, but bounded.
 MIGRATION_LOCK_TIMEOUT = 120.0
 
 
 def build_engine(url: str) -> AsyncEngine:
-    """Create the async engine for ``url`` with timeouts that fail fast."""
+    """Create the async engine for ``url`` with timeouts that fail fast.
+
+    Migrations have their own engine (:func:`build_migration_engine`), whose
+    statements may wait for another instance's lock.
+    """
     kwargs: dict[str, Any] = {"pool_pre_ping": False}
     connect_args: dict[str, Any] = {}
     if url.startswith("sqlite"):
-        connect_args["timeout"] = 5.0
+        connect_args["timeout"] = SQLITE_BUSY_TIMEOUT
     else:
         kwargs["pool_timeout"] = POOL_TIMEOUT
-        kwargs["pool_size"] = 10
-        kwargs["max_overflow"] = 20
+        kwargs["pool_size"] = POOL_SIZE
+        kwargs["max_overflow"] = MAX_OVERFLOW
     if "+asyncpg" in url:
         connect_args["timeout"] = CONNECT_TIMEOUT
-        connect_args["command_timeout"] = 5.0
+        connect_args["command_timeout"] = STATEMENT_TIMEOUT
+        connect_args["server_settings"] = {
+            "statement_timeout": str(int(STATEMENT_TIMEOUT * 1000)),
+            "lock_timeout": str(int(STATEMENT_TIMEOUT * 1000)),
+        }
     engine = create_async_engine(url, connect_args=connect_args, **kwargs)
     if url.startswith("sqlite"):
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
@@ -44,7 +67,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT * 1000)}")
     cursor.close()
 
 

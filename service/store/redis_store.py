@@ -27,9 +27,9 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
+from .connect import AnyRedis
 from .results import (
     MISS,
     CheckResult,
@@ -89,7 +89,7 @@ class StaleSet(RuntimeError):
 class RedisSessionStore:
     """Hot session state in Redis; each method is one script call (two for the user set)."""
 
-    def __init__(self, redis: Redis, policy: SessionPolicy) -> None:
+    def __init__(self, redis: AnyRedis, policy: SessionPolicy) -> None:
         self.redis = redis
         self.policy = policy
         self._scripts = {name: redis.register_script(script_source(name)) for name in SCRIPTS}

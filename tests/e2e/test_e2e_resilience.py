@@ -9,22 +9,15 @@ stops and starts.
 from __future__ import annotations
 
 import asyncio
-import glob
-import os
-import shutil
-import signal
-import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import redis
 
-from tests.support import PrivateRedis, ServiceProcess, free_port, wait_for
+from tests.support import PostgresServer, PrivateRedis, ServiceProcess
 
 from .session_helpers import (
     PASSWORD,
@@ -230,63 +223,6 @@ def test_redis_down_every_auth_route_answers_503_fast_then_recovers(
     assert http.post("/auth/logout", headers=bearer(fresh)).status_code == 204
     assert me(http, fresh) == "token_revoked"
     assert service.process is not None and service.process.poll() is None
-
-
-class PostgresServer:
-    """A private PostgreSQL server on a loopback port, that a test may stop and start."""
-
-    def __init__(self) -> None:
-        # Debian keeps the server binaries off PATH, under /usr/lib/postgresql/<n>/bin.
-        found = [shutil.which("postgres"), *sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"))]
-        postgres = next((p for p in found if p), None)
-        if postgres is None:
-            pytest.fail("the database outage test needs PostgreSQL's postgres binary")
-        self.bin = Path(postgres).resolve().parent
-        self.port = free_port()
-        self.dir = Path(tempfile.mkdtemp(prefix="tg-postgres-"))
-        # PostgreSQL refuses to run as root: then it runs as the postgres user.
-        self.user = "postgres" if os.geteuid() == 0 else None
-        if self.user is not None:
-            shutil.chown(self.dir, self.user)
-        self.process: subprocess.Popen[bytes] | None = None
-        subprocess.run(
-            [
-                str(self.bin / "initdb"), "-D", str(self.dir / "data"), "-U", "postgres",
-                "--auth=trust", "--no-sync", "--no-instructions", "-E", "UTF8",
-            ],
-            user=self.user, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            timeout=60,
-        )  # fmt: skip
-
-    @property
-    def url(self) -> str:
-        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/postgres"
-
-    def ready(self) -> bool:
-        check = [str(self.bin / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)]
-        return subprocess.run(check, timeout=5, check=False).returncode == 0
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                str(self.bin / "postgres"), "-D", str(self.dir / "data"), "-p", str(self.port),
-                "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.dir}",
-                "-c", "fsync=off",
-            ],
-            user=self.user, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        wait_for(self.ready, timeout=20, interval=0.05)
-
-    def stop(self) -> None:
-        """Fast shutdown: the server ends its clients' connections and exits."""
-        if self.process is not None:
-            self.process.send_signal(signal.SIGINT)
-            self.process.wait(timeout=20)
-            self.process = None
-
-    def remove(self) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @pytest.fixture

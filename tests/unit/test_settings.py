@@ -45,6 +45,8 @@ def test_every_variable_is_read():
         "TOKENGATE_INSTANCE_DIR": "/tmp/tg",
         "TOKENGATE_DATABASE_URL": "postgresql+asyncpg://u@h/db",
         "TOKENGATE_REDIS_URL": "redis://127.0.0.1:6379/3",
+        "TOKENGATE_REDIS_CLUSTER": "false",
+        "TOKENGATE_TRUSTED_PROXIES": "10.0.0.0/8, 192.168.1.7,::1",
     }
     s = Settings.from_env(env, dotenv=None)
     assert s.secret_key == "s" * 32 and s.issuer == "me" and s.audience == "you"
@@ -57,7 +59,8 @@ def test_every_variable_is_read():
     )  # fmt: skip
     assert s.instance_dir == Path("/tmp/tg")
     assert s.sqlalchemy_url == "postgresql+asyncpg://u@h/db"
-    assert s.redis_url == "redis://127.0.0.1:6379/3"
+    assert s.redis_url == "redis://127.0.0.1:6379/3" and not s.redis_cluster
+    assert s.trusted_proxies == ("10.0.0.0/8", "192.168.1.7/32", "::1/128")
     names = {f"TOKENGATE_{f.name.upper()}" for f in dataclasses.fields(Settings)}
     assert names == set(env)
 
@@ -102,3 +105,21 @@ def test_dotenv_is_read_and_the_environment_wins(tmp_path):
 def test_settings_are_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         Settings().access_ttl = 1  # type: ignore[misc]
+
+
+def test_cluster_and_proxy_settings_are_checked():
+    s = Settings.from_env(
+        {"TOKENGATE_REDIS_CLUSTER": "true", "TOKENGATE_REDIS_URL": "redis://10.0.0.5:7000"}, None
+    )
+    assert s.redis_cluster and s.redis_url == "redis://10.0.0.5:7000"
+    bad = [
+        {"TOKENGATE_REDIS_CLUSTER": "true"},
+        {"TOKENGATE_REDIS_CLUSTER": "true", "TOKENGATE_REDIS_URL": "unix:///tmp/r.sock"},
+        {"TOKENGATE_REDIS_CLUSTER": "true", "TOKENGATE_REDIS_URL": "redis://h:7000/3"},
+        {"TOKENGATE_REDIS_URL": "redis://h:7000,h:7001"},
+        {"TOKENGATE_TRUSTED_PROXIES": "10.0.0.0/8, a-balancer"},
+    ]
+    for env in bad:
+        with pytest.raises(SettingsError) as info:
+            Settings.from_env(env, dotenv=None)
+        assert len(str(info.value).splitlines()) == 1, info.value

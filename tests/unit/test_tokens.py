@@ -148,3 +148,31 @@ def test_purpose_token_needs_its_purpose_and_is_no_access_token():
         tokens.verify(CFG, tokens.AccessToken.kind, token, now=NOW)
     with pytest.raises(InvalidToken):
         tokens.verify(CFG, tokens.PurposeToken.kind, access(), now=NOW)
+
+
+NOT_FINITE_INTEGERS = [
+    float("nan"), float("inf"), float("-inf"), 1e300, NOW + 0.5, float(NOW + 300),
+    True, False, "1800000300", None, [NOW], 10**40, -1,
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("claim", ["exp", "nbf", "iat"])
+@pytest.mark.parametrize("value", NOT_FINITE_INTEGERS, ids=repr)
+def test_time_claims_must_be_finite_integers(claim, value):
+    # Correctly signed, so only the type of the time claim can refuse it.
+    token = forge({"typ": "at+jwt"}, base_claims(**{claim: value}))
+    with pytest.raises(InvalidToken) as info:
+        tokens.verify(CFG, tokens.AccessToken.kind, token, now=NOW + 1)
+    assert type(info.value) is InvalidToken
+
+
+@pytest.mark.parametrize("value", NOT_FINITE_INTEGERS, ids=repr)
+def test_auth_time_when_present_must_be_a_finite_integer(value):
+    token = forge({"typ": "at+jwt"}, base_claims(auth_time=value))
+    with pytest.raises(InvalidToken):
+        tokens.verify(CFG, tokens.AccessToken.kind, token, now=NOW + 1)
+
+
+def test_integer_time_claims_and_auth_time_pass():
+    token = forge({"typ": "at+jwt"}, base_claims(auth_time=NOW - 5))
+    assert tokens.verify(CFG, tokens.AccessToken.kind, token, now=NOW + 1)["auth_time"] == NOW - 5
