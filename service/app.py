@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import secrets
 import time
 from collections.abc import Callable
@@ -19,7 +18,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from . import tokens
+from . import keys
 from .db.engine import build_engine, build_sessionmaker
 from .errors import api_error_codes, handle_api_error, handle_exception
 from .guard import ACCESS_COOKIE, CSRF_COOKIE, REFRESH_COOKIE, finish_response, guard
@@ -39,26 +38,18 @@ MAX_BODY_BYTES = 64 * 1024
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]", "::1"})
 
 
-def load_or_create_secret(instance_dir: Path) -> str:
-    """The signing key kept in ``<instance>/secret.key``, created (0600) on first use."""
+def read_legacy_secret(instance_dir: Path) -> str | None:
+    """The HS256 key an older install kept in ``<instance>/secret.key``, if any.
+
+    It becomes the first key stored in the database, so that upgrading keeps
+    every session; the file is no longer read after that.
+    """
     path = instance_dir / "secret.key"
-    instance_dir.mkdir(parents=True, exist_ok=True)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
         key = path.read_text().strip()
-        if len(key.encode()) < 32:
-            raise RuntimeError(f"{path} holds a key shorter than 32 bytes") from None
-        return key
-    key = secrets.token_urlsafe(48)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(key)
-    log.warning(
-        "TOKENGATE_SECRET_KEY is not set: generated a signing key in %s; "
-        "set the variable in production",
-        path,
-    )
-    return key
+    except FileNotFoundError:
+        return None
+    return key if len(key.encode()) >= 32 else None
 
 
 class TokenGate:
@@ -88,6 +79,8 @@ class TokenGate:
         self._redis: Redis | None = None
         self._engine: AsyncEngine | None = None
         self._embedded: EmbeddedRedis | None = None
+        self._keyring: keys.KeyRing | None = None
+        self._keys_task: asyncio.Task[None] | None = None
         if app is not None:
             self.init_app(app)
 
@@ -96,12 +89,14 @@ class TokenGate:
         from .api.account import account_bp
         from .api.auth import auth_bp
         from .api.health import health_bp
+        from .api.wellknown import wellknown_bp
 
         app.extensions["tokengate"] = self
         if "QUART_SCHEMA" not in app.extensions:
             QuartSchema(app, info=Info(title="tokengate", version="0.1.0"))
         app.register_blueprint(auth_bp, url_prefix=self.url_prefix)
         app.register_blueprint(health_bp)
+        app.register_blueprint(wellknown_bp)
         app.register_blueprint(account_bp)
         app.before_request(guard)
         app.after_request(finish_response)
@@ -133,15 +128,33 @@ class TokenGate:
         return self._redis
 
     @property
+    def keyring(self) -> keys.KeyRing:
+        """The signing keys this instance signs and verifies with."""
+        if self._keyring is None:
+            raise RuntimeError("tokengate is not started")
+        return self._keyring
+
+    @property
     def db(self) -> async_sessionmaker[AsyncSession]:
         return self.manager.db
 
     # -- lifecycle --------------------------------------------------------
     async def startup(self) -> None:
         settings = self.settings
-        key = settings.secret_key
-        if key is None:
-            key = await asyncio.to_thread(load_or_create_secret, settings.instance_dir)
+        self._engine = build_engine(settings.sqlalchemy_url)
+        sessionmaker = build_sessionmaker(self._engine)
+        keyring = keys.KeyRing(settings, sessionmaker, self.clock)
+        if keyring.stored:
+            legacy = None
+            if settings.algorithm == "HS256":
+                legacy = await asyncio.to_thread(read_legacy_secret, settings.instance_dir)
+            try:
+                await keyring.load(imported_secret=legacy)
+            except BaseException:
+                await self.shutdown()
+                raise
+            self._keys_task = asyncio.ensure_future(keyring.keep_fresh())
+        self._keyring = keyring
         redis_url = settings.redis_url
         if redis_url is None:
             self._embedded = EmbeddedRedis(settings.instance_dir / "redis")
@@ -153,15 +166,11 @@ class TokenGate:
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
             max_connections=200,
         )
-        self._engine = build_engine(settings.sqlalchemy_url)
-        signing = tokens.SigningConfig(
-            key=key, issuer=settings.issuer, audience=settings.audience, leeway=settings.leeway
-        )
         self._manager = SessionManager(
             settings,
-            signing,
+            keyring,
             RedisSessionStore(self._redis),
-            build_sessionmaker(self._engine),
+            sessionmaker,
             self._passwords if self._passwords else await asyncio.to_thread(Passwords),
             clock=self.clock,
         )
@@ -169,6 +178,8 @@ class TokenGate:
             self._sender = FileOutbox(settings.instance_dir / "outbox")
 
     async def shutdown(self) -> None:
+        await keys.stop(self._keys_task)
+        self._keys_task = None
         if self._manager is not None:
             await self._manager.drain()
             self._manager = None
@@ -191,8 +202,17 @@ class TokenGate:
     def _cookie_flags(self) -> dict[str, Any]:
         host = request.host
         host = host[: host.index("]") + 1] if host.startswith("[") else host.split(":")[0]
-        plain_local = request.scheme == "http" and host in LOCAL_HOSTS
-        return {"secure": not plain_local, "samesite": "Lax", "max_age": self.settings.refresh_ttl}
+        s = self.settings
+        if s.cookie_secure == "auto":
+            secure = not (request.scheme == "http" and host in LOCAL_HOSTS)
+        else:
+            secure = s.cookie_secure == "true"
+        flags: dict[str, Any] = {
+            "secure": secure, "samesite": s.cookie_samesite, "max_age": s.refresh_ttl,
+        }  # fmt: skip
+        if s.cookie_domain:
+            flags["domain"] = s.cookie_domain
+        return flags
 
     def set_access_cookie(self, response: Response, token: str) -> None:
         response.set_cookie(ACCESS_COOKIE, token, httponly=True, path="/", **self._cookie_flags())

@@ -15,7 +15,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -40,6 +40,7 @@ from .errors import (
     TooManyAttempts,
     Unauthorized,
 )
+from .keys import KeyRing
 from .outbox import Message, Sender
 from .passwords import Passwords
 from .settings import Settings
@@ -61,6 +62,24 @@ _ATTEMPT_WAITS = (0.01, 0.02, 0.05, *([0.1] * 99))
 
 def utc(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
+
+
+def user_claims(auth_time: int, scopes: str | Iterable[str]) -> dict[str, Any]:
+    """The access token's claims about the login: ``auth_time`` and ``scope`` (if any)."""
+    names = scopes.split() if isinstance(scopes, str) else list(scopes)
+    claims: dict[str, Any] = {"auth_time": auth_time}
+    if names:
+        claims["scope"] = " ".join(sorted(set(names)))
+    return claims
+
+
+# Claims that a re-issued access token takes over from the one it replaces.
+_REISSUED = frozenset({"iss", "aud", "sub", "jti", "iat", "nbf", "exp", "sid", "name"})
+
+
+def carried_claims(claims: Mapping[str, Any]) -> dict[str, Any]:
+    """What an access token re-issued without a login or refresh keeps of its claims."""
+    return {k: v for k, v in claims.items() if k not in _REISSUED}
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,14 +153,14 @@ class SessionManager:
     def __init__(
         self,
         settings: Settings,
-        signing: tokens.SigningConfig,
+        keyring: KeyRing,
         store: RedisSessionStore,
         db: async_sessionmaker[AsyncSession],
         passwords: Passwords,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
-        self.signing = signing
+        self.keyring = keyring
         self.store = store
         self.db = db
         self.passwords = passwords
@@ -153,13 +172,22 @@ class SessionManager:
         self._background: set[asyncio.Task[None]] = set()
 
     # -- tokens -----------------------------------------------------------
-    def mint_pair(self, user_id: str, name: str, sid: str, aj: str, rj: str, ia: int) -> TokenPair:
-        """Mint the pair identified by these ids; the same ids give the same tokens."""
+    @property
+    def signing(self) -> tokens.SigningConfig:
+        """The keys, issuer and audience in force now (keys rotate while running)."""
+        return self.keyring.signing
+
+    def mint_pair(
+        self, user_id: str, name: str, sid: str, aj: str, rj: str, ia: int,
+        access_claims: Mapping[str, Any],
+    ) -> TokenPair:  # fmt: skip
+        """Mint the pair identified by these ids; the same ids and claims give the same tokens.
+
+        ``access_claims`` are the access token's own: ``auth_time``, ``scope``
+        and the application's claims.
+        """
         s = self.settings
-        access = tokens.mint(
-            self.signing, tokens.AccessToken.kind, sub=user_id, jti=aj, iat=ia,
-            ttl=s.access_ttl, extra={"sid": sid, "name": name},
-        )  # fmt: skip
+        access = self.mint_access(user_id, name, sid, aj, ia, access_claims)
         refresh = tokens.mint(
             self.signing, tokens.RefreshToken.kind, sub=user_id, jti=rj, iat=ia,
             ttl=s.refresh_ttl, extra={"sid": sid},
@@ -173,10 +201,12 @@ class SessionManager:
             session_id=sid,
         )
 
-    def mint_access(self, user_id: str, name: str, sid: str, aj: str, ia: int) -> str:
+    def mint_access(
+        self, user_id: str, name: str, sid: str, aj: str, ia: int, claims: Mapping[str, Any]
+    ) -> str:
         return tokens.mint(
             self.signing, tokens.AccessToken.kind, sub=user_id, jti=aj, iat=ia,
-            ttl=self.settings.access_ttl, extra={"sid": sid, "name": name},
+            ttl=self.settings.access_ttl, extra={**claims, "sid": sid, "name": name},
         )  # fmt: skip
 
     def _verify(self, kind: tokens.TokenKind, token: str, now: float) -> dict[str, Any]:
@@ -320,7 +350,7 @@ class SessionManager:
             # change may have ended the user's sessions before this one existed.
             await self._end([sid], user.id, "revoked", now)
             raise InvalidCredentials()
-        return self.mint_pair(uid, user.username, sid, aj, rj, ia)
+        return self.mint_pair(uid, user.username, sid, aj, rj, ia, user_claims(ia, user.scopes))
 
     async def _load_index(self, user_id: int, now: float) -> None:
         async with self.db() as db:
@@ -424,7 +454,7 @@ class SessionManager:
         outcome = await self._decide(uid, sid, now, implicit)
         await self._settle(outcome, sid, now)
         aj, ia, name = outcome.values[0], int(outcome.values[1]), outcome.values[2]
-        token = self.mint_access(uid, name, sid, aj, ia)
+        token = self.mint_access(uid, name, sid, aj, ia, carried_claims(claims))
         fresh = dict(claims, jti=aj, iat=ia, nbf=ia, exp=ia + s.access_ttl)
         return Identity(
             int(uid), name, sid, fresh,
@@ -448,7 +478,10 @@ class SessionManager:
         if outcome.status != "ok":
             return None
         aj, ia, name = outcome.values[0], int(outcome.values[1]), outcome.values[2]
-        token = self.mint_access(str(identity.user_id), name, identity.session_id, aj, ia)
+        token = self.mint_access(
+            str(identity.user_id), name, identity.session_id, aj, ia,
+            carried_claims(identity.claims),
+        )  # fmt: skip
         return token, max(0, ia + s.access_ttl - int(now))
 
     def _spawn(self, coro: Any) -> None:
@@ -505,7 +538,18 @@ class SessionManager:
                 issued_at=int(ia), at=utc(now),
             )  # fmt: skip
             await db.commit()
-        return self.mint_pair(uid, name, sid, aj, rj, int(ia))
+            found = (
+                await db.execute(
+                    select(AuthSession.created_at, User.scopes)
+                    .join(User, User.id == AuthSession.user_id)
+                    .where(AuthSession.id == sid)
+                )
+            ).one_or_none()
+        if found is None:
+            raise TokenRevoked()
+        auth_time = int(found[0].timestamp())
+        claims = user_claims(auth_time, found[1])
+        return self.mint_pair(uid, name, sid, aj, rj, int(ia), claims)
 
     # -- ending sessions --------------------------------------------------
     def _end_expiry(self, now: float) -> int:

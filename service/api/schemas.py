@@ -107,3 +107,16 @@ class HealthOut(BaseModel):
 
 class Empty(BaseModel):
     pass
+
+
+class Jwk(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    kty: str
+    kid: str
+    alg: str
+    use: str
+
+
+class JwksOut(BaseModel):
+    keys: list[Jwk]
