@@ -49,7 +49,13 @@ from typing import Any, TypeVar, cast
 import httpx
 from httpx._multipart import FileField, MultipartStream
 
-from ._exceptions import AuthError, InvalidCredentials, LoginRequired, RateLimited
+from ._exceptions import (
+    AuthError,
+    FreshLoginRequired,
+    InvalidCredentials,
+    LoginRequired,
+    RateLimited,
+)
 from ._store import KEEP, Change, Lease, MemoryTokenStore, Tokens, TokenStore, unverified_claims
 
 log = logging.getLogger("tokengate.client")
@@ -58,6 +64,7 @@ LOGIN_PATH = "/auth/login"
 REFRESH_PATH = "/auth/refresh"
 TOKEN_EXPIRED = "token_expired"  # noqa: S105 - an error code, not a secret
 MISSING_TOKEN = "missing_token"  # noqa: S105 - an error code, not a secret
+FRESH_LOGIN_REQUIRED = "fresh_login_required"
 # 401 codes after which the session is over: only a new login helps.
 SESSION_OVER = frozenset({"token_revoked", "session_expired", "session_replaced", "invalid_token"})
 
@@ -557,6 +564,15 @@ class TokenAuth(httpx.Auth):
             fresh = yield Load()
             if fresh is None or fresh == tokens:
                 return
+        elif code == FRESH_LOGIN_REQUIRED and self.credentials is not None:
+            fresh = yield Renew(tokens, origin, relogin=True, reason=code)
+        elif code == FRESH_LOGIN_REQUIRED:
+            raise FreshLoginRequired(
+                f"{request.method} {request.url.path} needs a recent password login: "
+                "log in again, then retry.",
+                code=code,
+                response=response,
+            )
         else:
             return
         assert fresh is not None

@@ -28,6 +28,7 @@ from .sessions import SessionManager, TokenPair
 from .settings import Settings
 from .store.embedded import EmbeddedRedis
 from .store.redis_store import RedisSessionStore
+from .users import ClaimsHook, UserStore
 
 log = logging.getLogger("tokengate")
 
@@ -56,7 +57,10 @@ class TokenGate:
     """Token authentication for a Quart app: routes, guard, storage, lifecycle.
 
     ``TokenGate(app)`` reads settings from the environment when ``settings``
-    is not given. Everything with I/O (engine, Redis, the embedded server) is
+    is not given. ``user_store`` is where users come from (default: the
+    ``users`` table; see ``users.UserStore``); ``claims`` is a callable, sync
+    or async, given a ``UserRecord`` and returning extra access-token claims
+    (registered claims are ignored). Everything with I/O (engine, Redis, the embedded server) is
     built in ``before_serving`` and released in ``after_serving``.
     """
 
@@ -69,8 +73,12 @@ class TokenGate:
         clock: Callable[[], float] = time.time,
         passwords: Passwords | None = None,
         url_prefix: str = "/auth",
+        user_store: UserStore | None = None,
+        claims: ClaimsHook | None = None,
     ) -> None:
         self._settings = settings
+        self.user_store = user_store
+        self.claims_hook = claims
         self._passwords = passwords
         self._sender = sender
         self.clock = clock
@@ -173,6 +181,8 @@ class TokenGate:
             sessionmaker,
             self._passwords if self._passwords else await asyncio.to_thread(Passwords),
             clock=self.clock,
+            users=self.user_store,
+            claims_hook=self.claims_hook,
         )
         if self._sender is None:
             self._sender = FileOutbox(settings.instance_dir / "outbox")
@@ -192,6 +202,16 @@ class TokenGate:
         if self._embedded is not None:
             await asyncio.to_thread(self._embedded.stop)
             self._embedded = None
+
+    @property
+    def own_users(self) -> bool:
+        """Whether users live in tokengate's own table (no ``user_store`` given)."""
+        return self.user_store is None
+
+    async def end_sessions(self, user_id: int) -> None:
+        """End every session of ``user_id``: call it after changing a password or
+        disabling a user in your own user store."""
+        await self.manager.end_all(user_id)
 
     @property
     def sender(self) -> Sender:

@@ -1,23 +1,30 @@
 """The guard: an async ``before_request`` hook, ``login_required`` and ``current_identity``.
 
-``login_required`` only marks a view; the hook, which the extension installs
-on the app, does the check before the view runs, so every guarded route in
-the app (ours and yours) goes through the same code. The wrapper checks again
-only if the hook did not run (a view called some other way).
+``login_required`` only marks a view with what it requires (scopes, a fresh
+login, or nothing at all for optional authentication); the hook, which the
+extension installs on the app, does the check before the view runs, so every
+guarded route in the app (ours and yours) goes through the same code. The
+wrapper checks again only if the hook did not run (a view called some other
+way). Scopes and freshness are claims of the token: checking them costs no
+lookup.
 """
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable
+import re
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from functools import wraps
-from typing import TYPE_CHECKING, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar, overload
 
 from quart import Response, current_app, g, request
 
 from .errors import (
     AuthUnavailable,
     CsrfFailed,
+    FreshLoginRequired,
+    InsufficientScope,
     InvalidToken,
     MissingToken,
     SessionExpired,
@@ -39,19 +46,64 @@ ACCESS_COOKIE, REFRESH_COOKIE, CSRF_COOKIE = "access_token", "refresh_token", "c
 CSRF_HEADER = "X-CSRF-Token"
 # Errors after which a browser's cookies are of no further use.
 SESSION_OVER = (TokenRevoked, SessionExpired, SessionReplaced, InvalidToken)
+# RFC 6749 section 3.3: a scope token is printable ASCII without space, '"' or '\\'.
+SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+$")
 
 
-def login_required(view: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
-    """Require a valid access token and a live session for ``view``."""
+@dataclass(frozen=True, slots=True)
+class Requirement:
+    """What a view marked ``login_required`` asks of the request."""
 
-    @wraps(view)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        if getattr(g, "tokengate_identity", None) is None:
-            await authenticate_request()
-        return await view(*args, **kwargs)
+    scopes: frozenset[str] = frozenset()
+    fresh: bool = False
+    optional: bool = False
 
-    setattr(wrapper, REQUIRED_ATTR, True)
-    return wrapper
+
+@overload
+def login_required(view: Callable[P, Awaitable[R]], /) -> Callable[P, Awaitable[R]]: ...
+
+
+@overload
+def login_required(
+    *, scopes: Iterable[str] = (), fresh: bool = False, optional: bool = False
+) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]: ...
+
+
+def login_required(
+    view: Callable[P, Awaitable[R]] | None = None,
+    /,
+    *,
+    scopes: Iterable[str] = (),
+    fresh: bool = False,
+    optional: bool = False,
+) -> Callable[P, Awaitable[R]] | Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
+    """Require a valid access token and a live session for a view.
+
+    ``@login_required`` alone, or with flags: ``scopes=[...]`` answers
+    ``403 insufficient_scope`` unless the token carries every one of them;
+    ``fresh=True`` answers ``401 fresh_login_required`` unless the session's
+    password login is at most ``TOKENGATE_FRESH_TTL`` seconds old;
+    ``optional=True`` lets a request without a token through, with
+    ``current_identity_or_none()`` returning ``None`` (a token that is sent is
+    still checked, and refused if bad).
+    """
+    needed = frozenset(scopes) if not isinstance(scopes, str) else frozenset({scopes})
+    for scope in needed:
+        if not SCOPE_TOKEN.match(scope):
+            raise ValueError(f"not a valid scope (RFC 6749 section 3.3): {scope!r}")
+    requirement = Requirement(needed, fresh, optional)
+
+    def decorate(view: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+        @wraps(view)
+        async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            if not getattr(g, "tokengate_checked", False):
+                await check_request(requirement)
+            return await view(*args, **kwargs)
+
+        setattr(wrapper, REQUIRED_ATTR, requirement)
+        return wrapper
+
+    return decorate(view) if view is not None else decorate
 
 
 def current_identity() -> Identity:
@@ -59,6 +111,12 @@ def current_identity() -> Identity:
     identity: Identity | None = getattr(g, "tokengate_identity", None)
     if identity is None:
         raise MissingToken()
+    return identity
+
+
+def current_identity_or_none() -> Identity | None:
+    """The identity of this request, or ``None`` for an anonymous one (``optional=True``)."""
+    identity: Identity | None = getattr(g, "tokengate_identity", None)
     return identity
 
 
@@ -115,12 +173,36 @@ async def authenticate_request() -> Identity:
     return identity
 
 
+async def check_request(requirement: Requirement) -> Identity | None:
+    """Check this request against what its view requires; remember the identity."""
+    g.tokengate_checked = True
+    if requirement.optional and not token_sent():
+        return None
+    identity = await authenticate_request()
+    if requirement.scopes and not requirement.scopes <= identity.scopes:
+        raise InsufficientScope(requirement.scopes)
+    if requirement.fresh:
+        fresh_ttl = get_gate().settings.fresh_ttl
+        if get_gate().clock() - identity.auth_time > fresh_ttl:
+            raise FreshLoginRequired()
+    return identity
+
+
+def token_sent() -> bool:
+    """Whether this request carries an access token where the settings say to look."""
+    settings = get_gate().settings
+    if settings.use_headers and "Authorization" in request.headers:
+        return True
+    return settings.use_cookies and bool(request.cookies.get(ACCESS_COOKIE))
+
+
 async def guard() -> None:
     """The ``before_request`` hook: check the views marked ``login_required``."""
     endpoint = request.endpoint
     view = current_app.view_functions.get(endpoint) if endpoint else None
-    if view is not None and getattr(view, REQUIRED_ATTR, False):
-        await authenticate_request()
+    requirement = getattr(view, REQUIRED_ATTR, None) if view is not None else None
+    if isinstance(requirement, Requirement):
+        await check_request(requirement)
 
 
 async def finish_response(response: Response) -> Response:

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -45,6 +44,7 @@ from .outbox import Message, Sender
 from .passwords import Passwords
 from .settings import Settings
 from .store.redis_store import EXPIRY_SLACK, Outcome, RedisSessionStore
+from .users import ClaimsHook, SqlUserStore, UserRecord, UserStore, hook_claims
 
 log = logging.getLogger("tokengate")
 
@@ -117,6 +117,17 @@ class Identity:
     new_access_token: str | None = field(default=None, repr=False)
     new_access_expires_in: int = 0
 
+    @property
+    def scopes(self) -> frozenset[str]:
+        """The scopes the access token carries (its ``scope`` claim)."""
+        scope = self.claims.get("scope", "")
+        return frozenset(scope.split()) if isinstance(scope, str) else frozenset()
+
+    @property
+    def auth_time(self) -> int:
+        """When the password login behind this session happened (epoch seconds)."""
+        return int(self.claims.get("auth_time", 0))
+
 
 @dataclass(frozen=True, slots=True)
 class SessionInfo:
@@ -158,8 +169,12 @@ class SessionManager:
         db: async_sessionmaker[AsyncSession],
         passwords: Passwords,
         clock: Callable[[], float] = time.time,
+        users: UserStore | None = None,
+        claims_hook: ClaimsHook | None = None,
     ) -> None:
         self.settings = settings
+        self.users: UserStore = users if users is not None else SqlUserStore(db, passwords)
+        self.claims_hook = claims_hook
         self.keyring = keyring
         self.store = store
         self.db = db
@@ -274,31 +289,40 @@ class SessionManager:
                 username, attempt, failed=not outcome[0], window=s.login_window
             )
 
-    async def check_credentials(self, username: str, password: str) -> User:
-        """Verify a username and password, with per-account throttling."""
+    async def check_credentials(self, username: str, password: str) -> UserRecord:
+        """Verify a username and password against the user store, with per-account throttling.
+
+        An unknown user costs a password check too (against a dummy hash), so
+        that the answer takes about as long as for a wrong password. A
+        disabled user is refused like a wrong password.
+        """
         async with self._password_attempt(username) as outcome:
-            async with self.db() as db:
-                user = await repo.get_user_by_username(db, username)
-            verdict = await self.passwords.verify(user.password_hash if user else None, password)
-            if user is None or not verdict.ok:
+            user = await self.users.get_by_username(username)
+            if user is None:
+                await self.passwords.verify(None, password)
+                raise InvalidCredentials()
+            if not await self.users.verify_password(user, password) or user.disabled:
                 raise InvalidCredentials()
             outcome[0] = True
-        if verdict.rehash is not None:
-            async with self.db() as db:
-                stored = await repo.get_user(db, user.id)
-                if stored is not None and stored.password_hash == user.password_hash:
-                    stored.password_hash = verdict.rehash
-                    await db.commit()
-                    user.password_hash = verdict.rehash
         return user
 
     # -- login ------------------------------------------------------------
     async def login(self, username: str, password: str, client: ClientInfo) -> TokenPair:
         user = await self.check_credentials(username, password)
-        return await self.start_session(user, client)
+        return await self.start_session(user, client, password)
 
-    async def start_session(self, user: User, client: ClientInfo) -> TokenPair:
-        """Open a new session for ``user`` and return its first token pair."""
+    async def access_claims(self, user: UserRecord, auth_time: int) -> dict[str, Any]:
+        """An access token's claims about ``user``: the application's, ``auth_time``, ``scope``."""
+        return {**await hook_claims(self.claims_hook, user), **user_claims(auth_time, user.scopes)}
+
+    async def start_session(
+        self, user: UserRecord, client: ClientInfo, password: str | None = None
+    ) -> TokenPair:
+        """Open a new session for ``user`` and return its first token pair.
+
+        ``password`` is the one just checked: if the user's password stamp moved
+        meanwhile, the login stands only if it still matches.
+        """
         s = self.settings
         now = self.clock()
         ia = int(now)
@@ -343,14 +367,22 @@ class SessionManager:
         if sid in replaced:
             # Twenty logins at once with a limit of one: this one lost the race.
             raise END_REASON_ERRORS["replaced"]()
-        async with self.db() as db:
-            current = await repo.get_user(db, user.id)
-        if current is None or current.password_hash != user.password_hash:
-            # The password changed while this login was being checked, and the
-            # change may have ended the user's sessions before this one existed.
+        current = await self.users.get_by_id(user.id)
+        if (
+            current is None
+            or current.disabled
+            or (
+                current.password_stamp != user.password_stamp
+                and (password is None or not await self.users.verify_password(current, password))
+            )
+        ):
+            # The password changed while this login was being checked (not just
+            # rehashed), and the change may have ended the user's sessions
+            # before this one existed.
             await self._end([sid], user.id, "revoked", now)
             raise InvalidCredentials()
-        return self.mint_pair(uid, user.username, sid, aj, rj, ia, user_claims(ia, user.scopes))
+        claims = await self.access_claims(current, ia)
+        return self.mint_pair(uid, current.username, sid, aj, rj, ia, claims)
 
     async def _load_index(self, user_id: int, now: float) -> None:
         async with self.db() as db:
@@ -364,16 +396,13 @@ class SessionManager:
     async def _rebuild(self, user_id: str, sid: str, now: float) -> None:
         """Put a session that Redis lost back from SQL."""
         async with self.db() as db:
-            found = (
-                await db.execute(
-                    select(AuthSession, User.username)
-                    .join(User, User.id == AuthSession.user_id)
-                    .where(AuthSession.id == sid)
-                )
-            ).one_or_none()
-        if found is None or str(found[0].user_id) != user_id:
+            row = await repo.get_session(db, sid)
+        if row is None or str(row.user_id) != user_id:
             raise TokenRevoked()
-        row, username = found
+        user = await self.users.get_by_id(row.user_id)
+        if user is None:
+            raise TokenRevoked()
+        username = user.username
         created = row.created_at.timestamp()
         fields = {
             "st": "ended" if row.ended_at else "live",
@@ -527,29 +556,26 @@ class SessionManager:
             log.warning("refresh token reuse: session %s ended", sid)
             raise RefreshReused()
         await self._settle(outcome, sid, now)
-        aj, rj, ia, name, previous = outcome.values[:5]
+        aj, rj, ia, _name, previous = outcome.values[:5]
         # Recorded on the grace path too: if the first answer's SQL write
         # failed, the client's retry lands here and SQL must still catch up.
         # The write applies only while SQL is one step behind, so concurrent
         # or late writes never move it backwards.
+        user = await self.users.get_by_id(int(uid))
         async with self.db() as db:
+            row = await repo.get_session(db, sid)
             await repo.record_rotation(
                 db, sid, access_jti=aj, refresh_jti=rj, previous_refresh_jti=previous,
                 issued_at=int(ia), at=utc(now),
             )  # fmt: skip
             await db.commit()
-            found = (
-                await db.execute(
-                    select(AuthSession.created_at, User.scopes)
-                    .join(User, User.id == AuthSession.user_id)
-                    .where(AuthSession.id == sid)
-                )
-            ).one_or_none()
-        if found is None:
+        if row is None or user is None or user.disabled:
+            # Gone or disabled since the login: this session is over.
+            await self._end([sid], int(uid), "revoked", now)
             raise TokenRevoked()
-        auth_time = int(found[0].timestamp())
-        claims = user_claims(auth_time, found[1])
-        return self.mint_pair(uid, name, sid, aj, rj, int(ia), claims)
+        # auth_time stays the session's password login: a refresh is not a login.
+        claims = await self.access_claims(user, int(row.created_at.timestamp()))
+        return self.mint_pair(uid, user.username, sid, aj, rj, int(ia), claims)
 
     # -- ending sessions --------------------------------------------------
     def _end_expiry(self, now: float) -> int:
