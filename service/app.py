@@ -97,12 +97,14 @@ class TokenGate:
         from .api.account import account_bp
         from .api.auth import auth_bp
         from .api.health import health_bp
+        from .api.oauth import oauth_bp
         from .api.wellknown import wellknown_bp
 
         app.extensions["tokengate"] = self
         if "QUART_SCHEMA" not in app.extensions:
             QuartSchema(app, info=Info(title="tokengate", version="0.1.0"))
         app.register_blueprint(auth_bp, url_prefix=self.url_prefix)
+        app.register_blueprint(oauth_bp, url_prefix=self.url_prefix)
         app.register_blueprint(health_bp)
         app.register_blueprint(wellknown_bp)
         app.register_blueprint(account_bp)

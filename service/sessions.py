@@ -430,14 +430,17 @@ class SessionManager:
         return END_REASON_ERRORS.get(why, TokenRevoked)()
 
     # -- the guard --------------------------------------------------------
-    async def authenticate(self, access_token: str) -> Identity:
-        """Check an access token and its session: one JWT check, one round trip."""
+    async def authenticate(self, access_token: str, *, implicit: bool = True) -> Identity:
+        """Check an access token and its session: one JWT check, one round trip.
+
+        ``implicit=False`` never renews an expired token (introspection).
+        """
         s = self.settings
         now = self.clock()
         try:
             claims = self._verify(tokens.AccessToken.kind, access_token, now)
         except TokenExpired as exc:
-            if not s.implicit_refresh:
+            if not (s.implicit_refresh and implicit):
                 raise
             return await self._implicit_refresh(exc, now)
         uid, sid = claims["sub"], claims["sid"]
@@ -580,6 +583,30 @@ class SessionManager:
     # -- ending sessions --------------------------------------------------
     def _end_expiry(self, now: float) -> int:
         return int(now) + self.settings.session_max_age + EXPIRY_SLACK
+
+    async def revoke(self, token: str) -> bool:
+        """End the session of an access or refresh token (RFC 7009); whether one was.
+
+        The token must be genuine (signature, issuer, audience) and may have
+        expired: holding it is proof enough to end its own session.
+        """
+        now = self.clock()
+        claims: dict[str, Any] | None = None
+        for kind in (tokens.AccessToken.kind, tokens.RefreshToken.kind):
+            try:
+                claims = self._verify(kind, token, now)
+            except TokenExpired as exc:
+                claims = exc.claims
+            except Unauthorized:
+                continue
+            break
+        if claims is None:
+            return False
+        uid, sid = claims["sub"], claims.get("sid", "")
+        if not _UID.match(uid) or not _SID.match(sid):
+            return False
+        await self._end([sid], int(uid), "revoked", now)
+        return True
 
     async def logout(self, identity: Identity) -> None:
         await self._end([identity.session_id], identity.user_id, "revoked", self.clock())
