@@ -17,6 +17,7 @@ from ._exceptions import (
     RateLimited,
 )
 from ._store import FileTokenStore, MemoryTokenStore
+from ._tokens import Tokens, TokenStore
 
 __all__ = [
     "AsyncAuthClient",
@@ -29,4 +30,6 @@ __all__ = [
     "MemoryTokenStore",
     "RateLimited",
     "TokenAuth",
+    "TokenStore",
+    "Tokens",
 ]

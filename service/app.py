@@ -19,16 +19,19 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from . import keys
+from .accounts import Accounts
 from .db.engine import build_engine, build_sessionmaker
 from .errors import api_error_codes, handle_api_error, handle_exception
 from .guard import ACCESS_COOKIE, CSRF_COOKIE, REFRESH_COOKIE, finish_response, guard
 from .outbox import FileOutbox, Sender
 from .passwords import Passwords
-from .sessions import SessionManager, TokenPair
+from .purpose import PurposeTokens
+from .sessions import SessionManager
 from .settings import Settings
 from .store.embedded import EmbeddedRedis
 from .store.redis_store import RedisSessionStore
-from .users import ClaimsHook, UserStore
+from .tokens import TokenPair
+from .users import ClaimsHook, SqlUserStore, UserStore
 
 log = logging.getLogger("tokengate")
 
@@ -84,6 +87,8 @@ class TokenGate:
         self.clock = clock
         self.url_prefix = url_prefix
         self._manager: SessionManager | None = None
+        self._accounts: Accounts | None = None
+        self._purpose_tokens: PurposeTokens | None = None
         self._redis: Redis | None = None
         self._engine: AsyncEngine | None = None
         self._embedded: EmbeddedRedis | None = None
@@ -132,6 +137,18 @@ class TokenGate:
         return self._manager
 
     @property
+    def accounts(self) -> Accounts:
+        if self._accounts is None:
+            raise RuntimeError("tokengate is not started: run the app (before_serving)")
+        return self._accounts
+
+    @property
+    def purpose_tokens(self) -> PurposeTokens:
+        if self._purpose_tokens is None:
+            raise RuntimeError("tokengate is not started: run the app (before_serving)")
+        return self._purpose_tokens
+
+    @property
     def redis(self) -> Redis:
         if self._redis is None:
             raise RuntimeError("tokengate is not started")
@@ -176,15 +193,23 @@ class TokenGate:
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
             max_connections=200,
         )
+        store = RedisSessionStore(self._redis)
+        db = sessionmaker
+        passwords = self._passwords if self._passwords else await asyncio.to_thread(Passwords)
+        users = self.user_store if self.user_store is not None else SqlUserStore(db, passwords)
         self._manager = SessionManager(
+            settings, keyring, store, db, users, clock=self.clock, claims_hook=self.claims_hook
+        )
+        self._purpose_tokens = PurposeTokens(keyring, db, clock=self.clock)
+        self._accounts = Accounts(
             settings,
-            keyring,
-            RedisSessionStore(self._redis),
-            sessionmaker,
-            self._passwords if self._passwords else await asyncio.to_thread(Passwords),
+            store,
+            db,
+            passwords,
+            self._manager,
+            self._purpose_tokens,
             clock=self.clock,
-            users=self.user_store,
-            claims_hook=self.claims_hook,
+            users=users,
         )
         if self._sender is None:
             self._sender = FileOutbox(settings.instance_dir / "outbox")
@@ -194,7 +219,7 @@ class TokenGate:
         self._keys_task = None
         if self._manager is not None:
             await self._manager.drain()
-            self._manager = None
+            self._manager = self._accounts = self._purpose_tokens = None
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None

@@ -20,7 +20,8 @@ from ..errors import (
     handle_exception,
 )
 from ..guard import REFRESH_COOKIE, check_csrf, current_identity, get_gate, login_required
-from ..sessions import ClientInfo, TokenPair
+from ..sessions import ClientInfo
+from ..tokens import TokenPair
 from . import schemas
 
 log = logging.getLogger("tokengate")
@@ -117,7 +118,7 @@ async def register() -> tuple[Response, int]:
     if not gate.settings.allow_registration or not gate.own_users:
         raise RegistrationDisabled()
     body = await read_body(schemas.Credentials)
-    user = await gate.manager.register(body.username, body.password)
+    user = await gate.accounts.register(body.username, body.password)
     return jsonify({"id": user.id, "username": user.username}), 201
 
 
@@ -131,7 +132,7 @@ async def login() -> Response:
     gate = get_gate()
     await require_json_in_cookie_mode()
     body = await read_body(schemas.LoginRequest)
-    pair = await gate.manager.login(body.username, body.password, client_info(body.device))
+    pair = await gate.accounts.login(body.username, body.password, client_info(body.device))
     return pair_response(pair)
 
 
@@ -223,7 +224,7 @@ async def change_password() -> Response:
     """Change the password; every other session ends."""
     require_own_users()
     body = await read_body(schemas.PasswordChange)
-    await get_gate().manager.change_password(
+    await get_gate().accounts.change_password(
         current_identity(), body.current_password, body.new_password
     )
     return no_content()
@@ -238,7 +239,7 @@ async def password_reset_request() -> tuple[Response, int]:
     gate = get_gate()
     require_own_users()
     body = await read_body(schemas.ResetRequest)
-    await gate.manager.request_password_reset(body.username, gate.sender)
+    await gate.accounts.request_password_reset(body.username, gate.sender)
     return jsonify({}), 202
 
 
@@ -249,5 +250,5 @@ async def password_reset_confirm() -> Response:
     """Set a new password with a reset token; every session of the user ends."""
     require_own_users()
     body = await read_body(schemas.ResetConfirm)
-    await get_gate().manager.reset_password(body.token, body.new_password)
+    await get_gate().accounts.reset_password(body.token, body.new_password)
     return no_content()
