@@ -397,25 +397,25 @@ class SessionManager:
             log.warning("refresh token reuse: session %s ended", sid)
             raise RefreshReused()
         await self._settle(outcome, sid, now)
-        aj, rj, ia, _name, previous = outcome.values[:5]
+        aj, rj, ia, _name, previous, created = outcome.values[:6]
         user = await self.users.get_by_id(int(uid))
         # Recorded on the grace path too: if the first answer's SQL write
         # failed, the client's retry lands here and SQL must still catch up.
         # The write applies only while SQL is one step behind, so concurrent
         # or late writes never move it backwards.
         async with self.db() as db:
-            row = await repo.get_session(db, sid)
             await repo.record_rotation(
                 db, sid, access_jti=aj, refresh_jti=rj, previous_refresh_jti=previous,
                 issued_at=int(ia), at=utc(now),
             )  # fmt: skip
             await db.commit()
-        if row is None or user is None or user.disabled:
+        if user is None or user.disabled:
             # Gone or disabled since the login: this session is over.
             await self._end([sid], int(uid), "revoked", now)
             raise TokenRevoked()
-        # auth_time stays the session's password login: a refresh is not a login.
-        claims = await self.access_claims(user, int(row.created_at.timestamp()))
+        # auth_time stays the session's password login (its creation): a
+        # refresh is not a login.
+        claims = await self.access_claims(user, int(float(created)))
         return self._pair(Grant(uid, user.username, sid, aj, rj, int(ia)), claims, now)
 
     # -- ending sessions --------------------------------------------------
