@@ -32,6 +32,7 @@ from .errors import (
     TokenExpired,
     TokenRevoked,
     Unauthorized,
+    describe,
 )
 from .keys import KeyRing
 from .settings import Settings
@@ -365,7 +366,7 @@ class SessionManager:
                 await repo.touch_session(db, sid, utc(now))
                 await db.commit()
         except Exception as exc:  # a lagging last-seen is harmless; log and go on
-            log.warning("could not write last-seen back to SQL: %s", type(exc).__name__)
+            log.warning("could not write last-seen back to SQL: %s", describe(exc))
 
     async def drain(self) -> None:
         """Let background work finish at shutdown, for a few seconds at most."""
@@ -474,7 +475,7 @@ class SessionManager:
             await self.end_all(user_id, keep=keep)
         except Exception as exc:
             log.warning("ending sessions after a password change failed (%s); retrying",
-                        type(exc).__name__)  # fmt: skip
+                        describe(exc))  # fmt: skip
             self._spawn(self._retry_end_all(user_id, keep))
 
     async def _retry_end_all(self, user_id: int, keep: str) -> None:
@@ -484,7 +485,7 @@ class SessionManager:
                 await self.end_all(user_id, keep=keep)
                 return
             except Exception as exc:  # still down: keep trying for a few minutes
-                log.warning("retrying the end of sessions: %s", type(exc).__name__)
+                log.warning("retrying the end of sessions: %s", describe(exc))
 
     async def end_session(self, identity: Identity, sid: str) -> None:
         """End one of the caller's own sessions; another user's is ``not_found``."""
