@@ -29,10 +29,18 @@ def test_the_served_app_has_the_real_clock_and_no_setting_for_another():
     assert rules and not [r for r in rules if "clock" in r or "time" in r]
 
 
-async def test_a_started_service_refuses_a_new_clock(make_app):
-    app = await make_app()  # started, on a migrated database
-    with pytest.raises(RuntimeError, match="reconfigure it before serving"):
-        gate_of(app).reconfigure(clock=lambda: 0.0)
+async def test_a_started_service_refuses_a_new_clock(tmp_path, redis_url):
+    app = create_app(
+        Settings(
+            secret_key="k" * 40,
+            redis_url=redis_url,
+            # The embedded SQLite default: the extension migrates it at start-up.
+            instance_dir=tmp_path,
+        )
+    )
+    async with app.test_app():
+        with pytest.raises(RuntimeError, match="reconfigure it before serving"):
+            gate_of(app).reconfigure(clock=lambda: 0.0)
     assert gate_of(app).clock is time.time
 
 
