@@ -1,4 +1,8 @@
-"""Command line: ``python -m service serve | db upgrade | users create``."""
+"""tokengate: run the service and administer its database.
+
+tokengate serve runs the service; tokengate db upgrade applies the migrations;
+tokengate users create adds a user. Settings come from TOKENGATE_* variables.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import asyncio
 import getpass
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -24,10 +29,64 @@ def _settings() -> Settings:
         raise SystemExit(2) from None
 
 
-def _logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+def _logging(settings: Settings) -> dict[str, object]:
+    """Configure this process's logging; the same config goes to uvicorn's workers."""
+    import logging.config
+
+    from .logs import logging_config
+
+    config = logging_config(settings.log_format)
+    logging.config.dictConfig(config)
+    return config
+
+
+def _metrics_dir(settings: Settings) -> None:
+    """Multiprocess metrics: a fresh ``<instance>/prometheus`` for this run's workers.
+
+    Set before anything imports prometheus-client, which reads it at import.
+    """
+    import shutil
+
+    from .metrics import MULTIPROC_ENV
+
+    directory = (settings.instance_dir / "prometheus").resolve()
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    os.environ[MULTIPROC_ENV] = str(directory)
+
+
+def _public_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``: fit for a log line."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
+def _log_start(args: argparse.Namespace, settings: Settings, redis: str) -> None:
+    from .api.home import service_version
+
+    fields = {
+        "address": f"http://{args.host}:{args.port}",
+        "version": service_version(),
+        "workers": args.workers,
+        "database": _public_url(settings.sqlalchemy_url),
+        "redis": redis,
+        "token_location": ",".join(settings.token_location),
+        "registration": settings.allow_registration,
+        "access_ttl": settings.access_ttl,
+        "refresh_ttl": settings.refresh_ttl,
+        "idle_timeout": settings.idle_timeout,
+        "max_sessions": settings.max_sessions,
+        "signing_key": "TOKENGATE_SECRET_KEY" if settings.secret_key else "instance file",
+        "log_format": settings.log_format,
+    }
+    log.info("tokengate serving on %s", fields["address"], extra={"fields": fields})
 
 
 def cmd_db_upgrade(_: argparse.Namespace) -> int:
@@ -40,34 +99,48 @@ def cmd_db_upgrade(_: argparse.Namespace) -> int:
     return 0
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from .app import load_or_create_secret
     from .db.migrate import upgrade
     from .store.embedded import EmbeddedRedis
 
     settings = _settings()
-    _logging()
     settings.instance_dir.mkdir(parents=True, exist_ok=True)
+    _metrics_dir(settings)
+    config = _logging(settings)
     upgrade(settings.sqlalchemy_url)
     if settings.secret_key is None:
         # Made here, once, so that the workers all read the same key.
         load_or_create_secret(settings.instance_dir)
     embedded = None
+    redis = _public_url(settings.redis_url or "")
     if settings.redis_url is None:
         # One private redis-server for all the workers, started and stopped here.
         embedded = EmbeddedRedis(settings.instance_dir / "redis")
         os.environ["TOKENGATE_REDIS_URL"] = embedded.start()
+        redis = f"embedded ({embedded.socket_path})"
+    # uvicorn re-raises the SIGTERM it shut down on once it is done; as an
+    # exception here it unwinds through the ``finally`` that stops Redis,
+    # where the default action would end the process before it.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
+        _log_start(args, settings, redis)
         import uvicorn
 
         uvicorn.run(
-            "service.app:create_app",
+            f"{__package__}.app:create_app",
             factory=True,
             host=args.host,
             port=args.port,
             workers=args.workers,
             lifespan="on",
-            log_level="warning",
+            log_config=config,
+            log_level="info",
+            # tokengate.access writes the access log, with user and session.
             access_log=False,
             proxy_headers=False,
         )
@@ -114,7 +187,7 @@ def cmd_users_create(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m service", description=__doc__)
+    parser = argparse.ArgumentParser(prog="tokengate", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the service (applies pending migrations first)")

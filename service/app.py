@@ -17,12 +17,15 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from . import tokens
 from .db.engine import build_engine, build_sessionmaker
 from .errors import api_error_codes, handle_api_error, handle_exception
 from .guard import ACCESS_COOKIE, CSRF_COOKIE, REFRESH_COOKIE, finish_response, guard
+from .metrics import TimedRedis, count_database_error, metrics_bp
+from .observe import observe_request, start_request
 from .outbox import FileOutbox, Sender
 from .passwords import Passwords
 from .sessions import SessionManager, TokenPair
@@ -103,7 +106,12 @@ class TokenGate:
         app.register_blueprint(auth_bp, url_prefix=self.url_prefix)
         app.register_blueprint(health_bp)
         app.register_blueprint(account_bp)
+        app.register_blueprint(metrics_bp)
+        # The timer starts before the guard runs; the access log and request
+        # metrics run last (after_request hooks run in reverse order).
+        app.before_request(start_request)
         app.before_request(guard)
+        app.after_request(observe_request)
         app.after_request(finish_response)
         # Our errors render as contract JSON wherever they are raised. Quart
         # files handlers of HTTP errors by status code, so the one handler is
@@ -146,7 +154,7 @@ class TokenGate:
         if redis_url is None:
             self._embedded = EmbeddedRedis(settings.instance_dir / "redis")
             redis_url = await asyncio.to_thread(self._embedded.start)
-        self._redis = Redis.from_url(
+        self._redis = TimedRedis.from_url(
             redis_url,
             socket_timeout=REDIS_TIMEOUT,
             socket_connect_timeout=REDIS_TIMEOUT,
@@ -154,6 +162,7 @@ class TokenGate:
             max_connections=200,
         )
         self._engine = build_engine(settings.sqlalchemy_url)
+        event.listen(self._engine.sync_engine, "handle_error", count_database_error)
         signing = tokens.SigningConfig(
             key=key, issuer=settings.issuer, audience=settings.audience, leeway=settings.leeway
         )
@@ -221,9 +230,12 @@ class TokenGate:
 
 def create_app(settings: Settings | None = None, **gate_options: Any) -> Quart:
     """The service: ``TokenGate`` on an empty Quart app, with JSON for every error."""
+    from .api.home import home_bp
+
     app = Quart("tokengate")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     TokenGate(app, settings=settings, **gate_options)
+    app.register_blueprint(home_bp)
     # Our own app: every error, Quart's included, is contract JSON.
     app.register_error_handler(Exception, handle_exception)
     for code in api_error_codes():

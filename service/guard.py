@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, ParamSpec, TypeVar
 from quart import Response, current_app, g, request
 
 from .errors import (
+    ApiError,
     AuthUnavailable,
     CsrfFailed,
     InvalidToken,
@@ -25,6 +26,7 @@ from .errors import (
     TokenRevoked,
     is_infrastructure_failure,
 )
+from .metrics import metrics
 from .sessions import Identity
 
 if TYPE_CHECKING:
@@ -96,6 +98,16 @@ def check_csrf() -> None:
 
 async def authenticate_request() -> Identity:
     """Run the full check for this request and remember the identity."""
+    try:
+        identity = await _authenticate_request()
+    except ApiError as exc:
+        metrics().guard.labels(exc.error).inc()
+        raise
+    metrics().guard.labels("ok").inc()
+    return identity
+
+
+async def _authenticate_request() -> Identity:
     token, via_cookie = read_token()
     g.tokengate_via_cookie = via_cookie
     if via_cookie:
