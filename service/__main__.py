@@ -187,7 +187,9 @@ def cmd_users_create(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tokengate", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="tokengate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the service (applies pending migrations first)")
