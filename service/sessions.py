@@ -40,6 +40,7 @@ from .errors import (
     TooManyAttempts,
     Unauthorized,
 )
+from .logs import security_event
 from .outbox import Message, Sender
 from .passwords import Passwords
 from .settings import Settings
@@ -310,6 +311,9 @@ class SessionManager:
                 await repo.end_sessions(db, replaced, "replaced", utc(now))
                 await repo.end_sessions(db, expired, "expired", utc(now))
                 await db.commit()
+            for why, ended in (("replaced", replaced), ("expired", expired)):
+                for ended_sid in ended:
+                    security_event("session_ended", reason=why, user_id=uid, session_id=ended_sid)
         if sid in replaced:
             # Twenty logins at once with a limit of one: this one lost the race.
             raise END_REASON_ERRORS["replaced"]()
@@ -406,6 +410,7 @@ class SessionManager:
         if outcome.status == "ended":
             if len(outcome.values) > 1:  # Redis just decided it; SQL must hear of it
                 await self._record_end([sid], outcome.values[0], now)
+                security_event("session_ended", reason=outcome.values[0], session_id=sid)
             raise self._ended(outcome)
         if outcome.status == "miss":
             raise TokenRevoked()
