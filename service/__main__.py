@@ -14,8 +14,12 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from .settings import Settings, SettingsError
+
+if TYPE_CHECKING:
+    from quart import Quart
 
 log = logging.getLogger("tokengate")
 
@@ -29,15 +33,28 @@ def _settings() -> Settings:
         raise SystemExit(2) from None
 
 
-def _logging(settings: Settings) -> dict[str, object]:
-    """Configure this process's logging; the same config goes to uvicorn's workers."""
+def _logging(settings: Settings) -> None:
+    """Configure this process's logging: every line in ``TOKENGATE_LOG_FORMAT``."""
     import logging.config
 
     from .logs import logging_config
 
-    config = logging_config(settings.log_format)
-    logging.config.dictConfig(config)
-    return config
+    logging.config.dictConfig(logging_config(settings.log_format))
+
+
+def serve_app() -> Quart:
+    """What each ``serve`` worker runs: logging configured, then ``create_app()``.
+
+    Logging is set up here, in the app factory, rather than handed to uvicorn
+    as a config to apply: uvicorn applies that before a new worker answers its
+    health checks, and importing our formatters means importing the whole
+    service, which on a busy machine took longer than the check allows.
+    """
+    from .app import create_app
+
+    settings = _settings()
+    _logging(settings)
+    return create_app(settings)
 
 
 def _metrics_dir(settings: Settings) -> None:
@@ -111,7 +128,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings()
     settings.instance_dir.mkdir(parents=True, exist_ok=True)
     _metrics_dir(settings)
-    config = _logging(settings)
+    _logging(settings)
     upgrade(settings.sqlalchemy_url)
     if settings.secret_key is None:
         # Made here, once, so that the workers all read the same key.
@@ -132,13 +149,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         import uvicorn
 
         uvicorn.run(
-            f"{__package__}.app:create_app",
+            f"{__package__}.__main__:serve_app",
             factory=True,
             host=args.host,
             port=args.port,
             workers=args.workers,
             lifespan="on",
-            log_config=config,
+            log_config=None,  # serve_app configures logging in each worker
             log_level="info",
             # tokengate.access writes the access log, with user and session.
             access_log=False,

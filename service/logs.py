@@ -101,9 +101,14 @@ def logging_config(log_format: str, level: str = "INFO") -> dict[str, Any]:
         },
         "root": {"handlers": ["stderr"], "level": level},
         "loggers": {
-            # uvicorn's own loggers print through the root handler, in our format.
-            name: {"handlers": [], "propagate": True}
-            for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
+            # uvicorn's own loggers print through the root handler, in our format,
+            **{
+                name: {"handlers": [], "propagate": True}
+                for name in ("uvicorn", "uvicorn.error", "uvicorn.asgi")
+            },
+            # but for its access log: tokengate.access replaces it (with the user
+            # and session, and never the query string, which may carry secrets).
+            "uvicorn.access": {"handlers": [], "propagate": False},
         },
     }
 

@@ -35,4 +35,5 @@ def test_the_config_sends_uvicorns_lines_through_the_same_formatter():
     config = logging_config("json")
     assert config["formatters"]["tokengate"]["()"].endswith("logs.JsonFormatter")
     assert config["loggers"]["uvicorn.error"]["propagate"] is True
+    assert config["loggers"]["uvicorn.access"]["propagate"] is False
     assert logging_config("text")["formatters"]["tokengate"]["()"].endswith("TextFormatter")
