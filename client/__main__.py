@@ -24,7 +24,8 @@ import httpx
 
 from ._client import AuthClient
 from ._exceptions import AuthError, InvalidCredentials, LoginRequired
-from ._store import FileTokenStore, Tokens, unverified_claims
+from ._store import FileTokenStore
+from ._tokens import Tokens, unverified_claims
 
 PROG = "tokengate-client"
 EXIT_FAILED = 1

@@ -21,6 +21,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from . import tokens
+from .accounts import Accounts
 from .db.engine import build_engine, build_sessionmaker
 from .errors import api_error_codes, handle_api_error, handle_exception
 from .guard import ACCESS_COOKIE, CSRF_COOKIE, REFRESH_COOKIE, finish_response, guard
@@ -28,10 +29,12 @@ from .metrics import TimedRedis, count_database_error, metrics_bp
 from .observe import observe_request, start_request
 from .outbox import FileOutbox, Sender
 from .passwords import Passwords
-from .sessions import SessionManager, TokenPair
+from .purpose import PurposeTokens
+from .sessions import SessionManager
 from .settings import Settings
 from .store.embedded import EmbeddedRedis
 from .store.redis_store import RedisSessionStore
+from .tokens import TokenPair
 
 log = logging.getLogger("tokengate")
 
@@ -88,6 +91,8 @@ class TokenGate:
         self.clock = clock
         self.url_prefix = url_prefix
         self._manager: SessionManager | None = None
+        self._accounts: Accounts | None = None
+        self._purpose_tokens: PurposeTokens | None = None
         self._redis: Redis | None = None
         self._engine: AsyncEngine | None = None
         self._embedded: EmbeddedRedis | None = None
@@ -135,6 +140,18 @@ class TokenGate:
         return self._manager
 
     @property
+    def accounts(self) -> Accounts:
+        if self._accounts is None:
+            raise RuntimeError("tokengate is not started: run the app (before_serving)")
+        return self._accounts
+
+    @property
+    def purpose_tokens(self) -> PurposeTokens:
+        if self._purpose_tokens is None:
+            raise RuntimeError("tokengate is not started: run the app (before_serving)")
+        return self._purpose_tokens
+
+    @property
     def redis(self) -> Redis:
         if self._redis is None:
             raise RuntimeError("tokengate is not started")
@@ -166,12 +183,17 @@ class TokenGate:
         signing = tokens.SigningConfig(
             key=key, issuer=settings.issuer, audience=settings.audience, leeway=settings.leeway
         )
-        self._manager = SessionManager(
+        store = RedisSessionStore(self._redis)
+        db = build_sessionmaker(self._engine)
+        self._manager = SessionManager(settings, signing, store, db, clock=self.clock)
+        self._purpose_tokens = PurposeTokens(signing, db, clock=self.clock)
+        self._accounts = Accounts(
             settings,
-            signing,
-            RedisSessionStore(self._redis),
-            build_sessionmaker(self._engine),
+            store,
+            db,
             self._passwords if self._passwords else await asyncio.to_thread(Passwords),
+            self._manager,
+            self._purpose_tokens,
             clock=self.clock,
         )
         if self._sender is None:
@@ -180,7 +202,7 @@ class TokenGate:
     async def shutdown(self) -> None:
         if self._manager is not None:
             await self._manager.drain()
-            self._manager = None
+            self._manager = self._accounts = self._purpose_tokens = None
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None

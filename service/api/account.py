@@ -42,7 +42,8 @@ from ..errors import (
 )
 from ..guard import CSRF_HEADER, SESSION_OVER, UNSAFE_METHODS, get_gate
 from ..metrics import metrics
-from ..sessions import Identity, TokenPair
+from ..sessions import Identity
+from ..tokens import TokenPair
 from . import flows, schemas
 from .auth import client_info, no_content, raw_body, read_body
 

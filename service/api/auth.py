@@ -19,7 +19,8 @@ from ..errors import (
     handle_exception,
 )
 from ..guard import REFRESH_COOKIE, check_csrf, current_identity, get_gate, login_required
-from ..sessions import ClientInfo, TokenPair
+from ..sessions import ClientInfo
+from ..tokens import TokenPair
 from . import flows, schemas
 
 log = logging.getLogger("tokengate")
@@ -114,7 +115,7 @@ async def register() -> tuple[Response, int]:
     if not gate.settings.allow_registration:
         raise RegistrationDisabled()
     body = await read_body(schemas.Credentials)
-    user = await gate.manager.register(body.username, body.password)
+    user = await gate.accounts.register(body.username, body.password)
     return jsonify({"id": user.id, "username": user.username}), 201
 
 

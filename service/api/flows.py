@@ -14,7 +14,8 @@ from ..errors import ApiError, RefreshReused, TooManyAttempts, Unauthorized
 from ..guard import get_gate
 from ..logs import security_event
 from ..metrics import metrics
-from ..sessions import ClientInfo, Identity, TokenPair
+from ..sessions import ClientInfo, Identity
+from ..tokens import TokenPair
 
 # A username is the user's to choose: enough of it to recognise, no more.
 NAME_CHARS = 64
@@ -23,7 +24,7 @@ NAME_CHARS = 64
 async def login(username: str, password: str, client: ClientInfo) -> TokenPair:
     """Password login; counts the outcome and logs failures and throttling."""
     try:
-        pair = await get_gate().manager.login(username, password, client)
+        pair = await get_gate().accounts.login(username, password, client)
     except ApiError as exc:
         metrics().logins.labels(exc.error).inc()
         if isinstance(exc, TooManyAttempts):
@@ -79,7 +80,7 @@ async def end_session(identity: Identity, session_id: str) -> None:
 
 async def change_password(identity: Identity, current: str, new: str) -> None:
     try:
-        await get_gate().manager.change_password(identity, current, new)
+        await get_gate().accounts.change_password(identity, current, new)
     except Unauthorized as exc:
         security_event(
             "password_change_failed", user_id=identity.user_id, session_id=identity.session_id,
@@ -93,7 +94,7 @@ async def change_password(identity: Identity, current: str, new: str) -> None:
 async def request_password_reset(username: str, ip: str | None) -> None:
     gate = get_gate()
     try:
-        await gate.manager.request_password_reset(username, gate.sender)
+        await gate.accounts.request_password_reset(username, gate.sender)
     except TooManyAttempts:
         security_event("password_reset_throttled", username=username[:NAME_CHARS], ip=ip)
         raise
@@ -103,7 +104,7 @@ async def request_password_reset(username: str, ip: str | None) -> None:
 
 async def reset_password(token: str, new_password: str) -> None:
     try:
-        await get_gate().manager.reset_password(token, new_password)
+        await get_gate().accounts.reset_password(token, new_password)
     except Unauthorized:
         security_event("password_reset_failed")
         raise
