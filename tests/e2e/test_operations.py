@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import SECRET, RedisServer, ServiceProcess, service_env, wait_for
+from tests.support import SECRET, ServiceProcess, service_env, wait_for
 
 PASSWORD = "correct horse"
 NEW_PASSWORD = "battery staple"
@@ -188,9 +188,8 @@ def test_metrics_add_up_across_two_workers(service_factory):
     wait_for(lambda: httpx.get(base + "/healthz") and len(list(files.glob("counter_*.db"))) == 2)
 
 
-def test_metrics_count_redis_errors_and_a_restart_starts_from_zero(service_factory, tmp_path):
-    redis = RedisServer()
-    redis.start()
+def test_metrics_count_redis_errors_and_a_restart_starts_from_zero(private_redis, tmp_path):
+    redis = private_redis
     env = service_env(tmp_path, redis.url)
     stale = tmp_path / "instance" / "prometheus" / "counter_999999.db"
     stale.parent.mkdir(parents=True)
@@ -212,7 +211,6 @@ def test_metrics_count_redis_errors_and_a_restart_starts_from_zero(service_facto
         assert value(samples, "tokengate_guard_total", outcome="auth_unavailable") == 1
     finally:
         service.stop()
-        redis.stop()
 
 
 def test_the_home_page_and_a_204_without_content_type(service):
