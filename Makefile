@@ -24,13 +24,13 @@ test: $(STAMP)
 lint: $(STAMP)
 	@! grep -rnE '^\s*(from|import) (service|client)([. ]|$$)' service client || \
 		{ echo "lint: import quart_tokengate.service / quart_tokengate.client, not service / client"; exit 1; }
-	$(BIN)/ruff check service client tests bench
-	$(BIN)/ruff format --check service client tests bench
+	$(BIN)/ruff check service client tests bench examples
+	$(BIN)/ruff format --check service client tests bench examples
 	$(BIN)/mypy
 
 format: $(STAMP)
-	$(BIN)/ruff format service client tests bench
-	$(BIN)/ruff check --fix service client tests bench
+	$(BIN)/ruff format service client tests bench examples
+	$(BIN)/ruff check --fix service client tests bench examples
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.auth_overhead
