@@ -13,6 +13,7 @@ import time
 
 from quart import Response, g, request
 
+from .cookies import request_auth
 from .logs import log_access
 from .metrics import metrics
 
@@ -34,7 +35,7 @@ async def observe_request(response: Response) -> Response:
     m = metrics()
     m.requests.labels(route, method, str(status)).inc()
     m.request_seconds.labels(route, method).observe(time.perf_counter() - started)
-    identity = getattr(g, "tokengate_identity", None)
+    identity = request_auth().identity
     log_access(
         request.method,
         request.path,

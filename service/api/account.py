@@ -30,6 +30,8 @@ from pathlib import Path
 from quart import Blueprint, Response, g, jsonify, render_template, request, send_from_directory
 from quart_schema import hide
 
+from ..cookies import CSRF_HEADER, UNSAFE_METHODS, request_auth
+from ..cookies import _flags as cookie_flags
 from ..errors import (
     ApiError,
     AuthUnavailable,
@@ -37,10 +39,10 @@ from ..errors import (
     InvalidRequest,
     MissingToken,
     Unauthorized,
-    handle_exception,
     is_infrastructure_failure,
+    register_error_handler,
 )
-from ..guard import CSRF_HEADER, SESSION_OVER, UNSAFE_METHODS, get_gate
+from ..guard import SESSION_OVER, get_gate
 from ..metrics import metrics
 from ..sessions import Identity
 from ..tokens import TokenPair
@@ -54,7 +56,7 @@ PAGE_ACCESS, PAGE_REFRESH, PAGE_CSRF = "account_access", "account_refresh", "acc
 account_bp = Blueprint("tokengate_account", __name__, template_folder="../templates")
 # Inside a host app too, anything these routes raise is contract JSON, and a
 # Redis or database failure is 503 auth_unavailable.
-account_bp.register_error_handler(Exception, handle_exception)
+register_error_handler(account_bp, everything=True)
 
 # The page talks only to its own origin and may not be framed (its buttons
 # end sessions, so clickjacking it would be worth something).
@@ -98,7 +100,7 @@ async def account_static(filename: str) -> Response:
 
 
 def _set_cookies(response: Response, pair: TokenPair) -> None:
-    flags = get_gate()._cookie_flags()
+    flags = cookie_flags(get_gate().settings)
     response.set_cookie(PAGE_ACCESS, pair.access_token, httponly=True, path=PAGE_PATH, **flags)
     response.set_cookie(
         PAGE_REFRESH, pair.refresh_token, httponly=True, path=f"{PAGE_PATH}/refresh", **flags
@@ -109,7 +111,7 @@ def _set_cookies(response: Response, pair: TokenPair) -> None:
 
 
 def _clear_cookies(response: Response) -> None:
-    flags = get_gate()._cookie_flags()
+    flags = cookie_flags(get_gate().settings)
     flags.pop("max_age", None)
     response.delete_cookie(PAGE_ACCESS, path=PAGE_PATH, httponly=True, **flags)
     response.delete_cookie(PAGE_REFRESH, path=f"{PAGE_PATH}/refresh", httponly=True, **flags)
@@ -121,7 +123,7 @@ async def _finish(response: Response) -> Response:
     if getattr(g, "tokengate_page_clear", False):
         _clear_cookies(response)
     elif (access := getattr(g, "tokengate_page_access", None)) is not None:
-        flags = get_gate()._cookie_flags()
+        flags = cookie_flags(get_gate().settings)
         response.set_cookie(PAGE_ACCESS, access, httponly=True, path=PAGE_PATH, **flags)
     response.headers["Cache-Control"] = "no-store"
     return response
@@ -167,7 +169,7 @@ async def page_identity() -> Identity:
         # nowhere else (the app's own hook would put it in a header).
         g.tokengate_page_access = identity.new_access_token
         identity = dataclasses.replace(identity, new_access_token=None)
-    g.tokengate_identity = identity  # for the access log
+    request_auth().identity = identity  # for the access log
     return identity
 
 
