@@ -36,5 +36,10 @@ async def test_an_idle_session_is_logged_when_the_guard_finds_it(make_app, clock
     r = await client.get("/auth/me", headers=bearer(pair["access_token"]))
     assert (await r.get_json())["error"] == "session_expired"
     assert ended(caplog) == [
-        {"event": "session_ended", "reason": "expired", "session_id": pair["session_id"]}
+        {
+            "event": "session_ended",
+            "reason": "expired",
+            "user_id": "1",
+            "session_id": pair["session_id"],
+        }
     ]
