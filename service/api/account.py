@@ -47,7 +47,7 @@ from ..metrics import metrics
 from ..sessions import Identity
 from ..tokens import TokenPair
 from . import flows, schemas
-from .auth import client_info, no_content, raw_body, read_body
+from .auth import client_info, no_content, raw_body, read_body, require_own_users
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 PAGE_PATH = "/account"
@@ -250,6 +250,7 @@ async def page_logout_all() -> Response:
 @account_bp.post(f"{PAGE_PATH}/password")
 @hide
 async def page_password() -> Response:
+    require_own_users()
     me = await page_identity()
     body = await read_body(schemas.PasswordChange)
     await flows.change_password(me, body.current_password, body.new_password)

@@ -14,6 +14,7 @@ from .. import cookies
 from ..cookies import read_refresh_token, request_auth
 from ..errors import (
     InvalidRequest,
+    NotFound,
     RegistrationDisabled,
     RequestTooLarge,
     Unauthorized,
@@ -97,6 +98,12 @@ def pair_response(pair: TokenPair) -> Response:
     return response
 
 
+def require_own_users() -> None:
+    """Passwords are the application's to change when it brings its own user store."""
+    if not get_gate().own_users:
+        raise NotFound("Passwords are managed by the application on this server.")
+
+
 def no_content() -> Response:
     """A ``204``: no body, so no content type either."""
     response = Response(b"", status=204)
@@ -113,7 +120,7 @@ def no_content() -> Response:
 async def register() -> tuple[Response, int]:
     """Create a user."""
     gate = get_gate()
-    if not gate.settings.allow_registration:
+    if not gate.settings.allow_registration or not gate.own_users:
         raise RegistrationDisabled()
     body = await read_body(schemas.Credentials)
     user = await gate.accounts.register(body.username, body.password)
@@ -213,6 +220,7 @@ async def delete_session(session_id: str) -> Response:
 @security_scheme(BEARER)
 async def change_password() -> Response:
     """Change the password; every other session ends."""
+    require_own_users()
     body = await read_body(schemas.PasswordChange)
     await flows.change_password(current_identity(), body.current_password, body.new_password)
     return no_content()
@@ -224,6 +232,7 @@ async def change_password() -> Response:
 @document_response(schemas.ErrorOut, 429)
 async def password_reset_request() -> tuple[Response, int]:
     """Send a single-use reset token to the user, if there is one; always 202."""
+    require_own_users()
     body = await read_body(schemas.ResetRequest)
     await flows.request_password_reset(body.username, request.remote_addr)
     return jsonify({}), 202
@@ -234,6 +243,7 @@ async def password_reset_request() -> tuple[Response, int]:
 @document_response(schemas.ErrorOut, 401)
 async def password_reset_confirm() -> Response:
     """Set a new password with a reset token; every session of the user ends."""
+    require_own_users()
     body = await read_body(schemas.ResetConfirm)
     await flows.reset_password(body.token, body.new_password)
     return no_content()
