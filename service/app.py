@@ -11,6 +11,10 @@ from typing import Any
 
 from quart import Quart
 from quart_schema import Info, QuartSchema
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from . import keys
@@ -20,12 +24,14 @@ from .db.migrate import head_revisions, schema_state, upgrade
 from .edge import RejectMalformedRequests
 from .errors import describe, is_infrastructure_failure, mask_url, register_error_handler
 from .guard import finish_response, guard
+from .metrics import TimedRedis, count_database_error, metrics_bp
+from .observe import observe_request, start_request
 from .outbox import FileOutbox, Sender
 from .passwords import Passwords
 from .purpose import PurposeTokens
 from .sessions import SessionManager
 from .settings import Settings
-from .store.connect import AnyRedis, build_redis
+from .store.connect import REDIS_TIMEOUT, AnyRedis, build_redis
 from .store.embedded import EmbeddedRedis
 from .store.redis_store import RedisSessionStore
 from .store.results import SessionPolicy
@@ -111,7 +117,12 @@ class TokenGate:
         app.register_blueprint(health_bp)
         app.register_blueprint(wellknown_bp)
         app.register_blueprint(account_bp)
+        app.register_blueprint(metrics_bp)
+        # The timer starts before the guard runs; the access log and request
+        # metrics run last (after_request hooks run in reverse order).
+        app.before_request(start_request)
         app.before_request(guard)
+        app.after_request(observe_request)
         app.after_request(finish_response)
         register_error_handler(app, everything=False)
         app.before_serving(self.startup)
@@ -185,6 +196,7 @@ class TokenGate:
     async def startup(self) -> None:
         settings = self.settings
         self._engine = build_engine(settings.sqlalchemy_url)
+        event.listen(self._engine.sync_engine, "handle_error", count_database_error)
         try:
             await self._check_schema(self._engine)
         except BaseException:
@@ -208,7 +220,16 @@ class TokenGate:
         if redis_url is None:
             self._embedded = EmbeddedRedis(settings.instance_dir / "redis")
             redis_url = await asyncio.to_thread(self._embedded.start)
-        self._redis = build_redis(redis_url, cluster=settings.redis_cluster)
+        if settings.redis_cluster:
+            self._redis = build_redis(redis_url, cluster=True)
+        else:
+            self._redis = TimedRedis.from_url(
+                redis_url,
+                socket_timeout=REDIS_TIMEOUT,
+                socket_connect_timeout=REDIS_TIMEOUT,
+                retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+                max_connections=200,
+            )
         policy = SessionPolicy(
             settings.idle_timeout, settings.session_max_age, settings.refresh_grace
         )
@@ -313,9 +334,12 @@ class TokenGate:
 
 def create_app(settings: Settings | None = None, **gate_options: Any) -> Quart:
     """The service: ``TokenGate`` on an empty Quart app, with JSON for every error."""
+    from .api.home import home_bp
+
     app = Quart("tokengate")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     TokenGate(app, settings=settings, **gate_options)
+    app.register_blueprint(home_bp)
     # Our own app: every error, Quart's included, is contract JSON.
     register_error_handler(app, everything=True)
     # A Host header werkzeug cannot bind fails before any handler: refused here.

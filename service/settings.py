@@ -70,6 +70,7 @@ class Settings:
     redis_url: str | None = field(default=None, repr=False)
     redis_cluster: bool = False
     trusted_proxies: tuple[str, ...] = ()
+    log_format: str = "text"
 
     def __post_init__(self) -> None:
         problems = _check(self)
@@ -226,6 +227,13 @@ def _networks(raw: str) -> tuple[str, ...]:
     return tuple(found)
 
 
+def _log_format(raw: str) -> str:
+    lowered = raw.lower()
+    if lowered not in {"text", "json"}:
+        raise ValueError(f"expected text or json, got {raw!r}")
+    return lowered
+
+
 def _database_url(raw: str) -> str:
     if "://" not in raw:
         raise ValueError("expected an SQLAlchemy URL such as sqlite+aiosqlite:///path.db")
@@ -258,6 +266,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "instance_dir": Path,
     "redis_url": _redis_url,
     "database_url": _database_url,
+    "log_format": _log_format,
 }
 
 
