@@ -59,6 +59,15 @@ class _Cluster(RedisCluster):
 
     ERRORS_ALLOW_RETRY = (RedisConnectionError,)  # type: ignore[assignment]
 
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().execute_command(*args, **kwargs)
+        except (RuntimeError, AttributeError) as exc:
+            # During a failover redis-py may send on a connection that a slot-map
+            # reload just closed ("handler is closed", a transport of None): the
+            # connection was lost, which is what the caller is told.
+            raise RedisConnectionError(f"connection closed under a command: {exc}") from exc
+
 
 async def bounded(call: Awaitable[T], deadline: float) -> T:
     """Await ``call`` for at most ``deadline`` seconds (``TimeoutError`` after that)."""
