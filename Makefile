@@ -24,6 +24,8 @@ test: $(STAMP)
 lint: $(STAMP)
 	@! grep -rnE '^\s*(from|import) (service|client)([. ]|$$)' service client || \
 		{ echo "lint: import quart_tokengate.service / quart_tokengate.client, not service / client"; exit 1; }
+	@! grep -rnE '^\s*(from|import) quart_schema' service || \
+		{ echo "lint: document routes with service/openapi.py (document, hidden), not quart_schema"; exit 1; }
 	$(BIN)/ruff check service client tests bench
 	$(BIN)/ruff format --check service client tests bench
 	$(BIN)/mypy

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from quart import Quart, Response, request
-from quart_schema import Info, QuartSchema
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -23,6 +22,7 @@ from . import tokens
 from .db.engine import build_engine, build_sessionmaker
 from .errors import api_error_codes, handle_api_error, handle_exception
 from .guard import ACCESS_COOKIE, CSRF_COOKIE, REFRESH_COOKIE, finish_response, guard
+from .openapi import docs_bp
 from .outbox import FileOutbox, Sender
 from .passwords import Passwords
 from .sessions import SessionManager, TokenPair
@@ -88,6 +88,7 @@ class TokenGate:
         self._redis: Redis | None = None
         self._engine: AsyncEngine | None = None
         self._embedded: EmbeddedRedis | None = None
+        self.openapi_document: dict[str, Any] | None = None
         if app is not None:
             self.init_app(app)
 
@@ -98,11 +99,13 @@ class TokenGate:
         from .api.health import health_bp
 
         app.extensions["tokengate"] = self
-        if "QUART_SCHEMA" not in app.extensions:
-            QuartSchema(app, info=Info(title="tokengate", version="0.1.0"))
         app.register_blueprint(auth_bp, url_prefix=self.url_prefix)
         app.register_blueprint(health_bp)
         app.register_blueprint(account_bp)
+        # Our OpenAPI document is built from the route table on first use; a
+        # host app that already serves its own (quart-schema) keeps its own.
+        if "QUART_SCHEMA" not in app.extensions:
+            app.register_blueprint(docs_bp)
         app.before_request(guard)
         app.after_request(finish_response)
         # Our errors render as contract JSON wherever they are raised. Quart

@@ -11,10 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from quart import Blueprint, Response, render_template, send_from_directory, url_for
-from quart_schema import hide
 
 from ..errors import NotFound, handle_exception
 from ..guard import get_gate
+from ..openapi import hidden
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
@@ -38,7 +38,7 @@ PAGE_HEADERS = {
 
 
 @account_bp.get("/account")
-@hide
+@hidden
 async def account_page() -> Response:
     """The account page; only in cookie mode, which is what it runs on."""
     gate = get_gate()
@@ -55,7 +55,7 @@ async def account_page() -> Response:
 
 
 @account_bp.get("/account/static/<path:filename>")
-@hide
+@hidden
 async def account_static(filename: str) -> Response:
     """The page's script and style sheet."""
     response = await send_from_directory(STATIC_DIR, filename)

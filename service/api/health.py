@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 
 from quart import Blueprint, Response, jsonify
-from quart_schema import document_response
 from sqlalchemy import text
 
 from ..errors import handle_exception
 from ..guard import get_gate
+from ..openapi import document
 from . import schemas
 
 health_bp = Blueprint("tokengate_health", __name__)
@@ -21,8 +21,7 @@ PROBE_TIMEOUT = 1.0
 
 
 @health_bp.get("/healthz")
-@document_response(schemas.HealthOut, 200)
-@document_response(schemas.HealthOut, 503)
+@document(responses={200: schemas.HealthOut, 503: schemas.HealthOut}, backend=False)
 async def healthz() -> tuple[Response, int]:
     """``200`` when both backends answer, else ``503`` naming the one that did not."""
     gate = get_gate()
