@@ -27,6 +27,7 @@ from .outbox import FileOutbox, Sender
 from .passwords import Passwords
 from .sessions import SessionManager, TokenPair
 from .settings import Settings
+from .store import pipelined
 from .store.embedded import EmbeddedRedis
 from .store.redis_store import RedisSessionStore
 
@@ -88,6 +89,7 @@ class TokenGate:
         self._redis: Redis | None = None
         self._engine: AsyncEngine | None = None
         self._embedded: EmbeddedRedis | None = None
+        self._pipelined: pipelined.PipelinedScripts | None = None
         self.openapi_document: dict[str, Any] | None = None
         if app is not None:
             self.init_app(app)
@@ -156,6 +158,7 @@ class TokenGate:
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
             max_connections=200,
         )
+        self._pipelined = pipelined.for_client(self._redis, REDIS_TIMEOUT)
         self._engine = build_engine(settings.sqlalchemy_url)
         signing = tokens.SigningConfig(
             key=key, issuer=settings.issuer, audience=settings.audience, leeway=settings.leeway
@@ -163,7 +166,7 @@ class TokenGate:
         self._manager = SessionManager(
             settings,
             signing,
-            RedisSessionStore(self._redis),
+            RedisSessionStore(self._redis, self._pipelined),
             build_sessionmaker(self._engine),
             self._passwords if self._passwords else await asyncio.to_thread(Passwords),
             clock=self.clock,
@@ -175,6 +178,9 @@ class TokenGate:
         if self._manager is not None:
             await self._manager.drain()
             self._manager = None
+        if self._pipelined is not None:
+            self._pipelined.close()
+            self._pipelined = None
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None

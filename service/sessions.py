@@ -53,6 +53,9 @@ _UID = re.compile(r"^[1-9][0-9]{0,18}$")
 # request path; it bounds how stale a session rebuilt from SQL can be.
 MAX_SYNC_INTERVAL = 60
 UNUSABLE = "The token is invalid, expired or already used."
+# Access tokens whose signature and claims were verified, by their exact text:
+# the same token checked again costs a dict lookup plus the time checks.
+VERIFIED_CACHE_SIZE = 10_000
 # How long shutdown waits for background write-backs and retries.
 DRAIN_SECONDS = 5.0
 # How long a password check waits for its turn, attempt by attempt (~10 s in all).
@@ -151,6 +154,7 @@ class SessionManager:
             1, min(MAX_SYNC_INTERVAL, idle // 4 if idle else MAX_SYNC_INTERVAL)
         )
         self._background: set[asyncio.Task[None]] = set()
+        self._verified: dict[str, dict[str, Any]] = {}
 
     # -- tokens -----------------------------------------------------------
     def mint_pair(self, user_id: str, name: str, sid: str, aj: str, rj: str, ia: int) -> TokenPair:
@@ -178,6 +182,22 @@ class SessionManager:
             self.signing, tokens.AccessToken.kind, sub=user_id, jti=aj, iat=ia,
             ttl=self.settings.access_ttl, extra={"sid": sid, "name": name},
         )  # fmt: skip
+
+    def _verify_access(self, token: str, now: float) -> dict[str, Any]:
+        """The claims of an access token, verified once per token text.
+
+        A token is cached only once it passed every check; a failure is never
+        cached. ``exp`` and ``nbf`` are checked against ``now`` on every call.
+        """
+        claims = self._verified.get(token)
+        if claims is None:
+            claims = self._verify(tokens.AccessToken.kind, token, now)
+            if len(self._verified) >= VERIFIED_CACHE_SIZE:
+                del self._verified[next(iter(self._verified))]  # the oldest
+            self._verified[token] = claims
+        else:
+            tokens.check_times(self.signing, claims, now=now)
+        return claims
 
     def _verify(self, kind: tokens.TokenKind, token: str, now: float) -> dict[str, Any]:
         claims = tokens.verify(self.signing, kind, token, now=now)
@@ -376,7 +396,7 @@ class SessionManager:
         s = self.settings
         now = self.clock()
         try:
-            claims = self._verify(tokens.AccessToken.kind, access_token, now)
+            claims = self._verify_access(access_token, now)
         except TokenExpired as exc:
             if not s.implicit_refresh:
                 raise
@@ -390,7 +410,8 @@ class SessionManager:
         await self._settle(outcome, sid, now)
         if outcome.values:
             self._spawn(self._touch(sid, now))
-        return Identity(int(uid), claims["name"], sid, claims)
+        # A copy: the cached claims stay as verified whatever a view does.
+        return Identity(int(uid), claims["name"], sid, dict(claims))
 
     async def _decide(
         self, uid: str, sid: str, now: float, script: Callable[[], Awaitable[Outcome]]

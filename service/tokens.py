@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import jwt
+from jwt.algorithms import Algorithm, get_default_algorithms
 
 from .errors import InvalidToken, TokenExpired
 
@@ -53,6 +54,60 @@ class SigningConfig:
     leeway: int = 0
 
 
+class _PreparedKeys(Algorithm):
+    """One of PyJWT's algorithms, preparing each key once instead of on every call.
+
+    PyJWT runs ``prepare_key`` (for HMAC: PEM and SSH-key regexes over the
+    key) for every token it signs or checks. The prepared form of a key never
+    changes, so it is kept, by key, for the keys this process uses.
+    """
+
+    def __init__(self, inner: Algorithm) -> None:
+        self.inner = inner
+        self.prepared: dict[str | bytes, Any] = {}
+
+    def prepare_key(self, key: Any) -> Any:
+        if not isinstance(key, str | bytes):
+            return self.inner.prepare_key(key)
+        prepared = self.prepared.get(key)
+        if prepared is None:
+            prepared = self.inner.prepare_key(key)
+            if len(self.prepared) >= 64:  # a handful of keys in real use
+                self.prepared.clear()
+            self.prepared[key] = prepared
+        return prepared
+
+    def sign(self, msg: bytes, key: Any) -> bytes:
+        return self.inner.sign(msg, key)
+
+    def verify(self, msg: bytes, key: Any, sig: bytes) -> bool:
+        return self.inner.verify(msg, key, sig)
+
+    def check_key_length(self, key: Any) -> str | None:
+        return self.inner.check_key_length(key)
+
+    @staticmethod
+    def to_jwk(key_obj: Any, as_dict: bool = False) -> Any:
+        raise NotImplementedError
+
+    @staticmethod
+    def from_jwk(jwk: Any) -> Any:
+        raise NotImplementedError
+
+
+def _prepared_jwt() -> jwt.PyJWT:
+    codec = jwt.PyJWT()
+    for name, algorithm in get_default_algorithms().items():
+        if name != "none":
+            codec._jws.unregister_algorithm(name)
+            codec._jws.register_algorithm(name, _PreparedKeys(algorithm))
+    return codec
+
+
+# The codec every token goes through: PyJWT's, with keys prepared once.
+_codec = _prepared_jwt()
+
+
 def new_jti() -> str:
     """A fresh unguessable token id."""
     return secrets.token_urlsafe(16)
@@ -83,7 +138,7 @@ def mint(
     }
     if extra:
         claims.update(extra)
-    return jwt.encode(claims, cfg.key, algorithm=ALGORITHM, headers={"typ": kind.typ})
+    return _codec.encode(claims, cfg.key, algorithm=ALGORITHM, headers={"typ": kind.typ})
 
 
 def verify(cfg: SigningConfig, kind: TokenKind, token: str, *, now: float) -> dict[str, Any]:
@@ -101,7 +156,7 @@ def verify(cfg: SigningConfig, kind: TokenKind, token: str, *, now: float) -> di
         # (PyJWT refuses any other, "none" included), then the header is read.
         # PyJWT checks exp/nbf against its own clock; we check them against
         # ``now`` below, so the clock stays injectable.
-        decoded = jwt.decode_complete(
+        decoded = _codec.decode_complete(
             token,
             cfg.key,
             algorithms=[ALGORITHM],
@@ -132,8 +187,13 @@ def verify(cfg: SigningConfig, kind: TokenKind, token: str, *, now: float) -> di
     for name in ("sub", "sid", "jti", "name", "purpose"):
         if name in claims and (not isinstance(claims[name], str) or not claims[name]):
             raise InvalidToken("The token has a malformed claim.")
+    check_times(cfg, claims, now=now)
+    return claims
+
+
+def check_times(cfg: SigningConfig, claims: dict[str, Any], *, now: float) -> None:
+    """The checks of a verified token that depend on ``now``: ``nbf`` and ``exp``."""
     if claims["nbf"] > now + cfg.leeway:
         raise InvalidToken("The token is not valid yet.")
     if claims["exp"] <= now - cfg.leeway:
         raise TokenExpired(claims=claims)
-    return claims

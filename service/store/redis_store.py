@@ -34,6 +34,8 @@ from typing import Any, cast
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
+from .pipelined import PipelinedScripts
+
 KEY_PREFIX = "tg:"
 # How long past its absolute age an ended session's state is kept.
 EXPIRY_SLACK = 60
@@ -294,8 +296,10 @@ def _text(value: Any) -> Any:
 class RedisSessionStore:
     """Hot session state in Redis; each method is one script call."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, pipelined: PipelinedScripts | None = None) -> None:
         self.redis = redis
+        # The guard's check goes over this lean path when there is one.
+        self.pipelined = pipelined
         self._check = redis.register_script(CHECK)
         self._implicit = redis.register_script(IMPLICIT)
         self._refresh = redis.register_script(REFRESH)
@@ -335,11 +339,12 @@ class RedisSessionStore:
         self, user_id: str, sid: str, *, now: float, idle: int, max_age: int, sync: int
     ) -> Outcome:
         """The guard's one round trip: is the session alive? Slides last-seen."""
-        reply = await self._run(
-            self._check,
-            (self.session_key(user_id, sid), self.index_key(user_id)),
-            (sid, repr(now), idle, max_age, sync),
-        )
+        keys = (self.session_key(user_id, sid), self.index_key(user_id))
+        args = (sid, repr(now), idle, max_age, sync)
+        if self.pipelined is not None:
+            reply = _text(await self.pipelined.run(self._check.sha, CHECK, keys, args))
+        else:
+            reply = await self._run(self._check, keys, args)
         return Outcome(reply[0], tuple(reply[1:]))
 
     async def implicit_refresh(

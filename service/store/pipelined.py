@@ -1,0 +1,184 @@
+"""The guard's Redis call, on a lean path: one pipelined connection, one write, one read.
+
+redis-py spends several times what Redis itself does on each call: a pool
+checkout and release, a retry wrapper, ``asyncio.wait_for`` around the send
+(a new task per call), a timeout context around the read, and its parser
+layers. The guard makes exactly one call per request (``EVALSHA`` of the
+check script), so that call goes over a connection of our own instead:
+commands are written as they come, replies are read in order by hiredis's C
+parser, and each caller waits for its own future under ``asyncio.timeout``.
+
+It speaks to one Redis (``redis://`` or ``unix://``, with AUTH and SELECT);
+for anything else (TLS, a cluster) :func:`for_client` returns ``None`` and the
+caller keeps to redis-py. Failures are redis-py's exceptions, so the guard
+turns them into ``503 auth_unavailable`` as before; a timed-out call leaves
+its future in line, so later replies still reach the right callers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+import hiredis
+from redis.asyncio import Redis
+from redis.asyncio.connection import Connection, UnixDomainSocketConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+
+def _pack(*parts: Any) -> bytes:
+    out = [b"*%d\r\n" % len(parts)]
+    for part in parts:
+        if isinstance(part, bytes):
+            data = part
+        elif isinstance(part, str):
+            data = part.encode()
+        elif isinstance(part, float):
+            data = repr(part).encode()
+        else:
+            data = str(part).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.reader = hiredis.Reader()
+        self.pending: deque[asyncio.Future[Any]] = deque()
+        self.transport: asyncio.Transport | None = None
+        self.lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        while True:
+            reply = self.reader.gets()
+            if reply is False:
+                return
+            future = self.pending.popleft()
+            if not future.done():  # a caller that timed out is gone
+                future.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        while self.pending:
+            future = self.pending.popleft()
+            if not future.done():
+                future.set_exception(RedisConnectionError("Connection to Redis lost."))
+
+    def send(self, payload: bytes) -> asyncio.Future[Any]:
+        assert self.transport is not None
+        future = asyncio.get_running_loop().create_future()
+        self.pending.append(future)
+        self.transport.write(payload)
+        return future
+
+
+class PipelinedScripts:
+    """``EVALSHA`` over one pipelined connection, ``EVAL`` when Redis lacks the script."""
+
+    def __init__(self, params: dict[str, Any], timeout: float) -> None:
+        self.params = params
+        self.timeout = timeout
+        self._protocol: _Protocol | None = None
+        self._connecting: asyncio.Lock | None = None
+
+    async def _connection(self) -> _Protocol:
+        protocol = self._protocol
+        if protocol is not None and not protocol.lost:
+            return protocol
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:
+            protocol = self._protocol
+            if protocol is not None and not protocol.lost:
+                return protocol
+            self._protocol = await self._connect()
+            return self._protocol
+
+    async def _connect(self) -> _Protocol:
+        loop = asyncio.get_running_loop()
+        p = self.params
+        try:
+            async with asyncio.timeout(self.timeout):
+                if "path" in p:
+                    _, protocol = await loop.create_unix_connection(_Protocol, p["path"])
+                else:
+                    _, protocol = await loop.create_connection(_Protocol, p["host"], p["port"])
+                setup: list[asyncio.Future[Any]] = []
+                if p.get("password"):
+                    auth = (p["username"], p["password"]) if p.get("username") else (p["password"],)
+                    setup.append(protocol.send(_pack("AUTH", *auth)))
+                if p.get("db"):
+                    setup.append(protocol.send(_pack("SELECT", p["db"])))
+                for reply in await asyncio.gather(*setup):
+                    if isinstance(reply, hiredis.ReplyError):
+                        if protocol.transport is not None:
+                            protocol.transport.close()
+                        raise RedisConnectionError(f"Redis refused the connection: {reply}")
+        except TimeoutError:
+            raise RedisTimeoutError("Timeout connecting to Redis.") from None
+        except OSError as exc:
+            raise RedisConnectionError(f"Cannot connect to Redis: {exc}") from exc
+        return protocol
+
+    async def _call(self, payload: bytes) -> Any:
+        protocol = None
+        try:
+            async with asyncio.timeout(self.timeout):
+                protocol = await self._connection()
+                reply = await protocol.send(payload)
+        except TimeoutError:
+            # As redis-py does: a connection that did not answer in time is
+            # dropped (its other callers fail now), the next call reconnects.
+            if protocol is not None and protocol is self._protocol:
+                self.close()
+            raise RedisTimeoutError("Timeout reading from Redis.") from None
+        if isinstance(reply, hiredis.ReplyError):
+            message = str(reply)
+            if message.startswith("NOSCRIPT"):
+                raise NoScriptError(message)
+            raise ResponseError(message)
+        return reply
+
+    async def run(self, sha: str, source: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run the script ``sha`` (its text: ``source``); the reply as hiredis gives it."""
+        try:
+            return await self._call(_pack("EVALSHA", sha, len(keys), *keys, *args))
+        except NoScriptError:
+            # A restarted or flushed Redis: EVAL runs it and caches it again.
+            return await self._call(_pack("EVAL", source, len(keys), *keys, *args))
+
+    def close(self) -> None:
+        if self._protocol is not None and self._protocol.transport is not None:
+            with contextlib.suppress(Exception):
+                self._protocol.transport.close()
+        self._protocol = None
+
+
+def for_client(redis: Redis, timeout: float) -> PipelinedScripts | None:
+    """A pipelined path to the same Redis as ``redis``, or ``None`` where it cannot be."""
+    if type(redis) is not Redis:
+        return None
+    pool = redis.connection_pool
+    kwargs = pool.connection_kwargs
+    if pool.connection_class is UnixDomainSocketConnection:
+        params: dict[str, Any] = {"path": kwargs["path"]}
+    elif pool.connection_class is Connection:
+        params = {"host": kwargs.get("host", "localhost"), "port": int(kwargs.get("port", 6379))}
+    else:  # TLS and anything else: redis-py's own path
+        return None
+    params.update(
+        db=int(kwargs.get("db") or 0),
+        username=kwargs.get("username"),
+        password=kwargs.get("password"),
+    )
+    return PipelinedScripts(params, timeout)
