@@ -54,8 +54,7 @@ class _Protocol(asyncio.Protocol):
         self.lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
@@ -110,9 +109,13 @@ class PipelinedScripts:
         try:
             async with asyncio.timeout(self.timeout):
                 if "path" in p:
-                    _, protocol = await loop.create_unix_connection(_Protocol, p["path"])
+                    transport, protocol = await loop.create_unix_connection(_Protocol, p["path"])
                 else:
-                    _, protocol = await loop.create_connection(_Protocol, p["host"], p["port"])
+                    transport, protocol = await loop.create_connection(
+                        _Protocol, p["host"], p["port"]
+                    )
+                # uvloop may call connection_made only after this returns.
+                protocol.transport = transport
                 setup: list[asyncio.Future[Any]] = []
                 if p.get("password"):
                     auth = (p["username"], p["password"]) if p.get("username") else (p["password"],)

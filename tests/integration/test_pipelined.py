@@ -100,3 +100,19 @@ def test_tls_and_clusters_keep_to_redis_py():
     unix = pipelined.for_client(Redis.from_url("unix:///tmp/redis.sock?db=2"), 1.0)
     assert unix is not None and unix.params["path"] == "/tmp/redis.sock"
     assert unix.params["db"] == 2
+
+
+def test_it_works_on_uvloop_as_served(server):
+    """``serve`` runs on uvloop, which calls ``connection_made`` on its own schedule."""
+    import uvloop
+
+    async def run() -> list:
+        path = pipelined.for_client(Redis.from_url(server.url), timeout=2.0)
+        try:
+            return await asyncio.gather(*(path.run(SHA, ECHO, ["u"], [f"u{i}"]) for i in range(50)))
+        finally:
+            path.close()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        replies = runner.run(run())
+    assert [r[0] for r in replies] == [f"u{i}".encode() for i in range(50)]

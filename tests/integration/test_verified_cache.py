@@ -30,7 +30,9 @@ async def test_a_token_is_verified_once_and_its_session_checked_every_time(
     before = verifications["n"]
     await redis_client.config_resetstat()
     for _ in range(5):
-        assert (await client.get("/auth/me", headers=bearer(pair["access_token"]))).status_code == 200
+        assert (
+            await client.get("/auth/me", headers=bearer(pair["access_token"]))
+        ).status_code == 200
     assert verifications["n"] - before == 1
     stats = await redis_client.info("commandstats")
     assert stats["cmdstat_evalsha"]["calls"] == 5
