@@ -1,7 +1,7 @@
 """Clients for ``make bench``'s P5, each run as its own process, printing one JSON line.
 
 ``python -m bench.clients logins URL --concurrency 20 --duration S``: that many
-login loops (username/password of the bench user), counting successes.
+login loops, loop ``i`` as user ``<username>-<i>``, counting successes.
 
 ``python -m bench.clients probe URL --token T --duration S --rate R``: one
 ``GET /auth/me`` every 1/R seconds (one at a time), and its latency p50/p99.
@@ -25,10 +25,12 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 async def logins(url: str, username: str, password: str, concurrency: int, duration: float) -> dict:
+    """``concurrency`` loops, loop ``i`` logging in as ``<username>-<i>`` (one account each:
+    one account's checks take turns by design)."""
     done = errors = 0
     deadline = time.monotonic() + duration
     limits = httpx.Limits(max_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=30.0, limits=limits) as http:
+    async with httpx.AsyncClient(base_url=url, timeout=60.0, limits=limits) as http:
 
         async def loop() -> None:
             nonlocal done, errors
@@ -42,7 +44,7 @@ async def logins(url: str, username: str, password: str, concurrency: int, durat
                     errors += 1
 
         started = time.monotonic()
-        await asyncio.gather(*(loop() for _ in range(concurrency)))
+        await asyncio.gather(*(loop(i) for i in range(concurrency)))
         elapsed = time.monotonic() - started
     return {"logins": done, "errors": errors, "per_second": done / elapsed}
 

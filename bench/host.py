@@ -3,17 +3,22 @@
 Run with ``uvicorn bench.host:plain --factory`` or ``bench.host:gated``. Both
 have the bare routes; they return the body ``GET /auth/me`` returns, built
 the way it builds it (``/bench/jsonify``) or as a dict (``/bench/dict``).
-``gated`` is the same app with ``TokenGate(app)`` mounted, which adds
+``gated`` is the same app with ``TokenGate(app)`` mounted (with
+``BENCH_HASHING=default-executor``, hashing as it ran before: on the loop's
+default executor at full priority), which adds
 ``/auth/me`` and two bench routes:
 
 - ``GET /bench/io``: guarded, then awaits 50 ms (an upstream call);
-- ``GET /bench/lag``: the event loop's lag since the last call (a task that
-  sleeps 5 ms in a loop records how late it wakes): p50, p99, max in ms.
+- ``POST /bench/lag``: starts a task that sleeps 5 ms in a loop and records
+  how late it wakes (only while P5 runs: its wake-ups would tax the other
+  measurements); ``GET /bench/lag``: that lag since the last call, p50, p99
+  and max in ms; ``DELETE /bench/lag`` stops the task.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import time
 from typing import Any
@@ -21,6 +26,7 @@ from typing import Any
 from quart import Quart, Response, jsonify
 
 from quart_tokengate.service import TokenGate, current_identity, login_required
+from quart_tokengate.service.passwords import Passwords
 
 BODY = {"id": 1, "username": "bench-user", "session_id": "0123456789abcdefghijkl"}
 LAG_TICK = 0.005
@@ -46,7 +52,11 @@ def plain() -> Quart:
 
 def gated() -> Quart:
     app = plain()
-    TokenGate(app)
+    passwords = None
+    if os.environ.get("BENCH_HASHING") == "default-executor":
+        # How hashing ran before: the loop's default executor, full priority.
+        passwords = Passwords(threads=min(32, (os.cpu_count() or 1) + 4), nice=0)
+    TokenGate(app, passwords=passwords)
     lags: list[float] = []
 
     @app.get("/bench/io")
@@ -82,13 +92,17 @@ def gated() -> Quart:
 
     tasks: list[asyncio.Task[None]] = []
 
-    @app.before_serving
-    async def start_watch() -> None:
-        tasks.append(asyncio.get_running_loop().create_task(watch_loop()))
+    @app.post("/bench/lag")
+    async def start_watch() -> Response:
+        if not tasks:
+            tasks.append(asyncio.get_running_loop().create_task(watch_loop()))
+        lags.clear()
+        return jsonify({"watching": True})
 
-    @app.after_serving
-    async def stop_watch() -> None:
-        for task in tasks:
-            task.cancel()
+    @app.delete("/bench/lag")
+    async def stop_watch() -> Response:
+        while tasks:
+            tasks.pop().cancel()
+        return jsonify({"watching": False})
 
     return app
