@@ -56,7 +56,25 @@ def gated() -> Quart:
     if os.environ.get("BENCH_HASHING") == "default-executor":
         # How hashing ran before: the loop's default executor, full priority.
         passwords = Passwords(threads=min(32, (os.cpu_count() or 1) + 4), nice=0)
-    TokenGate(app, passwords=passwords)
+    gate = TokenGate(app, passwords=passwords)
+    ablate = os.environ.get("BENCH_WITHOUT", "")
+    if ablate:
+
+        @app.before_serving
+        async def without() -> None:
+            # Ablations for ``bench.run --ablations``: the guard as it was
+            # without one of its fast paths, to show what each one pays.
+            manager = gate.manager
+            if ablate == "pipelined-redis":
+                manager.store.pipelined = None
+            elif ablate == "claims-cache":
+                from quart_tokengate.service import tokens
+
+                def verify_every_time(token: str, now: float) -> dict[str, Any]:
+                    return manager._verify(tokens.AccessToken.kind, token, now)
+
+                manager._verify_access = verify_every_time  # type: ignore[method-assign]
+
     lags: list[float] = []
 
     @app.get("/bench/io")

@@ -101,6 +101,8 @@ def start_app(
 ) -> tuple[Process, str]:
     if name == "legacy":
         env = {**env, "BENCH_HASHING": "default-executor"}
+    if name.startswith("without-"):
+        env = {**env, "BENCH_WITHOUT": name.removeprefix("without-")}
     port = harness.free_port()
     args = [
         sys.executable, "-m", "uvicorn", factory, "--factory", "--workers", str(workers),
@@ -273,7 +275,7 @@ class Samples:
     cpu_us: list[float] = field(default_factory=list)
 
 
-def targets() -> list[Target]:
+def targets(ablations: bool = False) -> list[Target]:
     t = [
         Target("plain-dict", "host app, dict route", "plain", "/bench/dict"),
         Target("plain-jsonify", "host app, jsonify route", "plain", "/bench/jsonify"),
@@ -293,6 +295,13 @@ def targets() -> list[Target]:
                    f"gthread{workers}", "/protected", 200, "peer"),
             Target(f"peer-io{workers}", f"peer gthread(8) x{workers}, io (50 ms), 200c",
                    f"gthread{workers}", "/io", 200, "peer"),
+        ]  # fmt: skip
+    if ablations:
+        t += [
+            Target("me-redis-py", "GET /auth/me, without the pipelined Redis path",
+                   "without-pipelined-redis", "/auth/me", auth="ours"),
+            Target("me-no-cache", "GET /auth/me, without the claims cache",
+                   "without-claims-cache", "/auth/me", auth="ours"),
         ]  # fmt: skip
     return t
 
@@ -457,6 +466,12 @@ def report(bench: Bench, all_targets: list[Target], p5_result: dict, sessions: d
                      bench.per_round(f"peer-gthread{w}", "p99_ms"), strict=True)
              ])],
         ]  # fmt: skip
+    rows += [
+        ["fast path: /auth/me / same without the pipelined Redis path", "> 1",
+         ratio_summary(bench.ratios("me", "me-redis-py"))],
+        ["fast path: /auth/me / same without the claims cache", "> 1",
+         ratio_summary(bench.ratios("me", "me-no-cache"))],
+    ]  # fmt: skip
     rows = [r for r in rows if "n/a" not in r[2]]
     quiet, storm, before = p5_result["quiet"], p5_result["20 logins"], p5_result["before"]
     rows += [
@@ -488,6 +503,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--only", default="", help="comma-separated target keys (for profiling)")
     parser.add_argument("--no-p5", action="store_true", help="skip P5")
+    parser.add_argument(
+        "--ablations",
+        action="store_true",
+        help="also /auth/me without the pipelined Redis path, and without the claims cache",
+    )
     args = parser.parse_args(argv)  # fmt: skip
     if args.rounds < 1 or args.seconds <= 0 or args.sessions < 0:
         parser.error("--rounds >= 1, --seconds > 0, --sessions >= 0")
@@ -495,7 +515,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"the peer's venv is missing: run make bench (it builds {PEER_VENV})")
     started = time.monotonic()
     print(f"machine: {harness.machine()}; load average {os.getloadavg()[0]:.1f} at start")
-    all_targets = targets()
+    all_targets = targets(args.ablations)
     if args.only:
         keep = set(args.only.split(","))
         all_targets = [t for t in all_targets if t.key in keep]
@@ -520,6 +540,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ("gated1", "bench.host:gated", 1),
                 ("gated2", "bench.host:gated", 2),
                 ("legacy", "bench.host:gated", 1),
+                ("without-pipelined-redis", "bench.host:gated", 1),
+                ("without-claims-cache", "bench.host:gated", 1),
             ):
                 if server in servers:
                     process, bases[server] = start_app(tmp, env, factory, server, workers)

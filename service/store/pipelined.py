@@ -5,8 +5,8 @@ checkout and release, a retry wrapper, ``asyncio.wait_for`` around the send
 (a new task per call), a timeout context around the read, and its parser
 layers. The guard makes exactly one call per request (``EVALSHA`` of the
 check script), so that call goes over a connection of our own instead:
-commands are written as they come, replies are read in order by hiredis's C
-parser, and each caller waits for its own future under ``asyncio.timeout``.
+the commands of one turn of the event loop leave in one write, replies are
+read in order by hiredis's C parser, and each caller waits for its own future under ``asyncio.timeout``.
 
 It speaks to one Redis (``redis://`` or ``unix://``, with AUTH and SELECT);
 for anything else (TLS, a cluster) :func:`for_client` returns ``None`` and the
@@ -52,6 +52,8 @@ class _Protocol(asyncio.Protocol):
         self.pending: deque[asyncio.Future[Any]] = deque()
         self.transport: asyncio.Transport | None = None
         self.lost = False
+        # Commands sent in one turn of the loop leave in one write (one syscall).
+        self.outgoing: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -74,11 +76,18 @@ class _Protocol(asyncio.Protocol):
                 future.set_exception(RedisConnectionError("Connection to Redis lost."))
 
     def send(self, payload: bytes) -> asyncio.Future[Any]:
-        assert self.transport is not None
-        future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
         self.pending.append(future)
-        self.transport.write(payload)
+        if not self.outgoing:
+            loop.call_soon(self._flush)
+        self.outgoing.append(payload)
         return future
+
+    def _flush(self) -> None:
+        data, self.outgoing = b"".join(self.outgoing), []
+        if self.transport is not None and not self.lost:
+            self.transport.write(data)
 
 
 class PipelinedScripts:
