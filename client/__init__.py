@@ -11,6 +11,7 @@ from ._auth import TokenAuth
 from ._client import AsyncAuthClient, AuthClient
 from ._exceptions import AuthError, InvalidCredentials, LoginRequired, RateLimited
 from ._store import FileTokenStore, MemoryTokenStore
+from ._tokens import Tokens, TokenStore
 
 __all__ = [
     "AsyncAuthClient",
@@ -22,4 +23,6 @@ __all__ = [
     "MemoryTokenStore",
     "RateLimited",
     "TokenAuth",
+    "TokenStore",
+    "Tokens",
 ]

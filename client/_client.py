@@ -13,21 +13,10 @@ from typing import Any
 
 import httpx
 
-from ._auth import (
-    Call,
-    Clock,
-    Credentials,
-    ErrorHook,
-    LoginRequiredHook,
-    Renew,
-    TokenAuth,
-    TokensHook,
-    endpoint,
-    failure,
-    login_flow,
-)
+from ._auth import TokenAuth
 from ._exceptions import LoginRequired
-from ._store import Tokens, TokenStore
+from ._flow import Clock, Credentials, ErrorHook, LoginRequiredHook, TokensHook, failure
+from ._tokens import Tokens, TokenStore
 
 LOGOUT_PATH = "/auth/logout"
 LOGOUT_ALL_PATH = "/auth/logout-all"
@@ -66,11 +55,6 @@ def _require_base_url(client: httpx.Client | httpx.AsyncClient, method: str) -> 
         raise ValueError(f"base_url is required for {method}()")
 
 
-def _call_url(client: httpx.Client | httpx.AsyncClient, call: Call, origin: httpx.URL) -> Any:
-    # Relative to base_url when the client has one, like any request it sends.
-    return call.path if str(client.base_url) else endpoint(origin, call.path)
-
-
 class AsyncAuthClient(httpx.AsyncClient):
     """An ``httpx.AsyncClient`` that logs in, attaches, refreshes and retries tokens.
 
@@ -100,16 +84,8 @@ class AsyncAuthClient(httpx.AsyncClient):
             on_refreshed, on_refresh_failed, on_login_required, clock, kwargs,
         )  # fmt: skip
         super().__init__(auth=token_auth, **kwargs)
-        token_auth._async_call = self._auth_call
-        token_auth._client_base_url = lambda: self.base_url
+        token_auth.bind(self)
         self._token_auth = token_auth
-
-    async def _auth_call(self, call: Call, origin: httpx.URL) -> httpx.Response:
-        request = self.build_request(call.method, _call_url(self, call, origin), json=call.body)
-        try:
-            return await self.send(request, auth=None)
-        except httpx.HTTPStatusError as exc:  # an event hook called raise_for_status()
-            return exc.response
 
     @property
     def tokens(self) -> Tokens | None:
@@ -119,16 +95,12 @@ class AsyncAuthClient(httpx.AsyncClient):
     async def login(self, username: str, password: str, device: str | None = None) -> Tokens:
         """Log in and store the new tokens; raise ``InvalidCredentials``, ``RateLimited``..."""
         _require_base_url(self, "login")
-        flow = login_flow(username, password, device, clock=self._token_auth.clock)
-        tokens = await self._token_auth._run_async(flow, self.base_url)
-        self._token_auth.token_store.save(tokens)
-        return tokens
+        return await self._token_auth.async_login(username, password, device)
 
     async def refresh(self) -> Tokens:
         """Refresh now (shared with any refresh already under way); return the new tokens."""
         _require_base_url(self, "refresh")
-        renew = Renew(self.tokens, self.base_url)
-        return await self._token_auth._run_async(self._token_auth._renewal(renew), self.base_url)
+        return await self._token_auth.async_refresh()
 
     async def _end(self, path: str, doing: str) -> None:
         if self.tokens is None:
@@ -186,16 +158,8 @@ class AuthClient(httpx.Client):
             on_refreshed, on_refresh_failed, on_login_required, clock, kwargs,
         )  # fmt: skip
         super().__init__(auth=token_auth, **kwargs)
-        token_auth._sync_call = self._auth_call
-        token_auth._client_base_url = lambda: self.base_url
+        token_auth.bind(self)
         self._token_auth = token_auth
-
-    def _auth_call(self, call: Call, origin: httpx.URL) -> httpx.Response:
-        request = self.build_request(call.method, _call_url(self, call, origin), json=call.body)
-        try:
-            return self.send(request, auth=None)
-        except httpx.HTTPStatusError as exc:  # an event hook called raise_for_status()
-            return exc.response
 
     @property
     def tokens(self) -> Tokens | None:
@@ -205,16 +169,12 @@ class AuthClient(httpx.Client):
     def login(self, username: str, password: str, device: str | None = None) -> Tokens:
         """Log in and store the new tokens; raise ``InvalidCredentials``, ``RateLimited``..."""
         _require_base_url(self, "login")
-        flow = login_flow(username, password, device, clock=self._token_auth.clock)
-        tokens = self._token_auth._run_sync(flow, self.base_url)
-        self._token_auth.token_store.save(tokens)
-        return tokens
+        return self._token_auth.sync_login(username, password, device)
 
     def refresh(self) -> Tokens:
         """Refresh now (shared with any refresh already under way); return the new tokens."""
         _require_base_url(self, "refresh")
-        renew = Renew(self.tokens, self.base_url)
-        return self._token_auth._run_sync(self._token_auth._renewal(renew), self.base_url)
+        return self._token_auth.sync_refresh()
 
     def _end(self, path: str, doing: str) -> None:
         if self.tokens is None:

@@ -10,10 +10,7 @@ the file freely meanwhile.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
-import enum
 import json
 import logging
 import os
@@ -23,196 +20,19 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import filelock
 
 from ._exceptions import AuthError
+from ._tokens import KEEP, Change, Lease, Tokens, TokenStore, as_number, same_refresh_token
 
 log = logging.getLogger("tokengate.client")
 
 FILE_VERSION = 1
 # How often a process waiting on another process's refresh looks at the file again.
 LEASE_POLL_INTERVAL = 0.05
-
-
-# ``iat`` is whole seconds: a token may have been issued up to this much after it.
-IAT_ROUNDING = 1.0
-
-
-def unverified_claims(token: str) -> dict[str, Any]:
-    """The JWT payload, *not verified*: only ever used to read ``exp`` and ``iat``.
-
-    The client cannot verify the signature (it does not hold the key) and does
-    not need to: the service checks every token; the client only wants to know
-    when to refresh.
-    """
-    parts = token.split(".")
-    if len(parts) != 3:
-        return {}
-    payload = parts[1] + "=" * (-len(parts[1]) % 4)
-    try:
-        claims = json.loads(base64.urlsafe_b64decode(payload))
-    except (ValueError, binascii.Error):
-        return {}
-    return claims if isinstance(claims, dict) else {}
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    return None
-
-
-@dataclass(frozen=True, slots=True)
-class Tokens:
-    """An access and refresh token pair; the repr never shows either token."""
-
-    access_token: str
-    refresh_token: str
-    session_id: str | None = None
-    token_type: str = "Bearer"  # noqa: S105 - the scheme name, not a secret
-    # When the access token arrived, by the local clock (None: not known).
-    received_at: float | None = field(default=None, compare=False)
-    # Read from the access token's own claims, so a pair loaded from a file or
-    # pushed by the service (X-Access-Token) knows its expiry as well.
-    expires_at: float | None = field(init=False, compare=False)
-    issued_at: float | None = field(init=False, compare=False)
-
-    def __post_init__(self) -> None:
-        claims = unverified_claims(self.access_token)
-        object.__setattr__(self, "expires_at", _number(claims.get("exp")))
-        object.__setattr__(self, "issued_at", _number(claims.get("iat")))
-
-    def __repr__(self) -> str:
-        return f"Tokens(session_id={self.session_id!r}, expires_at={self.expires_at!r})"
-
-    @property
-    def local_expiry(self) -> float | None:
-        """When the access token expires by the local clock.
-
-        ``exp`` is the service's clock; the local one may run ahead or behind.
-        Once the pair's arrival is known, the expiry is that arrival plus the
-        token's lifetime (``exp - iat``), whatever the skew, less the second
-        ``iat`` may have been rounded down by; before, ``exp``.
-        """
-        exp, iat = self.expires_at, self.issued_at
-        if self.received_at is None or exp is None or iat is None:
-            return exp
-        return self.received_at + (exp - iat) - IAT_ROUNDING
-
-    def received(self, at: float) -> Tokens:
-        """The same pair, noted as arrived at ``at`` (local clock)."""
-        return Tokens(self.access_token, self.refresh_token, self.session_id, self.token_type, at)
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Tokens:
-        """Build from a token pair response (or a stored copy); ``ValueError`` if malformed."""
-        access, refresh = data.get("access_token"), data.get("refresh_token")
-        if not isinstance(access, str) or not access or not isinstance(refresh, str) or not refresh:
-            raise ValueError("a token pair needs a non-empty access_token and refresh_token")
-        session_id = data.get("session_id")
-        token_type = data.get("token_type") or "Bearer"
-        return cls(
-            access_token=access,
-            refresh_token=refresh,
-            session_id=session_id if isinstance(session_id, str) else None,
-            token_type=token_type if isinstance(token_type, str) else "Bearer",
-            received_at=_number(data.get("received_at")),
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        """The pair as JSON-ready data (contains the tokens: keep it private)."""
-        data: dict[str, Any] = {
-            "access_token": self.access_token,
-            "refresh_token": self.refresh_token,
-            "token_type": self.token_type,
-            "session_id": self.session_id,
-        }
-        if self.received_at is not None:
-            data["received_at"] = self.received_at
-        return data
-
-    def with_access_token(self, access_token: str, received_at: float | None = None) -> Tokens:
-        """The same pair with a new access token (one the service pushed at ``received_at``)."""
-        return Tokens(
-            access_token, self.refresh_token, self.session_id, self.token_type, received_at
-        )
-
-
-def same_refresh_token(a: Tokens | None, b: Tokens | None) -> bool:
-    """Do ``a`` and ``b`` hold the same refresh token (or are both empty)?
-
-    A refresh's result replaces the pair it was begun for: that pair's access
-    token may have been replaced meanwhile (``X-Access-Token``), its refresh
-    token only by a refresh or a login.
-    """
-    if a is None or b is None:
-        return a is b
-    return a.refresh_token == b.refresh_token
-
-
-class Keep(enum.Enum):
-    """``end_refresh`` argument: leave the stored tokens as they are."""
-
-    KEEP = "keep"
-
-
-KEEP = Keep.KEEP
-Change = Tokens | None | Literal[Keep.KEEP]
-
-
-@dataclass(frozen=True, slots=True)
-class Lease:
-    """The right to refresh, handed to one refresher; ``tokens`` are the ones to refresh."""
-
-    id: str
-    tokens: Tokens | None = field(repr=False)
-
-
-class TokenStore:
-    """Base class of token stores; subclass it to keep tokens somewhere else.
-
-    A subclass implements ``load`` and ``update``; the refresh protocol below
-    then works within one process. ``FileTokenStore`` overrides it to work
-    across processes too.
-    """
-
-    def load(self) -> Tokens | None:
-        """The stored tokens, or ``None``. Called for every request: keep it cheap."""
-        raise NotImplementedError
-
-    def update(self, change: Callable[[Tokens | None], Tokens | None]) -> Tokens | None:
-        """Atomically replace the tokens with ``change(current)``; return the result."""
-        raise NotImplementedError
-
-    def save(self, tokens: Tokens | None) -> None:
-        """Store ``tokens`` (``None`` clears the store)."""
-        self.update(lambda _: tokens)
-
-    def begin_refresh(
-        self, stale: Tokens | None, usable: Callable[[Tokens], bool]
-    ) -> Tokens | Lease | float:
-        """Ask to refresh ``stale``.
-
-        Returns tokens that are already newer than ``stale`` and ``usable``
-        (use them: someone else refreshed), a ``Lease`` (refresh its tokens,
-        then call ``end_refresh``), or a number of seconds to wait before
-        asking again (someone else is refreshing right now).
-        """
-        current = self.load()
-        if current is not None and current != stale and usable(current):
-            return current
-        return Lease(secrets.token_hex(8), current)
-
-    def end_refresh(self, lease: Lease, change: Change) -> None:
-        """Store the refresh's result, unless a refresh or login replaced the tokens meanwhile."""
-        if change is not KEEP:
-            self.update(
-                lambda current: change if same_refresh_token(current, lease.tokens) else current
-            )
 
 
 class MemoryTokenStore(TokenStore):
@@ -387,7 +207,7 @@ class FileTokenStore(TokenStore):
     def _lease_live(self, lease: Any) -> bool:
         if not isinstance(lease, dict):
             return False
-        until = _number(lease.get("until"))
+        until = as_number(lease.get("until"))
         if until is None or until <= time.time():
             return False
         pid = lease.get("pid")

@@ -1,8 +1,16 @@
 """tokengate: token authentication for Quart."""
 
 from .app import TokenGate, create_app
-from .guard import current_identity, login_required
+from .guard import current_identity, get_gate, login_required
 from .sessions import Identity
 from .settings import Settings
 
-__all__ = ["Identity", "Settings", "TokenGate", "create_app", "current_identity", "login_required"]
+__all__ = [
+    "Identity",
+    "Settings",
+    "TokenGate",
+    "create_app",
+    "current_identity",
+    "get_gate",
+    "login_required",
+]

@@ -101,7 +101,7 @@ def cmd_users_create(args: argparse.Namespace) -> int:
             gate = get_gate()
             await gate.startup()
             try:
-                user = await gate.manager.register(args.username, password)
+                user = await gate.accounts.register(args.username, password)
             except ApiError as exc:
                 print(f"tokengate: {exc.description}", file=sys.stderr)
                 return 1

@@ -19,17 +19,20 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from . import tokens
+from .accounts import Accounts
 from .db.engine import build_engine, build_sessionmaker
 from .errors import api_error_codes, handle_api_error, handle_exception
 from .guard import ACCESS_COOKIE, CSRF_COOKIE, REFRESH_COOKIE, finish_response, guard
 from .openapi import docs_bp
 from .outbox import FileOutbox, Sender
 from .passwords import Passwords
-from .sessions import SessionManager, TokenPair
+from .purpose import PurposeTokens
+from .sessions import SessionManager
 from .settings import Settings
 from .store import pipelined
 from .store.embedded import EmbeddedRedis
 from .store.redis_store import RedisSessionStore
+from .tokens import TokenPair
 
 log = logging.getLogger("tokengate")
 
@@ -86,6 +89,8 @@ class TokenGate:
         self.clock = clock
         self.url_prefix = url_prefix
         self._manager: SessionManager | None = None
+        self._accounts: Accounts | None = None
+        self._purpose_tokens: PurposeTokens | None = None
         self._redis: Redis | None = None
         self._engine: AsyncEngine | None = None
         self._embedded: EmbeddedRedis | None = None
@@ -132,6 +137,18 @@ class TokenGate:
         return self._manager
 
     @property
+    def accounts(self) -> Accounts:
+        if self._accounts is None:
+            raise RuntimeError("tokengate is not started: run the app (before_serving)")
+        return self._accounts
+
+    @property
+    def purpose_tokens(self) -> PurposeTokens:
+        if self._purpose_tokens is None:
+            raise RuntimeError("tokengate is not started: run the app (before_serving)")
+        return self._purpose_tokens
+
+    @property
     def redis(self) -> Redis:
         if self._redis is None:
             raise RuntimeError("tokengate is not started")
@@ -163,12 +180,17 @@ class TokenGate:
         signing = tokens.SigningConfig(
             key=key, issuer=settings.issuer, audience=settings.audience, leeway=settings.leeway
         )
-        self._manager = SessionManager(
+        store = RedisSessionStore(self._redis, self._pipelined)
+        db = build_sessionmaker(self._engine)
+        self._manager = SessionManager(settings, signing, store, db, clock=self.clock)
+        self._purpose_tokens = PurposeTokens(signing, db, clock=self.clock)
+        self._accounts = Accounts(
             settings,
-            signing,
-            RedisSessionStore(self._redis, self._pipelined),
-            build_sessionmaker(self._engine),
+            store,
+            db,
             self._passwords if self._passwords else await asyncio.to_thread(Passwords),
+            self._manager,
+            self._purpose_tokens,
             clock=self.clock,
         )
         if self._sender is None:
@@ -177,7 +199,7 @@ class TokenGate:
     async def shutdown(self) -> None:
         if self._manager is not None:
             await self._manager.drain()
-            self._manager = None
+            self._manager = self._accounts = self._purpose_tokens = None
         if self._pipelined is not None:
             self._pipelined.close()
             self._pipelined = None

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from functools import wraps
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
-from quart import Response, current_app, g, request
+from quart import Quart, Response, current_app, g, request
 
 from .errors import (
     AuthUnavailable,
@@ -62,9 +62,13 @@ def current_identity() -> Identity:
     return identity
 
 
-def get_gate() -> TokenGate:
-    """The ``TokenGate`` extension of the current app."""
-    gate: TokenGate = current_app.extensions["tokengate"]
+def get_gate(app: Quart | None = None) -> TokenGate:
+    """The ``TokenGate`` extension of ``app`` (default: the current app).
+
+    The one way to reach the extension, its settings and its parts
+    (``manager``, ``accounts``, ``purpose_tokens``) from application code.
+    """
+    gate: TokenGate = (app or current_app).extensions["tokengate"]
     return gate
 
 

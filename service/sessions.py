@@ -1,4 +1,4 @@
-"""Session lifecycle: login, the guard's check, refresh rotation, logout, limits.
+"""Session lifecycle: opening a session, the guard's check, refresh rotation, ending, limits.
 
 SQL holds the durable truth about every session; Redis holds its hot state
 and makes every decision atomically (``store/redis_store.py``). Writes that
@@ -9,84 +9,45 @@ data can always be rebuilt from SQL without reviving anything.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
-import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from . import tokens
 from .db import repository as repo
-from .db.models import AuthSession, PurposeTokenRecord, User
+from .db.models import AuthSession, User
+from .db.repository import utc
 from .errors import (
     END_REASON_ERRORS,
-    Conflict,
     InvalidCredentials,
-    InvalidRequest,
-    InvalidToken,
     NotFound,
     RefreshReused,
     TokenExpired,
     TokenRevoked,
-    TooManyAttempts,
     Unauthorized,
 )
-from .outbox import Message, Sender
-from .passwords import Passwords
 from .settings import Settings
 from .store.redis_store import EXPIRY_SLACK, Outcome, RedisSessionStore
+from .tokens import Grant, TokenPair
 
 log = logging.getLogger("tokengate")
 
-_SID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
-_UID = re.compile(r"^[1-9][0-9]{0,18}$")
 # Last-seen is written back to SQL at most this often per session, off the
 # request path; it bounds how stale a session rebuilt from SQL can be.
 MAX_SYNC_INTERVAL = 60
-UNUSABLE = "The token is invalid, expired or already used."
 # Access tokens whose signature and claims were verified, by their exact text:
 # the same token checked again costs a dict lookup plus the time checks.
 VERIFIED_CACHE_SIZE = 10_000
 # How long shutdown waits for background write-backs and retries.
 DRAIN_SECONDS = 5.0
-# How long a password check waits for its turn, attempt by attempt (~10 s in all).
-_ATTEMPT_WAITS = (0.01, 0.02, 0.05, *([0.1] * 99))
-
-
-def utc(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, UTC)
-
-
-@dataclass(frozen=True, slots=True)
-class TokenPair:
-    access_token: str
-    refresh_token: str
-    expires_in: int
-    refresh_expires_in: int
-    session_id: str
-    csrf_token: str = field(default="", repr=False)
-
-    def __repr__(self) -> str:  # tokens never appear in reprs or logs
-        return f"TokenPair(session_id={self.session_id!r}, expires_in={self.expires_in})"
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "access_token": self.access_token,
-            "refresh_token": self.refresh_token,
-            "token_type": "Bearer",
-            "expires_in": self.expires_in,
-            "refresh_expires_in": self.refresh_expires_in,
-            "session_id": self.session_id,
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,14 +101,12 @@ class SessionManager:
         signing: tokens.SigningConfig,
         store: RedisSessionStore,
         db: async_sessionmaker[AsyncSession],
-        passwords: Passwords,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.signing = signing
         self.store = store
         self.db = db
-        self.passwords = passwords
         self.clock = clock
         idle = settings.idle_timeout
         self.sync_interval = max(
@@ -157,136 +116,19 @@ class SessionManager:
         self._verified: dict[str, dict[str, Any]] = {}
 
     # -- tokens -----------------------------------------------------------
-    def mint_pair(self, user_id: str, name: str, sid: str, aj: str, rj: str, ia: int) -> TokenPair:
-        """Mint the pair identified by these ids; the same ids give the same tokens."""
+    def _pair(self, grant: Grant, now: float) -> TokenPair:
         s = self.settings
-        access = tokens.mint(
-            self.signing, tokens.AccessToken.kind, sub=user_id, jti=aj, iat=ia,
-            ttl=s.access_ttl, extra={"sid": sid, "name": name},
-        )  # fmt: skip
-        refresh = tokens.mint(
-            self.signing, tokens.RefreshToken.kind, sub=user_id, jti=rj, iat=ia,
-            ttl=s.refresh_ttl, extra={"sid": sid},
-        )  # fmt: skip
-        now = int(self.clock())
-        return TokenPair(
-            access_token=access,
-            refresh_token=refresh,
-            expires_in=max(0, ia + s.access_ttl - now),
-            refresh_expires_in=max(0, ia + s.refresh_ttl - now),
-            session_id=sid,
+        return tokens.mint_pair(
+            self.signing, grant, access_ttl=s.access_ttl, refresh_ttl=s.refresh_ttl, now=now
         )
 
-    def mint_access(self, user_id: str, name: str, sid: str, aj: str, ia: int) -> str:
-        return tokens.mint(
-            self.signing, tokens.AccessToken.kind, sub=user_id, jti=aj, iat=ia,
-            ttl=self.settings.access_ttl, extra={"sid": sid, "name": name},
+    def _access(self, user_id: str, username: str, sid: str, jti: str, iat: int) -> str:
+        return tokens.mint_access(
+            self.signing, user_id=user_id, username=username, session_id=sid, jti=jti, iat=iat,
+            ttl=self.settings.access_ttl,
         )  # fmt: skip
 
-    def _verify_access(self, token: str, now: float) -> dict[str, Any]:
-        """The claims of an access token, verified once per token text.
-
-        A token is cached only once it passed every check; a failure is never
-        cached. ``exp`` and ``nbf`` are checked against ``now`` on every call.
-        """
-        claims = self._verified.get(token)
-        if claims is None:
-            claims = self._verify(tokens.AccessToken.kind, token, now)
-            if len(self._verified) >= VERIFIED_CACHE_SIZE:
-                del self._verified[next(iter(self._verified))]  # the oldest
-            self._verified[token] = claims
-        else:
-            tokens.check_times(self.signing, claims, now=now)
-        return claims
-
-    def _verify(self, kind: tokens.TokenKind, token: str, now: float) -> dict[str, Any]:
-        claims = tokens.verify(self.signing, kind, token, now=now)
-        if not _UID.match(claims["sub"]) or not _SID.match(claims.get("sid", "")):
-            raise InvalidToken("The token has a malformed claim.")
-        return claims
-
-    # -- users ------------------------------------------------------------
-    async def register(self, username: str, password: str) -> User:
-        self._check_password(password)
-        password_hash = await self.passwords.hash(password)
-        now = utc(self.clock())
-        async with self.db() as db:
-            if await repo.get_user_by_username(db, username) is not None:
-                raise Conflict()
-            user = User(
-                username=username,
-                password_hash=password_hash,
-                created_at=now,
-                password_changed_at=now,
-            )
-            db.add(user)
-            try:
-                await db.commit()
-            except IntegrityError:
-                raise Conflict() from None
-        return user
-
-    def _check_password(self, password: str) -> None:
-        if len(password) < self.settings.password_min_length:
-            raise InvalidRequest(
-                f"The password must be at least {self.settings.password_min_length} characters."
-            )
-
-    @contextlib.asynccontextmanager
-    async def _password_attempt(self, username: str) -> AsyncIterator[list[bool]]:
-        """Run one throttled password check for ``username``.
-
-        The check starts only while the failures so far plus the checks still
-        running stay under ``TOKENGATE_LOGIN_MAX_FAILURES``; otherwise it waits
-        its turn (a burst of guesses cannot outrun the count, and correct
-        passwords sent at once take turns), or answers 429 once the failures
-        reach the limit. The body sets ``outcome[0] = True`` on success; a
-        success clears the count, anything else counts as a failure.
-        """
-        s = self.settings
-        attempt = secrets.token_hex(8)
-        for delay in _ATTEMPT_WAITS:
-            verdict = await self.store.begin_attempt(
-                username, attempt, now=self.clock(), limit=s.login_max_failures
-            )
-            if verdict < 0:
-                raise TooManyAttempts(-verdict)
-            if verdict == 1:
-                break
-            await asyncio.sleep(delay)
-        else:
-            raise TooManyAttempts(1, "Too many password checks at once for this account.")
-        outcome = [False]
-        try:
-            yield outcome
-        finally:
-            await self.store.end_attempt(
-                username, attempt, failed=not outcome[0], window=s.login_window
-            )
-
-    async def check_credentials(self, username: str, password: str) -> User:
-        """Verify a username and password, with per-account throttling."""
-        async with self._password_attempt(username) as outcome:
-            async with self.db() as db:
-                user = await repo.get_user_by_username(db, username)
-            verdict = await self.passwords.verify(user.password_hash if user else None, password)
-            if user is None or not verdict.ok:
-                raise InvalidCredentials()
-            outcome[0] = True
-        if verdict.rehash is not None:
-            async with self.db() as db:
-                stored = await repo.get_user(db, user.id)
-                if stored is not None and stored.password_hash == user.password_hash:
-                    stored.password_hash = verdict.rehash
-                    await db.commit()
-                    user.password_hash = verdict.rehash
-        return user
-
     # -- login ------------------------------------------------------------
-    async def login(self, username: str, password: str, client: ClientInfo) -> TokenPair:
-        user = await self.check_credentials(username, password)
-        return await self.start_session(user, client)
-
     async def start_session(self, user: User, client: ClientInfo) -> TokenPair:
         """Open a new session for ``user`` and return its first token pair."""
         s = self.settings
@@ -340,7 +182,7 @@ class SessionManager:
             # change may have ended the user's sessions before this one existed.
             await self._end([sid], user.id, "revoked", now)
             raise InvalidCredentials()
-        return self.mint_pair(uid, user.username, sid, aj, rj, ia)
+        return self._pair(Grant(uid, user.username, sid, aj, rj, ia), now)
 
     async def _load_index(self, user_id: int, now: float) -> None:
         async with self.db() as db:
@@ -391,6 +233,22 @@ class SessionManager:
         return END_REASON_ERRORS.get(why, TokenRevoked)()
 
     # -- the guard --------------------------------------------------------
+    def _verify_access(self, token: str, now: float) -> dict[str, Any]:
+        """The claims of an access token, verified once per token text.
+
+        A token is cached only once it passed every check; a failure is never
+        cached. ``exp`` and ``nbf`` are checked against ``now`` on every call.
+        """
+        claims = self._verified.get(token)
+        if claims is None:
+            claims = tokens.verify(self.signing, tokens.AccessToken.kind, token, now=now)
+            if len(self._verified) >= VERIFIED_CACHE_SIZE:
+                del self._verified[next(iter(self._verified))]  # the oldest
+            self._verified[token] = claims
+        else:
+            tokens.check_times(self.signing, claims, now=now)
+        return claims
+
     async def authenticate(self, access_token: str) -> Identity:
         """Check an access token and its session: one JWT check, one round trip."""
         s = self.settings
@@ -434,8 +292,6 @@ class SessionManager:
     async def _implicit_refresh(self, expired: TokenExpired, now: float) -> Identity:
         s = self.settings
         claims = expired.claims
-        if not _UID.match(claims["sub"]) or not _SID.match(claims.get("sid", "")):
-            raise InvalidToken("The token has a malformed claim.")
         uid, sid = claims["sub"], claims["sid"]
         args: dict[str, Any] = {
             "now": now, "idle": s.idle_timeout, "max_age": s.session_max_age,
@@ -445,11 +301,11 @@ class SessionManager:
         outcome = await self._decide(uid, sid, now, implicit)
         await self._settle(outcome, sid, now)
         aj, ia, name = outcome.values[0], int(outcome.values[1]), outcome.values[2]
-        token = self.mint_access(uid, name, sid, aj, ia)
+        token = self._access(uid, name, sid, aj, ia)
         fresh = dict(claims, jti=aj, iat=ia, nbf=ia, exp=ia + s.access_ttl)
         return Identity(
-            int(uid), name, sid, fresh,
-            new_access_token=token, new_access_expires_in=max(0, ia + s.access_ttl - int(now)),
+            int(uid), name, sid, fresh, new_access_token=token,
+            new_access_expires_in=tokens.seconds_left(ia, s.access_ttl, now),
         )  # fmt: skip
 
     async def reissue_if_near_expiry(self, identity: Identity) -> tuple[str, int] | None:
@@ -469,8 +325,8 @@ class SessionManager:
         if outcome.status != "ok":
             return None
         aj, ia, name = outcome.values[0], int(outcome.values[1]), outcome.values[2]
-        token = self.mint_access(str(identity.user_id), name, identity.session_id, aj, ia)
-        return token, max(0, ia + s.access_ttl - int(now))
+        token = self._access(str(identity.user_id), name, identity.session_id, aj, ia)
+        return token, tokens.seconds_left(ia, s.access_ttl, now)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -500,7 +356,7 @@ class SessionManager:
         """Trade a refresh token for a new pair; reuse past the grace window ends the session."""
         s = self.settings
         now = self.clock()
-        claims = self._verify(tokens.RefreshToken.kind, refresh_token, now)
+        claims = tokens.verify(self.signing, tokens.RefreshToken.kind, refresh_token, now=now)
         uid, sid = claims["sub"], claims["sid"]
         args: dict[str, Any] = {
             "now": now, "idle": s.idle_timeout, "max_age": s.session_max_age,
@@ -526,7 +382,7 @@ class SessionManager:
                 issued_at=int(ia), at=utc(now),
             )  # fmt: skip
             await db.commit()
-        return self.mint_pair(uid, name, sid, aj, rj, int(ia))
+        return self._pair(Grant(uid, name, sid, aj, rj, int(ia)), now)
 
     # -- ending sessions --------------------------------------------------
     def _end_expiry(self, now: float) -> int:
@@ -551,7 +407,7 @@ class SessionManager:
             str(user_id), sids, why=why, expire_at=self._end_expiry(now), keep=keep
         )
 
-    async def _end_all_again(self, user_id: int, keep: str = "") -> None:
+    async def end_all_again(self, user_id: int, keep: str = "") -> None:
         """A second sweep after a password change, for logins that raced it.
 
         The first sweep ran before the new password was stored, so a failure
@@ -578,7 +434,7 @@ class SessionManager:
     async def end_session(self, identity: Identity, sid: str) -> None:
         """End one of the caller's own sessions; another user's is ``not_found``."""
         async with self.db() as db:
-            row = await repo.get_session(db, sid) if _SID.match(sid) else None
+            row = await repo.get_session(db, sid) if tokens.SESSION_ID.match(sid) else None
         if row is None or row.user_id != identity.user_id:
             raise NotFound("No such session.")
         await self._end([sid], identity.user_id, "revoked", self.clock())
@@ -615,137 +471,3 @@ class SessionManager:
                 )
             )
         return out
-
-    async def change_password(self, identity: Identity, current: str, new: str) -> None:
-        """Set a new password after checking the current one; end every other session.
-
-        The current password is throttled like a login. Other sessions end
-        before the new password is stored, so a failure part-way leaves the old
-        password in place and the request can simply be retried.
-        """
-        self._check_password(new)
-        async with self._password_attempt(identity.username) as outcome:
-            async with self.db() as db:
-                user = await repo.get_user(db, identity.user_id)
-            if user is None:
-                raise TokenRevoked()
-            verdict = await self.passwords.verify(user.password_hash, current)
-            if not verdict.ok:
-                raise InvalidCredentials("The current password is wrong.")
-            outcome[0] = True
-        await self.end_all(identity.user_id, keep=identity.session_id)
-        await self._set_password(identity.user_id, new)
-        await self._end_all_again(identity.user_id, keep=identity.session_id)
-
-    async def _set_password(self, user_id: int, password: str) -> None:
-        password_hash = await self.passwords.hash(password)
-        async with self.db() as db:
-            user = await repo.get_user(db, user_id)
-            if user is None:
-                raise InvalidToken()
-            user.password_hash = password_hash
-            user.password_changed_at = utc(self.clock())
-            await db.commit()
-
-    # -- purpose tokens ---------------------------------------------------
-    async def issue_purpose_token(
-        self, user_id: int, purpose: str, ttl: int, data: dict[str, Any] | None = None
-    ) -> str:
-        """Mint a single-use token bound to ``user_id`` and ``purpose``, living ``ttl`` seconds."""
-        now = int(self.clock())
-        jti = tokens.new_jti()
-        async with self.db() as db:
-            # Keep the table small: a token past its lifetime can never be used.
-            await repo.prune_purpose_tokens(db, utc(now))
-            db.add(
-                PurposeTokenRecord(
-                    jti=jti,
-                    user_id=user_id,
-                    purpose=purpose,
-                    created_at=utc(now),
-                    expires_at=utc(now + ttl),
-                )
-            )
-            await db.commit()
-        extra: dict[str, Any] = {"purpose": purpose}
-        if data:
-            extra["data"] = data
-        return tokens.mint(
-            self.signing, tokens.PurposeToken.kind, sub=str(user_id), jti=jti, iat=now,
-            ttl=ttl, extra=extra,
-        )  # fmt: skip
-
-    def _purpose_claims(self, token: str, purpose: str) -> dict[str, Any]:
-        try:
-            claims = tokens.verify(self.signing, tokens.PurposeToken.kind, token, now=self.clock())
-        except Unauthorized:
-            raise InvalidToken(UNUSABLE) from None
-        if claims.get("purpose") != purpose or not _UID.match(claims["sub"]):
-            raise InvalidToken(UNUSABLE)
-        return claims
-
-    async def consume_purpose_token(self, token: str, purpose: str) -> tuple[int, dict[str, Any]]:
-        """Use a purpose token once: return ``(user_id, data)`` or raise ``InvalidToken``.
-
-        A second use, another purpose, an expired or forged token are all
-        ``invalid_token``: the caller learns nothing about which.
-        """
-        claims = self._purpose_claims(token, purpose)
-        async with self.db() as db:
-            user_id = await repo.consume_purpose_token(
-                db, claims["jti"], purpose, utc(self.clock())
-            )
-            await db.commit()
-        if user_id is None or str(user_id) != claims["sub"]:
-            raise InvalidToken(UNUSABLE)
-        data = claims.get("data")
-        return user_id, data if isinstance(data, dict) else {}
-
-    async def request_password_reset(self, username: str, sender: Sender) -> None:
-        """Send ``username`` a reset token if the user exists; silent either way."""
-        s = self.settings
-        count, ttl = await self.store.record_failure(username, s.login_window, kind="reset")
-        if count > s.login_max_failures:
-            raise TooManyAttempts(ttl if ttl > 0 else s.login_window)
-        async with self.db() as db:
-            user = await repo.get_user_by_username(db, username)
-        if user is None:
-            return
-        token = await self.issue_purpose_token(user.id, "password_reset", s.reset_ttl)
-        message = Message(
-            to=user.username, purpose="password_reset", token=token, created_at=utc(self.clock())
-        )
-        try:
-            await sender.send(message)
-        except Exception as exc:  # the caller must not learn whether the user exists
-            log.error("could not send the password_reset message: %s", type(exc).__name__)
-
-    async def reset_password(self, token: str, new_password: str) -> None:
-        """Set a new password with a reset token and end every session of the user.
-
-        The sessions end first and the token is used up only with the new
-        password, in one transaction: a failure part-way leaves the token
-        usable for a retry.
-        """
-        self._check_password(new_password)
-        claims = self._purpose_claims(token, "password_reset")
-        async with self.db() as db:
-            usable = await repo.purpose_token_usable(
-                db, claims["jti"], "password_reset", utc(self.clock())
-            )
-        if usable is None or str(usable) != claims["sub"]:
-            raise InvalidToken(UNUSABLE)
-        user_id = int(claims["sub"])
-        await self.end_all(user_id)
-        password_hash = await self.passwords.hash(new_password)
-        now = utc(self.clock())
-        async with self.db() as db:
-            if await repo.consume_purpose_token(db, claims["jti"], "password_reset", now) is None:
-                raise InvalidToken(UNUSABLE)
-            user = await repo.get_user(db, user_id)
-            if user is None:
-                raise InvalidToken(UNUSABLE)
-            user.password_hash = password_hash
-            user.password_changed_at = now
-            await db.commit()
-        await self._end_all_again(user_id)

@@ -9,6 +9,7 @@ implicit refresh) from a few stored ids instead of storing tokens.
 
 from __future__ import annotations
 
+import re
 import secrets
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -22,6 +23,9 @@ ALGORITHM = "HS256"
 # A real token is a few hundred bytes; refuse anything absurd before parsing it.
 MAX_TOKEN_LENGTH = 8192
 REQUIRED_CLAIMS = ("iss", "aud", "sub", "jti", "iat", "nbf", "exp")
+# The shape of the ids tokengate puts in its tokens: ``sub`` a user id, ``sid`` a session id.
+USER_ID = re.compile(r"^[1-9][0-9]{0,18}$")
+SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +191,7 @@ def verify(cfg: SigningConfig, kind: TokenKind, token: str, *, now: float) -> di
     for name in ("sub", "sid", "jti", "name", "purpose"):
         if name in claims and (not isinstance(claims[name], str) or not claims[name]):
             raise InvalidToken("The token has a malformed claim.")
+    check_ids(claims)
     check_times(cfg, claims, now=now)
     return claims
 
@@ -197,3 +202,90 @@ def check_times(cfg: SigningConfig, claims: dict[str, Any], *, now: float) -> No
         raise InvalidToken("The token is not valid yet.")
     if claims["exp"] <= now - cfg.leeway:
         raise TokenExpired(claims=claims)
+
+
+def check_ids(claims: dict[str, Any]) -> None:
+    """The one check of the id claims' shape: ``sub`` a user id, ``sid`` a session id.
+
+    Our own tokens always pass; a token that fails was not minted here, and its
+    ids must never reach a Redis key or a query.
+    """
+    if not USER_ID.match(claims["sub"]) or (
+        "sid" in claims and not SESSION_ID.match(claims["sid"])
+    ):
+        raise InvalidToken("The token has a malformed claim.")
+
+
+def seconds_left(iat: int, ttl: int, now: float) -> int:
+    """Whole seconds until a token issued at ``iat`` living ``ttl`` seconds expires."""
+    return max(0, iat + ttl - int(now))
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """The ids and issue time of one token pair: the same grant mints the same tokens.
+
+    This is what the session store keeps instead of tokens. ``iat`` is the
+    pair's JWT ``iat`` claim (epoch seconds), named as the claim is.
+    """
+
+    user_id: str
+    username: str
+    session_id: str
+    access_jti: str
+    refresh_jti: str
+    iat: int
+
+
+@dataclass(frozen=True, slots=True)
+class TokenPair:
+    access_token: str
+    refresh_token: str
+    expires_in: int
+    refresh_expires_in: int
+    session_id: str
+
+    def __repr__(self) -> str:  # tokens never appear in reprs or logs
+        return f"TokenPair(session_id={self.session_id!r}, expires_in={self.expires_in})"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "access_token": self.access_token,
+            "refresh_token": self.refresh_token,
+            "token_type": "Bearer",
+            "expires_in": self.expires_in,
+            "refresh_expires_in": self.refresh_expires_in,
+            "session_id": self.session_id,
+        }
+
+
+def mint_access(
+    cfg: SigningConfig, *, user_id: str, username: str, session_id: str, jti: str, iat: int,
+    ttl: int,
+) -> str:  # fmt: skip
+    """The access token of a session, issued at ``iat``."""
+    return mint(
+        cfg, AccessToken.kind, sub=user_id, jti=jti, iat=iat, ttl=ttl,
+        extra={"sid": session_id, "name": username},
+    )  # fmt: skip
+
+
+def mint_pair(
+    cfg: SigningConfig, grant: Grant, *, access_ttl: int, refresh_ttl: int, now: float
+) -> TokenPair:
+    """The token pair of ``grant``, with the lifetimes left at ``now``."""
+    access = mint_access(
+        cfg, user_id=grant.user_id, username=grant.username, session_id=grant.session_id,
+        jti=grant.access_jti, iat=grant.iat, ttl=access_ttl,
+    )  # fmt: skip
+    refresh = mint(
+        cfg, RefreshToken.kind, sub=grant.user_id, jti=grant.refresh_jti, iat=grant.iat,
+        ttl=refresh_ttl, extra={"sid": grant.session_id},
+    )  # fmt: skip
+    return TokenPair(
+        access_token=access,
+        refresh_token=refresh,
+        expires_in=seconds_left(grant.iat, access_ttl, now),
+        refresh_expires_in=seconds_left(grant.iat, refresh_ttl, now),
+        session_id=grant.session_id,
+    )

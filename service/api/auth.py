@@ -19,7 +19,8 @@ from ..errors import (
 )
 from ..guard import REFRESH_COOKIE, check_csrf, current_identity, get_gate, login_required
 from ..openapi import GUARD_CODES, document
-from ..sessions import ClientInfo, TokenPair
+from ..sessions import ClientInfo
+from ..tokens import TokenPair
 from . import schemas
 
 log = logging.getLogger("tokengate")
@@ -116,7 +117,7 @@ async def register() -> tuple[Response, int]:
     if not gate.settings.allow_registration:
         raise RegistrationDisabled()
     body = await read_body(schemas.Registration)
-    user = await gate.manager.register(body.username, body.password)
+    user = await gate.accounts.register(body.username, body.password)
     return jsonify({"id": user.id, "username": user.username}), 201
 
 
@@ -132,7 +133,7 @@ async def login() -> Response:
     gate = get_gate()
     await require_json_in_cookie_mode()
     body = await read_body(schemas.LoginRequest)
-    pair = await gate.manager.login(body.username, body.password, client_info(body.device))
+    pair = await gate.accounts.login(body.username, body.password, client_info(body.device))
     return pair_response(pair)
 
 
@@ -225,7 +226,7 @@ async def delete_session(session_id: str) -> Response:
 async def change_password() -> Response:
     """Change the password; every other session ends."""
     body = await read_body(schemas.PasswordChange)
-    await get_gate().manager.change_password(
+    await get_gate().accounts.change_password(
         current_identity(), body.current_password, body.new_password
     )
     return no_content()
@@ -241,7 +242,7 @@ async def password_reset_request() -> tuple[Response, int]:
     """Send a single-use reset token to the user, if there is one; always 202."""
     gate = get_gate()
     body = await read_body(schemas.ResetRequest)
-    await gate.manager.request_password_reset(body.username, gate.sender)
+    await gate.accounts.request_password_reset(body.username, gate.sender)
     return jsonify({}), 202
 
 
@@ -254,5 +255,5 @@ async def password_reset_request() -> tuple[Response, int]:
 async def password_reset_confirm() -> Response:
     """Set a new password with a reset token; every session of the user ends."""
     body = await read_body(schemas.ResetConfirm)
-    await get_gate().manager.reset_password(body.token, body.new_password)
+    await get_gate().accounts.reset_password(body.token, body.new_password)
     return no_content()

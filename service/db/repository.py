@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .models import AuthSession, PurposeTokenRecord, User
+
+
+def utc(ts: float) -> datetime:
+    """An epoch time (what the clock gives) as the aware UTC ``datetime`` SQL stores."""
+    return datetime.fromtimestamp(ts, UTC)
 
 
 async def get_user_by_username(db: AsyncSession, username: str) -> User | None:

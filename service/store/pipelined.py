@@ -6,7 +6,8 @@ checkout and release, a retry wrapper, ``asyncio.wait_for`` around the send
 layers. The guard makes exactly one call per request (``EVALSHA`` of the
 check script), so that call goes over a connection of our own instead:
 the commands of one turn of the event loop leave in one write, replies are
-read in order by hiredis's C parser, and each caller waits for its own future under ``asyncio.timeout``.
+read in order by hiredis's C parser, and each caller waits for its own
+future under ``asyncio.timeout``.
 
 It speaks to one Redis (``redis://`` or ``unix://``, with AUTH and SELECT);
 for anything else (TLS, a cluster) :func:`for_client` returns ``None`` and the
@@ -32,6 +33,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 
 def _pack(*parts: Any) -> bytes:
+    """A command in RESP."""
     out = [b"*%d\r\n" % len(parts)]
     for part in parts:
         if isinstance(part, bytes):
@@ -161,7 +163,9 @@ class PipelinedScripts:
             raise ResponseError(message)
         return reply
 
-    async def run(self, sha: str, source: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    async def run(
+        self, sha: str, source: str | bytes, keys: Sequence[str], args: Sequence[Any]
+    ) -> Any:
         """Run the script ``sha`` (its text: ``source``); the reply as hiredis gives it."""
         try:
             return await self._call(_pack("EVALSHA", sha, len(keys), *keys, *args))

@@ -26,9 +26,11 @@ caller rebuilds it from SQL and runs the script again.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any, cast
 
 from redis.asyncio import Redis
@@ -40,241 +42,23 @@ KEY_PREFIX = "tg:"
 # How long past its absolute age an ended session's state is kept.
 EXPIRY_SLACK = 60
 
-_COMMON = """
-local function expired(h, now, idle, maxage)
-  local cr, ls = tonumber(h.cr), tonumber(h.ls)
-  return now - cr >= maxage or (idle > 0 and now - ls >= idle)
-end
-local function hget(k, ...)
-  local names = {...}
-  local values = redis.call('HMGET', k, unpack(names))
-  local h = {}
-  for i, name in ipairs(names) do h[name] = values[i] end
-  return h
-end
-local function finish(k, z, sid, why, now)
-  redis.call('HSET', k, 'st', 'ended', 'why', why)
-  redis.call('ZREM', z, sid)
-end
--- The session's fields (those named, and the ones every check needs) if it
--- is alive; else nil and the reply that ends the script: missing, ended, or
--- found past its idle timeout or absolute age just now (then ended here).
-local function alive(k, z, sid, now, idle, maxage, ...)
-  if redis.call('EXISTS', k) == 0 then return nil, {'miss'} end
-  local h = hget(k, 'st', 'why', 'cr', 'ls', ...)
-  if h.st ~= 'live' then return nil, {'ended', h.why} end
-  if expired(h, now, idle, maxage) then
-    finish(k, z, sid, 'expired', now)
-    return nil, {'ended', 'expired', '1'}
-  end
-  return h
-end
-"""
+# The scripts live in ``lua/`` inside the package (so they ship in the wheel);
+# the session scripts share the helpers of ``session_lib.lua``, put in front
+# of each of them here.
+_SESSION_SCRIPTS = frozenset({"check", "implicit_refresh", "refresh", "login"})
 
-# KEYS: session, user set. ARGV: sid, now, idle, maxage, sync.
-# Returns {'miss'} | {'ended', why, fresh?} | {'ok', sync?}
-CHECK = (
-    _COMMON
-    + """
-local k, z, sid = KEYS[1], KEYS[2], ARGV[1]
-local now, idle = tonumber(ARGV[2]), tonumber(ARGV[3])
-local maxage, sync = tonumber(ARGV[4]), tonumber(ARGV[5])
-local h, reply = alive(k, z, sid, now, idle, maxage, 'sy')
-if not h then return reply end
-redis.call('HSET', k, 'ls', ARGV[2])
-if now - tonumber(h.sy) >= sync then
-  redis.call('HSET', k, 'sy', ARGV[2])
-  return {'ok', '1'}
-end
-return {'ok'}
-"""
-)
 
-# KEYS: session, user set. ARGV: sid, now, idle, maxage, expired access jti, new access jti.
-# Returns {'miss'} | {'ended', why, fresh?} | {'ok', access jti, issued at, name}
-IMPLICIT = (
-    _COMMON
-    + """
-local k, z, sid = KEYS[1], KEYS[2], ARGV[1]
-local now, idle, maxage = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local h, reply = alive(k, z, sid, now, idle, maxage, 'xf', 'xa', 'xi', 'nm')
-if not h then return reply end
-redis.call('HSET', k, 'ls', ARGV[2])
-if h.xf == ARGV[5] then return {'ok', h.xa, h.xi, h.nm} end
-local iat = string.format('%d', math.floor(now))
-redis.call('HSET', k, 'xf', ARGV[5], 'xa', ARGV[6], 'xi', iat)
-return {'ok', ARGV[6], iat, h.nm}
-"""
-)
+def script_source(name: str) -> str:
+    """The Lua source of script ``name`` as it is sent to Redis."""
+    lua = resources.files(__package__ or __name__).joinpath("lua")
+    source = lua.joinpath(f"{name}.lua").read_text(encoding="utf-8")
+    if name in _SESSION_SCRIPTS:
+        source = lua.joinpath("session_lib.lua").read_text(encoding="utf-8") + source
+    return source
 
-# KEYS: session, user set. ARGV: sid, now, idle, maxage, grace, presented jti, new aj, new rj.
-# Returns {'miss'} | {'ended', why, fresh?} | {'rotated'|'same', aj, rj, ia, nm, previous rj}
-REFRESH = (
-    _COMMON
-    + """
-local k, z, sid = KEYS[1], KEYS[2], ARGV[1]
-local now, idle = tonumber(ARGV[2]), tonumber(ARGV[3])
-local maxage, grace = tonumber(ARGV[4]), tonumber(ARGV[5])
-local presented = ARGV[6]
-local h, reply = alive(k, z, sid, now, idle, maxage, 'aj', 'rj', 'pj', 'ia', 'ra', 'nm')
-if not h then return reply end
-if presented == h.rj then
-  -- 'ia' is the new pair's iat (whole seconds); 'ra' the exact rotation time
-  -- that the grace window is measured from.
-  local ia = string.format('%d', math.floor(now))
-  redis.call('HSET', k, 'pj', h.rj, 'rj', ARGV[8], 'aj', ARGV[7], 'ia', ia, 'ra', ARGV[2],
-             'ls', ARGV[2], 'sy', ARGV[2])
-  return {'rotated', ARGV[7], ARGV[8], ia, h.nm, h.rj}
-end
-local rotated_at = tonumber(h.ra) or tonumber(h.ia)
-if presented == h.pj and now - rotated_at <= grace then
-  redis.call('HSET', k, 'ls', ARGV[2])
-  return {'same', h.aj, h.rj, h.ia, h.nm, h.pj}
-end
-finish(k, z, sid, 'reused', now)
-return {'ended', 'reused', '1'}
-"""
-)
 
-# KEYS: session. ARGV: expire-at, field, value, ... Sets the hash only if absent.
-LOAD = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-redis.call('EXPIREAT', KEYS[1], ARGV[1])
-return 1
-"""
-
-# KEYS: user set. ARGV: expire-at, score, sid, score, sid ... Loads the set only if absent.
-LOAD_INDEX = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('ZADD', KEYS[1], 0, '~')
-for i = 2, #ARGV, 2 do redis.call('ZADD', KEYS[1], ARGV[i], ARGV[i + 1]) end
-redis.call('EXPIREAT', KEYS[1], ARGV[1])
-return 1
-"""
-
-# KEYS: user set, new session. ARGV: sid, now, idle, maxage, limit, expire-at, field, value...
-# Returns {'miss'} | {'ok', {replaced sids}, {expired sids}}
-LOGIN = (
-    _COMMON
-    + """
-local z, k, sid = KEYS[1], KEYS[2], ARGV[1]
-local now, idle = tonumber(ARGV[2]), tonumber(ARGV[3])
-local maxage, limit = tonumber(ARGV[4]), tonumber(ARGV[5])
-if redis.call('EXISTS', z) == 0 then return {'miss'} end
-if redis.call('EXISTS', k) == 1 then
-  -- Loaded into the set from SQL by a concurrent login and pushed out by
-  -- another before this login got here: it lost the race.
-  redis.call('ZREM', z, sid)
-  return {'ok', {sid}, {}}
-end
-local prefix = string.sub(k, 1, #k - #sid)
-local replaced, gone = {}, {}
-redis.call('ZREMRANGEBYSCORE', z, '(0', string.format('%.0f', (now - maxage) * 1000000))
-for _, m in ipairs(redis.call('ZRANGE', z, 1, -1)) do
-  local mk = prefix .. m
-  if redis.call('EXISTS', mk) == 1 then
-    local h = hget(mk, 'st', 'cr', 'ls')
-    if h.st ~= 'live' then
-      redis.call('ZREM', z, m)
-    elseif expired(h, now, idle, maxage) then
-      finish(mk, z, m, 'expired', now)
-      table.insert(gone, m)
-    end
-  end
-end
-redis.call('HSET', k, unpack(ARGV, 7))
-redis.call('EXPIREAT', k, ARGV[6])
--- Scores are whole microseconds, strictly increasing in login order, even
--- for logins within the same microsecond.
-local score = math.floor(now * 1000000)
-local top = redis.call('ZRANGE', z, -1, -1, 'WITHSCORES')
-if top[2] and tonumber(top[2]) >= score then score = tonumber(top[2]) + 1 end
-redis.call('ZADD', z, string.format('%.0f', score), sid)
-if limit > 0 then
-  local excess = redis.call('ZCARD', z) - 1 - limit
-  if excess > 0 then
-    for _, m in ipairs(redis.call('ZRANGE', z, 1, excess)) do
-      local mk = prefix .. m
-      if redis.call('EXISTS', mk) == 0 then
-        redis.call('HSET', mk, 'st', 'ended', 'why', 'replaced')
-        redis.call('EXPIREAT', mk, ARGV[6])
-      else
-        redis.call('HSET', mk, 'st', 'ended', 'why', 'replaced')
-      end
-      redis.call('ZREM', z, m)
-      table.insert(replaced, m)
-    end
-  end
-end
-local ttl = redis.call('TTL', z)
-if ttl < maxage + 60 then redis.call('EXPIRE', z, maxage + 60) end
-return {'ok', replaced, gone}
-"""
-)
-
-# KEYS: user set, session key prefix (not a key; carries the hash tag).
-# ARGV: why, expire-at, keep sid ('' for none), sid... ('*' ends every set member).
-# Returns the sids it ended.
-END = """
-local z, prefix, why, exp, keep = KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3]
-local targets = {}
-for i = 4, #ARGV do
-  if ARGV[i] == '*' then
-    for _, m in ipairs(redis.call('ZRANGE', z, 1, -1)) do table.insert(targets, m) end
-  else
-    table.insert(targets, ARGV[i])
-  end
-end
-local ended = {}
-for _, sid in ipairs(targets) do
-  if sid ~= keep then
-    local k = prefix .. sid
-    if redis.call('HGET', k, 'st') ~= 'ended' then
-      redis.call('HSET', k, 'st', 'ended', 'why', why)
-      if redis.call('TTL', k) < 0 then redis.call('EXPIREAT', k, exp) end
-      table.insert(ended, sid)
-    end
-    redis.call('ZREM', z, sid)
-  end
-end
-return ended
-"""
-
-# KEYS: throttle counter. ARGV: window. Returns {count, ttl}.
-# KEYS: failure counter, in-flight set. ARGV: now, attempt id, limit.
-# Returns {1} (go), {0} (wait for a slot) or {-1, ttl} (over the limit).
-# A password check may start only while failures so far plus the checks
-# still running stay under the limit: a burst of guesses cannot outrun the
-# count, and correct passwords sent at once simply take turns.
-ATTEMPT = """
-local now = tonumber(ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - 30)
-local fails = tonumber(redis.call('GET', KEYS[1]) or '0')
-if fails >= tonumber(ARGV[3]) then return {-1, redis.call('TTL', KEYS[1])} end
-if fails + redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[3]) then return {0} end
-redis.call('ZADD', KEYS[2], now, ARGV[2])
-redis.call('EXPIRE', KEYS[2], 60)
-return {1}
-"""
-
-# KEYS: failure counter, in-flight set. ARGV: attempt id, failed (1|0), window.
-SETTLE = """
-redis.call('ZREM', KEYS[2], ARGV[1])
-if ARGV[2] == '1' then
-  local n = redis.call('INCR', KEYS[1])
-  if n == 1 or redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
-else
-  redis.call('DEL', KEYS[1])
-end
-return 1
-"""
-
-FAIL = """
-local n = redis.call('INCR', KEYS[1])
-if n == 1 or redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
-return {n, redis.call('TTL', KEYS[1])}
-"""
+def _register(redis: Redis, name: str) -> AsyncScript:
+    return redis.register_script(script_source(name))
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,16 +84,17 @@ class RedisSessionStore:
         self.redis = redis
         # The guard's check goes over this lean path when there is one.
         self.pipelined = pipelined
-        self._check = redis.register_script(CHECK)
-        self._implicit = redis.register_script(IMPLICIT)
-        self._refresh = redis.register_script(REFRESH)
-        self._load = redis.register_script(LOAD)
-        self._load_index = redis.register_script(LOAD_INDEX)
-        self._login = redis.register_script(LOGIN)
-        self._end = redis.register_script(END)
-        self._fail = redis.register_script(FAIL)
-        self._attempt = redis.register_script(ATTEMPT)
-        self._settle = redis.register_script(SETTLE)
+        script = functools.partial(_register, redis)
+        self._check = script("check")
+        self._implicit = script("implicit_refresh")
+        self._refresh = script("refresh")
+        self._load = script("load")
+        self._load_index = script("load_index")
+        self._login = script("login")
+        self._end = script("end")
+        self._fail = script("count")
+        self._attempt = script("attempt")
+        self._settle = script("settle")
 
     # -- keys -------------------------------------------------------------
     @staticmethod
@@ -342,7 +127,9 @@ class RedisSessionStore:
         keys = (self.session_key(user_id, sid), self.index_key(user_id))
         args = (sid, repr(now), idle, max_age, sync)
         if self.pipelined is not None:
-            reply = _text(await self.pipelined.run(self._check.sha, CHECK, keys, args))
+            check = self._check
+            source = check.script if isinstance(check.script, str | bytes) else bytes(check.script)
+            reply = _text(await self.pipelined.run(check.sha, source, keys, args))
         else:
             reply = await self._run(self._check, keys, args)
         return Outcome(reply[0], tuple(reply[1:]))

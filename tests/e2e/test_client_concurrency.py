@@ -22,8 +22,7 @@ import httpx
 import jwt
 import pytest
 
-from quart_tokengate.client import AsyncAuthClient, AuthClient, MemoryTokenStore
-from quart_tokengate.client._store import Tokens
+from quart_tokengate.client import AsyncAuthClient, AuthClient, MemoryTokenStore, Tokens
 from quart_tokengate.service.tokens import AccessToken, SigningConfig, mint
 from tests.support import SECRET, RedisServer, ServiceProcess, start_service
 

@@ -21,8 +21,8 @@ from quart_tokengate.client import (
     MemoryTokenStore,
     RateLimited,
     TokenAuth,
+    Tokens,
 )
-from quart_tokengate.client._store import Tokens
 from tests.support import RedisServer, ServiceProcess, free_port
 
 from .test_client_concurrency import (

@@ -12,7 +12,6 @@ from quart_tokengate.service.db.models import User
 from quart_tokengate.service.passwords import HASHING_NICE, Passwords
 from tests.conftest import register_and_login
 
-
 FAST = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
 
 
@@ -75,7 +74,7 @@ async def test_old_parameters_are_upgraded_at_the_next_login(app):
         user = (await db.execute(select(User))).scalar_one()
     assert user.password_hash != old
     assert user.password_hash.startswith("$argon2id$")
-    assert not gate.manager.passwords.hasher.check_needs_rehash(user.password_hash)
+    assert not gate.accounts.passwords.hasher.check_needs_rehash(user.password_hash)
     r = await client.post("/auth/login", json={"username": "alice", "password": "correct horse"})
     assert r.status_code == 200
 

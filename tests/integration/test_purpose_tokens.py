@@ -28,7 +28,7 @@ async def app(make_app, clock):
 
 @pytest.fixture
 def manager(app):
-    return app.extensions["tokengate"].manager
+    return app.extensions["tokengate"].purpose_tokens
 
 
 async def register(app, username: str = "alice") -> int:
@@ -48,53 +48,53 @@ def outbox_files(tmp_path: Path) -> list[Path]:
 
 async def test_mint_and_consume_once(app, manager):
     uid = await register(app)
-    token = await manager.issue_purpose_token(uid, "email_verify", 600, {"email": "a@example.com"})
+    token = await manager.issue(uid, "email_verify", 600, {"email": "a@example.com"})
     assert jwt.get_unverified_header(token)["typ"] == "pt+jwt"
-    assert await manager.consume_purpose_token(token, "email_verify") == (
+    assert await manager.consume(token, "email_verify") == (
         uid,
         {"email": "a@example.com"},
     )
     with pytest.raises(InvalidToken):
-        await manager.consume_purpose_token(token, "email_verify")
+        await manager.consume(token, "email_verify")
 
 
 async def test_data_is_optional(app, manager):
     uid = await register(app)
-    token = await manager.issue_purpose_token(uid, "invite", 60)
-    assert await manager.consume_purpose_token(token, "invite") == (uid, {})
+    token = await manager.issue(uid, "invite", 60)
+    assert await manager.consume(token, "invite") == (uid, {})
 
 
 async def test_a_wrong_purpose_is_refused_and_does_not_use_the_token(app, manager):
     uid = await register(app)
-    token = await manager.issue_purpose_token(uid, "email_verify", 600)
+    token = await manager.issue(uid, "email_verify", 600)
     with pytest.raises(InvalidToken):
-        await manager.consume_purpose_token(token, "password_reset")
-    assert (await manager.consume_purpose_token(token, "email_verify"))[0] == uid
+        await manager.consume(token, "password_reset")
+    assert (await manager.consume(token, "email_verify"))[0] == uid
 
 
 async def test_an_expired_token_is_refused(app, manager, clock):
     uid = await register(app)
-    token = await manager.issue_purpose_token(uid, "email_verify", 600)
+    token = await manager.issue(uid, "email_verify", 600)
     clock.advance(600)
     with pytest.raises(InvalidToken):
-        await manager.consume_purpose_token(token, "email_verify")
+        await manager.consume(token, "email_verify")
 
 
 async def test_each_token_has_its_own_lifetime(app, manager, clock):
     uid = await register(app)
-    short = await manager.issue_purpose_token(uid, "login_link", 60)
-    long = await manager.issue_purpose_token(uid, "login_link", 3600)
+    short = await manager.issue(uid, "login_link", 60)
+    long = await manager.issue(uid, "login_link", 3600)
     clock.advance(120)
     with pytest.raises(InvalidToken):
-        await manager.consume_purpose_token(short, "login_link")
-    assert (await manager.consume_purpose_token(long, "login_link"))[0] == uid
+        await manager.consume(short, "login_link")
+    assert (await manager.consume(long, "login_link"))[0] == uid
 
 
 @pytest.mark.parametrize("forgery", ["other_key", "tampered_purpose", "tampered_user", "garbage"])
 async def test_a_forged_token_is_refused(app, manager, forgery):
     uid = await register(app)
     other = await register(app, "mallory")
-    token = await manager.issue_purpose_token(uid, "email_verify", 600)
+    token = await manager.issue(uid, "email_verify", 600)
     claims = jwt.decode(token, options={"verify_signature": False})
     header = {"typ": "pt+jwt"}
     forged = {
@@ -105,9 +105,9 @@ async def test_a_forged_token_is_refused(app, manager, forgery):
     }[forgery]()
     for purpose in ("email_verify", "password_reset"):
         with pytest.raises(InvalidToken):
-            await manager.consume_purpose_token(forged, purpose)
+            await manager.consume(forged, purpose)
     # the genuine one is unharmed
-    assert (await manager.consume_purpose_token(token, "email_verify"))[0] == uid
+    assert (await manager.consume(token, "email_verify"))[0] == uid
 
 
 def _swap_payload(token: str, claims: dict) -> str:
@@ -123,7 +123,7 @@ async def test_access_and_refresh_tokens_are_not_purpose_tokens(app, manager):
     for token in (pair["access_token"], pair["refresh_token"]):
         for purpose in ("password_reset", "email_verify"):
             with pytest.raises(InvalidToken):
-                await manager.consume_purpose_token(token, purpose)
+                await manager.consume(token, purpose)
     r = await client.post(
         "/auth/password-reset/confirm",
         json={"token": pair["access_token"], "new_password": "battery staple"},
@@ -134,10 +134,10 @@ async def test_access_and_refresh_tokens_are_not_purpose_tokens(app, manager):
 
 async def test_purpose_tokens_are_not_access_or_refresh_tokens(make_app):
     app = await make_app(token_location=("cookies", "headers"))
-    manager = app.extensions["tokengate"].manager
+    manager = app.extensions["tokengate"].purpose_tokens
     client = app.test_client(use_cookies=False)
     uid = await register(app)
-    token = await manager.issue_purpose_token(uid, "password_reset", 600)
+    token = await manager.issue(uid, "password_reset", 600)
 
     r = await client.get("/auth/me", headers=bearer(token))
     assert r.status_code == 401
@@ -148,14 +148,14 @@ async def test_purpose_tokens_are_not_access_or_refresh_tokens(make_app):
     assert r.status_code == 401
     assert (await r.get_json())["error"] == "invalid_token"
     # none of that used it up
-    assert (await manager.consume_purpose_token(token, "password_reset"))[0] == uid
+    assert (await manager.consume(token, "password_reset"))[0] == uid
 
 
 async def test_concurrent_consumers_one_wins(app, manager):
     uid = await register(app)
-    token = await manager.issue_purpose_token(uid, "email_verify", 600)
+    token = await manager.issue(uid, "email_verify", 600)
     results = await asyncio.gather(
-        *(manager.consume_purpose_token(token, "email_verify") for _ in range(20)),
+        *(manager.consume(token, "email_verify") for _ in range(20)),
         return_exceptions=True,
     )
     assert [r for r in results if not isinstance(r, InvalidToken)] == [(uid, {})]
@@ -284,7 +284,7 @@ async def test_an_expired_reset_token_is_refused(app, tmp_path, clock):
 
 async def test_a_token_for_another_purpose_cannot_reset(app, manager):
     uid = await register(app)
-    token = await manager.issue_purpose_token(uid, "email_verify", 600)
+    token = await manager.issue(uid, "email_verify", 600)
     r = await app.test_client().post(
         "/auth/password-reset/confirm", json={"token": token, "new_password": "battery staple"}
     )

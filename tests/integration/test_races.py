@@ -99,8 +99,8 @@ async def test_a_reset_that_fails_part_way_keeps_its_token(make_app, private_red
     app = await make_app(redis_url=private_redis.url)
     client = app.test_client()
     thief = await register_and_login(client)
-    manager = app.extensions["tokengate"].manager
-    token = await manager.issue_purpose_token(1, "password_reset", 900)
+    purpose_tokens = app.extensions["tokengate"].purpose_tokens
+    token = await purpose_tokens.issue(1, "password_reset", 900)
     confirm = {"token": token, "new_password": "battery staple"}
     private_redis.stop()
     r = await client.post("/auth/password-reset/confirm", json=confirm)

@@ -28,7 +28,7 @@ from quart_tokengate.client import (
     RateLimited,
     TokenAuth,
 )
-from quart_tokengate.client._store import Change, Lease, Tokens
+from quart_tokengate.client._tokens import Change, Lease, Tokens
 
 from .test_client_flow import jwt
 

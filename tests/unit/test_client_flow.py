@@ -9,21 +9,26 @@ from typing import Any
 import httpx
 import pytest
 
-from quart_tokengate.client import AuthError, InvalidCredentials, LoginRequired, RateLimited
-from quart_tokengate.client._auth import (
+from quart_tokengate.client import (
+    AuthError,
+    InvalidCredentials,
+    LoginRequired,
+    RateLimited,
+    TokenAuth,
+)
+from quart_tokengate.client._flow import (
     AskCredentials,
     Call,
     Load,
     Push,
     Renew,
     Send,
-    TokenAuth,
     error_code,
     login_flow,
+    make_replayable,
     obtain,
-    replayable,
 )
-from quart_tokengate.client._store import KEEP, Tokens
+from quart_tokengate.client._tokens import KEEP, Tokens
 
 NOW = 1_800_000_000.0
 URL = "http://api.test/auth/me"
@@ -232,7 +237,7 @@ def test_a_pushed_access_token_is_stored():
 def test_a_streamed_body_is_not_resent_after_token_expired():
     tokens, fresh = pair(), pair(name="2")
     request = httpx.Request("POST", URL, content=iter([b"chunk"]))
-    assert not replayable(request)
+    assert not make_replayable(request)
     flow = auth().flow(request)
     next(flow)
     flow.send(tokens)
@@ -255,12 +260,12 @@ def test_a_streamed_body_near_expiry_refreshes_before_it_is_sent():
 def test_replayable_bodies(tmp_path):
     path = tmp_path / "f.bin"
     path.write_bytes(b"data")
-    assert replayable(httpx.Request("POST", URL, json={"a": 1}))
-    assert replayable(httpx.Request("POST", URL, data={"a": "1"}))
-    assert replayable(httpx.Request("POST", URL, content=b"raw"))
+    assert make_replayable(httpx.Request("POST", URL, json={"a": 1}))
+    assert make_replayable(httpx.Request("POST", URL, data={"a": "1"}))
+    assert make_replayable(httpx.Request("POST", URL, content=b"raw"))
     with path.open("rb") as f:
-        assert replayable(httpx.Request("POST", URL, files={"f": f}))
-    assert not replayable(httpx.Request("POST", URL, content=iter([b"x"])))
+        assert make_replayable(httpx.Request("POST", URL, files={"f": f}))
+    assert not make_replayable(httpx.Request("POST", URL, content=iter([b"x"])))
 
 
 # -- the token flows ---------------------------------------------------------------

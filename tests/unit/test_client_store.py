@@ -14,7 +14,7 @@ import filelock
 import pytest
 
 from quart_tokengate.client import AuthError, FileTokenStore, MemoryTokenStore
-from quart_tokengate.client._store import KEEP, Lease, Tokens, unverified_claims
+from quart_tokengate.client._tokens import KEEP, Lease, Tokens, unverified_claims
 
 from .test_client_flow import jwt
 

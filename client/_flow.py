@@ -1,0 +1,385 @@
+"""The client's pure flows: generators that yield operations and do no I/O.
+
+Written once, in the manner of ``httpx/_auth.py``: each flow yields an
+*operation* and is sent its result. The edges (``_edges.py``), one blocking and
+one async, run them; only they send, wait, sleep or call the user's callbacks.
+
+The request flow, ``request_flow``, yields:
+
+    Load()                    the stored tokens
+    Renew(stale, ...)         tokens newer than ``stale``: at most one refresh
+    Send(request)             the response (yielded to httpx; a 401's body is read)
+    Push(stamped, token)      None; stores an access token the service pushed
+
+The token flows, ``obtain`` and ``login_flow``, yield:
+
+    Call(method, path, body)  the response of an ``/auth`` request the edge sends
+                              itself (a transport error is thrown back in)
+    AskCredentials()          ``(username, password)`` from ``credentials``
+
+A ``Renew`` is served by the single flight (``_flight.py``), which also yields
+``Wait``, ``Sleep`` and ``Hook``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, Generator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from ._exceptions import AuthError, InvalidCredentials, LoginRequired, RateLimited
+from ._tokens import KEEP, Change, Tokens, unverified_claims
+
+if TYPE_CHECKING:
+    from ._flight import Flight
+
+LOGIN_PATH = "/auth/login"
+REFRESH_PATH = "/auth/refresh"
+TOKEN_EXPIRED = "token_expired"  # noqa: S105 - an error code, not a secret
+MISSING_TOKEN = "missing_token"  # noqa: S105 - an error code, not a secret
+# 401 codes after which the session is over: only a new login helps.
+SESSION_OVER = frozenset({"token_revoked", "session_expired", "session_replaced", "invalid_token"})
+
+Clock = Callable[[], float]
+Credentials = Callable[[], "tuple[str, str] | Awaitable[tuple[str, str]]"]
+TokensHook = Callable[[Tokens], object]
+ErrorHook = Callable[[AuthError], object]
+LoginRequiredHook = Callable[[LoginRequired], object]
+
+
+# -- operations ---------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Load:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    request: httpx.Request
+
+
+@dataclass(frozen=True, slots=True)
+class Push:
+    stamped: Tokens
+    access_token: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Renew:
+    stale: Tokens | None
+    origin: httpx.URL
+    # Skip the refresh and log in again: the service said the session is over.
+    relogin: bool = False
+    # The service's 401 code that called for new tokens, if one did.
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    method: str
+    path: str
+    body: dict[str, Any] = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class AskCredentials:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    flight: Flight
+
+
+@dataclass(frozen=True, slots=True)
+class Sleep:
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Hook:
+    name: str
+    value: Any = field(repr=False)
+
+
+Op = Load | Renew | Send | Push | Call | AskCredentials | Wait | Sleep | Hook
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one renewal came to: new tokens, or the error every waiter gets."""
+
+    tokens: Tokens | None = None
+    error: AuthError | None = None
+    # The old tokens are of no further use: clear them unless replaced.
+    dead: bool = False
+    # Hooks to call once the flight has landed: (name, argument).
+    notes: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def change(self) -> Change:
+        """What the store should hold now: the new tokens, nothing, or ``KEEP``."""
+        if self.tokens is not None:
+            return self.tokens
+        return None if self.dead else KEEP
+
+
+# -- pure helpers ---------------------------------------------------------------
+def error_code(response: httpx.Response) -> str | None:
+    """The service's machine code: the JSON ``error``, else the RFC 6750 header's."""
+    try:
+        body = response.json()
+    except (httpx.ResponseNotRead, ValueError):
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        return str(body["error"])
+    header = response.headers.get("WWW-Authenticate", "")
+    found = re.search(r'error_description="([^"]*)"', header) or re.search(
+        r'error="([^"]*)"', header
+    )
+    return found.group(1) if found else None
+
+
+def retry_after(response: httpx.Response) -> float | None:
+    """``Retry-After`` in seconds, when the service gave a number."""
+    value = response.headers.get("Retry-After", "").strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def failure(response: httpx.Response, doing: str) -> AuthError:
+    """The typed error for a failed ``/auth`` response (``doing``: what was tried)."""
+    code = error_code(response)
+    status = response.status_code
+    what = f"{status} {code}" if code else str(status)
+    if status == 429:
+        wait = retry_after(response)
+        later = f"try again in {wait:g}s" if wait is not None else "try again later"
+        return RateLimited(
+            f"Too many attempts ({what}): {later}.",
+            code=code,
+            response=response,
+            retry_after=wait,
+        )
+    if status == 401 and code == "invalid_credentials":
+        return InvalidCredentials(
+            "The service refused the username or password.", code=code, response=response
+        )
+    if status == 401:
+        return LoginRequired(
+            f"The session is over ({what}) while trying to {doing}: log in again.",
+            code=code,
+            response=response,
+        )
+    return AuthError(
+        f"Could not {doing}: the service answered {what}.", code=code, response=response
+    )
+
+
+def parse_pair(response: httpx.Response, clock: Clock | None = None) -> Tokens:
+    """The token pair in a ``200`` from login or refresh, noted as arrived now by ``clock``."""
+    try:
+        tokens = Tokens.from_json(response.json())
+        return tokens if clock is None else tokens.received(clock())
+    except (ValueError, AttributeError):
+        raise AuthError(
+            "The service's answer is not a token pair.", code=None, response=response
+        ) from None
+
+
+def describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+# A multipart body up to this size is read into memory before it is sent, so
+# that it can be sent again after a refresh; a larger one is streamed once.
+MAX_REPLAY_BYTES = 8 * 1024 * 1024
+
+
+def make_replayable(request: httpx.Request) -> bool:
+    """Make the body of ``request`` sendable twice where it can be; say whether it is.
+
+    Bytes, text, JSON and forms are in memory already. A multipart upload of
+    known length up to ``MAX_REPLAY_BYTES`` is read into memory now (with
+    httpx's public ``Request.read``), so a resend carries the same bytes even
+    from a file that cannot seek. A generator or other stream, and a larger
+    upload, is sent once: after a ``401`` the caller sends it again.
+    """
+    if isinstance(request.stream, httpx.ByteStream):
+        return True
+    multipart = request.headers.get("Content-Type", "").startswith("multipart/form-data")
+    length = request.headers.get("Content-Length", "")
+    if multipart and length.isdigit() and int(length) <= MAX_REPLAY_BYTES:
+        request.read()
+        return True
+    return False
+
+
+def origin_of(url: httpx.URL) -> httpx.URL:
+    return url.copy_with(path="/", query=None, fragment=None)
+
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def same_origin(a: httpx.URL, b: httpx.URL) -> bool:
+    """Do ``a`` and ``b`` share scheme, host and port (a default port spelled or not)?"""
+
+    def key(url: httpx.URL) -> tuple[str, str, int | None]:
+        return url.scheme, url.host, url.port or DEFAULT_PORTS.get(url.scheme)
+
+    return key(a) == key(b)
+
+
+def endpoint(base: httpx.URL, path: str) -> httpx.URL:
+    """``path`` under ``base``, the way httpx merges a client's ``base_url``."""
+    return base.copy_with(path=base.path.rstrip("/") + path, query=None, fragment=None)
+
+
+def stamp(request: httpx.Request, tokens: Tokens) -> httpx.Request:
+    request.headers["Authorization"] = f"Bearer {tokens.access_token}"
+    return request
+
+
+def absorb(response: httpx.Response, stamped: Tokens) -> Generator[Op, Any, None]:
+    """Store an access token the service pushed (``X-Access-Token``, implicit refresh)."""
+    pushed = response.headers.get("X-Access-Token")
+    if pushed and pushed != stamped.access_token and unverified_claims(pushed):
+        yield Push(stamped, pushed)
+
+
+# -- the token flows ------------------------------------------------------------
+def login_flow(
+    username: str, password: str, device: str | None = None, clock: Clock | None = None
+) -> Generator[Op, Any, Tokens]:
+    """Log in: return the new pair (arrived by ``clock``), or raise the typed error."""
+    body: dict[str, Any] = {"username": username, "password": password}
+    if device is not None:
+        body["device"] = device
+    try:
+        response = yield Call("POST", LOGIN_PATH, body)
+    except httpx.HTTPError as exc:
+        raise AuthError(f"Could not log in: {describe(exc)}.") from exc
+    if response.status_code == 200:
+        return parse_pair(response, clock)
+    raise failure(response, "log in")
+
+
+def obtain(
+    tokens: Tokens | None,
+    *,
+    relogin: bool,
+    reason: str | None,
+    can_login: bool,
+    clock: Clock | None = None,
+) -> Generator[Op, Any, Outcome]:
+    """Get new tokens: refresh ``tokens``, else log in through the credentials.
+
+    ``clock`` notes when new tokens arrived (``Tokens.received_at``).
+
+    Never raises for a failure: the outcome carries the error, whether the old
+    tokens are dead (a ``401`` from the refresh) or kept (network error, other
+    status), and the hooks to call.
+    """
+    notes: list[tuple[str, Any]] = []
+    if tokens is None:
+        ended = LoginRequired("Not logged in.", code=MISSING_TOKEN)
+    elif relogin:
+        ended = LoginRequired(f"The session is over ({reason}): log in again.", code=reason)
+    else:
+        try:
+            response = yield Call("POST", REFRESH_PATH, {"refresh_token": tokens.refresh_token})
+        except httpx.HTTPError as exc:
+            error = AuthError(f"Could not refresh the tokens ({describe(exc)}); they are kept.")
+            error.__cause__ = exc
+            return Outcome(error=error, notes=(("refresh_failed", error),))
+        if response.status_code == 200:
+            try:
+                fresh = parse_pair(response, clock)
+            except AuthError as exc:
+                return Outcome(error=exc, notes=(("refresh_failed", exc),))
+            return Outcome(tokens=fresh, notes=(("refreshed", fresh),))
+        failed = failure(response, "refresh the tokens")
+        if not isinstance(failed, LoginRequired):
+            return Outcome(error=failed, notes=(("refresh_failed", failed),))
+        ended = failed
+        notes.append(("refresh_failed", ended))
+    if not can_login:
+        notes.append(("login_required", ended))
+        return Outcome(error=ended, dead=True, notes=tuple(notes))
+    try:
+        pair = yield AskCredentials()
+        if not (
+            isinstance(pair, tuple | list)
+            and len(pair) == 2
+            and all(isinstance(p, str) for p in pair)
+        ):
+            raise TypeError("credentials must return (username, password)")
+        fresh = yield from login_flow(pair[0], pair[1], clock=clock)
+    except LoginRequired as exc:  # InvalidCredentials among them
+        notes.append(("login_required", exc))
+        return Outcome(error=exc, dead=True, notes=tuple(notes))
+    except AuthError as exc:
+        return Outcome(error=exc, dead=True, notes=tuple(notes))
+    except Exception as exc:  # the user's credentials callable failed
+        error = AuthError(f"The credentials callable failed ({describe(exc)}).")
+        error.__cause__ = exc
+        return Outcome(error=error, dead=True, notes=tuple(notes))
+    notes.append(("refreshed", fresh))
+    return Outcome(tokens=fresh, dead=True, notes=tuple(notes))
+
+
+# -- the request flow -------------------------------------------------------------
+def request_flow(
+    request: httpx.Request, *, expiring: Callable[[Tokens], bool], can_login: bool
+) -> Generator[Op, Any, None]:
+    """A request to the service: stamp, refresh before or after sending, retry once.
+
+    ``expiring`` says whether tokens are due for a refresh before sending;
+    ``can_login`` whether credentials can log in again when the session is over.
+    """
+    origin = origin_of(request.url)
+    tokens: Tokens | None = yield Load()
+    if tokens is None:
+        if not can_login:
+            yield Send(request)  # not logged in: the service answers for itself
+            return
+        tokens = yield Renew(None, origin, relogin=True, reason=MISSING_TOKEN)
+    elif expiring(tokens):
+        tokens = yield Renew(tokens, origin)
+    assert tokens is not None
+    resendable = make_replayable(request)
+    response: httpx.Response = yield Send(stamp(request, tokens))
+    yield from absorb(response, tokens)
+    if response.status_code != 401:
+        return
+    code = error_code(response)
+    fresh: Tokens | None
+    if code == TOKEN_EXPIRED:
+        fresh = yield Renew(tokens, origin, reason=code)
+    elif code in SESSION_OVER and can_login:
+        fresh = yield Renew(tokens, origin, relogin=True, reason=code)
+    elif code in SESSION_OVER:
+        # Someone logged in again since this request was stamped: use that.
+        fresh = yield Load()
+        if fresh is None or fresh == tokens:
+            return
+    else:
+        return
+    assert fresh is not None
+    if not resendable:
+        raise AuthError(
+            f"The service answered 401 {code} and this request's body is a stream that "
+            "cannot be sent twice, so it was not resent; the tokens are renewed: send "
+            "the request again with a new body.",
+            code=code,
+            response=response,
+        )
+    response = yield Send(stamp(request, fresh))
+    yield from absorb(response, fresh)

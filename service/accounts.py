@@ -1,0 +1,227 @@
+"""Accounts: registration, credentials and their throttle, password change and reset.
+
+Passwords are hashed with argon2id off the event loop (``passwords.py``);
+every password check is throttled per account in Redis
+(``RedisSessionStore.begin_attempt``). Ending sessions is the session
+manager's job: a password change or reset asks it to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from .db import repository as repo
+from .db.models import User
+from .db.repository import utc
+from .errors import (
+    Conflict,
+    InvalidCredentials,
+    InvalidRequest,
+    InvalidToken,
+    TokenRevoked,
+    TooManyAttempts,
+)
+from .outbox import Message, Sender
+from .passwords import Passwords
+from .purpose import UNUSABLE, PurposeTokens
+from .sessions import ClientInfo, Identity, SessionManager
+from .settings import Settings
+from .store.redis_store import RedisSessionStore
+from .tokens import TokenPair
+
+log = logging.getLogger("tokengate")
+
+# How long a password check waits for its turn, attempt by attempt (~10 s in all).
+_ATTEMPT_WAITS = (0.01, 0.02, 0.05, *([0.1] * 99))
+RESET_PURPOSE = "password_reset"
+
+
+class Accounts:
+    """Users and their passwords, over the session manager that ends their sessions."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: RedisSessionStore,
+        db: async_sessionmaker[AsyncSession],
+        passwords: Passwords,
+        sessions: SessionManager,
+        purpose_tokens: PurposeTokens,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.db = db
+        self.passwords = passwords
+        self.sessions = sessions
+        self.purpose_tokens = purpose_tokens
+        self.clock = clock
+
+    async def register(self, username: str, password: str) -> User:
+        self._check_password(password)
+        password_hash = await self.passwords.hash(password)
+        now = utc(self.clock())
+        async with self.db() as db:
+            if await repo.get_user_by_username(db, username) is not None:
+                raise Conflict()
+            user = User(
+                username=username,
+                password_hash=password_hash,
+                created_at=now,
+                password_changed_at=now,
+            )
+            db.add(user)
+            try:
+                await db.commit()
+            except IntegrityError:
+                raise Conflict() from None
+        return user
+
+    def _check_password(self, password: str) -> None:
+        if len(password) < self.settings.password_min_length:
+            raise InvalidRequest(
+                f"The password must be at least {self.settings.password_min_length} characters."
+            )
+
+    @contextlib.asynccontextmanager
+    async def _password_attempt(self, username: str) -> AsyncIterator[list[bool]]:
+        """Run one throttled password check for ``username``.
+
+        The check starts only while the failures so far plus the checks still
+        running stay under ``TOKENGATE_LOGIN_MAX_FAILURES``; otherwise it waits
+        its turn (a burst of guesses cannot outrun the count, and correct
+        passwords sent at once take turns), or answers 429 once the failures
+        reach the limit. The body sets ``outcome[0] = True`` on success; a
+        success clears the count, anything else counts as a failure.
+        """
+        s = self.settings
+        attempt = secrets.token_hex(8)
+        for delay in _ATTEMPT_WAITS:
+            verdict = await self.store.begin_attempt(
+                username, attempt, now=self.clock(), limit=s.login_max_failures
+            )
+            if verdict < 0:
+                raise TooManyAttempts(-verdict)
+            if verdict == 1:
+                break
+            await asyncio.sleep(delay)
+        else:
+            raise TooManyAttempts(1, "Too many password checks at once for this account.")
+        outcome = [False]
+        try:
+            yield outcome
+        finally:
+            await self.store.end_attempt(
+                username, attempt, failed=not outcome[0], window=s.login_window
+            )
+
+    async def check_credentials(self, username: str, password: str) -> User:
+        """Verify a username and password, with per-account throttling."""
+        async with self._password_attempt(username) as outcome:
+            async with self.db() as db:
+                user = await repo.get_user_by_username(db, username)
+            verdict = await self.passwords.verify(user.password_hash if user else None, password)
+            if user is None or not verdict.ok:
+                raise InvalidCredentials()
+            outcome[0] = True
+        if verdict.rehash is not None:
+            async with self.db() as db:
+                stored = await repo.get_user(db, user.id)
+                if stored is not None and stored.password_hash == user.password_hash:
+                    stored.password_hash = verdict.rehash
+                    await db.commit()
+                    user.password_hash = verdict.rehash
+        return user
+
+    async def login(self, username: str, password: str, client: ClientInfo) -> TokenPair:
+        """Check the credentials and open a session: its first token pair."""
+        user = await self.check_credentials(username, password)
+        return await self.sessions.start_session(user, client)
+
+    async def change_password(self, identity: Identity, current: str, new: str) -> None:
+        """Set a new password after checking the current one; end every other session.
+
+        The current password is throttled like a login. Other sessions end
+        before the new password is stored, so a failure part-way leaves the old
+        password in place and the request can simply be retried.
+        """
+        self._check_password(new)
+        async with self._password_attempt(identity.username) as outcome:
+            async with self.db() as db:
+                user = await repo.get_user(db, identity.user_id)
+            if user is None:
+                raise TokenRevoked()
+            verdict = await self.passwords.verify(user.password_hash, current)
+            if not verdict.ok:
+                raise InvalidCredentials("The current password is wrong.")
+            outcome[0] = True
+        await self.sessions.end_all(identity.user_id, keep=identity.session_id)
+        await self._set_password(identity.user_id, new)
+        await self.sessions.end_all_again(identity.user_id, keep=identity.session_id)
+
+    async def _set_password(self, user_id: int, password: str) -> None:
+        password_hash = await self.passwords.hash(password)
+        async with self.db() as db:
+            user = await repo.get_user(db, user_id)
+            if user is None:
+                raise InvalidToken()
+            user.password_hash = password_hash
+            user.password_changed_at = utc(self.clock())
+            await db.commit()
+
+    async def request_password_reset(self, username: str, sender: Sender) -> None:
+        """Send ``username`` a reset token if the user exists; silent either way."""
+        s = self.settings
+        count, ttl = await self.store.record_failure(username, s.login_window, kind="reset")
+        if count > s.login_max_failures:
+            raise TooManyAttempts(ttl if ttl > 0 else s.login_window)
+        async with self.db() as db:
+            user = await repo.get_user_by_username(db, username)
+        if user is None:
+            return
+        token = await self.purpose_tokens.issue(user.id, RESET_PURPOSE, s.reset_ttl)
+        message = Message(
+            to=user.username, purpose=RESET_PURPOSE, token=token, created_at=utc(self.clock())
+        )
+        try:
+            await sender.send(message)
+        except Exception as exc:  # the caller must not learn whether the user exists
+            log.error("could not send the password_reset message: %s", type(exc).__name__)
+
+    async def reset_password(self, token: str, new_password: str) -> None:
+        """Set a new password with a reset token and end every session of the user.
+
+        The sessions end first and the token is used up only with the new
+        password, in one transaction: a failure part-way leaves the token
+        usable for a retry.
+        """
+        self._check_password(new_password)
+        claims = self.purpose_tokens.claims(token, RESET_PURPOSE)
+        async with self.db() as db:
+            usable = await repo.purpose_token_usable(
+                db, claims["jti"], RESET_PURPOSE, utc(self.clock())
+            )
+        if usable is None or str(usable) != claims["sub"]:
+            raise InvalidToken(UNUSABLE)
+        user_id = int(claims["sub"])
+        await self.sessions.end_all(user_id)
+        password_hash = await self.passwords.hash(new_password)
+        now = utc(self.clock())
+        async with self.db() as db:
+            if await repo.consume_purpose_token(db, claims["jti"], RESET_PURPOSE, now) is None:
+                raise InvalidToken(UNUSABLE)
+            user = await repo.get_user(db, user_id)
+            if user is None:
+                raise InvalidToken(UNUSABLE)
+            user.password_hash = password_hash
+            user.password_changed_at = now
+            await db.commit()
+        await self.sessions.end_all_again(user_id)

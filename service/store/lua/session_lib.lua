@@ -1,0 +1,30 @@
+-- Shared by the session scripts (check, implicit_refresh, refresh, login):
+-- the loader puts this file in front of each of them.
+local function expired(h, now, idle, maxage)
+  local cr, ls = tonumber(h.cr), tonumber(h.ls)
+  return now - cr >= maxage or (idle > 0 and now - ls >= idle)
+end
+local function hget(k, ...)
+  local names = {...}
+  local values = redis.call('HMGET', k, unpack(names))
+  local h = {}
+  for i, name in ipairs(names) do h[name] = values[i] end
+  return h
+end
+local function finish(k, z, sid, why, now)
+  redis.call('HSET', k, 'st', 'ended', 'why', why)
+  redis.call('ZREM', z, sid)
+end
+-- The session's fields (those named, and the ones every check needs) if it
+-- is alive; else nil and the reply that ends the script: missing, ended, or
+-- found past its idle timeout or absolute age just now (then ended here).
+local function alive(k, z, sid, now, idle, maxage, ...)
+  if redis.call('EXISTS', k) == 0 then return nil, {'miss'} end
+  local h = hget(k, 'st', 'why', 'cr', 'ls', ...)
+  if h.st ~= 'live' then return nil, {'ended', h.why} end
+  if expired(h, now, idle, maxage) then
+    finish(k, z, sid, 'expired', now)
+    return nil, {'ended', 'expired', '1'}
+  end
+  return h
+end
