@@ -71,7 +71,7 @@ def gated() -> Quart:
                 from quart_tokengate.service import tokens
 
                 def verify_every_time(token: str, now: float) -> dict[str, Any]:
-                    return manager._verify(tokens.AccessToken.kind, token, now)
+                    return tokens.verify(manager.signing, tokens.AccessToken.kind, token, now=now)
 
                 manager._verify_access = verify_every_time  # type: ignore[method-assign]
 
