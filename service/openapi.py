@@ -241,9 +241,11 @@ class _Builder:
                 continue
             path, params = _path_of(rule)
             for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
-                paths.setdefault(path, {})[method.lower()] = self.operation(
-                    view, op, method, params
-                )
+                entry = self.operation(view, op, method, params)
+                if "tags" not in entry and "." in rule.endpoint:
+                    # Grouped by blueprint: tokengate_auth.login -> "auth".
+                    entry["tags"] = [rule.endpoint.split(".")[0].removeprefix("tokengate_")]
+                paths.setdefault(path, {})[method.lower()] = entry
         return self.finish(paths)
 
     def operation(
