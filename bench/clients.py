@@ -32,12 +32,15 @@ async def logins(url: str, username: str, password: str, concurrency: int, durat
     limits = httpx.Limits(max_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, timeout=60.0, limits=limits) as http:
 
-        async def loop() -> None:
+        async def loop(i: int) -> None:
             nonlocal done, errors
+            body = {"username": f"{username}-{i}", "password": password}
             while time.monotonic() < deadline:
-                r = await http.post(
-                    "/auth/login", json={"username": username, "password": password}
-                )
+                try:
+                    r = await http.post("/auth/login", json=body)
+                except httpx.HTTPError:
+                    errors += 1
+                    continue
                 if r.status_code == 200:
                     done += 1
                 else:

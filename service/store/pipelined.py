@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
@@ -56,11 +57,14 @@ class _Protocol(asyncio.Protocol):
         self.lost = False
         # Commands sent in one turn of the loop leave in one write (one syscall).
         self.outgoing: list[bytes] = []
+        # When a reply last arrived: a connection that answers nothing is stalled.
+        self.last_reply = time.monotonic()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        self.last_reply = time.monotonic()
         self.reader.feed(data)
         while True:
             reply = self.reader.gets()
@@ -151,9 +155,16 @@ class PipelinedScripts:
                 protocol = await self._connection()
                 reply = await protocol.send(payload)
         except TimeoutError:
-            # As redis-py does: a connection that did not answer in time is
-            # dropped (its other callers fail now), the next call reconnects.
-            if protocol is not None and protocol is self._protocol:
+            # A connection that answered nothing for the whole timeout is
+            # stalled (a frozen server, a lost peer): it is dropped, its other
+            # callers fail now, and the next call reconnects. One that is still
+            # answering (an overloaded loop reads late) keeps going: the late
+            # reply finds its future done and is skipped, order intact.
+            if (
+                protocol is not None
+                and protocol is self._protocol
+                and time.monotonic() - protocol.last_reply >= self.timeout
+            ):
                 self.close()
             raise RedisTimeoutError("Timeout reading from Redis.") from None
         if isinstance(reply, hiredis.ReplyError):
