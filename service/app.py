@@ -22,7 +22,7 @@ from . import tokens
 from .accounts import Accounts
 from .db.engine import build_engine, build_sessionmaker
 from .errors import api_error_codes, handle_api_error, handle_exception
-from .guard import ACCESS_COOKIE, CSRF_COOKIE, REFRESH_COOKIE, finish_response, guard
+from .guard import ACCESS_COOKIE, CSRF_COOKIE, REFRESH_COOKIE, guard
 from .openapi import docs_bp
 from .outbox import FileOutbox, Sender
 from .passwords import Passwords
@@ -114,7 +114,6 @@ class TokenGate:
         if "QUART_SCHEMA" not in app.extensions:
             app.register_blueprint(docs_bp)
         app.before_request(guard)
-        app.after_request(finish_response)
         # Our errors render as contract JSON wherever they are raised. Quart
         # files handlers of HTTP errors by status code, so the one handler is
         # filed under each code we use, where the host app has none of its own.

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from functools import wraps
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
-from quart import Quart, Response, current_app, g, request
+from quart import Quart, Response, after_this_request, current_app, g, request
 
 from .errors import (
     AuthUnavailable,
@@ -104,6 +104,7 @@ async def authenticate_request() -> Identity:
     g.tokengate_via_cookie = via_cookie
     if via_cookie:
         check_csrf()
+    finish_later()
     try:
         identity = await get_gate().manager.authenticate(token)
     except SESSION_OVER:
@@ -127,8 +128,20 @@ async def guard() -> None:
         await authenticate_request()
 
 
+def finish_later() -> None:
+    """Run :func:`finish_response` after this request (once).
+
+    Registered per request, by the guard and the routes that may clear
+    cookies, and not as an app-wide ``after_request`` hook: a host app's
+    own routes never pay for it.
+    """
+    if not getattr(g, "tokengate_finishing", False):
+        g.tokengate_finishing = True
+        after_this_request(finish_response)  # type: ignore[arg-type]
+
+
 async def finish_response(response: Response) -> Response:
-    """The ``after_request`` hook: hand out re-issued tokens, clear dead cookies."""
+    """Hand out re-issued tokens, clear dead cookies (after a checked request)."""
     gate = get_gate()
     if getattr(g, "tokengate_clear_cookies", False) and gate.settings.use_cookies:
         gate.clear_cookies(response)

@@ -17,7 +17,14 @@ from ..errors import (
     Unauthorized,
     handle_exception,
 )
-from ..guard import REFRESH_COOKIE, check_csrf, current_identity, get_gate, login_required
+from ..guard import (
+    REFRESH_COOKIE,
+    check_csrf,
+    current_identity,
+    finish_later,
+    get_gate,
+    login_required,
+)
 from ..openapi import GUARD_CODES, document
 from ..sessions import ClientInfo
 from ..tokens import TokenPair
@@ -162,6 +169,7 @@ async def refresh() -> Response:
         pair = await gate.manager.refresh(token)
     except Unauthorized:
         g.tokengate_clear_cookies = getattr(g, "tokengate_via_cookie", False)
+        finish_later()
         raise
     return pair_response(pair)
 
