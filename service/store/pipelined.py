@@ -49,6 +49,10 @@ def _pack(*parts: Any) -> bytes:
     return b"".join(out)
 
 
+# A call that keeps waiting on a live connection fails after this many timeouts.
+STALL_LIMIT = 4
+
+
 class _Protocol(asyncio.Protocol):
     def __init__(self) -> None:
         self.reader = hiredis.Reader()
@@ -149,24 +153,37 @@ class PipelinedScripts:
         return protocol
 
     async def _call(self, payload: bytes) -> Any:
-        protocol = None
+        protocol = self._protocol
+        if protocol is None or protocol.lost:
+            protocol = await self._connection()  # bounded by its own timeout
+        loop = asyncio.get_running_loop()
+        future = protocol.send(payload)
+        started = time.monotonic()
+        handle: list[asyncio.TimerHandle] = []
+
+        def watch() -> None:
+            # The call fails when the connection has answered nothing for the
+            # whole timeout (a frozen server, a lost peer: it is dropped, its
+            # other callers fail too, the next call reconnects), or after
+            # STALL_LIMIT timeouts in all. A connection that keeps answering
+            # while this process's loop is too busy to read in time keeps its
+            # callers waiting instead of failing them.
+            if future.done():
+                return
+            now = time.monotonic()
+            stalled = now - protocol.last_reply >= self.timeout
+            if stalled or now - started >= self.timeout * STALL_LIMIT:
+                future.set_exception(RedisTimeoutError("Timeout reading from Redis."))
+                if stalled and protocol is self._protocol:
+                    self.close()
+            else:
+                handle[0] = loop.call_later(self.timeout, watch)
+
+        handle.append(loop.call_later(self.timeout, watch))
         try:
-            async with asyncio.timeout(self.timeout):
-                protocol = await self._connection()
-                reply = await protocol.send(payload)
-        except TimeoutError:
-            # A connection that answered nothing for the whole timeout is
-            # stalled (a frozen server, a lost peer): it is dropped, its other
-            # callers fail now, and the next call reconnects. One that is still
-            # answering (an overloaded loop reads late) keeps going: the late
-            # reply finds its future done and is skipped, order intact.
-            if (
-                protocol is not None
-                and protocol is self._protocol
-                and time.monotonic() - protocol.last_reply >= self.timeout
-            ):
-                self.close()
-            raise RedisTimeoutError("Timeout reading from Redis.") from None
+            reply = await future
+        finally:
+            handle[0].cancel()
         if isinstance(reply, hiredis.ReplyError):
             message = str(reply)
             if message.startswith("NOSCRIPT"):
