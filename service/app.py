@@ -123,6 +123,29 @@ class TokenGate:
         app.before_serving(self.startup)
         app.after_serving(self.shutdown)
 
+    def reconfigure(
+        self,
+        *,
+        settings: Settings | None = None,
+        clock: Callable[[], float] | None = None,
+        passwords: Passwords | None = None,
+    ) -> None:
+        """Replace the settings, the clock or the password hasher before the app is served.
+
+        The test kit (``quart_tokengate.client.pytest_plugin``) serves a user's
+        app this way, on its own storage and clock. Only Python code holding
+        the extension can call it, and only before start-up: no setting,
+        variable or route can move a service's clock.
+        """
+        if self._manager is not None:
+            raise RuntimeError("tokengate is started: reconfigure it before serving the app")
+        if settings is not None:
+            self._settings = settings
+        if clock is not None:
+            self.clock = clock
+        if passwords is not None:
+            self._passwords = passwords
+
     @property
     def settings(self) -> Settings:
         if self._settings is None:

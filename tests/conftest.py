@@ -18,35 +18,20 @@ from typing import Any
 
 import pytest
 import redis
-from argon2 import PasswordHasher
 from quart import Quart
 from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from quart_tokengate.client.pytest_plugin import TokengateClock
 from quart_tokengate.service import Settings, create_app
 from quart_tokengate.service.db.migrate import downgrade, upgrade
 from quart_tokengate.service.passwords import Passwords
+from quart_tokengate.service.testing import FAST_HASHER
 
-from .support import SECRET, RedisServer
+from .support import SECRET, PrivateRedis, bearer
 
 DATABASES = ["sqlite"] + (["postgresql"] if os.environ.get("TOKENGATE_TEST_DATABASE_URL") else [])
-# Cheap argon2id parameters for in-process tests; the service's own
-# defaults are used by the end-to-end tests, which run the real process.
-FAST_HASHER = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
-
-
-class Clock:
-    """An injectable clock: ``clock()`` is now; ``clock.advance(s)`` moves it."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture(scope="session")
@@ -59,10 +44,22 @@ def redis_url() -> Iterator[str]:
             pytest.fail(f"TOKENGATE_TEST_REDIS_URL={url} does not answer: {exc}")
         yield url
         return
-    server = RedisServer()
+    server = PrivateRedis()
     server.start()
     yield server.url
-    server.stop()
+    server.close()
+
+
+@pytest.fixture
+def private_redis() -> Iterator[PrivateRedis]:
+    """A redis-server of this test's own, on a loopback port, that the test may stop and restart.
+
+    For tests that cut, stop or count the commands of a server: never the shared one.
+    """
+    server = PrivateRedis()
+    server.start()
+    yield server
+    server.close()
 
 
 @pytest.fixture
@@ -111,8 +108,9 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> TokengateClock:
+    """The test kit's clock, for apps run in-process: it moves only when advanced."""
+    return TokengateClock()
 
 
 AppFactory = Callable[..., Awaitable[Quart]]
@@ -161,5 +159,14 @@ async def register_and_login(
     return body
 
 
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
+async def me(client: Any, pair: dict[str, Any]) -> int | str:
+    """``GET /auth/me`` with the pair's access token: ``200``, or the error code."""
+    r = await client.get("/auth/me", headers=bearer(pair["access_token"]))
+    return r.status_code if r.status_code == 200 else str((await r.get_json())["error"])
+
+
+async def refresh(client: Any, token: str) -> dict[str, Any] | str:
+    """``POST /auth/refresh`` with ``token``: the new pair, or the error code."""
+    r = await client.post("/auth/refresh", json={"refresh_token": token})
+    body: dict[str, Any] = await r.get_json()
+    return body if r.status_code == 200 else str(body["error"])

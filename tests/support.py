@@ -1,4 +1,4 @@
-"""Real servers for the tests: private redis-servers and the service process."""
+"""Real servers for the tests: the service process (private redis-servers: ``PrivateRedis``)."""
 
 from __future__ import annotations
 
@@ -8,18 +8,53 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
+from collections.abc import Mapping
+from http.cookies import Morsel, SimpleCookie
 from pathlib import Path
 from typing import Any
 
 import httpx
-import redis
+import jwt
 
-from quart_tokengate.service.store.embedded import redis_server_binary
+from quart_tokengate.service.testing import PrivateRedis
+
+__all__ = [
+    "ROOT",
+    "SECRET",
+    "PrivateRedis",
+    "ServiceProcess",
+    "free_port",
+    "start_service",
+    "wait_for",
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "test-signing-key-" + "k" * 40
+
+
+def bearer(token: str | Mapping[str, Any]) -> dict[str, str]:
+    """The ``Authorization`` header for an access token, or for a token pair's."""
+    access = token if isinstance(token, str) else token["access_token"]
+    return {"Authorization": f"Bearer {access}"}
+
+
+def claims(token: str) -> dict[str, Any]:
+    """A token's claims, unverified (to read ``exp``, ``sid``... in a test)."""
+    payload: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
+    return payload
+
+
+def set_cookies(response: Any) -> dict[str, Morsel[str]]:
+    """The cookies a response (httpx's or Quart's) sets or deletes, by name."""
+    headers = response.headers
+    values = headers.get_list("set-cookie") if hasattr(headers, "get_list") else None
+    found: dict[str, Morsel[str]] = {}
+    for header in values if values is not None else headers.getlist("Set-Cookie"):
+        jar: SimpleCookie = SimpleCookie()
+        jar.load(header)
+        found.update(jar)
+    return found
 
 
 def free_port() -> int:
@@ -36,51 +71,6 @@ def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> N
             return
         time.sleep(interval)
     raise TimeoutError(f"condition not met within {timeout}s")
-
-
-class RedisServer:
-    """A private redis-server on a loopback TCP port, that a test may stop and start."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.dir = Path(tempfile.mkdtemp(prefix="tg-redis-"))
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def ping(self) -> bool:
-        try:
-            return bool(redis.Redis(port=self.port, socket_timeout=0.5).ping())
-        except redis.RedisError:
-            return False
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                redis_server_binary(),
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.dir),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for(self.ping)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-            self.process = None
 
 
 class ServiceProcess:

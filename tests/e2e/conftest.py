@@ -1,41 +1,32 @@
 """The real service process, over HTTP, for end-to-end tests.
 
-``service_factory(**settings)`` starts ``python -m service serve`` on a free
-port with a fresh SQLite database, the test Redis (its own database number,
-flushed first) and the given ``TOKENGATE_*`` settings (lower-case names,
-e.g. ``access_ttl=2``); every process is stopped at the end of the test.
+``service_factory(**settings)`` starts ``python -m quart_tokengate.service serve``
+on a free port with a fresh SQLite database, a redis-server private to the
+test (each service its own database number on it) and the given
+``TOKENGATE_*`` settings (lower-case names, e.g. ``access_ttl=2``); every
+process is stopped at the end of the test. Never the shared Redis: a test
+elsewhere may be using any other database number of it.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
-import redis
 
-from tests.support import RedisServer, ServiceProcess, service_env
-
-_db_numbers = itertools.cycle(range(1, 16))
+from tests.support import PrivateRedis, ServiceProcess, service_env
 
 ServiceFactory = Callable[..., ServiceProcess]
 
 
-def _with_db(url: str, number: int) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{number}"))
-
-
 @pytest.fixture
-def service_factory(redis_url: str, tmp_path: Path) -> Iterator[ServiceFactory]:
+def service_factory(private_redis: PrivateRedis, tmp_path: Path) -> Iterator[ServiceFactory]:
     started: list[ServiceProcess] = []
 
     def start(workers: int = 1, **settings: Any) -> ServiceProcess:
-        url = _with_db(redis_url, next(_db_numbers))
-        redis.Redis.from_url(url).flushdb()
+        url = f"redis://127.0.0.1:{private_redis.port}/{len(started)}"
         workdir = tmp_path / f"service{len(started)}"
         env = service_env(workdir, url, **settings)
         service = ServiceProcess(env, workdir, workers=workers)
@@ -49,12 +40,12 @@ def service_factory(redis_url: str, tmp_path: Path) -> Iterator[ServiceFactory]:
 
 
 @pytest.fixture(scope="module")
-def module_redis() -> Iterator[RedisServer]:
+def module_redis() -> Iterator[PrivateRedis]:
     """A private redis-server for the services a module's tests share."""
-    server = RedisServer()
+    server = PrivateRedis()
     server.start()
     yield server
-    server.stop()
+    server.close()
 
 
 @pytest.fixture

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from typing import Any
 
 import httpx
 
+from tests.support import bearer as bearer
 from tests.support import start_service as start_service
 
 PASSWORD = "correct horse"
@@ -16,10 +16,6 @@ TIMEOUT = httpx.Timeout(30.0)
 
 def new_name(prefix: str = "user") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-def bearer(pair: dict[str, Any]) -> dict[str, str]:
-    return {"Authorization": f"Bearer {pair['access_token']}"}
 
 
 def error_of(r: httpx.Response) -> str:
@@ -53,11 +49,3 @@ def me(http: httpx.Client, pair: dict[str, Any]) -> int | str:
 def refresh(http: httpx.Client, token: str) -> dict[str, Any] | str:
     r = http.post("/auth/refresh", json={"refresh_token": token})
     return r.json() if r.status_code == 200 else error_of(r)
-
-
-def sleep_until(deadline: float) -> None:
-    """Wait for a near point on the monotonic clock."""
-    remaining = deadline - time.monotonic()
-    assert remaining < 10, remaining
-    if remaining > 0:
-        time.sleep(remaining)

@@ -8,7 +8,6 @@ never downloads a browser here.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -16,9 +15,13 @@ from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import httpx
-import jwt
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from quart import Quart
+
+from quart_tokengate.client.pytest_plugin import TokengateClock
+from quart_tokengate.service import Settings, create_app
+from tests.support import SECRET, claims
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -108,15 +111,10 @@ class AccountPage:
     def rows(self) -> Any:
         return self.page.locator("#sessions tbody tr")
 
-    def wait_for_access_expiry(self) -> None:
-        """Block until the access token in the cookie has expired (not an arbitrary sleep)."""
+    def expire_access(self, clock: TokengateClock) -> None:
+        """Move the service's clock to the access token's expiry (the test kit's server)."""
         exp = claims(self.cookies()["access_token"]["value"])["exp"]
-        time.sleep(max(0.0, exp - time.time()) + 0.05)
-
-
-def claims(token: str) -> dict[str, Any]:
-    payload: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
-    return payload
+        clock.advance(max(0.0, exp - clock()))
 
 
 def register(base_url: str, username: str = "alice") -> None:
@@ -134,8 +132,16 @@ def api_login(base_url: str, device: str) -> dict[str, Any]:
     return pair
 
 
-def test_the_page_refreshes_by_itself_when_the_access_token_expires(service_factory, contexts):
-    service = service_factory(token_location="headers,cookies", access_ttl=2)
+@pytest.fixture
+def tokengate_app() -> Quart:
+    """For the test kit's server: tokens in headers and cookies."""
+    return create_app(Settings(secret_key=SECRET, token_location=("headers", "cookies")))
+
+
+def test_the_page_refreshes_by_itself_when_the_access_token_expires(
+    tokengate_server, tokengate_clock, contexts
+):
+    service = tokengate_server
     register(service.base_url)
     cli = api_login(service.base_url, device="cli")
     tab = AccountPage(contexts(), service.base_url)
@@ -160,7 +166,7 @@ def test_the_page_refreshes_by_itself_when_the_access_token_expires(service_fact
 
     # Past the access token's expiry, two concurrent calls meet 401 token_expired:
     # one refresh between them, then each is retried once.
-    tab.wait_for_access_expiry()
+    tab.expire_access(tokengate_clock)
     old_access, old_csrf = jar["access_token"]["value"], jar["csrf_token"]["value"]
     tab.traffic.clear()
     with tab.page.expect_request(lambda r: r.url.endswith("/auth/refresh")) as refresh:
@@ -177,7 +183,7 @@ def test_the_page_refreshes_by_itself_when_the_access_token_expires(service_fact
 
     # Expired again; now an unsafe call: refresh, then the DELETE is retried
     # with the rotated CSRF token and ends the other session.
-    tab.wait_for_access_expiry()
+    tab.expire_access(tokengate_clock)
     tab.traffic.clear()
     before = tab.loads()
     tab.page.click(f'tr[data-session-id="{cli["session_id"]}"] button.end-session')

@@ -1,7 +1,8 @@
-"""Cookie mode, implicit refresh and password reset against the real service process, over httpx.
+"""Cookie mode, implicit refresh and password reset over HTTP, with httpx.
 
-The waits here are on a short access TTL running out: each computes when the
-token expires from its ``exp`` claim and waits exactly until then.
+Cookie mode and password reset run against the real service process; implicit
+refresh and re-issue, which need tokens to expire, against the test kit's
+server, whose clock moves past ``exp`` without waiting.
 """
 
 from __future__ import annotations
@@ -9,44 +10,19 @@ from __future__ import annotations
 import asyncio
 import json
 import stat
-import time
-from http.cookies import Morsel, SimpleCookie
 from pathlib import Path
 from typing import Any
 
 import httpx
-import jwt
+import pytest
+from quart import Quart
+
+from quart_tokengate.service import Settings, create_app
+from tests.e2e.session_helpers import register
+from tests.support import SECRET, bearer, claims, set_cookies
 
 PASSWORD = "correct horse"
 COOKIE_NAMES = {"access_token", "refresh_token", "csrf_token"}
-
-
-def set_cookies(response: httpx.Response) -> dict[str, Morsel[str]]:
-    found: dict[str, Morsel[str]] = {}
-    for header in response.headers.get_list("set-cookie"):
-        jar: SimpleCookie = SimpleCookie()
-        jar.load(header)
-        found.update(jar)
-    return found
-
-
-def claims(token: str) -> dict[str, Any]:
-    payload: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
-    return payload
-
-
-def wait_until(epoch: float) -> None:
-    """Wait for a moment the test computed (a token's ``exp``), not a guessed delay."""
-    time.sleep(max(0.0, epoch - time.time()))
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-def register(http: httpx.Client, username: str = "alice") -> None:
-    r = http.post("/auth/register", json={"username": username, "password": PASSWORD})
-    assert r.status_code == 201
 
 
 def login(http: httpx.Client, username: str = "alice", **extra: Any) -> httpx.Response:
@@ -65,7 +41,7 @@ def test_cookie_mode_csrf_and_clearing(service_factory):
         httpx.Client(base_url=service.base_url) as browser,
         httpx.Client(base_url=service.base_url) as other,
     ):
-        register(browser)
+        register(browser, "alice")
 
         # Plain http on a loopback address: every flag but Secure.
         r = login(browser)
@@ -131,18 +107,25 @@ def test_cookie_mode_csrf_and_clearing(service_factory):
         assert r.status_code == 401 and r.json()["error"] == "missing_token"
 
 
-async def test_implicit_refresh_and_reissue(service_factory):
-    service = service_factory(
-        token_location="headers,cookies",
-        implicit_refresh="true",
-        access_ttl=2,
-        idle_timeout=3,
-        max_sessions=1,
+@pytest.fixture
+def tokengate_app() -> Quart:
+    """For the test kit's server: headers and cookies, implicit refresh, one session a user."""
+    return create_app(
+        Settings(
+            secret_key=SECRET,
+            token_location=("headers", "cookies"),
+            implicit_refresh=True,
+            max_sessions=1,
+        )
     )
+
+
+async def test_implicit_refresh_and_reissue(tokengate_server, tokengate_clock):
+    """Access tokens of 300 s, idle timeout 1800 s, on the test kit's clock."""
     users = ("alice", "bob", "carol", "dave", "erin")
     async with (
-        httpx.AsyncClient(base_url=service.base_url) as http,
-        httpx.AsyncClient(base_url=service.base_url) as browser,
+        httpx.AsyncClient(base_url=tokengate_server.base_url) as http,
+        httpx.AsyncClient(base_url=tokengate_server.base_url) as browser,
     ):
 
         async def login_as(name: str, client: httpx.AsyncClient = http) -> dict[str, Any]:
@@ -163,14 +146,14 @@ async def test_implicit_refresh_and_reissue(service_factory):
             login_as("erin"), login_as("alice"), login_as("bob", browser), login_as("carol"),
             login_as("dave"),
         )  # fmt: skip
-        idle_since = time.time()
+        idle_since = tokengate_clock()
         assert (
             await http.post("/auth/logout", headers=bearer(carol["access_token"]))
         ).status_code == 204
         await login_as("dave")  # one session per user: this pushes the first out
         expired = alice["access_token"]
-        wait_until(max(claims(p["access_token"])["exp"] for p in (alice, carol, dave)))
-        wait_until(claims(browser.cookies["access_token"])["exp"])
+        tokengate_clock.advance(300)  # every access token so far has expired
+        assert claims(browser.cookies["access_token"])["exp"] <= tokengate_clock()
 
         # 100 concurrent requests with one expired token: all accepted, one new token.
         responses = await asyncio.gather(
@@ -200,16 +183,15 @@ async def test_implicit_refresh_and_reissue(service_factory):
 
         # A cookie in its last second is re-issued before it expires.
         current = browser.cookies["access_token"]
-        wait_until(claims(current)["exp"] - 0.9)
+        tokengate_clock.advance(claims(current)["exp"] - tokengate_clock() - 30)
         r = await browser.get("/auth/me")
         assert r.status_code == 200
         reissued = set_cookies(r)["access_token"].value
         assert claims(reissued)["exp"] > claims(current)["exp"]
-        assert claims(current)["exp"] > time.time(), "the old one had not expired yet"
+        assert claims(current)["exp"] > tokengate_clock(), "the old one had not expired yet"
 
-        # Idle past the timeout: not revived either. (The Redis scripts of the
-        # refresh paths count in whole seconds, so allow one more.)
-        wait_until(idle_since + 3 + 1)
+        # Idle for the timeout: not revived either.
+        tokengate_clock.advance(idle_since + 1800 - tokengate_clock())
         r = await http.get("/auth/me", headers=bearer(idle["access_token"]))
         assert r.status_code == 401 and r.json()["error"] == "session_expired"
         assert "X-Access-Token" not in r.headers
@@ -219,7 +201,7 @@ def test_password_reset_over_http(service_factory):
     service = service_factory(login_max_failures=3)
     outbox = Path(service.workdir) / "instance" / "outbox"
     with httpx.Client(base_url=service.base_url) as http:
-        register(http)
+        register(http, "alice")
         session = login(http).json()
 
         r = http.post("/auth/password-reset/request", json={"username": "nobody"})

@@ -15,14 +15,14 @@ import pytest
 
 from quart_tokengate.client import FileTokenStore
 from quart_tokengate.client.__main__ import main
-from tests.support import ROOT, RedisServer, ServiceProcess
+from tests.support import ROOT, PrivateRedis, ServiceProcess
 
 from .test_client_concurrency import PASSWORD, expired, new_user, start_service
 
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
-    redis = RedisServer()
+    redis = PrivateRedis()
     redis.start()
     started = start_service(tmp_path_factory.mktemp("client-cli"), redis.url)
     yield started

@@ -24,7 +24,7 @@ import pytest
 
 from quart_tokengate.client import AsyncAuthClient, AuthClient, MemoryTokenStore, Tokens
 from quart_tokengate.service.tokens import AccessToken, SigningConfig, mint
-from tests.support import SECRET, RedisServer, ServiceProcess, start_service
+from tests.support import SECRET, PrivateRedis, ServiceProcess, start_service
 
 SIGNING = SigningConfig(SECRET, "tokengate", "tokengate")
 TIMEOUT = httpx.Timeout(120.0)
@@ -114,7 +114,7 @@ def behind(seconds: float) -> Callable[[], float]:
 
 @pytest.fixture(scope="module")
 def service(
-    module_redis: RedisServer, tmp_path_factory: pytest.TempPathFactory
+    module_redis: PrivateRedis, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServiceProcess]:
     """The service on its default lifetimes (access tokens live 300 s)."""
     started = start_service(tmp_path_factory.mktemp("client-concurrency"), module_redis.url)

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from quart_tokengate.client import AsyncAuthClient, AuthClient, FileTokenStore
-from tests.support import RedisServer, ServiceProcess
+from tests.support import PrivateRedis, ServiceProcess
 
 from .test_client_concurrency import (
     TIMEOUT,
@@ -30,7 +30,7 @@ REQUESTS_EACH = 20
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
-    redis = RedisServer()
+    redis = PrivateRedis()
     redis.start()
     started = start_service(tmp_path_factory.mktemp("client-file"), redis.url)
     yield started

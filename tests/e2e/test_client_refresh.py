@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -23,7 +22,8 @@ from quart_tokengate.client import (
     TokenAuth,
     Tokens,
 )
-from tests.support import RedisServer, ServiceProcess, free_port
+from quart_tokengate.client.pytest_plugin import TokengateServer
+from tests.support import PrivateRedis, ServiceProcess, free_port
 
 from .test_client_concurrency import (
     PASSWORD,
@@ -39,7 +39,7 @@ from .test_client_concurrency import (
 
 @pytest.fixture(scope="module")
 def service(
-    module_redis: RedisServer, tmp_path_factory: pytest.TempPathFactory
+    module_redis: PrivateRedis, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServiceProcess]:
     """Default lifetimes; three failed logins per account before 429."""
     url = f"redis://127.0.0.1:{module_redis.port}/1"
@@ -49,19 +49,8 @@ def service(
 
 
 @pytest.fixture(scope="module")
-def short(
-    module_redis: RedisServer, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ServiceProcess]:
-    """Access tokens that live 3 s, for expiry met for real."""
-    url = f"redis://127.0.0.1:{module_redis.port}/2"
-    started = start_service(tmp_path_factory.mktemp("client-short"), url, access_ttl=3)
-    yield started
-    started.stop()
-
-
-@pytest.fixture(scope="module")
 def implicit(
-    module_redis: RedisServer, tmp_path_factory: pytest.TempPathFactory
+    module_redis: PrivateRedis, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServiceProcess]:
     """Implicit refresh on: an expired token is accepted once and a new one pushed."""
     url = f"redis://127.0.0.1:{module_redis.port}/3"
@@ -76,19 +65,23 @@ def client(service: ServiceProcess, transport: CountingTransport, **kwargs: Any)
     )
 
 
-async def wait_until(at: float) -> None:
-    """Sleep until the wall clock reaches ``at`` (a token's ``exp``, here)."""
-    await asyncio.sleep(max(0.0, at - time.time()))
+# -- when to refresh: on the test kit's clock, which moves the service's and the
+# client's time together (a client with a clock of its own says so) -------------------
+def kit_client(
+    server: TokengateServer, transport: CountingTransport, **kwargs: Any
+) -> AsyncAuthClient:
+    kwargs.setdefault("clock", server.clock)
+    return AsyncAuthClient(base_url=server.base_url, transport=transport, timeout=TIMEOUT, **kwargs)
 
 
-# -- when to refresh -------------------------------------------------------------------
-async def test_a_token_near_expiry_is_refreshed_before_the_request(short):
-    name = new_user(short.base_url)
+async def test_a_token_near_expiry_is_refreshed_before_the_request(
+    tokengate_server, tokengate_user, tokengate_clock
+):
+    user = tokengate_user()
     transport = CountingTransport()
-    async with client(short, transport, refresh_margin=1) as api:
-        first = await api.login(name, PASSWORD)
-        assert first.local_expiry is not None
-        await wait_until(first.local_expiry - 1 + 0.05)  # within the margin, not yet expired
+    async with kit_client(tokengate_server, transport, refresh_margin=30) as api:
+        first = await api.login(user.username, user.password)
+        tokengate_clock.advance(300 - 20)  # within the margin, not yet expired
         r = await api.get("/auth/me")
         assert r.status_code == 200
         assert transport.refreshes == 1 and transport.unauthorized == 0
@@ -96,46 +89,51 @@ async def test_a_token_near_expiry_is_refreshed_before_the_request(short):
         assert api.tokens.access_token != first.access_token
 
 
-async def test_token_expired_refreshes_and_retries_once(short):
-    name = new_user(short.base_url)
+async def test_token_expired_refreshes_and_retries_once(
+    tokengate_server, tokengate_user, tokengate_clock
+):
+    user = tokengate_user()
     transport = CountingTransport()
-    # A clock set back 60 s after the login: the client sends the token past its
-    # expiry, the service says so.
-    set_back = [0.0]
-    clock = lambda: time.time() - set_back[0]  # noqa: E731
-    async with client(short, transport, refresh_margin=0, clock=clock) as api:
-        first = await api.login(name, PASSWORD)
-        assert first.expires_at is not None
-        set_back[0] = 60
-        await wait_until(first.expires_at + 0.05)
+    # The client's clock falls 400 s behind after the login: it sends the token
+    # past its expiry, the service says so.
+    behind_by = [0.0]
+    clock = lambda: tokengate_clock() - behind_by[0]  # noqa: E731
+    async with kit_client(tokengate_server, transport, refresh_margin=0, clock=clock) as api:
+        await api.login(user.username, user.password)
+        behind_by[0] = 400
+        tokengate_clock.advance(301)
         r = await api.get("/auth/me")
-        assert r.status_code == 200 and r.json()["username"] == name
+        assert r.status_code == 200 and r.json()["username"] == user.username
         assert transport.answered["GET /auth/me", 401] == 1
         assert transport.refreshes == 1
         assert (await api.get("/auth/me")).status_code == 200
         assert transport.refreshes == 1
 
 
-async def test_a_skewed_clock_neither_refreshes_early_nor_sends_expired_tokens(short):
+async def test_a_skewed_clock_neither_refreshes_early_nor_sends_expired_tokens(
+    tokengate_server, tokengate_user, tokengate_clock
+):
     # Expiry is judged by when the tokens arrived and how long they live, not
     # by comparing the service's exp with a local clock that is off by minutes.
-    async def skewed(skew: float) -> None:
-        name = new_user(short.base_url)
+    users = [tokengate_user(), tokengate_user()]
+    clients = []
+    for user, skew in zip(users, (280, -3600), strict=True):  # clock ahead, clock behind
         transport = CountingTransport()
-        clock = lambda: time.time() + skew  # noqa: E731
-        async with client(short, transport, refresh_margin=0.5, clock=clock) as api:
-            first = await api.login(name, PASSWORD)
-            for _ in range(3):
-                assert (await api.get("/auth/me")).status_code == 200
-            assert transport.refreshes == 0, skew  # not refreshed on every request
-            assert first.issued_at is not None
-            await wait_until(first.issued_at + 3)  # expired at the service
+        clock = lambda skew=skew: tokengate_clock() + skew  # noqa: E731
+        api = kit_client(tokengate_server, transport, refresh_margin=0.5, clock=clock)
+        await api.login(user.username, user.password)
+        clients.append((api, transport, skew))
+    for api, transport, skew in clients:
+        for _ in range(3):
             assert (await api.get("/auth/me")).status_code == 200
-            assert (transport.refreshes, transport.unauthorized) == (1, 0), skew  # refreshed first
-            responses = await asyncio.gather(*(api.get("/auth/me") for _ in range(20)))
-            assert {r.status_code for r in responses} == {200} and transport.refreshes == 1
-
-    await asyncio.gather(skewed(280), skewed(-3600))  # clock ahead, clock behind
+        assert transport.refreshes == 0, skew  # not refreshed on every request
+    tokengate_clock.advance(300)  # expired at the service
+    for api, transport, skew in clients:
+        assert (await api.get("/auth/me")).status_code == 200
+        assert (transport.refreshes, transport.unauthorized) == (1, 0), skew  # refreshed first
+        responses = await asyncio.gather(*(api.get("/auth/me") for _ in range(20)))
+        assert {r.status_code for r in responses} == {200} and transport.refreshes == 1
+        await api.aclose()
 
 
 async def test_other_401_codes_do_not_refresh(service):

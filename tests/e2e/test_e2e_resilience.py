@@ -24,7 +24,7 @@ import httpx
 import pytest
 import redis
 
-from tests.support import RedisServer, ServiceProcess, free_port, wait_for
+from tests.support import PrivateRedis, ServiceProcess, free_port, wait_for
 
 from .session_helpers import (
     PASSWORD,
@@ -43,7 +43,7 @@ from .session_helpers import (
 # -- a service on a private redis-server, shared by the Redis tests --
 @pytest.fixture(scope="module")
 def module_service(
-    module_redis: RedisServer, tmp_path_factory: pytest.TempPathFactory
+    module_redis: PrivateRedis, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServiceProcess]:
     """Two sessions per user, so that a third login replaces the oldest."""
     service = start_service(tmp_path_factory.mktemp("resilient"), module_redis.url, max_sessions=2)
@@ -52,7 +52,7 @@ def module_service(
 
 
 @pytest.fixture
-def private_redis(module_redis: RedisServer) -> Iterator[RedisServer]:
+def module_redis_running(module_redis: PrivateRedis) -> Iterator[PrivateRedis]:
     """The module's redis-server, running at the start and at the end of each test."""
     if module_redis.process is None:
         module_redis.start()
@@ -62,7 +62,7 @@ def private_redis(module_redis: RedisServer) -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-def service(module_service: ServiceProcess, private_redis: RedisServer) -> ServiceProcess:
+def service(module_service: ServiceProcess, module_redis_running: PrivateRedis) -> ServiceProcess:
     assert module_service.process is not None and module_service.process.poll() is None
     return module_service
 
@@ -100,7 +100,7 @@ def commandstats(client: redis.Redis) -> dict[str, int]:
     return {name: n for name, n in calls.items() if name not in IGNORED}
 
 
-async def test_one_script_call_per_request_and_nothing_else(service, private_redis):
+async def test_one_script_call_per_request_and_nothing_else(service, module_redis_running):
     with httpx.Client(base_url=service.base_url, timeout=TIMEOUT) as http:
         name = new_name()
         register(http, name)
@@ -119,7 +119,7 @@ async def test_one_script_call_per_request_and_nothing_else(service, private_red
         # Warm up: the script loaded, the service's connection pool filled.
         for _ in range(2):
             await batch()
-        stats_client = redis.Redis(port=private_redis.port, socket_timeout=5)
+        stats_client = redis.Redis(port=module_redis_running.port, socket_timeout=5)
         try:
             stats_client.config_resetstat()
             for _ in range(25):
@@ -134,7 +134,7 @@ async def test_one_script_call_per_request_and_nothing_else(service, private_red
 
 
 # -- 7. Redis losing its data --
-def test_sessions_keep_their_state_when_redis_loses_its_data(service, http, private_redis):
+def test_sessions_keep_their_state_when_redis_loses_its_data(service, http, module_redis_running):
     alice, bob = new_name("alice"), new_name("bob")
     register(http, alice)
     register(http, bob)
@@ -169,7 +169,7 @@ def test_sessions_keep_their_state_when_redis_loses_its_data(service, http, priv
     }
     assert states() == expected
 
-    stats_client = redis.Redis(port=private_redis.port, socket_timeout=5)
+    stats_client = redis.Redis(port=module_redis_running.port, socket_timeout=5)
     try:
         stats_client.flushall()
         assert stats_client.dbsize() == 0
@@ -180,8 +180,8 @@ def test_sessions_keep_their_state_when_redis_loses_its_data(service, http, priv
     again = refresh(http, live["refresh_token"])
     assert isinstance(again, dict) and again["refresh_token"] == rotated["refresh_token"]
 
-    private_redis.stop()  # no persistence: everything is gone
-    private_redis.start()
+    module_redis_running.stop()  # no persistence: everything is gone
+    module_redis_running.start()
     assert states() == expected
     # The per-user limit still counts the sessions the database knows are live.
     newest = login(http, alice)
@@ -194,14 +194,16 @@ def test_sessions_keep_their_state_when_redis_loses_its_data(service, http, priv
 
 
 # -- 8. outages --
-def test_redis_down_every_auth_route_answers_503_fast_then_recovers(service, http, private_redis):
+def test_redis_down_every_auth_route_answers_503_fast_then_recovers(
+    service, http, module_redis_running
+):
     name = new_name()
     register(http, name)
     pair = login(http, name)
     auth = bearer(pair)
     assert me(http, pair) == 200
 
-    private_redis.stop()
+    module_redis_running.stop()
     calls: dict[str, Callable[[], httpx.Response]] = {
         "me": lambda: http.get("/auth/me", headers=auth),
         "sessions": lambda: http.get("/auth/sessions", headers=auth),
@@ -217,7 +219,7 @@ def test_redis_down_every_auth_route_answers_503_fast_then_recovers(service, htt
     assert r.status_code == 503
     assert r.json()["redis"] == "unavailable"
 
-    private_redis.start()
+    module_redis_running.start()
     # The next requests succeed, and the logout that failed did not half happen.
     assert me(http, pair) == 200
     assert http.get("/healthz").status_code == 200

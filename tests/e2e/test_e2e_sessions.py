@@ -1,7 +1,7 @@
 """The session rules of issue 3 against the real service process, over HTTP.
 
 Logout, logout-all, the sessions list, deleting a session, the password
-change; idle timeout and absolute age on the real clock; single sign-on under
+change; idle timeout and absolute age on the test kit's clock; single sign-on under
 concurrent logins; refresh rotation, its grace window and reuse detection;
 login throttling.
 
@@ -16,14 +16,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
+from quart import Quart
 
-from tests.support import RedisServer, ServiceProcess
+from quart_tokengate.service import Settings, create_app
+from tests.support import SECRET, PrivateRedis, ServiceProcess
 
 from .session_helpers import (
     PASSWORD,
@@ -36,7 +37,6 @@ from .session_helpers import (
     outcome,
     refresh,
     register,
-    sleep_until,
     start_service,
 )
 
@@ -44,7 +44,7 @@ from .session_helpers import (
 # -- services shared by the module --
 @pytest.fixture(scope="module")
 def general(
-    module_redis: RedisServer, tmp_path_factory: pytest.TempPathFactory
+    module_redis: PrivateRedis, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServiceProcess]:
     """Three sessions per user, a login throttle of 3 failures, the default 10 s grace."""
     url = f"redis://127.0.0.1:{module_redis.port}/1"
@@ -57,7 +57,7 @@ def general(
 
 @pytest.fixture(scope="module")
 def single_sign_on(
-    module_redis: RedisServer, tmp_path_factory: pytest.TempPathFactory
+    module_redis: PrivateRedis, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServiceProcess]:
     """One session per user, and a refresh grace window of 1 s."""
     url = f"redis://127.0.0.1:{module_redis.port}/2"
@@ -66,17 +66,11 @@ def single_sign_on(
     service.stop()
 
 
-@pytest.fixture(scope="module")
-def short_sessions(
-    module_redis: RedisServer, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ServiceProcess]:
-    """Idle timeout 2 s, absolute age 4 s, access tokens that outlive both."""
-    url = f"redis://127.0.0.1:{module_redis.port}/3"
-    service = start_service(
-        tmp_path_factory.mktemp("short"), url, idle_timeout=2, session_max_age=4, access_ttl=60
-    )
-    yield service
-    service.stop()
+@pytest.fixture
+def tokengate_app() -> Quart:
+    """For the test kit's server: idle timeout 30 min (the default), absolute age 2 h,
+    access tokens that outlive the idle timeout."""
+    return create_app(Settings(secret_key=SECRET, session_max_age=7200, access_ttl=3600))
 
 
 @pytest.fixture
@@ -200,50 +194,47 @@ def test_password_change_ends_every_other_session(http):
     assert me(http, login(http, name, "battery staple")) == 200
 
 
-# -- 2. idle timeout and absolute age, on the real clock --
-def timed_login(http: httpx.Client, username: str) -> tuple[dict[str, Any], float, float]:
-    """Log in; return the pair and the monotonic times the request was sent and answered.
+# -- 2. idle timeout and absolute age, on the test kit's clock --
+def test_activity_keeps_a_session_alive_silence_ends_it_and_age_ends_it_anyway(
+    tokengate_server, tokengate_user, tokengate_clock
+):
+    """Idle timeout 1800 s and absolute age 7200 s, to the second, over HTTP."""
+    user = tokengate_user()
+    with httpx.Client(base_url=tokengate_server.base_url, timeout=TIMEOUT) as http:
+        silent = login(http, user.username, user.password)
+        active = login(http, user.username, user.password)
 
-    The server's creation time of the session lies between the two.
-    """
-    sent = time.monotonic()
-    pair = login(http, username)
-    return pair, sent, time.monotonic()
-
-
-def test_activity_keeps_a_session_alive_silence_ends_it_and_age_ends_it_anyway(short_sessions):
-    """Idle timeout 2 s and absolute age 4 s, on the real clock, each to within a second."""
-    with httpx.Client(base_url=short_sessions.base_url, timeout=TIMEOUT) as http:
-        name = new_name()
-        register(http, name)
-        silent, _, silent_answered = timed_login(http, name)
-        active, _, active_answered = timed_login(http, name)
-
-        # The active session is used about every second, by a refresh or a request.
-        sleep_until(active_answered + 1.0)
+        # The active session is used every 1000 s, by a refresh or a request.
+        tokengate_clock.advance(1000)
         active = refresh(http, active["refresh_token"])
         assert isinstance(active, dict), active
-        sleep_until(active_answered + 2.0)
+        tokengate_clock.advance(799)
+        assert me(http, silent) == 200  # 1799 s of silence: still alive (this use counts)
+        tokengate_clock.advance(201)
         assert me(http, active) == 200
 
-        # The silent one had no request for longer than the idle timeout: over.
-        sleep_until(silent_answered + 2.3)
+        # The silent one had no request for the idle timeout: over, to the second
+        # (its access token has not expired: the session has).
+        tokengate_clock.advance(1800 - 201)
         assert me(http, silent) == "session_expired"
         assert refresh(http, silent["refresh_token"]) == "session_expired"
 
         # The active one lives on past the idle timeout, well inside its age.
-        sleep_until(active_answered + 2.6)
         active = refresh(http, active["refresh_token"])
         assert isinstance(active, dict), active
         assert me(http, active) == 200
         r = http.get("/auth/sessions", headers=bearer(active))
         assert [s["id"] for s in r.json()["sessions"]] == [active["session_id"]]
+        for step in (1600, 1600, 400):  # 5199 s old, then 6799 s, then 7199 s: alive
+            tokengate_clock.advance(step)
+            active = refresh(http, active["refresh_token"])
+            assert isinstance(active, dict), active
 
-        # Past its absolute age it is over, though used less than the idle timeout ago.
-        sleep_until(active_answered + 4.3)
+        # At its absolute age it is over, though used a second ago.
+        tokengate_clock.advance(1)
         assert me(http, active) == "session_expired"
         assert refresh(http, active["refresh_token"]) == "session_expired"
-        assert me(http, silent) == "session_expired"
+        assert refresh(http, silent["refresh_token"]) == "session_expired"
 
 
 # -- 3. single sign-on --
@@ -342,22 +333,19 @@ async def test_fifty_concurrent_refreshes_get_the_same_successor(general):
         assert r.json()["refresh_token"] != successor["refresh_token"]
 
 
-def test_the_retired_token_after_the_grace_window_is_reuse_and_ends_the_session(single_sign_on):
-    with httpx.Client(base_url=single_sign_on.base_url, timeout=TIMEOUT) as http:
-        name = new_name()
-        register(http, name)
-        pair = login(http, name)
-        # Rotate early in a wall-clock second: whenever the rotation happens,
-        # the 1 s grace window must be over 1.2 s later.
-        wall = time.time()
-        time.sleep((1.05 - wall % 1) % 1)
+def test_the_retired_token_after_the_grace_window_is_reuse_and_ends_the_session(
+    tokengate_server, tokengate_user, tokengate_clock
+):
+    user = tokengate_user()
+    with httpx.Client(base_url=tokengate_server.base_url, timeout=TIMEOUT) as http:
+        pair = login(http, user.username, user.password)
         successor = refresh(http, pair["refresh_token"])
-        rotated = time.monotonic()
         assert isinstance(successor, dict), successor
-        # Within the window the same successor comes back.
+        # Within the 10 s grace window the same successor comes back.
+        tokengate_clock.advance(10)
         again = refresh(http, pair["refresh_token"])
         assert isinstance(again, dict) and again["refresh_token"] == successor["refresh_token"]
-        sleep_until(rotated + 1.2)
+        tokengate_clock.advance(1)
         assert refresh(http, pair["refresh_token"]) == "refresh_reused"
         # The whole session is over: the successor pair fails too.
         assert refresh(http, successor["refresh_token"]) == "token_revoked"

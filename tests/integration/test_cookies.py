@@ -9,26 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-from http.cookies import Morsel, SimpleCookie
+from http.cookies import Morsel
 from typing import Any
 
 import jwt
 import pytest
 
 from tests.conftest import bearer
+from tests.support import claims, set_cookies
 
 CREDENTIALS = {"username": "alice", "password": "correct horse"}
 COOKIE_NAMES = {"access_token", "refresh_token", "csrf_token"}
-
-
-def set_cookies(response: Any) -> dict[str, Morsel[str]]:
-    """The cookies a response sets (or deletes), by name."""
-    found: dict[str, Morsel[str]] = {}
-    for header in response.headers.getlist("Set-Cookie"):
-        jar: SimpleCookie = SimpleCookie()
-        jar.load(header)
-        found.update(jar)
-    return found
 
 
 def cookie_header(cookies: dict[str, Morsel[str]], *names: str) -> dict[str, str]:
@@ -39,11 +30,6 @@ def cookie_header(cookies: dict[str, Morsel[str]], *names: str) -> dict[str, str
 
 def is_deleted(morsel: Morsel[str]) -> bool:
     return morsel.value == "" and morsel["max-age"] == "0"
-
-
-def claims(token: str) -> dict[str, Any]:
-    payload: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
-    return payload
 
 
 async def cookie_login(client: Any, **request: Any) -> tuple[Any, dict[str, Morsel[str]]]:

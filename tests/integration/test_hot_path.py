@@ -2,9 +2,18 @@
 
 import asyncio
 
+import pytest
 from sqlalchemy import event
 
 from tests.conftest import bearer, register_and_login
+from tests.support import PrivateRedis
+
+
+@pytest.fixture
+def redis_url(private_redis: PrivateRedis) -> str:
+    """A server of the test's own: the counts are per server, and nothing else may add to them."""
+    return private_redis.url
+
 
 # Not per request: our own CONFIG RESETSTAT and INFO, and the handshake of a
 # pooled connection opened for the first time.

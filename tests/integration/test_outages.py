@@ -2,18 +2,8 @@
 
 import time
 
-import pytest
-
 from tests.conftest import bearer, register_and_login
-from tests.support import RedisServer, free_port
-
-
-@pytest.fixture
-def private_redis():
-    server = RedisServer()
-    server.start()
-    yield server
-    server.stop()
+from tests.support import free_port
 
 
 async def timed(call):

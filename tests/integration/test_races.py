@@ -3,23 +3,14 @@
 import asyncio
 import json
 
-import pytest
 from quart import Quart
 from sqlalchemy import update
 
 from quart_tokengate.service import Settings, TokenGate, login_required
 from quart_tokengate.service.db.models import AuthSession
 from quart_tokengate.service.passwords import Passwords, Verdict
-from tests.conftest import FAST_HASHER, bearer, register_and_login
-from tests.support import SECRET, RedisServer
-
-
-@pytest.fixture
-def private_redis():
-    server = RedisServer()
-    server.start()
-    yield server
-    server.stop()
+from tests.conftest import FAST_HASHER, bearer, me, register_and_login
+from tests.support import SECRET
 
 
 class HeldPasswords(Passwords):
@@ -38,11 +29,6 @@ class HeldPasswords(Passwords):
             self.checked.set()
             await self.release.wait()
         return verdict
-
-
-async def me(client, pair):
-    r = await client.get("/auth/me", headers=bearer(pair["access_token"]))
-    return r.status_code if r.status_code == 200 else (await r.get_json())["error"]
 
 
 async def test_a_login_checked_before_a_password_change_does_not_survive_it(

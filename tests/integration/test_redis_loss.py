@@ -1,27 +1,6 @@
 """Redis losing its data (FLUSHALL, or a restart without persistence) loses nothing."""
 
-import pytest
-
-from tests.conftest import bearer, register_and_login
-from tests.support import RedisServer
-
-
-@pytest.fixture
-def private_redis():
-    server = RedisServer()
-    server.start()
-    yield server
-    server.stop()
-
-
-async def me(client, pair):
-    r = await client.get("/auth/me", headers=bearer(pair["access_token"]))
-    return r.status_code if r.status_code == 200 else (await r.get_json())["error"]
-
-
-async def refresh(client, token):
-    r = await client.post("/auth/refresh", json={"refresh_token": token})
-    return (await r.get_json()) if r.status_code == 200 else (await r.get_json())["error"]
+from tests.conftest import bearer, me, refresh, register_and_login
 
 
 async def scenario(make_app, clock, lose_data, **settings):

@@ -5,18 +5,7 @@ import asyncio
 import jwt
 
 from quart_tokengate.service.db.models import AuthSession
-from tests.conftest import bearer, register_and_login
-
-
-async def refresh(client, token):
-    r = await client.post("/auth/refresh", json={"refresh_token": token})
-    body = await r.get_json()
-    return body if r.status_code == 200 else body["error"]
-
-
-async def me(client, pair):
-    r = await client.get("/auth/me", headers=bearer(pair["access_token"]))
-    return r.status_code if r.status_code == 200 else (await r.get_json())["error"]
+from tests.conftest import bearer, me, refresh, register_and_login
 
 
 def jti(token):

@@ -6,12 +6,7 @@ import pytest
 from sqlalchemy import func, select
 
 from quart_tokengate.service.db.models import AuthSession
-from tests.conftest import bearer, register_and_login
-
-
-async def me(client, pair):
-    r = await client.get("/auth/me", headers=bearer(pair["access_token"]))
-    return r.status_code if r.status_code == 200 else (await r.get_json())["error"]
+from tests.conftest import me, register_and_login
 
 
 async def test_newest_login_wins(make_app):

@@ -47,6 +47,8 @@ class FakeService:
         self.generation = 1
         self.expired_first = expired_first
         self.refresh_delay = refresh_delay
+        # When set, an async refresh is answered only once the test sets it.
+        self.hold: asyncio.Event | None = None
         self.refreshes = 0
         self.logins = 0
         self.unauthorized = 0
@@ -97,7 +99,10 @@ class FakeService:
         response = self.answer(request)
         if response is not None:
             return response
-        await asyncio.sleep(self.refresh_delay)
+        if self.hold is not None:
+            await self.hold.wait()
+        else:
+            await asyncio.sleep(self.refresh_delay)
         return self.rotate()
 
     def handle_sync(self, request: httpx.Request) -> httpx.Response:
@@ -295,12 +300,29 @@ async def test_a_cancelled_leader_does_not_leave_the_others_waiting():
     assert service.refreshes == 1  # the cancelled one never reached rotate()
 
 
+async def until(condition: Any, what: str) -> None:
+    """Let the other tasks run until ``condition()`` holds (a condition, not a guessed delay)."""
+    for _ in range(10_000):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"never: {what}")
+
+
+def waiting(api: AsyncAuthClient) -> int:
+    """How many requests wait for the refresh under way."""
+    flight = api.auth._single_flight._flight  # type: ignore[attr-defined]
+    return 0 if flight is None else len(flight._waiters)
+
+
 async def test_a_cancelled_waiter_does_not_disturb_the_flight():
     service = FakeService(refresh_delay=0.2)
+    service.hold = asyncio.Event()
     async with service.async_client() as api:
         tasks = [asyncio.create_task(api.get("/data")) for _ in range(10)]
-        await asyncio.sleep(0.05)  # all ten are in the flight now
+        await until(lambda: waiting(api) == 9, "nine requests wait for the leader's refresh")
         tasks[5].cancel()
+        service.hold.set()
         results = await asyncio.gather(*tasks, return_exceptions=True)
     assert isinstance(results[5], asyncio.CancelledError)
     assert [r.status_code for i, r in enumerate(results) if i != 5] == [200] * 9
@@ -350,8 +372,11 @@ async def test_a_token_pushed_while_refreshing_does_not_lose_the_refresh():
     pushed_landed = asyncio.Event()
     slow_sent = asyncio.Event()
 
+    refresh_sent = asyncio.Event()
+
     async def handle(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/auth/refresh":
+            refresh_sent.set()
             await pushed_landed.wait()
             return httpx.Response(200, json=refreshed.to_json())
         if request.url.path == "/slow":
@@ -382,7 +407,7 @@ async def test_a_token_pushed_while_refreshing_does_not_lose_the_refresh():
         await slow_sent.wait()
         now[0] = 1290  # within the margin: the next request refreshes first
         fast = asyncio.create_task(api.get("/x"))
-        await asyncio.sleep(0.05)  # its refresh is on the wire
+        await refresh_sent.wait()  # its refresh is on the wire
         gate.set()
         assert (await slow).status_code == 200 and (await fast).status_code == 200
     stored = store.load()

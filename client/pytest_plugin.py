@@ -1,0 +1,285 @@
+"""tokengate's pytest plugin: fixtures for suites that test an API behind tokengate.
+
+Registered by installing the distribution (entry point ``pytest11``, name
+``tokengate``). Fixtures (docs/testing.md):
+
+- ``tokengate_app``: the Quart app under test; override it in a conftest.
+- ``tokengate_server``: that app served over real HTTP on a free loopback port.
+- ``tokengate_clock``: the service's and the fixture clients' clock.
+- ``tokengate_user``, ``tokengate_tokens``: factories of users and token pairs.
+- ``auth_client``, ``sync_auth_client``: clients logged in as a new user.
+
+This module imports only the client and pytest. The service (Quart,
+SQLAlchemy, redis) is imported inside the fixtures that need it, so a
+client-only install starts pytest as usual, and such a fixture says which
+extra to install.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import importlib.util
+import math
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Protocol
+
+import pytest
+
+from ._client import AsyncAuthClient, AuthClient
+from ._store import MemoryTokenStore
+from ._tokens import Tokens
+
+if TYPE_CHECKING:
+    from quart import Quart
+
+__all__ = ["TokengateClock", "TokengateServer", "TokengateUser"]
+
+SERVER_EXTRA = 'pip install "quart-tokengate[server]"'
+
+# The time pinned for one task: (clock, seconds). One variable for every clock,
+# created once (context variables are not meant to be made per object).
+_PINNED: contextvars.ContextVar[tuple[TokengateClock, float] | None] = contextvars.ContextVar(
+    "tokengate_pinned_time", default=None
+)
+
+
+class TokengateClock:
+    """The clock shared by the service under test and the fixture clients.
+
+    It starts at the real time and stands still until ``advance(s)`` moves it
+    ``s`` seconds forward, for the service and the clients together, so every
+    boundary (expiry, idle timeout, grace window) falls on the exact second
+    however slow the machine. It never goes back: an absolute expiry the
+    service hands to Redis is never earlier than that clock's idea of it
+    unless a test runs, in real time, longer than the service's slack past
+    the session's age; and even then the service rebuilds the state from SQL.
+    """
+
+    def __init__(self) -> None:
+        self._now = time.time()
+        self._offset = 0.0
+
+    def __call__(self) -> float:
+        pinned = _PINNED.get()
+        if pinned is not None and pinned[0] is self:
+            return pinned[1]
+        return self._now + self._offset
+
+    def __repr__(self) -> str:
+        return f"TokengateClock(advanced={self._offset:g}s)"
+
+    @property
+    def advanced(self) -> float:
+        """The seconds this clock has been moved forward since the test began."""
+        return self._offset
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock ``seconds`` forward (a finite number, zero or more)."""
+        if not math.isfinite(seconds) or seconds < 0:
+            raise ValueError("the clock only moves forward, by a finite number of seconds")
+        self._offset += seconds
+
+    @contextlib.contextmanager
+    def pinned(self, when: float) -> Iterator[None]:
+        """Read ``when`` in this task (and tasks it starts) until the block ends."""
+        token = _PINNED.set((self, when))
+        try:
+            yield
+        finally:
+            _PINNED.reset(token)
+
+
+@dataclass(frozen=True)
+class TokengateUser:
+    """A registered user: ``username`` and ``password`` log in."""
+
+    id: int
+    username: str
+    password: str
+    scopes: tuple[str, ...] = ()
+
+    def __repr__(self) -> str:  # the password stays out of reports
+        return f"TokengateUser(id={self.id}, username={self.username!r})"
+
+
+class _Served(Protocol):
+    base_url: str
+    app: Any
+
+
+class _Maker(Protocol):
+    def user(self, scopes: tuple[str, ...], password: str | None) -> Any: ...
+
+    def tokens(self, user: Any, state: str) -> tuple[dict[str, Any], float]: ...
+
+
+@dataclass(frozen=True)
+class TokengateServer:
+    """The app under test, served over HTTP at ``base_url``."""
+
+    base_url: str
+    app: Quart
+    clock: TokengateClock
+    redis_url: str
+    database_url: str
+    _maker: _Maker
+
+    def __repr__(self) -> str:
+        return f"TokengateServer(base_url={self.base_url!r})"
+
+
+def _service_kit(fixture: str) -> ModuleType:
+    """``quart_tokengate.service.testing``, or a failure saying which extra to install."""
+    try:
+        from ..service import testing
+    except ImportError as exc:
+        missing = exc.name
+    else:
+        return testing
+    pytest.fail(
+        f"the {fixture} fixture needs the tokengate service ({missing} is missing): {SERVER_EXTRA}",
+        pytrace=False,
+    )
+
+
+# -- the app and its server ------------------------------------------------
+@pytest.fixture
+def tokengate_app() -> Quart:
+    """The Quart app under test: ``create_app()``; override it to serve your own app."""
+    _service_kit("tokengate_app")
+    from ..service import create_app
+
+    return create_app()
+
+
+@pytest.fixture
+def tokengate_clock() -> TokengateClock:
+    """The clock of the service under test and of the fixture clients."""
+    return TokengateClock()
+
+
+@pytest.fixture(scope="session")
+def _tokengate_storage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    kit = _service_kit("tokengate_server")
+    storage = kit.Storage(tmp_path_factory.mktemp("tokengate"))
+    yield storage
+    storage.close()
+
+
+@pytest.fixture
+def tokengate_server(
+    tokengate_app: Quart,
+    tokengate_clock: TokengateClock,
+    _tokengate_storage: Any,
+    tmp_path: Path,
+) -> Iterator[TokengateServer]:
+    """``tokengate_app`` served on a free loopback port, on fresh storage and the kit's clock."""
+    kit = _service_kit("tokengate_server")
+    instance = tmp_path / "tokengate-instance"
+    try:
+        changes = {
+            "redis_url": _tokengate_storage.fresh_redis(),
+            "database_url": _tokengate_storage.fresh_database(instance),
+            "instance_dir": instance,
+        }
+    except kit.KitError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    with kit.served(tokengate_app, changes, tokengate_clock) as served:
+        gate = kit.gate_of(tokengate_app)
+        yield TokengateServer(
+            base_url=served.base_url,
+            app=tokengate_app,
+            clock=tokengate_clock,
+            redis_url=changes["redis_url"],
+            database_url=changes["database_url"],
+            _maker=kit.Maker(served, gate, tokengate_clock),
+        )
+
+
+# -- users and tokens ------------------------------------------------------
+class UserFactory(Protocol):
+    def __call__(self, scopes: Any = (), password: str | None = None) -> TokengateUser: ...
+
+
+class TokensFactory(Protocol):
+    def __call__(self, user: TokengateUser, state: str = "live") -> Tokens: ...
+
+
+@pytest.fixture
+def tokengate_user(tokengate_server: TokengateServer) -> UserFactory:
+    """``tokengate_user(scopes=(), password=None)`` registers a new user and returns it."""
+
+    def make(scopes: Any = (), password: str | None = None) -> TokengateUser:
+        scopes = (scopes,) if isinstance(scopes, str) else tuple(scopes)
+        made = tokengate_server._maker.user(scopes, password)
+        return TokengateUser(made.id, made.username, made.password, scopes)
+
+    return make
+
+
+@pytest.fixture
+def tokengate_tokens(tokengate_server: TokengateServer) -> TokensFactory:
+    """``tokengate_tokens(user, state="live")``: a real pair in that state at the current clock.
+
+    States: ``live``, ``expired``, ``revoked``, ``idle``, ``replaced``, ``stale``
+    (docs/testing.md says what the guard answers to each).
+    """
+
+    def make(user: TokengateUser, state: str = "live") -> Tokens:
+        kit = _service_kit("tokengate_tokens")
+        try:
+            pair, handed_out = tokengate_server._maker.tokens(
+                kit.MadeUser(user.id, user.username, user.password), state
+            )
+        except kit.KitError as exc:
+            pytest.fail(f"tokengate_tokens(state={state!r}): {exc}", pytrace=False)
+        return Tokens.from_json(pair).received(handed_out)
+
+    return make
+
+
+# -- logged-in clients -----------------------------------------------------
+@pytest.fixture
+def sync_auth_client(
+    tokengate_server: TokengateServer, tokengate_user: UserFactory
+) -> Iterator[AuthClient]:
+    """An ``AuthClient`` on ``tokengate_server``, logged in as a new user, on the kit's clock."""
+    user = tokengate_user()
+    with AuthClient(
+        base_url=tokengate_server.base_url,
+        clock=tokengate_server.clock,
+        token_store=MemoryTokenStore(),
+    ) as client:
+        client.login(user.username, user.password)
+        yield client
+
+
+async def _auth_client(
+    tokengate_server: TokengateServer, tokengate_user: UserFactory
+) -> AsyncIterator[AsyncAuthClient]:
+    """An ``AsyncAuthClient`` on ``tokengate_server``, logged in as a new user, kit clock."""
+    user = tokengate_user()
+    async with AsyncAuthClient(
+        base_url=tokengate_server.base_url,
+        clock=tokengate_server.clock,
+        token_store=MemoryTokenStore(),
+    ) as client:
+        await client.login(user.username, user.password)
+        yield client
+
+
+if importlib.util.find_spec("pytest_asyncio") is not None:
+    import pytest_asyncio
+
+    # pytest-asyncio's own decorator: the fixture works in strict mode and auto mode.
+    auth_client = pytest_asyncio.fixture(_auth_client, name="auth_client")
+else:  # pragma: no cover
+
+    @pytest.fixture(name="auth_client")
+    def _no_auth_client() -> None:
+        pytest.fail("the auth_client fixture is async: pip install pytest-asyncio", pytrace=False)

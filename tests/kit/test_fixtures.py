@@ -1,0 +1,112 @@
+"""The test kit's fixtures, used as a user's suite would use them (real HTTP, real servers)."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from quart_tokengate.client import LoginRequired
+from quart_tokengate.service import Settings, create_app
+from tests.e2e.session_helpers import me
+
+
+async def test_auth_client_is_logged_in_over_http(auth_client, tokengate_server):
+    r = await auth_client.get("/auth/me")
+    assert r.status_code == 200
+    assert r.json()["username"].startswith("user-")
+    assert str(auth_client.base_url).rstrip("/") == tokengate_server.base_url
+
+
+def test_sync_auth_client_is_logged_in(sync_auth_client):
+    r = sync_auth_client.get("/auth/me")
+    assert r.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("state", "answer"),
+    [("live", 200), ("expired", "token_expired"), ("revoked", "token_revoked")],
+)
+def test_token_states(tokengate_server, tokengate_user, tokengate_tokens, state, answer):
+    pair = tokengate_tokens(tokengate_user(), state=state)
+    with httpx.Client(base_url=tokengate_server.base_url) as http:
+        assert me(http, pair.to_json()) == answer
+
+
+async def test_advancing_the_clock_expires_the_access_token_and_the_client_refreshes(
+    auth_client, tokengate_clock
+):
+    before = auth_client.tokens
+    tokengate_clock.advance(301)
+    r = await auth_client.get("/auth/me")
+    assert r.status_code == 200
+    assert auth_client.tokens.access_token != before.access_token
+
+
+async def test_advancing_past_the_idle_timeout_ends_the_session(auth_client, tokengate_clock):
+    tokengate_clock.advance(1801)
+    with pytest.raises(LoginRequired):
+        await auth_client.get("/auth/me")
+
+
+@pytest.fixture
+def tokengate_app(request):
+    """A service with a session limit of one, so that every state can be made.
+
+    A test changes other settings with ``parametrize("tokengate_app", [{...}], indirect=True)``.
+    """
+    settings = {"max_sessions": 1, "secret_key": "k" * 40, **getattr(request, "param", {})}
+    return create_app(Settings(**settings))
+
+
+@pytest.mark.parametrize("tokengate_app", [{"allow_registration": False}], indirect=True)
+def test_users_are_made_with_registration_off_and_keep_their_scopes(
+    tokengate_server, tokengate_user, sync_auth_client
+):
+    user = tokengate_user(scopes=["notes:read", "notes:write"], password="a password of mine")
+    assert (user.password, user.scopes) == ("a password of mine", ("notes:read", "notes:write"))
+    with httpx.Client(base_url=tokengate_server.base_url) as http:
+        r = http.post("/auth/register", json={"username": "x" * 8, "password": "p" * 12})
+        assert r.json()["error"] == "registration_disabled"
+        r = http.post("/auth/login", json={"username": user.username, "password": user.password})
+        assert r.status_code == 200
+    assert sync_auth_client.get("/auth/me").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("tokengate_app", "state", "needs"),
+    [({"max_sessions": 0}, "replaced", "TOKENGATE_MAX_SESSIONS"),
+     ({"idle_timeout": 0}, "idle", "TOKENGATE_IDLE_TIMEOUT")],
+    indirect=["tokengate_app"],
+)  # fmt: skip
+def test_a_state_the_settings_forbid_fails_naming_the_setting(
+    tokengate_user, tokengate_tokens, state, needs
+):
+    with pytest.raises(pytest.fail.Exception, match=needs):
+        tokengate_tokens(tokengate_user(), state=state)
+
+
+def test_the_clock_only_moves_forward(tokengate_clock):
+    start = tokengate_clock()
+    assert tokengate_clock() == start  # it stands still until advanced
+    tokengate_clock.advance(2.5)
+    assert tokengate_clock() == start + 2.5
+    for bad in (-1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="forward"):
+            tokengate_clock.advance(bad)
+
+
+@pytest.mark.parametrize(
+    ("state", "answer"), [("idle", "token_expired"), ("replaced", "session_replaced")]
+)
+def test_more_token_states(tokengate_server, tokengate_user, tokengate_tokens, state, answer):
+    pair = tokengate_tokens(tokengate_user(), state=state)
+    with httpx.Client(base_url=tokengate_server.base_url) as http:
+        assert me(http, pair.to_json()) == answer
+
+
+def test_idle_refresh(tokengate_server, tokengate_user, tokengate_tokens):
+    pair = tokengate_tokens(tokengate_user(), state="idle")
+    r = httpx.post(
+        tokengate_server.base_url + "/auth/refresh", json={"refresh_token": pair.refresh_token}
+    )
+    assert r.json()["error"] == "session_expired"
