@@ -20,7 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
-from tests.support import RedisServer, ServiceProcess, start_service
+from quart_tokengate.service.testing import PrivateRedis
+from tests.support import ServiceProcess, start_service
 
 # Examples per operation and mode; an operation with no input has little to vary,
 # and each example that ends the session costs a password login to replace it.
@@ -30,7 +31,7 @@ USERNAME, PASSWORD = "conformance", "conformance-password"
 
 @pytest.fixture(scope="module")
 def conformance_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
-    redis_server = RedisServer()
+    redis_server = PrivateRedis()
     redis_server.start()
     workdir: Path = tmp_path_factory.mktemp("conformance")
     # A generous failure limit: generated logins with wrong passwords must not
@@ -42,7 +43,7 @@ def conformance_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Se
     assert r.status_code == 201, r.text
     yield service
     service.stop()
-    redis_server.stop()
+    redis_server.close()
 
 
 class Tokens:

@@ -16,18 +16,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from quart_tokengate.service.errors import is_infrastructure_failure
 from quart_tokengate.service.store import pipelined
-from tests.support import RedisServer
 
 ECHO = "return {ARGV[1], redis.call('INCR', KEYS[1])}"
 SHA = hashlib.sha1(ECHO.encode()).hexdigest()
 
 
 @pytest.fixture
-def server():
-    s = RedisServer()
-    s.start()
-    yield s
-    s.stop()
+def server(private_redis):
+    return private_redis
 
 
 def calls(port: int) -> dict[str, int]:
