@@ -26,13 +26,13 @@ lint: $(STAMP)
 		{ echo "lint: import quart_tokengate.service / quart_tokengate.client, not service / client"; exit 1; }
 	@! grep -rnE '^\s*(from|import) quart_schema' service || \
 		{ echo "lint: document routes with service/openapi.py (document, hidden), not quart_schema"; exit 1; }
-	$(BIN)/ruff check service client tests bench
-	$(BIN)/ruff format --check service client tests bench
+	$(BIN)/ruff check service client tests bench examples
+	$(BIN)/ruff format --check service client tests bench examples
 	$(BIN)/mypy
 
 format: $(STAMP)
-	$(BIN)/ruff format service client tests bench
-	$(BIN)/ruff check --fix service client tests bench
+	$(BIN)/ruff format service client tests bench examples
+	$(BIN)/ruff check --fix service client tests bench examples
 
 # The Flask-JWT-Extended peer runs from its own venv, built here and nowhere else.
 PEER_VENV := bench/peers/.venv

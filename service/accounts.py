@@ -28,6 +28,7 @@ from .errors import (
     InvalidToken,
     TokenRevoked,
     TooManyAttempts,
+    describe,
 )
 from .outbox import Message, Sender
 from .passwords import Passwords
@@ -129,7 +130,8 @@ class Accounts:
             async with self.db() as db:
                 user = await repo.get_user_by_username(db, username)
             verdict = await self.passwords.verify(user.password_hash if user else None, password)
-            if user is None or not verdict.ok:
+            # A disabled user's password is still checked: the answer takes as long.
+            if user is None or not verdict.ok or user.disabled:
                 raise InvalidCredentials()
             outcome[0] = True
         if verdict.rehash is not None:
@@ -167,6 +169,17 @@ class Accounts:
         await self._set_password(identity.user_id, new)
         await self.sessions.end_all_again(identity.user_id, keep=identity.session_id)
 
+    async def set_password(self, user_id: int, password: str) -> None:
+        """Set a password without the current one (``tokengate users set-password``).
+
+        Every session of the user ends, before and again after the change, as
+        with a password reset.
+        """
+        self._check_password(password)
+        await self.sessions.end_all(user_id)
+        await self._set_password(user_id, password)
+        await self.sessions.end_all_again(user_id)
+
     async def _set_password(self, user_id: int, password: str) -> None:
         password_hash = await self.passwords.hash(password)
         async with self.db() as db:
@@ -194,7 +207,7 @@ class Accounts:
         try:
             await sender.send(message)
         except Exception as exc:  # the caller must not learn whether the user exists
-            log.error("could not send the password_reset message: %s", type(exc).__name__)
+            log.error("could not send the password_reset message: %s", describe(exc))
 
     async def reset_password(self, token: str, new_password: str) -> None:
         """Set a new password with a reset token and end every session of the user.

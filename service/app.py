@@ -21,7 +21,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from . import tokens
 from .accounts import Accounts
 from .db.engine import build_engine, build_sessionmaker
-from .errors import api_error_codes, handle_api_error, handle_exception
+from .db.migrate import head_revisions, schema_state, upgrade
+from .errors import (
+    api_error_codes,
+    describe,
+    handle_api_error,
+    handle_exception,
+    is_infrastructure_failure,
+    mask_url,
+)
 from .guard import ACCESS_COOKIE, CSRF_COOKIE, REFRESH_COOKIE, guard
 from .openapi import docs_bp
 from .outbox import FileOutbox, Sender
@@ -41,6 +49,10 @@ log = logging.getLogger("tokengate")
 REDIS_TIMEOUT = 0.5
 MAX_BODY_BYTES = 64 * 1024
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]", "::1"})
+
+
+class SchemaNotReady(RuntimeError):
+    """The database's schema is missing or behind: start-up stops, naming the fix."""
 
 
 def load_or_create_secret(instance_dir: Path) -> str:
@@ -183,6 +195,13 @@ class TokenGate:
     # -- lifecycle --------------------------------------------------------
     async def startup(self) -> None:
         settings = self.settings
+        self._engine = build_engine(settings.sqlalchemy_url)
+        try:
+            await self._check_schema(self._engine)
+        except BaseException:
+            await self._engine.dispose()
+            self._engine = None
+            raise
         key = settings.secret_key
         if key is None:
             key = await asyncio.to_thread(load_or_create_secret, settings.instance_dir)
@@ -198,7 +217,6 @@ class TokenGate:
             max_connections=200,
         )
         self._pipelined = pipelined.for_client(self._redis, REDIS_TIMEOUT)
-        self._engine = build_engine(settings.sqlalchemy_url)
         signing = tokens.SigningConfig(
             key=key, issuer=settings.issuer, audience=settings.audience, leeway=settings.leeway
         )
@@ -217,6 +235,47 @@ class TokenGate:
         )
         if self._sender is None:
             self._sender = FileOutbox(settings.instance_dir / "outbox")
+
+    async def _check_schema(self, engine: AsyncEngine) -> None:
+        """Start only on a schema at head: the embedded SQLite default migrates itself.
+
+        Any other database whose schema is missing or behind stops start-up
+        with one line naming ``tokengate db upgrade``: migrating a shared
+        database is the operator's step, taken once, not every instance's. A
+        database that cannot be reached now is logged and start-up goes on;
+        requests answer ``503`` until it is back.
+        """
+        settings = self.settings
+        url = settings.sqlalchemy_url
+        embedded = settings.database_url is None
+        if embedded:
+            await asyncio.to_thread(settings.instance_dir.mkdir, parents=True, exist_ok=True)
+        try:
+            async with engine.connect() as conn:
+                state, current = await conn.run_sync(schema_state)
+        except Exception as exc:
+            if not is_infrastructure_failure(exc):
+                raise SchemaNotReady(
+                    f"cannot read the schema of the database {mask_url(url)}: {describe(exc)}"
+                ) from exc
+            log.warning("database %s cannot be reached: %s", mask_url(url), describe(exc))
+            return
+        if state in ("missing", "behind") and embedded:
+            await asyncio.to_thread(upgrade, url)
+            log.info("migrated the embedded database %s to the latest schema", mask_url(url))
+        elif state in ("missing", "behind"):
+            at = f"at {', '.join(current)}" if current else "empty"
+            raise SchemaNotReady(
+                f"the database {mask_url(url)} is {at}, and this version needs revision "
+                f"{', '.join(sorted(head_revisions()))}: run `tokengate db upgrade` "
+                "(with the same TOKENGATE_DATABASE_URL) first"
+            )
+        elif state == "ahead":
+            log.warning(
+                "the database %s is at revision %s, newer than this version knows",
+                mask_url(url),
+                ", ".join(current),
+            )
 
     async def shutdown(self) -> None:
         if self._manager is not None:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from typing import Any
 
 from quart import Response, jsonify
@@ -210,6 +211,30 @@ def is_infrastructure_failure(exc: BaseException) -> bool:
     ) or (isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated)
 
 
+_URL_CREDENTIALS = re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://[^:/@\s]*):[^@\s]*@", re.IGNORECASE)
+
+
+def mask_url(text: str) -> str:
+    """``text`` with the password of every URL in it replaced by ``***``."""
+    return _URL_CREDENTIALS.sub(r"\g<head>:***@", text)
+
+
+def describe(exc: BaseException) -> str:
+    """One log-safe line naming what went wrong: the error's class and its message.
+
+    A database error is described by the driver's error it wraps (SQLAlchemy's
+    own text adds the statement and a link); passwords in URLs are masked.
+    """
+    import sqlalchemy.exc
+
+    inner: BaseException = exc
+    if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.orig is not None:
+        inner = exc.orig
+    lines = str(inner).strip().splitlines()
+    message = lines[0] if lines else "(no message)"
+    return mask_url(f"{type(inner).__name__}: {message}")
+
+
 def render(exc: HTTPException) -> Response:
     """Build the contract's JSON error response for ``exc``."""
     if isinstance(exc, ApiError):
@@ -253,7 +278,7 @@ async def handle_exception(exc: Exception) -> Response:
     if isinstance(exc, HTTPException):
         return render(exc)
     if is_infrastructure_failure(exc):
-        log.warning("auth backend unavailable: %s", type(exc).__name__)
+        log.warning("auth backend unavailable: %s", describe(exc))
         return render(AuthUnavailable())
     log.error("unhandled error in request", exc_info=exc)
     response = jsonify({"error": "server_error", "error_description": "Internal error."})

@@ -33,6 +33,7 @@ from .errors import (
     TokenExpired,
     TokenRevoked,
     Unauthorized,
+    describe,
 )
 from .settings import Settings
 from .store.redis_store import EXPIRY_SLACK, Outcome, RedisSessionStore
@@ -177,9 +178,10 @@ class SessionManager:
             raise END_REASON_ERRORS["replaced"]()
         async with self.db() as db:
             current = await repo.get_user(db, user.id)
-        if current is None or current.password_hash != user.password_hash:
-            # The password changed while this login was being checked, and the
-            # change may have ended the user's sessions before this one existed.
+        if current is None or current.password_hash != user.password_hash or current.disabled:
+            # The password changed (or the user was disabled) while this login
+            # was being checked, and the change may have ended the user's
+            # sessions before this one existed.
             await self._end([sid], user.id, "revoked", now)
             raise InvalidCredentials()
         return self._pair(Grant(uid, user.username, sid, aj, rj, ia), now)
@@ -339,7 +341,7 @@ class SessionManager:
                 await repo.touch_session(db, sid, utc(now))
                 await db.commit()
         except Exception as exc:  # a lagging last-seen is harmless; log and go on
-            log.warning("could not write last-seen back to SQL: %s", type(exc).__name__)
+            log.warning("could not write last-seen back to SQL: %s", describe(exc))
 
     async def drain(self) -> None:
         """Let background work finish at shutdown, for a few seconds at most."""
@@ -419,7 +421,7 @@ class SessionManager:
             await self.end_all(user_id, keep=keep)
         except Exception as exc:
             log.warning("ending sessions after a password change failed (%s); retrying",
-                        type(exc).__name__)  # fmt: skip
+                        describe(exc))  # fmt: skip
             self._spawn(self._retry_end_all(user_id, keep))
 
     async def _retry_end_all(self, user_id: int, keep: str) -> None:
@@ -429,7 +431,7 @@ class SessionManager:
                 await self.end_all(user_id, keep=keep)
                 return
             except Exception as exc:  # still down: keep trying for a few minutes
-                log.warning("retrying the end of sessions: %s", type(exc).__name__)
+                log.warning("retrying the end of sessions: %s", describe(exc))
 
     async def end_session(self, identity: Identity, sid: str) -> None:
         """End one of the caller's own sessions; another user's is ``not_found``."""

@@ -95,6 +95,11 @@ class ServiceProcess:
             return False
 
     def start(self, timeout: float = 30.0) -> None:
+        self.launch()
+        self.wait_ready(timeout)
+
+    def launch(self) -> None:
+        """Start the process without waiting for it to answer (see :meth:`wait_ready`)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENGATE_")}
         env.update(self.env)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -116,6 +121,10 @@ class ServiceProcess:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Wait until ``/healthz`` answers 200; raise with the log if it exits or never does."""
+        assert self.process is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -1,5 +1,4 @@
 import pytest
-
 from notes import create_notes_app
 
 

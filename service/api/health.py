@@ -1,12 +1,12 @@
-"""``GET /healthz``: can the service reach its database and its Redis?"""
+"""``GET /healthz``: can the service reach its database and its Redis, and is the schema current?"""
 
 from __future__ import annotations
 
 import asyncio
 
 from quart import Blueprint, Response, jsonify
-from sqlalchemy import text
 
+from ..db.migrate import schema_state
 from ..errors import handle_exception
 from ..guard import get_gate
 from ..openapi import document
@@ -23,25 +23,37 @@ PROBE_TIMEOUT = 1.0
 @health_bp.get("/healthz")
 @document(responses={200: schemas.HealthOut, 503: schemas.HealthOut}, backend=False)
 async def healthz() -> tuple[Response, int]:
-    """``200`` when both backends answer, else ``503`` naming the one that did not."""
+    """``200`` when both backends answer and the schema is current, else ``503``.
+
+    ``schema`` is ``ok`` (at this version's latest revision), ``missing`` or
+    ``behind`` (run ``tokengate db upgrade``), ``ahead`` (a newer version
+    migrated the database; still served) or ``unknown`` (the database did
+    not answer).
+    """
     gate = get_gate()
 
-    async def database() -> None:
+    async def database() -> str:
         async with gate.db() as db:
-            await db.execute(text("SELECT 1"))
+            conn = await db.connection()
+            state, _ = await conn.run_sync(schema_state)
+            return state
 
     async def redis() -> None:
         await gate.redis.ping()
 
-    results = await asyncio.gather(
+    db_result, redis_result = await asyncio.gather(
         asyncio.wait_for(database(), PROBE_TIMEOUT),
         asyncio.wait_for(redis(), PROBE_TIMEOUT),
         return_exceptions=True,
     )
-    db_ok, redis_ok = (not isinstance(r, BaseException) for r in results)
+    db_ok = not isinstance(db_result, BaseException)
+    redis_ok = not isinstance(redis_result, BaseException)
+    schema = db_result if isinstance(db_result, str) else "unknown"
+    healthy = db_ok and redis_ok and schema in ("ok", "ahead")
     body = {
-        "status": "ok" if db_ok and redis_ok else "unavailable",
+        "status": "ok" if healthy else "unavailable",
         "database": "ok" if db_ok else "unavailable",
         "redis": "ok" if redis_ok else "unavailable",
+        "schema": schema,
     }
-    return jsonify(body), 200 if db_ok and redis_ok else 503
+    return jsonify(body), 200 if healthy else 503

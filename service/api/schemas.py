@@ -138,6 +138,7 @@ class HealthOut(BaseModel):
     status: str
     database: str
     redis: str
+    schema_: str = Field(alias="schema")
 
 
 class Empty(BaseModel):

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Literal
 
 from alembic import command
 from alembic.config import Config
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Connection
 
 # The migrations ship inside the package, so an installed copy finds them
 # with no alembic.ini: the configuration is built here, in code.
@@ -36,3 +41,37 @@ def upgrade(url: str, revision: str = "head") -> None:
 
 def downgrade(url: str, revision: str = "base") -> None:
     _in_thread(lambda: command.downgrade(alembic_config(url), revision))
+
+
+SchemaState = Literal["ok", "missing", "behind", "ahead"]
+
+
+@functools.cache
+def _scripts() -> tuple[frozenset[str], frozenset[str]]:
+    """The head revisions of the shipped migrations, and every revision they know."""
+    scripts = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    known = frozenset(script.revision for script in scripts.walk_revisions())
+    return frozenset(scripts.get_heads()), known
+
+
+def head_revisions() -> frozenset[str]:
+    """The revisions a database at the latest schema of this version is at."""
+    return _scripts()[0]
+
+
+def schema_state(connection: Connection) -> tuple[SchemaState, tuple[str, ...]]:
+    """Where the database on ``connection`` stands against the shipped migrations.
+
+    ``missing``: no revision recorded (an empty database); ``behind``: older
+    revisions of ours; ``ahead``: a revision this version does not know (a
+    newer version migrated it). Returns the state and the recorded revisions.
+    """
+    current = MigrationContext.configure(connection).get_current_heads()
+    heads, known = _scripts()
+    if not current:
+        return "missing", current
+    if set(current) == heads:
+        return "ok", current
+    if set(current) <= known:
+        return "behind", current
+    return "ahead", current

@@ -5,14 +5,19 @@ from __future__ import annotations
 import asyncio
 
 from alembic import context
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
-from quart_tokengate.service.db.engine import build_engine
+from quart_tokengate.service.db.engine import build_migration_engine
 from quart_tokengate.service.db.models import Base
 from quart_tokengate.service.settings import Settings
 
 config = context.config
 target_metadata = Base.metadata
+
+# pg_advisory_lock key that serialises the migrations of every instance on one
+# PostgreSQL database ("tokengate" in ASCII, a stable 64-bit number).
+MIGRATION_LOCK_KEY = 0x746F6B656E67617465 & 0x7FFFFFFFFFFFFFFF
 
 
 def database_url() -> str:
@@ -36,11 +41,32 @@ def do_run_migrations(connection: Connection) -> None:
 
 
 async def run_migrations_online() -> None:
-    engine = build_engine(database_url())
+    """Apply the migrations under the database's lock, so instances never race.
+
+    PostgreSQL: a session-level advisory lock held on this connection from
+    before alembic reads its version table until the migrations are
+    committed; an instance that waited finds the schema at head. SQLite:
+    the whole run is one ``BEGIN IMMEDIATE`` transaction (see the engine).
+    """
+    engine = build_migration_engine(database_url())
     try:
         async with engine.connect() as connection:
-            await connection.run_sync(do_run_migrations)
-            await connection.commit()
+            postgres = connection.dialect.name == "postgresql"
+            if postgres:
+                lock = text("SELECT pg_advisory_lock(:key)")
+                await connection.execute(lock, {"key": MIGRATION_LOCK_KEY})
+                await connection.commit()
+            try:
+                # One transaction for the whole run (on SQLite it begins
+                # IMMEDIATE); alembic sees it is in one and leaves it to us.
+                async with connection.begin():
+                    await connection.run_sync(do_run_migrations)
+            finally:
+                if postgres:
+                    await connection.rollback()
+                    unlock = text("SELECT pg_advisory_unlock(:key)")
+                    await connection.execute(unlock, {"key": MIGRATION_LOCK_KEY})
+                    await connection.commit()
     finally:
         await engine.dispose()
 

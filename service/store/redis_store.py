@@ -209,6 +209,14 @@ class RedisSessionStore:
         reply = await self._run(self._fail, (self.throttle_key(kind, name),), (window,))
         return int(reply[0]), int(reply[1])
 
+    async def clear_throttle(self, name: str) -> None:
+        """Forget every failed-login and reset-request count of the account ``name``.
+
+        ``tokengate users unlock`` calls this, and only this: whatever keys the
+        throttle uses, this is where they are all cleared.
+        """
+        await self.redis.delete(self.throttle_key("fails", name), self.throttle_key("reset", name))
+
     def _attempt_keys(self, name: str) -> tuple[str, str]:
         return self.throttle_key("fails", name), self.throttle_key("inflight", name)
 

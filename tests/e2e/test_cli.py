@@ -36,7 +36,12 @@ def test_serve_on_embedded_defaults_answers_healthz_quickly(tmp_path):
     try:
         assert time.monotonic() - start < 15
         r = httpx.get(service.base_url + "/healthz")
-        assert r.json() == {"status": "ok", "database": "ok", "redis": "ok"}
+        assert r.json() == {
+            "status": "ok",
+            "database": "ok",
+            "redis": "ok",
+            "schema": "ok",
+        }
         instance = tmp_path / "instance"
         assert (instance / "tokengate.db").is_file()
         assert (instance / "redis" / "redis.sock").exists()

@@ -85,7 +85,12 @@ async def test_me(app):
 async def test_healthz(app):
     r = await app.test_client().get("/healthz")
     assert r.status_code == 200
-    assert await r.get_json() == {"status": "ok", "database": "ok", "redis": "ok"}
+    assert await r.get_json() == {
+        "status": "ok",
+        "database": "ok",
+        "redis": "ok",
+        "schema": "ok",
+    }
 
 
 async def test_openapi_documents_every_route(app):

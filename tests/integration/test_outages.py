@@ -43,7 +43,12 @@ async def test_redis_down_every_auth_route_answers_503_fast_then_recovers(make_a
         assert_unavailable(r, elapsed, body)
     r = await client.get("/healthz")
     assert r.status_code == 503
-    assert await r.get_json() == {"status": "unavailable", "database": "ok", "redis": "unavailable"}
+    assert await r.get_json() == {
+        "status": "unavailable",
+        "database": "ok",
+        "redis": "unavailable",
+        "schema": "ok",
+    }
 
     private_redis.start()
     assert (await client.get("/auth/me", headers=auth)).status_code == 200
@@ -79,7 +84,12 @@ async def test_database_down(make_app, redis_client):
         assert_unavailable(r, elapsed, await r.get_json())
     r = await client.get("/healthz")
     assert r.status_code == 503
-    assert await r.get_json() == {"status": "unavailable", "database": "unavailable", "redis": "ok"}
+    assert await r.get_json() == {
+        "status": "unavailable",
+        "database": "unavailable",
+        "redis": "ok",
+        "schema": "unknown",
+    }
 
 
 async def test_database_down_a_session_redis_lost_cannot_be_checked(make_app, redis_client, clock):
