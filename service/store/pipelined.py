@@ -195,8 +195,15 @@ class PipelinedScripts:
         self, sha: str, source: str | bytes, keys: Sequence[str], args: Sequence[Any]
     ) -> Any:
         """Run the script ``sha`` (its text: ``source``); the reply as hiredis gives it."""
+        payload = _pack("EVALSHA", sha, len(keys), *keys, *args)
         try:
-            return await self._call(_pack("EVALSHA", sha, len(keys), *keys, *args))
+            try:
+                return await self._call(payload)
+            except RedisConnectionError:
+                # As redis-py's one retry: a connection that died with a
+                # restarted server is replaced once; a server that is down
+                # fails the new connection at once.
+                return await self._call(payload)
         except NoScriptError:
             # A restarted or flushed Redis: EVAL runs it and caches it again.
             return await self._call(_pack("EVAL", source, len(keys), *keys, *args))
