@@ -25,7 +25,7 @@ from collections.abc import Callable, Generator
 from typing import Any, cast
 
 from ._exceptions import AuthError
-from ._flow import Clock, Hook, Op, Outcome, Renew, Sleep, Wait, describe, obtain
+from ._flow import Clock, Hook, Op, Renew, Renewal, Sleep, Wait, describe, obtain
 from ._tokens import KEEP, Change, Lease, Tokens, TokenStore
 
 log = logging.getLogger("tokengate.client")
@@ -44,9 +44,9 @@ class Flight:
         self._done = threading.Event()
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         # None when the leader was cancelled before it had an outcome.
-        self.outcome: Outcome | None = None
+        self.outcome: Renewal | None = None
 
-    def land(self, outcome: Outcome | None) -> None:
+    def land(self, outcome: Renewal | None) -> None:
         with self._lock:
             self.outcome = outcome
             self._done.set()
@@ -61,11 +61,11 @@ class Flight:
             elif not loop.is_closed():
                 loop.call_soon_threadsafe(_wake, future)
 
-    def wait(self) -> Outcome | None:
+    def wait(self) -> Renewal | None:
         self._done.wait()
         return self.outcome
 
-    async def wait_async(self) -> Outcome | None:
+    async def wait_async(self) -> Renewal | None:
         loop = asyncio.get_running_loop()
         # A future of this waiter's own: cancelling one waiter touches no other.
         future: asyncio.Future[None] = loop.create_future()
@@ -77,7 +77,7 @@ class Flight:
         return self.outcome
 
 
-def deliver(outcome: Outcome, *, shared: bool) -> Tokens:
+def deliver(outcome: Renewal, *, shared: bool) -> Tokens:
     """The outcome's tokens, or raise its error (a copy of it for each waiter)."""
     if outcome.error is not None:
         if not shared:
@@ -107,7 +107,7 @@ class SingleFlight:
             self._flight = Flight()
             return self._flight, True
 
-    def _land(self, flight: Flight, outcome: Outcome | None) -> None:
+    def _land(self, flight: Flight, outcome: Renewal | None) -> None:
         with self._lock:
             if self._flight is flight:
                 self._flight = None
@@ -134,11 +134,11 @@ class SingleFlight:
             if landed is not None:
                 return deliver(landed, shared=True)
             # Its leader was cancelled: lead in its place, or wait for whoever does.
-        outcome: Outcome | None = None
+        outcome: Renewal | None = None
         try:
             outcome = yield from _lead(op, store, usable=usable, can_login=can_login, clock=clock)
         except AuthError as exc:  # the store could not be locked
-            outcome = Outcome(error=exc)
+            outcome = Renewal(error=exc)
         finally:
             self._land(flight, outcome)
         assert outcome is not None
@@ -154,11 +154,11 @@ def _lead(
     usable: Callable[[Tokens], bool],
     can_login: bool,
     clock: Clock,
-) -> Generator[Op, Any, Outcome]:
+) -> Generator[Op, Any, Renewal]:
     while True:
         claim = store.begin_refresh(op.stale, usable)
         if isinstance(claim, Tokens):
-            return Outcome(tokens=claim)  # another process refreshed already
+            return Renewal(tokens=claim)  # another process refreshed already
         if isinstance(claim, Lease):
             break
         yield Sleep(claim)

@@ -109,7 +109,7 @@ Op = Load | Renew | Send | Push | Call | AskCredentials | Wait | Sleep | Hook
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
+class Renewal:
     """What one renewal came to: new tokens, or the error every waiter gets."""
 
     tokens: Tokens | None = None
@@ -278,7 +278,7 @@ def obtain(
     reason: str | None,
     can_login: bool,
     clock: Clock | None = None,
-) -> Generator[Op, Any, Outcome]:
+) -> Generator[Op, Any, Renewal]:
     """Get new tokens: refresh ``tokens``, else log in through the credentials.
 
     ``clock`` notes when new tokens arrived (``Tokens.received_at``).
@@ -298,21 +298,21 @@ def obtain(
         except httpx.HTTPError as exc:
             error = AuthError(f"Could not refresh the tokens ({describe(exc)}); they are kept.")
             error.__cause__ = exc
-            return Outcome(error=error, notes=(("refresh_failed", error),))
+            return Renewal(error=error, notes=(("refresh_failed", error),))
         if response.status_code == 200:
             try:
                 fresh = parse_pair(response, clock)
             except AuthError as exc:
-                return Outcome(error=exc, notes=(("refresh_failed", exc),))
-            return Outcome(tokens=fresh, notes=(("refreshed", fresh),))
+                return Renewal(error=exc, notes=(("refresh_failed", exc),))
+            return Renewal(tokens=fresh, notes=(("refreshed", fresh),))
         failed = failure(response, "refresh the tokens")
         if not isinstance(failed, LoginRequired):
-            return Outcome(error=failed, notes=(("refresh_failed", failed),))
+            return Renewal(error=failed, notes=(("refresh_failed", failed),))
         ended = failed
         notes.append(("refresh_failed", ended))
     if not can_login:
         notes.append(("login_required", ended))
-        return Outcome(error=ended, dead=True, notes=tuple(notes))
+        return Renewal(error=ended, dead=True, notes=tuple(notes))
     try:
         pair = yield AskCredentials()
         if not (
@@ -324,15 +324,15 @@ def obtain(
         fresh = yield from login_flow(pair[0], pair[1], clock=clock)
     except LoginRequired as exc:  # InvalidCredentials among them
         notes.append(("login_required", exc))
-        return Outcome(error=exc, dead=True, notes=tuple(notes))
+        return Renewal(error=exc, dead=True, notes=tuple(notes))
     except AuthError as exc:
-        return Outcome(error=exc, dead=True, notes=tuple(notes))
+        return Renewal(error=exc, dead=True, notes=tuple(notes))
     except Exception as exc:  # the user's credentials callable failed
         error = AuthError(f"The credentials callable failed ({describe(exc)}).")
         error.__cause__ = exc
-        return Outcome(error=error, dead=True, notes=tuple(notes))
+        return Renewal(error=error, dead=True, notes=tuple(notes))
     notes.append(("refreshed", fresh))
-    return Outcome(tokens=fresh, dead=True, notes=tuple(notes))
+    return Renewal(tokens=fresh, dead=True, notes=tuple(notes))
 
 
 # -- the request flow -------------------------------------------------------------

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from quart import Quart, Response, request
+from quart import Quart
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -22,15 +22,8 @@ from . import tokens
 from .accounts import Accounts
 from .db.engine import build_engine, build_sessionmaker
 from .db.migrate import head_revisions, schema_state, upgrade
-from .errors import (
-    api_error_codes,
-    describe,
-    handle_api_error,
-    handle_exception,
-    is_infrastructure_failure,
-    mask_url,
-)
-from .guard import ACCESS_COOKIE, CSRF_COOKIE, REFRESH_COOKIE, guard
+from .errors import describe, is_infrastructure_failure, mask_url, register_error_handler
+from .guard import finish_response, guard
 from .openapi import docs_bp
 from .outbox import FileOutbox, Sender
 from .passwords import Passwords
@@ -40,7 +33,7 @@ from .settings import Settings
 from .store import pipelined
 from .store.embedded import EmbeddedRedis
 from .store.redis_store import RedisSessionStore
-from .tokens import TokenPair
+from .store.results import SessionPolicy
 
 log = logging.getLogger("tokengate")
 
@@ -48,7 +41,6 @@ log = logging.getLogger("tokengate")
 # lets a pooled connection that died with a restarted server reconnect.
 REDIS_TIMEOUT = 0.5
 MAX_BODY_BYTES = 64 * 1024
-LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]", "::1"})
 
 
 class SchemaNotReady(RuntimeError):
@@ -126,12 +118,8 @@ class TokenGate:
         if "QUART_SCHEMA" not in app.extensions:
             app.register_blueprint(docs_bp)
         app.before_request(guard)
-        # Our errors render as contract JSON wherever they are raised. Quart
-        # files handlers of HTTP errors by status code, so the one handler is
-        # filed under each code we use, where the host app has none of its own.
-        for code in sorted(api_error_codes()):
-            if code not in app.error_handler_spec[None]:
-                app.register_error_handler(code, handle_api_error)
+        app.after_request(finish_response)
+        register_error_handler(app, everything=False)
         app.before_serving(self.startup)
         app.after_serving(self.shutdown)
 
@@ -216,11 +204,14 @@ class TokenGate:
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
             max_connections=200,
         )
-        self._pipelined = pipelined.for_client(self._redis, REDIS_TIMEOUT)
         signing = tokens.SigningConfig(
             key=key, issuer=settings.issuer, audience=settings.audience, leeway=settings.leeway
         )
-        store = RedisSessionStore(self._redis, self._pipelined)
+        policy = SessionPolicy(
+            settings.idle_timeout, settings.session_max_age, settings.refresh_grace
+        )
+        self._pipelined = pipelined.for_client(self._redis, REDIS_TIMEOUT)
+        store = RedisSessionStore(self._redis, policy, self._pipelined)
         db = build_sessionmaker(self._engine)
         self._manager = SessionManager(settings, signing, store, db, clock=self.clock)
         self._purpose_tokens = PurposeTokens(signing, db, clock=self.clock)
@@ -299,36 +290,10 @@ class TokenGate:
         assert self._sender is not None
         return self._sender
 
-    # -- cookies ----------------------------------------------------------
-    def _cookie_flags(self) -> dict[str, Any]:
-        host = request.host
-        host = host[: host.index("]") + 1] if host.startswith("[") else host.split(":")[0]
-        plain_local = request.scheme == "http" and host in LOCAL_HOSTS
-        return {"secure": not plain_local, "samesite": "Lax", "max_age": self.settings.refresh_ttl}
-
-    def set_access_cookie(self, response: Response, token: str) -> None:
-        response.set_cookie(ACCESS_COOKIE, token, httponly=True, path="/", **self._cookie_flags())
-
-    def set_login_cookies(self, response: Response, pair: TokenPair) -> None:
-        """Set the three cookies of cookie mode for a fresh token pair."""
-        flags = self._cookie_flags()
-        refresh_path = f"{self.url_prefix}/refresh"
-        response.set_cookie(ACCESS_COOKIE, pair.access_token, httponly=True, path="/", **flags)
-        response.set_cookie(
-            REFRESH_COOKIE, pair.refresh_token, httponly=True, path=refresh_path, **flags
-        )
-        response.set_cookie(
-            CSRF_COOKIE, secrets.token_urlsafe(24), httponly=False, path="/", **flags
-        )
-
-    def clear_cookies(self, response: Response) -> None:
-        flags = self._cookie_flags()
-        flags.pop("max_age")
-        response.delete_cookie(ACCESS_COOKIE, path="/", httponly=True, **flags)
-        response.delete_cookie(
-            REFRESH_COOKIE, path=f"{self.url_prefix}/refresh", httponly=True, **flags
-        )
-        response.delete_cookie(CSRF_COOKIE, path="/", **flags)
+    @property
+    def refresh_path(self) -> str:
+        """The path of the refresh route: where the refresh cookie is sent."""
+        return f"{self.url_prefix}/refresh"
 
 
 def create_app(settings: Settings | None = None, **gate_options: Any) -> Quart:
@@ -337,7 +302,5 @@ def create_app(settings: Settings | None = None, **gate_options: Any) -> Quart:
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     TokenGate(app, settings=settings, **gate_options)
     # Our own app: every error, Quart's included, is contract JSON.
-    app.register_error_handler(Exception, handle_exception)
-    for code in api_error_codes():
-        app.register_error_handler(code, handle_exception)
+    register_error_handler(app, everything=True)
     return app

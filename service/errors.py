@@ -36,7 +36,7 @@ import logging
 import re
 from typing import Any
 
-from quart import Response, jsonify
+from quart import Blueprint, Quart, Response, jsonify
 from werkzeug import exceptions as wz
 from werkzeug.exceptions import HTTPException
 
@@ -181,15 +181,6 @@ class InvalidCredentials(Unauthorized):
     description = "The username or password is wrong."
 
 
-# Codes a session can end with, as stored in Redis and SQL, and their errors.
-END_REASON_ERRORS: dict[str, type[Unauthorized]] = {
-    "revoked": TokenRevoked,
-    "expired": SessionExpired,
-    "replaced": SessionReplaced,
-    "reused": TokenRevoked,
-}
-
-
 def is_infrastructure_failure(exc: BaseException) -> bool:
     """Whether ``exc`` means Redis or the database could not answer."""
     # Imported here so this module stays importable without the drivers loaded.
@@ -284,3 +275,21 @@ async def handle_exception(exc: Exception) -> Response:
     response = jsonify({"error": "server_error", "error_description": "Internal error."})
     response.status_code = 500
     return response
+
+
+def register_error_handler(target: Quart | Blueprint, *, everything: bool) -> None:
+    """The one way tokengate registers its error handling, on an app or a blueprint.
+
+    ``everything`` (our blueprints, and the app of ``create_app``): every
+    exception becomes contract JSON, through ``handle_exception``. Otherwise
+    (a host app): our own errors render as contract JSON wherever they are
+    raised (the guard runs before any view), and the host's errors stay the
+    host's. Quart files handlers of HTTP errors by status code, so the handler
+    is filed under each code we use, where a host has none of its own.
+    """
+    handler = handle_exception if everything else handle_api_error
+    if everything:
+        target.register_error_handler(Exception, handler)
+    for code in sorted(api_error_codes()):
+        if everything or code not in target.error_handler_spec[None]:
+            target.register_error_handler(code, handler)

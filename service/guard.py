@@ -8,16 +8,16 @@ only if the hook did not run (a view called some other way).
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Awaitable, Callable
 from functools import wraps
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
-from quart import Quart, Response, after_this_request, current_app, g, request
+from quart import Quart, Response, current_app, request
 
+from . import cookies
+from .cookies import read_access_token, request_auth
 from .errors import (
     AuthUnavailable,
-    CsrfFailed,
     InvalidToken,
     MissingToken,
     SessionExpired,
@@ -34,9 +34,6 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 REQUIRED_ATTR = "__tokengate_login_required__"
-UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-ACCESS_COOKIE, REFRESH_COOKIE, CSRF_COOKIE = "access_token", "refresh_token", "csrf_token"
-CSRF_HEADER = "X-CSRF-Token"
 # Errors after which a browser's cookies are of no further use.
 SESSION_OVER = (TokenRevoked, SessionExpired, SessionReplaced, InvalidToken)
 
@@ -46,7 +43,7 @@ def login_required(view: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]
 
     @wraps(view)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        if getattr(g, "tokengate_identity", None) is None:
+        if request_auth().identity is None:
             await authenticate_request()
         return await view(*args, **kwargs)
 
@@ -56,7 +53,7 @@ def login_required(view: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]
 
 def current_identity() -> Identity:
     """The identity the guard established for this request."""
-    identity: Identity | None = getattr(g, "tokengate_identity", None)
+    identity = request_auth().identity
     if identity is None:
         raise MissingToken()
     return identity
@@ -72,43 +69,14 @@ def get_gate(app: Quart | None = None) -> TokenGate:
     return gate
 
 
-def read_token() -> tuple[str, bool]:
-    """The access token sent with this request and whether it came in a cookie."""
-    settings = get_gate().settings
-    header = request.headers.get("Authorization")
-    if settings.use_headers and header is not None:
-        scheme, _, token = header.strip().partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise InvalidToken("The Authorization header must be 'Bearer <token>'.")
-        return token.strip(), False
-    if settings.use_cookies:
-        cookie = request.cookies.get(ACCESS_COOKIE)
-        if cookie:
-            return cookie, True
-    raise MissingToken()
-
-
-def check_csrf() -> None:
-    """Double-submit check for an unsafe request authenticated by cookie."""
-    if request.method not in UNSAFE_METHODS:
-        return
-    cookie = request.cookies.get(CSRF_COOKIE, "")
-    header = request.headers.get(CSRF_HEADER, "")
-    if not cookie or not hmac.compare_digest(cookie.encode(), header.encode()):
-        raise CsrfFailed()
-
-
 async def authenticate_request() -> Identity:
     """Run the full check for this request and remember the identity."""
-    token, via_cookie = read_token()
-    g.tokengate_via_cookie = via_cookie
-    if via_cookie:
-        check_csrf()
-    finish_later()
+    state = request_auth()
+    token = read_access_token(get_gate().settings)
     try:
         identity = await get_gate().manager.authenticate(token)
     except SESSION_OVER:
-        g.tokengate_clear_cookies = via_cookie
+        state.clear_cookies = state.via_cookie
         raise
     except Exception as exc:
         # Inside a host app no catch-all handler may exist: fail closed as
@@ -116,7 +84,7 @@ async def authenticate_request() -> Identity:
         if is_infrastructure_failure(exc):
             raise AuthUnavailable() from exc
         raise
-    g.tokengate_identity = identity
+    state.identity = identity
     return identity
 
 
@@ -128,28 +96,17 @@ async def guard() -> None:
         await authenticate_request()
 
 
-def finish_later() -> None:
-    """Run :func:`finish_response` after this request (once).
-
-    Registered per request, by the guard and the routes that may clear
-    cookies, and not as an app-wide ``after_request`` hook: a host app's
-    own routes never pay for it.
-    """
-    if not getattr(g, "tokengate_finishing", False):
-        g.tokengate_finishing = True
-        after_this_request(finish_response)  # type: ignore[arg-type]
-
-
 async def finish_response(response: Response) -> Response:
-    """Hand out re-issued tokens, clear dead cookies (after a checked request)."""
+    """The ``after_request`` hook: hand out re-issued tokens, clear dead cookies."""
     gate = get_gate()
-    if getattr(g, "tokengate_clear_cookies", False) and gate.settings.use_cookies:
-        gate.clear_cookies(response)
+    state = request_auth()
+    if state.clear_cookies and gate.settings.use_cookies:
+        cookies.clear_cookies(response, gate.settings, gate.refresh_path)
         return response
-    identity: Identity | None = getattr(g, "tokengate_identity", None)
+    identity = state.identity
     if identity is None:
         return response
-    via_cookie = getattr(g, "tokengate_via_cookie", False)
+    via_cookie = state.via_cookie
     token, expires_in = identity.new_access_token, identity.new_access_expires_in
     if token is None and via_cookie and response.status_code < 400:
         # A browser page: re-issue the cookie before it expires, so an active
@@ -167,5 +124,5 @@ async def finish_response(response: Response) -> Response:
         response.headers["X-Access-Token"] = token
         response.headers["X-Access-Token-Expires-In"] = str(expires_in)
         if gate.settings.use_cookies and (via_cookie or not gate.settings.use_headers):
-            gate.set_access_cookie(response, token)
+            cookies.set_access_cookie(response, gate.settings, token)
     return response

@@ -9,14 +9,13 @@ data can always be rebuilt from SQL without reviving anything.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -26,24 +25,31 @@ from .db import repository as repo
 from .db.models import AuthSession, User
 from .db.repository import utc
 from .errors import (
-    END_REASON_ERRORS,
     InvalidCredentials,
     NotFound,
     RefreshReused,
+    SessionExpired,
+    SessionReplaced,
     TokenExpired,
     TokenRevoked,
     Unauthorized,
     describe,
 )
 from .settings import Settings
-from .store.redis_store import EXPIRY_SLACK, Outcome, RedisSessionStore
+from .store.redis_store import RedisSessionStore
+from .store.results import Ended, EndReason, Miss, SessionRecord
 from .tokens import Grant, TokenPair
 
 log = logging.getLogger("tokengate")
 
-# Last-seen is written back to SQL at most this often per session, off the
-# request path; it bounds how stale a session rebuilt from SQL can be.
-MAX_SYNC_INTERVAL = 60
+R = TypeVar("R")
+# What a request meets once its session ended, by the reason it ended.
+END_REASON_ERRORS: dict[EndReason, type[Unauthorized]] = {
+    EndReason.REVOKED: TokenRevoked,
+    EndReason.EXPIRED: SessionExpired,
+    EndReason.REPLACED: SessionReplaced,
+    EndReason.REUSED: TokenRevoked,
+}
 # Access tokens whose signature and claims were verified, by their exact text:
 # the same token checked again costs a dict lookup plus the time checks.
 VERIFIED_CACHE_SIZE = 10_000
@@ -94,7 +100,12 @@ class ClientInfo:
 
 
 class SessionManager:
-    """Every session rule, over one Redis store and one database."""
+    """The session lifecycle, over one Redis store and one database.
+
+    Every decision about a live session (alive? idle? too old? which pair
+    now?) is made by a script in Redis (``store/``); this class mints the
+    tokens, keeps SQL in step, and rebuilds what Redis lost.
+    """
 
     def __init__(
         self,
@@ -109,10 +120,6 @@ class SessionManager:
         self.store = store
         self.db = db
         self.clock = clock
-        idle = settings.idle_timeout
-        self.sync_interval = max(
-            1, min(MAX_SYNC_INTERVAL, idle // 4 if idle else MAX_SYNC_INTERVAL)
-        )
         self._background: set[asyncio.Task[None]] = set()
         self._verified: dict[str, dict[str, Any]] = {}
 
@@ -129,71 +136,57 @@ class SessionManager:
             ttl=self.settings.access_ttl,
         )  # fmt: skip
 
-    # -- login ------------------------------------------------------------
+    # -- opening a session ----------------------------------------------------
     async def start_session(self, user: User, client: ClientInfo) -> TokenPair:
         """Open a new session for ``user`` and return its first token pair."""
-        s = self.settings
         now = self.clock()
-        ia = int(now)
+        iat = int(now)
         sid, aj, rj = secrets.token_urlsafe(16), tokens.new_jti(), tokens.new_jti()
         uid = str(user.id)
         row = AuthSession(
             id=sid, user_id=user.id, created_at=utc(now), last_seen_at=utc(now),
             device=client.device, ip=client.ip, user_agent=client.user_agent,
-            access_jti=aj, refresh_jti=rj, issued_at=ia,
+            access_jti=aj, refresh_jti=rj, issued_at=iat,
         )  # fmt: skip
         async with self.db() as db:
             db.add(row)
             await db.commit()
-        fields = {
-            "st": "live", "cr": repr(now), "ls": repr(now), "sy": repr(now),
-            "aj": aj, "rj": rj, "pj": "", "ia": ia, "nm": user.username,
-        }  # fmt: skip
-        expire_at = int(now) + s.session_max_age + EXPIRY_SLACK
+        record = SessionRecord(user.username, now, now, aj, rj, "", iat)
+        limit = self.settings.max_sessions
         try:
-            result = await self.store.login(
-                uid, sid, fields, now=now, idle=s.idle_timeout, max_age=s.session_max_age,
-                limit=s.max_sessions, expire_at=expire_at,
-            )  # fmt: skip
-            if isinstance(result, Outcome):
+            opened = await self.store.login(uid, sid, record, now=now, limit=limit)
+            if isinstance(opened, Miss):
                 await self._load_index(user.id, now)
-                result = await self.store.login(
-                    uid, sid, fields, now=now, idle=s.idle_timeout, max_age=s.session_max_age,
-                    limit=s.max_sessions, expire_at=expire_at,
-                )  # fmt: skip
+                opened = await self.store.login(uid, sid, record, now=now, limit=limit)
         except BaseException:
-            async with self.db() as db:
-                await repo.end_sessions(db, [sid], "revoked", utc(now))
-                await db.commit()
+            await self._record_end([sid], EndReason.REVOKED, now)
             raise
-        assert not isinstance(result, Outcome)
-        replaced, expired = result
-        if replaced or expired:
+        if isinstance(opened, Miss):  # the set vanished again at once: Redis is failing
+            await self._record_end([sid], EndReason.REVOKED, now)
+            raise TokenRevoked()
+        if opened.replaced or opened.expired:
             async with self.db() as db:
-                await repo.end_sessions(db, replaced, "replaced", utc(now))
-                await repo.end_sessions(db, expired, "expired", utc(now))
+                await repo.end_sessions(db, opened.replaced, EndReason.REPLACED, utc(now))
+                await repo.end_sessions(db, opened.expired, EndReason.EXPIRED, utc(now))
                 await db.commit()
-        if sid in replaced:
+        if sid in opened.replaced:
             # Twenty logins at once with a limit of one: this one lost the race.
-            raise END_REASON_ERRORS["replaced"]()
+            raise END_REASON_ERRORS[EndReason.REPLACED]()
         async with self.db() as db:
             current = await repo.get_user(db, user.id)
         if current is None or current.password_hash != user.password_hash or current.disabled:
             # The password changed (or the user was disabled) while this login
             # was being checked, and the change may have ended the user's
             # sessions before this one existed.
-            await self._end([sid], user.id, "revoked", now)
+            await self._end([sid], user.id, EndReason.REVOKED, now)
             raise InvalidCredentials()
-        return self._pair(Grant(uid, user.username, sid, aj, rj, ia), now)
+        return self._pair(Grant(uid, user.username, sid, aj, rj, iat), now)
 
     async def _load_index(self, user_id: int, now: float) -> None:
         async with self.db() as db:
             live = await repo.live_sessions(db, user_id)
-        await self.store.load_index(
-            str(user_id),
-            [(row.id, row.created_at.timestamp()) for row in live],
-            int(now) + self.settings.session_max_age + EXPIRY_SLACK,
-        )
+        created = [(row.id, row.created_at.timestamp()) for row in live]
+        await self.store.load_index(str(user_id), created, now=now)
 
     async def _rebuild(self, user_id: str, sid: str, now: float) -> None:
         """Put a session that Redis lost back from SQL."""
@@ -208,31 +201,46 @@ class SessionManager:
         if found is None or str(found[0].user_id) != user_id:
             raise TokenRevoked()
         row, username = found
-        created = row.created_at.timestamp()
-        fields = {
-            "st": "ended" if row.ended_at else "live",
-            "why": row.end_reason or "",
-            "cr": repr(created),
-            "ls": repr(row.last_seen_at.timestamp()),
-            "sy": repr(now),
-            "aj": row.access_jti,
-            "rj": row.refresh_jti,
-            "pj": row.previous_refresh_jti or "",
-            "ia": row.issued_at,
-            "nm": username,
-        }
-        expire_at = int(max(created + self.settings.session_max_age, now)) + EXPIRY_SLACK
-        await self.store.load(user_id, sid, fields, expire_at)
+        record = SessionRecord(
+            username=username,
+            created=row.created_at.timestamp(),
+            last_seen=row.last_seen_at.timestamp(),
+            access_jti=row.access_jti,
+            refresh_jti=row.refresh_jti,
+            previous_refresh_jti=row.previous_refresh_jti or "",
+            iat=row.issued_at,
+            ended=EndReason.parse(row.end_reason) if row.ended_at else None,
+        )
+        await self.store.load(user_id, sid, record, now=now)
 
-    async def _record_end(self, sids: Sequence[str], reason: str, now: float) -> None:
+    async def _record_end(self, sids: Sequence[str], reason: EndReason, now: float) -> None:
         """Record in SQL that ``sids`` ended (the first reason recorded stays)."""
         async with self.db() as db:
             await repo.end_sessions(db, sids, reason, utc(now))
             await db.commit()
 
-    def _ended(self, outcome: Outcome) -> Unauthorized:
-        why = outcome.values[0] if outcome.values else "revoked"
-        return END_REASON_ERRORS.get(why, TokenRevoked)()
+    async def _decide(
+        self, uid: str, sid: str, now: float, script: Callable[[], Awaitable[R | Ended | Miss]]
+    ) -> R:
+        """Run a session script: rebuild a session Redis lost and run it again.
+
+        A session that is over raises its error; one that this very call
+        ended (idle, too old, refresh reuse) is recorded in SQL first.
+        """
+        result = await script()
+        if isinstance(result, Miss):
+            await self._rebuild(uid, sid, now)
+            result = await script()
+        if isinstance(result, Ended):
+            if result.just_now:
+                await self._record_end([sid], result.reason, now)
+                if result.reason is EndReason.REUSED:
+                    log.warning("refresh token reuse: session %s ended", sid)
+                    raise RefreshReused()
+            raise END_REASON_ERRORS.get(result.reason, TokenRevoked)()
+        if isinstance(result, Miss):
+            raise TokenRevoked()
+        return result
 
     # -- the guard --------------------------------------------------------
     def _verify_access(self, token: str, now: float) -> dict[str, Any]:
@@ -253,61 +261,33 @@ class SessionManager:
 
     async def authenticate(self, access_token: str) -> Identity:
         """Check an access token and its session: one JWT check, one round trip."""
-        s = self.settings
         now = self.clock()
         try:
             claims = self._verify_access(access_token, now)
         except TokenExpired as exc:
-            if not s.implicit_refresh:
+            if not self.settings.implicit_refresh:
                 raise
-            return await self._implicit_refresh(exc, now)
+            return await self._implicit_refresh(exc.claims, now)
         uid, sid = claims["sub"], claims["sid"]
-        check = functools.partial(
-            self.store.check, uid, sid, now=now, idle=s.idle_timeout,
-            max_age=s.session_max_age, sync=self.sync_interval,
-        )  # fmt: skip
-        outcome = await self._decide(uid, sid, now, check)
-        await self._settle(outcome, sid, now)
-        if outcome.values:
+        live = await self._decide(uid, sid, now, lambda: self.store.check(uid, sid, now=now))
+        if live.sync_due:
             self._spawn(self._touch(sid, now))
         # A copy: the cached claims stay as verified whatever a view does.
         return Identity(int(uid), claims["name"], sid, dict(claims))
 
-    async def _decide(
-        self, uid: str, sid: str, now: float, script: Callable[[], Awaitable[Outcome]]
-    ) -> Outcome:
-        """Run a session script; on a miss, rebuild the session from SQL and run it again."""
-        outcome = await script()
-        if outcome.status == "miss":
-            await self._rebuild(uid, sid, now)
-            outcome = await script()
-        return outcome
-
-    async def _settle(self, outcome: Outcome, sid: str, now: float) -> None:
-        if outcome.status == "ended":
-            if len(outcome.values) > 1:  # Redis just decided it; SQL must hear of it
-                await self._record_end([sid], outcome.values[0], now)
-            raise self._ended(outcome)
-        if outcome.status == "miss":
-            raise TokenRevoked()
-
-    async def _implicit_refresh(self, expired: TokenExpired, now: float) -> Identity:
-        s = self.settings
-        claims = expired.claims
-        uid, sid = claims["sub"], claims["sid"]
-        args: dict[str, Any] = {
-            "now": now, "idle": s.idle_timeout, "max_age": s.session_max_age,
-            "expired_jti": claims["jti"], "new_jti": tokens.new_jti(),
-        }  # fmt: skip
-        implicit = functools.partial(self.store.implicit_refresh, uid, sid, **args)
-        outcome = await self._decide(uid, sid, now, implicit)
-        await self._settle(outcome, sid, now)
-        aj, ia, name = outcome.values[0], int(outcome.values[1]), outcome.values[2]
-        token = self._access(uid, name, sid, aj, ia)
-        fresh = dict(claims, jti=aj, iat=ia, nbf=ia, exp=ia + s.access_ttl)
+    async def _implicit_refresh(self, claims: dict[str, Any], now: float) -> Identity:
+        ttl = self.settings.access_ttl
+        uid, sid, expired, new = claims["sub"], claims["sid"], claims["jti"], tokens.new_jti()
+        store = self.store
+        reissue = await self._decide(
+            uid, sid, now,
+            lambda: store.implicit_refresh(uid, sid, now=now, expired_jti=expired, new_jti=new),
+        )  # fmt: skip
+        aj, iat, name = reissue.access_jti, reissue.iat, reissue.username
+        fresh = dict(claims, jti=aj, iat=iat, nbf=iat, exp=iat + ttl)
         return Identity(
-            int(uid), name, sid, fresh, new_access_token=token,
-            new_access_expires_in=tokens.seconds_left(ia, s.access_ttl, now),
+            int(uid), name, sid, fresh, new_access_token=self._access(uid, name, sid, aj, iat),
+            new_access_expires_in=tokens.seconds_left(iat, ttl, now),
         )  # fmt: skip
 
     async def reissue_if_near_expiry(self, identity: Identity) -> tuple[str, int] | None:
@@ -316,21 +296,20 @@ class SessionManager:
         Concurrent requests carrying the same token get the same new one: the
         mint is keyed on the old token's ``jti`` in Redis.
         """
-        s = self.settings
+        ttl = self.settings.access_ttl
         now = self.clock()
-        if identity.claims["exp"] - now > max(1, min(60, s.access_ttl // 2)):
+        if identity.claims["exp"] - now > max(1, min(60, ttl // 2)):
             return None
-        outcome = await self.store.implicit_refresh(
-            str(identity.user_id), identity.session_id, now=now, idle=s.idle_timeout,
-            max_age=s.session_max_age, expired_jti=identity.claims["jti"], new_jti=tokens.new_jti(),
-        )  # fmt: skip
-        if outcome.status != "ok":
+        uid, sid = str(identity.user_id), identity.session_id
+        reissue = await self.store.implicit_refresh(
+            uid, sid, now=now, expired_jti=identity.claims["jti"], new_jti=tokens.new_jti()
+        )
+        if isinstance(reissue, Ended | Miss):
             return None
-        aj, ia, name = outcome.values[0], int(outcome.values[1]), outcome.values[2]
-        token = self._access(str(identity.user_id), name, identity.session_id, aj, ia)
-        return token, tokens.seconds_left(ia, s.access_ttl, now)
+        token = self._access(uid, reissue.username, sid, reissue.access_jti, reissue.iat)
+        return token, tokens.seconds_left(reissue.iat, ttl, now)
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -356,58 +335,52 @@ class SessionManager:
     # -- refresh ----------------------------------------------------------
     async def refresh(self, refresh_token: str) -> TokenPair:
         """Trade a refresh token for a new pair; reuse past the grace window ends the session."""
-        s = self.settings
         now = self.clock()
         claims = tokens.verify(self.signing, tokens.RefreshToken.kind, refresh_token, now=now)
-        uid, sid = claims["sub"], claims["sid"]
-        args: dict[str, Any] = {
-            "now": now, "idle": s.idle_timeout, "max_age": s.session_max_age,
-            "grace": s.refresh_grace, "presented_jti": claims["jti"],
-            "new_access_jti": tokens.new_jti(), "new_refresh_jti": tokens.new_jti(),
-        }  # fmt: skip
-        outcome = await self._decide(
-            uid, sid, now, functools.partial(self.store.refresh, uid, sid, **args)
-        )
-        if outcome.status == "ended" and outcome.values[0] == "reused" and len(outcome.values) > 1:
-            await self._record_end([sid], "reused", now)
-            log.warning("refresh token reuse: session %s ended", sid)
-            raise RefreshReused()
-        await self._settle(outcome, sid, now)
-        aj, rj, ia, name, previous = outcome.values[:5]
+        uid, sid, presented = claims["sub"], claims["sid"], claims["jti"]
+        aj, rj = tokens.new_jti(), tokens.new_jti()
+        rotation = await self._decide(
+            uid, sid, now,
+            lambda: self.store.refresh(
+                uid, sid, now=now, presented_jti=presented, new_access_jti=aj, new_refresh_jti=rj
+            ),
+        )  # fmt: skip
         # Recorded on the grace path too: if the first answer's SQL write
         # failed, the client's retry lands here and SQL must still catch up.
         # The write applies only while SQL is one step behind, so concurrent
         # or late writes never move it backwards.
         async with self.db() as db:
             await repo.record_rotation(
-                db, sid, access_jti=aj, refresh_jti=rj, previous_refresh_jti=previous,
-                issued_at=int(ia), at=utc(now),
+                db, sid, access_jti=rotation.access_jti, refresh_jti=rotation.refresh_jti,
+                previous_refresh_jti=rotation.previous_refresh_jti, issued_at=rotation.iat,
+                at=utc(now),
             )  # fmt: skip
             await db.commit()
-        return self._pair(Grant(uid, name, sid, aj, rj, int(ia)), now)
+        grant = Grant(
+            uid, rotation.username, sid, rotation.access_jti, rotation.refresh_jti, rotation.iat
+        )
+        return self._pair(grant, now)
 
     # -- ending sessions --------------------------------------------------
-    def _end_expiry(self, now: float) -> int:
-        return int(now) + self.settings.session_max_age + EXPIRY_SLACK
-
     async def logout(self, identity: Identity) -> None:
-        await self._end([identity.session_id], identity.user_id, "revoked", self.clock())
+        await self._end([identity.session_id], identity.user_id, EndReason.REVOKED, self.clock())
 
-    async def end_all(self, user_id: int, *, keep: str = "", why: str = "revoked") -> None:
+    async def end_all(
+        self, user_id: int, *, keep: str = "", reason: EndReason = EndReason.REVOKED
+    ) -> None:
         """End every session of ``user_id`` except ``keep``."""
         now = self.clock()
         async with self.db() as db:
             live = [row.id for row in await repo.live_sessions(db, user_id) if row.id != keep]
-        await self._end([*live, "*"], user_id, why, now, keep=keep)
+        await self._end(live, user_id, reason, now, keep=keep, every=True)
 
     async def _end(
-        self, sids: Sequence[str], user_id: int, why: str, now: float, keep: str = ""
-    ) -> None:
-        """End ``sids`` in SQL, then in Redis (``'*'``: every session Redis knows)."""
-        await self._record_end([sid for sid in sids if sid != "*"], why, now)
-        await self.store.end(
-            str(user_id), sids, why=why, expire_at=self._end_expiry(now), keep=keep
-        )
+        self, sids: Sequence[str], user_id: int, reason: EndReason, now: float, *,
+        keep: str = "", every: bool = False,
+    ) -> None:  # fmt: skip
+        """End ``sids`` in SQL, then in Redis (``every``: and every other one Redis knows)."""
+        await self._record_end(sids, reason, now)
+        await self.store.end(str(user_id), sids, reason=reason, now=now, every=every, keep=keep)
 
     async def end_all_again(self, user_id: int, keep: str = "") -> None:
         """A second sweep after a password change, for logins that raced it.
@@ -439,37 +412,24 @@ class SessionManager:
             row = await repo.get_session(db, sid) if tokens.SESSION_ID.match(sid) else None
         if row is None or row.user_id != identity.user_id:
             raise NotFound("No such session.")
-        await self._end([sid], identity.user_id, "revoked", self.clock())
+        await self._end([sid], identity.user_id, EndReason.REVOKED, self.clock())
 
     async def sessions(self, identity: Identity) -> list[SessionInfo]:
         """The caller's live sessions, with last-seen times from Redis where it has them."""
-        s = self.settings
-        now = self.clock()
         async with self.db() as db:
             rows = list(await repo.live_sessions(db, identity.user_id))
-        async with self.store.redis.pipeline(transaction=False) as pipe:
-            for row in rows:
-                pipe.hmget(self.store.session_key(str(identity.user_id), row.id), "st", "ls")
-            hot = await pipe.execute()
-        out: list[SessionInfo] = []
-        for row, (state, last) in zip(rows, hot, strict=True):
-            if state == b"ended":
-                continue
-            last_seen = float(last) if last else row.last_seen_at.timestamp()
-            created = row.created_at.timestamp()
-            if now - created >= s.session_max_age or (
-                s.idle_timeout and now - last_seen >= s.idle_timeout
-            ):
-                continue
-            out.append(
-                SessionInfo(
-                    id=row.id,
-                    device=row.device,
-                    ip=row.ip,
-                    user_agent=row.user_agent,
-                    created_at=row.created_at,
-                    last_seen_at=utc(last_seen),
-                    current=row.id == identity.session_id,
-                )
+        times = [(r.id, r.created_at.timestamp(), r.last_seen_at.timestamp()) for r in rows]
+        alive = await self.store.last_seen(str(identity.user_id), times, now=self.clock())
+        return [
+            SessionInfo(
+                id=row.id,
+                device=row.device,
+                ip=row.ip,
+                user_agent=row.user_agent,
+                created_at=row.created_at,
+                last_seen_at=utc(alive[row.id]),
+                current=row.id == identity.session_id,
             )
-        return out
+            for row in rows
+            if row.id in alive
+        ]

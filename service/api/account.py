@@ -12,7 +12,7 @@ from pathlib import Path
 
 from quart import Blueprint, Response, render_template, send_from_directory, url_for
 
-from ..errors import NotFound, handle_exception
+from ..errors import NotFound, register_error_handler
 from ..guard import get_gate
 from ..openapi import hidden
 
@@ -21,7 +21,7 @@ STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 account_bp = Blueprint("tokengate_account", __name__, template_folder="../templates")
 # Inside a host app too, anything these routes raise is contract JSON, and a
 # Redis or database failure is 503 auth_unavailable.
-account_bp.register_error_handler(Exception, handle_exception)
+register_error_handler(account_bp, everything=True)
 
 # The page talks only to its own origin and may not be framed (its buttons
 # end sessions, so clickjacking it would be worth something).

@@ -7,24 +7,18 @@ import logging
 from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel, ValidationError
-from quart import Blueprint, Response, g, jsonify, request
+from quart import Blueprint, Response, jsonify, request
 
+from .. import cookies
+from ..cookies import read_refresh_token, request_auth
 from ..errors import (
     InvalidRequest,
-    MissingToken,
     RegistrationDisabled,
     RequestTooLarge,
     Unauthorized,
-    handle_exception,
+    register_error_handler,
 )
-from ..guard import (
-    REFRESH_COOKIE,
-    check_csrf,
-    current_identity,
-    finish_later,
-    get_gate,
-    login_required,
-)
+from ..guard import current_identity, get_gate, login_required
 from ..openapi import GUARD_CODES, document
 from ..sessions import ClientInfo
 from ..tokens import TokenPair
@@ -35,7 +29,7 @@ log = logging.getLogger("tokengate")
 auth_bp = Blueprint("tokengate_auth", __name__)
 # Inside a host app too, anything these routes raise is contract JSON, and a
 # Redis or database failure is 503 auth_unavailable.
-auth_bp.register_error_handler(Exception, handle_exception)
+register_error_handler(auth_bp, everything=True)
 
 M = TypeVar("M", bound=BaseModel)
 # Our bodies are a few hundred bytes; this holds inside someone else's app too.
@@ -104,7 +98,7 @@ def pair_response(pair: TokenPair) -> Response:
     response.headers["Cache-Control"] = "no-store"
     gate = get_gate()
     if gate.settings.use_cookies:
-        gate.set_login_cookies(response, pair)
+        cookies.set_login_cookies(response, gate.settings, pair, gate.refresh_path)
     return response
 
 
@@ -157,19 +151,12 @@ async def refresh() -> Response:
     gate = get_gate()
     await require_json_in_cookie_mode()
     body = await read_body(schemas.RefreshRequest, optional=True)
-    token = body.refresh_token
-    if token is None and gate.settings.use_cookies:
-        token = request.cookies.get(REFRESH_COOKIE)
-        if token:
-            g.tokengate_via_cookie = True
-            check_csrf()
-    if not token:
-        raise MissingToken("No refresh token was sent.")
+    token = read_refresh_token(gate.settings, body.refresh_token)
     try:
         pair = await gate.manager.refresh(token)
     except Unauthorized:
-        g.tokengate_clear_cookies = getattr(g, "tokengate_via_cookie", False)
-        finish_later()
+        state = request_auth()
+        state.clear_cookies = state.via_cookie
         raise
     return pair_response(pair)
 
@@ -189,7 +176,7 @@ async def me() -> Response:
 async def logout() -> Response:
     """End this session: its access and refresh tokens stop working at once."""
     await get_gate().manager.logout(current_identity())
-    g.tokengate_clear_cookies = True
+    request_auth().clear_cookies = True
     return no_content()
 
 
@@ -199,7 +186,7 @@ async def logout() -> Response:
 async def logout_all() -> Response:
     """End every session of the user."""
     await get_gate().manager.end_all(current_identity().user_id)
-    g.tokengate_clear_cookies = True
+    request_auth().clear_cookies = True
     return no_content()
 
 
@@ -220,7 +207,7 @@ async def delete_session(session_id: str) -> Response:
     me = current_identity()
     await get_gate().manager.end_session(me, session_id)
     if session_id == me.session_id:
-        g.tokengate_clear_cookies = True
+        request_auth().clear_cookies = True
     return no_content()
 
 

@@ -7,7 +7,7 @@ import asyncio
 from quart import Blueprint, Response, jsonify
 
 from ..db.migrate import schema_state
-from ..errors import handle_exception
+from ..errors import register_error_handler
 from ..guard import get_gate
 from ..openapi import document
 from . import schemas
@@ -15,7 +15,7 @@ from . import schemas
 health_bp = Blueprint("tokengate_health", __name__)
 # Inside a host app too, anything these routes raise is contract JSON, and a
 # Redis or database failure is 503 auth_unavailable.
-health_bp.register_error_handler(Exception, handle_exception)
+register_error_handler(health_bp, everything=True)
 
 PROBE_TIMEOUT = 1.0
 

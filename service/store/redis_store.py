@@ -1,51 +1,64 @@
 """The Redis side: hot session state, kept and changed by Lua scripts.
 
 Key layout (``<uid>`` is the user id; ``{u<uid>}`` is a Redis Cluster hash
-tag, so every key one script touches lives in the same slot)::
+tag, so every key one script touches lives in the same slot, and every
+script names each key it touches in ``KEYS``)::
 
-    tg:{u<uid>}:s:<sid>   hash   one session's hot state (fields below)
+    tg:{u<uid>}:s:<sid>   hash   one session's hot state (fields in session_lib.lua)
     tg:{u<uid>}:live      zset   the user's live sessions, scored by creation
                                  time in whole microseconds (strictly in login
                                  order), plus the sentinel "~" (score 0) that
                                  says the set was loaded from SQL
     tg:{n<digest>}:fails  string failed logins for one account in the window
     tg:{n<digest>}:inflight zset password checks of that account now running
+    tg:{n<digest>}:reset  string password-reset requests for one account
 
-Session hash fields: ``st`` live|ended, ``why`` end reason, ``cr`` created,
-``ls`` last seen, ``sy`` last time ``ls`` was written back to SQL, ``aj``/``rj``
-current access/refresh jti, ``pj`` the refresh jti they replaced, ``ia`` the
-pair's issue time (whole seconds, its ``iat``), ``ra`` the exact rotation
-time, ``nm`` username, ``xf``/``xa``/``xi`` the last implicit refresh
-(expired access jti → new access jti, issue time).
-
-Every session key expires when the session's absolute age runs out (plus a
-minute); the user set is pruned of members older than that at each login and
-expires with the newest. A missing key is never taken to mean "live": the
-caller rebuilds it from SQL and runs the script again.
+The scripts live in ``lua/``, one file each. This module is the only code
+that knows their arguments, their replies and the hash's field names: every
+method returns a typed result (``results.py``). A missing key is never taken
+to mean "live": the caller gets ``MISS``, rebuilds the session from SQL and
+runs the script again.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from importlib import resources
-from typing import Any, cast
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from .pipelined import PipelinedScripts
+from .results import (
+    MISS,
+    CheckResult,
+    Ended,
+    EndReason,
+    Live,
+    LoginResult,
+    Opened,
+    RefreshResult,
+    Reissue,
+    ReissueResult,
+    Rotation,
+    SessionPolicy,
+    SessionRecord,
+)
 
 KEY_PREFIX = "tg:"
-# How long past its absolute age an ended session's state is kept.
-EXPIRY_SLACK = 60
-
-# The scripts live in ``lua/`` inside the package (so they ship in the wheel);
-# the session scripts share the helpers of ``session_lib.lua``, put in front
-# of each of them here.
-_SESSION_SCRIPTS = frozenset({"check", "implicit_refresh", "refresh", "login"})
+# The session scripts share the helpers of session_lib.lua, put in front of each.
+_SESSION_SCRIPTS = frozenset({"check", "implicit_refresh", "refresh", "login", "last_seen"})
+SCRIPTS = (
+    "check", "implicit_refresh", "refresh", "load", "load_index", "login", "end",
+    "last_seen", "attempt", "settle", "count",
+)  # fmt: skip
+# A password check holds its slot at most this long (a hung check frees it).
+ATTEMPT_LEASE = 30
+# A script that must see the whole user set runs again if a login changed the
+# set between the caller's read and the script: this many times at most.
+MAX_STALE_RETRIES = 20
 
 
 def script_source(name: str) -> str:
@@ -57,18 +70,6 @@ def script_source(name: str) -> str:
     return source
 
 
-def _register(redis: Redis, name: str) -> AsyncScript:
-    return redis.register_script(script_source(name))
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What a script said about a session."""
-
-    status: str
-    values: tuple[str, ...] = ()
-
-
 def _text(value: Any) -> Any:
     if isinstance(value, bytes):
         return value.decode()
@@ -77,24 +78,26 @@ def _text(value: Any) -> Any:
     return value
 
 
-class RedisSessionStore:
-    """Hot session state in Redis; each method is one script call."""
+def _ended(reply: list[Any]) -> Ended:
+    """``{'ended', why, '1'?}``: the third element says this call ended it."""
+    return Ended(EndReason.parse(reply[1] if len(reply) > 1 else None), len(reply) > 2)
 
-    def __init__(self, redis: Redis, pipelined: PipelinedScripts | None = None) -> None:
+
+class StaleSet(RuntimeError):
+    """The user's set kept changing under a script that needed all of it."""
+
+
+class RedisSessionStore:
+    """Hot session state in Redis; each method is one script call (two for the user set)."""
+
+    def __init__(
+        self, redis: Redis, policy: SessionPolicy, pipelined: PipelinedScripts | None = None
+    ) -> None:
         self.redis = redis
+        self.policy = policy
         # The guard's check goes over this lean path when there is one.
         self.pipelined = pipelined
-        script = functools.partial(_register, redis)
-        self._check = script("check")
-        self._implicit = script("implicit_refresh")
-        self._refresh = script("refresh")
-        self._load = script("load")
-        self._load_index = script("load_index")
-        self._login = script("login")
-        self._end = script("end")
-        self._fail = script("count")
-        self._attempt = script("attempt")
-        self._settle = script("settle")
+        self._scripts = {name: redis.register_script(script_source(name)) for name in SCRIPTS}
 
     # -- keys -------------------------------------------------------------
     @staticmethod
@@ -116,97 +119,154 @@ class RedisSessionStore:
         digest = hashlib.sha256(name.encode()).hexdigest()[:32]
         return f"{KEY_PREFIX}{{n{digest}}}:{kind}"
 
-    # -- scripts ----------------------------------------------------------
-    async def _run(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    # -- running scripts ----------------------------------------------------
+    async def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        script: AsyncScript = self._scripts[name]
         return _text(await script(keys=list(keys), args=list(args)))
 
-    async def check(
-        self, user_id: str, sid: str, *, now: float, idle: int, max_age: int, sync: int
-    ) -> Outcome:
+    def _session_args(self, sid: str, now: float) -> list[Any]:
+        p = self.policy
+        return [sid, repr(now), p.idle_timeout, p.max_age]
+
+    async def _members(self, user_id: str) -> list[str]:
+        members = await self.redis.zrange(self.index_key(user_id), 1, -1)
+        return [str(_text(m)) for m in members]
+
+    # -- the session scripts ------------------------------------------------
+    async def check(self, user_id: str, sid: str, *, now: float) -> CheckResult:
         """The guard's one round trip: is the session alive? Slides last-seen."""
         keys = (self.session_key(user_id, sid), self.index_key(user_id))
-        args = (sid, repr(now), idle, max_age, sync)
+        args = [*self._session_args(sid, now), self.policy.sync_interval]
         if self.pipelined is not None:
-            check = self._check
+            check = self._scripts["check"]
             source = check.script if isinstance(check.script, str | bytes) else bytes(check.script)
             reply = _text(await self.pipelined.run(check.sha, source, keys, args))
         else:
-            reply = await self._run(self._check, keys, args)
-        return Outcome(reply[0], tuple(reply[1:]))
+            reply = await self._run("check", keys, args)
+        if reply[0] == "ok":
+            return Live(sync_due=len(reply) > 1)
+        return _ended(reply) if reply[0] == "ended" else MISS
 
     async def implicit_refresh(
-        self, user_id: str, sid: str, *, now: float, idle: int, max_age: int,
-        expired_jti: str, new_jti: str,
-    ) -> Outcome:  # fmt: skip
+        self, user_id: str, sid: str, *, now: float, expired_jti: str, new_jti: str
+    ) -> ReissueResult:
+        """The access token that succeeds ``expired_jti``: the same for every caller."""
+        keys = (self.session_key(user_id, sid), self.index_key(user_id))
         reply = await self._run(
-            self._implicit,
-            (self.session_key(user_id, sid), self.index_key(user_id)),
-            (sid, repr(now), idle, max_age, expired_jti, new_jti),
+            "implicit_refresh", keys, [*self._session_args(sid, now), expired_jti, new_jti]
         )
-        return Outcome(reply[0], tuple(reply[1:]))
+        if reply[0] == "ok":
+            return Reissue(access_jti=reply[1], iat=int(reply[2]), username=reply[3])
+        return _ended(reply) if reply[0] == "ended" else MISS
 
     async def refresh(
-        self, user_id: str, sid: str, *, now: float, idle: int, max_age: int, grace: int,
-        presented_jti: str, new_access_jti: str, new_refresh_jti: str,
-    ) -> Outcome:  # fmt: skip
-        reply = await self._run(
-            self._refresh,
-            (self.session_key(user_id, sid), self.index_key(user_id)),
-            (sid, repr(now), idle, max_age, grace, presented_jti, new_access_jti, new_refresh_jti),
-        )
-        return Outcome(reply[0], tuple(reply[1:]))
+        self, user_id: str, sid: str, *, now: float, presented_jti: str,
+        new_access_jti: str, new_refresh_jti: str,
+    ) -> RefreshResult:  # fmt: skip
+        """Rotate on the current refresh jti, repeat within grace, else end the session."""
+        keys = (self.session_key(user_id, sid), self.index_key(user_id))
+        args = [
+            *self._session_args(sid, now), self.policy.refresh_grace,
+            presented_jti, new_access_jti, new_refresh_jti,
+        ]  # fmt: skip
+        reply = await self._run("refresh", keys, args)
+        if reply[0] in ("rotated", "same"):
+            aj, rj, iat, name, previous = reply[1:6]
+            return Rotation(reply[0] == "rotated", aj, rj, previous, int(iat), name)
+        return _ended(reply) if reply[0] == "ended" else MISS
 
-    async def load(self, user_id: str, sid: str, fields: Mapping[str, Any], expire_at: int) -> None:
+    @staticmethod
+    def _fields(record: SessionRecord, now: float) -> list[Any]:
+        fields = {
+            "st": "ended" if record.ended else "live", "why": record.ended or "",
+            "cr": repr(record.created), "ls": repr(record.last_seen), "sy": repr(now),
+            "aj": record.access_jti, "rj": record.refresh_jti,
+            "pj": record.previous_refresh_jti, "ia": record.iat, "nm": record.username,
+        }  # fmt: skip
+        return [part for item in fields.items() for part in item]
+
+    async def load(self, user_id: str, sid: str, record: SessionRecord, *, now: float) -> None:
         """Put a session rebuilt from SQL back, unless someone already has."""
-        flat: list[Any] = [expire_at]
-        for name, value in fields.items():
-            flat += [name, value]
-        await self._run(self._load, (self.session_key(user_id, sid),), flat)
+        expiry = self.policy.expiry(record.created, now)
+        await self._run(
+            "load", (self.session_key(user_id, sid),), [expiry, *self._fields(record, now)]
+        )
 
     async def load_index(
-        self, user_id: str, live: Sequence[tuple[str, float]], expire_at: int
+        self, user_id: str, live: Sequence[tuple[str, float]], *, now: float
     ) -> None:
-        flat: list[Any] = [expire_at]
+        """Load the user's set of live sessions (``(sid, created)``, oldest first) from SQL."""
+        flat: list[Any] = [self.policy.expiry(now, now)]
         previous = 0
-        for sid, created in live:  # oldest first; ties keep that order
+        for sid, created in live:  # ties keep their order
             score = max(int(created * 1_000_000), previous + 1)
             flat += [str(score), sid]
             previous = score
-        await self._run(self._load_index, (self.index_key(user_id),), flat)
+        await self._run("load_index", (self.index_key(user_id),), flat)
 
     async def login(
-        self, user_id: str, sid: str, fields: Mapping[str, Any], *, now: float, idle: int,
-        max_age: int, limit: int, expire_at: int,
-    ) -> Outcome | tuple[list[str], list[str]]:  # fmt: skip
+        self, user_id: str, sid: str, record: SessionRecord, *, now: float, limit: int
+    ) -> LoginResult:
         """Add a live session, enforcing the per-user limit atomically.
 
-        Returns ``Outcome('miss')`` when the user set must be loaded first,
-        else the sids pushed out (``replaced``) and found expired on the way.
+        ``MISS`` when the user's set must be loaded from SQL first; else the
+        sessions pushed out over the limit and those found expired on the way.
         """
-        flat: list[Any] = [sid, repr(now), idle, max_age, limit, expire_at]
-        for name, value in fields.items():
-            flat += [name, value]
-        reply = await self._run(
-            self._login, (self.index_key(user_id), self.session_key(user_id, sid)), flat
-        )
-        if reply[0] == "miss":
-            return Outcome("miss")
-        return cast(list[str], reply[1]), cast(list[str], reply[2])
+        p = self.policy
+        args = [
+            *self._session_args(sid, now), limit, p.expiry(record.created, now), p.slack,
+            *self._fields(record, now),
+        ]  # fmt: skip
+        keys = [self.index_key(user_id), self.session_key(user_id, sid)]
+        for _ in range(MAX_STALE_RETRIES):
+            members = [self.session_key(user_id, m) for m in await self._members(user_id)]
+            reply = await self._run("login", [*keys, *members], args)
+            if reply[0] == "miss":
+                return MISS
+            if reply[0] == "ok":
+                return Opened(tuple(reply[1]), tuple(reply[2]))
+        raise StaleSet("the user's sessions kept changing during a login")
 
     async def end(
-        self, user_id: str, sids: Sequence[str], *, why: str, expire_at: int, keep: str = ""
-    ) -> list[str]:
-        """End ``sids`` (``'*'`` for every live one) except ``keep``; return those ended."""
-        reply = await self._run(
-            self._end,
-            (self.index_key(user_id), self.session_prefix(user_id)),
-            (why, expire_at, keep, *sids),
-        )
-        return cast(list[str], reply)
+        self, user_id: str, sids: Sequence[str], *, reason: EndReason, now: float,
+        every: bool = False, keep: str = "",
+    ) -> list[str]:  # fmt: skip
+        """End ``sids`` except ``keep`` (``every``: and every other one Redis knows).
 
+        Returns the sids this call ended.
+        """
+        for _ in range(MAX_STALE_RETRIES):
+            targets = list(dict.fromkeys([*sids, *(await self._members(user_id) if every else ())]))
+            keys = [self.index_key(user_id), *(self.session_key(user_id, t) for t in targets)]
+            expiry = self.policy.expiry(now, now)
+            args = [reason, expiry, keep, "1" if every else "0", *targets]
+            reply = await self._run("end", keys, args)
+            if reply[0] == "ok":
+                return list(reply[1])
+        raise StaleSet("the user's sessions kept changing while they were ended")
+
+    async def last_seen(
+        self, user_id: str, sessions: Sequence[tuple[str, float, float]], *, now: float
+    ) -> dict[str, float]:
+        """Of ``(sid, created, last seen in SQL)``, the live sessions and their last-seen time."""
+        if not sessions:
+            return {}
+        p = self.policy
+        keys = [self.session_key(user_id, sid) for sid, _, _ in sessions]
+        args: list[Any] = [repr(now), p.idle_timeout, p.max_age]
+        for _, created, seen in sessions:
+            args += [repr(created), repr(seen)]
+        reply = await self._run("last_seen", keys, args)
+        return {
+            sid: float(seen)
+            for (sid, _, _), seen in zip(sessions, reply, strict=True)
+            if seen is not None
+        }
+
+    # -- the password throttle ----------------------------------------------
     async def record_failure(self, name: str, window: int, kind: str = "fails") -> tuple[int, int]:
         """Count one more event of ``kind`` for ``name``; return the count and the TTL."""
-        reply = await self._run(self._fail, (self.throttle_key(kind, name),), (window,))
+        reply = await self._run("count", (self.throttle_key(kind, name),), (window,))
         return int(reply[0]), int(reply[1])
 
     async def clear_throttle(self, name: str) -> None:
@@ -223,7 +283,7 @@ class RedisSessionStore:
     async def begin_attempt(self, name: str, attempt: str, *, now: float, limit: int) -> int:
         """Ask to check a password of ``name``: 1 go, 0 wait, or minus the seconds left."""
         reply = await self._run(
-            self._attempt, self._attempt_keys(name), (repr(now), attempt, limit)
+            "attempt", self._attempt_keys(name), (repr(now), attempt, limit, ATTEMPT_LEASE)
         )
         if int(reply[0]) < 0:
             return -max(1, int(reply[1]))
@@ -232,5 +292,5 @@ class RedisSessionStore:
     async def end_attempt(self, name: str, attempt: str, *, failed: bool, window: int) -> None:
         """Settle an attempt: a failure is counted, a success clears the count."""
         await self._run(
-            self._settle, self._attempt_keys(name), (attempt, "1" if failed else "0", window)
+            "settle", self._attempt_keys(name), (attempt, "1" if failed else "0", window)
         )

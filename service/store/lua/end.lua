@@ -1,26 +1,28 @@
 -- End sessions of one user.
--- KEYS: user set, session key prefix (not a key; carries the hash tag).
--- ARGV: why, expire-at, keep sid ('' for none), sid... ('*' ends every set member).
--- Returns the sids it ended.
-local z, prefix, why, exp, keep = KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3]
-local targets = {}
-for i = 4, #ARGV do
-  if ARGV[i] == '*' then
-    for _, m in ipairs(redis.call('ZRANGE', z, 1, -1)) do table.insert(targets, m) end
-  else
-    table.insert(targets, ARGV[i])
+-- KEYS: user set, then the session key of each sid in ARGV (same order).
+-- ARGV: why, expiry (EXPIREAT, for keys Redis had lost), keep sid ('' for
+--       none), every (1: the sids must cover the whole user set), sid...
+-- Returns {'stale'} when `every` is set and the user set holds a session the
+-- caller did not name (it changed since the caller read it: read it and run
+-- again), else {'ok', {the sids it ended}}.
+local z, why, expiry, keep = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
+if ARGV[4] == '1' then
+  local named = {}
+  for i = 5, #ARGV do named[ARGV[i]] = true end
+  for _, m in ipairs(redis.call('ZRANGE', z, 1, -1)) do
+    if not named[m] then return {'stale'} end
   end
 end
 local ended = {}
-for _, sid in ipairs(targets) do
+for i = 5, #ARGV do
+  local sid, k = ARGV[i], KEYS[i - 3]
   if sid ~= keep then
-    local k = prefix .. sid
     if redis.call('HGET', k, 'st') ~= 'ended' then
       redis.call('HSET', k, 'st', 'ended', 'why', why)
-      if redis.call('TTL', k) < 0 then redis.call('EXPIREAT', k, exp) end
+      if redis.call('TTL', k) < 0 then redis.call('EXPIREAT', k, expiry) end
       table.insert(ended, sid)
     end
     redis.call('ZREM', z, sid)
   end
 end
-return ended
+return {'ok', ended}

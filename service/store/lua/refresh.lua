@@ -20,5 +20,5 @@ if presented == h.pj and now - rotated_at <= grace then
   redis.call('HSET', k, 'ls', ARGV[2])
   return {'same', h.aj, h.rj, h.ia, h.nm, h.pj}
 end
-finish(k, z, sid, 'reused', now)
+finish(k, z, sid, 'reused')
 return {'ended', 'reused', '1'}

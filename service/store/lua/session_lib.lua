@@ -1,5 +1,12 @@
--- Shared by the session scripts (check, implicit_refresh, refresh, login):
--- the loader puts this file in front of each of them.
+-- Shared by the session scripts (check, implicit_refresh, refresh, login,
+-- last_seen): the loader puts this file in front of each of them. Session
+-- hash fields: st live|ended, why end reason, cr created, ls last seen, sy
+-- last write-back of ls to SQL, aj/rj current access/refresh jti, pj the
+-- refresh jti they replaced, ia the pair's iat, ra the exact rotation time,
+-- nm username, xf/xa/xi the last implicit refresh, lo what its login ended.
+
+-- The one rule of a session's life: over once idle for `idle` seconds (0: no
+-- idle timeout) or `maxage` seconds after it was created.
 local function expired(h, now, idle, maxage)
   local cr, ls = tonumber(h.cr), tonumber(h.ls)
   return now - cr >= maxage or (idle > 0 and now - ls >= idle)
@@ -11,7 +18,7 @@ local function hget(k, ...)
   for i, name in ipairs(names) do h[name] = values[i] end
   return h
 end
-local function finish(k, z, sid, why, now)
+local function finish(k, z, sid, why)
   redis.call('HSET', k, 'st', 'ended', 'why', why)
   redis.call('ZREM', z, sid)
 end
@@ -23,7 +30,7 @@ local function alive(k, z, sid, now, idle, maxage, ...)
   local h = hget(k, 'st', 'why', 'cr', 'ls', ...)
   if h.st ~= 'live' then return nil, {'ended', h.why} end
   if expired(h, now, idle, maxage) then
-    finish(k, z, sid, 'expired', now)
+    finish(k, z, sid, 'expired')
     return nil, {'ended', 'expired', '1'}
   end
   return h

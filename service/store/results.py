@@ -1,0 +1,129 @@
+"""What the session store keeps and what its scripts answer, as types.
+
+``RedisSessionStore`` turns every script reply into one of these; nothing
+else knows the reply layout or the Redis field names. Times on this side are
+epoch seconds (``float``), as the clock gives them and as Lua compares them;
+``*_at`` names stay for ``datetime`` values.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+# How long past its absolute age a session's Redis state is kept (so that a
+# late request still meets "ended", not a miss rebuilt from SQL).
+EXPIRY_SLACK = 60
+# Last-seen is written back to SQL at most this often per session, off the
+# request path; it bounds how stale a session rebuilt from SQL can be.
+MAX_SYNC_INTERVAL = 60
+
+
+class EndReason(enum.StrEnum):
+    """Why a session ended; stored in SQL (``sessions.end_reason``) and in Redis."""
+
+    REVOKED = "revoked"  # logout, logout-all, deleted, password changed or reset
+    EXPIRED = "expired"  # idle too long, or past its absolute age
+    REPLACED = "replaced"  # a newer login pushed it out (TOKENGATE_MAX_SESSIONS)
+    REUSED = "reused"  # a retired refresh token came back after the grace window
+
+    @classmethod
+    def parse(cls, value: str | None) -> EndReason:
+        """The reason named ``value``; anything unknown counts as revoked."""
+        try:
+            return cls(value or "")
+        except ValueError:
+            return cls.REVOKED
+
+
+@dataclass(frozen=True, slots=True)
+class SessionPolicy:
+    """The session rules the scripts apply, from the settings, in seconds."""
+
+    idle_timeout: int
+    max_age: int
+    refresh_grace: int
+    slack: int = EXPIRY_SLACK
+
+    @property
+    def sync_interval(self) -> int:
+        """How often last-seen goes back to SQL: a quarter of the idle timeout, a minute at most."""
+        idle = self.idle_timeout
+        return max(1, min(MAX_SYNC_INTERVAL, idle // 4 if idle else MAX_SYNC_INTERVAL))
+
+    def expiry(self, created: float, now: float) -> int:
+        """When Redis may forget a session created at ``created`` (epoch seconds, for EXPIREAT)."""
+        return int(max(created + self.max_age, now)) + self.slack
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """One session as Redis holds it (built at login, or rebuilt from SQL)."""
+
+    username: str
+    created: float
+    last_seen: float
+    access_jti: str = field(repr=False)
+    refresh_jti: str = field(repr=False)
+    previous_refresh_jti: str = field(repr=False)
+    iat: int  # the current pair's JWT ``iat``
+    ended: EndReason | None = None
+
+
+# -- what the scripts answer --------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Miss:
+    """Redis does not hold the session (or the user's set): rebuild it from SQL."""
+
+
+MISS = Miss()
+
+
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """The session is over; ``just_now`` when this very call ended it (SQL must hear)."""
+
+    reason: EndReason
+    just_now: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Live:
+    """The guard's check passed; ``sync_due`` when last-seen should go back to SQL."""
+
+    sync_due: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Reissue:
+    """The access token that succeeds an expired one (the same for every asker)."""
+
+    access_jti: str = field(repr=False)
+    iat: int
+    username: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rotation:
+    """A refresh's pair: new (``rotated``) or the same again within the grace window."""
+
+    rotated: bool
+    access_jti: str = field(repr=False)
+    refresh_jti: str = field(repr=False)
+    previous_refresh_jti: str = field(repr=False)
+    iat: int
+    username: str
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """A login's session is in Redis; these others ended on the way."""
+
+    replaced: tuple[str, ...] = ()
+    expired: tuple[str, ...] = ()
+
+
+CheckResult = Live | Ended | Miss
+ReissueResult = Reissue | Ended | Miss
+RefreshResult = Rotation | Ended | Miss
+LoginResult = Opened | Miss

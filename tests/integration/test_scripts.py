@@ -1,0 +1,315 @@
+"""The Lua scripts one by one, with fixed arguments, against a real Redis: no app, no HTTP.
+
+Each test drives ``RedisSessionStore`` (the only code that knows the scripts'
+arguments and replies) or, where a reply never reaches Python whole, the
+script itself; the last test watches Redis run every script and checks that
+each one touches only the keys it declares.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import redis
+from redis.asyncio import Redis
+
+from quart_tokengate.service.store.redis_store import RedisSessionStore, script_source
+from quart_tokengate.service.store.results import (
+    MISS,
+    Ended,
+    EndReason,
+    Live,
+    Opened,
+    Reissue,
+    Rotation,
+    SessionPolicy,
+    SessionRecord,
+)
+
+# Far ahead of the real clock: Redis expires keys (EXPIREAT) by its own.
+NOW = 4_000_000_000.0
+UID = "7"
+POLICY = SessionPolicy(idle_timeout=100, max_age=1000, refresh_grace=10)
+
+
+@pytest.fixture
+async def store(redis_client: Redis) -> AsyncIterator[RedisSessionStore]:
+    yield RedisSessionStore(redis_client, POLICY)
+
+
+def record(created: float = NOW, **changes: Any) -> SessionRecord:
+    values: dict[str, Any] = {
+        "username": "alice", "created": created, "last_seen": created,
+        "access_jti": "a1", "refresh_jti": "r1", "previous_refresh_jti": "", "iat": int(created),
+    }  # fmt: skip
+    values.update(changes)
+    return SessionRecord(**values)
+
+
+async def open_session(store: RedisSessionStore, sid: str, now: float = NOW, limit: int = 0):
+    opened = await store.login(UID, sid, record(now), now=now, limit=limit)
+    if opened is MISS:
+        await store.load_index(UID, [], now=now)
+        opened = await store.login(UID, sid, record(now), now=now, limit=limit)
+    assert isinstance(opened, Opened)
+    return opened
+
+
+# -- check --------------------------------------------------------------------
+async def test_check_misses_then_finds_a_loaded_session(store):
+    assert await store.check(UID, "session-1", now=NOW) is MISS
+    await store.load(UID, "session-1", record(), now=NOW)
+    assert await store.check(UID, "session-1", now=NOW + 1) == Live(sync_due=False)
+    # A quarter of the idle timeout after the last write-back, last-seen is due in SQL.
+    assert await store.check(UID, "session-1", now=NOW + 26) == Live(sync_due=True)
+    assert await store.check(UID, "session-1", now=NOW + 27) == Live(sync_due=False)
+
+
+async def test_check_ends_an_idle_session_once(store):
+    await open_session(store, "session-1")
+    assert await store.check(UID, "session-1", now=NOW + 99) == Live(sync_due=True)
+    later = NOW + 99 + 100
+    assert await store.check(UID, "session-1", now=later) == Ended(EndReason.EXPIRED, True)
+    assert await store.check(UID, "session-1", now=later) == Ended(EndReason.EXPIRED, False)
+
+
+async def test_check_ends_a_session_past_its_absolute_age(store):
+    await open_session(store, "session-1")
+    for step in range(1, 11):  # active all along
+        assert isinstance(await store.check(UID, "session-1", now=NOW + 99 * step), Live)
+    assert await store.check(UID, "session-1", now=NOW + 1000) == Ended(EndReason.EXPIRED, True)
+
+
+async def test_a_session_loaded_as_ended_stays_ended(store):
+    await store.load(UID, "session-1", record(ended=EndReason.REPLACED), now=NOW)
+    assert await store.check(UID, "session-1", now=NOW) == Ended(EndReason.REPLACED, False)
+
+
+async def test_load_never_overwrites(store):
+    await open_session(store, "session-1")
+    await store.load(UID, "session-1", record(ended=EndReason.REVOKED), now=NOW)
+    assert isinstance(await store.check(UID, "session-1", now=NOW), Live)
+
+
+# -- implicit refresh and refresh -----------------------------------------------
+async def test_implicit_refresh_gives_one_successor_per_expired_token(store):
+    await open_session(store, "session-1")
+    first = await store.implicit_refresh(
+        UID, "session-1", now=NOW + 5.5, expired_jti="a1", new_jti="x"
+    )
+    again = await store.implicit_refresh(
+        UID, "session-1", now=NOW + 8, expired_jti="a1", new_jti="y"
+    )
+    assert first == again == Reissue(access_jti="x", iat=int(NOW) + 5, username="alice")
+    other = await store.implicit_refresh(
+        UID, "session-1", now=NOW + 9, expired_jti="x", new_jti="z"
+    )
+    assert other == Reissue(access_jti="z", iat=int(NOW) + 9, username="alice")
+
+
+async def test_refresh_rotates_repeats_within_grace_then_ends_on_reuse(store):
+    await open_session(store, "session-1")
+
+    async def refresh(now: float, presented: str, new: str) -> Any:
+        return await store.refresh(
+            UID, "session-1", now=now, presented_jti=presented,
+            new_access_jti=f"a-{new}", new_refresh_jti=f"r-{new}",
+        )  # fmt: skip
+
+    rotated = await refresh(NOW + 1, "r1", "2")
+    assert rotated == Rotation(True, "a-2", "r-2", "r1", int(NOW) + 1, "alice")
+    same = await refresh(NOW + 11, "r1", "3")  # the retired token, within grace
+    assert same == Rotation(False, "a-2", "r-2", "r1", int(NOW) + 1, "alice")
+    assert await refresh(NOW + 11.5, "r1", "4") == Ended(EndReason.REUSED, True)
+    assert await refresh(NOW + 12, "r-2", "5") == Ended(EndReason.REUSED, False)
+    assert await store.check(UID, "session-1", now=NOW + 12) == Ended(EndReason.REUSED, False)
+
+
+async def test_a_refresh_token_never_seen_ends_the_session(store):
+    await open_session(store, "session-1")
+    ended = await store.refresh(
+        UID, "session-1", now=NOW, presented_jti="forged", new_access_jti="a", new_refresh_jti="r"
+    )
+    assert ended == Ended(EndReason.REUSED, True)
+
+
+# -- login and the limit ----------------------------------------------------------
+async def test_login_needs_the_user_set_loaded_first(store):
+    assert await store.login(UID, "session-1", record(), now=NOW, limit=0) is MISS
+    await store.load_index(UID, [], now=NOW)
+    assert await store.login(UID, "session-1", record(), now=NOW, limit=0) == Opened()
+
+
+async def test_login_over_the_limit_replaces_the_oldest(store):
+    await open_session(store, "session-1", limit=2)
+    await open_session(store, "session-2", now=NOW + 1, limit=2)
+    opened = await open_session(store, "session-3", now=NOW + 2, limit=2)
+    assert opened == Opened(replaced=("session-1",))
+    assert await store.check(UID, "session-1", now=NOW + 3) == Ended(EndReason.REPLACED, False)
+    assert isinstance(await store.check(UID, "session-2", now=NOW + 3), Live)
+
+
+async def test_login_ends_the_expired_sessions_it_meets(store):
+    await open_session(store, "session-1")
+    opened = await open_session(store, "session-2", now=NOW + 150)
+    assert opened == Opened(expired=("session-1",))
+
+
+async def test_the_login_script_refuses_a_set_it_was_not_told_of(redis_client, store):
+    """A login that read the set before another login changed it runs again."""
+    await open_session(store, "session-1")
+    z, new = store.index_key(UID), store.session_key(UID, "session-2")
+    args = ["session-2", repr(NOW), 100, 1000, 0, int(NOW) + 1060, 60, "st", "live"]
+    reply = await redis_client.eval(script_source("login"), 2, z, new, *args)
+    assert reply == [b"stale"]
+    assert not await redis_client.exists(new)
+    known = store.session_key(UID, "session-1")
+    reply = await redis_client.eval(script_source("login"), 3, z, new, known, *args)
+    assert reply == [b"ok", [], []]
+
+
+async def test_a_login_sent_twice_gets_the_same_answer(store):
+    """A retried call (its reply lost) must not turn the replaced sessions into its own loss."""
+    await open_session(store, "session-1", limit=1)
+    twice = [
+        await store.login(UID, "session-2", record(NOW + 1), now=NOW + 1, limit=1) for _ in range(2)
+    ]
+    assert twice == [Opened(replaced=("session-1",))] * 2
+    assert isinstance(await store.check(UID, "session-2", now=NOW + 2), Live)
+
+
+# -- ending ----------------------------------------------------------------------
+async def test_end_every_session_but_one(store):
+    for n in range(1, 4):
+        await open_session(store, f"session-{n}", now=NOW + n)
+    ended = await store.end(
+        UID, ["session-2"], reason=EndReason.REVOKED, now=NOW + 5, every=True, keep="session-3"
+    )
+    assert sorted(ended) == ["session-1", "session-2"]
+    assert await store.check(UID, "session-1", now=NOW + 5) == Ended(EndReason.REVOKED, False)
+    assert isinstance(await store.check(UID, "session-3", now=NOW + 5), Live)
+    # Ending again changes nothing, and the first reason stays.
+    assert await store.end(UID, ["session-1"], reason=EndReason.EXPIRED, now=NOW + 6) == []
+    assert await store.check(UID, "session-1", now=NOW + 6) == Ended(EndReason.REVOKED, False)
+
+
+async def test_the_end_script_refuses_every_when_told_of_too_few(redis_client, store):
+    await open_session(store, "session-1")
+    z = store.index_key(UID)
+    reply = await redis_client.eval(script_source("end"), 1, z, "revoked", int(NOW) + 1060, "", "1")
+    assert reply == [b"stale"]
+    assert isinstance(await store.check(UID, "session-1", now=NOW), Live)
+
+
+async def test_ending_a_session_redis_lost_keeps_it_ended(store, redis_client):
+    await store.end(UID, ["session-9"], reason=EndReason.REVOKED, now=NOW)
+    ttl = await redis_client.ttl(store.session_key(UID, "session-9"))
+    assert ttl > 0  # it expires, like every session key
+    assert await store.check(UID, "session-9", now=NOW) == Ended(EndReason.REVOKED, False)
+
+
+# -- the sessions list -------------------------------------------------------------
+async def test_last_seen_applies_the_one_rule_to_redis_and_to_sql_times(store):
+    await open_session(store, "session-1")
+    await open_session(store, "session-2")
+    await store.check(UID, "session-1", now=NOW + 50)
+    await store.end(UID, ["session-2"], reason=EndReason.REVOKED, now=NOW + 50)
+    sessions = [
+        ("session-1", NOW, NOW),  # Redis knows better: seen at +50
+        ("session-2", NOW, NOW),  # ended in Redis
+        ("session-3", NOW, NOW + 60),  # lost by Redis: SQL's times, still alive
+        ("session-4", NOW, NOW),  # lost by Redis: idle by SQL's times
+    ]
+    seen = await store.last_seen(UID, sessions, now=NOW + 140)
+    assert seen == {"session-1": NOW + 50, "session-3": NOW + 60}
+    assert await store.last_seen(UID, sessions, now=NOW + 1000) == {}
+
+
+# -- the password throttle ------------------------------------------------------------
+async def test_attempts_take_turns_and_failures_lock_out(store):
+    assert await store.begin_attempt("alice", "t1", now=NOW, limit=2) == 1
+    assert await store.begin_attempt("alice", "t2", now=NOW, limit=2) == 1
+    assert await store.begin_attempt("alice", "t3", now=NOW, limit=2) == 0  # wait your turn
+    await store.end_attempt("alice", "t1", failed=True, window=900)
+    await store.end_attempt("alice", "t2", failed=True, window=900)
+    assert -900 <= await store.begin_attempt("alice", "t3", now=NOW, limit=2) < 0
+    # A hung check frees its slot after the lease.
+    assert await store.begin_attempt("bob", "h", now=NOW, limit=1) == 1
+    assert await store.begin_attempt("bob", "n", now=NOW + 29, limit=1) == 0
+    assert await store.begin_attempt("bob", "n", now=NOW + 31, limit=1) == 1
+
+
+async def test_a_success_clears_the_count(store):
+    assert await store.begin_attempt("alice", "t1", now=NOW, limit=3) == 1
+    await store.end_attempt("alice", "t1", failed=True, window=900)
+    assert await store.begin_attempt("alice", "t2", now=NOW, limit=3) == 1
+    await store.end_attempt("alice", "t2", failed=False, window=900)
+    assert await store.record_failure("alice", 900) == (1, 900)
+
+
+# -- every key a script touches is declared ----------------------------------------------
+KEYLESS = {"eval", "evalsha", "script", "ping", "echo", "select", "info"}
+
+
+async def test_every_script_touches_only_the_keys_it_declares(redis_url, redis_client, store):
+    """Redis Cluster routes a script by its KEYS: an undeclared key may live elsewhere."""
+    db = redis_client.connection_pool.connection_kwargs.get("db", 0)
+    marker = f"tokengate-scripts-done-{uuid.uuid4().hex}"
+    seen: list[tuple[str, list[str]]] = []
+    ready = threading.Event()
+
+    def watch() -> None:
+        with redis.Redis.from_url(redis_url).monitor() as monitor:
+            ready.set()
+            for event in monitor.listen():
+                if event["db"] != db:
+                    continue
+                if marker in event["command"]:
+                    return
+                words = event["command"].split(" ")
+                seen.append((event["client_type"], words))
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    assert ready.wait(5)
+    await redis_client.ping()  # the monitor is attached once this is logged
+    # Every script, through the store.
+    await store.load_index(UID, [], now=NOW)
+    for n in range(1, 4):
+        await store.login(UID, f"session-{n}", record(NOW + n), now=NOW + n, limit=2)
+    await store.check(UID, "session-2", now=NOW + 200)
+    await store.check(UID, "session-3", now=NOW + 50)
+    await store.implicit_refresh(UID, "session-3", now=NOW + 51, expired_jti="a1", new_jti="x")
+    await store.refresh(
+        UID, "session-3", now=NOW + 52, presented_jti="r1", new_access_jti="a", new_refresh_jti="r"
+    )
+    await store.load(UID, "session-4", record(), now=NOW + 52)
+    await store.last_seen(UID, [("session-3", NOW, NOW), ("session-5", NOW, NOW)], now=NOW + 53)
+    await store.end(UID, ["session-5"], reason=EndReason.REVOKED, now=NOW + 54, every=True)
+    await store.begin_attempt("alice", "t", now=NOW, limit=3)
+    await store.end_attempt("alice", "t", failed=True, window=900)
+    await store.record_failure("alice", 900, kind="reset")
+    await redis_client.echo(marker)
+    watcher.join(10)
+    assert not watcher.is_alive()
+
+    declared: set[str] = set()
+    touched = 0
+    scripts = 0
+    for client_type, words in seen:
+        name = words[0].lower()
+        if client_type != "lua":
+            if name in ("evalsha", "eval"):
+                scripts += 1
+                declared = {w.strip('"') for w in words[3 : 3 + int(words[2].strip('"'))]}
+            continue
+        if name in KEYLESS:
+            continue
+        key = words[1].strip('"')
+        assert key in declared, f"{' '.join(words)} touches an undeclared key"
+        touched += 1
+    assert scripts >= 14 and touched > 50
