@@ -9,7 +9,13 @@ that processes share. See docs/client.md.
 
 from ._auth import TokenAuth
 from ._client import AsyncAuthClient, AuthClient
-from ._exceptions import AuthError, InvalidCredentials, LoginRequired, RateLimited
+from ._exceptions import (
+    AuthError,
+    FreshLoginRequired,
+    InvalidCredentials,
+    LoginRequired,
+    RateLimited,
+)
 from ._store import FileTokenStore, MemoryTokenStore
 from ._tokens import Tokens, TokenStore
 
@@ -18,6 +24,7 @@ __all__ = [
     "AuthClient",
     "AuthError",
     "FileTokenStore",
+    "FreshLoginRequired",
     "InvalidCredentials",
     "LoginRequired",
     "MemoryTokenStore",

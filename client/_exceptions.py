@@ -9,7 +9,10 @@
         │   │                   are cleared. ``code`` is the service's reason
         │   │                   (token_revoked, session_expired, refresh_reused...,
         │   │                   or missing_token when nothing is stored)
-        │   └── InvalidCredentials   a login was refused: invalid_credentials
+        │   ├── InvalidCredentials   a login was refused: invalid_credentials
+        │   └── FreshLoginRequired   the route needs a recent password login
+        │                            (fresh_login_required): log in again, then
+        │                            retry; the tokens are kept
         └── RateLimited         429 too_many_attempts; ``retry_after`` in seconds
 
 Every error carries ``code``, the service's ``error`` string (``None`` when the
@@ -39,6 +42,13 @@ class LoginRequired(AuthError):
 
 class InvalidCredentials(LoginRequired):
     """The service refused the username or password."""
+
+
+class FreshLoginRequired(LoginRequired):
+    """The route needs a recent password login: call ``login()`` again, then retry.
+
+    The session is still good for other routes, so the stored tokens are kept.
+    """
 
 
 class RateLimited(AuthError):

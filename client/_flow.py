@@ -30,7 +30,13 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from ._exceptions import AuthError, InvalidCredentials, LoginRequired, RateLimited
+from ._exceptions import (
+    AuthError,
+    FreshLoginRequired,
+    InvalidCredentials,
+    LoginRequired,
+    RateLimited,
+)
 from ._tokens import KEEP, Change, Tokens, unverified_claims
 
 if TYPE_CHECKING:
@@ -40,6 +46,7 @@ LOGIN_PATH = "/auth/login"
 REFRESH_PATH = "/auth/refresh"
 TOKEN_EXPIRED = "token_expired"  # noqa: S105 - an error code, not a secret
 MISSING_TOKEN = "missing_token"  # noqa: S105 - an error code, not a secret
+FRESH_LOGIN_REQUIRED = "fresh_login_required"
 # 401 codes after which the session is over: only a new login helps.
 SESSION_OVER = frozenset({"token_revoked", "session_expired", "session_replaced", "invalid_token"})
 
@@ -370,6 +377,16 @@ def request_flow(
         fresh = yield Load()
         if fresh is None or fresh == tokens:
             return
+    elif code == FRESH_LOGIN_REQUIRED and can_login:
+        # The session is fine, but this route wants a password login just now.
+        fresh = yield Renew(tokens, origin, relogin=True, reason=code)
+    elif code == FRESH_LOGIN_REQUIRED:
+        raise FreshLoginRequired(
+            f"{request.method} {request.url.path} needs a recent password login: "
+            "log in again, then retry.",
+            code=code,
+            response=response,
+        )
     else:
         return
     assert fresh is not None

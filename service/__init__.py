@@ -1,7 +1,7 @@
 """tokengate: token authentication for Quart."""
 
 from .app import TokenGate, create_app
-from .guard import current_identity, get_gate, login_required
+from .guard import current_identity, current_identity_or_none, get_gate, login_required
 from .sessions import Identity
 from .settings import Settings
 
@@ -11,6 +11,7 @@ __all__ = [
     "TokenGate",
     "create_app",
     "current_identity",
+    "current_identity_or_none",
     "get_gate",
     "login_required",
 ]

@@ -1,4 +1,4 @@
-"""Command line: ``tokengate serve | db upgrade | users ... | sessions ...``."""
+"""Command line: ``tokengate serve | db upgrade | users ... | sessions ... | keys rotate``."""
 
 from __future__ import annotations
 
@@ -59,16 +59,67 @@ def cmd_db_upgrade(_: argparse.Namespace) -> int:
     return 0
 
 
+async def _prepare_keys(settings: Settings) -> None:
+    """Load (creating on first start) the signing keys, once, before the workers start."""
+    import time
+
+    from .app import read_legacy_secret
+    from .db.engine import build_engine, build_sessionmaker
+    from .keys import KeyRing
+
+    engine = build_engine(settings.sqlalchemy_url)
+    try:
+        legacy = None
+        if settings.algorithm == "HS256":
+            legacy = read_legacy_secret(settings.instance_dir)
+        await KeyRing(settings, build_sessionmaker(engine), time.time).load(legacy)
+    finally:
+        await engine.dispose()
+
+
+def cmd_keys_rotate(_: argparse.Namespace) -> int:
+    import time
+
+    from .db.engine import build_engine, build_sessionmaker
+    from .keys import ACTIVATION_DELAY, ensure_keys, rotate_keys
+
+    settings = _settings()
+    if settings.secret_key is not None:
+        print(
+            "tokengate: TOKENGATE_SECRET_KEY is set, so the key is that secret: to rotate, "
+            "change it (tokens signed with the old one stop verifying)",
+            file=sys.stderr,
+        )
+        return 1
+    _migrate(settings)
+
+    async def rotate() -> str:
+        engine = build_engine(settings.sqlalchemy_url)
+        try:
+            sessions = build_sessionmaker(engine)
+            await ensure_keys(sessions, settings.algorithm, time.time())
+            return (await rotate_keys(sessions, settings, time.time())).kid
+        finally:
+            await engine.dispose()
+
+    kid = asyncio.run(rotate())
+    print(
+        f"new {settings.algorithm} signing key {kid}: published now, signing in "
+        f"{ACTIVATION_DELAY} seconds on every instance; tokens signed with older keys "
+        "stay valid until they expire"
+    )
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .app import load_or_create_secret
     from .store.embedded import EmbeddedRedis
 
     settings = _settings()
     _logging()
     _migrate(settings)
     if settings.secret_key is None:
-        # Made here, once, so that the workers all read the same key.
-        load_or_create_secret(settings.instance_dir)
+        # Made here, once, before the workers start (they would agree anyway).
+        asyncio.run(_prepare_keys(settings))
     embedded = None
     if settings.redis_url is None:
         # One private redis-server for all the workers, started and stopped here.
@@ -350,6 +401,11 @@ def build_parser() -> argparse.ArgumentParser:
     s_end = sessions_sub.add_parser("end", help="end one session")
     s_end.add_argument("session_id")
     s_end.set_defaults(func=cmd_sessions_end)
+
+    keys = sub.add_parser("keys", help="signing key commands")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    rotate = keys_sub.add_parser("rotate", help="sign with a new key from a few seconds on")
+    rotate.set_defaults(func=cmd_keys_rotate)
     return parser
 
 

@@ -37,6 +37,7 @@ from .sessions import ClientInfo, Identity, SessionManager
 from .settings import Settings
 from .store.redis_store import RedisSessionStore
 from .tokens import TokenPair
+from .users import SqlUserStore, UserRecord, UserStore
 
 log = logging.getLogger("tokengate")
 
@@ -57,8 +58,11 @@ class Accounts:
         sessions: SessionManager,
         purpose_tokens: PurposeTokens,
         clock: Callable[[], float] = time.time,
+        users: UserStore | None = None,
     ) -> None:
         self.settings = settings
+        # Where users are looked up and their passwords checked.
+        self.users: UserStore = users if users is not None else SqlUserStore(db, passwords)
         self.store = store
         self.db = db
         self.passwords = passwords
@@ -124,29 +128,27 @@ class Accounts:
                 username, attempt, failed=not outcome[0], window=s.login_window
             )
 
-    async def check_credentials(self, username: str, password: str) -> User:
-        """Verify a username and password, with per-account throttling."""
+    async def check_credentials(self, username: str, password: str) -> UserRecord:
+        """Verify a username and password against the user store, with per-account throttling.
+
+        An unknown user costs a password check too (against a dummy hash), so
+        that the answer takes about as long as for a wrong password. A disabled
+        user's password is checked too, and refused like a wrong one.
+        """
         async with self._password_attempt(username) as outcome:
-            async with self.db() as db:
-                user = await repo.get_user_by_username(db, username)
-            verdict = await self.passwords.verify(user.password_hash if user else None, password)
-            # A disabled user's password is still checked: the answer takes as long.
-            if user is None or not verdict.ok or user.disabled:
+            user = await self.users.get_by_username(username)
+            if user is None:
+                await self.passwords.verify(None, password)
+                raise InvalidCredentials()
+            if not await self.users.verify_password(user, password) or user.disabled:
                 raise InvalidCredentials()
             outcome[0] = True
-        if verdict.rehash is not None:
-            async with self.db() as db:
-                stored = await repo.get_user(db, user.id)
-                if stored is not None and stored.password_hash == user.password_hash:
-                    stored.password_hash = verdict.rehash
-                    await db.commit()
-                    user.password_hash = verdict.rehash
         return user
 
     async def login(self, username: str, password: str, client: ClientInfo) -> TokenPair:
         """Check the credentials and open a session: its first token pair."""
         user = await self.check_credentials(username, password)
-        return await self.sessions.start_session(user, client)
+        return await self.sessions.start_session(user, client, password)
 
     async def change_password(self, identity: Identity, current: str, new: str) -> None:
         """Set a new password after checking the current one; end every other session.

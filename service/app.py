@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +16,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from . import tokens
+from . import keys
 from .accounts import Accounts
 from .db.engine import build_engine, build_sessionmaker
 from .db.migrate import head_revisions, schema_state, upgrade
@@ -34,6 +32,7 @@ from .store import pipelined
 from .store.embedded import EmbeddedRedis
 from .store.redis_store import RedisSessionStore
 from .store.results import SessionPolicy
+from .users import ClaimsHook, SqlUserStore, UserStore
 
 log = logging.getLogger("tokengate")
 
@@ -47,33 +46,28 @@ class SchemaNotReady(RuntimeError):
     """The database's schema is missing or behind: start-up stops, naming the fix."""
 
 
-def load_or_create_secret(instance_dir: Path) -> str:
-    """The signing key kept in ``<instance>/secret.key``, created (0600) on first use."""
+def read_legacy_secret(instance_dir: Path) -> str | None:
+    """The HS256 key an older install kept in ``<instance>/secret.key``, if any.
+
+    It becomes the first key stored in the database, so that upgrading keeps
+    every session; the file is no longer read after that.
+    """
     path = instance_dir / "secret.key"
-    instance_dir.mkdir(parents=True, exist_ok=True)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
         key = path.read_text().strip()
-        if len(key.encode()) < 32:
-            raise RuntimeError(f"{path} holds a key shorter than 32 bytes") from None
-        return key
-    key = secrets.token_urlsafe(48)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(key)
-    log.warning(
-        "TOKENGATE_SECRET_KEY is not set: generated a signing key in %s; "
-        "set the variable in production",
-        path,
-    )
-    return key
+    except FileNotFoundError:
+        return None
+    return key if len(key.encode()) >= 32 else None
 
 
 class TokenGate:
     """Token authentication for a Quart app: routes, guard, storage, lifecycle.
 
     ``TokenGate(app)`` reads settings from the environment when ``settings``
-    is not given. Everything with I/O (engine, Redis, the embedded server) is
+    is not given. ``user_store`` is where users come from (default: the
+    ``users`` table; see ``users.UserStore``); ``claims`` is a callable, sync
+    or async, given a ``UserRecord`` and returning extra access-token claims
+    (registered claims are ignored). Everything with I/O (engine, Redis, the embedded server) is
     built in ``before_serving`` and released in ``after_serving``.
     """
 
@@ -86,8 +80,12 @@ class TokenGate:
         clock: Callable[[], float] = time.time,
         passwords: Passwords | None = None,
         url_prefix: str = "/auth",
+        user_store: UserStore | None = None,
+        claims: ClaimsHook | None = None,
     ) -> None:
         self._settings = settings
+        self.user_store = user_store
+        self.claims_hook = claims
         self._passwords = passwords
         self._sender = sender
         self.clock = clock
@@ -100,6 +98,8 @@ class TokenGate:
         self._embedded: EmbeddedRedis | None = None
         self._pipelined: pipelined.PipelinedScripts | None = None
         self.openapi_document: dict[str, Any] | None = None
+        self._keyring: keys.KeyRing | None = None
+        self._keys_task: asyncio.Task[None] | None = None
         if app is not None:
             self.init_app(app)
 
@@ -108,10 +108,14 @@ class TokenGate:
         from .api.account import account_bp
         from .api.auth import auth_bp
         from .api.health import health_bp
+        from .api.oauth import oauth_bp
+        from .api.wellknown import wellknown_bp
 
         app.extensions["tokengate"] = self
         app.register_blueprint(auth_bp, url_prefix=self.url_prefix)
+        app.register_blueprint(oauth_bp, url_prefix=self.url_prefix)
         app.register_blueprint(health_bp)
+        app.register_blueprint(wellknown_bp)
         app.register_blueprint(account_bp)
         # Our OpenAPI document is built from the route table on first use; a
         # host app that already serves its own (quart-schema) keeps its own.
@@ -177,6 +181,13 @@ class TokenGate:
         return self._redis
 
     @property
+    def keyring(self) -> keys.KeyRing:
+        """The signing keys this instance signs and verifies with."""
+        if self._keyring is None:
+            raise RuntimeError("tokengate is not started")
+        return self._keyring
+
+    @property
     def db(self) -> async_sessionmaker[AsyncSession]:
         return self.manager.db
 
@@ -190,9 +201,19 @@ class TokenGate:
             await self._engine.dispose()
             self._engine = None
             raise
-        key = settings.secret_key
-        if key is None:
-            key = await asyncio.to_thread(load_or_create_secret, settings.instance_dir)
+        sessionmaker = build_sessionmaker(self._engine)
+        keyring = keys.KeyRing(settings, sessionmaker, self.clock)
+        if keyring.stored:
+            legacy = None
+            if settings.algorithm == "HS256":
+                legacy = await asyncio.to_thread(read_legacy_secret, settings.instance_dir)
+            try:
+                await keyring.load(imported_secret=legacy)
+            except BaseException:
+                await self.shutdown()
+                raise
+            self._keys_task = asyncio.ensure_future(keyring.keep_fresh())
+        self._keyring = keyring
         redis_url = settings.redis_url
         if redis_url is None:
             self._embedded = EmbeddedRedis(settings.instance_dir / "redis")
@@ -204,25 +225,27 @@ class TokenGate:
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
             max_connections=200,
         )
-        signing = tokens.SigningConfig(
-            key=key, issuer=settings.issuer, audience=settings.audience, leeway=settings.leeway
-        )
         policy = SessionPolicy(
             settings.idle_timeout, settings.session_max_age, settings.refresh_grace
         )
         self._pipelined = pipelined.for_client(self._redis, REDIS_TIMEOUT)
         store = RedisSessionStore(self._redis, policy, self._pipelined)
-        db = build_sessionmaker(self._engine)
-        self._manager = SessionManager(settings, signing, store, db, clock=self.clock)
-        self._purpose_tokens = PurposeTokens(signing, db, clock=self.clock)
+        db = sessionmaker
+        passwords = self._passwords if self._passwords else await asyncio.to_thread(Passwords)
+        users = self.user_store if self.user_store is not None else SqlUserStore(db, passwords)
+        self._manager = SessionManager(
+            settings, keyring, store, db, users, clock=self.clock, claims_hook=self.claims_hook
+        )
+        self._purpose_tokens = PurposeTokens(keyring, db, clock=self.clock)
         self._accounts = Accounts(
             settings,
             store,
             db,
-            self._passwords if self._passwords else await asyncio.to_thread(Passwords),
+            passwords,
             self._manager,
             self._purpose_tokens,
             clock=self.clock,
+            users=users,
         )
         if self._sender is None:
             self._sender = FileOutbox(settings.instance_dir / "outbox")
@@ -269,6 +292,8 @@ class TokenGate:
             )
 
     async def shutdown(self) -> None:
+        await keys.stop(self._keys_task)
+        self._keys_task = None
         if self._manager is not None:
             await self._manager.drain()
             self._manager = self._accounts = self._purpose_tokens = None
@@ -284,6 +309,16 @@ class TokenGate:
         if self._embedded is not None:
             await asyncio.to_thread(self._embedded.stop)
             self._embedded = None
+
+    @property
+    def own_users(self) -> bool:
+        """Whether users live in tokengate's own table (no ``user_store`` given)."""
+        return self.user_store is None
+
+    async def end_sessions(self, user_id: int) -> None:
+        """End every session of ``user_id``: call it after changing a password or
+        disabling a user in your own user store."""
+        await self.manager.end_all(user_id)
 
     @property
     def sender(self) -> Sender:

@@ -40,6 +40,8 @@ class RequestAuth:
     via_cookie: bool = False
     # The session is over: the response clears the browser's cookies.
     clear_cookies: bool = False
+    # The guard has run for this request (it may have let an anonymous one through).
+    checked: bool = False
 
 
 def request_auth() -> RequestAuth:
@@ -100,8 +102,16 @@ def read_refresh_token(settings: Settings, sent: str | None) -> str:
 def _flags(settings: Settings) -> dict[str, Any]:
     host = request.host
     host = host[: host.index("]") + 1] if host.startswith("[") else host.split(":")[0]
-    plain_local = request.scheme == "http" and host in LOCAL_HOSTS
-    return {"secure": not plain_local, "samesite": "Lax", "max_age": settings.refresh_ttl}
+    if settings.cookie_secure == "auto":
+        secure = not (request.scheme == "http" and host in LOCAL_HOSTS)
+    else:
+        secure = settings.cookie_secure == "true"
+    flags: dict[str, Any] = {
+        "secure": secure, "samesite": settings.cookie_samesite, "max_age": settings.refresh_ttl,
+    }  # fmt: skip
+    if settings.cookie_domain:
+        flags["domain"] = settings.cookie_domain
+    return flags
 
 
 def set_access_cookie(response: Response, settings: Settings, token: str) -> None:

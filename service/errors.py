@@ -11,6 +11,7 @@
         ├── NotFound                 404 not_found
         ├── Conflict                 409 username_taken
         ├── Forbidden                403 registration_disabled, csrf_failed
+        │   └── InsufficientScope    403 insufficient_scope (+ WWW-Authenticate, RFC 6750)
         ├── TooManyAttempts          429 too_many_attempts (+ Retry-After)
         ├── AuthUnavailable          503 auth_unavailable (+ Retry-After)
         └── Unauthorized             401 + WWW-Authenticate (RFC 6750)
@@ -21,7 +22,9 @@
             ├── SessionExpired       session_expired
             ├── SessionReplaced      session_replaced
             ├── RefreshReused        refresh_reused
-            └── InvalidCredentials   invalid_credentials
+            ├── FreshLoginRequired   fresh_login_required
+            ├── InvalidCredentials   invalid_credentials
+            └── InvalidClient        invalid_client (RFC 7662, + Basic challenge)
 
 The handler renders every ``HTTPException`` (ours and Quart's own 404, 405,
 413...) as ``{"error", "error_description"}``; infrastructure failures become
@@ -97,6 +100,18 @@ class RegistrationDisabled(Forbidden):
 class CsrfFailed(Forbidden):
     error = "csrf_failed"
     description = "The X-CSRF-Token header is missing or does not match the csrf_token cookie."
+
+
+class InsufficientScope(Forbidden):
+    error = "insufficient_scope"
+    description = "The token lacks a scope this route needs."
+
+    def __init__(self, scopes: frozenset[str] | set[str], description: str | None = None) -> None:
+        super().__init__(description)
+        self.scopes = " ".join(sorted(scopes))
+
+    def extra_headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{self.scopes}"'}
 
 
 class TooManyAttempts(ApiError, wz.TooManyRequests):
@@ -176,9 +191,22 @@ class RefreshReused(Unauthorized):
     description = "This refresh token was already used; the session has been ended."
 
 
+class FreshLoginRequired(Unauthorized):
+    error = "fresh_login_required"
+    description = "This needs a recent password login: log in again, then retry."
+
+
 class InvalidCredentials(Unauthorized):
     error = "invalid_credentials"
     description = "The username or password is wrong."
+
+
+class InvalidClient(Unauthorized):
+    error = "invalid_client"
+    description = "The client is unknown or its secret is wrong."
+
+    def extra_headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": f'Basic realm="{REALM}"'}
 
 
 def is_infrastructure_failure(exc: BaseException) -> bool:

@@ -1,16 +1,21 @@
 """The guard: an async ``before_request`` hook, ``login_required`` and ``current_identity``.
 
-``login_required`` only marks a view; the hook, which the extension installs
-on the app, does the check before the view runs, so every guarded route in
-the app (ours and yours) goes through the same code. The wrapper checks again
-only if the hook did not run (a view called some other way).
+``login_required`` only marks a view with what it requires (scopes, a fresh
+login, or nothing at all for optional authentication); the hook, which the
+extension installs on the app, does the check before the view runs, so every
+guarded route in the app (ours and yours) goes through the same code. The
+wrapper checks again only if the hook did not run (a view called some other
+way). Scopes and freshness are claims of the token: checking them costs no
+lookup.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import re
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from functools import wraps
-from typing import TYPE_CHECKING, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar, overload
 
 from quart import Quart, Response, current_app, request
 
@@ -18,6 +23,8 @@ from . import cookies
 from .cookies import read_access_token, request_auth
 from .errors import (
     AuthUnavailable,
+    FreshLoginRequired,
+    InsufficientScope,
     InvalidToken,
     MissingToken,
     SessionExpired,
@@ -38,17 +45,64 @@ REQUIRED_ATTR = "__tokengate_login_required__"
 SESSION_OVER = (TokenRevoked, SessionExpired, SessionReplaced, InvalidToken)
 
 
-def login_required(view: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
-    """Require a valid access token and a live session for ``view``."""
+# RFC 6749 section 3.3: a scope token is printable ASCII without space, '"' or '\\'.
+SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+$")
 
-    @wraps(view)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        if request_auth().identity is None:
-            await authenticate_request()
-        return await view(*args, **kwargs)
 
-    setattr(wrapper, REQUIRED_ATTR, True)
-    return wrapper
+@dataclass(frozen=True, slots=True)
+class Requirement:
+    """What a view marked ``login_required`` asks of the request."""
+
+    scopes: frozenset[str] = frozenset()
+    fresh: bool = False
+    optional: bool = False
+
+
+@overload
+def login_required(view: Callable[P, Awaitable[R]], /) -> Callable[P, Awaitable[R]]: ...
+
+
+@overload
+def login_required(
+    *, scopes: Iterable[str] = (), fresh: bool = False, optional: bool = False
+) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]: ...
+
+
+def login_required(
+    view: Callable[P, Awaitable[R]] | None = None,
+    /,
+    *,
+    scopes: Iterable[str] = (),
+    fresh: bool = False,
+    optional: bool = False,
+) -> Callable[P, Awaitable[R]] | Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
+    """Require a valid access token and a live session for a view.
+
+    ``@login_required`` alone, or with flags: ``scopes=[...]`` answers
+    ``403 insufficient_scope`` unless the token carries every one of them;
+    ``fresh=True`` answers ``401 fresh_login_required`` unless the session's
+    password login is at most ``TOKENGATE_FRESH_TTL`` seconds old;
+    ``optional=True`` lets a request without a token through, with
+    ``current_identity_or_none()`` returning ``None`` (a token that is sent is
+    still checked, and refused if bad).
+    """
+    needed = frozenset(scopes) if not isinstance(scopes, str) else frozenset({scopes})
+    for scope in needed:
+        if not SCOPE_TOKEN.match(scope):
+            raise ValueError(f"not a valid scope (RFC 6749 section 3.3): {scope!r}")
+    requirement = Requirement(needed, fresh, optional)
+
+    def decorate(view: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+        @wraps(view)
+        async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            if not request_auth().checked:
+                await check_request(requirement)
+            return await view(*args, **kwargs)
+
+        setattr(wrapper, REQUIRED_ATTR, requirement)
+        return wrapper
+
+    return decorate(view) if view is not None else decorate
 
 
 def current_identity() -> Identity:
@@ -57,6 +111,11 @@ def current_identity() -> Identity:
     if identity is None:
         raise MissingToken()
     return identity
+
+
+def current_identity_or_none() -> Identity | None:
+    """The identity of this request, or ``None`` for an anonymous one (``optional=True``)."""
+    return request_auth().identity
 
 
 def get_gate(app: Quart | None = None) -> TokenGate:
@@ -88,12 +147,35 @@ async def authenticate_request() -> Identity:
     return identity
 
 
+async def check_request(requirement: Requirement) -> Identity | None:
+    """Check this request against what its view requires; remember the identity."""
+    request_auth().checked = True
+    gate = get_gate()
+    if requirement.optional and not token_sent(gate):
+        return None
+    identity = await authenticate_request()
+    if requirement.scopes and not requirement.scopes <= identity.scopes:
+        raise InsufficientScope(requirement.scopes)
+    if requirement.fresh and gate.clock() - identity.auth_time > gate.settings.fresh_ttl:
+        raise FreshLoginRequired()
+    return identity
+
+
+def token_sent(gate: TokenGate) -> bool:
+    """Whether this request carries an access token where the settings say to look."""
+    settings = gate.settings
+    if settings.use_headers and "Authorization" in request.headers:
+        return True
+    return settings.use_cookies and bool(request.cookies.get(cookies.ACCESS_COOKIE))
+
+
 async def guard() -> None:
     """The ``before_request`` hook: check the views marked ``login_required``."""
     endpoint = request.endpoint
     view = current_app.view_functions.get(endpoint) if endpoint else None
-    if view is not None and getattr(view, REQUIRED_ATTR, False):
-        await authenticate_request()
+    requirement = getattr(view, REQUIRED_ATTR, None) if view is not None else None
+    if isinstance(requirement, Requirement):
+        await check_request(requirement)
 
 
 async def finish_response(response: Response) -> Response:

@@ -18,6 +18,7 @@ from .db import repository as repo
 from .db.models import PurposeTokenRecord
 from .db.repository import utc
 from .errors import InvalidToken, Unauthorized
+from .keys import KeyRing
 
 UNUSABLE = "The token is invalid, expired or already used."
 
@@ -27,13 +28,17 @@ class PurposeTokens:
 
     def __init__(
         self,
-        signing: tokens.SigningConfig,
+        keyring: KeyRing,
         db: async_sessionmaker[AsyncSession],
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.signing = signing
+        self.keyring = keyring
         self.db = db
         self.clock = clock
+
+    @property
+    def signing(self) -> tokens.SigningConfig:
+        return self.keyring.signing
 
     async def issue(
         self, user_id: int, purpose: str, ttl: int, data: dict[str, Any] | None = None

@@ -12,17 +12,16 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from . import tokens
 from .db import repository as repo
-from .db.models import AuthSession, User
+from .db.models import AuthSession
 from .db.repository import utc
 from .errors import (
     InvalidCredentials,
@@ -35,10 +34,12 @@ from .errors import (
     Unauthorized,
     describe,
 )
+from .keys import KeyRing
 from .settings import Settings
 from .store.redis_store import RedisSessionStore
 from .store.results import Ended, EndReason, Miss, SessionRecord
 from .tokens import Grant, TokenPair
+from .users import ClaimsHook, UserRecord, UserStore, hook_claims
 
 log = logging.getLogger("tokengate")
 
@@ -50,8 +51,6 @@ END_REASON_ERRORS: dict[EndReason, type[Unauthorized]] = {
     EndReason.REPLACED: SessionReplaced,
     EndReason.REUSED: TokenRevoked,
 }
-# Access tokens whose signature and claims were verified, by their exact text:
-# the same token checked again costs a dict lookup plus the time checks.
 VERIFIED_CACHE_SIZE = 10_000
 # How long shutdown waits for background write-backs and retries.
 DRAIN_SECONDS = 5.0
@@ -68,6 +67,17 @@ class Identity:
     # Set when the guard accepted an expired token through implicit refresh.
     new_access_token: str | None = field(default=None, repr=False)
     new_access_expires_in: int = 0
+
+    @property
+    def scopes(self) -> frozenset[str]:
+        """The scopes the access token carries (its ``scope`` claim)."""
+        scope = self.claims.get("scope", "")
+        return frozenset(scope.split()) if isinstance(scope, str) else frozenset()
+
+    @property
+    def auth_time(self) -> int:
+        """When the password login behind this session happened (epoch seconds)."""
+        return int(self.claims.get("auth_time", 0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,35 +120,60 @@ class SessionManager:
     def __init__(
         self,
         settings: Settings,
-        signing: tokens.SigningConfig,
+        keyring: KeyRing,
         store: RedisSessionStore,
         db: async_sessionmaker[AsyncSession],
+        users: UserStore,
         clock: Callable[[], float] = time.time,
+        claims_hook: ClaimsHook | None = None,
     ) -> None:
         self.settings = settings
-        self.signing = signing
+        self.keyring = keyring
+        self.users = users
+        self.claims_hook = claims_hook
         self.store = store
         self.db = db
         self.clock = clock
         self._background: set[asyncio.Task[None]] = set()
+        # Access tokens whose signature and claims were verified, by their exact
+        # text (failures never); exp and nbf are checked on every request.
         self._verified: dict[str, dict[str, Any]] = {}
 
     # -- tokens -----------------------------------------------------------
-    def _pair(self, grant: Grant, now: float) -> TokenPair:
+    @property
+    def signing(self) -> tokens.SigningConfig:
+        """The keys, issuer and audience in force now (keys rotate while running)."""
+        return self.keyring.signing
+
+    def _pair(self, grant: Grant, claims: Mapping[str, Any], now: float) -> TokenPair:
         s = self.settings
         return tokens.mint_pair(
-            self.signing, grant, access_ttl=s.access_ttl, refresh_ttl=s.refresh_ttl, now=now
-        )
-
-    def _access(self, user_id: str, username: str, sid: str, jti: str, iat: int) -> str:
-        return tokens.mint_access(
-            self.signing, user_id=user_id, username=username, session_id=sid, jti=jti, iat=iat,
-            ttl=self.settings.access_ttl,
+            self.signing, grant, claims, access_ttl=s.access_ttl, refresh_ttl=s.refresh_ttl,
+            now=now,
         )  # fmt: skip
 
+    def _access(
+        self, user_id: str, username: str, sid: str, jti: str, iat: int, claims: Mapping[str, Any]
+    ) -> str:
+        return tokens.mint_access(
+            self.signing, user_id=user_id, username=username, session_id=sid, jti=jti, iat=iat,
+            ttl=self.settings.access_ttl, claims=claims,
+        )  # fmt: skip
+
+    async def access_claims(self, user: UserRecord, auth_time: int) -> dict[str, Any]:
+        """An access token's claims about ``user``: the application's, ``auth_time``, ``scope``."""
+        own = await hook_claims(self.claims_hook, user)
+        return {**own, **tokens.login_claims(auth_time, user.scopes)}
+
     # -- opening a session ----------------------------------------------------
-    async def start_session(self, user: User, client: ClientInfo) -> TokenPair:
-        """Open a new session for ``user`` and return its first token pair."""
+    async def start_session(
+        self, user: UserRecord, client: ClientInfo, password: str | None = None
+    ) -> TokenPair:
+        """Open a new session for ``user`` and return its first token pair.
+
+        ``password`` is the one just checked: if the user's password stamp moved
+        meanwhile (a rehash, or a change), the login stands only if it still matches.
+        """
         now = self.clock()
         iat = int(now)
         sid, aj, rj = secrets.token_urlsafe(16), tokens.new_jti(), tokens.new_jti()
@@ -172,15 +207,22 @@ class SessionManager:
         if sid in opened.replaced:
             # Twenty logins at once with a limit of one: this one lost the race.
             raise END_REASON_ERRORS[EndReason.REPLACED]()
-        async with self.db() as db:
-            current = await repo.get_user(db, user.id)
-        if current is None or current.password_hash != user.password_hash or current.disabled:
+        current = await self.users.get_by_id(user.id)
+        if (
+            current is None
+            or current.disabled
+            or (
+                current.password_stamp != user.password_stamp
+                and (password is None or not await self.users.verify_password(current, password))
+            )
+        ):
             # The password changed (or the user was disabled) while this login
             # was being checked, and the change may have ended the user's
             # sessions before this one existed.
             await self._end([sid], user.id, EndReason.REVOKED, now)
             raise InvalidCredentials()
-        return self._pair(Grant(uid, user.username, sid, aj, rj, iat), now)
+        claims = await self.access_claims(current, iat)
+        return self._pair(Grant(uid, current.username, sid, aj, rj, iat), claims, now)
 
     async def _load_index(self, user_id: int, now: float) -> None:
         async with self.db() as db:
@@ -191,16 +233,14 @@ class SessionManager:
     async def _rebuild(self, user_id: str, sid: str, now: float) -> None:
         """Put a session that Redis lost back from SQL."""
         async with self.db() as db:
-            found = (
-                await db.execute(
-                    select(AuthSession, User.username)
-                    .join(User, User.id == AuthSession.user_id)
-                    .where(AuthSession.id == sid)
-                )
-            ).one_or_none()
-        if found is None or str(found[0].user_id) != user_id:
+            row = await repo.get_session(db, sid)
+        if row is None or str(row.user_id) != user_id:
             raise TokenRevoked()
-        row, username = found
+        # The user may live in the application's own store: no join.
+        user = await self.users.get_by_id(row.user_id)
+        if user is None:
+            raise TokenRevoked()
+        username = user.username
         record = SessionRecord(
             username=username,
             created=row.created_at.timestamp(),
@@ -244,11 +284,7 @@ class SessionManager:
 
     # -- the guard --------------------------------------------------------
     def _verify_access(self, token: str, now: float) -> dict[str, Any]:
-        """The claims of an access token, verified once per token text.
-
-        A token is cached only once it passed every check; a failure is never
-        cached. ``exp`` and ``nbf`` are checked against ``now`` on every call.
-        """
+        """The claims of an access token, verified once per token text."""
         claims = self._verified.get(token)
         if claims is None:
             claims = tokens.verify(self.signing, tokens.AccessToken.kind, token, now=now)
@@ -259,13 +295,16 @@ class SessionManager:
             tokens.check_times(self.signing, claims, now=now)
         return claims
 
-    async def authenticate(self, access_token: str) -> Identity:
-        """Check an access token and its session: one JWT check, one round trip."""
+    async def authenticate(self, access_token: str, *, implicit: bool = True) -> Identity:
+        """Check an access token and its session: one JWT check, one round trip.
+
+        ``implicit=False`` never renews an expired token (introspection).
+        """
         now = self.clock()
         try:
             claims = self._verify_access(access_token, now)
         except TokenExpired as exc:
-            if not self.settings.implicit_refresh:
+            if not (self.settings.implicit_refresh and implicit):
                 raise
             return await self._implicit_refresh(exc.claims, now)
         uid, sid = claims["sub"], claims["sid"]
@@ -286,7 +325,8 @@ class SessionManager:
         aj, iat, name = reissue.access_jti, reissue.iat, reissue.username
         fresh = dict(claims, jti=aj, iat=iat, nbf=iat, exp=iat + ttl)
         return Identity(
-            int(uid), name, sid, fresh, new_access_token=self._access(uid, name, sid, aj, iat),
+            int(uid), name, sid, fresh,
+            new_access_token=self._access(uid, name, sid, aj, iat, tokens.carried_claims(claims)),
             new_access_expires_in=tokens.seconds_left(iat, ttl, now),
         )  # fmt: skip
 
@@ -306,7 +346,10 @@ class SessionManager:
         )
         if isinstance(reissue, Ended | Miss):
             return None
-        token = self._access(uid, reissue.username, sid, reissue.access_jti, reissue.iat)
+        token = self._access(
+            uid, reissue.username, sid, reissue.access_jti, reissue.iat,
+            tokens.carried_claims(identity.claims),
+        )  # fmt: skip
         return token, tokens.seconds_left(reissue.iat, ttl, now)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -349,19 +392,48 @@ class SessionManager:
         # failed, the client's retry lands here and SQL must still catch up.
         # The write applies only while SQL is one step behind, so concurrent
         # or late writes never move it backwards.
+        user = await self.users.get_by_id(int(uid))
         async with self.db() as db:
+            row = await repo.get_session(db, sid)
             await repo.record_rotation(
                 db, sid, access_jti=rotation.access_jti, refresh_jti=rotation.refresh_jti,
                 previous_refresh_jti=rotation.previous_refresh_jti, issued_at=rotation.iat,
                 at=utc(now),
             )  # fmt: skip
             await db.commit()
+        if row is None or user is None or user.disabled:
+            # Gone or disabled since the login: this session is over.
+            await self._end([sid], int(uid), EndReason.REVOKED, now)
+            raise TokenRevoked()
+        # auth_time stays the session's password login: a refresh is not a login.
+        claims = await self.access_claims(user, int(row.created_at.timestamp()))
         grant = Grant(
-            uid, rotation.username, sid, rotation.access_jti, rotation.refresh_jti, rotation.iat
+            uid, user.username, sid, rotation.access_jti, rotation.refresh_jti, rotation.iat
         )
-        return self._pair(grant, now)
+        return self._pair(grant, claims, now)
 
     # -- ending sessions --------------------------------------------------
+    async def revoke(self, token: str) -> bool:
+        """End the session of an access or refresh token (RFC 7009); whether one was.
+
+        The token must be genuine (signature, issuer, audience) and may have
+        expired: holding it is proof enough to end its own session.
+        """
+        now = self.clock()
+        claims: dict[str, Any] | None = None
+        for kind in (tokens.AccessToken.kind, tokens.RefreshToken.kind):
+            try:
+                claims = tokens.verify(self.signing, kind, token, now=now)
+            except TokenExpired as exc:
+                claims = exc.claims
+            except Unauthorized:
+                continue
+            break
+        if claims is None or "sid" not in claims:
+            return False
+        await self._end([claims["sid"]], int(claims["sub"]), EndReason.REVOKED, now)
+        return True
+
     async def logout(self, identity: Identity) -> None:
         await self._end([identity.session_id], identity.user_id, EndReason.REVOKED, self.clock())
 

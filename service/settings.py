@@ -20,6 +20,9 @@ from dotenv import dotenv_values
 PREFIX = "TOKENGATE_"
 TOKEN_LOCATIONS = frozenset({"headers", "cookies"})
 MIN_SECRET_BYTES = 32
+ALGORITHMS = ("HS256", "EdDSA", "ES256", "RS256")
+SAMESITE = ("Lax", "Strict", "None")
+COOKIE_SECURE = ("auto", "true", "false")
 
 
 class SettingsError(ValueError):
@@ -51,6 +54,14 @@ class Settings:
     login_max_failures: int = 10
     login_window: int = 900
     reset_ttl: int = 900
+    algorithm: str = "HS256"
+    fresh_ttl: int = 900
+    cookie_domain: str | None = None
+    cookie_samesite: str = "Lax"
+    # "auto": Secure unless the request came over plain http to localhost.
+    cookie_secure: str = "auto"
+    # The resource servers allowed to call /auth/introspect: (id, secret) pairs.
+    introspection_clients: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     instance_dir: Path = Path("instance")
     # URLs may carry passwords: kept out of reprs like the key.
     database_url: str | None = field(default=None, repr=False)
@@ -148,6 +159,43 @@ def _locations(raw: str) -> tuple[str, ...]:
     return parts
 
 
+def _algorithm(raw: str) -> str:
+    for name in ALGORITHMS:
+        if raw.lower() == name.lower():
+            return name
+    raise ValueError(f"expected one of {', '.join(ALGORITHMS)}, got {raw!r}")
+
+
+def _samesite(raw: str) -> str:
+    for name in SAMESITE:
+        if raw.lower() == name.lower():
+            return name
+    raise ValueError(f"expected Lax, Strict or None, got {raw!r}")
+
+
+def _cookie_secure(raw: str) -> str:
+    lowered = raw.lower()
+    if lowered == "auto":
+        return "auto"
+    return "true" if _bool(raw) else "false"
+
+
+def _cookie_domain(raw: str) -> str:
+    if not raw or any(ch in raw for ch in ' ;,=/\\"') or not raw.isascii():
+        raise ValueError(f"expected a domain name such as example.com, got {raw!r}")
+    return raw
+
+
+def _clients(raw: str) -> tuple[tuple[str, str], ...]:
+    pairs: list[tuple[str, str]] = []
+    for part in raw.split(","):
+        client_id, sep, secret = part.strip().partition(":")
+        if not sep or not client_id or not secret:
+            raise ValueError("expected id:secret pairs separated by commas")
+        pairs.append((client_id, secret))
+    return tuple(pairs)
+
+
 def _redis_url(raw: str) -> str:
     if not raw.startswith(("redis://", "rediss://", "unix://")):
         raise ValueError("expected a redis://, rediss:// or unix:// URL")
@@ -172,6 +220,12 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "login_max_failures": _seconds,
     "login_window": _seconds,
     "reset_ttl": _seconds,
+    "fresh_ttl": _seconds,
+    "algorithm": _algorithm,
+    "cookie_samesite": _samesite,
+    "cookie_secure": _cookie_secure,
+    "cookie_domain": _cookie_domain,
+    "introspection_clients": _clients,
     "implicit_refresh": _bool,
     "allow_registration": _bool,
     "token_location": _locations,
@@ -198,6 +252,20 @@ def _check(s: Settings) -> list[str]:
         bad("login_max_failures", "must be at least 1")
     if s.password_min_length < 1:
         bad("password_min_length", "must be at least 1")
+    if s.algorithm not in ALGORITHMS:
+        bad("algorithm", f"expected one of {', '.join(ALGORITHMS)}")
+    if s.secret_key is not None and s.algorithm != "HS256":
+        bad("secret_key", f"is an HS256 key; unset it to use TOKENGATE_ALGORITHM={s.algorithm}")
+    if s.cookie_samesite not in SAMESITE:
+        bad("cookie_samesite", "expected Lax, Strict or None")
+    if s.cookie_secure not in COOKIE_SECURE:
+        bad("cookie_secure", "expected auto, true or false")
+    if s.cookie_samesite == "None" and s.cookie_secure != "true":
+        bad(
+            "cookie_samesite",
+            "None needs TOKENGATE_COOKIE_SECURE=true (browsers drop SameSite=None cookies "
+            "that are not Secure)",
+        )
     if not s.token_location or not set(s.token_location) <= TOKEN_LOCATIONS:
         bad("token_location", "expected headers, cookies or headers,cookies")
     return problems

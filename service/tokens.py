@@ -1,28 +1,44 @@
 """Pure minting and verification of tokengate's JWTs.
 
-Nothing here does I/O or reads a clock: the key, the issuer, the audience and
+Nothing here does I/O or reads a clock: the keys, the issuer, the audience and
 ``now`` are passed in, so every rule is testable without an app. Minting is
-deterministic: the same claims give the same token bytes, which is what lets
-the session store hand out the *same* successor pair again (refresh grace,
-implicit refresh) from a few stored ids instead of storing tokens.
+deterministic for HS256, EdDSA and RS256: the same claims give the same token
+bytes, which is what lets the session store hand out the *same* successor pair
+again (refresh grace, implicit refresh) from a few stored ids instead of
+storing tokens. (ES256 signatures are randomised: the pair minted again has
+the same claims and verifies alike, in other bytes.)
+
+Every token names its key in the JOSE ``kid`` header; the key set maps kids to
+keys, all of one pinned algorithm.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import hmac
+import json
 import re
 import secrets
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import jwt
-from jwt.algorithms import Algorithm, get_default_algorithms
 
 from .errors import InvalidToken, TokenExpired
 
-ALGORITHM = "HS256"
+ALGORITHMS = ("HS256", "EdDSA", "ES256", "RS256")
 # A real token is a few hundred bytes; refuse anything absurd before parsing it.
 MAX_TOKEN_LENGTH = 8192
 REQUIRED_CLAIMS = ("iss", "aud", "sub", "jti", "iat", "nbf", "exp")
+# Claims a token's own fields fill in; an application's claims hook cannot set them.
+REGISTERED_CLAIMS = frozenset(
+    {*REQUIRED_CLAIMS, "sid", "name", "auth_time", "scope", "purpose", "typ",
+     "client_id", "azp", "acr", "amr", "cnf", "act", "may_act"}
+)  # fmt: skip
+TIME_CLAIMS = ("iat", "nbf", "exp", "auth_time")
 # The shape of the ids tokengate puts in its tokens: ``sub`` a user id, ``sid`` a session id.
 USER_ID = re.compile(r"^[1-9][0-9]{0,18}$")
 SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
@@ -37,7 +53,7 @@ class TokenKind:
 
 
 class AccessToken:
-    kind: ClassVar[TokenKind] = TokenKind("at+jwt", ("sid", "name"))
+    kind: ClassVar[TokenKind] = TokenKind("at+jwt", ("sid", "name", "auth_time"))
 
 
 class RefreshToken:
@@ -49,67 +65,70 @@ class PurposeToken:
 
 
 @dataclass(frozen=True, slots=True)
+class SigningKey:
+    """One key: its ``kid``, and the objects PyJWT signs and verifies with.
+
+    For HS256 both are the secret's bytes; otherwise the private and the
+    public key (``cryptography`` objects, parsed once, not per token).
+    ``active_at`` (epoch seconds) is when the key starts signing.
+    """
+
+    kid: str
+    algorithm: str
+    signing: Any = field(repr=False)
+    verifying: Any = field(repr=False)
+    active_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class KeySet:
+    """The keys of one algorithm: the newest active one signs, every one verifies."""
+
+    algorithm: str
+    keys: tuple[SigningKey, ...]
+    by_kid: dict[str, SigningKey] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.keys:
+            raise ValueError("a key set needs at least one key")
+        if any(k.algorithm != self.algorithm for k in self.keys):
+            raise ValueError("every key of a key set has its algorithm")
+        ordered = tuple(sorted(self.keys, key=lambda k: (k.active_at, k.kid)))
+        object.__setattr__(self, "keys", ordered)
+        object.__setattr__(self, "by_kid", {k.kid: k for k in ordered})
+
+    def signing_key(self, at: float) -> SigningKey:
+        """The key that signs at ``at``: the newest already active (else the oldest)."""
+        chosen = self.keys[0]
+        for key in self.keys:
+            if key.active_at <= at:
+                chosen = key
+        return chosen
+
+
+def hmac_kid(secret: bytes) -> str:
+    """A ``kid`` for a configured HMAC secret that reveals nothing about it."""
+    digest = hmac.new(secret, b"tokengate key id", hashlib.sha256).digest()
+    return "hs-" + base64.urlsafe_b64encode(digest[:12]).decode().rstrip("=")
+
+
+@dataclass(frozen=True, slots=True)
 class SigningConfig:
     """Everything minting and checking need besides the claims."""
 
-    key: str
+    keys: KeySet
     issuer: str
     audience: str
     leeway: int = 0
 
-
-class _PreparedKeys(Algorithm):
-    """One of PyJWT's algorithms, preparing each key once instead of on every call.
-
-    PyJWT runs ``prepare_key`` (for HMAC: PEM and SSH-key regexes over the
-    key) for every token it signs or checks. The prepared form of a key never
-    changes, so it is kept, by key, for the keys this process uses.
-    """
-
-    def __init__(self, inner: Algorithm) -> None:
-        self.inner = inner
-        self.prepared: dict[str | bytes, Any] = {}
-
-    def prepare_key(self, key: Any) -> Any:
-        if not isinstance(key, str | bytes):
-            return self.inner.prepare_key(key)
-        prepared = self.prepared.get(key)
-        if prepared is None:
-            prepared = self.inner.prepare_key(key)
-            if len(self.prepared) >= 64:  # a handful of keys in real use
-                self.prepared.clear()
-            self.prepared[key] = prepared
-        return prepared
-
-    def sign(self, msg: bytes, key: Any) -> bytes:
-        return self.inner.sign(msg, key)
-
-    def verify(self, msg: bytes, key: Any, sig: bytes) -> bool:
-        return self.inner.verify(msg, key, sig)
-
-    def check_key_length(self, key: Any) -> str | None:
-        return self.inner.check_key_length(key)
-
-    @staticmethod
-    def to_jwk(key_obj: Any, as_dict: bool = False) -> Any:
-        raise NotImplementedError
-
-    @staticmethod
-    def from_jwk(jwk: Any) -> Any:
-        raise NotImplementedError
-
-
-def _prepared_jwt() -> jwt.PyJWT:
-    codec = jwt.PyJWT()
-    for name, algorithm in get_default_algorithms().items():
-        if name != "none":
-            codec._jws.unregister_algorithm(name)
-            codec._jws.register_algorithm(name, _PreparedKeys(algorithm))
-    return codec
-
-
-# The codec every token goes through: PyJWT's, with keys prepared once.
-_codec = _prepared_jwt()
+    @classmethod
+    def from_secret(
+        cls, secret: str | bytes, issuer: str, audience: str, leeway: int = 0
+    ) -> SigningConfig:
+        """HS256 with one configured secret, its ``kid`` derived from it."""
+        raw = secret.encode() if isinstance(secret, str) else secret
+        key = SigningKey(hmac_kid(raw), "HS256", raw, raw)
+        return cls(KeySet("HS256", (key,)), issuer, audience, leeway)
 
 
 def new_jti() -> str:
@@ -130,6 +149,8 @@ def mint(
     """Sign a token of ``kind`` issued at ``iat`` (epoch seconds) living ``ttl`` seconds.
 
     ``extra`` carries the kind's own claims (``sid``, ``name``, ``purpose``...).
+    The key is the one of ``cfg.keys`` that signs at ``iat``, so minting the
+    same claims again picks the same key.
     """
     claims: dict[str, Any] = {
         "iss": cfg.issuer,
@@ -142,7 +163,20 @@ def mint(
     }
     if extra:
         claims.update(extra)
-    return _codec.encode(claims, cfg.key, algorithm=ALGORITHM, headers={"typ": kind.typ})
+    key = cfg.keys.signing_key(iat)
+    headers = {"typ": kind.typ, "kid": key.kid}
+    return jwt.encode(claims, key.signing, algorithm=key.algorithm, headers=headers)
+
+
+def _header_kid(token: str) -> str | None:
+    """The ``kid`` of the token's JOSE header, read without trusting it yet."""
+    segment = token.partition(".")[0]
+    try:
+        header = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    except (ValueError, binascii.Error, RecursionError):
+        return None
+    kid = header.get("kid") if isinstance(header, dict) else None
+    return kid if isinstance(kid, str) else None
 
 
 def verify(cfg: SigningConfig, kind: TokenKind, token: str, *, now: float) -> dict[str, Any]:
@@ -150,20 +184,27 @@ def verify(cfg: SigningConfig, kind: TokenKind, token: str, *, now: float) -> di
 
     Raises :class:`TokenExpired` (carrying the otherwise valid claims) when the
     only fault is ``exp``, and :class:`InvalidToken` for anything else: bad
-    shape or signature, another algorithm, wrong ``typ``, ``iss`` or ``aud``,
-    a missing claim, ``nbf`` in the future.
+    shape or signature, an unknown ``kid``, another algorithm, wrong ``typ``,
+    ``iss`` or ``aud``, a missing claim, a time claim that is not an integer,
+    ``nbf`` in the future.
     """
     if not token or len(token) > MAX_TOKEN_LENGTH:
         raise InvalidToken("The token is malformed.")
+    kid = _header_kid(token)
+    key = cfg.keys.by_kid.get(kid) if kid is not None else None
+    if key is None:
+        raise InvalidToken("The token is not signed by a key of this service.")
+    algorithm = cfg.keys.algorithm
     try:
-        # One parse: the signature is checked with the pinned algorithm only
-        # (PyJWT refuses any other, "none" included), then the header is read.
-        # PyJWT checks exp/nbf against its own clock; we check them against
-        # ``now`` below, so the clock stays injectable.
-        decoded = _codec.decode_complete(
+        # One full parse: the signature is checked with the pinned algorithm
+        # only (PyJWT refuses any other, "none" included, so an HS256 token
+        # keyed with a public key never meets an HMAC check), then the header
+        # is read. PyJWT checks exp/nbf against its own clock; we check them
+        # against ``now`` below, so the clock stays injectable.
+        decoded = jwt.decode_complete(
             token,
-            cfg.key,
-            algorithms=[ALGORITHM],
+            key.verifying,
+            algorithms=[algorithm],
             audience=cfg.audience,
             issuer=cfg.issuer,
             options={
@@ -176,7 +217,7 @@ def verify(cfg: SigningConfig, kind: TokenKind, token: str, *, now: float) -> di
     except jwt.PyJWTError:
         raise InvalidToken("The token is invalid.") from None
     header, claims = decoded["header"], decoded["payload"]
-    if header.get("alg") != ALGORITHM:
+    if header.get("alg") != algorithm:
         raise InvalidToken("The token is signed with an algorithm that is not accepted.")
     if header.get("typ") != kind.typ:
         raise InvalidToken("The token is not of the kind this endpoint accepts.")
@@ -185,9 +226,11 @@ def verify(cfg: SigningConfig, kind: TokenKind, token: str, *, now: float) -> di
     for name in (*REQUIRED_CLAIMS, *kind.extra_claims):
         if name not in claims:
             raise InvalidToken("The token lacks a required claim.")
-    for name in ("iat", "nbf", "exp"):
-        if not isinstance(claims[name], int | float) or isinstance(claims[name], bool):
+    for name in TIME_CLAIMS:
+        if name in claims and (not isinstance(claims[name], int) or isinstance(claims[name], bool)):
             raise InvalidToken("The token has a malformed time claim.")
+    if "scope" in claims and not isinstance(claims["scope"], str):
+        raise InvalidToken("The token has a malformed claim.")
     for name in ("sub", "sid", "jti", "name", "purpose"):
         if name in claims and (not isinstance(claims[name], str) or not claims[name]):
             raise InvalidToken("The token has a malformed claim.")
@@ -261,22 +304,27 @@ class TokenPair:
 
 def mint_access(
     cfg: SigningConfig, *, user_id: str, username: str, session_id: str, jti: str, iat: int,
-    ttl: int,
+    ttl: int, claims: Mapping[str, Any],
 ) -> str:  # fmt: skip
-    """The access token of a session, issued at ``iat``."""
+    """The access token of a session, issued at ``iat``.
+
+    ``claims`` are the access token's own: ``auth_time``, ``scope`` and the
+    application's (see ``login_claims``); the ids and times always win.
+    """
     return mint(
         cfg, AccessToken.kind, sub=user_id, jti=jti, iat=iat, ttl=ttl,
-        extra={"sid": session_id, "name": username},
+        extra={**claims, "sid": session_id, "name": username},
     )  # fmt: skip
 
 
 def mint_pair(
-    cfg: SigningConfig, grant: Grant, *, access_ttl: int, refresh_ttl: int, now: float
-) -> TokenPair:
+    cfg: SigningConfig, grant: Grant, claims: Mapping[str, Any], *, access_ttl: int,
+    refresh_ttl: int, now: float,
+) -> TokenPair:  # fmt: skip
     """The token pair of ``grant``, with the lifetimes left at ``now``."""
     access = mint_access(
         cfg, user_id=grant.user_id, username=grant.username, session_id=grant.session_id,
-        jti=grant.access_jti, iat=grant.iat, ttl=access_ttl,
+        jti=grant.access_jti, iat=grant.iat, ttl=access_ttl, claims=claims,
     )  # fmt: skip
     refresh = mint(
         cfg, RefreshToken.kind, sub=grant.user_id, jti=grant.refresh_jti, iat=grant.iat,
@@ -289,3 +337,21 @@ def mint_pair(
         refresh_expires_in=seconds_left(grant.iat, refresh_ttl, now),
         session_id=grant.session_id,
     )
+
+
+def login_claims(auth_time: int, scopes: Iterable[str]) -> dict[str, Any]:
+    """An access token's claims about the login: ``auth_time``, and ``scope`` if any."""
+    claims: dict[str, Any] = {"auth_time": auth_time}
+    names = sorted(set(scopes))
+    if names:
+        claims["scope"] = " ".join(names)
+    return claims
+
+
+# What an access token re-issued without a login or refresh does not take over.
+_REISSUED = frozenset({*REQUIRED_CLAIMS, "sid", "name"})
+
+
+def carried_claims(claims: Mapping[str, Any]) -> dict[str, Any]:
+    """The claims an access token re-issued from another (implicit refresh) keeps."""
+    return {k: v for k, v in claims.items() if k not in _REISSUED}

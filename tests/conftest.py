@@ -85,13 +85,14 @@ def postgres_url() -> str:
     return url
 
 
+TABLES = "users, sessions, purpose_tokens, signing_keys"
+
+
 async def _truncate(url: str) -> None:
     engine = create_async_engine(url)
     try:
         async with engine.begin() as conn:
-            await conn.execute(
-                text("TRUNCATE users, sessions, purpose_tokens RESTART IDENTITY CASCADE")
-            )
+            await conn.execute(text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
     finally:
         await engine.dispose()
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import httpx
 import jwt
+from sqlalchemy import make_url, text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from quart_tokengate.service.testing import PrivateRedis
 
@@ -171,3 +173,15 @@ def start_service(workdir: Path, redis_url: str, **settings: Any) -> ServiceProc
     service = ServiceProcess(service_env(workdir, redis_url, **settings), workdir)
     service.start()
     return service
+
+
+async def postgres_admin(statement: str) -> None:
+    """Run ``statement`` (``CREATE DATABASE``, ``DROP DATABASE``) on the server of
+    ``TOKENGATE_TEST_DATABASE_URL``, from its maintenance database."""
+    base = make_url(os.environ["TOKENGATE_TEST_DATABASE_URL"])
+    engine = create_async_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text(statement))
+    finally:
+        await engine.dispose()

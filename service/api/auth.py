@@ -13,6 +13,7 @@ from .. import cookies
 from ..cookies import read_refresh_token, request_auth
 from ..errors import (
     InvalidRequest,
+    NotFound,
     RegistrationDisabled,
     RequestTooLarge,
     Unauthorized,
@@ -102,6 +103,12 @@ def pair_response(pair: TokenPair) -> Response:
     return response
 
 
+def require_own_users() -> None:
+    """Passwords are the application's to change when it brings its own user store."""
+    if not get_gate().own_users:
+        raise NotFound("Passwords are managed by the application on this server.")
+
+
 def no_content() -> Response:
     return Response("", status=204)
 
@@ -115,7 +122,7 @@ def no_content() -> Response:
 async def register() -> tuple[Response, int]:
     """Create a user."""
     gate = get_gate()
-    if not gate.settings.allow_registration:
+    if not gate.settings.allow_registration or not gate.own_users:
         raise RegistrationDisabled()
     body = await read_body(schemas.Registration)
     user = await gate.accounts.register(body.username, body.password)
@@ -220,6 +227,7 @@ async def delete_session(session_id: str) -> Response:
 )
 async def change_password() -> Response:
     """Change the password; every other session ends."""
+    require_own_users()
     body = await read_body(schemas.PasswordChange)
     await get_gate().accounts.change_password(
         current_identity(), body.current_password, body.new_password
@@ -236,6 +244,7 @@ async def change_password() -> Response:
 async def password_reset_request() -> tuple[Response, int]:
     """Send a single-use reset token to the user, if there is one; always 202."""
     gate = get_gate()
+    require_own_users()
     body = await read_body(schemas.ResetRequest)
     await gate.accounts.request_password_reset(body.username, gate.sender)
     return jsonify({}), 202
@@ -249,6 +258,7 @@ async def password_reset_request() -> tuple[Response, int]:
 )
 async def password_reset_confirm() -> Response:
     """Set a new password with a reset token; every session of the user ends."""
+    require_own_users()
     body = await read_body(schemas.ResetConfirm)
     await get_gate().accounts.reset_password(body.token, body.new_password)
     return no_content()

@@ -143,3 +143,39 @@ class HealthOut(BaseModel):
 
 class Empty(BaseModel):
     pass
+
+
+class Jwk(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    kty: str
+    kid: str
+    alg: str
+    use: str
+
+
+class JwksOut(BaseModel):
+    keys: list[Jwk]
+
+
+class TokenForm(Body):
+    """A form (``application/x-www-form-urlencoded``) or JSON body."""
+
+    token: Token
+    token_type_hint: str | None = None
+
+
+class IntrospectionOut(BaseModel):
+    active: bool
+    sub: str | None = None
+    username: str | None = None
+    sid: str | None = None
+    scope: str | None = None
+    exp: int | None = None
+    iat: int | None = None
+    nbf: int | None = None
+    auth_time: int | None = None
+    iss: str | None = None
+    aud: str | None = None
+    jti: str | None = None
+    token_type: str | None = None

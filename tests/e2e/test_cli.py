@@ -1,11 +1,13 @@
 """The command line: serve on the embedded defaults, db upgrade, users create, bad settings."""
 
 import os
+import sqlite3
 import subprocess
 import sys
 import time
 
 import httpx
+import jwt
 
 from tests.support import ServiceProcess
 
@@ -45,12 +47,23 @@ def test_serve_on_embedded_defaults_answers_healthz_quickly(tmp_path):
         instance = tmp_path / "instance"
         assert (instance / "tokengate.db").is_file()
         assert (instance / "redis" / "redis.sock").exists()
-        key = instance / "secret.key"
-        assert oct(key.stat().st_mode & 0o777) == "0o600"
-        secret = key.read_text().strip()
-        assert len(secret) >= 32
+        # The signing key is made once and kept in the database, shared by
+        # every instance on it; no key file, and the key is never logged.
+        assert not (instance / "secret.key").exists()
+        with sqlite3.connect(instance / "tokengate.db") as db:
+            rows = db.execute("SELECT kid, algorithm, secret FROM signing_keys").fetchall()
+        [(kid, algorithm, secret)] = rows
+        assert algorithm == "HS256" and len(secret) >= 32
         assert secret not in service.log.read_text()
-        assert "TOKENGATE_SECRET_KEY is not set" in service.log.read_text()
+        httpx.post(
+            service.base_url + "/auth/register",
+            json={"username": "alice", "password": "correct horse"},
+        )
+        pair = httpx.post(
+            service.base_url + "/auth/login",
+            json={"username": "alice", "password": "correct horse"},
+        ).json()
+        assert jwt.get_unverified_header(pair["access_token"])["kid"] == kid
     finally:
         service.stop()
     assert not (tmp_path / "instance" / "redis" / "redis.sock").exists()
@@ -84,11 +97,15 @@ def test_bad_settings_stop_start_up_with_one_line_each(tmp_path):
         TOKENGATE_ACCESS_TTL="soon",
         TOKENGATE_SECRET_KEY="short",
         TOKENGATE_TOKEN_LOCATION="url",
+        TOKENGATE_COOKIE_SAMESITE="None",
     )
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
-    assert len(lines) == 3, r.stderr
-    for name in ["TOKENGATE_ACCESS_TTL", "TOKENGATE_SECRET_KEY", "TOKENGATE_TOKEN_LOCATION"]:
+    assert len(lines) == 4, r.stderr
+    for name in [
+        "TOKENGATE_ACCESS_TTL", "TOKENGATE_SECRET_KEY", "TOKENGATE_TOKEN_LOCATION",
+        "TOKENGATE_COOKIE_SAMESITE",
+    ]:  # fmt: skip
         assert sum(name in line for line in lines) == 1
     assert "Traceback" not in r.stderr and "short" not in r.stderr.replace("shorter", "")
 

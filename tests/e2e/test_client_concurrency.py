@@ -26,7 +26,7 @@ from quart_tokengate.client import AsyncAuthClient, AuthClient, MemoryTokenStore
 from quart_tokengate.service.tokens import AccessToken, SigningConfig, mint
 from tests.support import SECRET, PrivateRedis, ServiceProcess, start_service
 
-SIGNING = SigningConfig(SECRET, "tokengate", "tokengate")
+SIGNING = SigningConfig.from_secret(SECRET, "tokengate", "tokengate")
 TIMEOUT = httpx.Timeout(120.0)
 PASSWORD = "correct horse"
 # httpcore's pool scans every queued request against every connection on each
@@ -92,9 +92,10 @@ class CountingTransport(httpx.AsyncBaseTransport, httpx.BaseTransport):
 def expired(tokens: Tokens, ago: int = 600) -> Tokens:
     """The same session's access token as the service signed it ``ago`` seconds back."""
     claims = jwt.decode(tokens.access_token, options={"verify_signature": False})
+    extra = {k: claims[k] for k in ("sid", "name", "auth_time")}
     access = mint(
         SIGNING, AccessToken.kind, sub=claims["sub"], jti=claims["jti"], iat=int(time.time()) - ago,
-        ttl=60, extra={"sid": claims["sid"], "name": claims["name"]},
+        ttl=60, extra=extra,
     )  # fmt: skip
     return Tokens(access, tokens.refresh_token, tokens.session_id)
 

@@ -34,7 +34,7 @@ async def test_a_started_service_refuses_a_new_clock(tmp_path, redis_url):
         Settings(
             secret_key="k" * 40,
             redis_url=redis_url,
-            database_url=f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}",
+            # The embedded SQLite default: the extension migrates it at start-up.
             instance_dir=tmp_path,
         )
     )

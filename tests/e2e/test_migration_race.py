@@ -20,7 +20,7 @@ from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from quart_tokengate.service.db.migrate import alembic_config
-from tests.support import SECRET, ServiceProcess
+from tests.support import SECRET, ServiceProcess, postgres_admin
 
 ROUNDS = 3
 INSTANCES = 3
@@ -32,16 +32,6 @@ def head_revision() -> str:
     head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
     assert head is not None
     return head
-
-
-async def _admin(statement: str) -> None:
-    base = make_url(os.environ["TOKENGATE_TEST_DATABASE_URL"])
-    engine = create_async_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(text(statement))
-    finally:
-        await engine.dispose()
 
 
 async def _versions(url: str) -> list[str]:
@@ -60,11 +50,11 @@ def empty_postgres() -> Iterator[list[str]]:
     base = make_url(os.environ["TOKENGATE_TEST_DATABASE_URL"])
     names = [f"{base.database}_race{n}" for n in range(1, ROUNDS + 1)]
     for name in names:
-        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+        asyncio.run(postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        asyncio.run(postgres_admin(f'CREATE DATABASE "{name}"'))
     yield [base.set(database=name).render_as_string(hide_password=False) for name in names]
     for name in names:
-        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        asyncio.run(postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def test_serve_instances_started_together_on_empty_postgres_all_come_up(

@@ -47,7 +47,9 @@ async def test_login_returns_the_contract_pair_and_a_session_row(app):
     access = jwt.decode(pair["access_token"], SECRET, algorithms=["HS256"], audience="tokengate")
     refresh = jwt.decode(pair["refresh_token"], SECRET, algorithms=["HS256"], audience="tokengate")
     base = {"iss", "aud", "sub", "sid", "jti", "iat", "nbf", "exp"}
-    assert set(access) == base | {"name"} and set(refresh) == base
+    assert set(access) == base | {"name", "auth_time"} and set(refresh) == base
+    assert all(type(access[k]) is int for k in ("iat", "nbf", "exp", "auth_time"))
+    assert access["auth_time"] == access["iat"]
     assert access["sid"] == refresh["sid"] == pair["session_id"]
     assert access["jti"] != refresh["jti"]
     assert jwt.get_unverified_header(pair["access_token"])["typ"] == "at+jwt"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from quart import Quart
 from quart.testing.app import LifespanError
-from sqlalchemy import make_url, text
+from sqlalchemy import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from quart_tokengate.service import Settings, TokenGate, login_required
@@ -18,7 +18,7 @@ from quart_tokengate.service.db.migrate import downgrade, head_revisions, upgrad
 from quart_tokengate.service.passwords import Passwords
 from quart_tokengate.service.testing import FAST_HASHER
 from tests.conftest import register_and_login
-from tests.support import SECRET, bearer, free_port
+from tests.support import SECRET, bearer, free_port, postgres_admin
 
 FIRST_REVISION = "c7f4af665137"
 
@@ -111,16 +111,6 @@ async def test_healthz_reports_a_schema_that_fell_behind(redis_client, redis_url
         }
 
 
-async def _admin(statement: str) -> None:
-    base = make_url(os.environ["TOKENGATE_TEST_DATABASE_URL"])
-    engine = create_async_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(text(statement))
-    finally:
-        await engine.dispose()
-
-
 async def test_empty_postgres_stops_start_up_without_the_password(
     redis_client, redis_url, tmp_path
 ):
@@ -128,8 +118,8 @@ async def test_empty_postgres_stops_start_up_without_the_password(
         pytest.fail("TOKENGATE_TEST_DATABASE_URL is needed for this test")
     base = make_url(os.environ["TOKENGATE_TEST_DATABASE_URL"])
     name = f"{base.database}_fresh"
-    await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await _admin(f'CREATE DATABASE "{name}"')
+    await postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await postgres_admin(f'CREATE DATABASE "{name}"')
     try:
         # The machine's PostgreSQL trusts loopback: the password is carried, not checked.
         url = base.set(database=name, password="hunter2-secret").render_as_string(False)
@@ -139,7 +129,7 @@ async def test_empty_postgres_stops_start_up_without_the_password(
         assert "hunter2" not in message and "***" in message
         assert sorted(head_revisions())[0] in message
     finally:
-        await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 async def test_log_names_the_cause_of_an_unreachable_database(

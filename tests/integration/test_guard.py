@@ -36,7 +36,8 @@ def forged(pair, key=SECRET, alg="HS256", typ="at+jwt", **changes):
     claims = jwt.decode(pair["access_token"], options={"verify_signature": False})
     claims.update(changes)
     claims = {k: v for k, v in claims.items() if v is not None}
-    return jwt.encode(claims, key, algorithm=alg, headers={"typ": typ})
+    kid = jwt.get_unverified_header(pair["access_token"])["kid"]
+    return jwt.encode(claims, key, algorithm=alg, headers={"typ": typ, "kid": kid})
 
 
 @pytest.mark.parametrize(

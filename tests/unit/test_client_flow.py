@@ -11,6 +11,7 @@ import pytest
 
 from quart_tokengate.client import (
     AuthError,
+    FreshLoginRequired,
     InvalidCredentials,
     LoginRequired,
     RateLimited,
@@ -393,3 +394,25 @@ def test_passwords_and_tokens_stay_out_of_reprs():
     assert "s3cret" not in repr(call)
     assert tokens.access_token not in repr(tokens) and tokens.refresh_token not in repr(tokens)
     assert tokens.access_token not in repr(Push(tokens, tokens.access_token))
+
+
+def test_fresh_login_required_raises_its_own_error_and_keeps_the_tokens():
+    tokens = pair()
+    flow = auth().flow(httpx.Request("DELETE", "http://api.test/account"))
+    next(flow)
+    flow.send(tokens)
+    with pytest.raises(FreshLoginRequired) as info:
+        flow.send(problem(401, "fresh_login_required"))
+    assert isinstance(info.value, LoginRequired)
+    assert info.value.code == "fresh_login_required"
+    assert "DELETE /account" in str(info.value) and tokens.access_token not in str(info.value)
+
+
+def test_fresh_login_required_with_credentials_logs_in_again_and_retries():
+    tokens, fresh = pair(), pair(name="2")
+    flow = auth(credentials=lambda: ("alice", "pw")).flow(httpx.Request("GET", URL))
+    next(flow)
+    flow.send(tokens)
+    op = flow.send(problem(401, "fresh_login_required"))
+    assert isinstance(op, Renew) and op.relogin and op.reason == "fresh_login_required"
+    assert sent_token(flow.send(fresh)) == fresh.access_token

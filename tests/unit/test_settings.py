@@ -45,8 +45,22 @@ def test_every_variable_is_read():
         "TOKENGATE_INSTANCE_DIR": "/tmp/tg",
         "TOKENGATE_DATABASE_URL": "postgresql+asyncpg://u@h/db",
         "TOKENGATE_REDIS_URL": "redis://127.0.0.1:6379/3",
+        "TOKENGATE_ALGORITHM": "hs256",
+        "TOKENGATE_FRESH_TTL": "30",
+        "TOKENGATE_COOKIE_DOMAIN": "example.com",
+        "TOKENGATE_COOKIE_SAMESITE": "strict",
+        "TOKENGATE_COOKIE_SECURE": "false",
+        "TOKENGATE_INTROSPECTION_CLIENTS": "api:s3cret, billing:other:colon",
     }
     s = Settings.from_env(env, dotenv=None)
+    assert (s.algorithm, s.fresh_ttl) == ("HS256", 30)
+    assert (s.cookie_domain, s.cookie_samesite, s.cookie_secure) == (
+        "example.com",
+        "Strict",
+        "false",
+    )
+    assert s.introspection_clients == (("api", "s3cret"), ("billing", "other:colon"))
+    assert "s3cret" not in repr(s)
     assert s.secret_key == "s" * 32 and s.issuer == "me" and s.audience == "you"
     assert (s.access_ttl, s.refresh_ttl, s.idle_timeout, s.session_max_age) == (60, 600, 0, 3600)
     assert (s.refresh_grace, s.max_sessions, s.leeway) == (3, 1, 2)
@@ -85,6 +99,38 @@ def test_short_secret_is_refused_and_never_shown():
     assert "TOKENGATE_SECRET_KEY" in str(info.value)
     assert "too-short-secret" not in str(info.value)
     assert "s" * 40 not in repr(Settings(secret_key="s" * 40))
+
+
+def test_keys_cookies_and_introspection_settings_are_checked():
+    env = {
+        "TOKENGATE_ALGORITHM": "HS512",
+        "TOKENGATE_COOKIE_SECURE": "sometimes",
+        "TOKENGATE_COOKIE_DOMAIN": "a b;c",
+        "TOKENGATE_INTROSPECTION_CLIENTS": "no-secret",
+        "TOKENGATE_FRESH_TTL": "soon",
+    }
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env(env, dotenv=None)
+    lines = str(info.value).splitlines()
+    assert sorted(line.split(":")[0] for line in lines) == sorted(env)
+    with pytest.raises(SettingsError, match="TOKENGATE_SECRET_KEY: is an HS256 key"):
+        Settings.from_env(
+            {"TOKENGATE_ALGORITHM": "EdDSA", "TOKENGATE_SECRET_KEY": "s" * 32}, dotenv=None
+        )
+    assert Settings.from_env({"TOKENGATE_ALGORITHM": "es256"}, dotenv=None).algorithm == "ES256"
+
+
+@pytest.mark.parametrize("secure", [None, "auto", "false"])
+def test_samesite_none_without_secure_is_refused_in_one_line(secure):
+    env = {"TOKENGATE_COOKIE_SAMESITE": "None"}
+    if secure:
+        env["TOKENGATE_COOKIE_SECURE"] = secure
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env(env, dotenv=None)
+    assert len(str(info.value).splitlines()) == 1
+    assert str(info.value).startswith("TOKENGATE_COOKIE_SAMESITE: None needs")
+    env["TOKENGATE_COOKIE_SECURE"] = "true"
+    assert Settings.from_env(env, dotenv=None).cookie_samesite == "None"
 
 
 def test_access_ttl_longer_than_refresh_ttl_is_refused():

@@ -10,25 +10,27 @@ import pytest
 from quart_tokengate.service import tokens
 from quart_tokengate.service.errors import InvalidToken, TokenExpired
 
-CFG = tokens.SigningConfig(key="k" * 40, issuer="tokengate", audience="tokengate")
+CFG = tokens.SigningConfig.from_secret("k" * 40, issuer="tokengate", audience="tokengate")
+KID = CFG.keys.keys[0].kid
 NOW = 1_800_000_000
 
 
 def access(cfg=CFG, iat=NOW, ttl=300, **extra):
-    claims = {"sid": "session-0001", "name": "alice", **extra}
+    claims = {"sid": "session-0001", "name": "alice", "auth_time": iat, **extra}
     return tokens.mint(
         cfg, tokens.AccessToken.kind, sub="1", jti="j1", iat=iat, ttl=ttl, extra=claims
     )
 
 
 def forge(header, claims, key="k" * 40, alg="HS256"):
-    return jwt.encode(claims, key, algorithm=alg, headers=header)
+    return jwt.encode(claims, key, algorithm=alg, headers={"kid": KID, **header})
 
 
 def base_claims(**over):
     claims = {
         "iss": "tokengate", "aud": "tokengate", "sub": "1", "sid": "session-0001",
         "jti": "j1", "iat": NOW, "nbf": NOW, "exp": NOW + 300, "name": "alice",
+        "auth_time": NOW,
     }  # fmt: skip
     claims.update(over)
     return claims
@@ -36,8 +38,10 @@ def base_claims(**over):
 
 def test_round_trip_carries_exactly_the_contract_claims():
     claims = tokens.verify(CFG, tokens.AccessToken.kind, access(), now=NOW + 1)
-    assert set(claims) == {"iss", "aud", "sub", "sid", "jti", "iat", "nbf", "exp", "name"}
-    assert jwt.get_unverified_header(access()) == {"alg": "HS256", "typ": "at+jwt"}
+    assert set(claims) == {
+        "iss", "aud", "sub", "sid", "jti", "iat", "nbf", "exp", "name", "auth_time"
+    }  # fmt: skip
+    assert jwt.get_unverified_header(access()) == {"alg": "HS256", "typ": "at+jwt", "kid": KID}
 
 
 def test_minting_is_deterministic():
@@ -63,7 +67,7 @@ def test_expired_token_raises_token_expired_with_claims():
 
 
 def test_leeway_applies_to_exp_and_nbf():
-    lenient = tokens.SigningConfig(key=CFG.key, issuer=CFG.issuer, audience=CFG.audience, leeway=5)
+    lenient = tokens.SigningConfig(CFG.keys, issuer=CFG.issuer, audience=CFG.audience, leeway=5)
     tokens.verify(lenient, tokens.AccessToken.kind, access(ttl=10), now=NOW + 14)
     tokens.verify(lenient, tokens.AccessToken.kind, access(iat=NOW + 4), now=NOW)
     with pytest.raises(TokenExpired):
@@ -81,10 +85,28 @@ def test_nbf_in_the_future_is_invalid():
         base_claims(iss="someone-else"),
         base_claims(aud="another-service"),
         base_claims(iat="yesterday"),
+        base_claims(exp=NOW + 300.5),
+        base_claims(iat=float(NOW)),
+        base_claims(nbf=True),
+        base_claims(auth_time=NOW + 0.25),
+        base_claims(auth_time="today"),
+        base_claims(scope=["a", "b"]),
         base_claims(sub=1),
         base_claims(sid=""),
     ],
-    ids=["iss", "aud", "iat-type", "sub-type", "sid-empty"],
+    ids=[
+        "iss",
+        "aud",
+        "iat-type",
+        "exp-float",
+        "iat-float",
+        "nbf-bool",
+        "auth_time-float",
+        "auth_time-type",
+        "scope-type",
+        "sub-type",
+        "sid-empty",
+    ],
 )
 def test_wrong_claims_are_invalid(claims):
     token = forge({"typ": "at+jwt"}, claims)
@@ -93,7 +115,7 @@ def test_wrong_claims_are_invalid(claims):
 
 
 @pytest.mark.parametrize(
-    "missing", ["iss", "aud", "sub", "sid", "jti", "iat", "nbf", "exp", "name"]
+    "missing", ["iss", "aud", "sub", "sid", "jti", "iat", "nbf", "exp", "name", "auth_time"]
 )
 def test_each_required_claim_is_required(missing):
     claims = base_claims()
@@ -148,3 +170,73 @@ def test_purpose_token_needs_its_purpose_and_is_no_access_token():
         tokens.verify(CFG, tokens.AccessToken.kind, token, now=NOW)
     with pytest.raises(InvalidToken):
         tokens.verify(CFG, tokens.PurposeToken.kind, access(), now=NOW)
+
+
+def test_a_token_without_a_kid_or_with_an_unknown_one_is_invalid():
+    claims = base_claims()
+    no_kid = jwt.encode(claims, "k" * 40, algorithm="HS256", headers={"typ": "at+jwt"})
+    other = forge({"typ": "at+jwt", "kid": "somebody-else"}, claims)
+    for token in (no_kid, other):
+        with pytest.raises(InvalidToken):
+            tokens.verify(CFG, tokens.AccessToken.kind, token, now=NOW)
+
+
+def test_the_kid_of_a_configured_secret_is_stable_and_reveals_nothing():
+    again = tokens.SigningConfig.from_secret("k" * 40, "tokengate", "tokengate")
+    assert again.keys.keys[0].kid == KID
+    other = tokens.SigningConfig.from_secret("j" * 40, "tokengate", "tokengate")
+    assert other.keys.keys[0].kid != KID
+    assert "k" * 8 not in KID
+
+
+def _asymmetric(algorithm, kid="key-1", active_at=0.0):
+    from cryptography.hazmat.primitives import serialization
+
+    from quart_tokengate.service.keys import generate
+
+    private_pem, public_pem = generate(algorithm)
+    private = serialization.load_pem_private_key(private_pem.encode(), password=None)
+    public = serialization.load_pem_public_key(public_pem.encode())
+    return tokens.SigningKey(kid, algorithm, private, public, active_at), public_pem
+
+
+@pytest.mark.parametrize("algorithm", ["EdDSA", "ES256", "RS256"])
+def test_asymmetric_algorithms_round_trip_with_their_kid(algorithm):
+    key, _ = _asymmetric(algorithm)
+    cfg = tokens.SigningConfig(tokens.KeySet(algorithm, (key,)), "tokengate", "tokengate")
+    token = access(cfg)
+    assert jwt.get_unverified_header(token) == {"alg": algorithm, "typ": "at+jwt", "kid": "key-1"}
+    assert tokens.verify(cfg, tokens.AccessToken.kind, token, now=NOW)["sid"] == "session-0001"
+
+
+def test_algorithm_confusion_hs256_keyed_with_the_public_key_is_refused():
+    key, public_pem = _asymmetric("EdDSA")
+    cfg = tokens.SigningConfig(tokens.KeySet("EdDSA", (key,)), "tokengate", "tokengate")
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    # PyJWT refuses to sign HS256 with a PEM, so the attacker's token is made by hand.
+    header = b64(json.dumps({"alg": "HS256", "typ": "at+jwt", "kid": "key-1"}).encode())
+    payload = b64(json.dumps(base_claims()).encode())
+    import hashlib
+    import hmac
+
+    for secret in (public_pem.encode(), public_pem.strip().encode()):
+        mac = hmac.new(secret, f"{header}.{payload}".encode(), hashlib.sha256).digest()
+        with pytest.raises(InvalidToken):
+            tokens.verify(cfg, tokens.AccessToken.kind, f"{header}.{payload}.{b64(mac)}", now=NOW)
+
+
+def test_the_newest_active_key_signs_and_every_key_verifies():
+    old, _ = _asymmetric("EdDSA", kid="old", active_at=0)
+    new, _ = _asymmetric("EdDSA", kid="new", active_at=NOW + 5)
+    cfg = tokens.SigningConfig(tokens.KeySet("EdDSA", (new, old)), "tokengate", "tokengate")
+    before, after = access(cfg, iat=NOW), access(cfg, iat=NOW + 5)
+    assert jwt.get_unverified_header(before)["kid"] == "old"
+    assert jwt.get_unverified_header(after)["kid"] == "new"
+    tokens.verify(cfg, tokens.AccessToken.kind, before, now=NOW + 6)
+    tokens.verify(cfg, tokens.AccessToken.kind, after, now=NOW + 6)
+    only_new = tokens.SigningConfig(tokens.KeySet("EdDSA", (new,)), "tokengate", "tokengate")
+    with pytest.raises(InvalidToken):
+        tokens.verify(only_new, tokens.AccessToken.kind, before, now=NOW + 6)

@@ -1,0 +1,111 @@
+"""What other services speak: token introspection (RFC 7662) and revocation (RFC 7009)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+from typing import Any
+from urllib.parse import parse_qs
+
+from quart import Blueprint, Response, jsonify, request
+
+from ..errors import InvalidClient, InvalidRequest, Unauthorized, handle_exception
+from ..guard import get_gate
+from ..openapi import document
+from . import schemas
+from .auth import raw_body
+
+oauth_bp = Blueprint("tokengate_oauth", __name__)
+oauth_bp.register_error_handler(Exception, handle_exception)
+
+BASIC: list[dict[str, list[str]]] = [{"introspection_client": []}]
+MAX_TOKEN_LENGTH = 8192
+
+
+async def token_parameter() -> str:
+    """The ``token`` of a form (RFC 7662/7009) or JSON body; ``400`` when it is missing."""
+    raw = await raw_body()
+    params: dict[str, Any]
+    if request.mimetype == "application/json":
+        try:
+            found = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise InvalidRequest("The body must be a JSON object encoded as UTF-8.") from None
+        params = found if isinstance(found, dict) else {}
+    else:
+        try:
+            parsed = parse_qs(raw.decode("utf-8"), strict_parsing=False, max_num_fields=10)
+        except (UnicodeDecodeError, ValueError):
+            raise InvalidRequest("The body must be a form (token=...) in UTF-8.") from None
+        params = {k: v[0] for k, v in parsed.items() if len(v) == 1}
+    token = params.get("token")
+    if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
+        raise InvalidRequest("The body must carry one token parameter.")
+    return token
+
+
+def authenticate_client() -> str:
+    """The introspection client named by HTTP Basic, checked in constant time."""
+    clients = get_gate().settings.introspection_clients
+    header = request.headers.get("Authorization", "")
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic" or not clients:
+        raise InvalidClient()
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise InvalidClient() from None
+    client_id, sep, secret = decoded.partition(":")
+    known = False
+    for cid, csecret in clients:
+        # Every pair is compared, so that timing says nothing about which exist.
+        same_id = hmac.compare_digest(cid.encode(), client_id.encode())
+        same_secret = hmac.compare_digest(csecret.encode(), secret.encode())
+        known |= bool(sep) and same_id and same_secret
+    if not known:
+        raise InvalidClient()
+    return client_id
+
+
+@oauth_bp.post("/introspect")
+@document(
+    form=schemas.TokenForm,
+    responses={200: schemas.IntrospectionOut},
+    errors={401: ["invalid_client"]},
+)
+async def introspect() -> Response:
+    """Whether an access token is active now (RFC 7662), for a resource server.
+
+    ``{"active": false}`` for any token the guard would refuse: expired,
+    revoked, idle, replaced, forged, or not an access token.
+    """
+    authenticate_client()
+    token = await token_parameter()
+    try:
+        identity = await get_gate().manager.authenticate(token, implicit=False)
+    except Unauthorized:
+        body: dict[str, Any] = {"active": False}
+    else:
+        c = identity.claims
+        body = {
+            "active": True, "sub": c["sub"], "username": identity.username,
+            "sid": identity.session_id, "exp": c["exp"], "iat": c["iat"], "nbf": c["nbf"],
+            "auth_time": c["auth_time"], "iss": c["iss"], "aud": c["aud"], "jti": c["jti"],
+            "token_type": "Bearer",
+        }  # fmt: skip
+        if "scope" in c:
+            body["scope"] = c["scope"]
+    response = jsonify(body)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@oauth_bp.post("/revoke")
+@document(form=schemas.TokenForm, responses={200: schemas.Empty})
+async def revoke() -> Response:
+    """End the session of an access or refresh token (RFC 7009); ``200`` whatever the token."""
+    token = await token_parameter()
+    await get_gate().manager.revoke(token)
+    return jsonify({})
