@@ -1,8 +1,11 @@
-"""Command line: ``python -m client login | request | logout``.
+"""tokengate-client: log in to a tokengate service and send authenticated requests.
 
-The tokens and the service's base URL live in a ``FileTokenStore``:
-``$XDG_CONFIG_HOME/tokengate/tokens.json`` (``~/.config/tokengate/tokens.json``
-when that is unset), or the file ``--token-file`` names.
+The tokens and the service's address are kept in a token file:
+$XDG_CONFIG_HOME/tokengate/tokens.json (~/.config/tokengate/tokens.json when
+that is unset), or the file --token-file names.
+
+Exit status: 0 done; 1 failed; 2 bad arguments; 3 not logged in (run
+tokengate-client login); 141 the output pipe was closed (e.g. | head -1).
 """
 
 from __future__ import annotations
@@ -13,16 +16,22 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from ._client import AuthClient
-from ._exceptions import AuthError, InvalidCredentials, LoginRequired, RateLimited
+from ._exceptions import AuthError, InvalidCredentials, LoginRequired
 from ._store import FileTokenStore
+from ._tokens import Tokens, unverified_claims
 
-PROG = "python -m client"
+PROG = "tokengate-client"
+EXIT_FAILED = 1
+EXIT_NOT_LOGGED_IN = 3
+EXIT_CLOSED_PIPE = 141  # 128 + SIGPIPE, what a shell tool killed by a closed pipe returns
+NOT_LOGGED_IN = f"not logged in: run `{PROG} login`"
 
 
 def default_token_file() -> Path:
@@ -32,19 +41,55 @@ def default_token_file() -> Path:
     return base / "tokengate" / "tokens.json"
 
 
-def fail(message: str) -> int:
-    print(f"tokengate: {message}", file=sys.stderr)
-    return 1
+def fail(message: str, code: int = EXIT_FAILED) -> int:
+    print(f"{PROG}: {message}", file=sys.stderr)
+    return code
+
+
+def not_logged_in(reason: str | None = None) -> int:
+    why = f" (the session ended: {reason})" if reason else ""
+    return fail(NOT_LOGGED_IN + why, EXIT_NOT_LOGGED_IN)
 
 
 def explain(exc: AuthError) -> str:
     if isinstance(exc, InvalidCredentials):
         return "the username or password is wrong"
-    if isinstance(exc, RateLimited):
-        return str(exc)
-    if isinstance(exc, LoginRequired):
-        return f"not logged in ({exc.code}): run `{PROG} login --base-url URL --username U`"
     return str(exc)
+
+
+def failed(exc: AuthError) -> int:
+    """The exit for an ``AuthError``: ``3`` when the session is over, else ``1``."""
+    if isinstance(exc, LoginRequired):
+        return not_logged_in(exc.code)
+    return fail(explain(exc))
+
+
+# The guard's answers after which only a new login helps (CONTRACT section 3).
+SESSION_OVER = frozenset(
+    {"missing_token", "invalid_token", "token_revoked", "session_expired",
+     "session_replaced", "refresh_reused"}
+)  # fmt: skip
+
+
+def session_over(response: httpx.Response) -> str | None:
+    """The guard's code when ``response`` says the session is over, else ``None``."""
+    if response.status_code != 401:
+        return None
+    try:
+        code = response.json().get("error")
+    except (ValueError, AttributeError):
+        return None
+    return code if code in SESSION_OVER else None
+
+
+def emit(data: dict[str, Any]) -> None:
+    print(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def utc_time(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def cmd_login(args: argparse.Namespace, store: FileTokenStore) -> int:
@@ -60,14 +105,17 @@ def cmd_login(args: argparse.Namespace, store: FileTokenStore) -> int:
     except httpx.HTTPError as exc:
         return fail(f"could not reach {args.base_url}: {exc}")
     store.base_url = args.base_url
-    print(f"logged in as {args.username} (session {tokens.session_id}); tokens in {store.path}")
+    if args.json_output:
+        emit(describe(tokens, args.base_url, store.path))
+    else:
+        print(f"logged in as {args.username} (session {tokens.session_id}); tokens in {store.path}")
     return 0
 
 
 def cmd_request(args: argparse.Namespace, store: FileTokenStore) -> int:
     base_url = args.base_url or store.base_url
-    if not base_url:
-        return fail(f"no service known: run `{PROG} login --base-url URL --username U` first")
+    if not base_url or store.load() is None:
+        return not_logged_in()
     body: Any = None
     if args.json is not None:
         try:
@@ -78,7 +126,7 @@ def cmd_request(args: argparse.Namespace, store: FileTokenStore) -> int:
         with AuthClient(base_url=base_url, token_store=store) as api:
             response = api.request(args.method.upper(), args.path, json=body)
     except AuthError as exc:
-        return fail(explain(exc))
+        return failed(exc)
     except httpx.HTTPError as exc:
         return fail(f"could not reach {base_url}: {exc}")
     if response.content:
@@ -86,6 +134,9 @@ def cmd_request(args: argparse.Namespace, store: FileTokenStore) -> int:
             print(json.dumps(response.json(), indent=2, ensure_ascii=False))
         except ValueError:
             print(response.text)
+    reason = session_over(response)
+    if reason is not None:
+        return not_logged_in(reason)
     if response.is_error:
         return fail(f"{response.status_code} {response.reason_phrase}")
     return 0
@@ -94,16 +145,75 @@ def cmd_request(args: argparse.Namespace, store: FileTokenStore) -> int:
 def cmd_logout(args: argparse.Namespace, store: FileTokenStore) -> int:
     base_url = args.base_url or store.base_url
     if not base_url or store.load() is None:
-        print("not logged in")
+        if args.json_output:
+            emit({"logged_in": False})
+        else:
+            print("not logged in")
         return 0
     try:
         with AuthClient(base_url=base_url, token_store=store) as api:
             api.logout()
     except AuthError as exc:
+        return failed(exc)
+    except httpx.HTTPError as exc:
+        return fail(f"could not reach {base_url}: {exc}")
+    if args.json_output:
+        emit({"logged_in": False, "server": base_url})
+    else:
+        print("logged out")
+    return 0
+
+
+def describe(tokens: Tokens, base_url: str, path: Path) -> dict[str, Any]:
+    """What a script wants to know about the stored session (never the tokens)."""
+    access = unverified_claims(tokens.access_token)
+    refresh = unverified_claims(tokens.refresh_token)
+    return {
+        "logged_in": True,
+        "server": base_url,
+        "username": access.get("name"),
+        "user_id": access.get("sub"),
+        "session_id": tokens.session_id or access.get("sid"),
+        "access_expires_at": utc_time(tokens.expires_at),
+        "refresh_expires_at": utc_time(refresh.get("exp")),
+        "token_file": str(path),
+    }
+
+
+def cmd_status(args: argparse.Namespace, store: FileTokenStore) -> int:
+    """Who is logged in, on which server, until when; the server is asked, not assumed."""
+    base_url = args.base_url or store.base_url
+    if not base_url or store.load() is None:
+        if args.json_output:
+            emit({"logged_in": False})
+        return not_logged_in()
+    try:
+        with AuthClient(base_url=base_url, token_store=store) as api:
+            me = api.get("/auth/me")  # refreshed on the way if need be
+    except LoginRequired as exc:
+        reason: str | None = exc.code
+    except AuthError as exc:
         return fail(explain(exc))
     except httpx.HTTPError as exc:
         return fail(f"could not reach {base_url}: {exc}")
-    print("logged out")
+    else:
+        reason = session_over(me)
+        if reason is None and me.is_error:
+            return fail(f"{base_url} answered {me.status_code} {me.reason_phrase}")
+    if reason is not None:
+        if args.json_output:
+            emit({"logged_in": False, "server": base_url, "reason": reason})
+        return not_logged_in(reason)
+    tokens = store.load()
+    if tokens is None:  # another process logged out meanwhile
+        return not_logged_in()
+    info = describe(tokens, base_url, store.path)
+    if args.json_output:
+        emit(info)
+        return 0
+    print(f"logged in as {info['username']} (user {info['user_id']}) on {base_url}")
+    print(f"session {info['session_id']}: refreshable until {info['refresh_expires_at']}")
+    print(f"access token valid until {info['access_expires_at']}; tokens in {store.path}")
     return 0
 
 
@@ -115,7 +225,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=argparse.SUPPRESS,
         help=f"where the tokens live (default {default_token_file()})",
     )
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__, parents=[common])
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=__doc__,
+        parents=[common],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     login = sub.add_parser("login", parents=[common], help="log in and store the tokens")
@@ -140,9 +255,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     logout.add_argument("--base-url", default=None, help="override the stored base URL")
     logout.set_defaults(func=cmd_logout)
 
+    status = sub.add_parser(
+        "status", parents=[common], help="who is logged in, on which server, until when"
+    )
+    status.add_argument("--base-url", default=None, help="override the stored base URL")
+    status.set_defaults(func=cmd_status)
+
+    for command in (login, logout, status):
+        command.add_argument(
+            "--json",
+            dest="json_output",
+            action="store_true",
+            help="print one JSON object, for scripts",
+        )
+
     args = parser.parse_args(argv)
     store = FileTokenStore(getattr(args, "token_file", None) or default_token_file())
-    result: int = args.func(args, store)
+    try:
+        result: int = args.func(args, store)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (| head -1): stop quietly. Python would print
+        # another error flushing stdout at exit, so point it at /dev/null.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_CLOSED_PIPE
     return result
 
 

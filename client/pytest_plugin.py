@@ -216,7 +216,11 @@ def tokengate_user(tokengate_server: TokengateServer) -> UserFactory:
 
     def make(scopes: Any = (), password: str | None = None) -> TokengateUser:
         scopes = (scopes,) if isinstance(scopes, str) else tuple(scopes)
-        made = tokengate_server._maker.user(scopes, password)
+        kit = _service_kit("tokengate_user")
+        try:
+            made = tokengate_server._maker.user(scopes, password)
+        except kit.KitError as exc:
+            pytest.fail(f"tokengate_user: {exc}", pytrace=False)
         return TokengateUser(made.id, made.username, made.password, scopes)
 
     return make

@@ -1,4 +1,10 @@
-"""Command line: ``tokengate serve | db upgrade | users ... | sessions ... | keys rotate``."""
+"""tokengate: run the service and administer its accounts.
+
+tokengate serve runs the service; tokengate db upgrade applies the migrations;
+tokengate users ... and tokengate sessions ... administer accounts and sessions;
+tokengate keys rotate rotates the signing keys.
+Settings come from TOKENGATE_* variables.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ import getpass
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -16,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 from .settings import Settings, SettingsError
 
 if TYPE_CHECKING:
+    from quart import Quart
+
     from .app import TokenGate
 
 log = logging.getLogger("tokengate")
@@ -34,10 +43,65 @@ def _settings() -> Settings:
         raise SystemExit(2) from None
 
 
-def _logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+def _logging(settings: Settings) -> None:
+    """Configure this process's logging: every line in ``TOKENGATE_LOG_FORMAT``."""
+    import logging.config
+
+    from .logs import logging_config
+
+    logging.config.dictConfig(logging_config(settings.log_format))
+
+
+def serve_app() -> Quart:
+    """What each ``serve`` worker runs: logging configured, then ``create_app()``.
+
+    Logging is set up here, in the app factory, rather than handed to uvicorn
+    as a config to apply: uvicorn applies that before a new worker answers its
+    health checks, and importing our formatters means importing the whole
+    service, which on a busy machine took longer than the check allows.
+    """
+    from .app import create_app
+
+    settings = _settings()
+    _logging(settings)
+    return create_app(settings)
+
+
+def _metrics_dir(settings: Settings) -> None:
+    """Multiprocess metrics: a fresh ``<instance>/prometheus`` for this run's workers.
+
+    Set before anything imports prometheus-client, which reads it at import.
+    """
+    import shutil
+
+    from .metrics import MULTIPROC_ENV
+
+    directory = (settings.instance_dir / "prometheus").resolve()
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    os.environ[MULTIPROC_ENV] = str(directory)
+
+
+def _log_start(args: argparse.Namespace, settings: Settings, redis: str) -> None:
+    from .api.home import service_version
+    from .errors import mask_url
+
+    fields = {
+        "address": f"http://{args.host}:{args.port}",
+        "version": service_version(),
+        "workers": args.workers,
+        "database": mask_url(settings.sqlalchemy_url),
+        "redis": redis,
+        "token_location": ",".join(settings.token_location),
+        "registration": settings.allow_registration,
+        "access_ttl": settings.access_ttl,
+        "refresh_ttl": settings.refresh_ttl,
+        "idle_timeout": settings.idle_timeout,
+        "max_sessions": settings.max_sessions,
+        "signing_key": "TOKENGATE_SECRET_KEY" if settings.secret_key else "instance file",
+        "log_format": settings.log_format,
+    }
+    log.info("tokengate serving on %s", fields["address"], extra={"fields": fields})
 
 
 def _migrate(settings: Settings) -> None:
@@ -57,6 +121,10 @@ def cmd_db_upgrade(_: argparse.Namespace) -> int:
     _migrate(_settings())
     print("database is at the latest revision")
     return 0
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 async def _prepare_keys(settings: Settings) -> None:
@@ -115,27 +183,40 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .store.embedded import EmbeddedRedis
 
     settings = _settings()
-    _logging()
+    settings.instance_dir.mkdir(parents=True, exist_ok=True)
+    _metrics_dir(settings)
+    _logging(settings)
     _migrate(settings)
     if settings.secret_key is None:
         # Made here, once, before the workers start (they would agree anyway).
         asyncio.run(_prepare_keys(settings))
     embedded = None
+    from .errors import mask_url
+
+    redis = mask_url(settings.redis_url or "")
     if settings.redis_url is None:
         # One private redis-server for all the workers, started and stopped here.
         embedded = EmbeddedRedis(settings.instance_dir / "redis")
         os.environ["TOKENGATE_REDIS_URL"] = embedded.start()
+        redis = f"embedded ({embedded.socket_path})"
+    # uvicorn re-raises the SIGTERM it shut down on once it is done; as an
+    # exception here it unwinds through the ``finally`` that stops Redis,
+    # where the default action would end the process before it.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
+        _log_start(args, settings, redis)
         import uvicorn
 
         uvicorn.run(
-            "quart_tokengate.service.app:create_app",
+            f"{__package__}.__main__:serve_app",
             factory=True,
             host=args.host,
             port=args.port,
             workers=args.workers,
             lifespan="on",
-            log_level="warning",
+            log_config=None,  # serve_app configures logging in each worker
+            log_level="info",
+            # tokengate.access writes the access log, with user and session.
             access_log=False,
             proxy_headers=False,
         )
@@ -350,7 +431,9 @@ def cmd_sessions_end(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tokengate", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="tokengate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the service (applies pending migrations first)")

@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from . import keys
@@ -22,6 +23,8 @@ from .db.engine import build_engine, build_sessionmaker
 from .db.migrate import head_revisions, schema_state, upgrade
 from .errors import describe, is_infrastructure_failure, mask_url, register_error_handler
 from .guard import finish_response, guard
+from .metrics import TimedRedis, count_database_error, metrics_bp
+from .observe import observe_request, start_request
 from .openapi import docs_bp
 from .outbox import FileOutbox, Sender
 from .passwords import Passwords
@@ -121,7 +124,12 @@ class TokenGate:
         # host app that already serves its own (quart-schema) keeps its own.
         if "QUART_SCHEMA" not in app.extensions:
             app.register_blueprint(docs_bp)
+        app.register_blueprint(metrics_bp)
+        # The timer starts before the guard runs; the access log and request
+        # metrics run last (after_request hooks run in reverse order).
+        app.before_request(start_request)
         app.before_request(guard)
+        app.after_request(observe_request)
         app.after_request(finish_response)
         register_error_handler(app, everything=False)
         app.before_serving(self.startup)
@@ -195,6 +203,7 @@ class TokenGate:
     async def startup(self) -> None:
         settings = self.settings
         self._engine = build_engine(settings.sqlalchemy_url)
+        event.listen(self._engine.sync_engine, "handle_error", count_database_error)
         try:
             await self._check_schema(self._engine)
         except BaseException:
@@ -218,7 +227,7 @@ class TokenGate:
         if redis_url is None:
             self._embedded = EmbeddedRedis(settings.instance_dir / "redis")
             redis_url = await asyncio.to_thread(self._embedded.start)
-        self._redis = Redis.from_url(
+        self._redis = TimedRedis.from_url(
             redis_url,
             socket_timeout=REDIS_TIMEOUT,
             socket_connect_timeout=REDIS_TIMEOUT,
@@ -333,9 +342,12 @@ class TokenGate:
 
 def create_app(settings: Settings | None = None, **gate_options: Any) -> Quart:
     """The service: ``TokenGate`` on an empty Quart app, with JSON for every error."""
+    from .api.home import home_bp
+
     app = Quart("tokengate")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     TokenGate(app, settings=settings, **gate_options)
+    app.register_blueprint(home_bp)
     # Our own app: every error, Quart's included, is contract JSON.
     register_error_handler(app, everything=True)
     return app

@@ -22,6 +22,7 @@ from quart import Quart, Response, current_app, request
 from . import cookies
 from .cookies import read_access_token, request_auth
 from .errors import (
+    ApiError,
     AuthUnavailable,
     FreshLoginRequired,
     InsufficientScope,
@@ -32,6 +33,7 @@ from .errors import (
     TokenRevoked,
     is_infrastructure_failure,
 )
+from .metrics import metrics
 from .sessions import Identity
 
 if TYPE_CHECKING:
@@ -130,6 +132,16 @@ def get_gate(app: Quart | None = None) -> TokenGate:
 
 async def authenticate_request() -> Identity:
     """Run the full check for this request and remember the identity."""
+    try:
+        identity = await _authenticate_request()
+    except ApiError as exc:
+        metrics().guard.labels(exc.error).inc()
+        raise
+    metrics().guard.labels("ok").inc()
+    return identity
+
+
+async def _authenticate_request() -> Identity:
     state = request_auth()
     token = read_access_token(get_gate().settings)
     try:

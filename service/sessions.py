@@ -35,6 +35,7 @@ from .errors import (
     describe,
 )
 from .keys import KeyRing
+from .logs import security_event
 from .settings import Settings
 from .store.redis_store import RedisSessionStore
 from .store.results import Ended, EndReason, Miss, SessionRecord
@@ -204,6 +205,14 @@ class SessionManager:
                 await repo.end_sessions(db, opened.replaced, EndReason.REPLACED, utc(now))
                 await repo.end_sessions(db, opened.expired, EndReason.EXPIRED, utc(now))
                 await db.commit()
+            for why, ended in (
+                (EndReason.REPLACED, opened.replaced),
+                (EndReason.EXPIRED, opened.expired),
+            ):
+                for ended_sid in ended:
+                    security_event(
+                        "session_ended", reason=str(why), user_id=uid, session_id=ended_sid
+                    )
         if sid in opened.replaced:
             # Twenty logins at once with a limit of one: this one lost the race.
             raise END_REASON_ERRORS[EndReason.REPLACED]()
@@ -274,6 +283,10 @@ class SessionManager:
         if isinstance(result, Ended):
             if result.just_now:
                 await self._record_end([sid], result.reason, now)
+                if result.reason is not EndReason.REUSED:  # flows logs reuse, with the user
+                    security_event(
+                        "session_ended", reason=str(result.reason), user_id=uid, session_id=sid
+                    )
                 if result.reason is EndReason.REUSED:
                     log.warning("refresh token reuse: session %s ended", sid)
                     raise RefreshReused()

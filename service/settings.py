@@ -66,6 +66,7 @@ class Settings:
     # URLs may carry passwords: kept out of reprs like the key.
     database_url: str | None = field(default=None, repr=False)
     redis_url: str | None = field(default=None, repr=False)
+    log_format: str = "text"
 
     def __post_init__(self) -> None:
         problems = _check(self)
@@ -202,6 +203,13 @@ def _redis_url(raw: str) -> str:
     return raw
 
 
+def _log_format(raw: str) -> str:
+    lowered = raw.lower()
+    if lowered not in {"text", "json"}:
+        raise ValueError(f"expected text or json, got {raw!r}")
+    return lowered
+
+
 def _database_url(raw: str) -> str:
     if "://" not in raw:
         raise ValueError("expected an SQLAlchemy URL such as sqlite+aiosqlite:///path.db")
@@ -232,6 +240,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "instance_dir": Path,
     "redis_url": _redis_url,
     "database_url": _database_url,
+    "log_format": _log_format,
 }
 
 

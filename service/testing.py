@@ -291,6 +291,11 @@ class Maker:
     def user(
         self, scopes: tuple[str, ...] | list[str] = (), password: str | None = None
     ) -> MadeUser:
+        if getattr(self.gate, "user_store", None) is not None:
+            raise KitError(
+                "the app takes its users from its own user_store: create the user there and "
+                "pass TokengateUser(id, username, password) to tokengate_tokens"
+            )
         username = f"user-{secrets.token_hex(5)}"
         if password is None:
             password = secrets.token_urlsafe(max(12, self.gate.settings.password_min_length))

@@ -23,7 +23,7 @@ from ..guard import current_identity, get_gate, login_required
 from ..openapi import GUARD_CODES, document
 from ..sessions import ClientInfo
 from ..tokens import TokenPair
-from . import schemas
+from . import flows, schemas
 
 log = logging.getLogger("tokengate")
 
@@ -110,7 +110,11 @@ def require_own_users() -> None:
 
 
 def no_content() -> Response:
-    return Response("", status=204)
+    """A ``204``: no body, so no content type either."""
+    response = Response(b"", status=204)
+    del response.headers["Content-Type"]
+    del response.headers["Content-Length"]
+    return response
 
 
 @auth_bp.post("/register")
@@ -138,10 +142,9 @@ async def register() -> tuple[Response, int]:
 )
 async def login() -> Response:
     """Check a username and password and open a session: returns a token pair."""
-    gate = get_gate()
     await require_json_in_cookie_mode()
     body = await read_body(schemas.LoginRequest)
-    pair = await gate.accounts.login(body.username, body.password, client_info(body.device))
+    pair = await flows.login(body.username, body.password, client_info(body.device))
     return pair_response(pair)
 
 
@@ -160,7 +163,7 @@ async def refresh() -> Response:
     body = await read_body(schemas.RefreshRequest, optional=True)
     token = read_refresh_token(gate.settings, body.refresh_token)
     try:
-        pair = await gate.manager.refresh(token)
+        pair = await flows.refresh(token)
     except Unauthorized:
         state = request_auth()
         state.clear_cookies = state.via_cookie
@@ -182,7 +185,7 @@ async def me() -> Response:
 @document(responses={204: None})
 async def logout() -> Response:
     """End this session: its access and refresh tokens stop working at once."""
-    await get_gate().manager.logout(current_identity())
+    await flows.logout(current_identity())
     request_auth().clear_cookies = True
     return no_content()
 
@@ -192,7 +195,7 @@ async def logout() -> Response:
 @document(responses={204: None})
 async def logout_all() -> Response:
     """End every session of the user."""
-    await get_gate().manager.end_all(current_identity().user_id)
+    await flows.logout_all(current_identity())
     request_auth().clear_cookies = True
     return no_content()
 
@@ -212,7 +215,7 @@ async def sessions() -> Response:
 async def delete_session(session_id: str) -> Response:
     """End one of the user's sessions."""
     me = current_identity()
-    await get_gate().manager.end_session(me, session_id)
+    await flows.end_session(me, session_id)
     if session_id == me.session_id:
         request_auth().clear_cookies = True
     return no_content()
@@ -229,9 +232,7 @@ async def change_password() -> Response:
     """Change the password; every other session ends."""
     require_own_users()
     body = await read_body(schemas.PasswordChange)
-    await get_gate().accounts.change_password(
-        current_identity(), body.current_password, body.new_password
-    )
+    await flows.change_password(current_identity(), body.current_password, body.new_password)
     return no_content()
 
 
@@ -243,10 +244,9 @@ async def change_password() -> Response:
 )
 async def password_reset_request() -> tuple[Response, int]:
     """Send a single-use reset token to the user, if there is one; always 202."""
-    gate = get_gate()
     require_own_users()
     body = await read_body(schemas.ResetRequest)
-    await gate.accounts.request_password_reset(body.username, gate.sender)
+    await flows.request_password_reset(body.username, request.remote_addr)
     return jsonify({}), 202
 
 
@@ -260,5 +260,5 @@ async def password_reset_confirm() -> Response:
     """Set a new password with a reset token; every session of the user ends."""
     require_own_users()
     body = await read_body(schemas.ResetConfirm)
-    await get_gate().accounts.reset_password(body.token, body.new_password)
+    await flows.reset_password(body.token, body.new_password)
     return no_content()

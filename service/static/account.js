@@ -1,16 +1,23 @@
 // The account page of tokengate (docs/browser.md).
 //
-// Cookie mode: the access and refresh tokens live in HttpOnly cookies this
-// script never sees; it reads only the csrf_token cookie and echoes it in
-// X-CSRF-Token on every unsafe request. Like an axios interceptor, a request
-// answered 401 token_expired triggers POST /auth/refresh and is retried once;
-// concurrent requests share a single refresh.
+// The page runs on its own routes under /account/, on cookies scoped to
+// that path, whatever TOKENGATE_TOKEN_LOCATION says for API clients. The
+// access and refresh tokens live in HttpOnly cookies this script never sees;
+// it reads only the account_csrf cookie and echoes it in X-CSRF-Token on
+// every unsafe request. Like an axios interceptor, a request answered
+// 401 token_expired triggers POST /account/refresh and is retried once;
+// concurrent requests share a single refresh. 401 fresh_login_required asks
+// for the password again, then retries what was asked.
 "use strict";
 
 (() => {
+  const PAGE = document.body.dataset.page || "/account";
   const AUTH = document.body.dataset.authPrefix || "/auth";
+  const REGISTRATION = document.body.dataset.registration === "on";
+  const CSRF_COOKIE = "account_csrf";
   const UNSAFE = new Set(["POST", "PUT", "PATCH", "DELETE"]);
   const POLL_MS = 30000;
+  const VIEWS = ["login", "register", "forgot", "reauth", "account"];
   const REASONS = {
     token_revoked: "This session was ended. Log in again to continue.",
     session_expired: "Your session expired. Log in again to continue.",
@@ -28,6 +35,8 @@
       this.code = code;
     }
   }
+
+  class FreshLoginRequired extends Error {}
 
   class ApiError extends Error {
     constructor(status, code, description) {
@@ -65,10 +74,10 @@
     if (refreshing === null) {
       refreshing = (async () => {
         try {
-          const r = await fetch(`${AUTH}/refresh`, {
+          const r = await fetch(`${PAGE}/refresh`, {
             method: "POST",
             credentials: "same-origin",
-            headers: { Accept: "application/json", "X-CSRF-Token": readCookie("csrf_token") },
+            headers: { Accept: "application/json", "X-CSRF-Token": readCookie(CSRF_COOKIE) },
           });
           if (r.ok) {
             generation += 1;
@@ -92,7 +101,7 @@
         await refreshing.catch(() => {});
       }
       const sentGeneration = generation;
-      const csrf = readCookie("csrf_token");
+      const csrf = readCookie(CSRF_COOKIE);
       const headers = { Accept: "application/json" };
       if (UNSAFE.has(method)) headers["X-CSRF-Token"] = csrf;
       if (body !== undefined) headers["Content-Type"] = "application/json";
@@ -109,17 +118,33 @@
         if (generation === sentGeneration) await refreshOnce();
         continue;
       }
-      if (attempt === 0 && code === "csrf_failed" && readCookie("csrf_token") !== csrf) {
+      if (attempt === 0 && code === "csrf_failed" && readCookie(CSRF_COOKIE) !== csrf) {
         continue; // a refresh rotated the CSRF cookie while this was in flight
       }
-      if (r.status === 401) throw new LoginRequired(code);
+      if (r.status === 401 && code === "fresh_login_required") throw new FreshLoginRequired();
+      if (r.status === 401 && code !== "invalid_credentials") throw new LoginRequired(code);
       throw new ApiError(r.status, code, description);
     }
+  }
+
+  // A JSON call that needs no cookie (register, password reset).
+  async function post(path, body) {
+    const r = await fetch(path, {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { Accept: "application/json", "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+    });
+    if (r.ok) return r;
+    const { code, description } = await errorOf(r);
+    throw new ApiError(r.status, code, description);
   }
 
   // -- the page -----------------------------------------------------------
 
   let pollTimer = null;
+  let me = null; // {id, username, session_id} once loaded
+  let pending = null; // the action that asked for a fresh login
 
   function say(text, kind) {
     const message = $("message");
@@ -128,13 +153,14 @@
   }
 
   function show(view) {
-    $("login").hidden = view !== "login";
-    $("account").hidden = view !== "account";
+    for (const name of VIEWS) $(name).hidden = name !== view;
+    $("confirm-all").hidden = true;
   }
 
   function loggedOut(reason) {
     window.clearInterval(pollTimer);
     pollTimer = null;
+    me = null;
     $("whoami").textContent = "";
     $("sessions").tBodies[0].replaceChildren();
     show("login");
@@ -146,7 +172,9 @@
     try {
       await action();
     } catch (err) {
-      if (err instanceof LoginRequired) {
+      if (err instanceof FreshLoginRequired) {
+        askFreshLogin(action);
+      } else if (err instanceof LoginRequired) {
         loggedOut(REASONS[err.code] ?? REASONS.invalid_token);
       } else if (err instanceof ApiError) {
         say(err.message, "error");
@@ -165,8 +193,9 @@
     return format.format(-Math.round(seconds / 86400), "day");
   }
 
-  function timeCell(iso, relative) {
+  function timeCell(iso, relative, label) {
     const cell = document.createElement("td");
+    cell.dataset.label = label;
     const date = new Date(iso);
     const time = document.createElement("time");
     time.dateTime = iso;
@@ -188,6 +217,7 @@
     if (session.current) row.classList.add("is-current");
 
     const device = document.createElement("td");
+    device.dataset.label = "Device";
     device.append(deviceLabel(session));
     if (session.current) {
       const badge = document.createElement("span");
@@ -201,9 +231,11 @@
       device.append(document.createElement("br"), agent);
     }
     const address = document.createElement("td");
+    address.dataset.label = "Address";
     address.textContent = session.ip || "";
 
     const action = document.createElement("td");
+    action.className = "action";
     const button = document.createElement("button");
     button.type = "button";
     if (session.current) {
@@ -217,20 +249,21 @@
     }
     action.append(button);
 
-    row.append(device, address, timeCell(session.last_seen_at, true));
-    row.append(timeCell(session.created_at, false), action);
+    row.append(device, address, timeCell(session.last_seen_at, true, "Last seen"));
+    row.append(timeCell(session.created_at, false, "Started"), action);
     return row;
   }
 
   async function load() {
-    const [me, list] = await Promise.all([
-      api("GET", `${AUTH}/me`).then((r) => r.json()),
-      api("GET", `${AUTH}/sessions`).then((r) => r.json()),
+    const [who, list] = await Promise.all([
+      api("GET", `${PAGE}/me`).then((r) => r.json()),
+      api("GET", `${PAGE}/sessions`).then((r) => r.json()),
     ]);
-    $("whoami").textContent = me.username;
-    $("whoami").dataset.userId = String(me.id);
+    me = who;
+    $("whoami").textContent = who.username;
+    $("whoami").dataset.userId = String(who.id);
     $("sessions").tBodies[0].replaceChildren(...list.sessions.map(sessionRow));
-    show("account");
+    if ($("account").hidden) show("account");
     // A count of completed loads, for anything that watches the page (the tests do).
     document.body.dataset.loads = String(Number(document.body.dataset.loads || 0) + 1);
     if (pollTimer === null) {
@@ -239,19 +272,33 @@
   }
 
   async function endSession(id) {
-    await api("DELETE", `${AUTH}/sessions/${encodeURIComponent(id)}`);
+    await api("DELETE", `${PAGE}/sessions/${encodeURIComponent(id)}`);
     say("The session was ended.", "");
     await load();
   }
 
   async function logout() {
-    await api("POST", `${AUTH}/logout`);
+    await api("POST", `${PAGE}/logout`);
     loggedOut("You have logged out.");
   }
 
   async function logoutAll() {
-    await api("POST", `${AUTH}/logout-all`);
+    await api("POST", `${PAGE}/logout-all`);
     loggedOut("Every session was ended, this one too.");
+  }
+
+  async function changePassword(event) {
+    event.preventDefault();
+    const current = $("current-password").value;
+    const next = $("next-password").value;
+    const action = async () => {
+      await api("POST", `${PAGE}/password`, { current_password: current, new_password: next });
+      $("password-form").reset();
+      $("change-password").open = false;
+      say("Your password was changed; your other sessions were ended.", "");
+      await load();
+    };
+    await guarded(action);
   }
 
   function deviceName() {
@@ -270,49 +317,197 @@
     return os ? `${browser} on ${os}` : browser;
   }
 
-  async function login(event) {
-    event.preventDefault();
-    const form = event.currentTarget;
+  // Log in on the page's own route: the response sets the page's cookies and
+  // carries no token. Returns false (with a message shown) when refused.
+  async function pageLogin(username, password) {
+    const r = await fetch(`${PAGE}/login`, {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { Accept: "application/json", "Content-Type": "application/json" },
+      body: JSON.stringify({ username, password, device: deviceName() }),
+    });
+    if (!r.ok) {
+      const { code, description } = await errorOf(r);
+      if (code === "invalid_credentials") say("Wrong username or password.", "error");
+      else if (code === "too_many_attempts") {
+        say(`Too many attempts; try again in ${r.headers.get("Retry-After")} s.`, "error");
+      } else say(description || `The server answered ${r.status}.`, "error");
+      return false;
+    }
+    await r.body?.cancel();
+    generation += 1;
+    return true;
+  }
+
+  async function busy(form, work) {
     const button = form.querySelector("button[type=submit]");
     button.disabled = true;
     try {
-      const r = await fetch(`${AUTH}/login`, {
-        method: "POST",
-        credentials: "same-origin",
-        headers: { Accept: "application/json", "Content-Type": "application/json" },
-        body: JSON.stringify({
-          username: $("username").value,
-          password: $("password").value,
-          device: deviceName(),
-        }),
-      });
-      if (!r.ok) {
-        const { code, description } = await errorOf(r);
-        if (code === "invalid_credentials") say("Wrong username or password.", "error");
-        else if (code === "too_many_attempts") {
-          say(`Too many attempts; try again in ${r.headers.get("Retry-After")} s.`, "error");
-        } else say(description || `The server answered ${r.status}.`, "error");
-        return;
-      }
-      // The body repeats the tokens for API clients; the page keeps none of
-      // them: the cookies the response set are what it runs on.
-      await r.body?.cancel();
-      $("password").value = "";
-      generation += 1;
-      say("", "");
-      await load();
+      await work();
     } finally {
       button.disabled = false;
     }
   }
 
+  async function login(event) {
+    event.preventDefault();
+    await busy(event.currentTarget, async () => {
+      if (await pageLogin($("username").value, $("password").value)) {
+        $("password").value = "";
+        say("", "");
+        await load();
+      }
+    });
+  }
+
+  async function register(event) {
+    event.preventDefault();
+    const username = $("new-username").value;
+    const password = $("new-password").value;
+    await busy(event.currentTarget, async () => {
+      try {
+        await post(`${AUTH}/register`, { username, password });
+      } catch (err) {
+        if (err instanceof ApiError && err.code === "username_taken") {
+          say("That username is taken; choose another.", "error");
+          return;
+        }
+        throw err;
+      }
+      $("register-form").reset();
+      if (await pageLogin(username, password)) {
+        say("Your account was created.", "");
+        await load();
+      }
+    });
+  }
+
+  async function forgot(event) {
+    event.preventDefault();
+    await busy(event.currentTarget, async () => {
+      await post(`${AUTH}/password-reset/request`, { username: $("forgot-username").value });
+      say("If that account exists, a reset code is on its way. Enter it below.", "");
+      $("reset-token").focus();
+    });
+  }
+
+  async function reset(event) {
+    event.preventDefault();
+    await busy(event.currentTarget, async () => {
+      try {
+        await post(`${AUTH}/password-reset/confirm`, {
+          token: $("reset-token").value.trim(),
+          new_password: $("reset-password").value,
+        });
+      } catch (err) {
+        if (err instanceof ApiError && err.status === 401) {
+          say("That reset code is wrong, used or expired; ask for a new one.", "error");
+          return;
+        }
+        throw err;
+      }
+      $("reset-form").reset();
+      history.replaceState(null, "", PAGE);
+      show("login");
+      say("Your password was changed and every session ended. Log in with the new one.", "");
+    });
+  }
+
+  // -- a fresh login for an action that needs one -------------------------
+
+  function askFreshLogin(action) {
+    pending = action;
+    show("reauth");
+    say("", "");
+    $("reauth-password").focus();
+  }
+
+  async function reauth(event) {
+    event.preventDefault();
+    const action = pending;
+    const previous = me;
+    await busy(event.currentTarget, async () => {
+      if (previous === null || !(await pageLogin(previous.username, $("reauth-password").value))) {
+        return;
+      }
+      $("reauth-password").value = "";
+      pending = null;
+      // The new login is a new session: the one it replaces ends here.
+      await api("DELETE", `${PAGE}/sessions/${encodeURIComponent(previous.session_id)}`)
+        .catch(() => {});
+      say("", "");
+      show("account");
+      if (action !== null) await action();
+      else await load();
+    });
+  }
+
+  function cancelReauth() {
+    pending = null;
+    show(me === null ? "login" : "account");
+  }
+
+  // -- navigation -----------------------------------------------------------
+
+  function route() {
+    const hash = window.location.hash;
+    if (hash.startsWith("#reset=")) {
+      // A link from the reset message: the code rides in the fragment, which
+      // the browser never sends to a server.
+      show("forgot");
+      $("reset-token").value = decodeURIComponent(hash.slice("#reset=".length));
+      $("reset-password").focus();
+      return true;
+    }
+    if (hash === "#register" && REGISTRATION) {
+      show("register");
+      say("", "");
+      $("new-username").focus();
+      return true;
+    }
+    if (hash === "#forgot") {
+      show("forgot");
+      say("", "");
+      $("forgot-username").focus();
+      return true;
+    }
+    if (hash === "#login") {
+      show("login");
+      say("", "");
+      return true;
+    }
+    return false;
+  }
+
+  if (!REGISTRATION) {
+    for (const element of document.querySelectorAll("[data-registration-only]")) element.remove();
+  }
   $("login-form").addEventListener("submit", (event) => guarded(() => login(event)));
+  $("register-form").addEventListener("submit", (event) => guarded(() => register(event)));
+  $("forgot-form").addEventListener("submit", (event) => guarded(() => forgot(event)));
+  $("reset-form").addEventListener("submit", (event) => guarded(() => reset(event)));
+  $("reauth-form").addEventListener("submit", (event) => guarded(() => reauth(event)));
+  $("reauth-cancel").addEventListener("click", cancelReauth);
+  $("password-form").addEventListener("submit", changePassword);
   $("logout").addEventListener("click", () => guarded(logout));
-  $("logout-all").addEventListener("click", () => guarded(logoutAll));
+  $("logout-all").addEventListener("click", () => {
+    $("confirm-all").hidden = false;
+    $("confirm-all-no").focus();
+  });
+  $("confirm-all-yes").addEventListener("click", () => guarded(logoutAll));
+  $("confirm-all-no").addEventListener("click", () => {
+    $("confirm-all").hidden = true;
+  });
   $("reload").addEventListener("click", () => guarded(load));
+  window.addEventListener("hashchange", route);
   document.addEventListener("visibilitychange", () => {
     if (document.visibilityState === "visible" && pollTimer !== null) guarded(load);
   });
 
-  guarded(load);
+  // No CSRF cookie means no page session: show the form without asking the
+  // server (and without a 401 in the console).
+  if (!route()) {
+    if (readCookie(CSRF_COOKIE)) guarded(load);
+    else loggedOut("");
+  }
 })();

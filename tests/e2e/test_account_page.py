@@ -1,5 +1,9 @@
 """The account page in a real browser: Debian's headless Chromium, driven by Playwright.
 
+The page runs on its own cookie routes under /account/ whatever
+TOKENGATE_TOKEN_LOCATION says, so most tests here run the default install
+(headers only for the API).
+
 Chromium must be at ``/usr/bin/chromium`` (``.ci/browser`` installs it); a
 machine without it fails these tests rather than skipping them. Playwright
 never downloads a browser here.
@@ -7,6 +11,8 @@ never downloads a browser here.
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,7 +27,7 @@ from quart import Quart
 
 from quart_tokengate.client.pytest_plugin import TokengateClock
 from quart_tokengate.service import Settings, create_app
-from tests.support import SECRET, claims
+from tests.support import ROOT, SECRET, claims
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -47,8 +53,8 @@ def contexts(browser: Browser) -> Iterator[Any]:
     """New, isolated browser contexts (each its own cookie jar), closed after the test."""
     opened: list[BrowserContext] = []
 
-    def new() -> BrowserContext:
-        context = browser.new_context()
+    def new(**options: Any) -> BrowserContext:
+        context = browser.new_context(**options)
         context.set_default_timeout(TIMEOUT_MS)
         opened.append(context)
         return context
@@ -67,6 +73,7 @@ class AccountPage:
         self.page: Page = context.new_page()
         self.traffic: list[tuple[str, str, int]] = []
         self.errors: list[str] = []
+        self.console: list[str] = []
         self.page.on("response", self._record)
         self.page.on("pageerror", lambda exc: self.errors.append(str(exc)))
         self.page.on("console", self._console)
@@ -75,6 +82,7 @@ class AccountPage:
         self.traffic.append((response.request.method, urlsplit(response.url).path, response.status))
 
     def _console(self, message: Any) -> None:
+        self.console.append(f"{message.type}: {message.text}")
         # Chromium logs every 4xx fetch; those are the page's business, not errors.
         if message.type == "error" and not message.text.startswith("Failed to load resource"):
             self.errors.append(message.text)
@@ -91,10 +99,10 @@ class AccountPage:
         expect(self.page.locator("#whoami")).to_have_text(username)
 
     def cookies(self) -> dict[str, Any]:
-        return {c["name"]: c for c in self.context.cookies(self.base_url + "/auth/refresh")}
+        return {c["name"]: c for c in self.context.cookies(self.base_url + "/account/refresh")}
 
     def session_id(self) -> str:
-        return str(claims(self.cookies()["access_token"]["value"])["sid"])
+        return str(claims(self.cookies()["account_access"]["value"])["sid"])
 
     def loads(self) -> int:
         return int(self.page.locator("body").get_attribute("data-loads") or 0)
@@ -113,7 +121,7 @@ class AccountPage:
 
     def expire_access(self, clock: TokengateClock) -> None:
         """Move the service's clock to the access token's expiry (the test kit's server)."""
-        exp = claims(self.cookies()["access_token"]["value"])["exp"]
+        exp = claims(self.cookies()["account_access"]["value"])["exp"]
         clock.advance(max(0.0, exp - clock()))
 
 
@@ -134,8 +142,8 @@ def api_login(base_url: str, device: str) -> dict[str, Any]:
 
 @pytest.fixture
 def tokengate_app() -> Quart:
-    """For the test kit's server: tokens in headers and cookies."""
-    return create_app(Settings(secret_key=SECRET, token_location=("headers", "cookies")))
+    """For the test kit's server: the default install, tokens in headers only for the API."""
+    return create_app(Settings(secret_key=SECRET))
 
 
 def test_the_page_refreshes_by_itself_when_the_access_token_expires(
@@ -154,32 +162,43 @@ def test_the_page_refreshes_by_itself_when_the_access_token_expires(
     expect(current).to_contain_text("this device")
     expect(tab.page.locator(f'tr[data-session-id="{cli["session_id"]}"]')).to_contain_text("cli")
 
-    # The cookies as the browser holds them: the tokens out of the script's reach.
+    # The cookies as the browser holds them: the tokens out of the script's
+    # reach, and every one scoped to the page's own routes.
     jar = tab.cookies()
-    assert set(jar) == {"access_token", "refresh_token", "csrf_token"}
-    assert jar["access_token"]["httpOnly"] and jar["refresh_token"]["httpOnly"]
-    assert not jar["csrf_token"]["httpOnly"]
+    assert set(jar) == {"account_access", "account_refresh", "account_csrf"}
+    assert jar["account_access"]["httpOnly"] and jar["account_refresh"]["httpOnly"]
+    assert not jar["account_csrf"]["httpOnly"]
     assert {c["sameSite"] for c in jar.values()} == {"Lax"}
-    assert jar["refresh_token"]["path"] == "/auth/refresh"
+    assert jar["account_refresh"]["path"] == "/account/refresh"
+    assert jar["account_access"]["path"] == jar["account_csrf"]["path"] == "/account"
+    assert tab.context.cookies(service.base_url + "/auth/me") == []
     visible = tab.page.evaluate("document.cookie")
-    assert "csrf_token=" in visible and "access_token" not in visible
+    assert "account_csrf=" in visible and "account_access" not in visible
+
+    # The API stays headers-only: the page's token in a cookie opens nothing there.
+    page_token = jar["account_access"]["value"]
+    for name in ("account_access", "access_token"):
+        r = httpx.get(service.base_url + "/auth/me", cookies={name: page_token})
+        assert r.status_code == 401 and r.json()["error"] == "missing_token"
+    # In a header it is an access token like any other.
+    r = httpx.get(service.base_url + "/auth/me", headers={"Authorization": f"Bearer {page_token}"})
+    assert r.status_code == 200
 
     # Past the access token's expiry, two concurrent calls meet 401 token_expired:
     # one refresh between them, then each is retried once.
     tab.expire_access(tokengate_clock)
-    old_access, old_csrf = jar["access_token"]["value"], jar["csrf_token"]["value"]
+    old_access, old_csrf = jar["account_access"]["value"], jar["account_csrf"]["value"]
     tab.traffic.clear()
-    with tab.page.expect_request(lambda r: r.url.endswith("/auth/refresh")) as refresh:
+    with tab.page.expect_request(lambda r: r.url.endswith("/account/refresh")) as refresh:
         tab.reload_list()
     expect(tab.rows()).to_have_count(2)
     assert refresh.value.method == "POST"
     assert refresh.value.headers["x-csrf-token"] == old_csrf
-    assert tab.traffic.count(("POST", "/auth/refresh", 200)) == 1
-    assert [t for t in tab.traffic if t[0] == "POST"] == [("POST", "/auth/refresh", 200)]
-    for path in ("/auth/me", "/auth/sessions"):
+    assert [t for t in tab.traffic if t[0] == "POST"] == [("POST", "/account/refresh", 204)]
+    for path in ("/account/me", "/account/sessions"):
         assert [s for m, p, s in tab.traffic if p == path] == [401, 200], tab.traffic
-    assert tab.cookies()["access_token"]["value"] != old_access
-    assert tab.cookies()["csrf_token"]["value"] != old_csrf
+    assert tab.cookies()["account_access"]["value"] != old_access
+    assert tab.cookies()["account_csrf"]["value"] != old_csrf
 
     # Expired again; now an unsafe call: refresh, then the DELETE is retried
     # with the rotated CSRF token and ends the other session.
@@ -190,10 +209,10 @@ def test_the_page_refreshes_by_itself_when_the_access_token_expires(
     tab.wait_for_load(before)
     expect(tab.rows()).to_have_count(1)
     expect(tab.page.locator("#message")).to_have_text("The session was ended.")
-    delete_path = f"/auth/sessions/{cli['session_id']}"
+    delete_path = f"/account/sessions/{cli['session_id']}"
     assert [s for m, p, s in tab.traffic if m == "DELETE"] == [401, 204], tab.traffic
     assert ("DELETE", delete_path, 204) in tab.traffic
-    assert tab.traffic.count(("POST", "/auth/refresh", 200)) == 1
+    assert tab.traffic.count(("POST", "/account/refresh", 204)) == 1
     r = httpx.post(service.base_url + "/auth/refresh", json={"refresh_token": cli["refresh_token"]})
     assert r.json()["error"] == "token_revoked"
     assert tab.errors == []
@@ -218,7 +237,7 @@ def test_a_session_ended_elsewhere_lands_on_the_login_form(service_factory, cont
 
     # The first browser's next call is refused, its cookies are cleared, and
     # the page falls back to the login form saying why.
-    with first.page.expect_response(lambda r: r.url.endswith("/auth/me")) as answer:
+    with first.page.expect_response(lambda r: r.url.endswith("/account/me")) as answer:
         first.page.click("#reload")
     assert answer.value.status == 401
     assert answer.value.json()["error"] == "token_revoked"
@@ -236,11 +255,176 @@ def test_a_session_ended_elsewhere_lands_on_the_login_form(service_factory, cont
     assert second.cookies() == {}
     first.page.click("#reload")
     expect(first.rows()).to_have_count(1)
-    # "End all sessions" ends this one too.
+
+    # "End all sessions" asks first; Cancel changes nothing.
     first.page.click("#logout-all")
+    expect(first.page.locator("#confirm-all")).to_be_visible()
+    first.page.click("#confirm-all-no")
+    expect(first.page.locator("#confirm-all")).to_be_hidden()
+    first.reload_list()
+    expect(first.rows()).to_have_count(1)
+    assert not any(p.endswith("/logout-all") for _, p, _ in first.traffic)
+    # Confirmed, it ends this one too.
+    first.page.click("#logout-all")
+    first.page.click("#confirm-all-yes")
     expect(first.page.locator("#login-form")).to_be_visible()
     assert first.cookies() == {}
     assert first.errors == [] and second.errors == []
+
+
+def test_register_and_reset_a_forgotten_password_on_the_page(service_factory, contexts):
+    service = service_factory()
+    tab = AccountPage(contexts(), service.base_url)
+    tab.open()
+    expect(tab.page.locator("#login-form")).to_be_visible()
+    # A fresh visitor: no call to the server, so no 401 in the console either.
+    assert [p for _, p, _ in tab.traffic if p.startswith(("/account/me", "/auth/"))] == []
+
+    tab.page.click("#to-register")
+    tab.page.fill("#new-username", "carol")
+    tab.page.fill("#new-password", PASSWORD)
+    tab.page.click("#register-form button[type=submit]")
+    expect(tab.page.locator("#account")).to_be_visible()
+    expect(tab.page.locator("#whoami")).to_have_text("carol")
+    expect(tab.page.locator("#message")).to_have_text("Your account was created.")
+    # Taken already, from another browser:
+    other = AccountPage(contexts(), service.base_url)
+    other.open()
+    other.page.click("#to-register")
+    other.page.fill("#new-username", "carol")
+    other.page.fill("#new-password", PASSWORD)
+    other.page.click("#register-form button[type=submit]")
+    expect(other.page.locator("#message")).to_have_text("That username is taken; choose another.")
+
+    # Forgot the password: ask for a code, then use it.
+    other.page.click("#register .to-login")
+    other.page.click("#to-forgot")
+    other.page.fill("#forgot-username", "carol")
+    other.page.click("#forgot-form button[type=submit]")
+    expect(other.page.locator("#message")).to_contain_text("a reset code is on its way")
+    outbox = service.workdir / "instance" / "outbox"
+    (message,) = [json.loads(p.read_text()) for p in outbox.glob("*.json")]
+    other.page.fill("#reset-token", "not-a-code")
+    other.page.fill("#reset-password", "a brand new password")
+    other.page.click("#reset-form button[type=submit]")
+    expect(other.page.locator("#message")).to_contain_text("wrong, used or expired")
+    # The link a real message would carry: the code in the fragment.
+    other.page.goto(f"{service.base_url}/account#reset={message['token']}")
+    expect(other.page.locator("#reset-token")).to_have_value(message["token"])
+    other.page.fill("#reset-password", "a brand new password")
+    other.page.click("#reset-form button[type=submit]")
+    expect(other.page.locator("#message")).to_contain_text("Your password was changed")
+    other.login("carol", "a brand new password")
+
+    # The reset ended the first browser's session.
+    tab.page.click("#reload")
+    expect(tab.page.locator("#login-form")).to_be_visible()
+    assert tab.errors == [] and other.errors == []
+
+
+def test_without_registration_the_page_offers_none(service_factory, contexts):
+    service = service_factory(allow_registration="false")
+    tab = AccountPage(contexts(), service.base_url)
+    tab.open()
+    expect(tab.page.locator("#login-form")).to_be_visible()
+    expect(tab.page.locator("#to-register")).to_have_count(0)
+    expect(tab.page.locator("#to-forgot")).to_be_visible()
+    tab.page.goto(service.base_url + "/account#register")
+    expect(tab.page.locator("#register")).to_be_hidden()
+
+
+def test_an_action_that_needs_a_fresh_login_asks_for_the_password(service_factory, contexts):
+    service = service_factory()
+    register(service.base_url)
+    tab = AccountPage(contexts(), service.base_url)
+    tab.open()
+    tab.login()
+    old_session = tab.session_id()
+    answered: list[str] = []
+
+    def stale_once(route: Any) -> None:
+        # The service answers this for a route marked login_required(fresh=True)
+        # when the password login is older than TOKENGATE_FRESH_TTL.
+        if not answered:
+            answered.append("fresh_login_required")
+            body = {"error": "fresh_login_required", "error_description": "Log in again."}
+            route.fulfill(status=401, content_type="application/json", body=json.dumps(body))
+        else:
+            route.continue_()
+
+    tab.page.route("**/account/logout-all", stale_once)
+    tab.page.click("#logout-all")
+    tab.page.click("#confirm-all-yes")
+    expect(tab.page.locator("#reauth")).to_be_visible()
+    expect(tab.page.locator("#account")).to_be_hidden()
+    tab.page.fill("#reauth-password", "wrong password")
+    tab.page.click("#reauth-form button[type=submit]")
+    expect(tab.page.locator("#message")).to_have_text("Wrong username or password.")
+    tab.traffic.clear()
+    tab.page.fill("#reauth-password", PASSWORD)
+    tab.page.click("#reauth-form button[type=submit]")
+    # A new login, the session it replaces ended, then the action itself.
+    expect(tab.page.locator("#login-form")).to_be_visible()
+    expect(tab.page.locator("#message")).to_have_text("Every session was ended, this one too.")
+    posts = [(m, p, s) for m, p, s in tab.traffic if m != "GET"]
+    assert posts == [
+        ("POST", "/account/login", 200),
+        ("DELETE", f"/account/sessions/{old_session}", 204),
+        ("POST", "/account/logout-all", 204),
+    ], tab.traffic
+    assert tab.errors == []
+
+
+def test_home_page_phone_width_favicon_no_console_errors_and_screenshot(
+    service_factory, contexts, tmp_path
+):
+    service = service_factory()
+    register(service.base_url)
+    api_login(service.base_url, device="tokengate-client on a laptop")
+    home = AccountPage(contexts(), service.base_url)
+    home.page.goto(service.base_url + "/")
+    expect(home.page.locator("h1")).to_contain_text("tokengate")
+    home.page.click("text=Your account")
+    expect(home.page).to_have_url(service.base_url + "/account")
+    expect(home.page.locator("#login-form")).to_be_visible()
+
+    # Desktop: the screenshot for the docs.
+    desk = AccountPage(contexts(), service.base_url)
+    desk.page.set_viewport_size({"width": 960, "height": 560})
+    desk.open()
+    desk.login()
+    expect(desk.rows()).to_have_count(2)
+    icon = desk.page.evaluate(
+        "fetch(document.querySelector('link[rel=icon]').href)"
+        ".then(r => [r.status, r.headers.get('content-type')])"
+    )
+    assert icon[0] == 200 and icon[1].startswith("image/svg+xml"), icon
+    assert not any(s == 404 for _, _, s in desk.traffic), desk.traffic
+    shot = desk.page.screenshot(full_page=True)
+    assert shot.startswith(b"\x89PNG")
+    (tmp_path / "account-page.png").write_bytes(shot)
+    target = os.environ.get("TOKENGATE_TEST_SCREENSHOTS")
+    if target:  # `TOKENGATE_TEST_SCREENSHOTS=docs make test` refreshes the docs' picture
+        (ROOT / target / "account-page.png").write_bytes(shot)
+
+    # A phone: nothing wider than the screen, "Log out" on one line.
+    phone = contexts(viewport={"width": 375, "height": 740}, device_scale_factor=2)
+    tab = AccountPage(phone, service.base_url)
+    tab.open()
+    tab.login()
+    expect(tab.rows()).to_have_count(3)
+    tab.page.screenshot(path=str(tmp_path / "phone.png"), full_page=True)
+    width = tab.page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 375
+    for selector in ("#logout", "button.logout-here", "#logout-all"):
+        box = tab.page.locator(selector).bounding_box()
+        line = tab.page.locator(selector).evaluate(
+            "e => parseFloat(getComputedStyle(e).lineHeight)"
+        )
+        assert box is not None and box["height"] < 2 * line, selector
+    for page in (home, desk, tab):
+        assert page.errors == []
+        assert [m for m in page.console if m.startswith(("error", "warning"))] == []
 
 
 class _EvilSite(BaseHTTPRequestHandler):
@@ -287,7 +471,7 @@ def evil_site() -> Iterator[Any]:
 
 
 def test_a_cross_site_form_post_is_refused(service_factory, contexts, evil_site):
-    service = service_factory(token_location="headers,cookies")
+    service = service_factory()
     register(service.base_url)
     register(service.base_url, "mallory")
     tab = AccountPage(contexts(), service.base_url)
@@ -301,24 +485,24 @@ def test_a_cross_site_form_post_is_refused(service_factory, contexts, evil_site)
     )
     port = evil_site(
         {
-            "/logout-all": auto_post(service.base_url + "/auth/logout-all", ""),
-            "/login": auto_post(service.base_url + "/auth/login", json_field, "text/plain"),
+            "/logout-all": auto_post(service.base_url + "/account/logout-all", ""),
+            "/login": auto_post(service.base_url + "/account/login", json_field, "text/plain"),
         }
     )
 
     # Another origin on the same site (127.0.0.1, another port): SameSite=Lax
     # lets the cookies ride along, and the missing X-CSRF-Token stops it.
-    with tab.page.expect_response(lambda r: r.url.endswith("/auth/logout-all")) as answer:
+    with tab.page.expect_response(lambda r: r.url.endswith("/account/logout-all")) as answer:
         tab.page.goto(f"http://127.0.0.1:{port}/logout-all")
     response = answer.value
     assert response.request.method == "POST"
-    assert "access_token=" in (response.request.header_value("cookie") or "")
+    assert "account_access=" in (response.request.header_value("cookie") or "")
     assert response.status == 403
     assert response.json()["error"] == "csrf_failed"
 
     # Another site altogether (localhost is not 127.0.0.1 to a browser):
     # SameSite=Lax keeps the cookies home, so there is nothing to act on.
-    with tab.page.expect_response(lambda r: r.url.endswith("/auth/logout-all")) as answer:
+    with tab.page.expect_response(lambda r: r.url.endswith("/account/logout-all")) as answer:
         tab.page.goto(f"http://localhost:{port}/logout-all")
     response = answer.value
     assert response.request.header_value("cookie") is None
@@ -327,7 +511,7 @@ def test_a_cross_site_form_post_is_refused(service_factory, contexts, evil_site)
 
     # Nor can a form swap the browser's session for one of the attacker's.
     for host in ("127.0.0.1", "localhost"):
-        with tab.page.expect_response(lambda r: r.url.endswith("/auth/login")) as answer:
+        with tab.page.expect_response(lambda r: r.url.endswith("/account/login")) as answer:
             tab.page.goto(f"http://{host}:{port}/login")
         assert answer.value.request.post_data_json["username"] == "mallory"
         assert answer.value.status == 400

@@ -10,7 +10,9 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from quart_tokengate.client import FileTokenStore
@@ -70,8 +72,9 @@ def test_login_then_request_with_the_token_file_in_the_config_dir(service, tmp_p
     done = cli("logout", config=tmp_path)
     assert done.returncode == 0 and FileTokenStore(path).load() is None
     done = cli("request", "GET", "/auth/me", config=tmp_path)
-    assert done.returncode == 1
-    assert json.loads(done.stdout)["error"] == "missing_token"
+    assert done.returncode == 3, done
+    assert done.stdout == ""
+    assert done.stderr == "tokengate-client: not logged in: run `tokengate-client login`\n"
 
 
 def test_a_wrong_password_and_no_login_fail_with_a_message(service, tmp_path):
@@ -82,7 +85,7 @@ def test_a_wrong_password_and_no_login_fail_with_a_message(service, tmp_path):
     )  # fmt: skip
     assert done.returncode == 1 and "username or password is wrong" in done.stderr
     done = cli("request", "GET", "/auth/me", config=tmp_path / "empty")
-    assert done.returncode == 1 and "login --base-url" in done.stderr
+    assert done.returncode == 3 and "not logged in: run `tokengate-client login`" in done.stderr
 
 
 def test_token_file_option_and_password_prompt(service, tmp_path, monkeypatch, capsys):
@@ -95,3 +98,70 @@ def test_token_file_option_and_password_prompt(service, tmp_path, monkeypatch, c
     assert main(["request", "--token-file", str(path), "GET", "/auth/sessions"]) == 0
     out = capsys.readouterr().out
     assert json.loads(out[out.index("{") :])["sessions"][0]["current"] is True
+
+
+def login_cli(service: ServiceProcess, config: Path, *extra: str) -> tuple[str, Any]:
+    name = new_user(service.base_url)
+    done = cli(
+        "login", "--base-url", service.base_url, "--username", name, "--password-stdin",
+        *extra, config=config, stdin=PASSWORD + "\n",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return name, done
+
+
+def test_status_says_who_until_when_and_where_in_text_and_json(service, tmp_path):
+    name, done = login_cli(service, tmp_path, "--json")
+    logged_in = json.loads(done.stdout)
+    assert logged_in["username"] == name and logged_in["server"] == service.base_url
+
+    done = cli("status", config=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert f"logged in as {name} (user " in done.stdout
+    assert f"on {service.base_url}" in done.stdout
+    assert "refreshable until 20" in done.stdout and "access token valid until 20" in done.stdout
+
+    done = cli("status", "--json", config=tmp_path)
+    assert done.returncode == 0, done.stderr
+    status = json.loads(done.stdout)
+    tokens = FileTokenStore(tmp_path / "tokengate" / "tokens.json").load()
+    assert tokens is not None
+    assert status["logged_in"] is True and status["username"] == name
+    assert status["server"] == service.base_url and status["session_id"] == tokens.session_id
+    assert status["refresh_expires_at"] > status["access_expires_at"]
+    assert status["access_expires_at"].endswith("Z")
+    assert tokens.access_token not in done.stdout and tokens.refresh_token not in done.stdout
+
+    # The session ended on the server: status asks it, and says so.
+    r = httpx.post(
+        service.base_url + "/auth/logout-all",
+        headers={"Authorization": f"Bearer {tokens.access_token}"},
+    )
+    assert r.status_code == 204
+    done = cli("status", "--json", config=tmp_path)
+    assert done.returncode == 3
+    assert json.loads(done.stdout) == {
+        "logged_in": False, "server": service.base_url, "reason": "token_revoked",
+    }  # fmt: skip
+    assert "not logged in: run `tokengate-client login` (the session ended" in done.stderr
+    done = cli("status", config=tmp_path)
+    assert done.returncode == 3 and done.stdout == ""
+
+
+def test_a_closed_output_pipe_ends_quietly(service, tmp_path):
+    login_cli(service, tmp_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENGATE_")}
+    env["XDG_CONFIG_HOME"] = str(tmp_path)
+    # The reader is gone before the first byte is written, as with `| head -1`
+    # once head has its line: every write fails with EPIPE.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "quart_tokengate.client", "request", "GET", "/auth/sessions"],
+            stdout=write_end, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env, timeout=60,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert done.returncode == 141
+    assert done.stderr == ""

@@ -348,16 +348,16 @@ async def test_a_failed_request_does_not_reissue(cookie_app, clock):
     assert set_cookies(r) == {}
 
 
-# -- the account page is served only in cookie mode -------------------------
+# -- the account page -------------------------------------------------------
 
 
-async def test_the_account_page_is_served_in_cookie_mode(cookie_app):
+async def test_the_account_page_and_its_files(cookie_app):
     client = cookie_app.test_client(use_cookies=False)
     r = await client.get("/account")
     assert r.status_code == 200
     assert r.mimetype == "text/html"
     html = await r.get_data(as_text=True)
-    assert 'data-auth-prefix="/auth"' in html
+    assert 'data-auth-prefix="/auth"' in html and 'data-page="/account"' in html
     assert '<script src="/account/static/account.js" defer></script>' in html
     assert "<script>" not in html and "style=" not in html, "no inline code: the CSP forbids it"
     csp = r.headers["Content-Security-Policy"]
@@ -367,7 +367,11 @@ async def test_the_account_page_is_served_in_cookie_mode(cookie_app):
     assert r.headers["Cache-Control"] == "no-store"
     assert set_cookies(r) == {}
 
-    for name, mimetype in (("account.js", "text/javascript"), ("account.css", "text/css")):
+    files = (
+        ("account.js", "text/javascript"), ("account.css", "text/css"),
+        ("favicon.svg", "image/svg+xml"),
+    )  # fmt: skip
+    for name, mimetype in files:
         r = await client.get(f"/account/static/{name}")
         assert r.status_code == 200, name
         assert r.mimetype == mimetype
@@ -381,13 +385,76 @@ async def test_the_account_page_is_not_in_the_api_document(cookie_app):
     assert not [path for path in document["paths"] if path.startswith("/account")]
 
 
-async def test_the_account_page_needs_cookie_mode(make_app):
+async def test_the_account_page_runs_on_its_own_cookies_on_a_headers_only_api(make_app):
+    """The default install: the page works, and the API still reads no cookie."""
     app = await make_app()
-    r = await app.test_client().get("/account")
-    assert r.status_code == 404
+    client = app.test_client(use_cookies=False)
+    page = await client.get("/account")
+    assert page.status_code == 200
+    assert 'data-registration="on"' in await page.get_data(as_text=True)
+    await client.post("/auth/register", json=CREDENTIALS)
+
+    r = await client.post("/account/login", data=json.dumps(CREDENTIALS))  # no JSON type
+    assert r.status_code == 400 and set_cookies(r) == {}
+    r = await client.post("/account/login", json=CREDENTIALS)
+    assert r.status_code == 200
     body = await r.get_json()
-    assert body["error"] == "not_found"
-    assert "TOKENGATE_TOKEN_LOCATION" in body["error_description"]
+    assert set(body) == {"username", "session_id"}  # no token in the body
+    cookies = set_cookies(r)
+    assert set(cookies) == {"account_access", "account_refresh", "account_csrf"}
+    assert cookies["account_access"]["path"] == cookies["account_csrf"]["path"] == "/account"
+    assert cookies["account_refresh"]["path"] == "/account/refresh"
+    assert cookies["account_access"]["httponly"] and not cookies["account_csrf"]["httponly"]
+    page_cookies = cookie_header(cookies, "account_access", "account_csrf")
+    csrf = cookies["account_csrf"].value
+
+    r = await client.get("/account/me", headers=page_cookies)
+    assert r.status_code == 200 and (await r.get_json())["session_id"] == body["session_id"]
+    # The API is headers-only: neither cookie name authenticates there.
+    token = cookies["account_access"].value
+    for name in ("account_access", "access_token"):
+        r = await client.get("/auth/me", headers={"Cookie": f"{name}={token}"})
+        assert r.status_code == 401 and (await r.get_json())["error"] == "missing_token"
+
+    r = await client.post("/account/logout", headers=page_cookies)
+    assert r.status_code == 403 and (await r.get_json())["error"] == "csrf_failed"
+    r = await client.post("/account/logout", headers={**page_cookies, "X-CSRF-Token": "x" + csrf})
+    assert r.status_code == 403
+    r = await client.post("/account/logout", headers={**page_cookies, "X-CSRF-Token": csrf})
+    assert r.status_code == 204
+    cleared = set_cookies(r)
+    assert {name: m.value for name, m in cleared.items()} == {
+        "account_access": "", "account_refresh": "", "account_csrf": "",
+    }  # fmt: skip
+    r = await client.get("/account/me", headers=page_cookies)
+    assert r.status_code == 401 and (await r.get_json())["error"] == "token_revoked"
+    assert set(set_cookies(r)) == {"account_access", "account_refresh", "account_csrf"}
+
+
+async def test_the_page_refresh_rotates_its_cookies_with_the_csrf_header(make_app, clock):
+    app = await make_app(clock=clock, access_ttl=60)
+    client = app.test_client(use_cookies=False)
+    await client.post("/auth/register", json=CREDENTIALS)
+    cookies = set_cookies(await client.post("/account/login", json=CREDENTIALS))
+    refresh = cookie_header(cookies, "account_refresh", "account_csrf")
+    clock.advance(61)
+    r = await client.get("/account/me", headers=cookie_header(cookies, "account_access"))
+    assert (await r.get_json())["error"] == "token_expired"
+    assert (await client.post("/account/refresh", headers=refresh)).status_code == 403
+    r = await client.post(
+        "/account/refresh", headers={**refresh, "X-CSRF-Token": cookies["account_csrf"].value}
+    )
+    assert r.status_code == 204
+    fresh = set_cookies(r)
+    assert fresh["account_access"].value != cookies["account_access"].value
+    r = await client.get("/account/me", headers=cookie_header(fresh, "account_access"))
+    assert r.status_code == 200
+
+
+async def test_without_registration_the_page_says_so(make_app):
+    app = await make_app(allow_registration=False)
+    page = await app.test_client().get("/account")
+    assert 'data-registration="off"' in await page.get_data(as_text=True)
 
 
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])

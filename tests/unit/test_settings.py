@@ -51,6 +51,7 @@ def test_every_variable_is_read():
         "TOKENGATE_COOKIE_SAMESITE": "strict",
         "TOKENGATE_COOKIE_SECURE": "false",
         "TOKENGATE_INTROSPECTION_CLIENTS": "api:s3cret, billing:other:colon",
+        "TOKENGATE_LOG_FORMAT": "JSON",
     }
     s = Settings.from_env(env, dotenv=None)
     assert (s.algorithm, s.fresh_ttl) == ("HS256", 30)
@@ -72,6 +73,7 @@ def test_every_variable_is_read():
     assert s.instance_dir == Path("/tmp/tg")
     assert s.sqlalchemy_url == "postgresql+asyncpg://u@h/db"
     assert s.redis_url == "redis://127.0.0.1:6379/3"
+    assert s.log_format == "json"
     names = {f"TOKENGATE_{f.name.upper()}" for f in dataclasses.fields(Settings)}
     assert names == set(env)
 
@@ -83,6 +85,7 @@ def test_every_bad_value_is_named_on_its_own_line():
         "TOKENGATE_TOKEN_LOCATION": "query",
         "TOKENGATE_REDIS_URL": "localhost:6379",
         "TOKENGATE_LEEWAY": "-1",
+        "TOKENGATE_LOG_FORMAT": "xml",
         "TOKENGATE_ACESS_TTL": "60",
     }
     with pytest.raises(SettingsError) as info:
