@@ -110,3 +110,26 @@ def test_idle_refresh(tokengate_server, tokengate_user, tokengate_tokens):
         tokengate_server.base_url + "/auth/refresh", json={"refresh_token": pair.refresh_token}
     )
     assert r.json()["error"] == "session_expired"
+
+
+@pytest.fixture
+def fresh_route(tokengate_app):
+    from quart_tokengate.service import login_required
+
+    @tokengate_app.get("/fresh-only")
+    @login_required(fresh=True)
+    async def fresh_only():
+        return {"ok": True}
+
+
+def test_stale_state(fresh_route, tokengate_server, tokengate_user, tokengate_tokens):
+    headers = {
+        "Authorization": f"Bearer {tokengate_tokens(tokengate_user(), state='stale').access_token}"
+    }
+    with httpx.Client(base_url=tokengate_server.base_url) as http:
+        assert http.get("/auth/me", headers=headers).status_code == 200
+        r = http.get("/fresh-only", headers=headers)
+        assert (r.status_code, r.json()["error"]) == (401, "fresh_login_required")
+        live = tokengate_tokens(tokengate_user(), state="live")
+        r = http.get("/fresh-only", headers={"Authorization": f"Bearer {live.access_token}"})
+        assert r.status_code == 200
