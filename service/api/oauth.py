@@ -103,7 +103,7 @@ async def introspect() -> Response:
 
 
 @oauth_bp.post("/revoke")
-@document(form=schemas.TokenForm, responses={200: schemas.Empty})
+@document(form=schemas.RevokeForm, responses={200: schemas.Empty})
 async def revoke() -> Response:
     """End the session of an access or refresh token (RFC 7009); ``200`` whatever the token."""
     token = await token_parameter()

@@ -165,6 +165,13 @@ class TokenForm(Body):
     token_type_hint: str | None = None
 
 
+class RevokeForm(Body):
+    """RFC 7009: any token text is answered ``200`` (an unusable one changes nothing)."""
+
+    token: Annotated[str, StringConstraints(min_length=1, max_length=8192)]
+    token_type_hint: str | None = None
+
+
 class IntrospectionOut(BaseModel):
     active: bool
     sub: str | None = None
