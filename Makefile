@@ -24,6 +24,8 @@ test: $(STAMP)
 lint: $(STAMP)
 	@! grep -rnE '^\s*(from|import) (service|client)([. ]|$$)' service client || \
 		{ echo "lint: import quart_tokengate.service / quart_tokengate.client, not service / client"; exit 1; }
+	@! grep -rnE '^\s*(from|import) quart_schema' service || \
+		{ echo "lint: document routes with service/openapi.py (document, hidden), not quart_schema"; exit 1; }
 	$(BIN)/ruff check service client tests bench examples
 	$(BIN)/ruff format --check service client tests bench examples
 	$(BIN)/mypy
@@ -32,11 +34,20 @@ format: $(STAMP)
 	$(BIN)/ruff format service client tests bench examples
 	$(BIN)/ruff check --fix service client tests bench examples
 
-bench: $(STAMP)
-	$(BIN)/python -m bench.auth_overhead
+# The Flask-JWT-Extended peer runs from its own venv, built here and nowhere else.
+PEER_VENV := bench/peers/.venv
+PEER_STAMP := $(PEER_VENV)/.installed
+
+$(PEER_STAMP): bench/peers/flask_jwt/requirements.txt
+	test -x $(PEER_VENV)/bin/python || $(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/python -m pip install --quiet -r bench/peers/flask_jwt/requirements.txt
+	touch $(PEER_STAMP)
+
+bench: $(STAMP) $(PEER_STAMP)
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 bench-servers: $(STAMP)
 	$(BIN)/python -m bench.servers
 
 clean:
-	rm -rf $(VENV) instance .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(PEER_VENV) instance .pytest_cache .mypy_cache .ruff_cache

@@ -1,1 +1,1 @@
-"""Benchmarks: ``python -m bench.servers`` and ``python -m bench.auth_overhead``."""
+"""Benchmarks: ``python -m bench.run`` (``make bench``) and ``python -m bench.servers``."""

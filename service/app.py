@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from quart import Quart
-from quart_schema import Info, QuartSchema
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -26,11 +26,13 @@ from .errors import describe, is_infrastructure_failure, mask_url, register_erro
 from .guard import finish_response, guard
 from .metrics import TimedRedis, count_database_error, metrics_bp
 from .observe import observe_request, start_request
+from .openapi import docs_bp
 from .outbox import FileOutbox, Sender
 from .passwords import Passwords
 from .purpose import PurposeTokens
 from .sessions import SessionManager
 from .settings import Settings
+from .store import pipelined
 from .store.connect import REDIS_TIMEOUT, AnyRedis, build_redis
 from .store.embedded import EmbeddedRedis
 from .store.redis_store import RedisSessionStore
@@ -96,6 +98,8 @@ class TokenGate:
         self._redis: AnyRedis | None = None
         self._engine: AsyncEngine | None = None
         self._embedded: EmbeddedRedis | None = None
+        self._pipelined: pipelined.PipelinedScripts | None = None
+        self.openapi_document: dict[str, Any] | None = None
         self._keyring: keys.KeyRing | None = None
         self._keys_task: asyncio.Task[None] | None = None
         if app is not None:
@@ -110,13 +114,15 @@ class TokenGate:
         from .api.wellknown import wellknown_bp
 
         app.extensions["tokengate"] = self
-        if "QUART_SCHEMA" not in app.extensions:
-            QuartSchema(app, info=Info(title="tokengate", version="0.1.0"))
         app.register_blueprint(auth_bp, url_prefix=self.url_prefix)
         app.register_blueprint(oauth_bp, url_prefix=self.url_prefix)
         app.register_blueprint(health_bp)
         app.register_blueprint(wellknown_bp)
         app.register_blueprint(account_bp)
+        # Our OpenAPI document is built from the route table on first use; a
+        # host app that already serves its own (quart-schema) keeps its own.
+        if "QUART_SCHEMA" not in app.extensions:
+            app.register_blueprint(docs_bp)
         app.register_blueprint(metrics_bp)
         # The timer starts before the guard runs; the access log and request
         # metrics run last (after_request hooks run in reverse order).
@@ -233,7 +239,13 @@ class TokenGate:
         policy = SessionPolicy(
             settings.idle_timeout, settings.session_max_age, settings.refresh_grace
         )
-        store = RedisSessionStore(self._redis, policy)
+        # The lean path talks to one server; a cluster goes through its own client.
+        self._pipelined = (
+            None
+            if isinstance(self._redis, RedisCluster)
+            else pipelined.for_client(self._redis, REDIS_TIMEOUT)
+        )
+        store = RedisSessionStore(self._redis, policy, self._pipelined)
         db = sessionmaker
         passwords = self._passwords if self._passwords else await asyncio.to_thread(Passwords)
         users = self.user_store if self.user_store is not None else SqlUserStore(db, passwords)
@@ -301,6 +313,9 @@ class TokenGate:
         if self._manager is not None:
             await self._manager.drain()
             self._manager = self._accounts = self._purpose_tokens = None
+        if self._pipelined is not None:
+            self._pipelined.close()
+            self._pipelined = None
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None

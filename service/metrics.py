@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from quart import Blueprint, Response
-from quart_schema import hide
 from redis.asyncio import Redis
+
+from .openapi import hidden
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Latencies of an auth service: a guarded request is a millisecond or two,
@@ -142,7 +143,7 @@ metrics_bp = Blueprint("tokengate_metrics", __name__)
 
 
 @metrics_bp.get("/metrics")
-@hide
+@hidden
 async def metrics_page() -> Response:
     """The Prometheus text exposition (protect it as docs/operations.md says)."""
     # Multiprocess mode reads every worker's files: off the event loop.

@@ -52,6 +52,7 @@ END_REASON_ERRORS: dict[EndReason, type[Unauthorized]] = {
     EndReason.REPLACED: SessionReplaced,
     EndReason.REUSED: TokenRevoked,
 }
+VERIFIED_CACHE_SIZE = 10_000
 # How long shutdown waits for background write-backs and retries.
 DRAIN_SECONDS = 5.0
 
@@ -135,6 +136,9 @@ class SessionManager:
         self.db = db
         self.clock = clock
         self._background: set[asyncio.Task[None]] = set()
+        # Access tokens whose signature and claims were verified, by their exact
+        # text (failures never); exp and nbf are checked on every request.
+        self._verified: dict[str, dict[str, Any]] = {}
 
     # -- tokens -----------------------------------------------------------
     @property
@@ -292,6 +296,18 @@ class SessionManager:
         return result
 
     # -- the guard --------------------------------------------------------
+    def _verify_access(self, token: str, now: float) -> dict[str, Any]:
+        """The claims of an access token, verified once per token text."""
+        claims = self._verified.get(token)
+        if claims is None:
+            claims = tokens.verify(self.signing, tokens.AccessToken.kind, token, now=now)
+            if len(self._verified) >= VERIFIED_CACHE_SIZE:
+                del self._verified[next(iter(self._verified))]  # the oldest
+            self._verified[token] = claims
+        else:
+            tokens.check_times(self.signing, claims, now=now)
+        return claims
+
     async def authenticate(self, access_token: str, *, implicit: bool = True) -> Identity:
         """Check an access token and its session: one JWT check, one round trip.
 
@@ -299,7 +315,7 @@ class SessionManager:
         """
         now = self.clock()
         try:
-            claims = tokens.verify(self.signing, tokens.AccessToken.kind, access_token, now=now)
+            claims = self._verify_access(access_token, now)
         except TokenExpired as exc:
             if not (self.settings.implicit_refresh and implicit):
                 raise
@@ -308,7 +324,8 @@ class SessionManager:
         live = await self._decide(uid, sid, now, lambda: self.store.check(uid, sid, now=now))
         if live.sync_due:
             self._spawn(self._touch(sid, now))
-        return Identity(int(uid), claims["name"], sid, claims)
+        # A copy: the cached claims stay as verified whatever a view does.
+        return Identity(int(uid), claims["name"], sid, dict(claims))
 
     async def _implicit_refresh(self, claims: dict[str, Any], now: float) -> Identity:
         ttl = self.settings.access_ttl

@@ -246,11 +246,16 @@ def verify(cfg: SigningConfig, kind: TokenKind, token: str, *, now: float) -> di
         if name in claims and (not isinstance(claims[name], str) or not claims[name]):
             raise InvalidToken("The token has a malformed claim.")
     check_ids(claims)
+    check_times(cfg, claims, now=now)
+    return claims
+
+
+def check_times(cfg: SigningConfig, claims: dict[str, Any], *, now: float) -> None:
+    """The checks of a verified token that depend on ``now``: ``nbf`` and ``exp``."""
     if claims["nbf"] > now + cfg.leeway:
         raise InvalidToken("The token is not valid yet.")
     if claims["exp"] <= now - cfg.leeway:
         raise TokenExpired(claims=claims)
-    return claims
 
 
 def check_ids(claims: dict[str, Any]) -> None:

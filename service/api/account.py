@@ -28,7 +28,6 @@ import secrets
 from pathlib import Path
 
 from quart import Blueprint, Response, g, jsonify, render_template, request, send_from_directory
-from quart_schema import hide
 
 from ..cookies import CSRF_HEADER, UNSAFE_METHODS, request_auth
 from ..cookies import _flags as cookie_flags
@@ -44,6 +43,7 @@ from ..errors import (
 )
 from ..guard import SESSION_OVER, get_gate
 from ..metrics import metrics
+from ..openapi import hidden
 from ..sessions import Identity
 from ..tokens import TokenPair
 from . import flows, schemas
@@ -73,7 +73,7 @@ PAGE_HEADERS = {
 
 
 @account_bp.get(PAGE_PATH)
-@hide
+@hidden
 async def account_page() -> Response:
     """The account page; it runs on its own cookie routes in every token location."""
     gate = get_gate()
@@ -88,7 +88,7 @@ async def account_page() -> Response:
 
 
 @account_bp.get(f"{PAGE_PATH}/static/<path:filename>")
-@hide
+@hidden
 async def account_static(filename: str) -> Response:
     """The page's script, style sheet and icon."""
     response = await send_from_directory(STATIC_DIR, filename)
@@ -177,7 +177,7 @@ async def page_identity() -> Identity:
 
 
 @account_bp.post(f"{PAGE_PATH}/login")
-@hide
+@hidden
 async def page_login() -> Response:
     """Log in from the page: the tokens go into the page's cookies, never the body."""
     await _require_json()
@@ -189,7 +189,7 @@ async def page_login() -> Response:
 
 
 @account_bp.post(f"{PAGE_PATH}/refresh")
-@hide
+@hidden
 async def page_refresh() -> Response:
     """Rotate the page's refresh cookie for a new pair of cookies."""
     token = request.cookies.get(PAGE_REFRESH)
@@ -207,14 +207,14 @@ async def page_refresh() -> Response:
 
 
 @account_bp.get(f"{PAGE_PATH}/me")
-@hide
+@hidden
 async def page_me() -> Response:
     me = await page_identity()
     return jsonify({"id": me.user_id, "username": me.username, "session_id": me.session_id})
 
 
 @account_bp.get(f"{PAGE_PATH}/sessions")
-@hide
+@hidden
 async def page_sessions() -> Response:
     me = await page_identity()
     found = await get_gate().manager.sessions(me)
@@ -222,7 +222,7 @@ async def page_sessions() -> Response:
 
 
 @account_bp.delete(f"{PAGE_PATH}/sessions/<session_id>")
-@hide
+@hidden
 async def page_end_session(session_id: str) -> Response:
     me = await page_identity()
     await flows.end_session(me, session_id)
@@ -232,7 +232,7 @@ async def page_end_session(session_id: str) -> Response:
 
 
 @account_bp.post(f"{PAGE_PATH}/logout")
-@hide
+@hidden
 async def page_logout() -> Response:
     await flows.logout(await page_identity())
     g.tokengate_page_clear = True
@@ -240,7 +240,7 @@ async def page_logout() -> Response:
 
 
 @account_bp.post(f"{PAGE_PATH}/logout-all")
-@hide
+@hidden
 async def page_logout_all() -> Response:
     await flows.logout_all(await page_identity())
     g.tokengate_page_clear = True
@@ -248,7 +248,7 @@ async def page_logout_all() -> Response:
 
 
 @account_bp.post(f"{PAGE_PATH}/password")
-@hide
+@hidden
 async def page_password() -> Response:
     require_own_users()
     me = await page_identity()

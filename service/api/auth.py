@@ -8,7 +8,6 @@ from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel, ValidationError
 from quart import Blueprint, Response, jsonify, request
-from quart_schema import document_request, document_response, security_scheme
 
 from .. import cookies
 from ..cookies import read_refresh_token, request_auth
@@ -21,6 +20,7 @@ from ..errors import (
     register_error_handler,
 )
 from ..guard import current_identity, get_gate, login_required
+from ..openapi import GUARD_CODES, document
 from ..proxies import client_address
 from ..sessions import ClientInfo
 from ..tokens import TokenPair
@@ -36,7 +36,12 @@ register_error_handler(auth_bp, everything=True)
 M = TypeVar("M", bound=BaseModel)
 # Our bodies are a few hundred bytes; this holds inside someone else's app too.
 MAX_BODY_BYTES = 64 * 1024
-BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
+# Token pairs are never cached; a pair response in cookie mode also sets cookies.
+PAIR_HEADERS = {
+    200: {
+        "Cache-Control": {"required": True, "schema": {"type": "string", "const": "no-store"}},
+    }
+}
 
 
 async def raw_body() -> bytes:
@@ -123,25 +128,28 @@ def no_content() -> Response:
 
 
 @auth_bp.post("/register")
-@document_request(schemas.Credentials)
-@document_response(schemas.UserOut, 201)
-@document_response(schemas.ErrorOut, 400)
-@document_response(schemas.ErrorOut, 409)
+@document(
+    body=schemas.Registration,
+    responses={201: schemas.UserOut},
+    errors={403: ["registration_disabled"], 409: ["username_taken"]},
+)
 async def register() -> tuple[Response, int]:
     """Create a user."""
     gate = get_gate()
     if not gate.settings.allow_registration or not gate.own_users:
         raise RegistrationDisabled()
-    body = await read_body(schemas.Credentials)
+    body = await read_body(schemas.Registration)
     user = await gate.accounts.register(body.username, body.password)
     return jsonify({"id": user.id, "username": user.username}), 201
 
 
 @auth_bp.post("/login")
-@document_request(schemas.LoginRequest)
-@document_response(schemas.TokenPairOut, 200)
-@document_response(schemas.ErrorOut, 401)
-@document_response(schemas.ErrorOut, 429)
+@document(
+    body=schemas.LoginRequest,
+    responses={200: schemas.TokenPairOut},
+    errors={401: ["invalid_credentials"], 429: ["too_many_attempts"]},
+    headers=PAIR_HEADERS,
+)
 async def login() -> Response:
     """Check a username and password and open a session: returns a token pair."""
     await require_json_in_cookie_mode()
@@ -151,9 +159,13 @@ async def login() -> Response:
 
 
 @auth_bp.post("/refresh")
-@document_request(schemas.RefreshRequest)
-@document_response(schemas.TokenPairOut, 200)
-@document_response(schemas.ErrorOut, 401)
+@document(
+    body=schemas.RefreshRequest,
+    body_required=False,
+    responses={200: schemas.TokenPairOut},
+    errors={401: [*GUARD_CODES, "refresh_reused"]},
+    headers=PAIR_HEADERS,
+)
 async def refresh() -> Response:
     """Trade a refresh token for a new pair; the refresh token rotates."""
     gate = get_gate()
@@ -171,9 +183,7 @@ async def refresh() -> Response:
 
 @auth_bp.get("/me")
 @login_required
-@document_response(schemas.MeOut, 200)
-@document_response(schemas.ErrorOut, 401)
-@security_scheme(BEARER)
+@document(responses={200: schemas.MeOut})
 async def me() -> Response:
     """Who the access token belongs to."""
     me = current_identity()
@@ -182,7 +192,7 @@ async def me() -> Response:
 
 @auth_bp.post("/logout")
 @login_required
-@security_scheme(BEARER)
+@document(responses={204: None})
 async def logout() -> Response:
     """End this session: its access and refresh tokens stop working at once."""
     await flows.logout(current_identity())
@@ -192,7 +202,7 @@ async def logout() -> Response:
 
 @auth_bp.post("/logout-all")
 @login_required
-@security_scheme(BEARER)
+@document(responses={204: None})
 async def logout_all() -> Response:
     """End every session of the user."""
     await flows.logout_all(current_identity())
@@ -202,8 +212,7 @@ async def logout_all() -> Response:
 
 @auth_bp.get("/sessions")
 @login_required
-@document_response(schemas.SessionsOut, 200)
-@security_scheme(BEARER)
+@document(responses={200: schemas.SessionsOut})
 async def sessions() -> Response:
     """The user's live sessions."""
     found = await get_gate().manager.sessions(current_identity())
@@ -212,8 +221,7 @@ async def sessions() -> Response:
 
 @auth_bp.delete("/sessions/<session_id>")
 @login_required
-@document_response(schemas.ErrorOut, 404)
-@security_scheme(BEARER)
+@document(responses={204: None}, errors={404: ["not_found"]})
 async def delete_session(session_id: str) -> Response:
     """End one of the user's sessions."""
     me = current_identity()
@@ -225,9 +233,11 @@ async def delete_session(session_id: str) -> Response:
 
 @auth_bp.post("/password")
 @login_required
-@document_request(schemas.PasswordChange)
-@document_response(schemas.ErrorOut, 401)
-@security_scheme(BEARER)
+@document(
+    body=schemas.PasswordChange,
+    responses={204: None},
+    errors={401: ["invalid_credentials"], 429: ["too_many_attempts"]},
+)
 async def change_password() -> Response:
     """Change the password; every other session ends."""
     require_own_users()
@@ -237,9 +247,11 @@ async def change_password() -> Response:
 
 
 @auth_bp.post("/password-reset/request")
-@document_request(schemas.ResetRequest)
-@document_response(schemas.Empty, 202)
-@document_response(schemas.ErrorOut, 429)
+@document(
+    body=schemas.ResetRequest,
+    responses={202: schemas.Empty},
+    errors={429: ["too_many_attempts"]},
+)
 async def password_reset_request() -> tuple[Response, int]:
     """Send a single-use reset token to the user, if there is one; always 202."""
     require_own_users()
@@ -249,8 +261,11 @@ async def password_reset_request() -> tuple[Response, int]:
 
 
 @auth_bp.post("/password-reset/confirm")
-@document_request(schemas.ResetConfirm)
-@document_response(schemas.ErrorOut, 401)
+@document(
+    body=schemas.ResetConfirm,
+    responses={204: None},
+    errors={401: ["invalid_token"]},
+)
 async def password_reset_confirm() -> Response:
     """Set a new password with a reset token; every session of the user ends."""
     require_own_users()

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 
 from quart import Blueprint, Response, jsonify
-from quart_schema import document_response
 
 from ..db.migrate import schema_state
 from ..errors import register_error_handler
 from ..guard import get_gate
+from ..openapi import document
 from ..store.connect import probe
 from . import schemas
 
@@ -22,8 +22,7 @@ PROBE_TIMEOUT = 0.8
 
 
 @health_bp.get("/healthz")
-@document_response(schemas.HealthOut, 200)
-@document_response(schemas.HealthOut, 503)
+@document(responses={200: schemas.HealthOut, 503: schemas.HealthOut}, backend=False)
 async def healthz() -> tuple[Response, int]:
     """``200`` when both backends answer and the schema is current, else ``503``.
 

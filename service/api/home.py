@@ -10,8 +10,8 @@ import functools
 from importlib.metadata import PackageNotFoundError, version
 
 from quart import Blueprint, Response, render_template
-from quart_schema import hide
 
+from ..openapi import hidden
 from .account import PAGE_HEADERS
 
 home_bp = Blueprint("tokengate_home", __name__, template_folder="../templates")
@@ -29,7 +29,7 @@ def service_version() -> str:
 
 
 @home_bp.get("/")
-@hide
+@hidden
 async def home() -> Response:
     """What this is, its version, and links to the account page and the API docs."""
     html = await render_template("tokengate/home.html", version=service_version())

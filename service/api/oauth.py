@@ -10,10 +10,10 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from quart import Blueprint, Response, jsonify, request
-from quart_schema import DataSource, document_request, document_response, security_scheme
 
 from ..errors import InvalidClient, InvalidRequest, Unauthorized, handle_exception
 from ..guard import get_gate
+from ..openapi import document
 from . import schemas
 from .auth import raw_body
 
@@ -70,12 +70,11 @@ def authenticate_client() -> str:
 
 
 @oauth_bp.post("/introspect")
-@document_request(schemas.TokenForm, source=DataSource.FORM)
-@document_response(schemas.IntrospectionOut, 200)
-@document_response(schemas.ErrorOut, 400)
-@document_response(schemas.ErrorOut, 401)
-@document_response(schemas.ErrorOut, 503)
-@security_scheme(BASIC)
+@document(
+    form=schemas.TokenForm,
+    responses={200: schemas.IntrospectionOut},
+    errors={401: ["invalid_client"]},
+)
 async def introspect() -> Response:
     """Whether an access token is active now (RFC 7662), for a resource server.
 
@@ -104,10 +103,7 @@ async def introspect() -> Response:
 
 
 @oauth_bp.post("/revoke")
-@document_request(schemas.TokenForm, source=DataSource.FORM)
-@document_response(schemas.Empty, 200)
-@document_response(schemas.ErrorOut, 400)
-@document_response(schemas.ErrorOut, 503)
+@document(form=schemas.RevokeForm, responses={200: schemas.Empty})
 async def revoke() -> Response:
     """End the session of an access or refresh token (RFC 7009); ``200`` whatever the token."""
     token = await token_parameter()

@@ -6,6 +6,8 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
+from ..openapi import PASSWORD_POLICY
+
 
 def _clean(value: str) -> str:
     # Lone surrogates (legal in JSON escapes) cannot be stored or hashed, and
@@ -19,26 +21,59 @@ def _clean(value: str) -> str:
     return value
 
 
+# No C0 control character and no DEL, as ``_clean`` checks.
+_PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
+
 Username = Annotated[
     str,
     StringConstraints(min_length=1, max_length=150, pattern=r"^[\w.@+-]+$"),
     AfterValidator(_clean),
+    Field(
+        description=(
+            "1 to 150 letters, digits (Unicode ones count, as in Python's \\w) "
+            "and the characters _ . @ + -; case-sensitive."
+        )
+    ),
 ]
-Password = Annotated[str, StringConstraints(min_length=1, max_length=1024), AfterValidator(_clean)]
-Token = Annotated[str, StringConstraints(min_length=1, max_length=8192), AfterValidator(_clean)]
-Device = Annotated[str, StringConstraints(max_length=200), AfterValidator(_clean)]
+Password = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=1024, pattern=_PRINTABLE),
+    AfterValidator(_clean),
+    Field(description="At most 1024 characters; no control characters."),
+]
+# A password being set: the document states TOKENGATE_PASSWORD_MIN_LENGTH,
+# which the service checks (``openapi.PASSWORD_POLICY``).
+NewPassword = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=1024, pattern=_PRINTABLE),
+    AfterValidator(_clean),
+    Field(json_schema_extra={PASSWORD_POLICY: True}),
+]
+Token = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=8192, pattern=_PRINTABLE),
+    AfterValidator(_clean),
+]
+Device = Annotated[
+    str,
+    StringConstraints(max_length=200, pattern=_PRINTABLE),
+    AfterValidator(_clean),
+    Field(description="A name for this session, shown in the session list."),
+]
 
 
 class Body(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class Credentials(Body):
+class Registration(Body):
+    username: Username
+    password: NewPassword
+
+
+class LoginRequest(Body):
     username: Username
     password: Password
-
-
-class LoginRequest(Credentials):
     device: Device | None = None
 
 
@@ -50,7 +85,7 @@ class RefreshRequest(Body):
 
 class PasswordChange(Body):
     current_password: Password
-    new_password: Password
+    new_password: NewPassword
 
 
 class ResetRequest(Body):
@@ -59,7 +94,7 @@ class ResetRequest(Body):
 
 class ResetConfirm(Body):
     token: Token
-    new_password: Password
+    new_password: NewPassword
 
 
 class UserOut(BaseModel):
@@ -127,6 +162,13 @@ class TokenForm(Body):
     """A form (``application/x-www-form-urlencoded``) or JSON body."""
 
     token: Token
+    token_type_hint: str | None = None
+
+
+class RevokeForm(Body):
+    """RFC 7009: any token text is answered ``200`` (an unusable one changes nothing)."""
+
+    token: Annotated[str, StringConstraints(min_length=1, max_length=8192)]
     token_type_hint: str | None = None
 
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from quart import Blueprint, Response, jsonify
-from quart_schema import document_response
 
 from ..errors import handle_exception
 from ..guard import get_gate
 from ..keys import JWKS_MAX_AGE
+from ..openapi import document
 from . import schemas
 
 wellknown_bp = Blueprint("tokengate_wellknown", __name__)
@@ -15,7 +15,7 @@ wellknown_bp.register_error_handler(Exception, handle_exception)
 
 
 @wellknown_bp.get("/.well-known/jwks.json")
-@document_response(schemas.JwksOut, 200)
+@document(responses={200: schemas.JwksOut})
 async def jwks() -> Response:
     """The JWK Set of the public keys that verify access tokens (no keys with HS256).
 

@@ -30,6 +30,7 @@ from typing import Any
 from redis.commands.core import AsyncScript
 
 from .connect import AnyRedis
+from .pipelined import PipelinedScripts
 from .results import (
     MISS,
     CheckResult,
@@ -89,9 +90,13 @@ class StaleSet(RuntimeError):
 class RedisSessionStore:
     """Hot session state in Redis; each method is one script call (two for the user set)."""
 
-    def __init__(self, redis: AnyRedis, policy: SessionPolicy) -> None:
+    def __init__(
+        self, redis: AnyRedis, policy: SessionPolicy, pipelined: PipelinedScripts | None = None
+    ) -> None:
         self.redis = redis
         self.policy = policy
+        # The guard's check goes over this lean path when there is one.
+        self.pipelined = pipelined
         self._scripts = {name: redis.register_script(script_source(name)) for name in SCRIPTS}
 
     # -- keys -------------------------------------------------------------
@@ -132,7 +137,12 @@ class RedisSessionStore:
         """The guard's one round trip: is the session alive? Slides last-seen."""
         keys = (self.session_key(user_id, sid), self.index_key(user_id))
         args = [*self._session_args(sid, now), self.policy.sync_interval]
-        reply = await self._run("check", keys, args)
+        if self.pipelined is not None:
+            check = self._scripts["check"]
+            source = check.script if isinstance(check.script, str | bytes) else bytes(check.script)
+            reply = _text(await self.pipelined.run(check.sha, source, keys, args))
+        else:
+            reply = await self._run("check", keys, args)
         if reply[0] == "ok":
             return Live(sync_due=len(reply) > 1)
         return _ended(reply) if reply[0] == "ended" else MISS

@@ -1,14 +1,18 @@
 """argon2id: off the event loop, one verify for unknown users, rehash on login."""
 
 import asyncio
+import os
+import threading
 import time
 
 from argon2 import PasswordHasher
 from sqlalchemy import select
 
 from quart_tokengate.service.db.models import User
-from quart_tokengate.service.passwords import Passwords
+from quart_tokengate.service.passwords import HASHING_NICE, Passwords
 from tests.conftest import register_and_login
+
+FAST = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
 
 
 class CountingHasher(PasswordHasher):
@@ -81,3 +85,24 @@ async def test_stored_hashes_are_argon2id(app):
     async with app.extensions["tokengate"].db() as db:
         user = (await db.execute(select(User))).scalar_one()
     assert user.password_hash.startswith("$argon2id$")
+
+
+async def test_hashing_runs_on_its_own_threads_at_a_lower_priority():
+    seen = []
+
+    class Recording(PasswordHasher):
+        def hash(self, password, **kwargs):
+            # On Linux, "process 0" is the calling thread.
+            seen.append((threading.current_thread().name, os.getpriority(os.PRIO_PROCESS, 0)))
+            return super().hash(password, **kwargs)
+
+    passwords = Passwords(Recording(time_cost=1, memory_cost=1024, parallelism=1), threads=1)
+    seen.clear()  # the dummy hash made at construction ran on the caller's thread
+    await asyncio.gather(*(passwords.hash(f"password {i}") for i in range(4)))
+    # One thread (of cores - 1), running at nice +10 while the loop stays at its own.
+    assert {name for name, _ in seen} == {"tokengate-argon2_0"}
+    assert {nice for _, nice in seen} == {os.getpriority(os.PRIO_PROCESS, 0) + HASHING_NICE}
+
+
+def test_hashing_leaves_one_core_to_the_event_loop():
+    assert Passwords(FAST).threads == max(1, (os.cpu_count() or 1) - 1)

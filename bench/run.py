@@ -1,0 +1,629 @@
+"""``make bench`` (``python -m bench.run``): one table, from interleaved rounds in one run.
+
+One process tree on 127.0.0.1, stopped by PID whatever happens:
+
+- a private redis-server, a temporary SQLite database migrated to head;
+- ``bench.host:plain`` (a Quart app with two bare routes) and ``bench.host:gated``
+  (the same app with ``TokenGate`` mounted, plus ``/auth/me``, ``/bench/io``) under
+  uvicorn (uvloop, httptools) as ``serve`` runs it, with 1 worker, and ``gated``
+  again with 2 workers;
+- the peer, Flask-JWT-Extended with a Redis blocklist (``bench/peers/flask_jwt``),
+  under gunicorn from its own venv (``bench/peers/.venv``, which ``make bench``
+  installs): sync workers x1 and x2, gthread workers (8 threads) x1 and x2.
+
+Every measurement is wrk (1 thread) against one route for ``--seconds``; a
+round measures every pair once, in a fixed order, and rounds repeat
+``--rounds`` times, so that a noisy minute on a shared machine hurts every
+figure alike. Ratios are computed within a round, then summarised as the median
+and the range over rounds. Then P5 (a login storm against the gated app while a
+probe measures a guarded request and the app measures its loop lag), then
+1,000,000 ended sessions written into Redis and ``/auth/me`` measured again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import secrets
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import redis
+
+from . import harness
+from .harness import HOST, ROOT, Load, Process
+
+PEER_DIR = ROOT / "bench" / "peers" / "flask_jwt"
+PEER_VENV = ROOT / "bench" / "peers" / ".venv"
+
+SESSIONS = 1_000_000
+USERS = 100_000
+# Far from the ids SQLite gives real users (1, 2, ...), so nothing collides.
+FIRST_UID = 10_000_000
+BATCH = 10_000
+USERNAME, PASSWORD = "bench-user", "bench-password-1234"
+
+
+def start_redis(tmp: Path) -> tuple[Process, int]:
+    from quart_tokengate.service.store.embedded import redis_server_binary
+
+    port = harness.free_port()
+    data = tmp / "redis"
+    data.mkdir()
+    args = [
+        redis_server_binary(),
+        "--port", str(port), "--bind", HOST, "--protected-mode", "yes",
+        "--save", "", "--appendonly", "no", "--dir", str(data),
+    ]  # fmt: skip
+    process = Process("redis-server", args, log=tmp / "redis.log")
+    client = redis.Redis(host=HOST, port=port)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if not process.alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start:\n{process.tail()}") from None
+            time.sleep(0.05)
+        finally:
+            client.close()
+    return process, port
+
+
+def service_env(tmp: Path, redis_port: int, database_url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENGATE_")}
+    env.update(
+        {
+            "PYTHONPATH": str(ROOT),
+            "TOKENGATE_SECRET_KEY": secrets.token_urlsafe(36),  # 48 characters
+            "TOKENGATE_REDIS_URL": f"redis://{HOST}:{redis_port}/0",
+            "TOKENGATE_DATABASE_URL": database_url,
+            "TOKENGATE_INSTANCE_DIR": str(tmp / "instance"),
+            "TOKENGATE_ACCESS_TTL": "3600",
+        }
+    )
+    return env
+
+
+def start_app(
+    tmp: Path, env: dict[str, str], factory: str, name: str, workers: int = 1
+) -> tuple[Process, str]:
+    if name == "legacy":
+        env = {**env, "BENCH_HASHING": "default-executor"}
+    if name.startswith("without-"):
+        env = {**env, "BENCH_WITHOUT": name.removeprefix("without-")}
+    port = harness.free_port()
+    args = [
+        sys.executable, "-m", "uvicorn", factory, "--factory", "--workers", str(workers),
+        "--host", HOST, "--port", str(port), "--loop", "uvloop", "--http", "httptools",
+        "--lifespan", "on", "--no-access-log", "--log-level", "warning",
+    ]  # fmt: skip
+    # The working directory is the temporary folder, so no stray .env is read.
+    process = Process(name, args, env=env, cwd=tmp, log=tmp / f"{name}.log")
+    base = f"http://{HOST}:{port}"
+    harness.wait_http(f"{base}/bench/dict", process)
+    return process, base
+
+
+def start_peer(
+    tmp: Path, redis_port: int, secret: str, name: str, workers: int, threads: int
+) -> tuple[Process, str]:
+    port = harness.free_port()
+    gunicorn = PEER_VENV / "bin" / "gunicorn"
+    worker_class = ["-k", "gthread", "--threads", str(threads)] if threads > 1 else ["-k", "sync"]
+    args = [
+        str(gunicorn), "--chdir", str(PEER_DIR), "-w", str(workers), *worker_class,
+        "-b", f"{HOST}:{port}", "--log-level", "warning", "--backlog", "2048", "app:app",
+    ]  # fmt: skip
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "PEER_SECRET_KEY": secret,
+        "PEER_REDIS_URL": f"redis://{HOST}:{redis_port}/1",
+    }
+    process = Process(name, args, env=env, cwd=tmp, log=tmp / f"{name}.log")
+    base = f"http://{HOST}:{port}"
+    harness.wait_http(f"{base}/protected", process)
+    return process, base
+
+
+def peer_token(base: str) -> str:
+    r = httpx.post(base + "/login", timeout=10.0)
+    r.raise_for_status()
+    token: str = r.json()["access_token"]
+    return token
+
+
+def register_storm_users(base: str, count: int = 20) -> None:
+    """The accounts P5's login loops use, one each."""
+    with httpx.Client(base_url=base, timeout=60.0) as http:
+        for i in range(count):
+            r = http.post(
+                "/auth/register", json={"username": f"{USERNAME}-{i}", "password": PASSWORD}
+            )
+            if r.status_code != 201:
+                raise RuntimeError(f"register answered {r.status_code}: {r.text[:200]}")
+
+
+def access_token(base: str) -> str:
+    with httpx.Client(base_url=base, timeout=30.0) as http:
+        credentials = {"username": USERNAME, "password": PASSWORD}
+        r = http.post("/auth/register", json=credentials)
+        if r.status_code != 201:
+            raise RuntimeError(f"register answered {r.status_code}: {r.text[:200]}")
+        r = http.post("/auth/login", json={**credentials, "device": "bench"})
+        if r.status_code != 200:
+            raise RuntimeError(f"login answered {r.status_code}: {r.text[:200]}")
+        token: str = r.json()["access_token"]
+        return token
+
+
+def ids(count: int) -> list[str]:
+    """``count`` random 22-character url-safe ids, like ``secrets.token_urlsafe(16)``."""
+    raw = base64.urlsafe_b64encode(os.urandom(count * 17)).decode()
+    return [raw[i * 22 : i * 22 + 22] for i in range(count)]
+
+
+def _bulk(value: str) -> str:
+    return f"${len(value)}\r\n{value}\r\n"
+
+
+def _commands(first: int, count: int, now: float, expire_at: int) -> bytes:
+    """RESP for ``count`` sessions: ``HSET`` of the session hash, then ``EXPIREAT``,
+    as ``LOGIN`` and ``END`` leave an ended session (``tg:{u<uid>}:s:<sid>``)."""
+    random_ids = ids(count * 4)
+    expire = _bulk(str(expire_at))
+    ended = _bulk("st") + _bulk("ended") + _bulk("why") + _bulk("revoked")
+    out: list[str] = []
+    for i in range(count):
+        number = first + i
+        uid = FIRST_UID + number % USERS
+        sid, aj, rj, pj = random_ids[i * 4 : i * 4 + 4]
+        cr = now - 86_400 + (number % 3_600)
+        seen = repr(cr + 60)
+        key = _bulk(f"tg:{{u{uid}}}:s:{sid}")
+        out.append(
+            f"*22\r\n$4\r\nHSET\r\n{key}{ended}$2\r\ncr\r\n{_bulk(repr(cr))}"
+            f"$2\r\nls\r\n{_bulk(seen)}$2\r\nsy\r\n{_bulk(seen)}$2\r\naj\r\n{_bulk(aj)}"
+            f"$2\r\nrj\r\n{_bulk(rj)}$2\r\npj\r\n{_bulk(pj)}$2\r\nia\r\n{_bulk(str(int(cr)))}"
+            f"$2\r\nnm\r\n{_bulk(f'user{uid}')}"
+            f"*3\r\n$8\r\nEXPIREAT\r\n{key}{expire}"
+        )
+    return "".join(out).encode()
+
+
+def fill(port: int, sessions: int) -> float:
+    """Write ``sessions`` ended sessions in the service's layout; return the seconds taken.
+
+    Non-transactional pipelining of ``BATCH`` sessions (two commands each) at a
+    time over a plain socket; the next batch is built while Redis runs the
+    last one. Every reply is one integer line: they are counted, and an error
+    line stops the run.
+    """
+    started = time.monotonic()
+    now = time.time()
+    expire_at = int(now) + 2_592_000 + 60
+    with socket.create_connection((HOST, port), timeout=30) as conn:
+        sent = received = 0
+        last = b"\n"
+
+        def read_until(target: int) -> None:
+            nonlocal received, last
+            while received < target:
+                chunk = conn.recv(1 << 16)
+                if not chunk:
+                    raise RuntimeError("redis-server closed the connection")
+                if b"\n-" in last + chunk:
+                    raise RuntimeError(f"redis-server refused a command: {chunk[:200]!r}")
+                received += chunk.count(b"\n")
+                last = chunk[-1:]
+
+        done = 0
+        while done < sessions:
+            n = min(BATCH, sessions - done)
+            payload = _commands(done, n, now, expire_at)
+            read_until(sent)
+            conn.sendall(payload)
+            sent += 2 * n
+            done += n
+        read_until(sent)
+    return time.monotonic() - started
+
+
+def redis_memory(port: int) -> tuple[int, int]:
+    """(used_memory in bytes, number of keys)."""
+    client = redis.Redis(host=HOST, port=port)
+    try:
+        info = client.info("memory")
+        return int(info["used_memory"]), int(client.dbsize())
+    finally:
+        client.close()
+
+
+def mib(n: int) -> str:
+    return f"{n / 1024 / 1024:,.1f} MiB"
+
+
+# -- measurements ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """One route of one server, loaded with ``connections`` connections."""
+
+    key: str
+    label: str
+    server: str
+    path: str
+    connections: int = 64
+    auth: str = ""  # "ours" | "peer" | ""
+
+
+@dataclass
+class Samples:
+    loads: list[Load] = field(default_factory=list)
+    cpu_us: list[float] = field(default_factory=list)
+
+
+def targets(ablations: bool = False) -> list[Target]:
+    t = [
+        Target("plain-dict", "host app, dict route", "plain", "/bench/dict"),
+        Target("plain-jsonify", "host app, jsonify route", "plain", "/bench/jsonify"),
+        Target("gated-dict", "host app + TokenGate, dict route", "gated1", "/bench/dict"),
+        Target("gated-jsonify", "host app + TokenGate, jsonify route", "gated1", "/bench/jsonify"),
+        Target("me", "GET /auth/me", "gated1", "/auth/me", auth="ours"),
+    ]
+    for workers in (1, 2):
+        t += [
+            Target(f"me{workers}-200", f"GET /auth/me, {workers}w, 200c", f"gated{workers}",
+                   "/auth/me", 200, "ours"),
+            Target(f"io{workers}-200", f"GET /bench/io (50 ms), {workers}w, 200c",
+                   f"gated{workers}", "/bench/io", 200, "ours"),
+            Target(f"peer-sync{workers}", f"peer sync x{workers}, protected, 200c",
+                   f"sync{workers}", "/protected", 200, "peer"),
+            Target(f"peer-gthread{workers}", f"peer gthread(8) x{workers}, protected, 200c",
+                   f"gthread{workers}", "/protected", 200, "peer"),
+            Target(f"peer-io{workers}", f"peer gthread(8) x{workers}, io (50 ms), 200c",
+                   f"gthread{workers}", "/io", 200, "peer"),
+        ]  # fmt: skip
+    if ablations:
+        t += [
+            Target("me-redis-py", "GET /auth/me, without the pipelined Redis path",
+                   "without-pipelined-redis", "/auth/me", auth="ours"),
+            Target("me-no-cache", "GET /auth/me, without the claims cache",
+                   "without-claims-cache", "/auth/me", auth="ours"),
+        ]  # fmt: skip
+    return t
+
+
+def wrk(url: str, seconds: float, connections: int, headers: dict[str, str]) -> Load:
+    wrk_bin = harness.wrk_path()
+    if wrk_bin is None:
+        raise SystemExit("make bench needs wrk on PATH (apt-get install wrk)")
+    args = [wrk_bin, "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", "--timeout", "5s"]
+    for name, value in headers.items():
+        args += ["-H", f"{name}: {value}"]
+    done = subprocess.run(
+        [*args, url], capture_output=True, text=True, timeout=seconds + 60, check=True
+    )
+    return harness.parse_wrk(done.stdout)
+
+
+def ratio_summary(values: Sequence[float]) -> str:
+    if not values:
+        return "n/a"
+    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+
+
+@dataclass
+class Bench:
+    bases: dict[str, str]
+    groups: dict[str, int]
+    headers: dict[str, dict[str, str]]
+    seconds: float
+    samples: dict[str, Samples] = field(default_factory=dict)
+
+    def measure(self, target: Target) -> Load:
+        url = self.bases[target.server] + target.path
+        headers = self.headers.get(target.auth, {})
+        group = self.groups[target.server]
+        before = harness.group_cpu_seconds(group)
+        load = wrk(url, self.seconds, target.connections, headers)
+        cpu = (harness.group_cpu_seconds(group) - before) / max(load.requests, 1) * 1e6
+        entry = self.samples.setdefault(target.key, Samples())
+        entry.loads.append(load)
+        entry.cpu_us.append(cpu)
+        return load
+
+    def per_round(self, key: str, attr: str = "rps") -> list[float]:
+        if key not in self.samples:
+            return []
+        return [getattr(load, attr) for load in self.samples[key].loads]
+
+    def ratios(self, top: str, bottom: str) -> list[float]:
+        if top not in self.samples or bottom not in self.samples:
+            return []
+        a, b = self.per_round(top), self.per_round(bottom)
+        return [x / y for x, y in zip(a, b, strict=True) if y > 0]
+
+    def row(self, target: Target) -> list[str]:
+        s = self.samples[target.key]
+        rps = [load.rps for load in s.loads]
+        p99 = [load.p99_ms for load in s.loads]
+        p50 = [load.p50_ms for load in s.loads]
+        errors = sum(load.errors for load in s.loads)
+        return [
+            target.label,
+            f"{statistics.median(rps):,.0f} ({min(rps):,.0f}-{max(rps):,.0f})",
+            f"{statistics.median(p50):.1f}",
+            f"{statistics.median(p99):.1f}",
+            f"{statistics.median(s.cpu_us):.0f}",
+            str(errors),
+        ]
+
+
+def warm(bench: Bench, all_targets: list[Target]) -> None:
+    for target in all_targets:
+        url = bench.bases[target.server] + target.path
+        headers = bench.headers.get(target.auth, {})
+        r = httpx.get(url, headers=headers, timeout=10.0)
+        if r.status_code != 200:
+            raise RuntimeError(f"GET {url} answered {r.status_code}: {r.text[:200]}")
+        wrk(url, 1, target.connections, headers)
+
+
+# -- P5: logins against the event loop ---------------------------------------------
+
+
+def client_process(*args: str, timeout: float) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "bench.clients", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def finish(process: subprocess.Popen[str], timeout: float) -> dict[str, float]:
+    out, _ = process.communicate(timeout=timeout + 60)
+    result: dict[str, float] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+def p5(base: str, token: str, seconds: float) -> dict[str, dict[str, float]]:
+    """The guarded probe and the loop lag, alone and while 20 logins run."""
+    out: dict[str, dict[str, float]] = {}
+    httpx.post(base + "/bench/lag")  # the loop-lag watcher runs during P5 only
+    for phase, with_logins in (("quiet", False), ("20 logins", True)):
+        httpx.get(base + "/bench/lag")  # resets the lag record
+        storm = None
+        if with_logins:
+            storm = client_process(
+                "logins", base, "--username", USERNAME, "--password", PASSWORD,
+                "--concurrency", "20", "--duration", str(seconds + 2), timeout=seconds + 60,
+            )  # fmt: skip
+            time.sleep(2)  # the storm is running before the probe starts
+            httpx.get(base + "/bench/lag")
+        probe = client_process(
+            "probe", base, "--token", token, "--duration", str(seconds), "--rate", "50",
+            timeout=seconds + 60,
+        )  # fmt: skip
+        result = finish(probe, seconds + 60)
+        lag = httpx.get(base + "/bench/lag", timeout=30).json()
+        result.update({f"lag_{k}": v for k, v in lag.items()})
+        if storm is not None:
+            result.update({f"logins_{k}": v for k, v in finish(storm, seconds + 60).items()})
+        out[phase] = result
+    httpx.delete(base + "/bench/lag")
+    return out
+
+
+# -- the report --------------------------------------------------------------------
+
+
+def report(bench: Bench, all_targets: list[Target], p5_result: dict, sessions: dict) -> str:
+    lines = [
+        harness.table(
+            ["route", "req/s median (range)", "p50 ms", "p99 ms", "CPU us/req", "errors"],
+            [bench.row(t) for t in all_targets],
+        ),
+        "",
+    ]
+    rows = [
+        ["mounting: gated / plain, dict route", ">= 0.95",
+         ratio_summary(bench.ratios("gated-dict", "plain-dict"))],
+        ["mounting: gated / plain, jsonify route", ">= 0.95",
+         ratio_summary(bench.ratios("gated-jsonify", "plain-jsonify"))],
+        ["P1: /auth/me / bare jsonify route (same app)", ">= 0.80",
+         ratio_summary(bench.ratios("me", "gated-jsonify"))],
+        ["P1: /auth/me / bare dict route (same app)", ">= 0.80",
+         ratio_summary(bench.ratios("me", "gated-dict"))],
+    ]  # fmt: skip
+    for w in (1, 2):
+        rows += [
+            [f"P2: /auth/me / peer sync, {w} worker(s)", ">= 2",
+             ratio_summary(bench.ratios(f"me{w}-200", f"peer-sync{w}"))],
+            [f"P2: /auth/me / peer gthread(8), {w} worker(s)", ">= 2",
+             ratio_summary(bench.ratios(f"me{w}-200", f"peer-gthread{w}"))],
+            [f"P2: 50 ms route / peer gthread(8), {w} worker(s)", ">= 10",
+             ratio_summary(bench.ratios(f"io{w}-200", f"peer-io{w}"))],
+            [f"P2: p99 /auth/me / peer's best p99, {w} worker(s)", "<= 1",
+             ratio_summary([
+                 a / min(b, c) for a, b, c in zip(
+                     bench.per_round(f"me{w}-200", "p99_ms"),
+                     bench.per_round(f"peer-sync{w}", "p99_ms"),
+                     bench.per_round(f"peer-gthread{w}", "p99_ms"), strict=True)
+             ])],
+        ]  # fmt: skip
+    rows += [
+        ["fast path: /auth/me / same without the pipelined Redis path", "> 1",
+         ratio_summary(bench.ratios("me", "me-redis-py"))],
+        ["fast path: /auth/me / same without the claims cache", "> 1",
+         ratio_summary(bench.ratios("me", "me-no-cache"))],
+    ]  # fmt: skip
+    rows = [r for r in rows if "n/a" not in r[2]]
+    quiet, storm, before = p5_result["quiet"], p5_result["20 logins"], p5_result["before"]
+    rows += [
+        ["P5: guarded p99 ms, 20 logins (no logins; hashing as before)", "< 20",
+         f"{storm['p99_ms']:.1f} ({quiet['p99_ms']:.1f}; {before['p99_ms']:.1f})"],
+        ["P5: loop lag p99 ms, 20 logins (no logins; hashing as before)", "< 20",
+         f"{storm['lag_p99_ms']:.1f} ({quiet['lag_p99_ms']:.1f}; {before['lag_p99_ms']:.1f})"],
+        ["P5: logins per second (hashing as before)", "",
+         f"{storm['logins_per_second']:.1f} ({before['logins_per_second']:.1f})"],
+    ]  # fmt: skip
+    if sessions:
+        rows.append(
+            [f"/auth/me req/s, 0 / {sessions['count']:,} ended sessions", "<= 1.1",
+             ratio_summary(sessions["ratios"])]
+        )  # fmt: skip
+    lines.append(harness.table(["ratio", "target", "median (range over rounds)"], rows))
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    parser.add_argument("--seconds", type=float, default=3.0, help="per measurement (default 3)")
+    parser.add_argument(
+        "--sessions",
+        type=int,
+        default=SESSIONS,
+        help=f"ended sessions for the last part; 0 skips it (default {SESSIONS:,})",
+    )
+    parser.add_argument("--only", default="", help="comma-separated target keys (for profiling)")
+    parser.add_argument("--no-p5", action="store_true", help="skip P5")
+    parser.add_argument(
+        "--ablations",
+        action="store_true",
+        help="also /auth/me without the pipelined Redis path, and without the claims cache",
+    )
+    args = parser.parse_args(argv)  # fmt: skip
+    if args.rounds < 1 or args.seconds <= 0 or args.sessions < 0:
+        parser.error("--rounds >= 1, --seconds > 0, --sessions >= 0")
+    if not (PEER_VENV / "bin" / "gunicorn").exists():
+        raise SystemExit(f"the peer's venv is missing: run make bench (it builds {PEER_VENV})")
+    started = time.monotonic()
+    print(f"machine: {harness.machine()}; load average {os.getloadavg()[0]:.1f} at start")
+    all_targets = targets(args.ablations)
+    if args.only:
+        keep = set(args.only.split(","))
+        all_targets = [t for t in all_targets if t.key in keep]
+    processes: list[Process] = []
+    with tempfile.TemporaryDirectory(prefix="tokengate-bench-") as name:
+        tmp = Path(name)
+        try:
+            redis_process, redis_port = start_redis(tmp)
+            processes.append(redis_process)
+            database_url = f"sqlite+aiosqlite:///{tmp / 'tokengate.db'}"
+            from quart_tokengate.service.db.migrate import upgrade
+
+            upgrade(database_url)
+            env = service_env(tmp, redis_port, database_url)
+            bases: dict[str, str] = {}
+            groups: dict[str, int] = {}
+            servers = {t.server for t in all_targets} | {"gated1"}
+            if not args.no_p5:
+                servers.add("legacy")
+            for server, factory, workers in (
+                ("plain", "bench.host:plain", 1),
+                ("gated1", "bench.host:gated", 1),
+                ("gated2", "bench.host:gated", 2),
+                ("legacy", "bench.host:gated", 1),
+                ("without-pipelined-redis", "bench.host:gated", 1),
+                ("without-claims-cache", "bench.host:gated", 1),
+            ):
+                if server in servers:
+                    process, bases[server] = start_app(tmp, env, factory, server, workers)
+                    processes.append(process)
+                    groups[server] = process.pid
+            secret = env["TOKENGATE_SECRET_KEY"]
+            for server, workers, threads in (
+                ("sync1", 1, 1), ("sync2", 2, 1), ("gthread1", 1, 8), ("gthread2", 2, 8),
+            ):  # fmt: skip
+                if server in servers:
+                    process, bases[server] = start_peer(
+                        tmp, redis_port, secret, server, workers, threads
+                    )
+                    processes.append(process)
+                    groups[server] = process.pid
+            token = access_token(bases["gated1"])
+            headers = {"ours": {"Authorization": f"Bearer {token}"}}
+            peer_base = next((bases[s] for s in ("gthread1", "sync1") if s in bases), None)
+            if peer_base is not None:
+                headers["peer"] = {"Authorization": f"Bearer {peer_token(peer_base)}"}
+            bench = Bench(bases, groups, headers, args.seconds)
+            print("warming up ...", flush=True)
+            warm(bench, all_targets)
+            for number in range(1, args.rounds + 1):
+                print(f"round {number}/{args.rounds}", flush=True)
+                for target in all_targets:
+                    load = bench.measure(target)
+                    print(
+                        f"  {target.label}: {load.rps:,.0f} req/s, p99 {load.p99_ms:.1f} ms"
+                        + (f", {load.errors} errors" if load.errors else ""),
+                        flush=True,
+                    )
+            p5_result: dict = {}
+            if not args.no_p5:
+                print("P5: 20 logins against the loop ...", flush=True)
+                register_storm_users(bases["gated1"])
+                p5_result = p5(bases["gated1"], token, 8.0)
+                print(f"  {json.dumps(p5_result)}", flush=True)
+                print("P5, hashing as before (default executor) ...", flush=True)
+                p5_result["before"] = p5(bases["legacy"], token, 8.0)["20 logins"]
+                print(f"  {json.dumps(p5_result['before'])}", flush=True)
+            sessions: dict = {}
+            if args.sessions and "me" in {t.key for t in all_targets}:
+                before = len(bench.samples["me"].loads)
+                print(f"writing {args.sessions:,} ended sessions ...", flush=True)
+                took = fill(redis_port, args.sessions)
+                used, keys = redis_memory(redis_port)
+                print(f"  written in {took:.1f} s: {keys:,} keys, {mib(used)}", flush=True)
+                me = next(t for t in all_targets if t.key == "me")
+                bare = next(t for t in all_targets if t.key == "gated-jsonify")
+                full = Bench(bases, groups, headers, args.seconds)
+                for _ in range(args.rounds):
+                    full.measure(bare)
+                    full.measure(me)
+                # Each round's me/bare with none, over the same with a million.
+                empty = [
+                    a.rps / b.rps
+                    for a, b in zip(
+                        bench.samples["me"].loads[:before],
+                        bench.samples["gated-jsonify"].loads[:before],
+                        strict=True,
+                    )
+                ]
+                filled = full.ratios("me", "gated-jsonify")
+                sessions = {
+                    "count": args.sessions,
+                    "ratios": [statistics.median(empty) / r for r in filled],
+                }
+        finally:
+            for process in reversed(processes):
+                process.stop()
+    print()
+    if p5_result:
+        print(report(bench, all_targets, p5_result, sessions))
+    else:
+        print(harness.table(
+            ["route", "req/s median (range)", "p50 ms", "p99 ms", "CPU us/req", "errors"],
+            [bench.row(t) for t in all_targets],
+        ))  # fmt: skip
+    print(f"\n(took {time.monotonic() - started:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,235 @@
+"""The guard's Redis call, on a lean path: one pipelined connection, one write, one read.
+
+redis-py spends several times what Redis itself does on each call: a pool
+checkout and release, a retry wrapper, ``asyncio.wait_for`` around the send
+(a new task per call), a timeout context around the read, and its parser
+layers. The guard makes exactly one call per request (``EVALSHA`` of the
+check script), so that call goes over a connection of our own instead:
+the commands of one turn of the event loop leave in one write, replies are
+read in order by hiredis's C parser, and each caller waits for its own
+future under ``asyncio.timeout``.
+
+It speaks to one Redis (``redis://`` or ``unix://``, with AUTH and SELECT);
+for anything else (TLS, a cluster) :func:`for_client` returns ``None`` and the
+caller keeps to redis-py. Failures are redis-py's exceptions, so the guard
+turns them into ``503 auth_unavailable`` as before; a timed-out call leaves
+its future in line, so later replies still reach the right callers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+import hiredis
+from redis.asyncio import Redis
+from redis.asyncio.connection import Connection, UnixDomainSocketConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+
+def _pack(*parts: Any) -> bytes:
+    """A command in RESP."""
+    out = [b"*%d\r\n" % len(parts)]
+    for part in parts:
+        if isinstance(part, bytes):
+            data = part
+        elif isinstance(part, str):
+            data = part.encode()
+        elif isinstance(part, float):
+            data = repr(part).encode()
+        else:
+            data = str(part).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+# A call that keeps waiting on a live connection fails after this many timeouts.
+STALL_LIMIT = 4
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.reader = hiredis.Reader()
+        self.pending: deque[asyncio.Future[Any]] = deque()
+        self.transport: asyncio.Transport | None = None
+        self.lost = False
+        # Commands sent in one turn of the loop leave in one write (one syscall).
+        self.outgoing: list[bytes] = []
+        # When a reply last arrived: a connection that answers nothing is stalled.
+        self.last_reply = time.monotonic()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.last_reply = time.monotonic()
+        self.reader.feed(data)
+        while True:
+            reply = self.reader.gets()
+            if reply is False:
+                return
+            future = self.pending.popleft()
+            if not future.done():  # a caller that timed out is gone
+                future.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        while self.pending:
+            future = self.pending.popleft()
+            if not future.done():
+                future.set_exception(RedisConnectionError("Connection to Redis lost."))
+
+    def send(self, payload: bytes) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self.pending.append(future)
+        if not self.outgoing:
+            loop.call_soon(self._flush)
+        self.outgoing.append(payload)
+        return future
+
+    def _flush(self) -> None:
+        data, self.outgoing = b"".join(self.outgoing), []
+        if self.transport is not None and not self.lost:
+            self.transport.write(data)
+
+
+class PipelinedScripts:
+    """``EVALSHA`` over one pipelined connection, ``EVAL`` when Redis lacks the script."""
+
+    def __init__(self, params: dict[str, Any], timeout: float) -> None:
+        self.params = params
+        self.timeout = timeout
+        self._protocol: _Protocol | None = None
+        self._connecting: asyncio.Lock | None = None
+
+    async def _connection(self) -> _Protocol:
+        protocol = self._protocol
+        if protocol is not None and not protocol.lost:
+            return protocol
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:
+            protocol = self._protocol
+            if protocol is not None and not protocol.lost:
+                return protocol
+            self._protocol = await self._connect()
+            return self._protocol
+
+    async def _connect(self) -> _Protocol:
+        loop = asyncio.get_running_loop()
+        p = self.params
+        try:
+            async with asyncio.timeout(self.timeout):
+                if "path" in p:
+                    transport, protocol = await loop.create_unix_connection(_Protocol, p["path"])
+                else:
+                    transport, protocol = await loop.create_connection(
+                        _Protocol, p["host"], p["port"]
+                    )
+                # uvloop may call connection_made only after this returns.
+                protocol.transport = transport
+                setup: list[asyncio.Future[Any]] = []
+                if p.get("password"):
+                    auth = (p["username"], p["password"]) if p.get("username") else (p["password"],)
+                    setup.append(protocol.send(_pack("AUTH", *auth)))
+                if p.get("db"):
+                    setup.append(protocol.send(_pack("SELECT", p["db"])))
+                for reply in await asyncio.gather(*setup):
+                    if isinstance(reply, hiredis.ReplyError):
+                        if protocol.transport is not None:
+                            protocol.transport.close()
+                        raise RedisConnectionError(f"Redis refused the connection: {reply}")
+        except TimeoutError:
+            raise RedisTimeoutError("Timeout connecting to Redis.") from None
+        except OSError as exc:
+            raise RedisConnectionError(f"Cannot connect to Redis: {exc}") from exc
+        return protocol
+
+    async def _call(self, payload: bytes) -> Any:
+        protocol = self._protocol
+        if protocol is None or protocol.lost:
+            protocol = await self._connection()  # bounded by its own timeout
+        loop = asyncio.get_running_loop()
+        future = protocol.send(payload)
+        started = time.monotonic()
+        handle: list[asyncio.TimerHandle] = []
+
+        def watch() -> None:
+            # The call fails when the connection has answered nothing for the
+            # whole timeout (a frozen server, a lost peer: it is dropped, its
+            # other callers fail too, the next call reconnects), or after
+            # STALL_LIMIT timeouts in all. A connection that keeps answering
+            # while this process's loop is too busy to read in time keeps its
+            # callers waiting instead of failing them.
+            if future.done():
+                return
+            now = time.monotonic()
+            stalled = now - protocol.last_reply >= self.timeout
+            if stalled or now - started >= self.timeout * STALL_LIMIT:
+                future.set_exception(RedisTimeoutError("Timeout reading from Redis."))
+                if stalled and protocol is self._protocol:
+                    self.close()
+            else:
+                handle[0] = loop.call_later(self.timeout, watch)
+
+        handle.append(loop.call_later(self.timeout, watch))
+        try:
+            reply = await future
+        finally:
+            handle[0].cancel()
+        if isinstance(reply, hiredis.ReplyError):
+            message = str(reply)
+            if message.startswith("NOSCRIPT"):
+                raise NoScriptError(message)
+            raise ResponseError(message)
+        return reply
+
+    async def run(
+        self, sha: str, source: str | bytes, keys: Sequence[str], args: Sequence[Any]
+    ) -> Any:
+        """Run the script ``sha`` (its text: ``source``); the reply as hiredis gives it."""
+        payload = _pack("EVALSHA", sha, len(keys), *keys, *args)
+        try:
+            try:
+                return await self._call(payload)
+            except RedisConnectionError:
+                # As redis-py's one retry: a connection that died with a
+                # restarted server is replaced once; a server that is down
+                # fails the new connection at once.
+                return await self._call(payload)
+        except NoScriptError:
+            # A restarted or flushed Redis: EVAL runs it and caches it again.
+            return await self._call(_pack("EVAL", source, len(keys), *keys, *args))
+
+    def close(self) -> None:
+        if self._protocol is not None and self._protocol.transport is not None:
+            with contextlib.suppress(Exception):
+                self._protocol.transport.close()
+        self._protocol = None
+
+
+def for_client(redis: Redis, timeout: float) -> PipelinedScripts | None:
+    """A pipelined path to the same Redis as ``redis``, or ``None`` where it cannot be."""
+    if type(redis) is not Redis:
+        return None
+    pool = redis.connection_pool
+    kwargs = pool.connection_kwargs
+    if pool.connection_class is UnixDomainSocketConnection:
+        params: dict[str, Any] = {"path": kwargs["path"]}
+    elif pool.connection_class is Connection:
+        params = {"host": kwargs.get("host", "localhost"), "port": int(kwargs.get("port", 6379))}
+    else:  # TLS and anything else: redis-py's own path
+        return None
+    params.update(
+        db=int(kwargs.get("db") or 0),
+        username=kwargs.get("username"),
+        password=kwargs.get("password"),
+    )
+    return PipelinedScripts(params, timeout)

@@ -1,0 +1,30 @@
+"""A smoke test of ``make bench``'s command line: it imports and explains itself.
+
+The benchmark itself never runs in the test suite (it takes minutes and
+measures the machine, not the code).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.support import ROOT
+
+
+def test_the_bench_command_line_answers_help():
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--help"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    for option in ("--rounds", "--seconds", "--sessions", "--ablations", "--no-p5"):
+        assert option in done.stdout
+
+
+def test_the_bench_lists_every_ratio_it_reports_on():
+    from bench.run import targets
+
+    keys = {t.key for t in targets(ablations=True)}
+    assert {"plain-dict", "gated-dict", "plain-jsonify", "gated-jsonify", "me"} <= keys
+    assert {"peer-sync1", "peer-gthread2", "peer-io2", "io1-200", "me2-200"} <= keys
