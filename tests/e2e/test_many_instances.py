@@ -10,8 +10,6 @@ everything recovers once its replica has taken over.
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +18,7 @@ import httpx
 import pytest
 
 from tests.faults import RedisCluster
-from tests.support import PostgresServer, ServiceProcess, service_env
+from tests.support import PostgresServer, ServiceProcess, claims, service_env
 
 from .session_helpers import (
     PASSWORD,
@@ -33,11 +31,6 @@ from .session_helpers import (
     refresh,
     register,
 )
-
-
-def user_id(pair: dict[str, str]) -> str:
-    payload = pair["access_token"].split(".")[1]
-    return str(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["sub"])
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +189,7 @@ async def test_a_master_killed_under_load_gives_only_200_and_503_then_recovers(i
         logging_in = new_name("logs-in")  # logs in again and again during the outage
         register(http, logging_in)
     # The master that holds the first user's session: someone is always hit.
-    victim = cluster.primary_for(f"{{u{user_id(users[0])}}}")
+    victim = cluster.primary_for(f"{{u{claims(users[0]['access_token'])['sub']}}}")
     statuses: dict[str, list[int]] = {"me": [], "login": [], "healthz": []}
     limits = httpx.Limits(max_connections=10)
     async with (
