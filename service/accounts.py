@@ -32,10 +32,12 @@ from .errors import (
 )
 from .outbox import Message, Sender
 from .passwords import Passwords
+from .proxies import throttle_address
 from .purpose import UNUSABLE, PurposeTokens
 from .sessions import ClientInfo, Identity, SessionManager
 from .settings import Settings
 from .store.redis_store import RedisSessionStore
+from .store.results import Attempt
 from .tokens import TokenPair
 from .users import SqlUserStore, UserRecord, UserStore
 
@@ -43,6 +45,10 @@ log = logging.getLogger("tokengate")
 
 # How long a password check waits for its turn, attempt by attempt (~10 s in all).
 _ATTEMPT_WAITS = (0.01, 0.02, 0.05, *([0.1] * 99))
+# Failures from all addresses together that lock an account, as a multiple of
+# TOKENGATE_LOGIN_MAX_FAILURES (the limit per address): high enough that one
+# address, or a handful, cannot lock the owner out from another.
+ACCOUNT_CEILING = 10
 RESET_PURPOSE = "password_reset"
 
 
@@ -97,21 +103,27 @@ class Accounts:
             )
 
     @contextlib.asynccontextmanager
-    async def _password_attempt(self, username: str) -> AsyncIterator[list[bool]]:
-        """Run one throttled password check for ``username``.
+    async def _password_attempt(self, username: str, address: str | None) -> AsyncIterator[None]:
+        """Run one throttled password check of ``username`` from ``address``.
 
-        The check starts only while the failures so far plus the checks still
-        running stay under ``TOKENGATE_LOGIN_MAX_FAILURES``; otherwise it waits
-        its turn (a burst of guesses cannot outrun the count, and correct
-        passwords sent at once take turns), or answers 429 once the failures
-        reach the limit. The body sets ``outcome[0] = True`` on success; a
-        success clears the count, anything else counts as a failure.
+        Failures count per account and client address (an IPv6 /64 counts as
+        one address): ``TOKENGATE_LOGIN_MAX_FAILURES`` of them in the window
+        lock that address out of that account, and ``ACCOUNT_CEILING`` times
+        as many from all addresses together lock the account. A check starts
+        only while failures plus the checks still running stay under both
+        (a burst of guesses cannot outrun the count; correct passwords sent at
+        once take turns), else it waits its turn, or answers 429 once a count
+        is reached. ``InvalidCredentials`` from the body is a failure; a body
+        that returns is a success, which clears the address's count; any other
+        error (an outage) is not counted at all.
         """
         s = self.settings
+        where = throttle_address(address or "")
         attempt = secrets.token_hex(8)
+        limit, ceiling = s.login_max_failures, s.login_max_failures * ACCOUNT_CEILING
         for delay in _ATTEMPT_WAITS:
             verdict = await self.store.begin_attempt(
-                username, attempt, now=self.clock(), limit=s.login_max_failures
+                username, where, attempt, now=self.clock(), limit=limit, ceiling=ceiling
             )
             if verdict < 0:
                 raise TooManyAttempts(-verdict)
@@ -120,37 +132,44 @@ class Accounts:
             await asyncio.sleep(delay)
         else:
             raise TooManyAttempts(1, "Too many password checks at once for this account.")
-        outcome = [False]
+        outcome = Attempt.UNDECIDED
         try:
-            yield outcome
+            yield
+            outcome = Attempt.OK
+        except InvalidCredentials:
+            outcome = Attempt.FAILED
+            raise
         finally:
             await self.store.end_attempt(
-                username, attempt, failed=not outcome[0], window=s.login_window
+                username, where, attempt, outcome=outcome, window=s.login_window
             )
 
-    async def check_credentials(self, username: str, password: str) -> UserRecord:
+    async def check_credentials(
+        self, username: str, password: str, address: str | None = None
+    ) -> UserRecord:
         """Verify a username and password against the user store, with per-account throttling.
 
         An unknown user costs a password check too (against a dummy hash), so
         that the answer takes about as long as for a wrong password. A disabled
         user's password is checked too, and refused like a wrong one.
         """
-        async with self._password_attempt(username) as outcome:
+        async with self._password_attempt(username, address):
             user = await self.users.get_by_username(username)
             if user is None:
                 await self.passwords.verify(None, password)
                 raise InvalidCredentials()
             if not await self.users.verify_password(user, password) or user.disabled:
                 raise InvalidCredentials()
-            outcome[0] = True
         return user
 
     async def login(self, username: str, password: str, client: ClientInfo) -> TokenPair:
         """Check the credentials and open a session: its first token pair."""
-        user = await self.check_credentials(username, password)
+        user = await self.check_credentials(username, password, client.ip)
         return await self.sessions.start_session(user, client, password)
 
-    async def change_password(self, identity: Identity, current: str, new: str) -> None:
+    async def change_password(
+        self, identity: Identity, current: str, new: str, address: str | None = None
+    ) -> None:
         """Set a new password after checking the current one; end every other session.
 
         The current password is throttled like a login. Other sessions end
@@ -158,7 +177,7 @@ class Accounts:
         password in place and the request can simply be retried.
         """
         self._check_password(new)
-        async with self._password_attempt(identity.username) as outcome:
+        async with self._password_attempt(identity.username, address):
             async with self.db() as db:
                 user = await repo.get_user(db, identity.user_id)
             if user is None:
@@ -166,7 +185,6 @@ class Accounts:
             verdict = await self.passwords.verify(user.password_hash, current)
             if not verdict.ok:
                 raise InvalidCredentials("The current password is wrong.")
-            outcome[0] = True
         await self.sessions.end_all(identity.user_id, keep=identity.session_id)
         await self._set_password(identity.user_id, new)
         await self.sessions.end_all_again(identity.user_id, keep=identity.session_id)

@@ -55,6 +55,9 @@ END_REASON_ERRORS: dict[EndReason, type[Unauthorized]] = {
 VERIFIED_CACHE_SIZE = 10_000
 # How long shutdown waits for background write-backs and retries.
 DRAIN_SECONDS = 5.0
+# After an outage, how long a script Redis held for a dead connection may
+# still take to run, once Redis answers again.
+LATE_SCRIPT_WAIT = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,9 +320,14 @@ class SessionManager:
         try:
             claims = self._verify_access(access_token, now)
         except TokenExpired as exc:
-            if not (self.settings.implicit_refresh and implicit):
-                raise
-            return await self._implicit_refresh(exc.claims, now)
+            if self.settings.implicit_refresh and implicit:
+                return await self._implicit_refresh(exc.claims, now)
+            # Off the hot path: an expired token of a session that is over says
+            # why (session_expired, token_revoked...), so that the client logs
+            # in at once instead of trying a refresh that cannot succeed.
+            uid, sid = exc.claims["sub"], exc.claims["sid"]
+            await self._decide(uid, sid, now, lambda: self.store.peek(uid, sid, now=now))
+            raise
         uid, sid = claims["sub"], claims["sid"]
         live = await self._decide(uid, sid, now, lambda: self.store.check(uid, sid, now=now))
         if live.sync_due:
@@ -423,7 +431,12 @@ class SessionManager:
         grant = Grant(
             uid, user.username, sid, rotation.access_jti, rotation.refresh_jti, rotation.iat
         )
-        return self._pair(grant, claims, now)
+        pair = self._pair(grant, claims, now)
+        # Only now may the retired token's grace run out: until here, any
+        # failure (a 503, a lost reply) leaves the rotation unconfirmed, and
+        # the same refresh sent again gets this same pair, however late.
+        await self.store.confirm(uid, sid, rotation.refresh_jti)
+        return pair
 
     # -- ending sessions --------------------------------------------------
     async def revoke(self, token: str) -> bool:
@@ -463,9 +476,68 @@ class SessionManager:
         self, sids: Sequence[str], user_id: int, reason: EndReason, now: float, *,
         keep: str = "", every: bool = False,
     ) -> None:  # fmt: skip
-        """End ``sids`` in SQL, then in Redis (``every``: and every other one Redis knows)."""
+        """End ``sids`` in SQL, then in Redis (``every``: and every other one Redis knows).
+
+        SQL goes first, so that a Redis rebuilt from SQL never revives an
+        ended session. If Redis then fails, SQL takes the end back: the caller
+        gets a 503 with every session alive and listed, and may simply retry
+        (``docs/design.md``, "When a write fails half-way").
+        """
         await self._record_end(sids, reason, now)
-        await self.store.end(str(user_id), sids, reason=reason, now=now, every=every, keep=keep)
+        uid = str(user_id)
+        try:
+            await self.store.end(uid, sids, reason=reason, now=now, every=every, keep=keep)
+        except BaseException:
+            await self._take_back_end(uid, sids, reason, now, keep=keep, every=every)
+            raise
+
+    async def _take_back_end(
+        self, uid: str, sids: Sequence[str], reason: EndReason, now: float, *,
+        keep: str, every: bool,
+    ) -> None:  # fmt: skip
+        """Redis did not confirm an end that SQL holds: make the two agree again.
+
+        Usually the script never ran and SQL is simply taken back. If its
+        reply alone was lost, Redis ended the sessions after all: once Redis
+        answers again, SQL records the end Redis holds. If SQL cannot be taken
+        back either, the end is finished in Redis in the background instead:
+        never a session alive in Redis and missing from the list.
+        """
+        try:
+            async with self.db() as db:
+                await repo.resume_sessions(db, sids, reason, utc(now))
+                await db.commit()
+        except Exception as exc:
+            log.warning("could not take back an unfinished end in SQL (%s); finishing it",
+                        describe(exc))  # fmt: skip
+            self._spawn(self._retry(
+                lambda: self.store.end(uid, sids, reason=reason, now=now, every=every, keep=keep)
+            ))  # fmt: skip
+            return
+        self._spawn(self._retry(lambda: self._record_ended_in_redis(uid, sids)))
+
+    async def _record_ended_in_redis(self, uid: str, sids: Sequence[str]) -> None:
+        """Record in SQL the end of those of ``sids`` that Redis holds as ended.
+
+        It reads a moment after Redis answers again, so that a script a hung
+        Redis held in a dead connection's buffer has run by then.
+        """
+        await self.store.ping()
+        await asyncio.sleep(LATE_SCRIPT_WAIT)
+        ended = await self.store.ended(uid, sids)
+        for reason in {*ended.values()}:
+            await self._record_end([s for s, r in ended.items() if r is reason], reason,
+                                   self.clock())  # fmt: skip
+
+    async def _retry(self, step: Callable[[], Awaitable[object]]) -> None:
+        """Run ``step`` until it succeeds, backing off, for a few minutes at most."""
+        for attempt in range(60):
+            try:
+                await step()
+                return
+            except Exception as exc:  # still down: keep trying
+                log.warning("retrying after an outage: %s", describe(exc))
+            await asyncio.sleep(min(0.1 * 2**attempt, 5.0))
 
     async def end_all_again(self, user_id: int, keep: str = "") -> None:
         """A second sweep after a password change, for logins that raced it.
@@ -480,16 +552,7 @@ class SessionManager:
         except Exception as exc:
             log.warning("ending sessions after a password change failed (%s); retrying",
                         describe(exc))  # fmt: skip
-            self._spawn(self._retry_end_all(user_id, keep))
-
-    async def _retry_end_all(self, user_id: int, keep: str) -> None:
-        for attempt in range(60):
-            await asyncio.sleep(min(0.1 * 2**attempt, 5.0))
-            try:
-                await self.end_all(user_id, keep=keep)
-                return
-            except Exception as exc:  # still down: keep trying for a few minutes
-                log.warning("retrying the end of sessions: %s", describe(exc))
+            self._spawn(self._retry(lambda: self.end_all(user_id, keep=keep)))
 
     async def end_session(self, identity: Identity, sid: str) -> None:
         """End one of the caller's own sessions; another user's is ``not_found``."""

@@ -180,7 +180,9 @@ class CuttingProxy:
     ``cut_at(marker)`` arms it: the next client-to-server chunk that contains
     ``marker`` (say ``b"EVALSHA"``, or a script's SHA, or ``b"UPDATE sessions"``)
     is not forwarded; both sides of that connection are closed instead, as a
-    network failure would. ``cut_all()`` drops every open connection now;
+    network failure would. ``cut_at(marker, after=True)`` forwards that chunk
+    first and cuts before the reply can come back: the server did the work,
+    the client never hears of it. ``cut_all()`` drops every open connection now;
     ``refuse(True)`` refuses new connections. It runs its own event loop in a
     thread, so in-process apps and service processes can both use it.
     """
@@ -188,7 +190,7 @@ class CuttingProxy:
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.port = 0
-        self._markers: list[bytes] = []
+        self._markers: list[tuple[bytes, bool]] = []
         self._cuts = 0
         self._refusing = False
         self._writers: set[asyncio.StreamWriter] = set()
@@ -204,9 +206,9 @@ class CuttingProxy:
         self._ready.wait(10)
         return self
 
-    def cut_at(self, marker: bytes) -> None:
+    def cut_at(self, marker: bytes, *, after: bool = False) -> None:
         with self._lock:
-            self._markers.append(marker)
+            self._markers.append((marker, after))
 
     @property
     def cuts(self) -> int:
@@ -248,14 +250,15 @@ class CuttingProxy:
             writer.transport.abort()
         self._writers.clear()
 
-    def _take_marker(self, chunk: bytes) -> bool:
+    def _take_marker(self, chunk: bytes) -> bool | None:
+        """``None`` to forward ``chunk``; else cut, after forwarding it or not."""
         with self._lock:
-            for marker in self._markers:
+            for marker, after in self._markers:
                 if marker in chunk:
-                    self._markers.remove(marker)
+                    self._markers.remove((marker, after))
                     self._cuts += 1
-                    return True
-        return False
+                    return after
+        return None
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._refusing:
@@ -267,13 +270,22 @@ class CuttingProxy:
             writer.transport.abort()
             return
         self._writers |= {writer, up_writer}
+        muted: list[bool] = []
 
         async def pump(
             src: asyncio.StreamReader, dst: asyncio.StreamWriter, upstream: bool
         ) -> None:
             try:
                 while chunk := await src.read(65536):
-                    if upstream and self._take_marker(chunk):
+                    if muted:
+                        continue  # the reply that is lost
+                    cut = self._take_marker(chunk) if upstream else None
+                    if cut is not None:
+                        if cut:  # the server gets it; its reply is lost
+                            muted.append(True)
+                            dst.write(chunk)
+                            await dst.drain()
+                            await asyncio.sleep(0.05)
                         writer.transport.abort()
                         up_writer.transport.abort()
                         return

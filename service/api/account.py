@@ -47,7 +47,14 @@ from ..openapi import hidden
 from ..sessions import Identity
 from ..tokens import TokenPair
 from . import flows, schemas
-from .auth import client_info, no_content, raw_body, read_body, require_own_users
+from .auth import (
+    client_info,
+    no_content,
+    raw_body,
+    read_body,
+    request_address,
+    require_own_users,
+)
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 PAGE_PATH = "/account"
@@ -253,5 +260,5 @@ async def page_password() -> Response:
     require_own_users()
     me = await page_identity()
     body = await read_body(schemas.PasswordChange)
-    await flows.change_password(me, body.current_password, body.new_password)
+    await flows.change_password(me, body.current_password, body.new_password, request_address())
     return no_content()

@@ -242,7 +242,9 @@ async def change_password() -> Response:
     """Change the password; every other session ends."""
     require_own_users()
     body = await read_body(schemas.PasswordChange)
-    await flows.change_password(current_identity(), body.current_password, body.new_password)
+    await flows.change_password(
+        current_identity(), body.current_password, body.new_password, request_address()
+    )
     return no_content()
 
 

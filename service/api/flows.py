@@ -78,9 +78,9 @@ async def end_session(identity: Identity, session_id: str) -> None:
     _ended("ended_by_user", identity.user_id, session_id, by=identity.session_id)
 
 
-async def change_password(identity: Identity, current: str, new: str) -> None:
+async def change_password(identity: Identity, current: str, new: str, address: str) -> None:
     try:
-        await get_gate().accounts.change_password(identity, current, new)
+        await get_gate().accounts.change_password(identity, current, new, address)
     except Unauthorized as exc:
         security_event(
             "password_change_failed", user_id=identity.user_id, session_id=identity.session_id,

@@ -53,6 +53,26 @@ async def end_sessions(
     )
 
 
+async def resume_sessions(
+    db: AsyncSession,
+    sids: Sequence[str],
+    reason: str,
+    at: datetime,
+) -> None:
+    """Take back :func:`end_sessions` of ``sids`` with ``reason`` at ``at``, and only that."""
+    if not sids:
+        return
+    await db.execute(
+        update(AuthSession)
+        .where(
+            AuthSession.id.in_(list(sids)),
+            AuthSession.ended_at == at,
+            AuthSession.end_reason == reason,
+        )
+        .values(ended_at=None, end_reason=None)
+    )
+
+
 async def record_rotation(
     db: AsyncSession,
     sid: str,

@@ -33,6 +33,7 @@ from .connect import AnyRedis
 from .pipelined import PipelinedScripts
 from .results import (
     MISS,
+    Attempt,
     CheckResult,
     Ended,
     EndReason,
@@ -49,10 +50,10 @@ from .results import (
 
 KEY_PREFIX = "tg:"
 # The session scripts share the helpers of session_lib.lua, put in front of each.
-_SESSION_SCRIPTS = frozenset({"check", "implicit_refresh", "refresh", "login", "last_seen"})
+_SESSION_SCRIPTS = frozenset({"check", "peek", "implicit_refresh", "refresh", "login", "last_seen"})
 SCRIPTS = (
     "check", "implicit_refresh", "refresh", "load", "load_index", "login", "end",
-    "last_seen", "attempt", "settle", "count",
+    "last_seen", "attempt", "settle", "count", "confirm", "peek",
 )  # fmt: skip
 # A password check holds its slot at most this long (a hung check frees it).
 ATTEMPT_LEASE = 30
@@ -147,6 +148,14 @@ class RedisSessionStore:
             return Live(sync_due=len(reply) > 1)
         return _ended(reply) if reply[0] == "ended" else MISS
 
+    async def peek(self, user_id: str, sid: str, *, now: float) -> CheckResult:
+        """Whether the session is over, without counting this as activity (expired tokens)."""
+        keys = (self.session_key(user_id, sid), self.index_key(user_id))
+        reply = await self._run("peek", keys, self._session_args(sid, now))
+        if reply[0] == "ok":
+            return Live(sync_due=False)
+        return _ended(reply) if reply[0] == "ended" else MISS
+
     async def implicit_refresh(
         self, user_id: str, sid: str, *, now: float, expired_jti: str, new_jti: str
     ) -> ReissueResult:
@@ -174,6 +183,22 @@ class RedisSessionStore:
             aj, rj, iat, name, previous = reply[1:6]
             return Rotation(reply[0] == "rotated", aj, rj, previous, int(iat), name)
         return _ended(reply) if reply[0] == "ended" else MISS
+
+    async def ping(self) -> None:
+        await self.redis.ping()
+
+    async def ended(self, user_id: str, sids: Sequence[str]) -> dict[str, EndReason]:
+        """Those of ``sids`` that Redis holds as ended, with the reason (a read, nothing more)."""
+        found: dict[str, EndReason] = {}
+        for sid in sids:
+            state, why = await self.redis.hmget(self.session_key(user_id, sid), ["st", "why"])
+            if _text(state) == "ended":
+                found[sid] = EndReason.parse(_text(why))
+        return found
+
+    async def confirm(self, user_id: str, sid: str, refresh_jti: str) -> None:
+        """The rotation to ``refresh_jti`` is in SQL: the retired token's grace now runs out."""
+        await self._run("confirm", (self.session_key(user_id, sid),), (refresh_jti,))
 
     @staticmethod
     def _fields(record: SessionRecord, now: float) -> list[Any]:
@@ -273,24 +298,40 @@ class RedisSessionStore:
         """Forget every failed-login and reset-request count of the account ``name``.
 
         ``tokengate users unlock`` calls this, and only this: whatever keys the
-        throttle uses, this is where they are all cleared.
+        throttle uses, for every client address, this is where they are all cleared.
         """
-        await self.redis.delete(self.throttle_key("fails", name), self.throttle_key("reset", name))
+        addresses = self.throttle_key("addresses", name)
+        counted = [str(_text(a)) for a in await self.redis.smembers(addresses)]
+        await self.redis.delete(
+            self.throttle_key("fails", name), self.throttle_key("reset", name), addresses,
+            *(self.throttle_key(f"fails:{a}", name) for a in counted),
+        )  # fmt: skip
 
-    def _attempt_keys(self, name: str) -> tuple[str, str]:
-        return self.throttle_key("fails", name), self.throttle_key("inflight", name)
-
-    async def begin_attempt(self, name: str, attempt: str, *, now: float, limit: int) -> int:
-        """Ask to check a password of ``name``: 1 go, 0 wait, or minus the seconds left."""
-        reply = await self._run(
-            "attempt", self._attempt_keys(name), (repr(now), attempt, limit, ATTEMPT_LEASE)
+    def _attempt_keys(self, name: str, address: str) -> tuple[str, ...]:
+        return (
+            self.throttle_key(f"fails:{address}", name),
+            self.throttle_key(f"inflight:{address}", name),
+            self.throttle_key("fails", name),
+            self.throttle_key("inflight", name),
         )
+
+    async def begin_attempt(
+        self, name: str, address: str, attempt: str, *, now: float, limit: int, ceiling: int
+    ) -> int:
+        """Ask to check a password of ``name`` from ``address``: 1 go, 0 wait, or minus
+        the seconds left (``limit`` failures per address, ``ceiling`` per account)."""
+        reply = await self._run(
+            "attempt", self._attempt_keys(name, address),
+            (repr(now), attempt, limit, ceiling, ATTEMPT_LEASE),
+        )  # fmt: skip
         if int(reply[0]) < 0:
             return -max(1, int(reply[1]))
         return int(reply[0])
 
-    async def end_attempt(self, name: str, attempt: str, *, failed: bool, window: int) -> None:
-        """Settle an attempt: a failure is counted, a success clears the count."""
-        await self._run(
-            "settle", self._attempt_keys(name), (attempt, "1" if failed else "0", window)
-        )
+    async def end_attempt(
+        self, name: str, address: str, attempt: str, *, outcome: Attempt, window: int
+    ) -> None:
+        """Settle an attempt: a failure is counted, a success clears the address's
+        count, an undecided one (an outage) only gives its slot back."""
+        keys = (*self._attempt_keys(name, address), self.throttle_key("addresses", name))
+        await self._run("settle", keys, (attempt, outcome.value, window, address))

@@ -36,6 +36,14 @@ class EndReason(enum.StrEnum):
             return cls.REVOKED
 
 
+class Attempt(enum.StrEnum):
+    """How a throttled password check ended."""
+
+    FAILED = "failed"  # a wrong password, an unknown or disabled user: counted
+    OK = "ok"  # the right password: the address's count is cleared
+    UNDECIDED = "undecided"  # the database or Redis failed first: not counted
+
+
 @dataclass(frozen=True, slots=True)
 class SessionPolicy:
     """The session rules the scripts apply, from the settings, in seconds."""

@@ -67,3 +67,19 @@ async def test_an_expired_session_is_recorded_and_leaves_the_list(make_app, cloc
     async with app.extensions["tokengate"].db() as db:
         row = await db.get(AuthSession, old["session_id"])
     assert row.end_reason == "expired" and row.ended_at is not None
+
+
+async def test_an_expired_token_names_why_its_session_is_over(make_app, clock):
+    """An expired token of a live session is token_expired; of an ended one, the end's reason."""
+    app = await make_app(clock=clock, idle_timeout=100, access_ttl=60, implicit_refresh=False)
+    client = app.test_client()
+    idle, live, out = [await register_and_login(client) for _ in range(3)]
+    assert (await client.post("/auth/logout", headers=bearer(out))).status_code == 204
+    clock.advance(61)
+    assert await me(client, live) == "token_expired"
+    assert await me(client, out) == "token_revoked"
+    # Meeting an expired token is not activity: the session still goes idle on time.
+    clock.advance(39)
+    assert await me(client, idle) == "session_expired"
+    assert await me(client, live) == "session_expired"
+    assert await refresh(client, live["refresh_token"]) == "session_expired"

@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 from quart_tokengate.service.store.redis_store import RedisSessionStore, script_source
 from quart_tokengate.service.store.results import (
     MISS,
+    Attempt,
     Ended,
     EndReason,
     Live,
@@ -67,6 +68,13 @@ async def test_check_misses_then_finds_a_loaded_session(store):
     # A quarter of the idle timeout after the last write-back, last-seen is due in SQL.
     assert await store.check(UID, "session-1", now=NOW + 26) == Live(sync_due=True)
     assert await store.check(UID, "session-1", now=NOW + 27) == Live(sync_due=False)
+
+
+async def test_peek_ends_an_idle_session_but_never_slides_last_seen(store):
+    await open_session(store, "session-1")
+    assert await store.peek(UID, "session-1", now=NOW + 99) == Live(sync_due=False)
+    assert await store.peek(UID, "session-1", now=NOW + 100) == Ended(EndReason.EXPIRED, True)
+    assert await store.peek(UID, "session-2", now=NOW) == MISS
 
 
 async def test_check_ends_an_idle_session_once(store):
@@ -122,11 +130,33 @@ async def test_refresh_rotates_repeats_within_grace_then_ends_on_reuse(store):
 
     rotated = await refresh(NOW + 1, "r1", "2")
     assert rotated == Rotation(True, "a-2", "r-2", "r1", int(NOW) + 1, "alice")
+    await store.confirm(UID, "session-1", "r-2")
     same = await refresh(NOW + 11, "r1", "3")  # the retired token, within grace
     assert same == Rotation(False, "a-2", "r-2", "r1", int(NOW) + 1, "alice")
     assert await refresh(NOW + 11.5, "r1", "4") == Ended(EndReason.REUSED, True)
     assert await refresh(NOW + 12, "r-2", "5") == Ended(EndReason.REUSED, False)
     assert await store.check(UID, "session-1", now=NOW + 12) == Ended(EndReason.REUSED, False)
+
+
+async def test_an_unconfirmed_rotation_repeats_past_grace_until_confirmed(store):
+    await open_session(store, "session-1")
+
+    async def refresh(now: float, presented: str, new: str) -> Any:
+        return await store.refresh(
+            UID, "session-1", now=now, presented_jti=presented,
+            new_access_jti=f"a-{new}", new_refresh_jti=f"r-{new}",
+        )  # fmt: skip
+
+    rotated = await refresh(NOW + 1, "r1", "2")
+    # Its answer never reached the client: the same token, long after grace,
+    # gets the same pair.
+    late = await refresh(NOW + 50, "r1", "3")
+    assert late == Rotation(False, "a-2", "r-2", "r1", rotated.iat, "alice")
+    # Confirming another rotation's token confirms nothing.
+    await store.confirm(UID, "session-1", "r-other")
+    assert await refresh(NOW + 60, "r1", "4") == late
+    await store.confirm(UID, "session-1", "r-2")
+    assert await refresh(NOW + 61, "r1", "5") == Ended(EndReason.REUSED, True)
 
 
 async def test_a_refresh_token_never_seen_ends_the_session(store):
@@ -230,25 +260,63 @@ async def test_last_seen_applies_the_one_rule_to_redis_and_to_sql_times(store):
 
 
 # -- the password throttle ------------------------------------------------------------
+IP, OTHER_IP = "203.0.113.5", "198.51.100.7"
+
+
+async def begin(store, attempt: str, *, ip: str = IP, now: float = NOW, limit: int = 2,
+                ceiling: int = 100, name: str = "alice") -> int:  # fmt: skip
+    return await store.begin_attempt(name, ip, attempt, now=now, limit=limit, ceiling=ceiling)
+
+
+async def settle(store, attempt: str, outcome: Attempt, *, ip: str = IP, name: str = "alice"):
+    await store.end_attempt(name, ip, attempt, outcome=outcome, window=900)
+
+
 async def test_attempts_take_turns_and_failures_lock_out(store):
-    assert await store.begin_attempt("alice", "t1", now=NOW, limit=2) == 1
-    assert await store.begin_attempt("alice", "t2", now=NOW, limit=2) == 1
-    assert await store.begin_attempt("alice", "t3", now=NOW, limit=2) == 0  # wait your turn
-    await store.end_attempt("alice", "t1", failed=True, window=900)
-    await store.end_attempt("alice", "t2", failed=True, window=900)
-    assert -900 <= await store.begin_attempt("alice", "t3", now=NOW, limit=2) < 0
+    assert await begin(store, "t1") == 1
+    assert await begin(store, "t2") == 1
+    assert await begin(store, "t3") == 0  # wait your turn
+    await settle(store, "t1", Attempt.FAILED)
+    await settle(store, "t2", Attempt.FAILED)
+    assert -900 <= await begin(store, "t3") < 0
     # A hung check frees its slot after the lease.
-    assert await store.begin_attempt("bob", "h", now=NOW, limit=1) == 1
-    assert await store.begin_attempt("bob", "n", now=NOW + 29, limit=1) == 0
-    assert await store.begin_attempt("bob", "n", now=NOW + 31, limit=1) == 1
+    assert await begin(store, "h", name="bob", limit=1) == 1
+    assert await begin(store, "n", name="bob", limit=1, now=NOW + 29) == 0
+    assert await begin(store, "n", name="bob", limit=1, now=NOW + 31) == 1
 
 
-async def test_a_success_clears_the_count(store):
-    assert await store.begin_attempt("alice", "t1", now=NOW, limit=3) == 1
-    await store.end_attempt("alice", "t1", failed=True, window=900)
-    assert await store.begin_attempt("alice", "t2", now=NOW, limit=3) == 1
-    await store.end_attempt("alice", "t2", failed=False, window=900)
-    assert await store.record_failure("alice", 900) == (1, 900)
+async def test_a_success_clears_the_address_count_only(store):
+    assert await begin(store, "t1") == 1
+    await settle(store, "t1", Attempt.FAILED)
+    assert await begin(store, "g1", ip=OTHER_IP) == 1
+    await settle(store, "g1", Attempt.FAILED, ip=OTHER_IP)
+    assert await begin(store, "t2") == 1
+    await settle(store, "t2", Attempt.OK)
+    # This address starts again; the other keeps its one failure.
+    for n in range(2):
+        assert await begin(store, f"t{n + 3}") == 1
+        await settle(store, f"t{n + 3}", Attempt.FAILED)
+    assert await begin(store, "g2", ip=OTHER_IP) == 1
+    await settle(store, "g2", Attempt.FAILED, ip=OTHER_IP)
+    assert await begin(store, "g3", ip=OTHER_IP) < 0
+
+
+async def test_an_undecided_check_only_gives_its_slot_back(store):
+    for n in range(5):
+        assert await begin(store, f"t{n}", limit=1) == 1
+        await settle(store, f"t{n}", Attempt.UNDECIDED)
+    assert await begin(store, "t9", limit=1) == 1
+
+
+async def test_the_account_ceiling_counts_every_address(store):
+    for n in range(4):
+        ip = f"10.0.0.{n}"
+        assert await begin(store, f"t{n}", ip=ip, ceiling=4) == 1
+        await settle(store, f"t{n}", Attempt.FAILED, ip=ip)
+    assert await begin(store, "late", ip="10.0.0.99", ceiling=4) < 0
+    # ``tokengate users unlock`` clears every count of the account.
+    await store.clear_throttle("alice")
+    assert await begin(store, "after", ip="10.0.0.0", ceiling=4) == 1
 
 
 # -- every key a script touches is declared ----------------------------------------------
@@ -283,15 +351,17 @@ async def test_every_script_touches_only_the_keys_it_declares(redis_url, redis_c
         await store.login(UID, f"session-{n}", record(NOW + n), now=NOW + n, limit=2)
     await store.check(UID, "session-2", now=NOW + 200)
     await store.check(UID, "session-3", now=NOW + 50)
+    await store.peek(UID, "session-3", now=NOW + 50)
     await store.implicit_refresh(UID, "session-3", now=NOW + 51, expired_jti="a1", new_jti="x")
     await store.refresh(
         UID, "session-3", now=NOW + 52, presented_jti="r1", new_access_jti="a", new_refresh_jti="r"
     )
+    await store.confirm(UID, "session-3", "r")
     await store.load(UID, "session-4", record(), now=NOW + 52)
     await store.last_seen(UID, [("session-3", NOW, NOW), ("session-5", NOW, NOW)], now=NOW + 53)
     await store.end(UID, ["session-5"], reason=EndReason.REVOKED, now=NOW + 54, every=True)
-    await store.begin_attempt("alice", "t", now=NOW, limit=3)
-    await store.end_attempt("alice", "t", failed=True, window=900)
+    await begin(store, "t")
+    await settle(store, "t", Attempt.FAILED)
     await store.record_failure("alice", 900, kind="reset")
     await redis_client.echo(marker)
     watcher.join(10)
@@ -312,4 +382,4 @@ async def test_every_script_touches_only_the_keys_it_declares(redis_url, redis_c
         key = words[1].strip('"')
         assert key in declared, f"{' '.join(words)} touches an undeclared key"
         touched += 1
-    assert scripts >= 14 and touched > 50
+    assert scripts >= 16 and touched > 50

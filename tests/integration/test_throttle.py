@@ -1,4 +1,4 @@
-"""Login throttling per account, whatever the client address."""
+"""Login throttling per account and client address, under an account-wide ceiling."""
 
 import asyncio
 
@@ -14,17 +14,64 @@ async def login(client, password, ip="127.0.0.1"):
     return r
 
 
-async def test_too_many_failures_lock_the_account_for_the_window(make_app):
+async def test_too_many_failures_lock_that_address_out_for_the_window(make_app):
     app = await make_app(login_max_failures=3, login_window=120)
     client = app.test_client()
     await register_and_login(client)
-    for i in range(3):
-        r = await login(client, "wrong password", ip=f"10.0.0.{i}")
+    for _ in range(3):
+        r = await login(client, "wrong password", ip="10.0.0.1")
         assert r.status_code == 401
-    r = await login(client, "correct horse", ip="10.0.0.99")
+    r = await login(client, "correct horse", ip="10.0.0.1")
     assert r.status_code == 429
     assert (await r.get_json())["error"] == "too_many_attempts"
     assert 0 < int(r.headers["Retry-After"]) <= 120
+    # The owner, elsewhere, is not locked out by someone else's guesses.
+    assert (await login(client, "correct horse", ip="10.0.0.2")).status_code == 200
+    # ...and that success does not give the guessing address its turns back.
+    assert (await login(client, "correct horse", ip="10.0.0.1")).status_code == 429
+
+
+async def test_the_account_ceiling_counts_guesses_from_every_address(make_app):
+    # Two per address, twenty (ten times as many) for the whole account.
+    app = await make_app(login_max_failures=2, login_window=120)
+    client = app.test_client()
+    await register_and_login(client)
+    for n in range(10):
+        for _ in range(2):
+            assert (await login(client, "wrong password", ip=f"10.0.1.{n}")).status_code == 401
+    r = await login(client, "correct horse", ip="10.0.2.1")
+    assert r.status_code == 429 and 0 < int(r.headers["Retry-After"]) <= 120
+
+
+async def test_an_ipv6_64_counts_as_one_address(make_app):
+    app = await make_app(login_max_failures=2)
+    client = app.test_client()
+    await register_and_login(client)
+    assert (await login(client, "wrong password", ip="2001:db8:0:7::1")).status_code == 401
+    assert (await login(client, "wrong password", ip="2001:db8:0:7::2")).status_code == 401
+    assert (await login(client, "correct horse", ip="2001:db8:0:7:ffff::9")).status_code == 429
+    assert (await login(client, "correct horse", ip="2001:db8:0:8::1")).status_code == 200
+
+
+async def test_behind_a_trusted_proxy_the_forwarded_client_is_counted(make_app):
+    app = await make_app(login_max_failures=2, trusted_proxies=("127.0.0.1",))
+    client = app.test_client()
+    await register_and_login(client)
+
+    async def via_proxy(password: str, real: str) -> int:
+        r = await client.post(
+            "/auth/login",
+            json={"username": "alice", "password": password},
+            headers={"X-Forwarded-For": f"{real}"},
+            scope_base={"client": ("127.0.0.1", 5000)},
+        )
+        return r.status_code
+
+    assert await via_proxy("wrong password", "198.51.100.1") == 401
+    assert await via_proxy("wrong password", "198.51.100.1") == 401
+    assert await via_proxy("correct horse", "198.51.100.1") == 429
+    # Another client behind the same proxy is not.
+    assert await via_proxy("correct horse", "198.51.100.2") == 200
 
 
 async def test_a_success_resets_the_count(make_app):

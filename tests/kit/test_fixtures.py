@@ -96,7 +96,7 @@ def test_the_clock_only_moves_forward(tokengate_clock):
 
 
 @pytest.mark.parametrize(
-    ("state", "answer"), [("idle", "token_expired"), ("replaced", "session_replaced")]
+    ("state", "answer"), [("idle", "session_expired"), ("replaced", "session_replaced")]
 )
 def test_more_token_states(tokengate_server, tokengate_user, tokengate_tokens, state, answer):
     pair = tokengate_tokens(tokengate_user(), state=state)

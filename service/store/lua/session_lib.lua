@@ -3,7 +3,7 @@
 -- hash fields: st live|ended, why end reason, cr created, ls last seen, sy
 -- last write-back of ls to SQL, aj/rj current access/refresh jti, pj the
 -- refresh jti they replaced, ia the pair's iat, ra the exact rotation time,
--- nm username, xf/xa/xi the last implicit refresh, lo what its login ended.
+-- un set while that rotation is not yet confirmed in SQL, nm username, xf/xa/xi the last implicit refresh, lo what its login ended.
 
 -- The one rule of a session's life: over once idle for `idle` seconds (0: no
 -- idle timeout) or `maxage` seconds after it was created.
