@@ -141,12 +141,13 @@ def test_sessions_keep_their_state_when_redis_loses_its_data(service, http, modu
     }
     assert states() == expected
 
-    stats_client = redis.Redis(port=module_redis_running.port, socket_timeout=5)
+    # The service's database on the module's own redis-server loses everything.
+    service_redis = redis.Redis.from_url(service.env["TOKENGATE_REDIS_URL"], socket_timeout=5)
     try:
-        stats_client.flushall()
-        assert stats_client.dbsize() == 0
+        service_redis.flushdb()
+        assert service_redis.dbsize() == 0
     finally:
-        stats_client.close()
+        service_redis.close()
     assert states() == expected
     # The retired refresh token, within the grace window, still gets the same successor.
     again = refresh(http, live["refresh_token"])
