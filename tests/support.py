@@ -38,6 +38,7 @@ __all__ = [
     "commandstats",
     "commandstats_async",
     "free_port",
+    "refresh_waiters",
     "start_service",
     "timed",
     "timed_async",
@@ -111,6 +112,17 @@ async def wait_for_async(
             return
         await asyncio.sleep(interval)
     raise TimeoutError(f"not within {timeout}s: {what or 'condition'}")
+
+
+def refresh_waiters(api: Any) -> int:
+    """How many requests of an ``AsyncAuthClient`` wait for the refresh under way.
+
+    Read from the client's single flight (private state: nothing public tells
+    it), for the tests that hold a refresh until every request meant to share
+    it waits for it, instead of a delay that hopes they do.
+    """
+    flight = api.auth._single_flight._flight
+    return 0 if flight is None else len(flight._waiters)
 
 
 # -- failing closed, timed -----------------------------------------------------
