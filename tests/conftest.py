@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -160,10 +160,22 @@ async def register_and_login(
     return body
 
 
-async def me(client: Any, pair: dict[str, Any]) -> int | str:
-    """``GET /auth/me`` with the pair's access token: ``200``, or the error code."""
-    r = await client.get("/auth/me", headers=bearer(pair["access_token"]))
-    return r.status_code if r.status_code == 200 else str((await r.get_json())["error"])
+async def me_answer(
+    client: Any, headers: Mapping[str, str]
+) -> tuple[int, dict[str, Any], str | None]:
+    """``GET /auth/me`` with ``headers``: the status, the JSON body and ``WWW-Authenticate``.
+
+    For the guard's own tests, which send any header at all and read the challenge.
+    """
+    r = await client.get("/auth/me", headers=headers)
+    body: dict[str, Any] = await r.get_json()
+    return r.status_code, body, r.headers.get("WWW-Authenticate")
+
+
+async def me(client: Any, pair: Mapping[str, Any] | str) -> int | str:
+    """``GET /auth/me`` with the pair's (or this) access token: ``200``, or the error code."""
+    status, body, _ = await me_answer(client, bearer(pair))
+    return status if status == 200 else str(body["error"])
 
 
 async def refresh(client: Any, token: str) -> dict[str, Any] | str:

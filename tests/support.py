@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import glob
 import os
@@ -12,14 +13,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from http.cookies import Morsel, SimpleCookie
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import jwt
 import pytest
+import redis
+import redis.asyncio
 from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -31,10 +34,19 @@ __all__ = [
     "PostgresServer",
     "PrivateRedis",
     "ServiceProcess",
+    "assert_unavailable",
+    "commandstats",
+    "commandstats_async",
     "free_port",
+    "refresh_waiters",
     "start_service",
+    "timed",
+    "timed_async",
     "wait_for",
+    "wait_for_async",
 ]
+
+T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "test-signing-key-" + "k" * 40
@@ -70,14 +82,103 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> None:
-    """Poll ``predicate`` until it is true (this is waiting for a server, not a sleep)."""
+def wait_for(
+    predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02, what: str = ""
+) -> None:
+    """Poll ``predicate`` until it is true, at most ``timeout`` seconds.
+
+    Waiting on a condition (a server up, a key in use), not a guessed delay:
+    it returns as soon as the condition holds, and fails if it never does.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return
         time.sleep(interval)
-    raise TimeoutError(f"condition not met within {timeout}s")
+    raise TimeoutError(f"not within {timeout}s: {what or 'condition'}")
+
+
+async def wait_for_async(
+    predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.0, what: str = ""
+) -> None:
+    """:func:`wait_for` on an event loop: the other tasks run between two looks.
+
+    With ``interval`` 0 it only yields to the loop, so a condition that other
+    tasks make true is seen as soon as they have run.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        await asyncio.sleep(interval)
+    raise TimeoutError(f"not within {timeout}s: {what or 'condition'}")
+
+
+def refresh_waiters(api: Any) -> int:
+    """How many requests of an ``AsyncAuthClient`` wait for the refresh under way.
+
+    Read from the client's single flight (private state: nothing public tells
+    it), for the tests that hold a refresh until every request meant to share
+    it waits for it, instead of a delay that hopes they do.
+    """
+    flight = api.auth._single_flight._flight
+    return 0 if flight is None else len(flight._waiters)
+
+
+# -- failing closed, timed -----------------------------------------------------
+def timed(call: Callable[[], T]) -> tuple[T, float]:
+    """``call()``'s result and the seconds it took (the request alone, nothing around it)."""
+    start = time.monotonic()
+    result = call()
+    return result, time.monotonic() - start
+
+
+async def timed_async(call: Callable[[], Awaitable[T]]) -> tuple[T, float]:
+    """:func:`timed` for a coroutine function: ``await call()`` and the seconds it took."""
+    start = time.monotonic()
+    result = await call()
+    return result, time.monotonic() - start
+
+
+def assert_unavailable(r: Any, elapsed: float, body: Mapping[str, Any] | None = None) -> None:
+    """Failed closed and fast: ``503 auth_unavailable`` with ``Retry-After``, within a second.
+
+    The second is the contract's promise (section 3), so it is asserted as is.
+    ``r`` is an httpx response, or a Quart one with its JSON ``body`` passed
+    in (reading it is awaited).
+    """
+    if body is None:
+        body = r.json()
+    where = r.request.url.path if isinstance(r, httpx.Response) else ""
+    assert r.status_code == 503, (where, r.status_code, body)
+    assert body["error"] == "auth_unavailable" and body["error_description"], (where, body)
+    assert int(r.headers["Retry-After"]) >= 1, where
+    assert elapsed < 1.0, (where, elapsed)
+
+
+# -- counting Redis commands ---------------------------------------------------
+# Not per request: our own CONFIG RESETSTAT and INFO, and the handshake of a
+# pooled connection opened for the first time.
+NOT_PER_REQUEST = {"config", "config|resetstat", "info", "hello", "client", "client|setinfo"}
+
+
+def _calls(info: Mapping[str, Any]) -> dict[str, int]:
+    calls = {name.removeprefix("cmdstat_"): stats["calls"] for name, stats in info.items()}
+    return {name: n for name, n in calls.items() if name not in NOT_PER_REQUEST}
+
+
+def commandstats(client: redis.Redis) -> dict[str, int]:
+    """Calls per command since the last ``CONFIG RESETSTAT``, on a server of the test's own.
+
+    Redis counts the commands a script runs as well as the EVALSHA itself;
+    with exact counts for those, any extra command on the path would show.
+    """
+    return _calls(client.info("commandstats"))
+
+
+async def commandstats_async(client: redis.asyncio.Redis) -> dict[str, int]:
+    """:func:`commandstats` with an asyncio client."""
+    return _calls(await client.info("commandstats"))
 
 
 class PostgresServer:

@@ -35,10 +35,24 @@ def register(http: httpx.Client, username: str, password: str = PASSWORD) -> Non
     assert r.status_code == 201, r.text
 
 
-def login(http: httpx.Client, username: str, password: str = PASSWORD, **extra: Any) -> dict:
-    r = http.post("/auth/login", json={"username": username, "password": password, **extra})
+def login_response(
+    http: httpx.Client,
+    username: str,
+    password: str = PASSWORD,
+    *,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> httpx.Response:
+    """A successful login's response (for its cookies); ``extra`` goes in the body (``device``)."""
+    body = {"username": username, "password": password, **extra}
+    r = http.post("/auth/login", json=body, headers=headers)
     assert r.status_code == 200, r.text
-    pair: dict[str, Any] = r.json()
+    return r
+
+
+def login(http: httpx.Client, username: str, password: str = PASSWORD, **extra: Any) -> dict:
+    """Log in; the token pair. ``extra`` goes in the body (``device``)."""
+    pair: dict[str, Any] = login_response(http, username, password, **extra).json()
     return pair
 
 

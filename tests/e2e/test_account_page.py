@@ -27,6 +27,7 @@ from quart import Quart
 
 from quart_tokengate.client.pytest_plugin import TokengateClock
 from quart_tokengate.service import Settings, create_app
+from tests.e2e.session_helpers import PASSWORD, login, register
 from tests.support import ROOT, SECRET, claims
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -34,7 +35,6 @@ CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]  # fmt: skip
-PASSWORD = "correct horse"
 TIMEOUT_MS = 10_000
 
 
@@ -125,21 +125,6 @@ class AccountPage:
         clock.advance(max(0.0, exp - clock()))
 
 
-def register(base_url: str, username: str = "alice") -> None:
-    r = httpx.post(base_url + "/auth/register", json={"username": username, "password": PASSWORD})
-    assert r.status_code == 201
-
-
-def api_login(base_url: str, device: str) -> dict[str, Any]:
-    r = httpx.post(
-        base_url + "/auth/login",
-        json={"username": "alice", "password": PASSWORD, "device": device},
-    )
-    assert r.status_code == 200
-    pair: dict[str, Any] = r.json()
-    return pair
-
-
 @pytest.fixture
 def tokengate_app() -> Quart:
     """For the test kit's server: the default install, tokens in headers only for the API."""
@@ -150,8 +135,9 @@ def test_the_page_refreshes_by_itself_when_the_access_token_expires(
     tokengate_server, tokengate_clock, contexts
 ):
     service = tokengate_server
-    register(service.base_url)
-    cli = api_login(service.base_url, device="cli")
+    with httpx.Client(base_url=service.base_url) as api:
+        register(api, "alice")
+        cli = login(api, "alice", device="cli")
     tab = AccountPage(contexts(), service.base_url)
     tab.open()
     tab.login()
@@ -220,7 +206,8 @@ def test_the_page_refreshes_by_itself_when_the_access_token_expires(
 
 def test_a_session_ended_elsewhere_lands_on_the_login_form(service_factory, contexts):
     service = service_factory(token_location="cookies")
-    register(service.base_url)
+    with httpx.Client(base_url=service.base_url) as api:
+        register(api, "alice")
     first = AccountPage(contexts(), service.base_url)
     second = AccountPage(contexts(), service.base_url)
     first.open()
@@ -335,7 +322,8 @@ def test_without_registration_the_page_offers_none(service_factory, contexts):
 
 def test_an_action_that_needs_a_fresh_login_asks_for_the_password(service_factory, contexts):
     service = service_factory()
-    register(service.base_url)
+    with httpx.Client(base_url=service.base_url) as api:
+        register(api, "alice")
     tab = AccountPage(contexts(), service.base_url)
     tab.open()
     tab.login()
@@ -379,8 +367,9 @@ def test_home_page_phone_width_favicon_no_console_errors_and_screenshot(
     service_factory, contexts, tmp_path
 ):
     service = service_factory()
-    register(service.base_url)
-    api_login(service.base_url, device="tokengate-client on a laptop")
+    with httpx.Client(base_url=service.base_url) as api:
+        register(api, "alice")
+        login(api, "alice", device="tokengate-client on a laptop")
     home = AccountPage(contexts(), service.base_url)
     home.page.goto(service.base_url + "/")
     expect(home.page.locator("h1")).to_contain_text("tokengate")
@@ -472,8 +461,9 @@ def evil_site() -> Iterator[Any]:
 
 def test_a_cross_site_form_post_is_refused(service_factory, contexts, evil_site):
     service = service_factory()
-    register(service.base_url)
-    register(service.base_url, "mallory")
+    with httpx.Client(base_url=service.base_url) as api:
+        register(api, "alice")
+        register(api, "mallory")
     tab = AccountPage(contexts(), service.base_url)
     tab.open()
     tab.login()

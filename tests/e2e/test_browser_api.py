@@ -18,17 +18,10 @@ import pytest
 from quart import Quart
 
 from quart_tokengate.service import Settings, create_app
-from tests.e2e.session_helpers import register
+from tests.e2e.session_helpers import PASSWORD, login, login_response, register
 from tests.support import SECRET, bearer, claims, set_cookies
 
-PASSWORD = "correct horse"
 COOKIE_NAMES = {"access_token", "refresh_token", "csrf_token"}
-
-
-def login(http: httpx.Client, username: str = "alice", **extra: Any) -> httpx.Response:
-    r = http.post("/auth/login", json={"username": username, "password": PASSWORD}, **extra)
-    assert r.status_code == 200, r.text
-    return r
 
 
 def csrf(http: httpx.Client) -> dict[str, str]:
@@ -44,7 +37,7 @@ def test_cookie_mode_csrf_and_clearing(service_factory):
         register(browser, "alice")
 
         # Plain http on a loopback address: every flag but Secure.
-        r = login(browser)
+        r = login_response(browser, "alice")
         cookies = set_cookies(r)
         assert set(cookies) == COOKIE_NAMES
         assert {m["samesite"] for m in cookies.values()} == {"Lax"}
@@ -55,11 +48,11 @@ def test_cookie_mode_csrf_and_clearing(service_factory):
         assert cookies["access_token"]["path"] == cookies["csrf_token"]["path"] == "/"
 
         # The same server reached under a public name: Secure everywhere.
-        r = login(other, headers={"Host": "auth.example.com"})
+        r = login_response(other, "alice", headers={"Host": "auth.example.com"})
         assert set(set_cookies(r)) == COOKIE_NAMES
         assert all(m["secure"] for m in set_cookies(r).values())
         other.cookies.clear()
-        other_pair = login(other).json()
+        other_pair = login(other, "alice")
 
         # Safe requests ride on the cookie alone.
         r = browser.get("/auth/me")
@@ -87,7 +80,7 @@ def test_cookie_mode_csrf_and_clearing(service_factory):
 
         # Ending a session from elsewhere: its next request clears its cookies.
         other.cookies.clear()
-        login(other)
+        login(other, "alice")
         victim = claims(other.cookies["access_token"])["sid"]
         r = browser.delete(f"/auth/sessions/{victim}", headers=csrf(browser))
         assert r.status_code == 204
@@ -202,7 +195,7 @@ def test_password_reset_over_http(service_factory):
     outbox = Path(service.workdir) / "instance" / "outbox"
     with httpx.Client(base_url=service.base_url) as http:
         register(http, "alice")
-        session = login(http).json()
+        session = login(http, "alice")
 
         r = http.post("/auth/password-reset/request", json={"username": "nobody"})
         assert (r.status_code, r.json()) == (202, {})

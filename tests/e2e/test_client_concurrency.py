@@ -24,7 +24,15 @@ import pytest
 
 from quart_tokengate.client import AsyncAuthClient, AuthClient, MemoryTokenStore, Tokens
 from quart_tokengate.service.tokens import AccessToken, SigningConfig, mint
-from tests.support import SECRET, PrivateRedis, ServiceProcess, start_service
+from tests.support import (
+    SECRET,
+    PrivateRedis,
+    ServiceProcess,
+    refresh_waiters,
+    start_service,
+    wait_for,
+    wait_for_async,
+)
 
 SIGNING = SigningConfig.from_secret(SECRET, "tokengate", "tokengate")
 TIMEOUT = httpx.Timeout(120.0)
@@ -44,13 +52,23 @@ def new_user(base_url: str, password: str = PASSWORD) -> str:
 
 
 class CountingTransport(httpx.AsyncBaseTransport, httpx.BaseTransport):
-    """The real HTTP transport, counting what the server answered."""
+    """The real HTTP transport, counting what the server answered.
 
-    def __init__(self, refresh_delay: float = 0.0, limits: httpx.Limits = LIMITS) -> None:
+    With ``hold_refresh_until``, the first ``POST /auth/refresh`` is sent on
+    only once ``hold_refresh_until()`` is true: the refresh stays in flight
+    until the requests meant to share it all wait for it, however slow the
+    machine (a condition, looked at again and again; at most 60 s).
+    """
+
+    def __init__(
+        self,
+        limits: httpx.Limits = LIMITS,
+        hold_refresh_until: Callable[[], object] | None = None,
+    ) -> None:
         self._async = httpx.AsyncHTTPTransport(limits=limits)
         self._sync = httpx.HTTPTransport(limits=limits)
         self._lock = threading.Lock()
-        self.refresh_delay = refresh_delay
+        self._release = hold_refresh_until
         self.answered: Counter[tuple[str, int]] = Counter()
         self.sent_tokens: list[str] = []
 
@@ -62,6 +80,13 @@ class CountingTransport(httpx.AsyncBaseTransport, httpx.BaseTransport):
     def unauthorized(self) -> int:
         return sum(n for (_, status), n in self.answered.items() if status == 401)
 
+    def _held(self, request: httpx.Request) -> Callable[[], object] | None:
+        if request.url.path != "/auth/refresh":
+            return None
+        with self._lock:
+            release, self._release = self._release, None
+        return release
+
     def _count(self, request: httpx.Request, response: httpx.Response) -> None:
         with self._lock:
             self.answered[f"{request.method} {request.url.path}", response.status_code] += 1
@@ -69,15 +94,17 @@ class CountingTransport(httpx.AsyncBaseTransport, httpx.BaseTransport):
             self.sent_tokens.append(token)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if request.url.path == "/auth/refresh":
-            await asyncio.sleep(self.refresh_delay)
+        release = self._held(request)
+        if release is not None:
+            await wait_for_async(release, timeout=60, interval=0.005, what="the refresh's release")
         response = await self._async.handle_async_request(request)
         self._count(request, response)
         return response
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        if request.url.path == "/auth/refresh":
-            time.sleep(self.refresh_delay)
+        release = self._held(request)
+        if release is not None:
+            wait_for(release, timeout=60, interval=0.005, what="the refresh's release")
         response = self._sync.handle_request(request)
         self._count(request, response)
         return response
@@ -126,7 +153,8 @@ def service(
 @pytest.mark.parametrize("in_flight", [False, True], ids=["expired-before-sending", "in-flight"])
 async def test_1000_concurrent_async_requests_cause_one_refresh(service, in_flight):
     old = expired(logged_in(service.base_url))
-    transport = CountingTransport(refresh_delay=0.2)
+    # The refresh goes to the service once the 999 other requests wait for it.
+    transport = CountingTransport(hold_refresh_until=lambda: refresh_waiters(api) == 999)
     async with AsyncAuthClient(
         base_url=service.base_url, transport=transport, timeout=TIMEOUT,
         token_store=MemoryTokenStore(old), clock=behind(3600) if in_flight else time.time,

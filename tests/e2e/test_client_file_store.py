@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from quart_tokengate.client import AsyncAuthClient, AuthClient, FileTokenStore
+from quart_tokengate.client import AsyncAuthClient, AuthClient, FileTokenStore, Tokens
+from quart_tokengate.client._tokens import Lease
 from tests.support import PrivateRedis, ServiceProcess
 
 from .test_client_concurrency import (
@@ -38,13 +39,35 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess
     redis.stop()
 
 
-def worker(base_url: str, path: str, start: Any, results: Any) -> None:
+class LeaseWatchingStore(FileTokenStore):
+    """A token file that counts, in a shared ``met``, the processes that found it leased.
+
+    A process that finds another's refresh under way (``begin_refresh`` says
+    to look again later) adds one, once.
+    """
+
+    def __init__(self, path: str, met: Any) -> None:
+        super().__init__(path)
+        self.met = met
+        self.counted = False
+
+    def begin_refresh(self, stale: Tokens | None, usable: Any) -> Tokens | Lease | float:
+        claim = super().begin_refresh(stale, usable)
+        if not isinstance(claim, Tokens | Lease) and not self.counted:
+            self.counted = True
+            with self.met.get_lock():
+                self.met.value += 1
+        return claim
+
+
+def worker(base_url: str, path: str, start: Any, results: Any, met: Any) -> None:
     """One process: wait for the others, then send concurrent requests from the file's token."""
 
     async def run() -> dict[str, Any]:
-        # A slow refresh keeps the lease taken long enough for every process to meet it.
-        transport = CountingTransport(refresh_delay=0.5)
-        store = FileTokenStore(path)
+        # Whichever process takes the lease holds its refresh until every other
+        # process has found the lease taken: they all meet it, on any machine.
+        transport = CountingTransport(hold_refresh_until=lambda: met.value == PROCESSES - 1)
+        store = LeaseWatchingStore(path, met)
         async with AsyncAuthClient(
             base_url=base_url, transport=transport, token_store=store, timeout=TIMEOUT
         ) as api:
@@ -65,8 +88,9 @@ def test_processes_sharing_a_token_file_refresh_once_between_them(service, tmp_p
     context = multiprocessing.get_context("spawn")
     start = context.Barrier(PROCESSES + 1)
     results = context.Queue()
+    met = context.Value("i", 0)
     processes = [
-        context.Process(target=worker, args=(service.base_url, str(path), start, results))
+        context.Process(target=worker, args=(service.base_url, str(path), start, results, met))
         for _ in range(PROCESSES)
     ]
     for process in processes:
@@ -82,6 +106,7 @@ def test_processes_sharing_a_token_file_refresh_once_between_them(service, tmp_p
     assert not [r for r in reports if "error" in r], reports
     assert [r["statuses"] for r in reports] == [[200] * REQUESTS_EACH] * PROCESSES
     assert sum(r["refreshes"] for r in reports) == 1
+    assert met.value == PROCESSES - 1
     stored = FileTokenStore(path).load()
     assert stored is not None and stored.refresh_token != old.refresh_token
     assert stat.S_IMODE(path.stat().st_mode) == 0o600

@@ -9,7 +9,6 @@ stops and starts.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -17,13 +16,19 @@ import httpx
 import pytest
 import redis
 
-from tests.support import PostgresServer, PrivateRedis, ServiceProcess
+from tests.support import (
+    PostgresServer,
+    PrivateRedis,
+    ServiceProcess,
+    assert_unavailable,
+    commandstats,
+    timed,
+)
 
 from .session_helpers import (
     PASSWORD,
     TIMEOUT,
     bearer,
-    error_of,
     login,
     me,
     new_name,
@@ -66,33 +71,7 @@ def http(service: ServiceProcess) -> Iterator[httpx.Client]:
         yield client
 
 
-def timed(call: Callable[[], httpx.Response]) -> tuple[httpx.Response, float]:
-    start = time.monotonic()
-    r = call()
-    return r, time.monotonic() - start
-
-
-def assert_unavailable(r: httpx.Response, elapsed: float) -> None:
-    """Failed closed and fast: 503 auth_unavailable with Retry-After, within a second."""
-    assert r.status_code == 503, (r.request.url.path, r.status_code, r.text)
-    assert error_of(r) == "auth_unavailable"
-    assert int(r.headers["Retry-After"]) >= 1
-    assert elapsed < 1.0, (r.request.url.path, elapsed)
-
-
 # -- 6. the hot path: one EVALSHA per authenticated request, nothing else --
-# Not per request: our own CONFIG RESETSTAT and INFO, and the handshake of a
-# pooled connection opened for the first time.
-IGNORED = {"config", "config|resetstat", "info", "hello", "client", "client|setinfo"}
-
-
-def commandstats(client: redis.Redis) -> dict[str, int]:
-    """Calls per command since the last reset, the commands scripts run included."""
-    info = client.info("commandstats")
-    calls = {name.removeprefix("cmdstat_"): stats["calls"] for name, stats in info.items()}
-    return {name: n for name, n in calls.items() if name not in IGNORED}
-
-
 async def test_one_script_call_per_request_and_nothing_else(service, module_redis_running):
     with httpx.Client(base_url=service.base_url, timeout=TIMEOUT) as http:
         name = new_name()
@@ -162,12 +141,13 @@ def test_sessions_keep_their_state_when_redis_loses_its_data(service, http, modu
     }
     assert states() == expected
 
-    stats_client = redis.Redis(port=module_redis_running.port, socket_timeout=5)
+    # The service's database on the module's own redis-server loses everything.
+    service_redis = redis.Redis.from_url(service.env["TOKENGATE_REDIS_URL"], socket_timeout=5)
     try:
-        stats_client.flushall()
-        assert stats_client.dbsize() == 0
+        service_redis.flushdb()
+        assert service_redis.dbsize() == 0
     finally:
-        stats_client.close()
+        service_redis.close()
     assert states() == expected
     # The retired refresh token, within the grace window, still gets the same successor.
     again = refresh(http, live["refresh_token"])

@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
+from typing import Any
 
 import httpx
 import jwt
 import pytest
 
-from tests.support import ServiceProcess, service_env
+from tests.e2e.session_helpers import login, me, register
+from tests.support import ServiceProcess, service_env, wait_for
 
 
 def key_env(workdir, redis_url, **settings):
@@ -26,14 +27,6 @@ def cli(args, env, cwd):
         [sys.executable, "-m", "quart_tokengate.service", *args],
         cwd=cwd, env={**clean, **env}, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
-
-
-def login(base_url, username="alice"):
-    creds = {"username": username, "password": "correct horse"}
-    httpx.post(base_url + "/auth/register", json=creds)
-    r = httpx.post(base_url + "/auth/login", json=creds)
-    assert r.status_code == 200, r.text
-    return r.json()
 
 
 @pytest.fixture
@@ -52,31 +45,35 @@ def test_pyjwkclient_verifies_access_tokens_from_the_live_jwks_and_rotation_reac
     # PyJWT re-fetches on an unknown kid at most once per cooldown (30 s by
     # default); a key signs ACTIVATION_DELAY seconds after it is published.
     client = jwt.PyJWKClient(jwks_url, cache_keys=True, cooldown_duration=1)
-    first = login(base)
-    key = client.get_signing_key_from_jwt(first["access_token"])
-    claims = jwt.decode(first["access_token"], key, algorithms=["ES256"], audience="tokengate")
-    assert claims["sid"] == first["session_id"]
-    old_kid = key.key_id
+    with httpx.Client(base_url=base) as http:
+        register(http, "alice")
+        register(http, "bob")
+        first = login(http, "alice")
+        key = client.get_signing_key_from_jwt(first["access_token"])
+        claims = jwt.decode(first["access_token"], key, algorithms=["ES256"], audience="tokengate")
+        assert claims["sid"] == first["session_id"]
+        old_kid = key.key_id
 
-    r = cli(["keys", "rotate"], es256_service.env, tmp_path)
-    assert r.returncode == 0, r.stderr
-    assert "ES256" in r.stdout
-    # Every instance signs with the new key within a few seconds of the rotation.
-    deadline = time.monotonic() + 15
-    while True:
-        second = login(base, "bob")
-        if jwt.get_unverified_header(second["access_token"])["kid"] != old_kid:
-            break
-        assert time.monotonic() < deadline, "the service never signed with the new key"
-        time.sleep(0.5)
-    kids = {k["kid"] for k in httpx.get(jwks_url).json()["keys"]}
-    assert old_kid in kids and len(kids) == 2
-    # The cached client meets an unknown kid and fetches the set again.
-    key = client.get_signing_key_from_jwt(second["access_token"])
-    jwt.decode(second["access_token"], key, algorithms=["ES256"], audience="tokengate")
-    # Tokens signed with the older key keep working until they expire.
-    me = httpx.get(base + "/auth/me", headers={"Authorization": f"Bearer {first['access_token']}"})
-    assert me.status_code == 200
+        r = cli(["keys", "rotate"], es256_service.env, tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert "ES256" in r.stdout
+        # Every instance signs with the new key within a few seconds of the
+        # rotation (ACTIVATION_DELAY): wait until a login's token has it.
+        logins: list[dict[str, Any]] = []
+
+        def signs_with_a_new_key() -> bool:
+            logins.append(login(http, "bob"))
+            return jwt.get_unverified_header(logins[-1]["access_token"])["kid"] != old_kid
+
+        wait_for(signs_with_a_new_key, timeout=15, interval=0.5, what="a token with the new kid")
+        second = logins[-1]
+        kids = {k["kid"] for k in http.get("/.well-known/jwks.json").json()["keys"]}
+        assert old_kid in kids and len(kids) == 2
+        # The cached client meets an unknown kid and fetches the set again.
+        key = client.get_signing_key_from_jwt(second["access_token"])
+        jwt.decode(second["access_token"], key, algorithms=["ES256"], audience="tokengate")
+        # Tokens signed with the older key keep working until they expire.
+        assert me(http, first) == 200
     assert "PRIVATE KEY" not in es256_service.log.read_text()
 
 

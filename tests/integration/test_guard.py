@@ -3,17 +3,12 @@
 import jwt
 import pytest
 
-from tests.conftest import bearer, register_and_login
+from tests.conftest import bearer, me, me_answer, register_and_login
 from tests.support import SECRET
 
 
-async def me(client, headers):
-    r = await client.get("/auth/me", headers=headers)
-    return r.status_code, (await r.get_json()), r.headers.get("WWW-Authenticate")
-
-
 async def test_missing_token(app):
-    status, body, challenge = await me(app.test_client(), {})
+    status, body, challenge = await me_answer(app.test_client(), {})
     assert (status, body["error"]) == (401, "missing_token")
     assert challenge == 'Bearer realm="tokengate"'
     assert body["error_description"]
@@ -25,7 +20,7 @@ async def test_missing_token(app):
     ids=["other-scheme", "no-scheme", "scheme-only", "empty", "basic"],
 )
 async def test_malformed_authorization_header(app, header):
-    status, body, challenge = await me(app.test_client(), {"Authorization": header})
+    status, body, challenge = await me_answer(app.test_client(), {"Authorization": header})
     assert (status, body["error"]) == (401, "invalid_token")
     assert challenge == (
         'Bearer realm="tokengate", error="invalid_token", error_description="invalid_token"'
@@ -64,7 +59,7 @@ def forged(pair, key=SECRET, alg="HS256", typ="at+jwt", **changes):
 async def test_invalid_tokens(app, make):
     client = app.test_client()
     pair = await register_and_login(client)
-    status, body, challenge = await me(client, bearer(make(pair)))
+    status, body, challenge = await me_answer(client, bearer(make(pair)))
     assert (status, body["error"]) == (401, "invalid_token")
     assert 'error="invalid_token"' in challenge
 
@@ -74,9 +69,9 @@ async def test_expired_token(make_app, clock):
     client = app.test_client()
     pair = await register_and_login(client)
     clock.advance(59)
-    assert (await me(client, bearer(pair["access_token"])))[0] == 200
+    assert await me(client, pair) == 200
     clock.advance(1)
-    status, body, challenge = await me(client, bearer(pair["access_token"]))
+    status, body, challenge = await me_answer(client, bearer(pair))
     assert (status, body["error"]) == (401, "token_expired")
     assert challenge.endswith('error_description="token_expired"')
 
@@ -86,19 +81,17 @@ async def test_leeway_accepts_a_slightly_expired_token(make_app, clock):
     client = app.test_client()
     pair = await register_and_login(client)
     clock.advance(64)
-    assert (await me(client, bearer(pair["access_token"])))[0] == 200
+    assert await me(client, pair) == 200
     clock.advance(1)
-    assert (await me(client, bearer(pair["access_token"])))[1]["error"] == "token_expired"
+    assert await me(client, pair) == "token_expired"
 
 
 async def test_cookie_only_location_ignores_the_header(make_app):
     app = await make_app(token_location=("cookies",))
     client = app.test_client()
-    r = await client.post("/auth/register", json={"username": "carol", "password": "correct horse"})
-    r = await client.post("/auth/login", json={"username": "carol", "password": "correct horse"})
-    token = (await r.get_json())["access_token"]
+    pair = await register_and_login(client, "carol")
     fresh = app.test_client()
-    status, body, _ = await me(fresh, bearer(token))
+    status, body, _ = await me_answer(fresh, bearer(pair))
     assert (status, body["error"]) == (401, "missing_token")
 
 
@@ -106,5 +99,5 @@ async def test_tokens_of_another_issuer_configuration_are_refused(make_app):
     first = await make_app(issuer="tokengate-a")
     pair = await register_and_login(first.test_client())
     second = await make_app(issuer="tokengate-b")
-    status, body, _ = await me(second.test_client(), bearer(pair["access_token"]))
+    status, body, _ = await me_answer(second.test_client(), bearer(pair))
     assert (status, body["error"]) == (401, "invalid_token")

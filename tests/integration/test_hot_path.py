@@ -6,29 +6,13 @@ import pytest
 from sqlalchemy import event
 
 from tests.conftest import bearer, register_and_login
-from tests.support import PrivateRedis
+from tests.support import PrivateRedis, commandstats_async
 
 
 @pytest.fixture
 def redis_url(private_redis: PrivateRedis) -> str:
     """A server of the test's own: the counts are per server, and nothing else may add to them."""
     return private_redis.url
-
-
-# Not per request: our own CONFIG RESETSTAT and INFO, and the handshake of a
-# pooled connection opened for the first time.
-IGNORED = {"config", "config|resetstat", "info", "hello", "client", "client|setinfo"}
-
-
-async def commandstats(redis_client):
-    """Calls per command since the last reset.
-
-    Redis counts the commands a script runs as well as the EVALSHA itself;
-    with exact counts for those, any extra command on the path would show.
-    """
-    info = await redis_client.info("commandstats")
-    calls = {name.removeprefix("cmdstat_"): stats["calls"] for name, stats in info.items()}
-    return {name: n for name, n in calls.items() if name not in IGNORED}
 
 
 async def test_one_script_call_per_request_and_nothing_else(app, redis_client):
@@ -53,7 +37,7 @@ async def test_one_script_call_per_request_and_nothing_else(app, redis_client):
         await asyncio.gather(
             *(client.get("/auth/me", headers=bearer(pair["access_token"])) for _ in range(25))
         )
-        stats = await commandstats(redis_client)
+        stats = await commandstats_async(redis_client)
     finally:
         event.remove(engine.sync_engine, "before_cursor_execute", count)
     # One EVALSHA per request; inside it, one EXISTS, one HMGET, one HSET.
@@ -70,5 +54,5 @@ async def test_a_refresh_is_one_script_call_plus_the_sql_record(make_app, clock,
     clock.advance(11)
     r = await client.post("/auth/refresh", json={"refresh_token": pair["refresh_token"]})
     assert (await r.get_json())["error"] == "refresh_reused"
-    stats = await commandstats(redis_client)
+    stats = await commandstats_async(redis_client)
     assert stats == {"evalsha": 1, "exists": 1, "hmget": 1, "hset": 1, "zrem": 1}

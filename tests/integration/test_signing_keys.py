@@ -16,7 +16,7 @@ from sqlalchemy import select
 from quart_tokengate.service import keys
 from quart_tokengate.service.db.engine import build_engine, build_sessionmaker
 from quart_tokengate.service.db.models import SigningKey as SigningKeyRow
-from tests.conftest import bearer, register_and_login
+from tests.conftest import bearer, me, me_answer, register_and_login
 
 ASYMMETRIC = ["EdDSA", "ES256", "RS256"]
 
@@ -30,10 +30,6 @@ def get_gate_of(app):
     return app.extensions["tokengate"]
 
 
-async def me(app, token):
-    return await app.test_client().get("/auth/me", headers=bearer(token))
-
-
 async def test_without_a_secret_hs256_keys_live_in_the_database_and_every_instance_shares_them(
     make_app,
 ):
@@ -43,7 +39,7 @@ async def test_without_a_secret_hs256_keys_live_in_the_database_and_every_instan
     assert len(rows) == 1 and rows[0].algorithm == "HS256" and rows[0].public_key is None
     pair = await register_and_login(first.test_client())
     assert jwt.get_unverified_header(pair["access_token"])["kid"] == rows[0].kid
-    assert (await me(second, pair["access_token"])).status_code == 200
+    assert await me(second.test_client(), pair) == 200
     r = await second.test_client().post(
         "/auth/refresh", json={"refresh_token": pair["refresh_token"]}
     )
@@ -79,7 +75,7 @@ async def test_instances_starting_together_on_an_empty_database_create_one_key(d
 async def test_asymmetric_tokens_verify_from_the_jwks_alone(make_app, algorithm):
     app = await make_app(secret_key=None, algorithm=algorithm)
     pair = await register_and_login(app.test_client())
-    assert (await me(app, pair["access_token"])).status_code == 200
+    assert await me(app.test_client(), pair) == 200
     header = jwt.get_unverified_header(pair["access_token"])
     assert header["alg"] == algorithm and header["typ"] == "at+jwt"
     r = await app.test_client().get("/.well-known/jwks.json")
@@ -112,8 +108,9 @@ async def test_an_hs256_token_keyed_with_the_public_key_is_refused(make_app):
     jwk = json.dumps(await (await app.test_client().get("/.well-known/jwks.json")).get_json())
     for secret in (row.public_key.encode(), jwk.encode()):
         mac = hmac.new(secret, f"{header}.{payload}".encode(), hashlib.sha256).digest()
-        r = await me(app, f"{header}.{payload}.{b64(mac)}")
-        assert r.status_code == 401 and (await r.get_json())["error"] == "invalid_token"
+        forged = f"{header}.{payload}.{b64(mac)}"
+        status, body, _ = await me_answer(app.test_client(), bearer(forged))
+        assert (status, body["error"]) == (401, "invalid_token")
 
 
 async def test_rotation_publishes_first_signs_later_and_prunes_after_the_last_token(
@@ -137,8 +134,8 @@ async def test_rotation_publishes_first_signs_later_and_prunes_after_the_last_to
     clock.advance(keys.ACTIVATION_DELAY)
     pair = await register_and_login(app.test_client(), "carol")
     assert jwt.get_unverified_header(pair["access_token"])["kid"] == new.kid
-    assert (await me(other, pair["access_token"])).status_code == 200
-    assert (await me(other, before["access_token"])).status_code == 200
+    assert await me(other.test_client(), pair) == 200
+    assert await me(other.test_client(), before) == 200
     r = await other.test_client().post(
         "/auth/refresh", json={"refresh_token": before["refresh_token"]}
     )

@@ -10,7 +10,7 @@ from .test_client_edges import BASE, FakeService
 
 
 def test_a_bound_sync_client_carries_the_refresh_and_names_the_service():
-    service = FakeService(refresh_delay=0)
+    service = FakeService()
     seen: list[tuple[str, str | None]] = []
 
     def handle(request: httpx.Request) -> httpx.Response:
@@ -31,7 +31,7 @@ def test_a_bound_sync_client_carries_the_refresh_and_names_the_service():
 
 
 async def test_a_bound_async_client_carries_the_refresh_and_login():
-    service = FakeService(refresh_delay=0)
+    service = FakeService()
     auth = TokenAuth(token_store=MemoryTokenStore(service.tokens(1)))
     transport = httpx.MockTransport(service.handle_async)
     async with httpx.AsyncClient(base_url=BASE, auth=auth, transport=transport) as http:
@@ -44,7 +44,7 @@ async def test_a_bound_async_client_carries_the_refresh_and_login():
 
 
 def test_a_multipart_upload_is_resent_whole_after_token_expired(tmp_path):
-    service = FakeService(expired_first=True, refresh_delay=0)
+    service = FakeService(expired_first=True)
     bodies: list[bytes] = []
 
     def handle(request: httpx.Request) -> httpx.Response:

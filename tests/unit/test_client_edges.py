@@ -11,6 +11,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -28,7 +29,9 @@ from quart_tokengate.client import (
     RateLimited,
     TokenAuth,
 )
+from quart_tokengate.client._flight import Flight
 from quart_tokengate.client._tokens import Change, Lease, Tokens
+from tests.support import refresh_waiters, wait_for, wait_for_async
 
 from .test_client_flow import jwt
 
@@ -40,15 +43,15 @@ class FakeService:
 
     The first token (generation 1) is expired as far as the service is concerned.
     ``expired_first`` makes it look fresh to the client all the same: the token
-    expired in flight.
+    expired in flight. A refresh is answered at once, unless the test holds it
+    (``hold_next_refresh``).
     """
 
-    def __init__(self, *, expired_first: bool = False, refresh_delay: float = 0.05) -> None:
+    def __init__(self, *, expired_first: bool = False) -> None:
         self.generation = 1
         self.expired_first = expired_first
-        self.refresh_delay = refresh_delay
-        # When set, an async refresh is answered only once the test sets it.
-        self.hold: asyncio.Event | None = None
+        self._release: Callable[[], object] | None = None
+        self._release_lock = threading.Lock()
         self.refreshes = 0
         self.logins = 0
         self.unauthorized = 0
@@ -85,6 +88,20 @@ class FakeService:
         self.unauthorized += 1
         return httpx.Response(401, json={"error": "token_expired", "error_description": "..."})
 
+    def hold_next_refresh(self, until: Callable[[], object]) -> None:
+        """Answer the next refresh only once ``until()`` is true (looked at again and again).
+
+        So a refresh stays in flight until the requests meant to share it all
+        wait for it (``until=lambda: refresh_waiters(api) == n``), whatever the
+        machine's speed: a condition, where a delay would only hope.
+        """
+        self._release = until
+
+    def _held(self) -> Callable[[], object] | None:
+        with self._release_lock:
+            release, self._release = self._release, None
+        return release
+
     def rotate(self) -> httpx.Response:
         self.refreshes += 1
         if self.refresh_replies:
@@ -99,17 +116,18 @@ class FakeService:
         response = self.answer(request)
         if response is not None:
             return response
-        if self.hold is not None:
-            await self.hold.wait()
-        else:
-            await asyncio.sleep(self.refresh_delay)
+        release = self._held()
+        if release is not None:
+            await wait_for_async(release, timeout=30, what="the held refresh's release")
         return self.rotate()
 
     def handle_sync(self, request: httpx.Request) -> httpx.Response:
         response = self.answer(request)
         if response is not None:
             return response
-        time.sleep(self.refresh_delay)
+        release = self._held()
+        if release is not None:
+            wait_for(release, timeout=30, interval=0.001, what="the held refresh's release")
         return self.rotate()
 
     def async_client(self, **kwargs: Any) -> AsyncAuthClient:
@@ -128,6 +146,8 @@ class FakeService:
 async def test_1000_concurrent_requests_share_one_refresh(expired_first):
     service = FakeService(expired_first=expired_first)
     async with service.async_client() as api:
+        # The refresh is answered once the 999 others wait for it.
+        service.hold_next_refresh(until=lambda: refresh_waiters(api) == 999)
         responses = await asyncio.gather(*(api.get("/data") for _ in range(1000)))
     assert {r.status_code for r in responses} == {200}
     assert service.refreshes == 1
@@ -135,8 +155,19 @@ async def test_1000_concurrent_requests_share_one_refresh(expired_first):
 
 
 @pytest.mark.parametrize("expired_first", [False, True], ids=["before-sending", "in-flight"])
-def test_64_threads_share_one_refresh(expired_first):
-    service = FakeService(expired_first=expired_first, refresh_delay=0.2)
+def test_64_threads_share_one_refresh(expired_first, monkeypatch):
+    # A blocking request waits on a threading.Event, which nothing counts: count
+    # the calls to the real Flight.wait, to hold the refresh until 63 threads wait.
+    waits: list[None] = []
+    real_wait = Flight.wait
+
+    def wait(flight: Flight) -> Any:
+        waits.append(None)
+        return real_wait(flight)
+
+    monkeypatch.setattr(Flight, "wait", wait)
+    service = FakeService(expired_first=expired_first)
+    service.hold_next_refresh(until=lambda: len(waits) == 63)
     barrier = threading.Barrier(64)
     with service.sync_client() as api:
 
@@ -148,6 +179,7 @@ def test_64_threads_share_one_refresh(expired_first):
             statuses = list(pool.map(call, range(64)))
     assert statuses == [200] * 64
     assert service.refreshes == 1
+    assert service.unauthorized == (64 if expired_first else 0)
 
 
 async def test_newer_stored_tokens_are_used_without_a_refresh():
@@ -168,10 +200,11 @@ async def test_newer_stored_tokens_are_used_without_a_refresh():
 
 # -- failures --------------------------------------------------------------------------
 async def test_a_failed_refresh_reaches_every_waiter_once_then_is_forgotten():
-    service = FakeService(refresh_delay=0.1)
+    service = FakeService()
     service.refresh_replies.append(httpx.Response(503, json={"error": "auth_unavailable"}))
     failures: list[AuthError] = []
     async with service.async_client(on_refresh_failed=failures.append) as api:
+        service.hold_next_refresh(until=lambda: refresh_waiters(api) == 49)
         results = await asyncio.gather(
             *(api.get("/data") for _ in range(50)), return_exceptions=True
         )
@@ -229,6 +262,7 @@ async def test_refresh_401_with_credentials_logs_in_again():
         return "alice", "pw"
 
     async with service.async_client(credentials=credentials, on_refreshed=refreshed.append) as api:
+        service.hold_next_refresh(until=lambda: refresh_waiters(api) == 19)
         responses = await asyncio.gather(*(api.get("/data") for _ in range(20)))
     assert {r.status_code for r in responses} == {200}
     assert service.refreshes == 1 and service.logins == 1
@@ -300,29 +334,17 @@ async def test_a_cancelled_leader_does_not_leave_the_others_waiting():
     assert service.refreshes == 1  # the cancelled one never reached rotate()
 
 
-async def until(condition: Any, what: str) -> None:
-    """Let the other tasks run until ``condition()`` holds (a condition, not a guessed delay)."""
-    for _ in range(10_000):
-        if condition():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError(f"never: {what}")
-
-
-def waiting(api: AsyncAuthClient) -> int:
-    """How many requests wait for the refresh under way."""
-    flight = api.auth._single_flight._flight  # type: ignore[attr-defined]
-    return 0 if flight is None else len(flight._waiters)
-
-
 async def test_a_cancelled_waiter_does_not_disturb_the_flight():
-    service = FakeService(refresh_delay=0.2)
-    service.hold = asyncio.Event()
+    service = FakeService()
+    released = asyncio.Event()
+    service.hold_next_refresh(until=released.is_set)
     async with service.async_client() as api:
         tasks = [asyncio.create_task(api.get("/data")) for _ in range(10)]
-        await until(lambda: waiting(api) == 9, "nine requests wait for the leader's refresh")
+        await wait_for_async(
+            lambda: refresh_waiters(api) == 9, what="nine requests wait for the leader's refresh"
+        )
         tasks[5].cancel()
-        service.hold.set()
+        released.set()
         results = await asyncio.gather(*tasks, return_exceptions=True)
     assert isinstance(results[5], asyncio.CancelledError)
     assert [r.status_code for i, r in enumerate(results) if i != 5] == [200] * 9
@@ -428,11 +450,12 @@ class FlakyFileStore(FileTokenStore):
 
 
 async def test_a_failed_end_refresh_is_retried_and_does_not_fail_the_refresh(tmp_path, caplog):
-    service = FakeService(refresh_delay=0.1)
+    service = FakeService()
     path = tmp_path / "tokens.json"
     store = FlakyFileStore(path)
     store.save(service.tokens(1))
     async with service.async_client(token_store=store) as api:
+        service.hold_next_refresh(until=lambda: refresh_waiters(api) == 4)
         responses = await asyncio.gather(*(api.get("/data") for _ in range(5)))
     assert [r.status_code for r in responses] == [200] * 5
     assert service.refreshes == 1
