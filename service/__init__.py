@@ -2,7 +2,7 @@
 
 from .app import TokenGate, create_app
 from .guard import current_identity, current_identity_or_none, get_gate, login_required
-from .sessions import Identity
+from .identity import Identity
 from .settings import Settings
 
 __all__ = [

@@ -30,11 +30,12 @@ from .errors import (
     TooManyAttempts,
     describe,
 )
+from .identity import ClientInfo, Identity
 from .outbox import Message, Sender
 from .passwords import Passwords
 from .proxies import throttle_address
 from .purpose import UNUSABLE, PurposeTokens
-from .sessions import ClientInfo, Identity, SessionManager
+from .sessions import SessionManager
 from .settings import Settings
 from .store.redis_store import RedisSessionStore
 from .store.results import Attempt

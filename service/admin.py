@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from .app import TokenGate
 from .db import repository as repo
 from .db.models import AuthSession, User
-from .sessions import Identity, SessionInfo
+from .identity import Identity, SessionInfo
 
 # RFC 6749 section 3.3: a scope token is printable ASCII without space, '"' or '\'.
 _SCOPE = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]{1,200}$")

@@ -311,7 +311,7 @@ class TokenGate:
         await keys.stop(self._keys_task)
         self._keys_task = None
         if self._manager is not None:
-            await self._manager.drain()
+            await self._manager.background.drain()
             self._manager = self._accounts = self._purpose_tokens = None
         if self._pipelined is not None:
             self._pipelined.close()

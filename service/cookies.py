@@ -20,7 +20,7 @@ from .errors import CsrfFailed, InvalidToken, MissingToken
 from .settings import Settings
 
 if TYPE_CHECKING:
-    from .sessions import Identity
+    from .identity import Identity
     from .tokens import TokenPair
 
 ACCESS_COOKIE, REFRESH_COOKIE, CSRF_COOKIE = "access_token", "refresh_token", "csrf_token"

@@ -33,8 +33,8 @@ from .errors import (
     TokenRevoked,
     is_infrastructure_failure,
 )
+from .identity import Identity
 from .metrics import metrics
-from .sessions import Identity
 
 if TYPE_CHECKING:
     from .app import TokenGate

@@ -8,21 +8,20 @@ data can always be rebuilt from SQL without reviving anything.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from . import tokens
+from .background import Background
 from .db import repository as repo
 from .db.models import AuthSession
 from .db.repository import utc
+from .ending import SessionEnds
 from .errors import (
     InvalidCredentials,
     NotFound,
@@ -34,6 +33,7 @@ from .errors import (
     Unauthorized,
     describe,
 )
+from .identity import ClientInfo, Identity, SessionInfo
 from .keys import KeyRing
 from .logs import security_event
 from .settings import Settings
@@ -53,64 +53,6 @@ END_REASON_ERRORS: dict[EndReason, type[Unauthorized]] = {
     EndReason.REUSED: TokenRevoked,
 }
 VERIFIED_CACHE_SIZE = 10_000
-# How long shutdown waits for background write-backs and retries.
-DRAIN_SECONDS = 5.0
-# After an outage, how long a script Redis held for a dead connection may
-# still take to run, once Redis answers again.
-LATE_SCRIPT_WAIT = 0.5
-
-
-@dataclass(frozen=True, slots=True)
-class Identity:
-    """Who made the request: what ``current_identity()`` returns."""
-
-    user_id: int
-    username: str
-    session_id: str
-    claims: dict[str, Any] = field(repr=False)
-    # Set when the guard accepted an expired token through implicit refresh.
-    new_access_token: str | None = field(default=None, repr=False)
-    new_access_expires_in: int = 0
-
-    @property
-    def scopes(self) -> frozenset[str]:
-        """The scopes the access token carries (its ``scope`` claim)."""
-        scope = self.claims.get("scope", "")
-        return frozenset(scope.split()) if isinstance(scope, str) else frozenset()
-
-    @property
-    def auth_time(self) -> int:
-        """When the password login behind this session happened (epoch seconds)."""
-        return int(self.claims.get("auth_time", 0))
-
-
-@dataclass(frozen=True, slots=True)
-class SessionInfo:
-    id: str
-    device: str | None
-    ip: str | None
-    user_agent: str | None
-    created_at: datetime
-    last_seen_at: datetime
-    current: bool
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "device": self.device,
-            "ip": self.ip,
-            "user_agent": self.user_agent,
-            "created_at": self.created_at.isoformat().replace("+00:00", "Z"),
-            "last_seen_at": self.last_seen_at.isoformat().replace("+00:00", "Z"),
-            "current": self.current,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class ClientInfo:
-    device: str | None = None
-    ip: str | None = None
-    user_agent: str | None = None
 
 
 class SessionManager:
@@ -138,7 +80,8 @@ class SessionManager:
         self.store = store
         self.db = db
         self.clock = clock
-        self._background: set[asyncio.Task[None]] = set()
+        self.background = Background()
+        self.ends = SessionEnds(db, store, self.background, clock)
         # Access tokens whose signature and claims were verified, by their exact
         # text (failures never); exp and nbf are checked on every request.
         self._verified: dict[str, dict[str, Any]] = {}
@@ -198,10 +141,10 @@ class SessionManager:
                 await self._load_index(user.id, now)
                 opened = await self.store.login(uid, sid, record, now=now, limit=limit)
         except BaseException:
-            await self._record_end([sid], EndReason.REVOKED, now)
+            await self.ends.record([sid], EndReason.REVOKED, now)
             raise
         if isinstance(opened, Miss):  # the set vanished again at once: Redis is failing
-            await self._record_end([sid], EndReason.REVOKED, now)
+            await self.ends.record([sid], EndReason.REVOKED, now)
             raise TokenRevoked()
         if opened.replaced or opened.expired:
             async with self.db() as db:
@@ -231,7 +174,7 @@ class SessionManager:
             # The password changed (or the user was disabled) while this login
             # was being checked, and the change may have ended the user's
             # sessions before this one existed.
-            await self._end([sid], user.id, EndReason.REVOKED, now)
+            await self.ends.end([sid], user.id, EndReason.REVOKED, now)
             raise InvalidCredentials()
         claims = await self.access_claims(current, iat)
         return self._pair(Grant(uid, current.username, sid, aj, rj, iat), claims, now)
@@ -265,12 +208,6 @@ class SessionManager:
         )
         await self.store.load(user_id, sid, record, now=now)
 
-    async def _record_end(self, sids: Sequence[str], reason: EndReason, now: float) -> None:
-        """Record in SQL that ``sids`` ended (the first reason recorded stays)."""
-        async with self.db() as db:
-            await repo.end_sessions(db, sids, reason, utc(now))
-            await db.commit()
-
     async def _decide(
         self, uid: str, sid: str, now: float, script: Callable[[], Awaitable[R | Ended | Miss]]
     ) -> R:
@@ -285,7 +222,7 @@ class SessionManager:
             result = await script()
         if isinstance(result, Ended):
             if result.just_now:
-                await self._record_end([sid], result.reason, now)
+                await self.ends.record([sid], result.reason, now)
                 if result.reason is not EndReason.REUSED:  # flows logs reuse, with the user
                     security_event(
                         "session_ended", reason=str(result.reason), user_id=uid, session_id=sid
@@ -331,7 +268,7 @@ class SessionManager:
         uid, sid = claims["sub"], claims["sid"]
         live = await self._decide(uid, sid, now, lambda: self.store.check(uid, sid, now=now))
         if live.sync_due:
-            self._spawn(self._touch(sid, now))
+            self.background.spawn(self._touch(sid, now))
         # A copy: the cached claims stay as verified whatever a view does.
         return Identity(int(uid), claims["name"], sid, dict(claims))
 
@@ -373,11 +310,6 @@ class SessionManager:
         )  # fmt: skip
         return token, tokens.seconds_left(reissue.iat, ttl, now)
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
     async def _touch(self, sid: str, now: float) -> None:
         try:
             async with self.db() as db:
@@ -385,16 +317,6 @@ class SessionManager:
                 await db.commit()
         except Exception as exc:  # a lagging last-seen is harmless; log and go on
             log.warning("could not write last-seen back to SQL: %s", describe(exc))
-
-    async def drain(self) -> None:
-        """Let background work finish at shutdown, for a few seconds at most."""
-        if not self._background:
-            return
-        _, pending = await asyncio.wait(set(self._background), timeout=DRAIN_SECONDS)
-        for task in pending:
-            log.warning("shutting down with background work unfinished")
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
 
     # -- refresh ----------------------------------------------------------
     async def refresh(self, refresh_token: str) -> TokenPair:
@@ -424,7 +346,7 @@ class SessionManager:
             await db.commit()
         if row is None or user is None or user.disabled:
             # Gone or disabled since the login: this session is over.
-            await self._end([sid], int(uid), EndReason.REVOKED, now)
+            await self.ends.end([sid], int(uid), EndReason.REVOKED, now)
             raise TokenRevoked()
         # auth_time stays the session's password login: a refresh is not a login.
         claims = await self.access_claims(user, int(row.created_at.timestamp()))
@@ -457,11 +379,13 @@ class SessionManager:
             break
         if claims is None or "sid" not in claims:
             return False
-        await self._end([claims["sid"]], int(claims["sub"]), EndReason.REVOKED, now)
+        await self.ends.end([claims["sid"]], int(claims["sub"]), EndReason.REVOKED, now)
         return True
 
     async def logout(self, identity: Identity) -> None:
-        await self._end([identity.session_id], identity.user_id, EndReason.REVOKED, self.clock())
+        await self.ends.end(
+            [identity.session_id], identity.user_id, EndReason.REVOKED, self.clock()
+        )
 
     async def end_all(
         self, user_id: int, *, keep: str = "", reason: EndReason = EndReason.REVOKED
@@ -470,74 +394,7 @@ class SessionManager:
         now = self.clock()
         async with self.db() as db:
             live = [row.id for row in await repo.live_sessions(db, user_id) if row.id != keep]
-        await self._end(live, user_id, reason, now, keep=keep, every=True)
-
-    async def _end(
-        self, sids: Sequence[str], user_id: int, reason: EndReason, now: float, *,
-        keep: str = "", every: bool = False,
-    ) -> None:  # fmt: skip
-        """End ``sids`` in SQL, then in Redis (``every``: and every other one Redis knows).
-
-        SQL goes first, so that a Redis rebuilt from SQL never revives an
-        ended session. If Redis then fails, SQL takes the end back: the caller
-        gets a 503 with every session alive and listed, and may simply retry
-        (``docs/design.md``, "When a write fails half-way").
-        """
-        await self._record_end(sids, reason, now)
-        uid = str(user_id)
-        try:
-            await self.store.end(uid, sids, reason=reason, now=now, every=every, keep=keep)
-        except BaseException:
-            await self._take_back_end(uid, sids, reason, now, keep=keep, every=every)
-            raise
-
-    async def _take_back_end(
-        self, uid: str, sids: Sequence[str], reason: EndReason, now: float, *,
-        keep: str, every: bool,
-    ) -> None:  # fmt: skip
-        """Redis did not confirm an end that SQL holds: make the two agree again.
-
-        Usually the script never ran and SQL is simply taken back. If its
-        reply alone was lost, Redis ended the sessions after all: once Redis
-        answers again, SQL records the end Redis holds. If SQL cannot be taken
-        back either, the end is finished in Redis in the background instead:
-        never a session alive in Redis and missing from the list.
-        """
-        try:
-            async with self.db() as db:
-                await repo.resume_sessions(db, sids, reason, utc(now))
-                await db.commit()
-        except Exception as exc:
-            log.warning("could not take back an unfinished end in SQL (%s); finishing it",
-                        describe(exc))  # fmt: skip
-            self._spawn(self._retry(
-                lambda: self.store.end(uid, sids, reason=reason, now=now, every=every, keep=keep)
-            ))  # fmt: skip
-            return
-        self._spawn(self._retry(lambda: self._record_ended_in_redis(uid, sids)))
-
-    async def _record_ended_in_redis(self, uid: str, sids: Sequence[str]) -> None:
-        """Record in SQL the end of those of ``sids`` that Redis holds as ended.
-
-        It reads a moment after Redis answers again, so that a script a hung
-        Redis held in a dead connection's buffer has run by then.
-        """
-        await self.store.ping()
-        await asyncio.sleep(LATE_SCRIPT_WAIT)
-        ended = await self.store.ended(uid, sids)
-        for reason in {*ended.values()}:
-            await self._record_end([s for s, r in ended.items() if r is reason], reason,
-                                   self.clock())  # fmt: skip
-
-    async def _retry(self, step: Callable[[], Awaitable[object]]) -> None:
-        """Run ``step`` until it succeeds, backing off, for a few minutes at most."""
-        for attempt in range(60):
-            try:
-                await step()
-                return
-            except Exception as exc:  # still down: keep trying
-                log.warning("retrying after an outage: %s", describe(exc))
-            await asyncio.sleep(min(0.1 * 2**attempt, 5.0))
+        await self.ends.end(live, user_id, reason, now, keep=keep, every=True)
 
     async def end_all_again(self, user_id: int, keep: str = "") -> None:
         """A second sweep after a password change, for logins that raced it.
@@ -552,7 +409,7 @@ class SessionManager:
         except Exception as exc:
             log.warning("ending sessions after a password change failed (%s); retrying",
                         describe(exc))  # fmt: skip
-            self._spawn(self._retry(lambda: self.end_all(user_id, keep=keep)))
+            self.background.retry(lambda: self.end_all(user_id, keep=keep))
 
     async def end_session(self, identity: Identity, sid: str) -> None:
         """End one of the caller's own sessions; another user's is ``not_found``."""
@@ -560,7 +417,7 @@ class SessionManager:
             row = await repo.get_session(db, sid) if tokens.SESSION_ID.match(sid) else None
         if row is None or row.user_id != identity.user_id:
             raise NotFound("No such session.")
-        await self._end([sid], identity.user_id, EndReason.REVOKED, self.clock())
+        await self.ends.end([sid], identity.user_id, EndReason.REVOKED, self.clock())
 
     async def sessions(self, identity: Identity) -> list[SessionInfo]:
         """The caller's live sessions, with last-seen times from Redis where it has them."""

@@ -42,9 +42,9 @@ from ..errors import (
     register_error_handler,
 )
 from ..guard import SESSION_OVER, get_gate
+from ..identity import Identity
 from ..metrics import metrics
 from ..openapi import hidden
-from ..sessions import Identity
 from ..tokens import TokenPair
 from . import flows, schemas
 from .auth import (

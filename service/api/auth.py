@@ -20,9 +20,9 @@ from ..errors import (
     register_error_handler,
 )
 from ..guard import current_identity, get_gate, login_required
+from ..identity import ClientInfo
 from ..openapi import GUARD_CODES, document
 from ..proxies import client_address
-from ..sessions import ClientInfo
 from ..tokens import TokenPair
 from . import flows, schemas
 

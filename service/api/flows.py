@@ -12,9 +12,9 @@ import jwt
 
 from ..errors import ApiError, RefreshReused, TooManyAttempts, Unauthorized
 from ..guard import get_gate
+from ..identity import ClientInfo, Identity
 from ..logs import security_event
 from ..metrics import metrics
-from ..sessions import ClientInfo, Identity
 from ..tokens import TokenPair
 
 # A username is the user's to choose: enough of it to recognise, no more.

@@ -243,7 +243,7 @@ async def test_a_logout_whose_reply_is_lost_ends_up_the_same_in_sql_and_redis(
     assert sid not in await listed(client, other)
     # ...and SQL records it too, in the background, so that a Redis rebuilt
     # from SQL could never bring it back.
-    await get_gate(app).manager.drain()
+    await get_gate(app).manager.background.drain()
     engine = create_async_engine(database_url)
     try:
         async with engine.connect() as conn:
