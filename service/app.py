@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from . import keys
 from .accounts import Accounts
+from .api.docs import docs_bp
 from .db.engine import build_engine, build_sessionmaker
 from .db.migrate import head_revisions, schema_state, upgrade
 from .edge import RejectMalformedRequests
@@ -26,7 +27,6 @@ from .errors import describe, is_infrastructure_failure, mask_url, register_erro
 from .guard import finish_response, guard
 from .metrics import TimedRedis, count_database_error, metrics_bp
 from .observe import observe_request, start_request
-from .openapi import docs_bp
 from .outbox import FileOutbox, Sender
 from .passwords import Passwords
 from .purpose import PurposeTokens

@@ -1,0 +1,294 @@
+"""``tokengate users ...`` and ``tokengate sessions ...``: the account administration commands.
+
+Each command starts the extension on the configured database and Redis, as a
+worker would, and does its work through ``admin.py``; failures become one
+line on standard error and exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import getpass
+import json
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from .settings import Settings, SettingsError
+
+if TYPE_CHECKING:
+    from .app import TokenGate
+
+
+class CommandError(Exception):
+    """A command failed; the message is the one line printed."""
+
+
+def load_settings() -> Settings:
+    """The settings from ``TOKENGATE_*``, or exit 2 with one line per problem."""
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        for line in exc.problems:
+            print(f"tokengate: {line}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def migrate(settings: Settings) -> None:
+    """Apply pending migrations (under the database's lock), or fail with one line."""
+    from .db.migrate import upgrade
+    from .errors import describe, mask_url
+
+    settings.instance_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        upgrade(settings.sqlalchemy_url)
+    except Exception as exc:
+        url = mask_url(settings.sqlalchemy_url)
+        raise CommandError(f"cannot migrate the database {url}: {describe(exc)}") from exc
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    password = getpass.getpass("Password: ")
+    if getpass.getpass("Password (again): ") != password:
+        raise CommandError("the passwords do not match")
+    return password
+
+
+@contextlib.asynccontextmanager
+async def _started(settings: Settings) -> AsyncIterator[TokenGate]:
+    """The extension started on the configured database and Redis, as a worker starts it."""
+    from .app import create_app
+    from .guard import get_gate
+
+    app = create_app(settings)
+    async with app.app_context():
+        gate = get_gate()
+        await gate.startup()
+        try:
+            yield gate
+        finally:
+            await gate.shutdown()
+
+
+def _run(work: Callable[[TokenGate], Awaitable[int]]) -> int:
+    """Start the extension, run ``work`` on it, and turn failures into one line."""
+    from .admin import AdminError
+    from .errors import ApiError, describe, is_infrastructure_failure
+
+    settings = load_settings()
+
+    async def main() -> int:
+        async with _started(settings) as gate:
+            return await work(gate)
+
+    try:
+        return asyncio.run(main())
+    except (AdminError, CommandError) as exc:
+        raise CommandError(str(exc)) from exc
+    except ApiError as exc:
+        raise CommandError(str(exc.description)) from exc
+    except Exception as exc:
+        if is_infrastructure_failure(exc):
+            raise CommandError(f"the database or Redis cannot be reached: {describe(exc)}") from exc
+        from .app import SchemaNotReady
+
+        if isinstance(exc, SchemaNotReady):
+            raise CommandError(str(exc)) from exc
+        raise
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2))
+
+
+def _table(rows: list[list[str]], header: list[str]) -> None:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+
+
+def _when(value: Any) -> str:
+    return str(value.isoformat(timespec="seconds").replace("+00:00", "Z"))
+
+
+def cmd_users_create(args: argparse.Namespace) -> int:
+    password = _read_password(args)
+    settings = load_settings()
+    if settings.database_url is None:
+        migrate(settings)
+
+    async def work(gate: TokenGate) -> int:
+        user = await gate.accounts.register(args.username, password)
+        print(f"created user {user.username} (id {user.id})")
+        return 0
+
+    return _run(work)
+
+
+def cmd_users_list(args: argparse.Namespace) -> int:
+    from .admin import list_users
+
+    async def work(gate: TokenGate) -> int:
+        users = await list_users(gate)
+        if args.json:
+            _print_json([user.to_json() for user in users])
+            return 0
+        _table(
+            [
+                [
+                    str(u.id),
+                    u.username,
+                    "disabled" if u.disabled else "active",
+                    str(u.live_sessions),
+                    " ".join(u.scopes) or "-",
+                    _when(u.created_at),
+                ]
+                for u in users
+            ],
+            ["ID", "USERNAME", "STATUS", "SESSIONS", "SCOPES", "CREATED"],
+        )
+        return 0
+
+    return _run(work)
+
+
+def cmd_users_set_password(args: argparse.Namespace) -> int:
+    from .admin import set_password
+
+    password = _read_password(args)
+
+    async def work(gate: TokenGate) -> int:
+        await set_password(gate, args.username, password)
+        print(f"set the password of {args.username}; every session of the user has ended")
+        return 0
+
+    return _run(work)
+
+
+def cmd_users_unlock(args: argparse.Namespace) -> int:
+    from .admin import unlock
+
+    async def work(gate: TokenGate) -> int:
+        await unlock(gate, args.username)
+        print(f"unlocked {args.username}: failed logins are forgotten")
+        return 0
+
+    return _run(work)
+
+
+def _cmd_users_disabled(disabled: bool) -> Callable[[argparse.Namespace], int]:
+    def command(args: argparse.Namespace) -> int:
+        from .admin import set_disabled
+
+        async def work(gate: TokenGate) -> int:
+            await set_disabled(gate, args.username, disabled)
+            if disabled:
+                print(f"disabled {args.username}; every session of the user has ended")
+            else:
+                print(f"enabled {args.username}")
+            return 0
+
+        return _run(work)
+
+    return command
+
+
+def _cmd_users_scopes(grant: bool) -> Callable[[argparse.Namespace], int]:
+    def command(args: argparse.Namespace) -> int:
+        from .admin import change_scopes
+
+        async def work(gate: TokenGate) -> int:
+            scopes = await change_scopes(gate, args.username, args.scopes, grant=grant)
+            print(f"{args.username} has scopes: {' '.join(scopes) or '(none)'}")
+            return 0
+
+        return _run(work)
+
+    return command
+
+
+def cmd_sessions_list(args: argparse.Namespace) -> int:
+    from .admin import list_sessions
+
+    async def work(gate: TokenGate) -> int:
+        found = await list_sessions(gate, args.username)
+        if args.json:
+            _print_json([{k: v for k, v in s.to_json().items() if k != "current"} for s in found])
+            return 0
+        _table(
+            [
+                [
+                    s.id,
+                    _when(s.created_at),
+                    _when(s.last_seen_at),
+                    s.device or "-",
+                    s.ip or "-",
+                    s.user_agent or "-",
+                ]
+                for s in found
+            ],
+            ["ID", "CREATED", "LAST SEEN", "DEVICE", "IP", "USER AGENT"],
+        )
+        return 0
+
+    return _run(work)
+
+
+def cmd_sessions_end(args: argparse.Namespace) -> int:
+    from .admin import end_session
+
+    async def work(gate: TokenGate) -> int:
+        if await end_session(gate, args.session_id):
+            print(f"ended session {args.session_id}")
+        else:
+            print(f"session {args.session_id} had already ended")
+        return 0
+
+    return _run(work)
+
+
+def add_admin_commands(sub: Any) -> None:
+    """Add ``users ...`` and ``sessions ...`` to the ``tokengate`` command line."""
+    users = sub.add_parser("users", help="account administration")
+    users_sub = users.add_subparsers(dest="users_command", required=True)
+
+    def user_command(name: str, help_text: str, func: Callable[[argparse.Namespace], int]) -> Any:
+        command = users_sub.add_parser(name, help=help_text)
+        command.add_argument("username")
+        command.set_defaults(func=func)
+        return command
+
+    create = user_command("create", "create a user", cmd_users_create)
+    create.add_argument("--password-stdin", action="store_true")
+    listing = users_sub.add_parser("list", help="list the users")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing.set_defaults(func=cmd_users_list)
+    password = user_command(
+        "set-password", "set a user's password (every session ends)", cmd_users_set_password
+    )
+    password.add_argument("--password-stdin", action="store_true")
+    user_command("unlock", "clear a user's failed-login throttle", cmd_users_unlock)
+    user_command(
+        "disable", "refuse a user's logins and end every session", _cmd_users_disabled(True)
+    )
+    user_command("enable", "allow a disabled user to log in again", _cmd_users_disabled(False))
+    grant = user_command("grant", "add scopes to a user", _cmd_users_scopes(True))
+    grant.add_argument("scopes", nargs="+", metavar="SCOPE")
+    ungrant = user_command("ungrant", "remove scopes from a user", _cmd_users_scopes(False))
+    ungrant.add_argument("scopes", nargs="+", metavar="SCOPE")
+
+    sessions = sub.add_parser("sessions", help="session administration")
+    sessions_sub = sessions.add_subparsers(dest="sessions_command", required=True)
+    s_list = sessions_sub.add_parser("list", help="a user's live sessions")
+    s_list.add_argument("username")
+    s_list.add_argument("--json", action="store_true", help="print JSON")
+    s_list.set_defaults(func=cmd_sessions_list)
+    s_end = sessions_sub.add_parser("end", help="end one session")
+    s_end.add_argument("session_id")
+    s_end.set_defaults(func=cmd_sessions_end)
