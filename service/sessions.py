@@ -128,7 +128,7 @@ class SessionManager:
         row = AuthSession(
             id=sid, user_id=user.id, created_at=utc(now), last_seen_at=utc(now),
             device=client.device, ip=client.ip, user_agent=client.user_agent,
-            access_jti=aj, refresh_jti=rj, issued_at=iat,
+            access_jti=aj, refresh_jti=rj, iat=iat,
         )  # fmt: skip
         async with self.db() as db:
             db.add(row)
@@ -203,7 +203,7 @@ class SessionManager:
             access_jti=row.access_jti,
             refresh_jti=row.refresh_jti,
             previous_refresh_jti=row.previous_refresh_jti or "",
-            iat=row.issued_at,
+            iat=row.iat,
             ended=EndReason.parse(row.end_reason) if row.ended_at else None,
         )
         await self.store.load(user_id, sid, record, now=now)
@@ -340,7 +340,7 @@ class SessionManager:
             row = await repo.get_session(db, sid)
             await repo.record_rotation(
                 db, sid, access_jti=rotation.access_jti, refresh_jti=rotation.refresh_jti,
-                previous_refresh_jti=rotation.previous_refresh_jti, issued_at=rotation.iat,
+                previous_refresh_jti=rotation.previous_refresh_jti, iat=rotation.iat,
                 at=utc(now),
             )  # fmt: skip
             await db.commit()

@@ -73,11 +73,12 @@ class AuthSession(Base):
     device: Mapped[str | None] = mapped_column(String(200), nullable=True)
     ip: Mapped[str | None] = mapped_column(String(64), nullable=True)
     user_agent: Mapped[str | None] = mapped_column(String(400), nullable=True)
-    # The current pair (jtis and issue time, from which it can be minted again),
-    # and the refresh jti it replaced (for the grace window and reuse detection).
+    # The current pair (jtis and its JWT ``iat``, integer epoch seconds, from
+    # which it can be minted again), and the refresh jti it replaced (for the
+    # grace window and reuse detection).
     access_jti: Mapped[str] = mapped_column(String(64))
     refresh_jti: Mapped[str] = mapped_column(String(64))
-    issued_at: Mapped[int] = mapped_column(Integer)
+    iat: Mapped[int] = mapped_column(Integer)
     previous_refresh_jti: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 

@@ -80,7 +80,7 @@ async def record_rotation(
     access_jti: str,
     refresh_jti: str,
     previous_refresh_jti: str,
-    issued_at: int,
+    iat: int,
     at: datetime,
 ) -> None:
     """Move the session's refresh chain one step, if SQL is at ``previous_refresh_jti``."""
@@ -91,7 +91,7 @@ async def record_rotation(
             access_jti=access_jti,
             refresh_jti=refresh_jti,
             previous_refresh_jti=previous_refresh_jti,
-            issued_at=issued_at,
+            iat=iat,
             last_seen_at=at,
         )
     )
