@@ -237,7 +237,34 @@ def is_infrastructure_failure(exc: BaseException) -> bool:
         | ConnectionError
         | TimeoutError
         | asyncio.TimeoutError,
-    ) or (isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated)
+    ) or (
+        isinstance(exc, sqlalchemy.exc.DBAPIError)
+        and (exc.connection_invalidated or _sqlstate(exc).startswith(_UNAVAILABLE_SQLSTATES))
+    )
+
+
+# PostgreSQL errors that say the server cannot serve now, not that the request
+# was wrong: a statement or lock wait it cancelled (57014, 55P03: our own
+# statement_timeout and lock_timeout, db/engine.py), a shutdown or other
+# operator intervention (class 57), too many connections or no disk space
+# (class 53), a broken connection (class 08). psycopg files them all under
+# OperationalError; through asyncpg SQLAlchemy raises a plain DBAPIError.
+_UNAVAILABLE_SQLSTATES = ("08", "53", "57", "55P03")
+
+
+def _sqlstate(exc: BaseException) -> str:
+    """The SQLSTATE of a database error (``57014``), or ``""`` when it has none."""
+    import sqlalchemy.exc
+
+    if not isinstance(exc, sqlalchemy.exc.DBAPIError):
+        return ""
+    # SQLAlchemy's asyncpg adapter copies the code onto its error; the driver's
+    # own error (its cause) has it too.
+    for error in (exc.orig, exc.orig.__cause__ if exc.orig is not None else None):
+        code = getattr(error, "sqlstate", None)
+        if isinstance(code, str):
+            return code
+    return ""
 
 
 _URL_CREDENTIALS = re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://[^:/@\s]*):[^@\s]*@", re.IGNORECASE)

@@ -29,7 +29,7 @@ from quart_tokengate.service.db.migrate import downgrade, upgrade
 from quart_tokengate.service.passwords import Passwords
 from quart_tokengate.service.testing import FAST_HASHER
 
-from .support import SECRET, PrivateRedis, bearer
+from .support import SECRET, PostgresServer, PrivateRedis, bearer
 
 DATABASES = ["sqlite"] + (["postgresql"] if os.environ.get("TOKENGATE_TEST_DATABASE_URL") else [])
 
@@ -68,6 +68,17 @@ async def redis_client(redis_url: str) -> AsyncIterator[Redis]:
     await client.flushdb()
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of this test's own, that the test may freeze, stop and start."""
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.remove()
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import (
@@ -16,13 +17,20 @@ from sqlalchemy.pool import NullPool
 
 # A database that cannot answer (down, or hung: a stopped process, a network
 # that drops packets) must turn into a 503 within a second. Every step is
-# bounded: opening a connection, waiting for a pooled one, each statement
-# (on the client, and on the server so it stops working too), SQLite's wait
-# for a lock (below). Our statements are single-row reads and writes of a few
-# milliseconds; a statement that takes longer than this is an outage.
-CONNECT_TIMEOUT = 1.0
-POOL_TIMEOUT = 2.0
-STATEMENT_TIMEOUT = 0.75
+# bounded, and the steps of one request add up to at most 0.8 s: waiting for
+# a pooled connection (0.3 s) and then opening one or running a statement
+# (0.5 s each: a hung server fails the first of them). Our statements are
+# single-row reads and writes of a few milliseconds; one that takes longer
+# than this is an outage. The server gives up a little sooner than the client
+# (SERVER_STATEMENT_TIMEOUT): a slow but live server answers with its own
+# error and the connection stays usable; the client's timeout fires only when
+# the server cannot answer at all, and then the connection is dropped
+# (SQLAlchemy invalidates a connection whose call timed out; closing it never
+# waits for the server, see _Connection). SQLite's wait for a lock is below.
+CONNECT_TIMEOUT = 0.5
+POOL_TIMEOUT = 0.3
+STATEMENT_TIMEOUT = 0.5
+SERVER_STATEMENT_TIMEOUT = 0.4
 # SQLite is the embedded single-machine default: a lock wait there is this
 # service's own writes taking turns (twenty logins at once), not an outage,
 # so it may queue longer than a network database may hang.
@@ -53,14 +61,32 @@ def build_engine(url: str) -> AsyncEngine:
     if "+asyncpg" in url:
         connect_args["timeout"] = CONNECT_TIMEOUT
         connect_args["command_timeout"] = STATEMENT_TIMEOUT
+        connect_args["connection_class"] = _Connection
         connect_args["server_settings"] = {
-            "statement_timeout": str(int(STATEMENT_TIMEOUT * 1000)),
-            "lock_timeout": str(int(STATEMENT_TIMEOUT * 1000)),
+            "statement_timeout": str(int(SERVER_STATEMENT_TIMEOUT * 1000)),
+            "lock_timeout": str(int(SERVER_STATEMENT_TIMEOUT * 1000)),
         }
     engine = create_async_engine(url, connect_args=connect_args, **kwargs)
     if url.startswith("sqlite"):
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine
+
+
+class _Connection(asyncpg.Connection):  # type: ignore[misc]  # asyncpg ships no types
+    """asyncpg's connection, except that closing it never waits for the server.
+
+    SQLAlchemy closes the connections it gives up on (one whose statement timed
+    out, one recycled after an invalidation, an overflow connection coming
+    back) with asyncpg's graceful ``close()``, which lets a pending cancel
+    request finish, sends Terminate and waits for the server to hang up: for
+    up to 2 s, inside the request. On a hung server that wait always runs
+    out; on a live one it gains nothing, the connection is done either way.
+    ``terminate()`` sends Terminate and drops the socket at once.
+    """
+
+    # asyncpg's signature: SQLAlchemy calls close(timeout=2).
+    async def close(self, *, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        self.terminate()
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

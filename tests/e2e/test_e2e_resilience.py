@@ -17,7 +17,6 @@ import pytest
 import redis
 
 from tests.support import (
-    PostgresServer,
     PrivateRedis,
     ServiceProcess,
     assert_unavailable,
@@ -203,16 +202,6 @@ def test_redis_down_every_auth_route_answers_503_fast_then_recovers(
     assert http.post("/auth/logout", headers=bearer(fresh)).status_code == 204
     assert me(http, fresh) == "token_revoked"
     assert service.process is not None and service.process.poll() is None
-
-
-@pytest.fixture
-def postgres() -> Iterator[PostgresServer]:
-    server = PostgresServer()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.remove()
 
 
 def test_database_down_fails_closed_fast_then_recovers(service_factory, postgres):

@@ -1,6 +1,13 @@
 """Outages fail closed and fast, and the service recovers by itself."""
 
-from tests.conftest import bearer, register_and_login
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+
+from quart_tokengate.service.db.engine import build_engine
+from quart_tokengate.service.db.migrate import upgrade
+from quart_tokengate.service.errors import is_infrastructure_failure
+from tests.conftest import bearer, refresh, register_and_login
 from tests.support import assert_unavailable, free_port, timed_async
 
 
@@ -105,3 +112,60 @@ async def test_database_down_a_session_redis_lost_cannot_be_checked(make_app, re
         await dead.dispose()
         gate._engine = build_engine(good_url)
         gate.manager.db = build_sessionmaker(gate._engine)
+
+
+async def test_statements_the_database_cancels_are_unavailable_and_others_are_not(postgres):
+    """The server's statement_timeout and lock_timeout are 503s; a broken constraint is not."""
+    engine = build_engine(postgres.url)
+
+    async def failure(*statements):
+        async with engine.connect() as conn:
+            with pytest.raises(DBAPIError) as caught:
+                for statement in statements:
+                    await conn.execute(text(statement))
+        return caught.value
+
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE t (id int PRIMARY KEY)"))
+            await conn.execute(text("INSERT INTO t VALUES (1)"))
+        # The server's timeouts made short, so that the client's cannot fire first.
+        cancelled = await failure("SET statement_timeout = 50", "SELECT pg_sleep(5)")
+        async with engine.connect() as holder:
+            await holder.execute(text("SELECT id FROM t FOR UPDATE"))
+            locked = await failure("SET lock_timeout = 50", "UPDATE t SET id = 1")
+        duplicate = await failure("INSERT INTO t VALUES (1)")
+    finally:
+        await engine.dispose()
+    errors = (cancelled, locked, duplicate)
+    found = [(e.orig.sqlstate, is_infrastructure_failure(e)) for e in errors]
+    assert found == [("57014", True), ("55P03", True), ("23505", False)]
+
+
+@pytest.fixture
+def migrated_postgres(postgres):
+    upgrade(postgres.url)
+    return postgres
+
+
+async def test_a_refresh_waiting_on_a_locked_row_is_503_within_a_second(
+    make_app, migrated_postgres
+):
+    app = await make_app(database_url=migrated_postgres.url)
+    client = app.test_client()
+    pair = await register_and_login(client)
+    engine = build_engine(migrated_postgres.url)
+    try:
+        async with engine.connect() as holder:
+            await holder.execute(
+                text("SELECT id FROM sessions WHERE id = :sid FOR UPDATE"),
+                {"sid": pair["session_id"]},
+            )
+            r, elapsed = await timed_async(
+                lambda: client.post("/auth/refresh", json={"refresh_token": pair["refresh_token"]})
+            )
+            assert_unavailable(r, elapsed, await r.get_json())
+    finally:
+        await engine.dispose()
+    # The lock gone, the same refresh succeeds (the grace window hands out the same pair).
+    assert isinstance(await refresh(client, pair["refresh_token"]), dict)
