@@ -8,12 +8,11 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
-from tests.support import ROOT, SECRET, free_port, start_service
+from tests.support import ROOT, SECRET, free_port, start_service, wait_for
 
 EXAMPLES = ROOT / "examples"
 PASSWORD = "correct horse"
@@ -101,17 +100,19 @@ def test_the_app_that_embeds_the_extension(redis_url, tmp_path):
             start_new_session=True,
         )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
+
+    def answers() -> bool:
+        assert process.poll() is None, log.read_text()  # it exited: say why at once
+        try:
+            return httpx.get(base + "/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, log.read_text()
-            try:
-                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
+        try:
+            wait_for(answers, timeout=120, interval=0.05, what="the notes app's /healthz")
+        except TimeoutError as exc:
+            raise AssertionError(log.read_text()) from exc
         with httpx.Client(base_url=base, timeout=30) as http:
             assert http.get("/").json()["app"] == "notes"
             r = http.get("/notes")
