@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import SECRET, ServiceProcess
+from tests.support import SECRET, PrivateRedis, ServiceProcess
 
 from .session_helpers import login, login_attempt, me, register
 
@@ -51,12 +51,12 @@ class Admin:
 
 @pytest.fixture
 def deployment(
-    database_url: str, redis_url: str, redis_client: Any, tmp_path: Path
+    database_url: str, private_redis: PrivateRedis, tmp_path: Path
 ) -> Iterator[tuple[ServiceProcess, Admin]]:
-    """The service on the test database and Redis, and the command line on the same."""
+    """The service on the test database and a private Redis, and the command line on the same."""
     env = {
         "TOKENGATE_SECRET_KEY": SECRET,
-        "TOKENGATE_REDIS_URL": redis_url,
+        "TOKENGATE_REDIS_URL": private_redis.url,
         "TOKENGATE_DATABASE_URL": database_url,
         "TOKENGATE_INSTANCE_DIR": str(tmp_path / "instance"),
     }
@@ -150,10 +150,10 @@ def test_set_password_ends_every_session(deployment):
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_unlock_clears_the_login_throttle(database_url, redis_url, redis_client, tmp_path):
+def test_unlock_clears_the_login_throttle(database_url, private_redis, tmp_path):
     env = {
         "TOKENGATE_SECRET_KEY": SECRET,
-        "TOKENGATE_REDIS_URL": redis_url,
+        "TOKENGATE_REDIS_URL": private_redis.url,
         "TOKENGATE_DATABASE_URL": database_url,
         "TOKENGATE_INSTANCE_DIR": str(tmp_path / "instance"),
         "TOKENGATE_LOGIN_MAX_FAILURES": "2",

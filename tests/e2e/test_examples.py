@@ -28,8 +28,8 @@ def run_script(base_url: str, token_file: Path) -> subprocess.CompletedProcess[s
     )  # fmt: skip
 
 
-def test_the_script_logs_in_keeps_its_tokens_and_logs_in_again(redis_url, tmp_path):
-    service = start_service(tmp_path / "service", redis_url)
+def test_the_script_logs_in_keeps_its_tokens_and_logs_in_again(private_redis, tmp_path):
+    service = start_service(tmp_path / "service", private_redis.url)
     try:
         r = httpx.post(
             service.base_url + "/auth/register", json={"username": "alice", "password": PASSWORD}
@@ -83,13 +83,13 @@ def test_the_script_logs_in_keeps_its_tokens_and_logs_in_again(redis_url, tmp_pa
         service.stop()
 
 
-def test_the_app_that_embeds_the_extension(redis_url, tmp_path):
+def test_the_app_that_embeds_the_extension(private_redis, tmp_path):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENGATE_")}
     # The embedded SQLite default, empty: the extension migrates it itself.
     env.update(
         TOKENGATE_SECRET_KEY=SECRET,
-        TOKENGATE_REDIS_URL=redis_url,
+        TOKENGATE_REDIS_URL=private_redis.url,
         TOKENGATE_INSTANCE_DIR=str(tmp_path / "instance"),
     )
     log = tmp_path / "app.log"
