@@ -159,13 +159,40 @@ async def app(make_app: AppFactory) -> Quart:
     return await make_app()
 
 
+async def register(client: Any, username: str = "alice", password: str = "correct horse") -> int:
+    """Register a new user, which must succeed (``201``); its id."""
+    r = await client.post("/auth/register", json={"username": username, "password": password})
+    assert r.status_code == 201, await r.get_data()
+    return int((await r.get_json())["id"])
+
+
+async def login_attempt(
+    client: Any,
+    username: str = "alice",
+    password: str = "correct horse",
+    *,
+    ip: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    **extra: Any,
+) -> Any:
+    """``POST /auth/login``, whatever it answers: the response.
+
+    ``ip`` is the client's address as the app sees it (the login throttle
+    counts per address; without it the test client sends none); ``extra``
+    goes in the body (``device``).
+    """
+    body = {"username": username, "password": password, **extra}
+    scope = None if ip is None else {"client": (ip, 5000)}
+    return await client.post("/auth/login", json=body, headers=headers, scope_base=scope)
+
+
 async def register_and_login(
     client: Any, username: str = "alice", password: str = "correct horse", **login: Any
 ) -> dict[str, Any]:
     """Register ``username`` (if new) and log in; return the token pair JSON."""
     r = await client.post("/auth/register", json={"username": username, "password": password})
     assert r.status_code in (201, 409), await r.get_data()
-    r = await client.post("/auth/login", json={"username": username, "password": password, **login})
+    r = await login_attempt(client, username, password, **login)
     assert r.status_code == 200, await r.get_data()
     body: dict[str, Any] = await r.get_json()
     return body

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import glob
+import inspect
 import os
 import shutil
 import signal
@@ -104,11 +105,15 @@ async def wait_for_async(
     """:func:`wait_for` on an event loop: the other tasks run between two looks.
 
     With ``interval`` 0 it only yields to the loop, so a condition that other
-    tasks make true is seen as soon as they have run.
+    tasks make true is seen as soon as they have run. ``predicate`` may be a
+    coroutine function (a look that asks Redis or a server): it is awaited.
     """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if predicate():
+        holds = predicate()
+        if inspect.isawaitable(holds):
+            holds = await holds
+        if holds:
             return
         await asyncio.sleep(interval)
     raise TimeoutError(f"not within {timeout}s: {what or 'condition'}")

@@ -35,6 +35,19 @@ def register(http: httpx.Client, username: str, password: str = PASSWORD) -> Non
     assert r.status_code == 201, r.text
 
 
+def login_attempt(
+    http: httpx.Client,
+    username: str,
+    password: str = PASSWORD,
+    *,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> httpx.Response:
+    """``POST /auth/login``, whatever it answers; ``extra`` goes in the body (``device``)."""
+    body = {"username": username, "password": password, **extra}
+    return http.post("/auth/login", json=body, headers=headers)
+
+
 def login_response(
     http: httpx.Client,
     username: str,
@@ -44,8 +57,7 @@ def login_response(
     **extra: Any,
 ) -> httpx.Response:
     """A successful login's response (for its cookies); ``extra`` goes in the body (``device``)."""
-    body = {"username": username, "password": password, **extra}
-    r = http.post("/auth/login", json=body, headers=headers)
+    r = login_attempt(http, username, password, headers=headers, **extra)
     assert r.status_code == 200, r.text
     return r
 
@@ -53,6 +65,17 @@ def login_response(
 def login(http: httpx.Client, username: str, password: str = PASSWORD, **extra: Any) -> dict:
     """Log in; the token pair. ``extra`` goes in the body (``device``)."""
     pair: dict[str, Any] = login_response(http, username, password, **extra).json()
+    return pair
+
+
+async def login_async(
+    http: httpx.AsyncClient, username: str, password: str = PASSWORD, **extra: Any
+) -> dict[str, Any]:
+    """:func:`login` with an ``httpx.AsyncClient``: the token pair."""
+    body = {"username": username, "password": password, **extra}
+    r = await http.post("/auth/login", json=body)
+    assert r.status_code == 200, r.text
+    pair: dict[str, Any] = r.json()
     return pair
 
 

@@ -14,9 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import SECRET, ServiceProcess
+from tests.support import SECRET, PrivateRedis, ServiceProcess
 
-PASSWORD = "correct horse"
+from .session_helpers import login, login_attempt, me, register
 
 
 class Admin:
@@ -51,12 +51,12 @@ class Admin:
 
 @pytest.fixture
 def deployment(
-    database_url: str, redis_url: str, redis_client: Any, tmp_path: Path
+    database_url: str, private_redis: PrivateRedis, tmp_path: Path
 ) -> Iterator[tuple[ServiceProcess, Admin]]:
-    """The service on the test database and Redis, and the command line on the same."""
+    """The service on the test database and a private Redis, and the command line on the same."""
     env = {
         "TOKENGATE_SECRET_KEY": SECRET,
-        "TOKENGATE_REDIS_URL": redis_url,
+        "TOKENGATE_REDIS_URL": private_redis.url,
         "TOKENGATE_DATABASE_URL": database_url,
         "TOKENGATE_INSTANCE_DIR": str(tmp_path / "instance"),
     }
@@ -68,35 +68,19 @@ def deployment(
         service.stop()
 
 
-def login(http: httpx.Client, username: str, password: str = PASSWORD) -> httpx.Response:
-    return http.post("/auth/login", json={"username": username, "password": password})
-
-
-def me(http: httpx.Client, pair: dict[str, Any]) -> httpx.Response:
-    return http.get("/auth/me", headers={"Authorization": f"Bearer {pair['access_token']}"})
-
-
-def register(http: httpx.Client, *names: str) -> None:
-    for name in names:
-        r = http.post("/auth/register", json={"username": name, "password": PASSWORD})
-        assert r.status_code == 201, r.text
-
-
 def test_sessions_list_and_end(deployment):
     service, admin = deployment
     with httpx.Client(base_url=service.base_url, timeout=30) as http:
         register(http, "alice")
-        first = login(http, "alice").json()
-        second = http.post(
-            "/auth/login", json={"username": "alice", "password": PASSWORD, "device": "laptop"}
-        ).json()
+        first = login(http, "alice")
+        second = login(http, "alice", device="laptop")
         sessions = admin.json("sessions", "list", "alice")
         assert {s["id"] for s in sessions} == {first["session_id"], second["session_id"]}
         assert {s["device"] for s in sessions} == {None, "laptop"}
         # The one ended is refused at once; the other lives.
         assert "ended session" in admin.ok("sessions", "end", first["session_id"])
-        assert me(http, first).json()["error"] == "token_revoked"
-        assert me(http, second).status_code == 200
+        assert me(http, first) == "token_revoked"
+        assert me(http, second) == 200
         assert "already ended" in admin.ok("sessions", "end", first["session_id"])
         r = admin("sessions", "end", "no-such-session-id")
         assert r.returncode == 1 and r.stderr.strip() == (
@@ -107,7 +91,8 @@ def test_sessions_list_and_end(deployment):
 def test_users_list_grant_and_ungrant(deployment):
     service, admin = deployment
     with httpx.Client(base_url=service.base_url, timeout=30) as http:
-        register(http, "alice", "bob")
+        register(http, "alice")
+        register(http, "bob")
         login(http, "alice")
         login(http, "alice")
         out = admin.ok("users", "list")
@@ -125,22 +110,24 @@ def test_users_list_grant_and_ungrant(deployment):
 def test_disable_ends_every_session_and_refuses_logins(deployment):
     service, admin = deployment
     with httpx.Client(base_url=service.base_url, timeout=30) as http:
-        register(http, "alice", "bob")
-        pairs = [login(http, "alice").json() for _ in range(2)]
-        bob = login(http, "bob").json()
+        register(http, "alice")
+        register(http, "bob")
+        pairs = [login(http, "alice") for _ in range(2)]
+        bob = login(http, "bob")
         assert "disabled alice" in admin.ok("users", "disable", "alice")
         for pair in pairs:
-            assert me(http, pair).json()["error"] == "token_revoked"
+            assert me(http, pair) == "token_revoked"
         r = http.post("/auth/refresh", json={"refresh_token": pairs[0]["refresh_token"]})
         assert r.status_code == 401
         # The right password no longer logs in, with the answer of a wrong one.
-        r = login(http, "alice")
-        assert r.status_code == 401 and r.json() == login(http, "alice", "wrong password").json()
+        r = login_attempt(http, "alice")
+        wrong = login_attempt(http, "alice", "wrong password")
+        assert r.status_code == 401 and r.json() == wrong.json()
         listed = {u["username"]: u for u in admin.json("users", "list")}
         assert listed["alice"]["disabled"] is True and listed["alice"]["live_sessions"] == 0
-        assert me(http, bob).status_code == 200
+        assert me(http, bob) == 200
         admin.ok("users", "enable", "alice")
-        assert login(http, "alice").status_code == 200
+        assert login_attempt(http, "alice").status_code == 200
         r = admin("users", "disable", "nobody")
         assert r.returncode == 1 and r.stderr.strip() == "tokengate: no such user: nobody"
 
@@ -149,24 +136,24 @@ def test_disable_ends_every_session_and_refuses_logins(deployment):
 def test_set_password_ends_every_session(deployment):
     service, admin = deployment
     with httpx.Client(base_url=service.base_url, timeout=30) as http:
-        http.post("/auth/register", json={"username": "carol", "password": PASSWORD})
-        pairs = [login(http, "carol").json() for _ in range(2)]
+        register(http, "carol")
+        pairs = [login(http, "carol") for _ in range(2)]
         r = admin("users", "set-password", "carol", "--password-stdin", stdin="short\n")
         assert r.returncode == 1 and "at least 8" in r.stderr
-        assert me(http, pairs[0]).status_code == 200
+        assert me(http, pairs[0]) == 200
         out = admin.ok("users", "set-password", "carol", "--password-stdin", stdin="new horse 42\n")
         assert "new horse" not in out
         for pair in pairs:
-            assert me(http, pair).json()["error"] == "token_revoked"
-        assert login(http, "carol").status_code == 401
-        assert login(http, "carol", "new horse 42").status_code == 200
+            assert me(http, pair) == "token_revoked"
+        assert login_attempt(http, "carol").status_code == 401
+        assert login_attempt(http, "carol", "new horse 42").status_code == 200
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_unlock_clears_the_login_throttle(database_url, redis_url, redis_client, tmp_path):
+def test_unlock_clears_the_login_throttle(database_url, private_redis, tmp_path):
     env = {
         "TOKENGATE_SECRET_KEY": SECRET,
-        "TOKENGATE_REDIS_URL": redis_url,
+        "TOKENGATE_REDIS_URL": private_redis.url,
         "TOKENGATE_DATABASE_URL": database_url,
         "TOKENGATE_INSTANCE_DIR": str(tmp_path / "instance"),
         "TOKENGATE_LOGIN_MAX_FAILURES": "2",
@@ -176,14 +163,12 @@ def test_unlock_clears_the_login_throttle(database_url, redis_url, redis_client,
     admin = Admin(env, tmp_path)
     try:
         with httpx.Client(base_url=service.base_url, timeout=30) as http:
-            http.post("/auth/register", json={"username": "dave", "password": PASSWORD})
-            assert [login(http, "dave", "wrong password").status_code for _ in range(2)] == [
-                401,
-                401,
-            ]
-            locked = login(http, "dave")
+            register(http, "dave")
+            for _ in range(2):
+                assert login_attempt(http, "dave", "wrong password").status_code == 401
+            locked = login_attempt(http, "dave")
             assert locked.status_code == 429 and "Retry-After" in locked.headers
             assert "unlocked dave" in admin.ok("users", "unlock", "dave")
-            assert login(http, "dave").status_code == 200
+            assert login_attempt(http, "dave").status_code == 200
     finally:
         service.stop()

@@ -11,14 +11,20 @@ import asyncio
 import json
 import stat
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from quart import Quart
 
 from quart_tokengate.service import Settings, create_app
-from tests.e2e.session_helpers import PASSWORD, login, login_response, register
+from tests.e2e.session_helpers import (
+    PASSWORD,
+    login,
+    login_async,
+    login_attempt,
+    login_response,
+    register,
+)
 from tests.support import SECRET, bearer, claims, set_cookies
 
 COOKIE_NAMES = {"access_token", "refresh_token", "csrf_token"}
@@ -120,13 +126,6 @@ async def test_implicit_refresh_and_reissue(tokengate_server, tokengate_clock):
         httpx.AsyncClient(base_url=tokengate_server.base_url) as http,
         httpx.AsyncClient(base_url=tokengate_server.base_url) as browser,
     ):
-
-        async def login_as(name: str, client: httpx.AsyncClient = http) -> dict[str, Any]:
-            r = await client.post("/auth/login", json={"username": name, "password": PASSWORD})
-            assert r.status_code == 200
-            body: dict[str, Any] = r.json()
-            return body
-
         registered = await asyncio.gather(
             *(
                 http.post("/auth/register", json={"username": n, "password": PASSWORD})
@@ -136,14 +135,14 @@ async def test_implicit_refresh_and_reissue(tokengate_server, tokengate_clock):
         assert {r.status_code for r in registered} == {201}
         # Every session this test needs, opened up front so one wait serves them all.
         idle, alice, _, carol, dave = await asyncio.gather(
-            login_as("erin"), login_as("alice"), login_as("bob", browser), login_as("carol"),
-            login_as("dave"),
+            login_async(http, "erin"), login_async(http, "alice"), login_async(browser, "bob"),
+            login_async(http, "carol"), login_async(http, "dave"),
         )  # fmt: skip
         idle_since = tokengate_clock()
         assert (
             await http.post("/auth/logout", headers=bearer(carol["access_token"]))
         ).status_code == 204
-        await login_as("dave")  # one session per user: this pushes the first out
+        await login_async(http, "dave")  # one session per user: this pushes the first out
         expired = alice["access_token"]
         tokengate_clock.advance(300)  # every access token so far has expired
         assert claims(browser.cookies["access_token"])["exp"] <= tokengate_clock()
@@ -220,10 +219,9 @@ def test_password_reset_over_http(service_factory):
         # Every session is over; the new password works, the old does not.
         r = http.get("/auth/me", headers=bearer(session["access_token"]))
         assert r.json()["error"] == "token_revoked"
-        r = http.post("/auth/login", json={"username": "alice", "password": PASSWORD})
+        r = login_attempt(http, "alice")
         assert r.json()["error"] == "invalid_credentials"
-        r = http.post("/auth/login", json={"username": "alice", "password": "battery staple"})
-        assert r.status_code == 200
+        assert login_attempt(http, "alice", "battery staple").status_code == 200
 
         # Single use.
         r = http.post("/auth/password-reset/confirm", json=confirm)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -34,21 +33,14 @@ from tests.support import (
     wait_for_async,
 )
 
+from .session_helpers import login, new_name, register
+
 SIGNING = SigningConfig.from_secret(SECRET, "tokengate", "tokengate")
 TIMEOUT = httpx.Timeout(120.0)
-PASSWORD = "correct horse"
 # httpcore's pool scans every queued request against every connection on each
 # change, so 1,000 requests queued on 100 connections spend most of their time
 # there; a smaller pool keeps the burst quick without changing what it tests.
 LIMITS = httpx.Limits(max_connections=10)
-
-
-def new_user(base_url: str, password: str = PASSWORD) -> str:
-    """Register a user with a fresh name; return the name."""
-    name = f"user-{uuid.uuid4().hex[:10]}"
-    r = httpx.post(f"{base_url}/auth/register", json={"username": name, "password": password})
-    assert r.status_code == 201, r.text
-    return name
 
 
 class CountingTransport(httpx.AsyncBaseTransport, httpx.BaseTransport):
@@ -129,10 +121,10 @@ def expired(tokens: Tokens, ago: int = 600) -> Tokens:
 
 def logged_in(base_url: str) -> Tokens:
     """A new user's first token pair."""
-    body = {"username": new_user(base_url), "password": PASSWORD}
-    r = httpx.post(f"{base_url}/auth/login", json=body, timeout=TIMEOUT)
-    assert r.status_code == 200, r.text
-    return Tokens.from_json(r.json())
+    name = new_name()
+    with httpx.Client(base_url=base_url, timeout=TIMEOUT) as http:
+        register(http, name)
+        return Tokens.from_json(login(http, name))
 
 
 def behind(seconds: float) -> Callable[[], float]:

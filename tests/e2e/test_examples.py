@@ -8,12 +8,11 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
-from tests.support import ROOT, SECRET, free_port, start_service
+from tests.support import ROOT, SECRET, free_port, start_service, wait_for
 
 EXAMPLES = ROOT / "examples"
 PASSWORD = "correct horse"
@@ -29,8 +28,8 @@ def run_script(base_url: str, token_file: Path) -> subprocess.CompletedProcess[s
     )  # fmt: skip
 
 
-def test_the_script_logs_in_keeps_its_tokens_and_logs_in_again(redis_url, tmp_path):
-    service = start_service(tmp_path / "service", redis_url)
+def test_the_script_logs_in_keeps_its_tokens_and_logs_in_again(private_redis, tmp_path):
+    service = start_service(tmp_path / "service", private_redis.url)
     try:
         r = httpx.post(
             service.base_url + "/auth/register", json={"username": "alice", "password": PASSWORD}
@@ -84,13 +83,13 @@ def test_the_script_logs_in_keeps_its_tokens_and_logs_in_again(redis_url, tmp_pa
         service.stop()
 
 
-def test_the_app_that_embeds_the_extension(redis_url, tmp_path):
+def test_the_app_that_embeds_the_extension(private_redis, tmp_path):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENGATE_")}
     # The embedded SQLite default, empty: the extension migrates it itself.
     env.update(
         TOKENGATE_SECRET_KEY=SECRET,
-        TOKENGATE_REDIS_URL=redis_url,
+        TOKENGATE_REDIS_URL=private_redis.url,
         TOKENGATE_INSTANCE_DIR=str(tmp_path / "instance"),
     )
     log = tmp_path / "app.log"
@@ -101,17 +100,19 @@ def test_the_app_that_embeds_the_extension(redis_url, tmp_path):
             start_new_session=True,
         )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
+
+    def answers() -> bool:
+        assert process.poll() is None, log.read_text()  # it exited: say why at once
+        try:
+            return httpx.get(base + "/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, log.read_text()
-            try:
-                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
+        try:
+            wait_for(answers, timeout=120, interval=0.05, what="the notes app's /healthz")
+        except TimeoutError as exc:
+            raise AssertionError(log.read_text()) from exc
         with httpx.Client(base_url=base, timeout=30) as http:
             assert http.get("/").json()["app"] == "notes"
             r = http.get("/notes")

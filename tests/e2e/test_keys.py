@@ -30,8 +30,9 @@ def cli(args, env, cwd):
 
 
 @pytest.fixture
-def es256_service(tmp_path, redis_url):
-    service = ServiceProcess(key_env(tmp_path, redis_url, algorithm="ES256"), tmp_path)
+def es256_service(tmp_path, private_redis):
+    """An ES256 service with its keys in the database, on a redis-server of the test's own."""
+    service = ServiceProcess(key_env(tmp_path, private_redis.url, algorithm="ES256"), tmp_path)
     service.start()
     yield service
     service.stop()
@@ -77,8 +78,8 @@ def test_pyjwkclient_verifies_access_tokens_from_the_live_jwks_and_rotation_reac
     assert "PRIVATE KEY" not in es256_service.log.read_text()
 
 
-def test_keys_rotate_with_a_configured_secret_says_what_to_do(tmp_path, redis_url):
-    env = service_env(tmp_path, redis_url)
+def test_keys_rotate_with_a_configured_secret_says_what_to_do(tmp_path, private_redis):
+    env = service_env(tmp_path, private_redis.url)
     r = cli(["keys", "rotate"], env, tmp_path)
     assert r.returncode == 1
     assert r.stderr.count("\n") == 1 and "TOKENGATE_SECRET_KEY is set" in r.stderr

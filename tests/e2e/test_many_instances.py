@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from tests.faults import RedisCluster
-from tests.support import PostgresServer, ServiceProcess, claims, service_env
+from tests.support import PostgresServer, ServiceProcess, claims, service_env, wait_for_async
 
 from .session_helpers import (
     PASSWORD,
@@ -208,11 +208,8 @@ async def test_a_master_killed_under_load_gives_only_200_and_503_then_recovers(i
             statuses["me"] += codes
             return codes
 
-        assert set(await round_of_requests()) == {200}
-        cluster.kill(victim)
-        killed_at = time.monotonic()
-        recovered = False
-        while time.monotonic() - killed_at < 40:
+        async def recovered() -> bool:
+            """One round of load; true once both instances and the cluster are whole again."""
             codes = await round_of_requests()
             health = await asyncio.gather(http_a.get("/healthz"), http_b.get("/healthz"))
             statuses["healthz"] += [r.status_code for r in health]
@@ -220,14 +217,21 @@ async def test_a_master_killed_under_load_gives_only_200_and_503_then_recovers(i
             r = await http_b.post("/auth/login", json=body)
             statuses["login"].append(r.status_code)
             healthy = set(codes) == {200} and all(h.status_code == 200 for h in health)
-            if healthy and cluster.healthy():
-                recovered = True
-                break
-            await asyncio.sleep(0.1)  # pacing the load, not waiting for an event
-        took = time.monotonic() - killed_at
-    print(f"recovered after {took:.1f} s; answers: "
-          + ", ".join(f"{k} {sorted(set(v))} x{len(v)}" for k, v in statuses.items()))  # fmt: skip
-    assert recovered, statuses
+            return healthy and cluster.healthy()
+
+        assert set(await round_of_requests()) == {200}
+        cluster.kill(victim)
+        killed_at = time.monotonic()
+        try:
+            # Round after round of load (0.1 s apart) until the failover is over:
+            # how long that takes is the cluster's business, so the limit is wide.
+            await wait_for_async(
+                recovered, timeout=180, interval=0.1, what="recovery from the killed master"
+            )
+        finally:
+            took = time.monotonic() - killed_at
+            answers = ", ".join(f"{k} {sorted(set(v))} x{len(v)}" for k, v in statuses.items())
+            print(f"after {took:.1f} s; answers: {answers}")
     assert set(statuses["me"]) <= {200, 503}
     assert set(statuses["login"]) <= {200, 503}
     assert set(statuses["healthz"]) <= {200, 503}

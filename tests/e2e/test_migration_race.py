@@ -20,7 +20,7 @@ from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from quart_tokengate.service.db.migrate import alembic_config
-from tests.support import SECRET, ServiceProcess, postgres_admin
+from tests.support import SECRET, PrivateRedis, ServiceProcess, postgres_admin
 
 ROUNDS = 3
 INSTANCES = 3
@@ -58,7 +58,7 @@ def empty_postgres() -> Iterator[list[str]]:
 
 
 def test_serve_instances_started_together_on_empty_postgres_all_come_up(
-    empty_postgres: list[str], redis_url: str, tmp_path: Path
+    empty_postgres: list[str], private_redis: PrivateRedis, tmp_path: Path
 ) -> None:
     head = head_revision()
     for round_no, database_url in enumerate(empty_postgres, 1):
@@ -66,7 +66,7 @@ def test_serve_instances_started_together_on_empty_postgres_all_come_up(
             ServiceProcess(
                 {
                     "TOKENGATE_SECRET_KEY": SECRET,
-                    "TOKENGATE_REDIS_URL": redis_url,
+                    "TOKENGATE_REDIS_URL": private_redis.url,
                     "TOKENGATE_DATABASE_URL": database_url,
                     "TOKENGATE_INSTANCE_DIR": str(tmp_path / f"r{round_no}i{i}"),
                 },

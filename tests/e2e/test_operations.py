@@ -6,15 +6,18 @@ import contextlib
 import json
 import os
 import signal
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import SECRET, ServiceProcess, service_env, wait_for
 
-PASSWORD = "correct horse"
+from .session_helpers import PASSWORD, TIMEOUT, login
+
 NEW_PASSWORD = "battery staple"
 RESET_PASSWORD = "purple monkey dishwasher"
 
@@ -24,27 +27,28 @@ def post(base: str, path: str, body: dict[str, Any] | None = None, token: str = 
     return httpx.post(base + path, json=body, headers=headers, timeout=10)
 
 
-def login(base: str, username: str = "alice", password: str = PASSWORD) -> dict[str, Any]:
-    r = post(base, "/auth/login", {"username": username, "password": password})
-    assert r.status_code == 200, r.text
-    pair: dict[str, Any] = r.json()
-    return pair
+@pytest.fixture
+def http_for() -> Iterator[Callable[[str], httpx.Client]]:
+    """``http_for(base_url)``: an ``httpx.Client`` on that service, closed after the test."""
+    with contextlib.ExitStack() as clients:
+        yield lambda base: clients.enter_context(httpx.Client(base_url=base, timeout=TIMEOUT))
 
 
 def log_lines(service: ServiceProcess) -> list[str]:
     return service.log.read_text().splitlines()
 
 
-def test_the_json_log_has_start_access_and_security_lines_and_no_secret(service_factory):
+def test_the_json_log_has_start_access_and_security_lines_and_no_secret(service_factory, http_for):
     service = service_factory(
         log_format="json", refresh_grace=0, login_max_failures=2, token_location="headers"
     )
     base = service.base_url
+    http = http_for(base)
     assert post(base, "/auth/register", {"username": "alice", "password": PASSWORD}).status_code
     secrets = [SECRET, PASSWORD, NEW_PASSWORD, RESET_PASSWORD, "wrong-password-xyz"]
 
     assert post(base, "/auth/login", {"username": "alice", "password": "wrong-password-xyz"})
-    first = login(base)
+    first = login(http, "alice")
     me = httpx.get(
         base + "/auth/me?access_token=query-secret-xyz",
         headers={"Authorization": f"Bearer {first['access_token']}"},
@@ -54,9 +58,9 @@ def test_the_json_log_has_start_access_and_security_lines_and_no_secret(service_
     second = post(base, "/auth/refresh", {"refresh_token": first["refresh_token"]}).json()
     reused = post(base, "/auth/refresh", {"refresh_token": first["refresh_token"]})
     assert reused.json()["error"] == "refresh_reused"
-    third = login(base)
+    third = login(http, "alice")
     assert post(base, "/auth/logout", token=third["access_token"]).status_code == 204
-    fourth = login(base)
+    fourth = login(http, "alice")
     changed = post(
         base,
         "/auth/password",
@@ -146,14 +150,14 @@ def value(samples: dict[Any, float], name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
-def test_metrics_add_up_across_two_workers(service_factory):
+def test_metrics_add_up_across_two_workers(service_factory, http_for):
     prometheus = Path("instance") / "prometheus"
     service = service_factory(workers=2, refresh_grace=0)
     base = service.base_url
     assert (service.workdir / prometheus).is_dir()
     post(base, "/auth/register", {"username": "alice", "password": PASSWORD})
     post(base, "/auth/login", {"username": "alice", "password": "wrong-password"})
-    pair = login(base)
+    pair = login(http_for(base), "alice")
     for _ in range(12):  # a new connection each: the workers share them out
         r = httpx.get(
             base + "/auth/me", headers={"Authorization": f"Bearer {pair['access_token']}"}
@@ -188,7 +192,9 @@ def test_metrics_add_up_across_two_workers(service_factory):
     wait_for(lambda: httpx.get(base + "/healthz") and len(list(files.glob("counter_*.db"))) == 2)
 
 
-def test_metrics_count_redis_errors_and_a_restart_starts_from_zero(private_redis, tmp_path):
+def test_metrics_count_redis_errors_and_a_restart_starts_from_zero(
+    private_redis, tmp_path, http_for
+):
     redis = private_redis
     env = service_env(tmp_path, redis.url)
     stale = tmp_path / "instance" / "prometheus" / "counter_999999.db"
@@ -199,7 +205,7 @@ def test_metrics_count_redis_errors_and_a_restart_starts_from_zero(private_redis
         service.start()
         assert not stale.exists()  # cleaned at start
         post(service.base_url, "/auth/register", {"username": "alice", "password": PASSWORD})
-        pair = login(service.base_url)
+        pair = login(http_for(service.base_url), "alice")
         redis.stop()
         r = httpx.get(
             service.base_url + "/auth/me",
@@ -213,14 +219,14 @@ def test_metrics_count_redis_errors_and_a_restart_starts_from_zero(private_redis
         service.stop()
 
 
-def test_the_home_page_and_a_204_without_content_type(service):
+def test_the_home_page_and_a_204_without_content_type(service, http_for):
     r = httpx.get(service.base_url + "/")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     assert 'href="/account"' in r.text and 'href="/docs"' in r.text
     assert "0." in r.text  # the version
     assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
     post(service.base_url, "/auth/register", {"username": "alice", "password": PASSWORD})
-    pair = login(service.base_url)
+    pair = login(http_for(service.base_url), "alice")
     r = post(service.base_url, "/auth/logout", token=pair["access_token"])
     assert r.status_code == 204
     assert "content-type" not in r.headers and "content-length" not in r.headers

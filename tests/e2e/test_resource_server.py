@@ -14,8 +14,8 @@ from tests.support import ServiceProcess, service_env
 
 
 @pytest.fixture
-def service(tmp_path, redis_url):
-    env = service_env(tmp_path, redis_url, introspection_clients="notes-api:s3cret-notes")
+def service(tmp_path, private_redis):
+    env = service_env(tmp_path, private_redis.url, introspection_clients="notes-api:s3cret-notes")
     process = ServiceProcess(env, tmp_path)
     process.start()
     yield process

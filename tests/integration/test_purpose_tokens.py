@@ -15,7 +15,7 @@ from quart_tokengate.service import Settings, create_app
 from quart_tokengate.service.errors import InvalidToken
 from quart_tokengate.service.outbox import Message
 from quart_tokengate.service.passwords import Passwords
-from tests.conftest import FAST_HASHER, bearer, register_and_login
+from tests.conftest import FAST_HASHER, bearer, register, register_and_login
 from tests.support import SECRET
 
 RESET_TTL = 900
@@ -31,14 +31,6 @@ def manager(app):
     return app.extensions["tokengate"].purpose_tokens
 
 
-async def register(app, username: str = "alice") -> int:
-    r = await app.test_client().post(
-        "/auth/register", json={"username": username, "password": "correct horse"}
-    )
-    assert r.status_code == 201
-    return int((await r.get_json())["id"])
-
-
 def outbox_files(tmp_path: Path) -> list[Path]:
     return sorted((tmp_path / "instance" / "outbox").glob("*.json"))
 
@@ -47,7 +39,7 @@ def outbox_files(tmp_path: Path) -> list[Path]:
 
 
 async def test_mint_and_consume_once(app, manager):
-    uid = await register(app)
+    uid = await register(app.test_client())
     token = await manager.issue(uid, "email_verify", 600, {"email": "a@example.com"})
     assert jwt.get_unverified_header(token)["typ"] == "pt+jwt"
     assert await manager.consume(token, "email_verify") == (
@@ -59,13 +51,13 @@ async def test_mint_and_consume_once(app, manager):
 
 
 async def test_data_is_optional(app, manager):
-    uid = await register(app)
+    uid = await register(app.test_client())
     token = await manager.issue(uid, "invite", 60)
     assert await manager.consume(token, "invite") == (uid, {})
 
 
 async def test_a_wrong_purpose_is_refused_and_does_not_use_the_token(app, manager):
-    uid = await register(app)
+    uid = await register(app.test_client())
     token = await manager.issue(uid, "email_verify", 600)
     with pytest.raises(InvalidToken):
         await manager.consume(token, "password_reset")
@@ -73,7 +65,7 @@ async def test_a_wrong_purpose_is_refused_and_does_not_use_the_token(app, manage
 
 
 async def test_an_expired_token_is_refused(app, manager, clock):
-    uid = await register(app)
+    uid = await register(app.test_client())
     token = await manager.issue(uid, "email_verify", 600)
     clock.advance(600)
     with pytest.raises(InvalidToken):
@@ -81,7 +73,7 @@ async def test_an_expired_token_is_refused(app, manager, clock):
 
 
 async def test_each_token_has_its_own_lifetime(app, manager, clock):
-    uid = await register(app)
+    uid = await register(app.test_client())
     short = await manager.issue(uid, "login_link", 60)
     long = await manager.issue(uid, "login_link", 3600)
     clock.advance(120)
@@ -92,8 +84,8 @@ async def test_each_token_has_its_own_lifetime(app, manager, clock):
 
 @pytest.mark.parametrize("forgery", ["other_key", "tampered_purpose", "tampered_user", "garbage"])
 async def test_a_forged_token_is_refused(app, manager, forgery):
-    uid = await register(app)
-    other = await register(app, "mallory")
+    uid = await register(app.test_client())
+    other = await register(app.test_client(), "mallory")
     token = await manager.issue(uid, "email_verify", 600)
     claims = jwt.decode(token, options={"verify_signature": False})
     header = {"typ": "pt+jwt"}
@@ -136,7 +128,7 @@ async def test_purpose_tokens_are_not_access_or_refresh_tokens(make_app):
     app = await make_app(token_location=("cookies", "headers"))
     manager = app.extensions["tokengate"].purpose_tokens
     client = app.test_client(use_cookies=False)
-    uid = await register(app)
+    uid = await register(app.test_client())
     token = await manager.issue(uid, "password_reset", 600)
 
     r = await client.get("/auth/me", headers=bearer(token))
@@ -152,7 +144,7 @@ async def test_purpose_tokens_are_not_access_or_refresh_tokens(make_app):
 
 
 async def test_concurrent_consumers_one_wins(app, manager):
-    uid = await register(app)
+    uid = await register(app.test_client())
     token = await manager.issue(uid, "email_verify", 600)
     results = await asyncio.gather(
         *(manager.consume(token, "email_verify") for _ in range(20)),
@@ -165,7 +157,7 @@ async def test_concurrent_consumers_one_wins(app, manager):
 
 
 async def test_reset_request_writes_the_outbox_for_a_real_user(app, tmp_path, caplog):
-    await register(app)
+    await register(app.test_client())
     client = app.test_client()
     with caplog.at_level(logging.INFO, logger="tokengate"):
         r = await client.post("/auth/password-reset/request", json={"username": "alice"})
@@ -195,7 +187,7 @@ async def test_reset_request_for_an_unknown_user_looks_the_same(app, tmp_path):
 
 
 async def test_reset_request_is_throttled(app, tmp_path):
-    await register(app)
+    await register(app.test_client())
     client = app.test_client()
     for _ in range(3):
         r = await client.post("/auth/password-reset/request", json={"username": "alice"})
@@ -257,7 +249,7 @@ async def test_reset_confirm_sets_the_password_and_ends_every_session(app, tmp_p
 
 
 async def test_a_bad_new_password_does_not_burn_the_token(app, tmp_path):
-    await register(app)
+    await register(app.test_client())
     token = await reset_token(app, tmp_path)
     client = app.test_client()
     r = await client.post(
@@ -272,7 +264,7 @@ async def test_a_bad_new_password_does_not_burn_the_token(app, tmp_path):
 
 
 async def test_an_expired_reset_token_is_refused(app, tmp_path, clock):
-    await register(app)
+    await register(app.test_client())
     token = await reset_token(app, tmp_path)
     clock.advance(RESET_TTL)
     r = await app.test_client().post(
@@ -283,7 +275,7 @@ async def test_an_expired_reset_token_is_refused(app, tmp_path, clock):
 
 
 async def test_a_token_for_another_purpose_cannot_reset(app, manager):
-    uid = await register(app)
+    uid = await register(app.test_client())
     token = await manager.issue(uid, "email_verify", 600)
     r = await app.test_client().post(
         "/auth/password-reset/confirm", json={"token": token, "new_password": "battery staple"}
@@ -331,7 +323,7 @@ async def start_with_sender(redis_client, redis_url, database_url, tmp_path):
 async def test_a_configured_sender_replaces_the_outbox(start_with_sender, tmp_path):
     sender = RecordingSender()
     app = await start_with_sender(sender)
-    await register(app)
+    await register(app.test_client())
     r = await app.test_client().post("/auth/password-reset/request", json={"username": "alice"})
     assert r.status_code == 202
     (message,) = sender.messages
@@ -347,7 +339,7 @@ async def test_a_configured_sender_replaces_the_outbox(start_with_sender, tmp_pa
 
 async def test_a_failing_sender_still_answers_202(start_with_sender, caplog):
     app = await start_with_sender(RecordingSender(fail=True))
-    await register(app)
+    await register(app.test_client())
     with caplog.at_level(logging.ERROR, logger="tokengate"):
         r = await app.test_client().post("/auth/password-reset/request", json={"username": "alice"})
     assert r.status_code == 202

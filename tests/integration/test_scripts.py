@@ -30,6 +30,7 @@ from quart_tokengate.service.store.results import (
     SessionPolicy,
     SessionRecord,
 )
+from tests.support import PrivateRedis
 
 # Far ahead of the real clock: Redis expires keys (EXPIREAT) by its own.
 NOW = 4_000_000_000.0
@@ -323,8 +324,21 @@ async def test_the_account_ceiling_counts_every_address(store):
 KEYLESS = {"eval", "evalsha", "script", "ping", "echo", "select", "info"}
 
 
-async def test_every_script_touches_only_the_keys_it_declares(redis_url, redis_client, store):
-    """Redis Cluster routes a script by its KEYS: an undeclared key may live elsewhere."""
+@pytest.fixture
+async def private_client(private_redis: PrivateRedis) -> AsyncIterator[Redis]:
+    client = Redis.from_url(private_redis.url)
+    yield client
+    await client.aclose()
+
+
+async def test_every_script_touches_only_the_keys_it_declares(private_redis, private_client):
+    """Redis Cluster routes a script by its KEYS: an undeclared key may live elsewhere.
+
+    MONITOR shows every client's commands, so the server is the test's own:
+    on a shared one, another suite's scripts would pass for ours.
+    """
+    redis_url, redis_client = private_redis.url, private_client
+    store = RedisSessionStore(redis_client, POLICY)
     db = redis_client.connection_pool.connection_kwargs.get("db", 0)
     marker = f"tokengate-scripts-done-{uuid.uuid4().hex}"
     seen: list[tuple[str, list[str]]] = []

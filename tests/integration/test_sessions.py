@@ -3,17 +3,7 @@
 from sqlalchemy import select
 
 from quart_tokengate.service.db.models import AuthSession
-from tests.conftest import bearer, register_and_login
-
-
-async def status_of(client, pair):
-    r = await client.get("/auth/me", headers=bearer(pair["access_token"]))
-    return r.status_code if r.status_code == 200 else (await r.get_json())["error"]
-
-
-async def refresh_status(client, pair):
-    r = await client.post("/auth/refresh", json={"refresh_token": pair["refresh_token"]})
-    return r.status_code if r.status_code == 200 else (await r.get_json())["error"]
+from tests.conftest import bearer, me, refresh, register_and_login
 
 
 async def ended_reasons(app):
@@ -28,9 +18,9 @@ async def test_logout_ends_access_and_refresh_at_once(app):
     other = await register_and_login(client)
     r = await client.post("/auth/logout", headers=bearer(pair["access_token"]))
     assert r.status_code == 204
-    assert await status_of(client, pair) == "token_revoked"
-    assert await refresh_status(client, pair) == "token_revoked"
-    assert await status_of(client, other) == 200
+    assert await me(client, pair) == "token_revoked"
+    assert await refresh(client, pair["refresh_token"]) == "token_revoked"
+    assert await me(client, other) == 200
     assert (await ended_reasons(app))[pair["session_id"]] == "revoked"
 
 
@@ -41,9 +31,9 @@ async def test_logout_all_ends_every_session_of_the_user_only(app):
     r = await client.post("/auth/logout-all", headers=bearer(mine[0]["access_token"]))
     assert r.status_code == 204
     for pair in mine:
-        assert await status_of(client, pair) == "token_revoked"
-        assert await refresh_status(client, pair) == "token_revoked"
-    assert await status_of(client, theirs) == 200
+        assert await me(client, pair) == "token_revoked"
+        assert await refresh(client, pair["refresh_token"]) == "token_revoked"
+    assert await me(client, theirs) == 200
 
 
 async def test_sessions_list(app):
@@ -81,8 +71,8 @@ async def test_delete_one_of_my_sessions(app):
         f"/auth/sessions/{second['session_id']}", headers=bearer(first["access_token"])
     )
     assert r.status_code == 204
-    assert await status_of(client, second) == "token_revoked"
-    assert await status_of(client, first) == 200
+    assert await me(client, second) == "token_revoked"
+    assert await me(client, first) == 200
 
 
 async def test_deleting_someone_elses_session_is_not_found_and_changes_nothing(app):
@@ -94,7 +84,7 @@ async def test_deleting_someone_elses_session_is_not_found_and_changes_nothing(a
     )
     assert r.status_code == 404
     assert (await r.get_json())["error"] == "not_found"
-    assert await status_of(client, theirs) == 200
+    assert await me(client, theirs) == 200
 
 
 async def test_password_change_ends_every_other_session(app):
@@ -107,15 +97,15 @@ async def test_password_change_ends_every_other_session(app):
         headers=bearer(here["access_token"]),
     )
     assert (r.status_code, (await r.get_json())["error"]) == (401, "invalid_credentials")
-    assert await status_of(client, elsewhere) == 200
+    assert await me(client, elsewhere) == 200
     r = await client.post(
         "/auth/password",
         json={"current_password": "correct horse", "new_password": "battery staple"},
         headers=bearer(here["access_token"]),
     )
     assert r.status_code == 204
-    assert await status_of(client, here) == 200
-    assert await status_of(client, elsewhere) == "token_revoked"
+    assert await me(client, here) == 200
+    assert await me(client, elsewhere) == "token_revoked"
     old = await client.post("/auth/login", json={"username": "alice", "password": "correct horse"})
     assert old.status_code == 401
     new = await client.post("/auth/login", json={"username": "alice", "password": "battery staple"})

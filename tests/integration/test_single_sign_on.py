@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import func, select
 
 from quart_tokengate.service.db.models import AuthSession
-from tests.conftest import me, register_and_login
+from tests.conftest import login_attempt, me, register, register_and_login
 
 
 async def test_newest_login_wins(make_app):
@@ -39,15 +39,9 @@ async def test_limit_of_two_pushes_out_the_oldest(make_app):
 async def test_limit_holds_under_twenty_concurrent_logins(make_app, limit):
     app = await make_app(max_sessions=limit)
     client = app.test_client()
-    await client.post("/auth/register", json={"username": "alice", "password": "correct horse"})
-
-    async def login():
-        r = await client.post(
-            "/auth/login", json={"username": "alice", "password": "correct horse"}
-        )
-        return await r.get_json()
-
-    results = await asyncio.gather(*(login() for _ in range(20)))
+    await register(client)
+    responses = await asyncio.gather(*(login_attempt(client) for _ in range(20)))
+    results = [await r.get_json() for r in responses]
     pairs = [p for p in results if "access_token" in p]
     statuses = [await me(client, p) for p in pairs]
     assert statuses.count(200) == limit

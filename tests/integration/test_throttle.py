@@ -2,16 +2,10 @@
 
 import asyncio
 
-from tests.conftest import register_and_login
+from tests.conftest import login_attempt, register_and_login
+from tests.support import wait_for_async
 
-
-async def login(client, password, ip="127.0.0.1"):
-    r = await client.post(
-        "/auth/login",
-        json={"username": "alice", "password": password},
-        scope_base={"client": (ip, 5000)},
-    )
-    return r
+HOME = "127.0.0.1"  # the address of the tests that need only one
 
 
 async def test_too_many_failures_lock_that_address_out_for_the_window(make_app):
@@ -19,16 +13,18 @@ async def test_too_many_failures_lock_that_address_out_for_the_window(make_app):
     client = app.test_client()
     await register_and_login(client)
     for _ in range(3):
-        r = await login(client, "wrong password", ip="10.0.0.1")
+        r = await login_attempt(client, password="wrong password", ip="10.0.0.1")
         assert r.status_code == 401
-    r = await login(client, "correct horse", ip="10.0.0.1")
+    r = await login_attempt(client, password="correct horse", ip="10.0.0.1")
     assert r.status_code == 429
     assert (await r.get_json())["error"] == "too_many_attempts"
     assert 0 < int(r.headers["Retry-After"]) <= 120
     # The owner, elsewhere, is not locked out by someone else's guesses.
-    assert (await login(client, "correct horse", ip="10.0.0.2")).status_code == 200
+    r = await login_attempt(client, password="correct horse", ip="10.0.0.2")
+    assert r.status_code == 200
     # ...and that success does not give the guessing address its turns back.
-    assert (await login(client, "correct horse", ip="10.0.0.1")).status_code == 429
+    r = await login_attempt(client, password="correct horse", ip="10.0.0.1")
+    assert r.status_code == 429
 
 
 async def test_the_account_ceiling_counts_guesses_from_every_address(make_app):
@@ -38,8 +34,9 @@ async def test_the_account_ceiling_counts_guesses_from_every_address(make_app):
     await register_and_login(client)
     for n in range(10):
         for _ in range(2):
-            assert (await login(client, "wrong password", ip=f"10.0.1.{n}")).status_code == 401
-    r = await login(client, "correct horse", ip="10.0.2.1")
+            r = await login_attempt(client, password="wrong password", ip=f"10.0.1.{n}")
+            assert r.status_code == 401
+    r = await login_attempt(client, password="correct horse", ip="10.0.2.1")
     assert r.status_code == 429 and 0 < int(r.headers["Retry-After"]) <= 120
 
 
@@ -47,10 +44,14 @@ async def test_an_ipv6_64_counts_as_one_address(make_app):
     app = await make_app(login_max_failures=2)
     client = app.test_client()
     await register_and_login(client)
-    assert (await login(client, "wrong password", ip="2001:db8:0:7::1")).status_code == 401
-    assert (await login(client, "wrong password", ip="2001:db8:0:7::2")).status_code == 401
-    assert (await login(client, "correct horse", ip="2001:db8:0:7:ffff::9")).status_code == 429
-    assert (await login(client, "correct horse", ip="2001:db8:0:8::1")).status_code == 200
+    for password, ip, status in [
+        ("wrong password", "2001:db8:0:7::1", 401),
+        ("wrong password", "2001:db8:0:7::2", 401),
+        ("correct horse", "2001:db8:0:7:ffff::9", 429),
+        ("correct horse", "2001:db8:0:8::1", 200),
+    ]:
+        r = await login_attempt(client, password=password, ip=ip)
+        assert r.status_code == status, ip
 
 
 async def test_behind_a_trusted_proxy_the_forwarded_client_is_counted(make_app):
@@ -59,12 +60,8 @@ async def test_behind_a_trusted_proxy_the_forwarded_client_is_counted(make_app):
     await register_and_login(client)
 
     async def via_proxy(password: str, real: str) -> int:
-        r = await client.post(
-            "/auth/login",
-            json={"username": "alice", "password": password},
-            headers={"X-Forwarded-For": f"{real}"},
-            scope_base={"client": ("127.0.0.1", 5000)},
-        )
+        forwarded = {"X-Forwarded-For": real}
+        r = await login_attempt(client, password=password, ip=HOME, headers=forwarded)
         return r.status_code
 
     assert await via_proxy("wrong password", "198.51.100.1") == 401
@@ -79,20 +76,20 @@ async def test_a_success_resets_the_count(make_app):
     client = app.test_client()
     await register_and_login(client)
     for _ in range(2):
-        assert (await login(client, "wrong password")).status_code == 401
-    assert (await login(client, "correct horse")).status_code == 200
+        assert (await login_attempt(client, password="wrong password", ip=HOME)).status_code == 401
+    assert (await login_attempt(client, password="correct horse", ip=HOME)).status_code == 200
     for _ in range(2):
-        assert (await login(client, "wrong password")).status_code == 401
-    assert (await login(client, "correct horse")).status_code == 200
+        assert (await login_attempt(client, password="wrong password", ip=HOME)).status_code == 401
+    assert (await login_attempt(client, password="correct horse", ip=HOME)).status_code == 200
 
 
 async def test_unknown_accounts_are_throttled_too(make_app):
     app = await make_app(login_max_failures=2)
     client = app.test_client()
     for _ in range(2):
-        r = await client.post("/auth/login", json={"username": "ghost", "password": "whatever1"})
+        r = await login_attempt(client, "ghost", "whatever1")
         assert r.status_code == 401
-    r = await client.post("/auth/login", json={"username": "ghost", "password": "whatever1"})
+    r = await login_attempt(client, "ghost", "whatever1")
     assert r.status_code == 429
 
 
@@ -100,23 +97,26 @@ async def test_the_window_ends(make_app, redis_client):
     app = await make_app(login_max_failures=1, login_window=1)
     client = app.test_client()
     await register_and_login(client)
-    assert (await login(client, "wrong password")).status_code == 401
-    assert (await login(client, "correct horse")).status_code == 429
+    assert (await login_attempt(client, password="wrong password", ip=HOME)).status_code == 401
+    assert (await login_attempt(client, password="correct horse", ip=HOME)).status_code == 429
     # The counter is a Redis key living as long as the window: wait for it to go.
     keys = [k async for k in redis_client.scan_iter("tg:{n*}:fails")]
     assert len(keys) == 1
-    for _ in range(100):
-        if not await redis_client.exists(keys[0]):
-            break
-        await asyncio.sleep(0.02)
-    assert (await login(client, "correct horse")).status_code == 200
+
+    async def counter_gone() -> bool:
+        return not await redis_client.exists(keys[0])
+
+    await wait_for_async(counter_gone, interval=0.02, what="the failure counter's expiry")
+    assert (await login_attempt(client, password="correct horse", ip=HOME)).status_code == 200
 
 
 async def test_guesses_sent_at_once_meet_the_limit_too(make_app):
     app = await make_app(login_max_failures=3)
     client = app.test_client()
     await register_and_login(client)
-    results = await asyncio.gather(*(login(client, f"guess {i:04}") for i in range(40)))
+    results = await asyncio.gather(
+        *(login_attempt(client, password=f"guess {i:04}", ip=HOME) for i in range(40))
+    )
     statuses = sorted(r.status_code for r in results)
     assert statuses == [401] * 3 + [429] * 37
 
@@ -127,12 +127,12 @@ async def test_accounts_differing_in_case_have_their_own_counters(make_app):
     await register_and_login(client, "ALICE", "mallory's pass")
     await register_and_login(client, "alice", "correct horse")
     for _ in range(2):
-        r = await client.post("/auth/login", json={"username": "alice", "password": "guess 0001"})
+        r = await login_attempt(client, "alice", "guess 0001")
         assert r.status_code == 401
     # A success on the other account does not clear this one's count.
-    r = await client.post("/auth/login", json={"username": "ALICE", "password": "mallory's pass"})
+    r = await login_attempt(client, "ALICE", "mallory's pass")
     assert r.status_code == 200
-    r = await client.post("/auth/login", json={"username": "alice", "password": "guess 0002"})
+    r = await login_attempt(client, "alice", "guess 0002")
     assert r.status_code == 429
 
 
@@ -160,7 +160,9 @@ async def test_correct_passwords_sent_at_once_take_turns_and_all_succeed(make_ap
     app = await make_app(login_max_failures=3)
     client = app.test_client()
     await register_and_login(client)
-    results = await asyncio.gather(*(login(client, "correct horse") for _ in range(20)))
+    results = await asyncio.gather(
+        *(login_attempt(client, password="correct horse", ip=HOME) for _ in range(20))
+    )
     assert [r.status_code for r in results] == [200] * 20
     # Nothing is left behind: no count, no check marked as running.
     assert [k async for k in redis_client.scan_iter("tg:{n*}")] == []

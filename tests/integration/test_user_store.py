@@ -13,7 +13,7 @@ from quart import Quart
 from quart_tokengate.service import Settings, TokenGate, current_identity, login_required
 from quart_tokengate.service.passwords import Passwords
 from quart_tokengate.service.users import SqlUserStore, UserRecord, UserStore
-from tests.conftest import FAST_HASHER, bearer, register_and_login
+from tests.conftest import FAST_HASHER, bearer, login_attempt, register_and_login
 from tests.support import SECRET
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "own_users.py"
@@ -53,10 +53,6 @@ def claims_of(token):
     return jwt.decode(token, options={"verify_signature": False})
 
 
-async def login(client, username, password="correct horse"):
-    return await client.post("/auth/login", json={"username": username, "password": password})
-
-
 async def test_the_example_store_is_a_user_store():
     assert isinstance(own_users.AccountStore("sqlite+aiosqlite://"), UserStore)
     assert isinstance(SqlUserStore(None, None), UserStore)
@@ -66,7 +62,7 @@ async def test_users_of_the_apps_own_table_log_in_and_carry_its_claims(example):
     store = example.extensions["accounts"]
     alice = await store.add("alice@example.com", "correct horse", "reports:write", "acme")
     client = example.test_client()
-    r = await login(client, "alice@example.com")
+    r = await login_attempt(client, "alice@example.com")
     assert r.status_code == 200, await r.get_data()
     pair = await r.get_json()
     claims = claims_of(pair["access_token"])
@@ -95,10 +91,10 @@ async def test_wrong_passwords_inactive_accounts_and_unknown_users_are_refused_a
         ("bob@example.com", "wrong horse"),
         ("nobody@example.com", "correct horse"),
     ]:
-        r = await login(client, username, password)
+        r = await login_attempt(client, username, password)
         assert r.status_code == 401 and (await r.get_json())["error"] == "invalid_credentials"
     await store.update(bob.id, active=False)
-    r = await login(client, "bob@example.com")
+    r = await login_attempt(client, "bob@example.com")
     assert r.status_code == 401 and (await r.get_json())["error"] == "invalid_credentials"
 
 
@@ -107,7 +103,7 @@ async def test_the_app_manages_its_users_tokengate_ends_their_sessions(example):
     gate = example.extensions["tokengate"]
     carol = await store.add("carol@example.com", "correct horse")
     client = example.test_client()
-    pair = await (await login(client, "carol@example.com")).get_json()
+    pair = await (await login_attempt(client, "carol@example.com")).get_json()
     r = await client.post("/auth/register", json={"username": "dave", "password": "x" * 12})
     assert r.status_code == 403 and (await r.get_json())["error"] == "registration_disabled"
     r = await client.post(
@@ -121,7 +117,7 @@ async def test_the_app_manages_its_users_tokengate_ends_their_sessions(example):
     assert r.status_code == 401 and (await r.get_json())["error"] == "token_revoked"
     # ...and the app ends sessions at once when it changes a password.
     await store.update(carol.id, active=True, password="new horse battery")
-    pair = await (await login(client, "carol@example.com", "new horse battery")).get_json()
+    pair = await (await login_attempt(client, "carol@example.com", "new horse battery")).get_json()
     await gate.end_sessions(carol.id)
     r = await client.get("/whoami", headers=bearer(pair["access_token"]))
     assert r.status_code == 401 and (await r.get_json())["error"] == "token_revoked"
