@@ -125,6 +125,19 @@ class RedisSessionStore:
         script: AsyncScript = self._scripts[name]
         return _text(await script(keys=list(keys), args=list(args)))
 
+    async def _run_lean(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run a script of a request's own path over the lean pipelined connection, if any.
+
+        Requests that arrive together share that one connection instead of each
+        opening one of the pool's: a burst of expired tokens, say, costs no
+        connection storm (whose connects may time out on a busy machine).
+        """
+        if self.pipelined is None:
+            return await self._run(name, keys, args)
+        script = self._scripts[name]
+        source = script.script if isinstance(script.script, str | bytes) else bytes(script.script)
+        return _text(await self.pipelined.run(script.sha, source, keys, args))
+
     def _session_args(self, sid: str, now: float) -> list[Any]:
         p = self.policy
         return [sid, repr(now), p.idle_timeout, p.max_age]
@@ -138,12 +151,7 @@ class RedisSessionStore:
         """The guard's one round trip: is the session alive? Slides last-seen."""
         keys = (self.session_key(user_id, sid), self.index_key(user_id))
         args = [*self._session_args(sid, now), self.policy.sync_interval]
-        if self.pipelined is not None:
-            check = self._scripts["check"]
-            source = check.script if isinstance(check.script, str | bytes) else bytes(check.script)
-            reply = _text(await self.pipelined.run(check.sha, source, keys, args))
-        else:
-            reply = await self._run("check", keys, args)
+        reply = await self._run_lean("check", keys, args)
         if reply[0] == "ok":
             return Live(sync_due=len(reply) > 1)
         return _ended(reply) if reply[0] == "ended" else MISS
@@ -151,7 +159,7 @@ class RedisSessionStore:
     async def peek(self, user_id: str, sid: str, *, now: float) -> CheckResult:
         """Whether the session is over, without counting this as activity (expired tokens)."""
         keys = (self.session_key(user_id, sid), self.index_key(user_id))
-        reply = await self._run("peek", keys, self._session_args(sid, now))
+        reply = await self._run_lean("peek", keys, self._session_args(sid, now))
         if reply[0] == "ok":
             return Live(sync_due=False)
         return _ended(reply) if reply[0] == "ended" else MISS
@@ -161,7 +169,7 @@ class RedisSessionStore:
     ) -> ReissueResult:
         """The access token that succeeds ``expired_jti``: the same for every caller."""
         keys = (self.session_key(user_id, sid), self.index_key(user_id))
-        reply = await self._run(
+        reply = await self._run_lean(
             "implicit_refresh", keys, [*self._session_args(sid, now), expired_jti, new_jti]
         )
         if reply[0] == "ok":
