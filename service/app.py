@@ -25,7 +25,7 @@ from .db.migrate import head_revisions, schema_state, upgrade
 from .edge import RejectMalformedRequests
 from .errors import describe, is_infrastructure_failure, mask_url, register_error_handler
 from .guard import finish_response, guard
-from .metrics import TimedRedis, count_database_error, metrics_bp
+from .metrics import TimedPipelinedScripts, TimedRedis, count_database_error, metrics_bp
 from .observe import observe_request, start_request
 from .outbox import FileOutbox, Sender
 from .passwords import Passwords
@@ -243,8 +243,10 @@ class TokenGate:
         self._pipelined = (
             None
             if isinstance(self._redis, RedisCluster)
-            else pipelined.for_client(self._redis, REDIS_TIMEOUT)
+            else pipelined.for_client(self._redis, REDIS_TIMEOUT, TimedPipelinedScripts)
         )
+        if self._pipelined is not None:
+            await self._pipelined.warm()
         store = RedisSessionStore(self._redis, policy, self._pipelined)
         db = sessionmaker
         passwords = self._passwords if self._passwords else await asyncio.to_thread(Passwords)

@@ -17,6 +17,7 @@ import asyncio
 import functools
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,7 @@ from quart import Blueprint, Response
 from redis.asyncio import Redis
 
 from .openapi import hidden
+from .store.pipelined import PipelinedScripts
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Latencies of an auth service: a guarded request is a millisecond or two,
@@ -102,6 +104,25 @@ class TimedRedis(Redis):
         started = time.perf_counter()
         try:
             return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
+        except Exception as exc:
+            from .errors import is_infrastructure_failure
+
+            if is_infrastructure_failure(exc):
+                metrics().backend_errors.labels("redis").inc()
+            raise
+        finally:
+            metrics().redis_seconds.observe(time.perf_counter() - started)
+
+
+class TimedPipelinedScripts(PipelinedScripts):
+    """The guard's pipelined script path, recording what :class:`TimedRedis` records."""
+
+    async def run(
+        self, sha: str, source: str | bytes, keys: Sequence[str], args: Sequence[Any]
+    ) -> Any:
+        started = time.perf_counter()
+        try:
+            return await super().run(sha, source, keys, args)
         except Exception as exc:
             from .errors import is_infrastructure_failure
 

@@ -8,6 +8,7 @@ data can always be rebuilt from SQL without reviving anything.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -23,6 +24,7 @@ from .db.models import AuthSession
 from .db.repository import utc
 from .ending import SessionEnds
 from .errors import (
+    AuthUnavailable,
     InvalidCredentials,
     NotFound,
     RefreshReused,
@@ -38,7 +40,7 @@ from .keys import KeyRing
 from .logs import security_event
 from .settings import Settings
 from .store.redis_store import RedisSessionStore
-from .store.results import Ended, EndReason, Miss, SessionRecord
+from .store.results import Ended, EndReason, Miss, Rotation, SessionRecord
 from .tokens import Grant, TokenPair
 from .users import ClaimsHook, UserRecord, UserStore, hook_claims
 
@@ -53,6 +55,9 @@ END_REASON_ERRORS: dict[EndReason, type[Unauthorized]] = {
     EndReason.REUSED: TokenRevoked,
 }
 VERIFIED_CACHE_SIZE = 10_000
+# How long the request that rotated keeps asking to write a session row that
+# another transaction holds (about half a second in all).
+ROTATION_WRITE_WAITS = (0.01, 0.02, 0.05, 0.1, 0.1, 0.1, 0.1)
 
 
 class SessionManager:
@@ -331,19 +336,10 @@ class SessionManager:
                 uid, sid, now=now, presented_jti=presented, new_access_jti=aj, new_refresh_jti=rj
             ),
         )  # fmt: skip
-        # Recorded on the grace path too: if the first answer's SQL write
-        # failed, the client's retry lands here and SQL must still catch up.
-        # The write applies only while SQL is one step behind, so concurrent
-        # or late writes never move it backwards.
         user = await self.users.get_by_id(int(uid))
         async with self.db() as db:
             row = await repo.get_session(db, sid)
-            await repo.record_rotation(
-                db, sid, access_jti=rotation.access_jti, refresh_jti=rotation.refresh_jti,
-                previous_refresh_jti=rotation.previous_refresh_jti, iat=rotation.iat,
-                at=utc(now),
-            )  # fmt: skip
-            await db.commit()
+        recorded = await self._record_rotation(sid, rotation, now)
         if row is None or user is None or user.disabled:
             # Gone or disabled since the login: this session is over.
             await self.ends.end([sid], int(uid), EndReason.REVOKED, now)
@@ -357,8 +353,39 @@ class SessionManager:
         # Only now may the retired token's grace run out: until here, any
         # failure (a 503, a lost reply) leaves the rotation unconfirmed, and
         # the same refresh sent again gets this same pair, however late.
-        await self.store.confirm(uid, sid, rotation.refresh_jti)
+        if recorded:
+            await self.store.confirm(uid, sid, rotation.refresh_jti)
         return pair
+
+    async def _record_rotation(self, sid: str, rotation: Rotation, now: float) -> bool:
+        """Write the rotation to SQL; whether SQL holds it now.
+
+        Recorded on the grace path too: if the first answer's SQL write failed,
+        the client's retry lands here and SQL must still catch up. The write
+        applies only while SQL is one step behind, so concurrent or late writes
+        never move it backwards. A row another request is writing this moment
+        is skipped: a repeat leaves the write (and the confirmation) to that
+        request; the request that rotated asks again for a moment, since the
+        other writer may be an unrelated one (a last-seen write-back).
+        """
+        waits = ROTATION_WRITE_WAITS if rotation.rotated else ()
+        for delay in (*waits, None):
+            async with self.db() as db:
+                recorded = await repo.record_rotation(
+                    db, sid, access_jti=rotation.access_jti, refresh_jti=rotation.refresh_jti,
+                    previous_refresh_jti=rotation.previous_refresh_jti, iat=rotation.iat,
+                    at=utc(now),
+                )  # fmt: skip
+                await db.commit()
+            if recorded or delay is None:
+                break
+            await asyncio.sleep(delay)
+        if rotation.rotated and not recorded:
+            # The row stayed locked (a stuck transaction): answer 503. The
+            # rotation stays unconfirmed, so the same refresh sent again gets
+            # this pair and writes it then.
+            raise AuthUnavailable()
+        return recorded
 
     # -- ending sessions --------------------------------------------------
     async def revoke(self, token: str) -> bool:

@@ -82,11 +82,24 @@ async def record_rotation(
     previous_refresh_jti: str,
     iat: int,
     at: datetime,
-) -> None:
-    """Move the session's refresh chain one step, if SQL is at ``previous_refresh_jti``."""
-    await db.execute(
-        update(AuthSession)
+) -> bool:
+    """Move the session's refresh chain one step, if SQL is at ``previous_refresh_jti``.
+
+    Whether SQL holds this rotation now (written here, or already). A row that
+    another transaction is writing this very moment is skipped, not waited for
+    (PostgreSQL's ``SKIP LOCKED``): fifty concurrent refreshes of one token do
+    not queue on one row lock. The call answers ``False`` then; the caller
+    may ask again.
+    """
+    behind = (
+        select(AuthSession.id)
         .where(AuthSession.id == sid, AuthSession.refresh_jti == previous_refresh_jti)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    result = await db.execute(
+        update(AuthSession)
+        .where(AuthSession.id == behind)
         .values(
             access_jti=access_jti,
             refresh_jti=refresh_jti,
@@ -94,7 +107,12 @@ async def record_rotation(
             iat=iat,
             last_seen_at=at,
         )
+        .execution_options(synchronize_session=False)
     )
+    if getattr(result, "rowcount", 0) == 1:
+        return True
+    held = await db.scalar(select(AuthSession.refresh_jti).where(AuthSession.id == sid))
+    return held == refresh_jti
 
 
 async def touch_session(db: AsyncSession, sid: str, at: datetime) -> None:

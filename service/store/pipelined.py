@@ -61,19 +61,26 @@ class _Protocol(asyncio.Protocol):
         self.lost = False
         # Commands sent in one turn of the loop leave in one write (one syscall).
         self.outgoing: list[bytes] = []
-        # When a reply last arrived: a connection that answers nothing is stalled.
-        self.last_reply = time.monotonic()
+        # Commands written and not yet answered, and since when the connection
+        # has owed an answer without giving any: the last reply, or the write
+        # that found nothing owed. A connection that owes and stays silent for
+        # the whole timeout is stalled; one whose commands still wait in
+        # ``outgoing`` (a busy loop has not flushed them yet) owes nothing.
+        self.unanswered = 0
+        self.dropped_stalled = False
+        self.owing_since = time.monotonic()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        self.last_reply = time.monotonic()
+        self.owing_since = time.monotonic()
         self.reader.feed(data)
         while True:
             reply = self.reader.gets()
             if reply is False:
                 return
+            self.unanswered -= 1
             future = self.pending.popleft()
             if not future.done():  # a caller that timed out is gone
                 future.set_result(reply)
@@ -83,7 +90,14 @@ class _Protocol(asyncio.Protocol):
         while self.pending:
             future = self.pending.popleft()
             if not future.done():
-                future.set_exception(RedisConnectionError("Connection to Redis lost."))
+                # Dropped for stalling: its callers have waited their timeout
+                # already and are not sent again (a connection error would be).
+                error = (
+                    RedisTimeoutError("Timeout reading from Redis.")
+                    if self.dropped_stalled
+                    else RedisConnectionError("Connection to Redis lost.")
+                )
+                future.set_exception(error)
 
     def send(self, payload: bytes) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
@@ -94,10 +108,17 @@ class _Protocol(asyncio.Protocol):
         self.outgoing.append(payload)
         return future
 
+    def stalled(self, timeout: float) -> bool:
+        """Owed an answer, and silent for ``timeout`` seconds."""
+        return self.unanswered > 0 and time.monotonic() - self.owing_since >= timeout
+
     def _flush(self) -> None:
-        data, self.outgoing = b"".join(self.outgoing), []
+        commands, self.outgoing = self.outgoing, []
         if self.transport is not None and not self.lost:
-            self.transport.write(data)
+            if self.unanswered == 0:
+                self.owing_since = time.monotonic()
+            self.unanswered += len(commands)
+            self.transport.write(b"".join(commands))
 
 
 class PipelinedScripts:
@@ -108,6 +129,14 @@ class PipelinedScripts:
         self.timeout = timeout
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Lock | None = None
+
+    async def warm(self) -> None:
+        """Connect now, at start-up, so that the first burst of requests finds the
+        connection open (a connect timed while the loop is busy with that burst
+        could fail a healthy Redis). A Redis that cannot be reached now is left
+        for the first request, which reports it."""
+        with contextlib.suppress(RedisConnectionError, RedisTimeoutError, OSError):
+            await self._connection()
 
     async def _connection(self) -> _Protocol:
         protocol = self._protocol
@@ -170,11 +199,11 @@ class PipelinedScripts:
             # callers waiting instead of failing them.
             if future.done():
                 return
-            now = time.monotonic()
-            stalled = now - protocol.last_reply >= self.timeout
-            if stalled or now - started >= self.timeout * STALL_LIMIT:
+            stalled = protocol.stalled(self.timeout)
+            if stalled or time.monotonic() - started >= self.timeout * STALL_LIMIT:
                 future.set_exception(RedisTimeoutError("Timeout reading from Redis."))
                 if stalled and protocol is self._protocol:
+                    protocol.dropped_stalled = True
                     self.close()
             else:
                 handle[0] = loop.call_later(self.timeout, watch)
@@ -215,9 +244,13 @@ class PipelinedScripts:
         self._protocol = None
 
 
-def for_client(redis: Redis, timeout: float) -> PipelinedScripts | None:
-    """A pipelined path to the same Redis as ``redis``, or ``None`` where it cannot be."""
-    if type(redis) is not Redis:
+def for_client(
+    redis: Redis, timeout: float, kind: type[PipelinedScripts] = PipelinedScripts
+) -> PipelinedScripts | None:
+    """A pipelined path (of ``kind``) to the same Redis as ``redis``, or ``None`` where it
+    cannot be (TLS: redis-py's own path). A subclass of ``Redis`` qualifies: the
+    service's own records its commands' times (``metrics.TimedRedis``)."""
+    if not isinstance(redis, Redis):
         return None
     pool = redis.connection_pool
     kwargs = pool.connection_kwargs
@@ -232,4 +265,4 @@ def for_client(redis: Redis, timeout: float) -> PipelinedScripts | None:
         username=kwargs.get("username"),
         password=kwargs.get("password"),
     )
-    return PipelinedScripts(params, timeout)
+    return kind(params, timeout)

@@ -113,3 +113,26 @@ def test_it_works_on_uvloop_as_served(server):
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         replies = runner.run(run())
     assert [r[0] for r in replies] == [f"u{i}".encode() for i in range(50)]
+
+
+async def test_the_app_checks_sessions_over_the_pipelined_path(make_app, monkeypatch):
+    """The service's own Redis client records metrics: it must not push the guard off this path."""
+    from quart_tokengate.service import get_gate
+    from quart_tokengate.service.metrics import TimedPipelinedScripts
+    from tests.conftest import me, register_and_login
+
+    app = await make_app()
+    path = get_gate(app).manager.store.pipelined
+    assert isinstance(path, TimedPipelinedScripts)
+    client = app.test_client()
+    pair = await register_and_login(client)
+    sent: list[bytes] = []
+    run = path.run
+
+    async def counted(sha, source, keys, args):
+        sent.append(sha)
+        return await run(sha, source, keys, args)
+
+    monkeypatch.setattr(path, "run", counted)
+    assert await me(client, pair) == 200
+    assert len(sent) == 1
