@@ -35,6 +35,14 @@ def register(http: httpx.Client, username: str, password: str = PASSWORD) -> Non
     assert r.status_code == 201, r.text
 
 
+def new_user(base_url: str, password: str = PASSWORD) -> str:
+    """Register a user with a fresh name at ``base_url``; return the name."""
+    name = new_name()
+    with httpx.Client(base_url=base_url, timeout=TIMEOUT) as http:
+        register(http, name, password)
+    return name
+
+
 def login_attempt(
     http: httpx.Client,
     username: str,

@@ -19,7 +19,8 @@ from quart_tokengate.client import FileTokenStore
 from quart_tokengate.client.__main__ import main
 from tests.support import ROOT, PrivateRedis, ServiceProcess
 
-from .test_client_concurrency import PASSWORD, expired, new_user, start_service
+from .session_helpers import PASSWORD, new_user
+from .test_client_concurrency import expired, start_service
 
 
 @pytest.fixture(scope="module")

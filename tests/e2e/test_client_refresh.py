@@ -25,14 +25,13 @@ from quart_tokengate.client import (
 from quart_tokengate.client.pytest_plugin import TokengateServer
 from tests.support import PrivateRedis, ServiceProcess, free_port
 
+from .session_helpers import PASSWORD, new_user
 from .test_client_concurrency import (
-    PASSWORD,
     TIMEOUT,
     CountingTransport,
     behind,
     expired,
     logged_in,
-    new_user,
     start_service,
 )
 
