@@ -25,7 +25,7 @@ from .db.migrate import head_revisions, schema_state, upgrade
 from .edge import RejectMalformedRequests
 from .errors import describe, is_infrastructure_failure, mask_url, register_error_handler
 from .guard import finish_response, guard
-from .metrics import TimedRedis, count_database_error, metrics_bp
+from .metrics import TimedRedis, count_database_error, metrics_bp, observe_redis_call
 from .observe import observe_request, start_request
 from .outbox import FileOutbox, Sender
 from .passwords import Passwords
@@ -243,7 +243,7 @@ class TokenGate:
         self._pipelined = (
             None
             if isinstance(self._redis, RedisCluster)
-            else pipelined.for_client(self._redis, REDIS_TIMEOUT)
+            else pipelined.for_client(self._redis, REDIS_TIMEOUT, observe_redis_call)
         )
         store = RedisSessionStore(self._redis, policy, self._pipelined)
         db = sessionmaker

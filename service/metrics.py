@@ -95,21 +95,29 @@ def metrics() -> Metrics:
     )
 
 
+def observe_redis_call(seconds: float, exc: BaseException | None) -> None:
+    """Record one Redis round trip, and count it as a backend error if it failed as one."""
+    m = metrics()
+    if exc is not None:
+        from .errors import is_infrastructure_failure
+
+        if is_infrastructure_failure(exc):
+            m.backend_errors.labels("redis").inc()
+    m.redis_seconds.observe(seconds)
+
+
 class TimedRedis(Redis):
     """``redis.asyncio.Redis`` that records each command's round trip and failures."""
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         started = time.perf_counter()
         try:
-            return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
+            reply = await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
         except Exception as exc:
-            from .errors import is_infrastructure_failure
-
-            if is_infrastructure_failure(exc):
-                metrics().backend_errors.labels("redis").inc()
+            observe_redis_call(time.perf_counter() - started, exc)
             raise
-        finally:
-            metrics().redis_seconds.observe(time.perf_counter() - started)
+        observe_redis_call(time.perf_counter() - started, None)
+        return reply
 
 
 def count_database_error(context: Any) -> None:
