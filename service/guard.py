@@ -15,7 +15,7 @@ import re
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from functools import wraps
-from typing import TYPE_CHECKING, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from quart import Quart, Response, current_app, request
 
@@ -159,10 +159,10 @@ async def _authenticate_request() -> Identity:
     return identity
 
 
-async def check_request(requirement: Requirement) -> Identity | None:
+async def check_request(requirement: Requirement, gate: TokenGate | None = None) -> Identity | None:
     """Check this request against what its view requires; remember the identity."""
     request_auth().checked = True
-    gate = get_gate()
+    gate = gate or get_gate()
     if requirement.optional and not token_sent(gate):
         return None
     identity = await authenticate_request()
@@ -181,13 +181,11 @@ def token_sent(gate: TokenGate) -> bool:
     return settings.use_cookies and bool(request.cookies.get(cookies.ACCESS_COOKIE))
 
 
-async def guard() -> None:
-    """The ``before_request`` hook: check the views marked ``login_required``."""
-    endpoint = request.endpoint
-    view = current_app.view_functions.get(endpoint) if endpoint else None
-    requirement = getattr(view, REQUIRED_ATTR, None) if view is not None else None
+async def guard_view(gate: TokenGate, view: Callable[..., Any]) -> None:
+    """The guard of the ``before_request`` hook: check a view marked ``login_required``."""
+    requirement = getattr(view, REQUIRED_ATTR, None)
     if isinstance(requirement, Requirement):
-        await check_request(requirement)
+        await check_request(requirement, gate)
 
 
 async def finish_response(response: Response) -> Response:

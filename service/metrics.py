@@ -17,7 +17,7 @@ import asyncio
 import functools
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from quart import Blueprint, Response
@@ -44,6 +44,8 @@ class Metrics:
     refresh_reuse: Any
     backend_errors: Any
     redis_seconds: Any
+    # The children of ``requests`` and ``request_seconds`` by (route, method, status).
+    request_children: dict[tuple[str, str, int], tuple[Any, Any]] = field(default_factory=dict)
 
 
 @functools.cache
