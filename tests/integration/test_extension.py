@@ -87,3 +87,14 @@ async def test_the_host_apps_routes_are_logged_and_counted(
     assert [m for m, _ in lines] == ["GET /public 200", "GET /notes 200"]
     assert lines[0][1]["user_id"] is None and lines[0][1]["duration_ms"] >= 0
     assert lines[1][1]["session_id"] == pair["session_id"]
+
+
+async def test_start_up_freezes_what_it_made(redis_client, redis_url, database_url, tmp_path):
+    """What import and start-up made is moved out of the collector's way (gc.freeze)."""
+    import gc
+
+    gc.unfreeze()
+    app = build(redis_url, database_url, tmp_path)
+    async with app.test_app():
+        assert gc.get_freeze_count() > 0
+    gc.unfreeze()
