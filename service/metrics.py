@@ -46,6 +46,8 @@ class Metrics:
     redis_seconds: Any
     # The children of ``requests`` and ``request_seconds`` by (route, method, status).
     request_children: dict[tuple[str, str, int], tuple[Any, Any]] = field(default_factory=dict)
+    # The children of ``guard`` by outcome.
+    guard_children: dict[str, Any] = field(default_factory=dict)
 
 
 @functools.cache

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from quart import Quart, Response, g, request
 
 from .cookies import STATE_ATTR, RequestAuth
-from .guard import finish_response, guard_view
+from .guard import finish_response, guard_view, response_work
 from .logs import access_log, log_access
 from .metrics import metrics
 
@@ -54,8 +54,8 @@ class RequestHooks:
 
     async def after_request(self, response: Response) -> Response:
         state: RequestAuth | None = g.get(STATE_ATTR)
-        if state is not None and (state.identity is not None or state.clear_cookies):
-            response = await finish_response(response)
+        if state is not None and response_work(state):
+            response = await finish_response(response, self.gate, state)
         req = request._get_current_object()  # type: ignore[attr-defined]
         started = state.started if state is not None else time.perf_counter()
         rule = req.url_rule
