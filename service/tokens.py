@@ -87,11 +87,9 @@ class PreparedKey:
 class _OncePrepared(Algorithm):
     """One of PyJWT's algorithms that takes a ``PreparedKey`` as it is.
 
-    PyJWT runs ``prepare_key`` on every token it signs or checks (for HMAC:
-    the PEM, SSH and DER checks over the secret, about a third of an HS256
-    encode). A key's prepared form never changes, so each ``SigningKey``
-    prepares its keys once and hands them over in a ``PreparedKey``. Anything
-    else is prepared as PyJWT always does.
+    PyJWT runs ``prepare_key`` on every token it signs or checks (for HMAC: the
+    PEM, SSH and DER checks, a third of an HS256 encode); each ``SigningKey``
+    prepares its keys once instead. Anything else is prepared as PyJWT does.
     """
 
     def __init__(self, name: str, inner: Algorithm) -> None:
