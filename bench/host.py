@@ -25,9 +25,6 @@ from typing import Any
 
 from quart import Quart, Response, jsonify
 
-from quart_tokengate.service import TokenGate, current_identity, login_required
-from quart_tokengate.service.passwords import Passwords
-
 BODY = {"id": 1, "username": "bench-user", "session_id": "0123456789abcdefghijkl"}
 LAG_TICK = 0.005
 
@@ -51,6 +48,11 @@ def plain() -> Quart:
 
 
 def gated() -> Quart:
+    # Imported here: the plain app's process never loads tokengate, as a host app
+    # without it would not (its modules would add to every full collection).
+    from quart_tokengate.service import TokenGate, current_identity, login_required
+    from quart_tokengate.service.passwords import Passwords
+
     app = plain()
     passwords = None
     if os.environ.get("BENCH_HASHING") == "default-executor":

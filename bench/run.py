@@ -565,8 +565,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             bench = Bench(bases, groups, headers, args.seconds)
             print("warming up ...", flush=True)
             warm(bench, all_targets)
+            load_averages: list[float] = []
             for number in range(1, args.rounds + 1):
-                print(f"round {number}/{args.rounds}", flush=True)
+                load_averages.append(os.getloadavg()[0])
+                print(
+                    f"round {number}/{args.rounds} (load average {load_averages[-1]:.1f})",
+                    flush=True,
+                )
                 for target in all_targets:
                     load = bench.measure(target)
                     print(
@@ -574,6 +579,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         + (f", {load.errors} errors" if load.errors else ""),
                         flush=True,
                     )
+            load_averages.append(os.getloadavg()[0])
             p5_result: dict = {}
             if not args.no_p5:
                 print("P5: 20 logins against the loop ...", flush=True)
@@ -621,7 +627,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             ["route", "req/s median (range)", "p50 ms", "p99 ms", "CPU us/req", "errors"],
             [bench.row(t) for t in all_targets],
         ))  # fmt: skip
-    print(f"\n(took {time.monotonic() - started:.0f} s)")
+    print(
+        f"\n(took {time.monotonic() - started:.0f} s; 1-minute load average during the rounds "
+        f"{min(load_averages):.1f}-{max(load_averages):.1f}, {os.getloadavg()[0]:.1f} at the end)"
+    )
     return 0
 
 

@@ -27,7 +27,8 @@ ACCESS_COOKIE, REFRESH_COOKIE, CSRF_COOKIE = "access_token", "refresh_token", "c
 CSRF_HEADER = "X-CSRF-Token"
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]", "::1"})
-_STATE = "tokengate_request"
+# The attribute of ``g`` that holds the request's ``RequestAuth``.
+STATE_ATTR = "tokengate_request"
 
 
 @dataclass(slots=True)
@@ -42,14 +43,17 @@ class RequestAuth:
     clear_cookies: bool = False
     # The guard has run for this request (it may have let an anonymous one through).
     checked: bool = False
+    # When the request started (``time.perf_counter``), for the access log and metrics.
+    started: float = 0.0
 
 
 def request_auth() -> RequestAuth:
-    """The current request's ``RequestAuth``, created on first use."""
-    state: RequestAuth | None = g.get(_STATE)
+    """The current request's ``RequestAuth`` (the ``before_request`` hook makes it)."""
+    state: RequestAuth | None = g.get(STATE_ATTR)
     if state is None:
+        # A view run without the hook (a host's earlier hook answered first).
         state = RequestAuth()
-        setattr(g, _STATE, state)
+        setattr(g, STATE_ATTR, state)
     return state
 
 

@@ -15,12 +15,12 @@ import re
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from functools import wraps
-from typing import TYPE_CHECKING, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from quart import Quart, Response, current_app, request
 
 from . import cookies
-from .cookies import read_access_token, request_auth
+from .cookies import RequestAuth, read_access_token, request_auth
 from .errors import (
     ApiError,
     AuthUnavailable,
@@ -130,22 +130,31 @@ def get_gate(app: Quart | None = None) -> TokenGate:
     return gate
 
 
-async def authenticate_request() -> Identity:
+async def authenticate_request(gate: TokenGate | None = None) -> Identity:
     """Run the full check for this request and remember the identity."""
     try:
-        identity = await _authenticate_request()
+        identity = await _authenticate_request(gate or get_gate())
     except ApiError as exc:
-        metrics().guard.labels(exc.error).inc()
+        guard_outcome(exc.error).inc()
         raise
-    metrics().guard.labels("ok").inc()
+    guard_outcome("ok").inc()
     return identity
 
 
-async def _authenticate_request() -> Identity:
+def guard_outcome(outcome: str) -> Any:
+    """The guard counter's child for ``outcome``, kept (``labels()`` locks on every call)."""
+    m = metrics()
+    child = m.guard_children.get(outcome)
+    if child is None:
+        child = m.guard_children[outcome] = m.guard.labels(outcome)
+    return child
+
+
+async def _authenticate_request(gate: TokenGate) -> Identity:
     state = request_auth()
-    token = read_access_token(get_gate().settings)
+    token = read_access_token(gate.settings)
     try:
-        identity = await get_gate().manager.authenticate(token)
+        identity = await gate.manager.authenticate(token)
     except SESSION_OVER:
         state.clear_cookies = state.via_cookie
         raise
@@ -159,13 +168,13 @@ async def _authenticate_request() -> Identity:
     return identity
 
 
-async def check_request(requirement: Requirement) -> Identity | None:
+async def check_request(requirement: Requirement, gate: TokenGate | None = None) -> Identity | None:
     """Check this request against what its view requires; remember the identity."""
     request_auth().checked = True
-    gate = get_gate()
+    gate = gate or get_gate()
     if requirement.optional and not token_sent(gate):
         return None
-    identity = await authenticate_request()
+    identity = await authenticate_request(gate)
     if requirement.scopes and not requirement.scopes <= identity.scopes:
         raise InsufficientScope(requirement.scopes)
     if requirement.fresh and gate.clock() - identity.auth_time > gate.settings.fresh_ttl:
@@ -181,19 +190,27 @@ def token_sent(gate: TokenGate) -> bool:
     return settings.use_cookies and bool(request.cookies.get(cookies.ACCESS_COOKIE))
 
 
-async def guard() -> None:
-    """The ``before_request`` hook: check the views marked ``login_required``."""
-    endpoint = request.endpoint
-    view = current_app.view_functions.get(endpoint) if endpoint else None
-    requirement = getattr(view, REQUIRED_ATTR, None) if view is not None else None
+async def guard_view(gate: TokenGate, view: Callable[..., Any]) -> None:
+    """The guard of the ``before_request`` hook: check a view marked ``login_required``."""
+    requirement = getattr(view, REQUIRED_ATTR, None)
     if isinstance(requirement, Requirement):
-        await check_request(requirement)
+        await check_request(requirement, gate)
 
 
-async def finish_response(response: Response) -> Response:
+def response_work(state: RequestAuth) -> bool:
+    """Whether ``finish_response`` has anything to do for a request in this state."""
+    identity = state.identity
+    return state.clear_cookies or (
+        identity is not None and (state.via_cookie or identity.new_access_token is not None)
+    )
+
+
+async def finish_response(
+    response: Response, gate: TokenGate | None = None, state: RequestAuth | None = None
+) -> Response:
     """The ``after_request`` hook: hand out re-issued tokens, clear dead cookies."""
-    gate = get_gate()
-    state = request_auth()
+    gate = gate or get_gate()
+    state = state or request_auth()
     if state.clear_cookies and gate.settings.use_cookies:
         cookies.clear_cookies(response, gate.settings, gate.refresh_path)
         return response

@@ -17,15 +17,13 @@ import asyncio
 import functools
 import os
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from quart import Blueprint, Response
 from redis.asyncio import Redis
 
 from .openapi import hidden
-from .store.pipelined import PipelinedScripts
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Latencies of an auth service: a guarded request is a millisecond or two,
@@ -46,6 +44,10 @@ class Metrics:
     refresh_reuse: Any
     backend_errors: Any
     redis_seconds: Any
+    # The children of ``requests`` and ``request_seconds`` by (route, method, status).
+    request_children: dict[tuple[str, str, int], tuple[Any, Any]] = field(default_factory=dict)
+    # The children of ``guard`` by outcome.
+    guard_children: dict[str, Any] = field(default_factory=dict)
 
 
 @functools.cache
@@ -97,40 +99,29 @@ def metrics() -> Metrics:
     )
 
 
+def observe_redis_call(seconds: float, exc: BaseException | None) -> None:
+    """Record one Redis round trip, and count it as a backend error if it failed as one."""
+    m = metrics()
+    if exc is not None:
+        from .errors import is_infrastructure_failure
+
+        if is_infrastructure_failure(exc):
+            m.backend_errors.labels("redis").inc()
+    m.redis_seconds.observe(seconds)
+
+
 class TimedRedis(Redis):
     """``redis.asyncio.Redis`` that records each command's round trip and failures."""
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         started = time.perf_counter()
         try:
-            return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
+            reply = await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
         except Exception as exc:
-            from .errors import is_infrastructure_failure
-
-            if is_infrastructure_failure(exc):
-                metrics().backend_errors.labels("redis").inc()
+            observe_redis_call(time.perf_counter() - started, exc)
             raise
-        finally:
-            metrics().redis_seconds.observe(time.perf_counter() - started)
-
-
-class TimedPipelinedScripts(PipelinedScripts):
-    """The guard's pipelined script path, recording what :class:`TimedRedis` records."""
-
-    async def run(
-        self, sha: str, source: str | bytes, keys: Sequence[str], args: Sequence[Any]
-    ) -> Any:
-        started = time.perf_counter()
-        try:
-            return await super().run(sha, source, keys, args)
-        except Exception as exc:
-            from .errors import is_infrastructure_failure
-
-            if is_infrastructure_failure(exc):
-                metrics().backend_errors.labels("redis").inc()
-            raise
-        finally:
-            metrics().redis_seconds.observe(time.perf_counter() - started)
+        observe_redis_call(time.perf_counter() - started, None)
+        return reply
 
 
 def count_database_error(context: Any) -> None:

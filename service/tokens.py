@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import jwt
+from jwt.algorithms import Algorithm, get_default_algorithms
 
 from .errors import InvalidToken, TokenExpired
 
@@ -76,12 +77,81 @@ class PurposeToken:
 
 
 @dataclass(frozen=True, slots=True)
+class PreparedKey:
+    """A key as PyJWT's ``algorithm`` prepares it (checked and converted), done once."""
+
+    algorithm: str
+    value: Any = field(repr=False)
+
+
+class _OncePrepared(Algorithm):
+    """One of PyJWT's algorithms that takes a ``PreparedKey`` as it is.
+
+    PyJWT runs ``prepare_key`` on every token it signs or checks (for HMAC: the
+    PEM, SSH and DER checks, a third of an HS256 encode); each ``SigningKey``
+    prepares its keys once instead. Anything else is prepared as PyJWT does.
+    """
+
+    def __init__(self, name: str, inner: Algorithm) -> None:
+        self.name = name
+        self.inner = inner
+
+    def prepare_key(self, key: Any) -> Any:
+        if isinstance(key, PreparedKey):
+            if key.algorithm != self.name:
+                raise jwt.InvalidKeyError("The key was prepared for another algorithm.")
+            return key.value
+        return self.inner.prepare_key(key)
+
+    def sign(self, msg: bytes, key: Any) -> bytes:
+        return self.inner.sign(msg, key)
+
+    def verify(self, msg: bytes, key: Any, sig: bytes) -> bool:
+        return self.inner.verify(msg, key, sig)
+
+    def check_key_length(self, key: Any) -> str | None:
+        return self.inner.check_key_length(key)
+
+    @staticmethod
+    def to_jwk(key_obj: Any, as_dict: bool = False) -> Any:
+        raise NotImplementedError
+
+    @staticmethod
+    def from_jwk(jwk: Any) -> Any:
+        raise NotImplementedError
+
+
+def _codec() -> jwt.PyJWT:
+    """PyJWT with its algorithms wrapped to take prepared keys; rules and checks unchanged."""
+    codec = jwt.PyJWT()
+    for name, algorithm in get_default_algorithms().items():
+        if name != "none":
+            codec._jws.unregister_algorithm(name)
+            codec._jws.register_algorithm(name, _OncePrepared(name, algorithm))
+    return codec
+
+
+# Every token is signed and checked through this codec.
+_CODEC = _codec()
+
+
+def prepare(algorithm: str, key: Any) -> Any:
+    """``key`` prepared once for ``algorithm``; the key as given if PyJWT refuses it
+    (it then fails when used, as it always did)."""
+    try:
+        return PreparedKey(algorithm, get_default_algorithms()[algorithm].prepare_key(key))
+    except (KeyError, jwt.PyJWTError, TypeError, ValueError):
+        return key
+
+
+@dataclass(frozen=True, slots=True)
 class SigningKey:
     """One key: its ``kid``, and the objects PyJWT signs and verifies with.
 
     For HS256 both are the secret's bytes; otherwise the private and the
     public key (``cryptography`` objects, parsed once, not per token).
-    ``active_at`` (epoch seconds) is when the key starts signing.
+    ``active_at`` (epoch seconds) is when the key starts signing. Both are
+    prepared for PyJWT once, here (``prepared_signing``, ``prepared_verifying``).
     """
 
     kid: str
@@ -89,6 +159,17 @@ class SigningKey:
     signing: Any = field(repr=False)
     verifying: Any = field(repr=False)
     active_at: float = 0.0
+    prepared_signing: Any = field(init=False, repr=False, compare=False)
+    prepared_verifying: Any = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prepared_signing", prepare(self.algorithm, self.signing))
+        verifying = (
+            self.prepared_signing
+            if self.verifying is self.signing
+            else prepare(self.algorithm, self.verifying)
+        )
+        object.__setattr__(self, "prepared_verifying", verifying)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +257,7 @@ def mint(
         claims.update(extra)
     key = cfg.keys.signing_key(iat)
     headers = {"typ": kind.typ, "kid": key.kid}
-    return jwt.encode(claims, key.signing, algorithm=key.algorithm, headers=headers)
+    return _CODEC.encode(claims, key.prepared_signing, algorithm=key.algorithm, headers=headers)
 
 
 def _header_kid(token: str) -> str | None:
@@ -212,9 +293,9 @@ def verify(cfg: SigningConfig, kind: TokenKind, token: str, *, now: float) -> di
         # keyed with a public key never meets an HMAC check), then the header
         # is read. PyJWT checks exp/nbf against its own clock; we check them
         # against ``now`` below, so the clock stays injectable.
-        decoded = jwt.decode_complete(
+        decoded = _CODEC.decode_complete(
             token,
-            key.verifying,
+            key.prepared_verifying,
             algorithms=[algorithm],
             audience=cfg.audience,
             issuer=cfg.issuer,

@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import hiredis
@@ -121,12 +121,19 @@ class _Protocol(asyncio.Protocol):
             self.transport.write(b"".join(commands))
 
 
+# Told each call's round trip in seconds, and the error it failed with (else None).
+Observer = Callable[[float, BaseException | None], None]
+
+
 class PipelinedScripts:
     """``EVALSHA`` over one pipelined connection, ``EVAL`` when Redis lacks the script."""
 
-    def __init__(self, params: dict[str, Any], timeout: float) -> None:
+    def __init__(
+        self, params: dict[str, Any], timeout: float, observe: Observer | None = None
+    ) -> None:
         self.params = params
         self.timeout = timeout
+        self.observe = observe
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Lock | None = None
 
@@ -224,6 +231,20 @@ class PipelinedScripts:
         self, sha: str, source: str | bytes, keys: Sequence[str], args: Sequence[Any]
     ) -> Any:
         """Run the script ``sha`` (its text: ``source``); the reply as hiredis gives it."""
+        if self.observe is None:
+            return await self._run(sha, source, keys, args)
+        started = time.perf_counter()
+        try:
+            reply = await self._run(sha, source, keys, args)
+        except Exception as exc:
+            self.observe(time.perf_counter() - started, exc)
+            raise
+        self.observe(time.perf_counter() - started, None)
+        return reply
+
+    async def _run(
+        self, sha: str, source: str | bytes, keys: Sequence[str], args: Sequence[Any]
+    ) -> Any:
         payload = _pack("EVALSHA", sha, len(keys), *keys, *args)
         try:
             try:
@@ -245,11 +266,13 @@ class PipelinedScripts:
 
 
 def for_client(
-    redis: Redis, timeout: float, kind: type[PipelinedScripts] = PipelinedScripts
+    redis: Redis, timeout: float, observe: Observer | None = None
 ) -> PipelinedScripts | None:
-    """A pipelined path (of ``kind``) to the same Redis as ``redis``, or ``None`` where it
-    cannot be (TLS: redis-py's own path). A subclass of ``Redis`` qualifies: the
-    service's own records its commands' times (``metrics.TimedRedis``)."""
+    """A pipelined path to the same Redis as ``redis``, or ``None`` where it cannot be.
+
+    ``redis`` may be a subclass (the service's ``TimedRedis``): what counts is
+    its connection pool's class and parameters.
+    """
     if not isinstance(redis, Redis):
         return None
     pool = redis.connection_pool
@@ -265,4 +288,4 @@ def for_client(
         username=kwargs.get("username"),
         password=kwargs.get("password"),
     )
-    return kind(params, timeout)
+    return PipelinedScripts(params, timeout, observe)

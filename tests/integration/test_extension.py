@@ -61,3 +61,40 @@ async def test_login_required_keeps_the_signature():
 
     assert view.__name__ == "view" and view.__doc__ == "Docs of the view."
     assert view.__wrapped__.__annotations__["item_id"] is int
+
+
+async def test_the_host_apps_routes_are_logged_and_counted(
+    redis_client, redis_url, database_url, tmp_path, caplog
+):
+    """The one pair of hooks covers every route: an unguarded one of the host's is in the
+    access log and the request metrics, and a guarded one names its user in the log."""
+    import logging
+
+    from quart_tokengate.service.metrics import metrics
+
+    app = build(redis_url, database_url, tmp_path)
+    counter = metrics().requests
+    before = counter.labels("/public", "GET", "200")._value.get()
+    async with app.test_app():
+        client = app.test_client()
+        pair = await register_and_login(client)
+        with caplog.at_level(logging.INFO, logger="tokengate.access"):
+            assert (await client.get("/public")).status_code == 200
+            r = await client.get("/notes", headers=bearer(pair["access_token"]))
+            assert r.status_code == 200
+    assert counter.labels("/public", "GET", "200")._value.get() == before + 1
+    lines = [(r.getMessage(), r.fields) for r in caplog.records if r.name == "tokengate.access"]
+    assert [m for m, _ in lines] == ["GET /public 200", "GET /notes 200"]
+    assert lines[0][1]["user_id"] is None and lines[0][1]["duration_ms"] >= 0
+    assert lines[1][1]["session_id"] == pair["session_id"]
+
+
+async def test_start_up_freezes_what_it_made(redis_client, redis_url, database_url, tmp_path):
+    """What import and start-up made is moved out of the collector's way (gc.freeze)."""
+    import gc
+
+    gc.unfreeze()
+    app = build(redis_url, database_url, tmp_path)
+    async with app.test_app():
+        assert gc.get_freeze_count() > 0
+    gc.unfreeze()

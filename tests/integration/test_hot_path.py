@@ -56,3 +56,28 @@ async def test_a_refresh_is_one_script_call_plus_the_sql_record(make_app, clock,
     assert (await r.get_json())["error"] == "refresh_reused"
     stats = await commandstats_async(redis_client)
     assert stats == {"evalsha": 1, "exists": 1, "hmget": 1, "hset": 1, "zrem": 1}
+
+
+async def test_the_guard_takes_the_pipelined_path_and_it_is_measured(app):
+    """The service's own Redis client (``TimedRedis``, a subclass) still gets the lean path,
+    and its round trips land in ``tokengate_redis_roundtrip_seconds`` as every command's do."""
+    from quart_tokengate.service.metrics import metrics
+
+    store = app.extensions["tokengate"].manager.store
+    assert store.pipelined is not None
+    client = app.test_client()
+    pair = await register_and_login(client)
+    histogram = metrics().redis_seconds
+    before = histogram._sum.get(), sum(b.get() for b in histogram._buckets)
+    calls: list[float] = []
+    observe = store.pipelined.observe
+    store.pipelined.observe = lambda seconds, exc: (calls.append(seconds), observe(seconds, exc))
+    try:
+        for _ in range(3):
+            r = await client.get("/auth/me", headers=bearer(pair["access_token"]))
+            assert r.status_code == 200
+    finally:
+        store.pipelined.observe = observe
+    assert len(calls) == 3
+    assert sum(b.get() for b in histogram._buckets) == before[1] + 3
+    assert histogram._sum.get() > before[0]

@@ -118,12 +118,12 @@ def test_it_works_on_uvloop_as_served(server):
 async def test_the_app_checks_sessions_over_the_pipelined_path(make_app, monkeypatch):
     """The service's own Redis client records metrics: it must not push the guard off this path."""
     from quart_tokengate.service import get_gate
-    from quart_tokengate.service.metrics import TimedPipelinedScripts
+    from quart_tokengate.service.store.pipelined import PipelinedScripts
     from tests.conftest import me, register_and_login
 
     app = await make_app()
     path = get_gate(app).manager.store.pipelined
-    assert isinstance(path, TimedPipelinedScripts)
+    assert isinstance(path, PipelinedScripts)
     client = app.test_client()
     pair = await register_and_login(client)
     sent: list[bytes] = []

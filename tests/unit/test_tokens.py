@@ -268,3 +268,20 @@ def test_the_newest_active_key_signs_and_every_key_verifies():
     only_new = tokens.SigningConfig(tokens.KeySet("EdDSA", (new,)), "tokengate", "tokengate")
     with pytest.raises(InvalidToken):
         tokens.verify(only_new, tokens.AccessToken.kind, before, now=NOW + 6)
+
+
+def test_keys_are_prepared_once_and_still_pinned():
+    """Each key is prepared for PyJWT when the key set is made, not per token; a prepared
+    key is refused by any other algorithm, and a token of another algorithm still fails."""
+    cfg = tokens.SigningConfig.from_secret(b"k" * 40, "iss", "aud")
+    key = cfg.keys.keys[0]
+    assert isinstance(key.prepared_signing, tokens.PreparedKey)
+    assert key.prepared_verifying is key.prepared_signing
+    token = tokens.mint(cfg, tokens.RefreshToken.kind, sub="1", jti="j" * 22, iat=100,
+                        ttl=60, extra={"sid": "s" * 22})  # fmt: skip
+    assert tokens.verify(cfg, tokens.RefreshToken.kind, token, now=110)["sub"] == "1"
+    with pytest.raises(jwt.InvalidKeyError):
+        tokens._CODEC.encode({"a": 1}, key.prepared_signing, algorithm="HS384")
+    forged = jwt.encode({"a": 1}, b"k" * 40, algorithm="HS384", headers={"kid": key.kid})
+    with pytest.raises(InvalidToken):
+        tokens.verify(cfg, tokens.RefreshToken.kind, forged, now=110)
