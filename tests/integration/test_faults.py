@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,13 +19,11 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from quart_tokengate.client.pytest_plugin import TokengateClock
-from quart_tokengate.service import Settings, create_app, get_gate
-from quart_tokengate.service.passwords import Passwords
+from quart_tokengate.service import get_gate
 from quart_tokengate.service.store.redis_store import script_source
-from quart_tokengate.service.testing import FAST_HASHER
 from tests.conftest import _truncate, me, refresh, register_and_login
 from tests.faults import CuttingProxy, FreezableRedis, proxy_to
-from tests.support import SECRET, bearer, claims
+from tests.support import bearer, claims
 
 GRACE = 10
 AppFactory = Callable[..., Awaitable[Quart]]
@@ -67,30 +64,13 @@ def redis_cut(frozen_redis: FreezableRedis) -> Iterator[CuttingProxy]:
 
 
 @pytest.fixture
-async def build(
-    clock: TokengateClock, redis_url: str, database_url: str, tmp_path: Path
-) -> AsyncIterator[AppFactory]:
+def build(make_app: AppFactory, clock: TokengateClock) -> AppFactory:
     """``await build(database_url=..., redis_url=...)``: a started app on the kit's clock."""
-    started: list[Any] = []
 
     async def factory(**overrides: Any) -> Quart:
-        values: dict[str, Any] = {
-            "secret_key": SECRET,
-            "redis_url": redis_url,
-            "database_url": database_url,
-            "instance_dir": tmp_path / "instance",
-            "refresh_grace": GRACE,
-            **overrides,
-        }
-        app = create_app(Settings(**values), clock=clock, passwords=Passwords(FAST_HASHER))
-        ctx = app.test_app()
-        await ctx.__aenter__()
-        started.append(ctx)
-        return app
+        return await make_app(clock=clock, refresh_grace=GRACE, **overrides)
 
-    yield factory
-    for ctx in reversed(started):
-        await ctx.__aexit__(None, None, None)
+    return factory
 
 
 async def unavailable(response: Any) -> bool:

@@ -120,14 +120,21 @@ async def test_implicit_refresh_gives_one_successor_per_expired_token(store):
     assert other == Reissue(access_jti="z", iat=int(NOW) + 9, username="alice")
 
 
-async def test_refresh_rotates_repeats_within_grace_then_ends_on_reuse(store):
-    await open_session(store, "session-1")
+def refresher(store):
+    """``refresh(now, presented, new)``: session-1's refresh script, new jtis named by ``new``."""
 
     async def refresh(now: float, presented: str, new: str) -> Any:
         return await store.refresh(
             UID, "session-1", now=now, presented_jti=presented,
             new_access_jti=f"a-{new}", new_refresh_jti=f"r-{new}",
         )  # fmt: skip
+
+    return refresh
+
+
+async def test_refresh_rotates_repeats_within_grace_then_ends_on_reuse(store):
+    await open_session(store, "session-1")
+    refresh = refresher(store)
 
     rotated = await refresh(NOW + 1, "r1", "2")
     assert rotated == Rotation(True, "a-2", "r-2", "r1", int(NOW) + 1, "alice")
@@ -141,12 +148,7 @@ async def test_refresh_rotates_repeats_within_grace_then_ends_on_reuse(store):
 
 async def test_an_unconfirmed_rotation_repeats_past_grace_until_confirmed(store):
     await open_session(store, "session-1")
-
-    async def refresh(now: float, presented: str, new: str) -> Any:
-        return await store.refresh(
-            UID, "session-1", now=now, presented_jti=presented,
-            new_access_jti=f"a-{new}", new_refresh_jti=f"r-{new}",
-        )  # fmt: skip
+    refresh = refresher(store)
 
     rotated = await refresh(NOW + 1, "r1", "2")
     # Its answer never reached the client: the same token, long after grace,
