@@ -73,12 +73,8 @@ async def redis_client(redis_url: str) -> AsyncIterator[Redis]:
 @pytest.fixture
 def postgres() -> Iterator[PostgresServer]:
     """A PostgreSQL server of this test's own, that the test may freeze, stop and start."""
-    server = PostgresServer()
-    try:
-        server.start()
+    with PostgresServer() as server:
         yield server
-    finally:
-        server.remove()
 
 
 @pytest.fixture(scope="session")

@@ -266,6 +266,18 @@ class PostgresServer:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
+    def __enter__(self) -> PostgresServer:
+        """Started; removed (stopped, its files deleted) at the end of the ``with``."""
+        try:
+            self.start()
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.remove()
+
 
 class ServiceProcess:
     """``python -m service serve`` in a child process, on a free port."""

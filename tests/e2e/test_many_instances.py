@@ -43,12 +43,8 @@ def cluster() -> Iterator[RedisCluster]:
 
 @pytest.fixture(scope="module")
 def shared_postgres() -> Iterator[PostgresServer]:
-    server = PostgresServer()
-    try:
-        server.start()
+    with PostgresServer() as server:
         yield server
-    finally:
-        server.remove()
 
 
 @pytest.fixture(scope="module")
