@@ -106,8 +106,8 @@ def start_app(
     port = harness.free_port()
     args = [
         sys.executable, "-m", "uvicorn", factory, "--factory", "--workers", str(workers),
-        "--host", HOST, "--port", str(port), "--loop", "uvloop", "--http", "httptools",
-        "--lifespan", "on", "--no-access-log", "--log-level", "warning",
+        "--host", HOST, "--port", str(port), "--loop", "bench.loop:new_event_loop",
+        "--http", "httptools", "--lifespan", "on", "--no-access-log", "--log-level", "warning",
     ]  # fmt: skip
     # The working directory is the temporary folder, so no stray .env is read.
     process = Process(name, args, env=env, cwd=tmp, log=tmp / f"{name}.log")

@@ -184,6 +184,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             host=args.host,
             port=args.port,
             workers=args.workers,
+            # uvloop, accepting bursts of new connections at once (serving.py).
+            loop=f"{__package__}.serving:new_event_loop",
             lifespan="on",
             log_config=None,  # serve_app configures logging in each worker
             log_level="info",

@@ -1,0 +1,116 @@
+"""The loop ``serve`` runs: uvloop that accepts a burst of new connections at once.
+
+Real sockets on 127.0.0.1; the loop is the one ``serve`` hands uvicorn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from collections.abc import Callable, Coroutine
+from typing import Any, ClassVar
+
+import pytest
+
+from quart_tokengate.service import serving
+
+BURST = 100
+
+
+class Counting(asyncio.Protocol):
+    made: ClassVar[list[asyncio.BaseTransport]] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        Counting.made.append(transport)
+
+
+def on_serving_loop(test: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    with asyncio.Runner(loop_factory=serving.new_event_loop) as runner:
+        runner.run(test())
+
+
+def connect_burst(port: int, count: int) -> list[socket.socket]:
+    """``count`` connections the kernel completes before the loop looks: they wait in line."""
+    return [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(count)]
+
+
+def test_a_burst_of_connections_is_accepted_in_a_few_turns_of_the_loop():
+    # libuv alone accepts one connection per turn: 100 connections would take
+    # 100 turns, each of them tens of milliseconds on a loaded server.
+    Counting.made = []
+
+    async def test() -> None:
+        server = await asyncio.get_running_loop().create_server(Counting, "127.0.0.1", 0)
+        assert isinstance(server, serving.AcceptingServer)
+        port = server.sockets[0].getsockname()[1]
+        clients = connect_burst(port, BURST)
+        try:
+            for _ in range(10):
+                await asyncio.sleep(0)
+            assert len(Counting.made) == BURST
+            # The connections are uvloop's own transports, and they work both ways.
+            clients[0].sendall(b"ping")
+            Counting.made[0].write(b"pong")  # type: ignore[attr-defined]
+            await asyncio.sleep(0)
+            assert await asyncio.to_thread(clients[0].recv, 4) == b"pong"
+        finally:
+            for client in clients:
+                client.close()
+            server.close()
+            await server.wait_closed()
+
+    on_serving_loop(test)
+
+
+def test_a_closed_server_accepts_nothing_more():
+    Counting.made = []
+
+    async def test() -> None:
+        server = await asyncio.get_running_loop().create_server(Counting, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        server.close()
+        await server.wait_closed()
+        assert not server.is_serving() and server.sockets == ()
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=5)
+        assert Counting.made == []
+
+    on_serving_loop(test)
+
+
+def test_a_socket_handed_over_is_served_the_same_way():
+    # uvicorn's workers are handed the socket their parent bound.
+    Counting.made = []
+
+    async def test() -> None:
+        listener = socket.create_server(("127.0.0.1", 0))
+        server = await asyncio.get_running_loop().create_server(Counting, sock=listener)
+        assert isinstance(server, serving.AcceptingServer)
+        clients = connect_burst(listener.getsockname()[1], 20)
+        try:
+            for _ in range(10):
+                await asyncio.sleep(0)
+            assert len(Counting.made) == 20
+        finally:
+            for client in clients:
+                client.close()
+            server.close()
+
+    on_serving_loop(test)
+
+
+def test_tls_and_unix_sockets_stay_with_uvloop():
+    async def test() -> None:
+        loop = asyncio.get_running_loop()
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls = await loop.create_server(Counting, "127.0.0.1", 0, ssl=context)
+        assert not isinstance(tls, serving.AcceptingServer)
+        tls.close()
+        unix = socket.socket(socket.AF_UNIX)
+        unix.bind("")  # an abstract address
+        server = await loop.create_server(Counting, sock=unix)
+        assert not isinstance(server, serving.AcceptingServer)
+        server.close()
+
+    on_serving_loop(test)
