@@ -130,14 +130,32 @@ def get_gate(app: Quart | None = None) -> TokenGate:
     return gate
 
 
-async def authenticate_request(gate: TokenGate | None = None) -> Identity:
+async def authenticate_request(
+    gate: TokenGate | None = None, state: RequestAuth | None = None
+) -> Identity:
     """Run the full check for this request and remember the identity."""
+    gate = gate or get_gate()
+    state = state or request_auth()
     try:
-        identity = await _authenticate_request(gate or get_gate())
+        token = read_access_token(gate.settings)
+        try:
+            identity = await gate.manager.authenticate(token)
+        except SESSION_OVER:
+            state.clear_cookies = state.via_cookie
+            raise
+        except ApiError:
+            raise
+        except Exception as exc:
+            # Inside a host app no catch-all handler may exist: fail closed as
+            # the contract's 503 here, not as the host's 500.
+            if is_infrastructure_failure(exc):
+                raise AuthUnavailable() from exc
+            raise
     except ApiError as exc:
         guard_outcome(exc.error).inc()
         raise
     guard_outcome("ok").inc()
+    state.identity = identity
     return identity
 
 
@@ -150,31 +168,16 @@ def guard_outcome(outcome: str) -> Any:
     return child
 
 
-async def _authenticate_request(gate: TokenGate) -> Identity:
-    state = request_auth()
-    token = read_access_token(gate.settings)
-    try:
-        identity = await gate.manager.authenticate(token)
-    except SESSION_OVER:
-        state.clear_cookies = state.via_cookie
-        raise
-    except Exception as exc:
-        # Inside a host app no catch-all handler may exist: fail closed as
-        # the contract's 503 here, not as the host's 500.
-        if is_infrastructure_failure(exc):
-            raise AuthUnavailable() from exc
-        raise
-    state.identity = identity
-    return identity
-
-
-async def check_request(requirement: Requirement, gate: TokenGate | None = None) -> Identity | None:
+async def check_request(
+    requirement: Requirement, gate: TokenGate | None = None, state: RequestAuth | None = None
+) -> Identity | None:
     """Check this request against what its view requires; remember the identity."""
-    request_auth().checked = True
+    state = state or request_auth()
+    state.checked = True
     gate = gate or get_gate()
     if requirement.optional and not token_sent(gate):
         return None
-    identity = await authenticate_request(gate)
+    identity = await authenticate_request(gate, state)
     if requirement.scopes and not requirement.scopes <= identity.scopes:
         raise InsufficientScope(requirement.scopes)
     if requirement.fresh and gate.clock() - identity.auth_time > gate.settings.fresh_ttl:
@@ -190,11 +193,11 @@ def token_sent(gate: TokenGate) -> bool:
     return settings.use_cookies and bool(request.cookies.get(cookies.ACCESS_COOKIE))
 
 
-async def guard_view(gate: TokenGate, view: Callable[..., Any]) -> None:
+async def guard_view(gate: TokenGate, view: Callable[..., Any], state: RequestAuth) -> None:
     """The guard of the ``before_request`` hook: check a view marked ``login_required``."""
     requirement = getattr(view, REQUIRED_ATTR, None)
     if isinstance(requirement, Requirement):
-        await check_request(requirement, gate)
+        await check_request(requirement, gate, state)
 
 
 def response_work(state: RequestAuth) -> bool:

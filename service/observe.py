@@ -50,7 +50,7 @@ class RequestHooks:
         endpoint = request.endpoint
         view = self.view_functions.get(endpoint) if endpoint else None
         if view is not None:
-            await guard_view(self.gate, view)
+            await guard_view(self.gate, view, state)
 
     async def after_request(self, response: Response) -> Response:
         state: RequestAuth | None = g.get(STATE_ATTR)

@@ -40,7 +40,7 @@ from .keys import KeyRing
 from .logs import security_event
 from .settings import Settings
 from .store.redis_store import RedisSessionStore
-from .store.results import Ended, EndReason, Miss, Rotation, SessionRecord
+from .store.results import Ended, EndReason, Live, Miss, Rotation, SessionRecord
 from .tokens import Grant, TokenPair
 from .users import ClaimsHook, UserRecord, UserStore, hook_claims
 
@@ -214,14 +214,21 @@ class SessionManager:
         await self.store.load(user_id, sid, record, now=now)
 
     async def _decide(
-        self, uid: str, sid: str, now: float, script: Callable[[], Awaitable[R | Ended | Miss]]
+        self,
+        uid: str,
+        sid: str,
+        now: float,
+        script: Callable[[], Awaitable[R | Ended | Miss]],
+        result: R | Ended | Miss | None = None,
     ) -> R:
         """Run a session script: rebuild a session Redis lost and run it again.
 
+        ``result`` is the script's first answer when the caller has it already.
         A session that is over raises its error; one that this very call
         ended (idle, too old, refresh reuse) is recorded in SQL first.
         """
-        result = await script()
+        if result is None:
+            result = await script()
         if isinstance(result, Miss):
             await self._rebuild(uid, sid, now)
             result = await script()
@@ -271,7 +278,14 @@ class SessionManager:
             await self._decide(uid, sid, now, lambda: self.store.peek(uid, sid, now=now))
             raise
         uid, sid = claims["sub"], claims["sid"]
-        live = await self._decide(uid, sid, now, lambda: self.store.check(uid, sid, now=now))
+        checked = await self.store.check(uid, sid, now=now)
+        live = (
+            checked
+            if isinstance(checked, Live)
+            else await self._decide(
+                uid, sid, now, lambda: self.store.check(uid, sid, now=now), checked
+            )
+        )
         if live.sync_due:
             self.background.spawn(self._touch(sid, now))
         # A copy: the cached claims stay as verified whatever a view does.

@@ -34,19 +34,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 
 def _pack(*parts: Any) -> bytes:
-    """A command in RESP."""
-    out = [b"*%d\r\n" % len(parts)]
-    for part in parts:
-        if isinstance(part, bytes):
-            data = part
-        elif isinstance(part, str):
-            data = part.encode()
-        elif isinstance(part, float):
-            data = repr(part).encode()
-        else:
-            data = str(part).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(out)
+    """A command in RESP (hiredis's C packer: str, bytes, int and float as ``repr``)."""
+    packed: bytes = hiredis.pack_command(parts)
+    return packed
 
 
 # A call that keeps waiting on a live connection fails after this many timeouts.
@@ -57,6 +47,8 @@ class _Protocol(asyncio.Protocol):
     def __init__(self) -> None:
         self.reader = hiredis.Reader()
         self.pending: deque[asyncio.Future[Any]] = deque()
+        # When each pending command was sent (``time.monotonic``), in the same order.
+        self.sent_at: deque[float] = deque()
         self.transport: asyncio.Transport | None = None
         self.lost = False
         # Commands sent in one turn of the loop leave in one write (one syscall).
@@ -81,12 +73,14 @@ class _Protocol(asyncio.Protocol):
             if reply is False:
                 return
             self.unanswered -= 1
+            self.sent_at.popleft()
             future = self.pending.popleft()
             if not future.done():  # a caller that timed out is gone
                 future.set_result(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        self.sent_at.clear()
         while self.pending:
             future = self.pending.popleft()
             if not future.done():
@@ -103,6 +97,7 @@ class _Protocol(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self.pending.append(future)
+        self.sent_at.append(time.monotonic())
         if not self.outgoing:
             loop.call_soon(self._flush)
         self.outgoing.append(payload)
@@ -136,6 +131,7 @@ class PipelinedScripts:
         self.observe = observe
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Lock | None = None
+        self._watch: asyncio.TimerHandle | None = None
 
     async def warm(self) -> None:
         """Connect now, at start-up, so that the first burst of requests finds the
@@ -192,34 +188,10 @@ class PipelinedScripts:
         protocol = self._protocol
         if protocol is None or protocol.lost:
             protocol = await self._connection()  # bounded by its own timeout
-        loop = asyncio.get_running_loop()
         future = protocol.send(payload)
-        started = time.monotonic()
-        handle: list[asyncio.TimerHandle] = []
-
-        def watch() -> None:
-            # The call fails when the connection has answered nothing for the
-            # whole timeout (a frozen server, a lost peer: it is dropped, its
-            # other callers fail too, the next call reconnects), or after
-            # STALL_LIMIT timeouts in all. A connection that keeps answering
-            # while this process's loop is too busy to read in time keeps its
-            # callers waiting instead of failing them.
-            if future.done():
-                return
-            stalled = protocol.stalled(self.timeout)
-            if stalled or time.monotonic() - started >= self.timeout * STALL_LIMIT:
-                future.set_exception(RedisTimeoutError("Timeout reading from Redis."))
-                if stalled and protocol is self._protocol:
-                    protocol.dropped_stalled = True
-                    self.close()
-            else:
-                handle[0] = loop.call_later(self.timeout, watch)
-
-        handle.append(loop.call_later(self.timeout, watch))
-        try:
-            reply = await future
-        finally:
-            handle[0].cancel()
+        if self._watch is None:
+            self._watch = asyncio.get_running_loop().call_later(self.timeout, self._watch_calls)
+        reply = await future
         if isinstance(reply, hiredis.ReplyError):
             message = str(reply)
             if message.startswith("NOSCRIPT"):
@@ -227,38 +199,71 @@ class PipelinedScripts:
             raise ResponseError(message)
         return reply
 
+    def _watch_calls(self) -> None:
+        """One timer for all calls in flight (a timer per call cost more than the call).
+
+        A connection that has answered nothing for the whole timeout while it
+        owes replies (a frozen server, a lost peer) is dropped: its callers fail
+        with a timeout and the next call reconnects. A call still unanswered
+        after ``STALL_LIMIT`` timeouts in all fails alone. A connection that
+        keeps answering while this process's loop is too busy to read in time
+        keeps its callers waiting instead of failing them.
+        """
+        self._watch = None
+        protocol = self._protocol
+        if protocol is None or protocol.lost or not protocol.pending:
+            return
+        now = time.monotonic()
+        if protocol.stalled(self.timeout):
+            protocol.dropped_stalled = True
+            self.close()  # connection_lost fails every pending call
+            return
+        limit = self.timeout * STALL_LIMIT
+        waiting = None
+        for future, sent in zip(protocol.pending, protocol.sent_at, strict=True):
+            if future.done():
+                continue
+            if now - sent < limit:
+                waiting = sent  # the oldest call still in time
+                break
+            future.set_exception(RedisTimeoutError("Timeout reading from Redis."))
+        if waiting is None:
+            return
+        quiet_from = protocol.owing_since if protocol.unanswered else now
+        due = min(quiet_from + self.timeout, waiting + limit)
+        loop = asyncio.get_running_loop()
+        self._watch = loop.call_later(max(due - now, 0.001), self._watch_calls)
+
     async def run(
         self, sha: str, source: str | bytes, keys: Sequence[str], args: Sequence[Any]
     ) -> Any:
         """Run the script ``sha`` (its text: ``source``); the reply as hiredis gives it."""
-        if self.observe is None:
-            return await self._run(sha, source, keys, args)
         started = time.perf_counter()
         try:
-            reply = await self._run(sha, source, keys, args)
+            payload = _pack("EVALSHA", sha, len(keys), *keys, *args)
+            try:
+                try:
+                    reply = await self._call(payload)
+                except RedisConnectionError:
+                    # As redis-py's one retry: a connection that died with a
+                    # restarted server is replaced once; a server that is down
+                    # fails the new connection at once.
+                    reply = await self._call(payload)
+            except NoScriptError:
+                # A restarted or flushed Redis: EVAL runs it and caches it again.
+                reply = await self._call(_pack("EVAL", source, len(keys), *keys, *args))
         except Exception as exc:
-            self.observe(time.perf_counter() - started, exc)
+            if self.observe is not None:
+                self.observe(time.perf_counter() - started, exc)
             raise
-        self.observe(time.perf_counter() - started, None)
+        if self.observe is not None:
+            self.observe(time.perf_counter() - started, None)
         return reply
 
-    async def _run(
-        self, sha: str, source: str | bytes, keys: Sequence[str], args: Sequence[Any]
-    ) -> Any:
-        payload = _pack("EVALSHA", sha, len(keys), *keys, *args)
-        try:
-            try:
-                return await self._call(payload)
-            except RedisConnectionError:
-                # As redis-py's one retry: a connection that died with a
-                # restarted server is replaced once; a server that is down
-                # fails the new connection at once.
-                return await self._call(payload)
-        except NoScriptError:
-            # A restarted or flushed Redis: EVAL runs it and caches it again.
-            return await self._call(_pack("EVAL", source, len(keys), *keys, *args))
-
     def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
         if self._protocol is not None and self._protocol.transport is not None:
             with contextlib.suppress(Exception):
                 self._protocol.transport.close()

@@ -79,6 +79,14 @@ def _text(value: Any) -> Any:
     return value
 
 
+def _source(script: AsyncScript) -> str | bytes:
+    text = script.script
+    return text if isinstance(text, str | bytes) else bytes(text)
+
+
+LIVE, LIVE_SYNC_DUE = Live(sync_due=False), Live(sync_due=True)
+
+
 def _ended(reply: list[Any]) -> Ended:
     """``{'ended', why, '1'?}``: the third element says this call ended it."""
     return Ended(EndReason.parse(reply[1] if len(reply) > 1 else None), len(reply) > 2)
@@ -99,19 +107,34 @@ class RedisSessionStore:
         # The guard's check goes over this lean path when there is one.
         self.pipelined = pipelined
         self._scripts = {name: redis.register_script(script_source(name)) for name in SCRIPTS}
+        # Each script's SHA and text as the lean path sends them, and the
+        # check's arguments that never change: the guard's call builds nothing else.
+        self._lean = {name: (script.sha, _source(script)) for name, script in self._scripts.items()}
+        self._check_tail = (policy.idle_timeout, policy.max_age, policy.sync_interval)
 
     # -- keys -------------------------------------------------------------
     @staticmethod
-    def session_prefix(user_id: str) -> str:
-        return f"{KEY_PREFIX}{{u{user_id}}}:s:"
+    def user_tag(user_id: str) -> str:
+        """The prefix of every key of one user: one hash tag, one cluster slot."""
+        return f"{KEY_PREFIX}{{u{user_id}}}:"
+
+    @classmethod
+    def session_prefix(cls, user_id: str) -> str:
+        return cls.user_tag(user_id) + "s:"
 
     @classmethod
     def session_key(cls, user_id: str, sid: str) -> str:
         return cls.session_prefix(user_id) + sid
 
-    @staticmethod
-    def index_key(user_id: str) -> str:
-        return f"{KEY_PREFIX}{{u{user_id}}}:live"
+    @classmethod
+    def index_key(cls, user_id: str) -> str:
+        return cls.user_tag(user_id) + "live"
+
+    @classmethod
+    def session_keys(cls, user_id: str, sid: str) -> tuple[str, str]:
+        """The session's hash and the user's index of live sessions."""
+        tag = cls.user_tag(user_id)
+        return tag + "s:" + sid, tag + "live"
 
     @staticmethod
     def throttle_key(kind: str, name: str) -> str:
@@ -134,9 +157,8 @@ class RedisSessionStore:
         """
         if self.pipelined is None:
             return await self._run(name, keys, args)
-        script = self._scripts[name]
-        source = script.script if isinstance(script.script, str | bytes) else bytes(script.script)
-        return _text(await self.pipelined.run(script.sha, source, keys, args))
+        sha, source = self._lean[name]
+        return _text(await self.pipelined.run(sha, source, keys, args))
 
     def _session_args(self, sid: str, now: float) -> list[Any]:
         p = self.policy
@@ -149,16 +171,24 @@ class RedisSessionStore:
     # -- the session scripts ------------------------------------------------
     async def check(self, user_id: str, sid: str, *, now: float) -> CheckResult:
         """The guard's one round trip: is the session alive? Slides last-seen."""
-        keys = (self.session_key(user_id, sid), self.index_key(user_id))
-        args = [*self._session_args(sid, now), self.policy.sync_interval]
-        reply = await self._run_lean("check", keys, args)
+        keys = self.session_keys(user_id, sid)
+        args = (sid, repr(now), *self._check_tail)
+        pipelined = self.pipelined
+        if pipelined is not None:
+            sha, source = self._lean["check"]
+            raw = await pipelined.run(sha, source, keys, args)
+            if raw[0] == b"ok":  # the hot path: nothing to decode
+                return LIVE_SYNC_DUE if len(raw) > 1 else LIVE
+            reply = _text(raw)
+        else:
+            reply = await self._run("check", keys, args)
         if reply[0] == "ok":
-            return Live(sync_due=len(reply) > 1)
+            return LIVE_SYNC_DUE if len(reply) > 1 else LIVE
         return _ended(reply) if reply[0] == "ended" else MISS
 
     async def peek(self, user_id: str, sid: str, *, now: float) -> CheckResult:
         """Whether the session is over, without counting this as activity (expired tokens)."""
-        keys = (self.session_key(user_id, sid), self.index_key(user_id))
+        keys = self.session_keys(user_id, sid)
         reply = await self._run_lean("peek", keys, self._session_args(sid, now))
         if reply[0] == "ok":
             return Live(sync_due=False)
@@ -168,7 +198,7 @@ class RedisSessionStore:
         self, user_id: str, sid: str, *, now: float, expired_jti: str, new_jti: str
     ) -> ReissueResult:
         """The access token that succeeds ``expired_jti``: the same for every caller."""
-        keys = (self.session_key(user_id, sid), self.index_key(user_id))
+        keys = self.session_keys(user_id, sid)
         reply = await self._run_lean(
             "implicit_refresh", keys, [*self._session_args(sid, now), expired_jti, new_jti]
         )
@@ -181,7 +211,7 @@ class RedisSessionStore:
         new_access_jti: str, new_refresh_jti: str,
     ) -> RefreshResult:  # fmt: skip
         """Rotate on the current refresh jti, repeat within grace, else end the session."""
-        keys = (self.session_key(user_id, sid), self.index_key(user_id))
+        keys = self.session_keys(user_id, sid)
         args = [
             *self._session_args(sid, now), self.policy.refresh_grace,
             presented_jti, new_access_jti, new_refresh_jti,
