@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import ipaddress
 import logging
 import socket
 from collections.abc import Callable
@@ -55,8 +56,8 @@ class Loop(uvloop.Loop):
     ) -> asyncio.AbstractServer:
         sock: socket.socket | None = kwargs.pop("sock", None)
         plain = kwargs.get("ssl") is None and set(kwargs) <= HANDLED
-        if sock is None and (host is None or port is None):
-            plain = False
+        if sock is None and (port is None or not _ip_literal(host)):
+            plain = False  # a name may stand for several addresses: uvloop binds them all
         if sock is not None and sock.family not in (socket.AF_INET, socket.AF_INET6):
             plain = False
         if not plain:
@@ -69,10 +70,21 @@ class Loop(uvloop.Loop):
         if sock is None:
             assert host is not None and port is not None
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            # IPv6 only on an IPv6 address, as asyncio's create_server binds it.
             sock = socket.create_server((host, port), family=family, backlog=backlog)
         else:
             sock.listen(backlog)
         return AcceptingServer(self, sock, protocol_factory)
+
+
+def _ip_literal(host: object) -> bool:
+    if not isinstance(host, str):
+        return False
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 class AcceptingServer(asyncio.AbstractServer):

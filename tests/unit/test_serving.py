@@ -100,9 +100,12 @@ def test_a_socket_handed_over_is_served_the_same_way():
     on_serving_loop(test)
 
 
-def test_tls_and_unix_sockets_stay_with_uvloop():
+def test_tls_unix_sockets_and_host_names_stay_with_uvloop():
     async def test() -> None:
         loop = asyncio.get_running_loop()
+        named = await loop.create_server(Counting, "localhost", 0)
+        assert not isinstance(named, serving.AcceptingServer)
+        named.close()
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         tls = await loop.create_server(Counting, "127.0.0.1", 0, ssl=context)
         assert not isinstance(tls, serving.AcceptingServer)
