@@ -2,7 +2,8 @@
 
 Run with ``uvicorn bench.host:plain --factory`` or ``bench.host:gated``. Both
 have the bare routes; they return the body ``GET /auth/me`` returns, built
-the way it builds it (``/bench/jsonify``) or as a dict (``/bench/dict``).
+the way it builds it (``/bench/jsonify``) or as a dict (``/bench/dict``), and
+``/bench/sleep``: ``/bench/io`` below without the guard.
 ``gated`` is the same app with ``TokenGate(app)`` mounted (with
 ``BENCH_HASHING=default-executor``, hashing as it ran before: on the loop's
 default executor at full priority), which adds
@@ -27,6 +28,7 @@ from quart import Quart, Response, jsonify
 
 BODY = {"id": 1, "username": "bench-user", "session_id": "0123456789abcdefghijkl"}
 LAG_TICK = 0.005
+IO_WAIT = 0.05  # the upstream call of /bench/io and /bench/sleep
 
 
 def _bare_routes(app: Quart) -> None:
@@ -39,6 +41,12 @@ def _bare_routes(app: Quart) -> None:
         return jsonify(
             {"id": BODY["id"], "username": BODY["username"], "session_id": BODY["session_id"]}
         )
+
+    @app.get("/bench/sleep")
+    async def bench_sleep() -> Response:
+        # /bench/io without the guard: what Quart itself does with a 50 ms wait.
+        await asyncio.sleep(IO_WAIT)
+        return jsonify({"id": BODY["id"], "waited_ms": 50})
 
 
 def plain() -> Quart:
@@ -82,7 +90,7 @@ def gated() -> Quart:
     @app.get("/bench/io")
     @login_required
     async def bench_io() -> Response:
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(IO_WAIT)
         return jsonify({"id": current_identity().user_id, "waited_ms": 50})
 
     @app.get("/bench/lag")

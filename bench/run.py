@@ -295,6 +295,8 @@ def targets(ablations: bool = False) -> list[Target]:
                    f"gthread{workers}", "/protected", 200, "peer"),
             Target(f"peer-io{workers}", f"peer gthread(8) x{workers}, io (50 ms), 200c",
                    f"gthread{workers}", "/io", 200, "peer"),
+            Target(f"sleep{workers}-200", f"host app, 50 ms route, no guard, {workers}w, 200c",
+                   "plain" if workers == 1 else f"plain{workers}", "/bench/sleep", 200),
         ]  # fmt: skip
     if ablations:
         t += [
@@ -458,6 +460,8 @@ def report(bench: Bench, all_targets: list[Target], p5_result: dict, sessions: d
              ratio_summary(bench.ratios(f"me{w}-200", f"peer-gthread{w}"))],
             [f"P2: 50 ms route / peer gthread(8), {w} worker(s)", ">= 10",
              ratio_summary(bench.ratios(f"io{w}-200", f"peer-io{w}"))],
+            [f"reference: host app's 50 ms route, no guard / peer, {w} worker(s)", "",
+             ratio_summary(bench.ratios(f"sleep{w}-200", f"peer-io{w}"))],
             [f"P2: p99 /auth/me / peer's best p99, {w} worker(s)", "<= 1",
              ratio_summary([
                  a / min(b, c) for a, b, c in zip(
@@ -537,6 +541,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 servers.add("legacy")
             for server, factory, workers in (
                 ("plain", "bench.host:plain", 1),
+                ("plain2", "bench.host:plain", 2),
                 ("gated1", "bench.host:gated", 1),
                 ("gated2", "bench.host:gated", 2),
                 ("legacy", "bench.host:gated", 1),

@@ -28,3 +28,4 @@ def test_the_bench_lists_every_ratio_it_reports_on():
     keys = {t.key for t in targets(ablations=True)}
     assert {"plain-dict", "gated-dict", "plain-jsonify", "gated-jsonify", "me"} <= keys
     assert {"peer-sync1", "peer-gthread2", "peer-io2", "io1-200", "me2-200"} <= keys
+    assert {"sleep1-200", "sleep2-200"} <= keys
