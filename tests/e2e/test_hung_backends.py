@@ -102,6 +102,20 @@ def calls_of(
     return calls
 
 
+async def through_a_freeze(calls: list[Call], backend: PostgresServer | FreezableRedis) -> None:
+    """Served twice while healthy (the pools keep the connections this opens), failed
+    closed fast for ``ROUNDS`` rounds while ``backend`` is frozen, served once thawed."""
+    for _ in range(2):
+        assert_served(await timed_round(calls))
+    backend.freeze()
+    try:
+        for _ in range(ROUNDS):
+            assert_failed_closed_fast(await timed_round(calls))
+    finally:
+        backend.thaw()
+    assert_served(await timed_round(calls))
+
+
 def client_for(service: ServiceProcess) -> httpx.AsyncClient:
     limits = httpx.Limits(max_connections=CONCURRENT * 2)
     return httpx.AsyncClient(base_url=service.base_url, timeout=TIMEOUT, limits=limits)
@@ -116,18 +130,7 @@ async def test_a_hung_database_fails_twenty_requests_closed_within_a_second_then
         # Every one of these needs the database: a login reads the user, a
         # refresh reads and writes the session, the list reads the sessions.
         calls = calls_of(http, logins=names[:6], refreshes=pairs[6:13], lists=pairs[:7])
-        # Twice while healthy: the pool keeps the connections this opened.
-        for _ in range(2):
-            assert_served(await timed_round(calls))
-
-        postgres.freeze()
-        try:
-            for _ in range(ROUNDS):
-                assert_failed_closed_fast(await timed_round(calls))
-        finally:
-            postgres.thaw()
-
-        assert_served(await timed_round(calls))
+        await through_a_freeze(calls, postgres)
     assert svc.process is not None and svc.process.poll() is None
 
 
@@ -156,15 +159,5 @@ async def test_a_hung_redis_fails_twenty_requests_closed_within_a_second_then_re
         calls = calls_of(
             http, logins=names[:5], refreshes=pairs[5:10], lists=pairs[:5], mes=pairs[5:10]
         )
-        for _ in range(2):
-            assert_served(await timed_round(calls))
-
-        server.freeze()
-        try:
-            for _ in range(ROUNDS):
-                assert_failed_closed_fast(await timed_round(calls))
-        finally:
-            server.thaw()
-
-        assert_served(await timed_round(calls))
+        await through_a_freeze(calls, server)
     assert svc.process is not None and svc.process.poll() is None
