@@ -103,6 +103,8 @@ def start_app(
         env = {**env, "BENCH_HASHING": "default-executor"}
     if name.startswith("without-"):
         env = {**env, "BENCH_WITHOUT": name.removeprefix("without-")}
+    if name.startswith("near"):
+        env = {**env, "TOKENGATE_NEAR_CACHE": "true"}
     port = harness.free_port()
     args = [
         sys.executable, "-m", "uvicorn", factory, "--factory", "--workers", str(workers),
@@ -297,6 +299,10 @@ def targets(ablations: bool = False) -> list[Target]:
                    f"gthread{workers}", "/io", 200, "peer"),
             Target(f"sleep{workers}-200", f"host app, 50 ms route, no guard, {workers}w, 200c",
                    "plain" if workers == 1 else f"plain{workers}", "/bench/sleep", 200),
+            Target(f"near-me{workers}-200", f"GET /auth/me, near checks, {workers}w, 200c",
+                   f"near{workers}", "/auth/me", 200, "ours"),
+            Target(f"near-io{workers}-200", f"GET /bench/io (50 ms), near checks, {workers}w, 200c",
+                   f"near{workers}", "/bench/io", 200, "ours"),
         ]  # fmt: skip
     if ablations:
         t += [
@@ -353,9 +359,12 @@ class Bench:
         return [getattr(load, attr) for load in self.samples[key].loads]
 
     def ratios(self, top: str, bottom: str) -> list[float]:
+        return self.ratios_of(top, bottom, "rps")
+
+    def ratios_of(self, top: str, bottom: str, attr: str) -> list[float]:
         if top not in self.samples or bottom not in self.samples:
             return []
-        a, b = self.per_round(top), self.per_round(bottom)
+        a, b = self.per_round(top, attr), self.per_round(bottom, attr)
         return [x / y for x, y in zip(a, b, strict=True) if y > 0]
 
     def row(self, target: Target) -> list[str]:
@@ -460,6 +469,17 @@ def report(bench: Bench, all_targets: list[Target], p5_result: dict, sessions: d
              ratio_summary(bench.ratios(f"me{w}-200", f"peer-gthread{w}"))],
             [f"P2: 50 ms route / peer gthread(8), {w} worker(s)", ">= 10",
              ratio_summary(bench.ratios(f"io{w}-200", f"peer-io{w}"))],
+            [f"P2: 50 ms route, near checks / peer gthread(8), {w} worker(s)", ">= 10",
+             ratio_summary(bench.ratios(f"near-io{w}-200", f"peer-io{w}"))],
+            [f"P2: /auth/me, near checks / peer's best, {w} worker(s)", ">= 2",
+             ratio_summary([
+                 a / max(b, c) for a, b, c in zip(
+                     bench.per_round(f"near-me{w}-200", "rps"),
+                     bench.per_round(f"peer-sync{w}", "rps"),
+                     bench.per_round(f"peer-gthread{w}", "rps"), strict=True)
+             ])],
+            [f"P2: p99 50 ms route, near checks / peer's p99, {w} worker(s)", "<= 1",
+             ratio_summary(bench.ratios_of(f"near-io{w}-200", f"peer-io{w}", "p99_ms"))],
             [f"reference: host app's 50 ms route, no guard / peer, {w} worker(s)", "",
              ratio_summary(bench.ratios(f"sleep{w}-200", f"peer-io{w}"))],
             [f"P2: p99 /auth/me / peer's best p99, {w} worker(s)", "<= 1",
@@ -547,6 +567,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ("legacy", "bench.host:gated", 1),
                 ("without-pipelined-redis", "bench.host:gated", 1),
                 ("without-claims-cache", "bench.host:gated", 1),
+                ("near1", "bench.host:gated", 1),
+                ("near2", "bench.host:gated", 2),
             ):
                 if server in servers:
                     process, bases[server] = start_app(tmp, env, factory, server, workers)
@@ -564,7 +586,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     groups[server] = process.pid
             token = access_token(bases["gated1"])
             headers = {"ours": {"Authorization": f"Bearer {token}"}}
-            peer_base = next((bases[s] for s in ("gthread1", "sync1") if s in bases), None)
+            peer_base = next(
+                (bases[s] for s in ("gthread1", "sync1", "gthread2", "sync2") if s in bases), None
+            )
             if peer_base is not None:
                 headers["peer"] = {"Authorization": f"Bearer {peer_token(peer_base)}"}
             bench = Bench(bases, groups, headers, args.seconds)

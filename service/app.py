@@ -35,6 +35,7 @@ from .settings import Settings
 from .store import pipelined
 from .store.connect import REDIS_TIMEOUT, AnyRedis, build_redis
 from .store.embedded import EmbeddedRedis
+from .store.near import NearChecks
 from .store.redis_store import RedisSessionStore
 from .store.results import SessionPolicy
 from .users import ClaimsHook, SqlUserStore, UserStore
@@ -101,6 +102,7 @@ class TokenGate:
         self._engine: AsyncEngine | None = None
         self._embedded: EmbeddedRedis | None = None
         self._pipelined: pipelined.PipelinedScripts | None = None
+        self.near: NearChecks | None = None
         self.openapi_document: dict[str, Any] | None = None
         self._keyring: keys.KeyRing | None = None
         self._keys_task: asyncio.Task[None] | None = None
@@ -256,6 +258,17 @@ class TokenGate:
         self._manager = SessionManager(
             settings, keyring, store, db, users, clock=self.clock, claims_hook=self.claims_hook
         )
+        if settings.near_cache and self._pipelined is None:
+            log.warning(
+                "TOKENGATE_NEAR_CACHE needs one Redis over redis:// or unix:// "
+                "(not TLS, not a cluster): every request waits for Redis instead"
+            )
+        elif settings.near_cache and self._pipelined is not None:
+            self.near = NearChecks(
+                self._pipelined, idle_timeout=policy.idle_timeout, max_age=policy.max_age
+            )
+            self.near.start()
+            self._manager.near = self.near
         self._purpose_tokens = PurposeTokens(keyring, db, clock=self.clock)
         self._accounts = Accounts(
             settings,
@@ -328,6 +341,9 @@ class TokenGate:
         if self._manager is not None:
             await self._manager.background.drain()
             self._manager = self._accounts = self._purpose_tokens = None
+        if self.near is not None:
+            await self.near.close()
+            self.near = None
         if self._pipelined is not None:
             self._pipelined.close()
             self._pipelined = None

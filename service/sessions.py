@@ -39,6 +39,7 @@ from .identity import ClientInfo, Identity, SessionInfo
 from .keys import KeyRing
 from .logs import security_event
 from .settings import Settings
+from .store.near import NearChecks
 from .store.redis_store import RedisSessionStore
 from .store.results import Ended, EndReason, Live, Miss, Rotation, SessionRecord
 from .tokens import Grant, TokenPair
@@ -90,6 +91,8 @@ class SessionManager:
         # Access tokens whose signature and claims were verified, by their exact
         # text (failures never); exp and nbf are checked on every request.
         self._verified: dict[str, dict[str, Any]] = {}
+        # TOKENGATE_NEAR_CACHE: sessions let through without waiting for Redis.
+        self.near: NearChecks | None = None
 
     # -- tokens -----------------------------------------------------------
     @property
@@ -278,6 +281,14 @@ class SessionManager:
             await self._decide(uid, sid, now, lambda: self.store.peek(uid, sid, now=now))
             raise
         uid, sid = claims["sub"], claims["sid"]
+        near = self.near
+        if near is not None:
+            epoch = near.epoch
+            if near.fresh(sid, now):
+                # The check still runs, to slide last-seen and renew the entry;
+                # this request does not wait for it.
+                self.background.spawn(self._check_behind(uid, sid, now, epoch))
+                return Identity(int(uid), claims["name"], sid, dict(claims))
         checked = await self.store.check(uid, sid, now=now)
         live = (
             checked
@@ -288,8 +299,33 @@ class SessionManager:
         )
         if live.sync_due:
             self.background.spawn(self._touch(sid, now))
+        if near is not None and live.created:
+            near.keep(sid, now, live.created, epoch)
         # A copy: the cached claims stay as verified whatever a view does.
         return Identity(int(uid), claims["name"], sid, dict(claims))
+
+    async def _check_behind(self, uid: str, sid: str, now: float, epoch: int) -> None:
+        """The check of a request let through near: its answer renews or drops the entry."""
+        near = self.near
+        assert near is not None
+        try:
+            result = await self.store.check(uid, sid, now=now)
+        except Exception as exc:
+            near.drop(sid)
+            log.debug("near check of %s failed: %s", sid, describe(exc))
+            return
+        if isinstance(result, Live):
+            near.keep(sid, now, result.created, epoch)
+            if result.sync_due:
+                await self._touch(sid, now)
+            return
+        near.drop(sid)
+        # Over (its end recorded, if this check ended it) or lost from Redis
+        # (rebuilt): as the guard would have, for the next request.
+        try:
+            await self._decide(uid, sid, now, lambda: self.store.check(uid, sid, now=now), result)
+        except Exception as exc:
+            log.debug("near check of %s: %s", sid, describe(exc))
 
     async def _implicit_refresh(self, claims: dict[str, Any], now: float) -> Identity:
         ttl = self.settings.access_ttl

@@ -71,6 +71,9 @@ class Settings:
     redis_cluster: bool = False
     trusted_proxies: tuple[str, ...] = ()
     log_format: str = "text"
+    # Let a session seen live a moment ago through without waiting for Redis
+    # (store/near.py); every end then waits for each instance to drop it.
+    near_cache: bool = False
 
     def __post_init__(self) -> None:
         problems = _check(self)
@@ -261,6 +264,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "implicit_refresh": _bool,
     "allow_registration": _bool,
     "redis_cluster": _bool,
+    "near_cache": _bool,
     "trusted_proxies": _networks,
     "token_location": _locations,
     "instance_dir": Path,

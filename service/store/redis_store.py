@@ -22,7 +22,9 @@ runs the script again.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any
@@ -30,6 +32,7 @@ from typing import Any
 from redis.commands.core import AsyncScript
 
 from .connect import AnyRedis
+from .near import LEASE, LEASE_KEY, ack_key, lease_holders, new_note
 from .pipelined import PipelinedScripts
 from .results import (
     MISS,
@@ -50,10 +53,12 @@ from .results import (
 
 KEY_PREFIX = "tg:"
 # The session scripts share the helpers of session_lib.lua, put in front of each.
-_SESSION_SCRIPTS = frozenset({"check", "peek", "implicit_refresh", "refresh", "login", "last_seen"})
+_SESSION_SCRIPTS = frozenset(
+    {"check", "peek", "implicit_refresh", "refresh", "login", "last_seen", "end"}
+)
 SCRIPTS = (
     "check", "implicit_refresh", "refresh", "load", "load_index", "login", "end",
-    "last_seen", "attempt", "settle", "count", "confirm", "peek",
+    "last_seen", "attempt", "settle", "count", "confirm", "peek", "holders",
 )  # fmt: skip
 # A password check holds its slot at most this long (a hung check frees it).
 ATTEMPT_LEASE = 30
@@ -84,7 +89,9 @@ def _source(script: AsyncScript) -> str | bytes:
     return text if isinstance(text, str | bytes) else bytes(text)
 
 
-LIVE, LIVE_SYNC_DUE = Live(sync_due=False), Live(sync_due=True)
+log = logging.getLogger("tokengate")
+# How long one wait for acknowledgements blocks a connection (under its read timeout).
+ACK_POLL = 0.2
 
 
 def _ended(reply: list[Any]) -> Ended:
@@ -177,13 +184,13 @@ class RedisSessionStore:
         if pipelined is not None:
             sha, source = self._lean["check"]
             raw = await pipelined.run(sha, source, keys, args)
-            if raw[0] == b"ok":  # the hot path: nothing to decode
-                return LIVE_SYNC_DUE if len(raw) > 1 else LIVE
+            if raw[0] == b"ok":  # the hot path: nothing else to decode
+                return Live(raw[1] == b"1", float(raw[2]))
             reply = _text(raw)
         else:
             reply = await self._run("check", keys, args)
         if reply[0] == "ok":
-            return LIVE_SYNC_DUE if len(reply) > 1 else LIVE
+            return Live(reply[1] == "1", float(reply[2]))
         return _ended(reply) if reply[0] == "ended" else MISS
 
     async def peek(self, user_id: str, sid: str, *, now: float) -> CheckResult:
@@ -212,15 +219,21 @@ class RedisSessionStore:
     ) -> RefreshResult:  # fmt: skip
         """Rotate on the current refresh jti, repeat within grace, else end the session."""
         keys = self.session_keys(user_id, sid)
+        note = new_note()
         args = [
             *self._session_args(sid, now), self.policy.refresh_grace,
-            presented_jti, new_access_jti, new_refresh_jti,
+            presented_jti, new_access_jti, new_refresh_jti, note,
         ]  # fmt: skip
         reply = await self._run("refresh", keys, args)
         if reply[0] in ("rotated", "same"):
             aj, rj, iat, name, previous = reply[1:6]
             return Rotation(reply[0] == "rotated", aj, rj, previous, int(iat), name)
-        return _ended(reply) if reply[0] == "ended" else MISS
+        if reply[0] != "ended":
+            return MISS
+        ended = _ended(reply)
+        if ended.just_now:
+            await self.settle(note)
+        return ended
 
     async def ping(self) -> None:
         await self.redis.ping()
@@ -276,8 +289,9 @@ class RedisSessionStore:
         sessions pushed out over the limit and those found expired on the way.
         """
         p = self.policy
+        note = new_note()
         args = [
-            *self._session_args(sid, now), limit, p.expiry(record.created, now), p.slack,
+            *self._session_args(sid, now), limit, p.expiry(record.created, now), p.slack, note,
             *self._fields(record, now),
         ]  # fmt: skip
         keys = [self.index_key(user_id), self.session_key(user_id, sid)]
@@ -287,6 +301,8 @@ class RedisSessionStore:
             if reply[0] == "miss":
                 return MISS
             if reply[0] == "ok":
+                if reply[1]:
+                    await self.settle(note)
                 return Opened(tuple(reply[1]), tuple(reply[2]))
         raise StaleSet("the user's sessions kept changing during a login")
 
@@ -302,11 +318,46 @@ class RedisSessionStore:
             targets = list(dict.fromkeys([*sids, *(await self._members(user_id) if every else ())]))
             keys = [self.index_key(user_id), *(self.session_key(user_id, t) for t in targets)]
             expiry = self.policy.expiry(now, now)
-            args = [reason, expiry, keep, "1" if every else "0", *targets]
+            note = new_note()
+            args = [reason, expiry, keep, "1" if every else "0", note, *targets]
             reply = await self._run("end", keys, args)
             if reply[0] == "ok":
+                if reply[1]:
+                    await self.settle(note)
                 return list(reply[1])
         raise StaleSet("the user's sessions kept changing while they were ended")
+
+    async def settle(self, note: str) -> None:
+        """Return once no instance can still let through a session that the end
+        announced with ``note`` ended (``near.py``): each one that holds a lease
+        has acknowledged it, or its lease has run out. Never raises: when the
+        holders cannot be read or the acknowledgements cannot be awaited, it
+        waits out any lease instead (``LEASE`` seconds at most).
+        """
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            reply = _text(await self._run("holders", (LEASE_KEY,), ()))
+        except Exception as exc:
+            log.warning("cannot read the near-check leases (%s); waiting them out", exc)
+            await asyncio.sleep(max(0.0, started + LEASE - loop.time()))
+            return
+        waiting = lease_holders(reply, loop.time())
+        key = ack_key(note)
+        while waiting:
+            now = loop.time()
+            waiting = {name: until for name, until in waiting.items() if until > now}
+            if not waiting:
+                return
+            block = min(max(waiting.values()) - now, ACK_POLL)
+            try:
+                found = await self.redis.blpop([key], timeout=max(block, 0.01))
+            except Exception as exc:
+                log.warning("cannot await near-check acknowledgements (%s); waiting", exc)
+                await asyncio.sleep(max(0.0, max(waiting.values()) - loop.time()))
+                return
+            if found is not None:
+                waiting.pop(str(_text(found[1])), None)
 
     async def last_seen(
         self, user_id: str, sessions: Sequence[tuple[str, float, float]], *, now: float

@@ -97,9 +97,13 @@ class Ended:
 
 @dataclass(frozen=True, slots=True)
 class Live:
-    """The guard's check passed; ``sync_due`` when last-seen should go back to SQL."""
+    """The guard's check passed; ``sync_due`` when last-seen should go back to SQL.
+
+    ``created``: when the session began (the check says; 0 where unknown).
+    """
 
     sync_due: bool = False
+    created: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,10 +65,10 @@ async def open_session(store: RedisSessionStore, sid: str, now: float = NOW, lim
 async def test_check_misses_then_finds_a_loaded_session(store):
     assert await store.check(UID, "session-1", now=NOW) is MISS
     await store.load(UID, "session-1", record(), now=NOW)
-    assert await store.check(UID, "session-1", now=NOW + 1) == Live(sync_due=False)
+    assert await store.check(UID, "session-1", now=NOW + 1) == Live(False, created=NOW)
     # A quarter of the idle timeout after the last write-back, last-seen is due in SQL.
-    assert await store.check(UID, "session-1", now=NOW + 26) == Live(sync_due=True)
-    assert await store.check(UID, "session-1", now=NOW + 27) == Live(sync_due=False)
+    assert await store.check(UID, "session-1", now=NOW + 26) == Live(True, created=NOW)
+    assert await store.check(UID, "session-1", now=NOW + 27) == Live(False, created=NOW)
 
 
 async def test_peek_ends_an_idle_session_but_never_slides_last_seen(store):
@@ -80,7 +80,7 @@ async def test_peek_ends_an_idle_session_but_never_slides_last_seen(store):
 
 async def test_check_ends_an_idle_session_once(store):
     await open_session(store, "session-1")
-    assert await store.check(UID, "session-1", now=NOW + 99) == Live(sync_due=True)
+    assert await store.check(UID, "session-1", now=NOW + 99) == Live(True, created=NOW)
     later = NOW + 99 + 100
     assert await store.check(UID, "session-1", now=later) == Ended(EndReason.EXPIRED, True)
     assert await store.check(UID, "session-1", now=later) == Ended(EndReason.EXPIRED, False)
@@ -196,7 +196,7 @@ async def test_the_login_script_refuses_a_set_it_was_not_told_of(redis_client, s
     """A login that read the set before another login changed it runs again."""
     await open_session(store, "session-1")
     z, new = store.index_key(UID), store.session_key(UID, "session-2")
-    args = ["session-2", repr(NOW), 100, 1000, 0, int(NOW) + 1060, 60, "st", "live"]
+    args = ["session-2", repr(NOW), 100, 1000, 0, int(NOW) + 1060, 60, "", "st", "live"]
     reply = await redis_client.eval(script_source("login"), 2, z, new, *args)
     assert reply == [b"stale"]
     assert not await redis_client.exists(new)
@@ -233,7 +233,9 @@ async def test_end_every_session_but_one(store):
 async def test_the_end_script_refuses_every_when_told_of_too_few(redis_client, store):
     await open_session(store, "session-1")
     z = store.index_key(UID)
-    reply = await redis_client.eval(script_source("end"), 1, z, "revoked", int(NOW) + 1060, "", "1")
+    reply = await redis_client.eval(
+        script_source("end"), 1, z, "revoked", int(NOW) + 1060, "", "1", ""
+    )
     assert reply == [b"stale"]
     assert isinstance(await store.check(UID, "session-1", now=NOW), Live)
 
@@ -323,7 +325,8 @@ async def test_the_account_ceiling_counts_every_address(store):
 
 
 # -- every key a script touches is declared ----------------------------------------------
-KEYLESS = {"eval", "evalsha", "script", "ping", "echo", "select", "info"}
+# Commands whose first argument is not a key (PUBLISH names a channel).
+KEYLESS = {"eval", "evalsha", "script", "ping", "echo", "select", "info", "publish", "time"}
 
 
 @pytest.fixture

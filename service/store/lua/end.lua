@@ -1,21 +1,22 @@
 -- End sessions of one user.
 -- KEYS: user set, then the session key of each sid in ARGV (same order).
 -- ARGV: why, expiry (EXPIREAT, for keys Redis had lost), keep sid ('' for
---       none), every (1: the sids must cover the whole user set), sid...
+--       none), every (1: the sids must cover the whole user set), the
+--       note of the end as announced (see announce in session_lib), sid...
 -- Returns {'stale'} when `every` is set and the user set holds a session the
 -- caller did not name (it changed since the caller read it: read it and run
 -- again), else {'ok', {the sids it ended}}.
 local z, why, expiry, keep = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
 if ARGV[4] == '1' then
   local named = {}
-  for i = 5, #ARGV do named[ARGV[i]] = true end
+  for i = 6, #ARGV do named[ARGV[i]] = true end
   for _, m in ipairs(redis.call('ZRANGE', z, 1, -1)) do
     if not named[m] then return {'stale'} end
   end
 end
 local ended = {}
-for i = 5, #ARGV do
-  local sid, k = ARGV[i], KEYS[i - 3]
+for i = 6, #ARGV do
+  local sid, k = ARGV[i], KEYS[i - 4]
   if sid ~= keep then
     if redis.call('HGET', k, 'st') ~= 'ended' then
       redis.call('HSET', k, 'st', 'ended', 'why', why)
@@ -25,4 +26,5 @@ for i = 5, #ARGV do
     redis.call('ZREM', z, sid)
   end
 end
+announce(ARGV[5], ended)
 return {'ok', ended}

@@ -1,7 +1,8 @@
 -- Add a live session, enforcing the per-user limit atomically.
 -- KEYS: user set, new session, then the session key of every member of the
 --       user set the caller saw (read just before; the script checks it).
--- ARGV: sid, now, idle, maxage, limit, expiry (EXPIREAT), slack, field, value...
+-- ARGV: sid, now, idle, maxage, limit, expiry (EXPIREAT), slack, the note the
+--       sessions it replaces are announced with, field, value...
 -- Returns {'miss'} (load the user set first) | {'stale'} (the set changed
 -- since the caller read it: read it and run again) | {'ok', {replaced}, {expired}}
 local z, k, sid = KEYS[1], KEYS[2], ARGV[1]
@@ -42,7 +43,7 @@ for _, m in ipairs(members) do
     end
   end
 end
-redis.call('HSET', k, unpack(ARGV, 8))
+redis.call('HSET', k, unpack(ARGV, 9))
 redis.call('EXPIREAT', k, expiry)
 -- Scores are whole microseconds, strictly increasing in login order, even
 -- for logins within the same microsecond.
@@ -64,6 +65,7 @@ if limit > 0 then
   end
 end
 if redis.call('TTL', z) < maxage + slack then redis.call('EXPIRE', z, maxage + slack) end
+announce(ARGV[8], replaced)
 if #replaced > 0 or #gone > 0 then
   redis.call('HSET', k, 'lo', cjson.encode({replaced, gone}))
 end

@@ -1,5 +1,6 @@
 -- Refresh rotation, with the grace window and reuse detection.
--- KEYS: session, user set. ARGV: sid, now, idle, maxage, grace, presented jti, new aj, new rj.
+-- KEYS: session, user set. ARGV: sid, now, idle, maxage, grace, presented jti, new aj, new rj,
+-- the note a reuse's end is announced with.
 -- Returns {'miss'} | {'ended', why, fresh?} | {'rotated'|'same', aj, rj, ia, nm, previous rj}
 -- A rotation stays unconfirmed ('un') until the caller has written it to SQL
 -- and confirms it (confirm.lua): until then the retired token still gets the
@@ -24,5 +25,5 @@ if presented == h.pj and (h.un == '1' or now - rotated_at <= grace) then
   redis.call('HSET', k, 'ls', ARGV[2])
   return {'same', h.aj, h.rj, h.ia, h.nm, h.pj}
 end
-finish(k, z, sid, 'reused')
+finish(k, z, sid, 'reused', ARGV[9])
 return {'ended', 'reused', '1'}

@@ -1,5 +1,5 @@
 -- Shared by the session scripts (check, implicit_refresh, refresh, login,
--- last_seen): the loader puts this file in front of each of them. Session
+-- last_seen, end): the loader puts this file in front of each of them. Session
 -- hash fields: st live|ended, why end reason, cr created, ls last seen, sy
 -- last write-back of ls to SQL, aj/rj current access/refresh jti, pj the
 -- refresh jti they replaced, ia the pair's iat, ra the exact rotation time,
@@ -18,9 +18,19 @@ local function hget(k, ...)
   for i, name in ipairs(names) do h[name] = values[i] end
   return h
 end
-local function finish(k, z, sid, why)
+-- Tell the instances that answer from their near checks (store/near.py)
+-- that `sids` are over, in the same script as the end itself, so that no end
+-- goes unannounced. `note` names the list the lease holders acknowledge on
+-- ('': nobody waits for them).
+local function announce(note, sids)
+  if #sids > 0 then
+    redis.call('PUBLISH', 'tg:ends', note .. ' ' .. table.concat(sids, ' '))
+  end
+end
+local function finish(k, z, sid, why, note)
   redis.call('HSET', k, 'st', 'ended', 'why', why)
   redis.call('ZREM', z, sid)
+  announce(note or '', {sid})
 end
 -- The session's fields (those named, and the ones every check needs) if it
 -- is alive; else nil and the reply that ends the script: missing, ended, or

@@ -1,0 +1,314 @@
+"""Near checks: a session this instance saw live a moment ago is let through
+without waiting for Redis, and never once it has been ended anywhere.
+
+``TOKENGATE_NEAR_CACHE=true`` turns them on (``docs/design.md``, "Near
+checks"). The guard still sends its check for every request; it only stops
+waiting for the answer when all of this holds:
+
+- **The entry.** Redis said the session was live less than ``NEAR_TTL``
+  seconds ago (by the app's clock), its absolute age is not over, and the
+  idle timeout cannot have run out since. Each answer that comes back
+  renews the entry; any other answer drops it.
+- **The lease.** Every ``HEARTBEAT`` seconds the instance runs
+  ``lease.lua``: it puts the instance in the lease set ``tg:near`` until
+  Redis's time plus ``LEASE``, then publishes a heartbeat on the instance's
+  own channel. Once that heartbeat comes back over the instance's
+  subscription, near answers are allowed until the moment it was *sent*
+  plus ``LEASE`` minus ``MARGIN`` (the monotonic clock). So the instance
+  stops answering near before its lease ends in Redis.
+- **The announcements.** Every script that ends a session publishes
+  ``"<note> <sid> ..."`` on ``tg:ends`` in the same script (``announce`` in
+  ``session_lib.lua``). The instance drops those entries and, when the note
+  is not empty, acknowledges with ``RPUSH tg:near:ack:<note> <instance id>``.
+  The caller that ended them waits, before it answers, for the
+  acknowledgement of every instance holding a lease, or for that lease to
+  end (``RedisSessionStore.settle``): at most ``LEASE`` seconds.
+- **Order.** Redis delivers one connection's messages in the order it ran
+  the ``PUBLISH``\\es. A heartbeat that comes back proves that every end
+  announced before it has been handled. A stalled subscription therefore
+  lets the lease run out; it never lets an entry outlive its end.
+- **Answers in flight.** An announcement handled while a check is on its
+  way (the two travel on different connections) makes that check's answer
+  too old to keep: ``epoch`` counts announcements and subscriptions.
+- **A lost subscription** forgets every entry and every heartbeat. A new
+  one counts only from its own first heartbeat.
+
+It runs over the lean pipelined connection (one Redis over ``redis://`` or
+``unix://``); with anything else it stays off and says so at start-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import secrets
+import time
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+
+import hiredis
+from redis.exceptions import RedisError
+
+from .pipelined import PipelinedScripts, _pack
+
+log = logging.getLogger("tokengate")
+
+# Where the ends are announced, and the set of lease holders.
+ENDS_CHANNEL = b"tg:ends"
+LEASE_KEY = "tg:near"
+# How long one heartbeat lets the instance answer near, and how often it
+# sends one: three may be lost before near answers stop.
+LEASE = 1.0
+HEARTBEAT = 0.25
+# Near answers stop this long before the lease ends in Redis.
+MARGIN = 0.1
+# How long after Redis last said "live" an entry may answer.
+NEAR_TTL = 1.0
+# Entries kept at most; the oldest goes first.
+MAX_ENTRIES = 100_000
+# An acknowledgement list outlives any wait for it.
+ACK_TTL_MS = 10_000
+# Waiting for a lost subscription to come back, between tries.
+RECONNECT = 0.2
+
+
+def ack_key(note: str) -> str:
+    return f"{LEASE_KEY}:ack:{note}"
+
+
+def new_note() -> str:
+    """The note an end is announced with: the list its acknowledgements go to."""
+    return secrets.token_hex(8)
+
+
+def _script(name: str) -> tuple[str, str]:
+    source = resources.files(__package__ or __name__).joinpath("lua", f"{name}.lua")
+    text = source.read_text(encoding="utf-8")
+    return hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest(), text
+
+
+class _Subscriber(asyncio.Protocol):
+    """The instance's subscription: every message goes to ``near.heard``."""
+
+    def __init__(self, near: NearChecks) -> None:
+        self.near = near
+        self.reader = hiredis.Reader()
+        self.transport: asyncio.Transport | None = None
+        self.subscribed = asyncio.get_running_loop().create_future()
+        self.lost = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        while (reply := self.reader.gets()) is not False:
+            if isinstance(reply, hiredis.ReplyError):
+                self._fail(RedisError(f"Redis refused the subscription: {reply}"))
+            elif isinstance(reply, list) and reply and reply[0] == b"message":
+                self.near.heard(reply[1], reply[2], self)
+            elif isinstance(reply, list) and reply[:1] == [b"subscribe"] and reply[2] == 2:
+                # Both channels are subscribed: what is published from now on reaches us.
+                self._subscribed()
+
+    def _subscribed(self) -> None:
+        if not self.subscribed.done():
+            self.subscribed.set_result(None)
+
+    def _fail(self, exc: BaseException) -> None:
+        if not self.subscribed.done():
+            self.subscribed.set_exception(exc)
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.subscribed.done():
+            self.subscribed.set_exception(RedisError("Connection to Redis lost."))
+        if not self.lost.done():
+            self.lost.set_result(None)
+        self.near.forget(self)
+
+
+class NearChecks:
+    """This instance's near answers: entries, lease, subscription (see the module)."""
+
+    def __init__(self, scripts: PipelinedScripts, *, idle_timeout: int, max_age: int) -> None:
+        self.scripts = scripts
+        self.params = scripts.params
+        self.idle_timeout = idle_timeout
+        self.max_age = max_age
+        self.id = secrets.token_hex(8)
+        self.channel = f"tg:near:{self.id}".encode()
+        # sid -> (when Redis last said live, by the app's clock; when it was created)
+        self.entries: dict[str, tuple[float, float]] = {}
+        self.epoch = 0
+        self.valid_until = 0.0  # monotonic
+        # How many requests were let through near (for tests and metrics).
+        self.hits = 0
+        self._subscriber: _Subscriber | None = None
+        self._sent: dict[int, float] = {}
+        self._seq = 0
+        self._task: asyncio.Task[None] | None = None
+        self._acks: set[asyncio.Task[None]] = set()
+        self._lease = _script("lease")
+        self._ack = _script("ack")
+
+    # -- the guard's side --------------------------------------------------
+    def fresh(self, sid: str, now: float) -> bool:
+        """May a request of ``sid`` at ``now`` go through without waiting for Redis?"""
+        entry = self.entries.get(sid)
+        if entry is None or time.monotonic() >= self.valid_until:
+            return False
+        seen, created = entry
+        quiet = now - seen
+        if quiet >= NEAR_TTL or now - created >= self.max_age:
+            return False
+        if self.idle_timeout and quiet >= self.idle_timeout:
+            return False
+        self.hits += 1
+        return True
+
+    def keep(self, sid: str, now: float, created: float, epoch: int) -> None:
+        """Redis said ``sid`` is live at ``now``, in a check sent at ``epoch``."""
+        if epoch != self.epoch or self._subscriber is None:
+            return  # an end, or a new subscription, came since it was sent
+        entries = self.entries
+        if sid not in entries and len(entries) >= MAX_ENTRIES:
+            del entries[next(iter(entries))]
+        entries[sid] = (now, created)
+
+    def drop(self, sid: str) -> None:
+        self.entries.pop(sid, None)
+
+    # -- the subscription ----------------------------------------------------
+    def heard(self, channel: bytes, data: bytes, subscriber: _Subscriber) -> None:
+        if subscriber is not self._subscriber:
+            return
+        if channel == ENDS_CHANNEL:
+            note, _, sids = data.partition(b" ")
+            for sid in sids.split():
+                self.entries.pop(sid.decode(), None)
+            self.epoch += 1
+            if note:
+                self._acknowledge(note.decode())
+        elif channel == self.channel:
+            seq = int(data)
+            sent = self._sent.pop(seq, None)
+            for older in [s for s in self._sent if s < seq]:
+                del self._sent[older]
+            if sent is not None:
+                self.valid_until = max(self.valid_until, sent + LEASE - MARGIN)
+
+    def forget(self, subscriber: _Subscriber) -> None:
+        """A subscription is gone: what it would have told us may be lost."""
+        if subscriber is not self._subscriber:
+            return
+        self._subscriber = None
+        self.entries.clear()
+        self._sent.clear()
+        self.valid_until = 0.0
+        self.epoch += 1
+
+    def _acknowledge(self, note: str) -> None:
+        sha, source = self._ack
+        task = asyncio.ensure_future(
+            self.scripts.run(sha, source, (ack_key(note),), (self.id, ACK_TTL_MS))
+        )
+        self._acks.add(task)
+        task.add_done_callback(self._acked)
+
+    def _acked(self, task: asyncio.Task[Any]) -> None:
+        self._acks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # The ender then waits for our lease to end instead.
+            log.warning("could not acknowledge an end: %s", task.exception())
+
+    async def _subscribe(self) -> _Subscriber:
+        loop = asyncio.get_running_loop()
+        p = self.params
+        async with asyncio.timeout(self.scripts.timeout):
+            if "path" in p:
+                transport, protocol = await loop.create_unix_connection(
+                    lambda: _Subscriber(self), p["path"]
+                )
+            else:
+                transport, protocol = await loop.create_connection(
+                    lambda: _Subscriber(self), p["host"], p["port"]
+                )
+            protocol.transport = transport
+            commands = []
+            if p.get("password"):
+                auth = (p["username"], p["password"]) if p.get("username") else (p["password"],)
+                commands.append(_pack("AUTH", *auth))
+            commands.append(_pack("CLIENT", "SETNAME", f"tokengate-near-{self.id}"))
+            commands.append(_pack("SUBSCRIBE", ENDS_CHANNEL, self.channel))
+            transport.write(b"".join(commands))
+            await protocol.subscribed
+        return protocol
+
+    async def _heartbeat(self) -> None:
+        self._seq += 1
+        seq = self._seq
+        self._sent[seq] = time.monotonic()
+        sha, source = self._lease
+        async with asyncio.timeout(LEASE):
+            await self.scripts.run(sha, source, (LEASE_KEY,), (self.id, int(LEASE * 1000), seq))
+
+    async def _keep_up(self) -> None:
+        """Subscribe, then send heartbeats while the subscription lasts; again on loss."""
+        while True:
+            try:
+                subscriber = await self._subscribe()
+            except (RedisError, OSError, TimeoutError) as exc:
+                log.warning("near checks: cannot subscribe (%s); answering from Redis", exc)
+                await asyncio.sleep(RECONNECT)
+                continue
+            self._subscriber = subscriber
+            self.epoch += 1  # checks sent before it could have missed an end
+            while not subscriber.lost.done():
+                try:
+                    await self._heartbeat()
+                except (RedisError, OSError, TimeoutError) as exc:
+                    log.debug("near checks: heartbeat failed: %s", exc)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(HEARTBEAT):
+                        await asyncio.shield(subscriber.lost)
+            log.warning("near checks: subscription lost; answering from Redis until it is back")
+            await asyncio.sleep(RECONNECT)
+
+    # -- lifecycle -----------------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._keep_up())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        subscriber = self._subscriber
+        if subscriber is not None:
+            self.forget(subscriber)
+            if subscriber.transport is not None:
+                subscriber.transport.close()
+        for task in list(self._acks):
+            task.cancel()
+        # Enders stop waiting for this instance at once.
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            async with asyncio.timeout(self.scripts.timeout):
+                await self.scripts.run(*_script("release"), (LEASE_KEY,), (self.id,))
+
+
+def lease_holders(reply: Sequence[Any], read_at: float) -> dict[str, float]:
+    """Of ``holders.lua``'s reply, received at ``read_at`` (the loop's clock):
+    each instance holding a lease, and by when, on that clock, it has surely
+    ended (Redis read its time before the reply arrived, so never earlier)."""
+    now_ms = int(reply[0])
+    pairs = reply[1:]
+    return {
+        (i.decode() if isinstance(i, bytes) else str(i)): read_at + (int(float(u)) - now_ms) / 1000
+        for i, u in zip(pairs[::2], pairs[1::2], strict=True)
+    }

@@ -1,0 +1,208 @@
+"""Near checks (``TOKENGATE_NEAR_CACHE``): two instances on one Redis and one database.
+
+Instance B lets a session it saw live a moment ago through without waiting
+for Redis. Whatever ends that session on instance A is refused by B on its
+very next request: while B's subscription to the announcements works, after
+it was cut, and while it is stalled (then A's end waits for B's lease to run
+out, and B has stopped answering near by then).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+from quart import Quart
+from redis.asyncio import Redis
+
+from quart_tokengate.client.pytest_plugin import TokengateClock
+from quart_tokengate.service.store.near import ENDS_CHANNEL, LEASE, LEASE_KEY, NearChecks
+from tests.conftest import AppFactory, bearer, me, register_and_login
+from tests.support import claims, wait_for_async
+
+
+def near_of(app: Quart) -> NearChecks:
+    near = app.extensions["tokengate"].near
+    assert near is not None
+    return near
+
+
+def answering(near: NearChecks) -> bool:
+    return near._subscriber is not None and time.monotonic() < near.valid_until
+
+
+@pytest.fixture
+async def ab(make_app: AppFactory, clock: TokengateClock) -> tuple[Quart, Quart]:
+    a = await make_app(near_cache=True, clock=clock)
+    b = await make_app(near_cache=True, clock=clock)
+    for app in (a, b):
+        await wait_for_async(lambda app=app: answering(near_of(app)), what="the first heartbeat")
+    return a, b
+
+
+async def warm(client: Any, pair: dict[str, Any], near: NearChecks) -> None:
+    """Two requests: the first waits for Redis and keeps the entry, the second is near."""
+    hits = near.hits
+    assert await me(client, pair) == 200
+    assert await me(client, pair) == 200
+    assert near.hits == hits + 1, "the second request was not answered near"
+
+
+def session_key(pair: dict[str, Any]) -> str:
+    token = claims(pair["access_token"])
+    return f"tg:{{u{token['sub']}}}:s:{token['sid']}"
+
+
+async def test_near_answers_still_slide_last_seen(ab, clock, redis_client: Redis):
+    a, b = ab
+    near = near_of(b)
+    pair = await register_and_login(a.test_client())
+    await warm(b.test_client(), pair, near)
+    key = session_key(pair)
+    clock.advance(0.5)  # still within the entry's second
+    assert await me(b.test_client(), pair) == 200
+    assert near.hits == 2
+    # The check behind the near answer runs all the same and slides last-seen.
+    await wait_for_async(
+        lambda: _last_seen_is(redis_client, key, clock()),
+        what="last-seen slid to the answer's time",
+    )
+
+
+async def _last_seen_is(redis_client: Redis, key: str, when: float) -> bool:
+    return float(await redis_client.hget(key, "ls")) == when
+
+
+async def refresh_answer(client: Any, token: str) -> Any:
+    return await client.post("/auth/refresh", json={"refresh_token": token})
+
+
+@pytest.mark.parametrize("ending", ["logout", "logout-all", "refresh-reuse"])
+async def test_an_end_on_one_is_refused_on_the_other_at_the_next_request(ab, clock, ending: str):
+    a, b = ab
+    client_a, client_b = a.test_client(), b.test_client()
+    near = near_of(b)
+    for round_ in range(10):
+        pair = await register_and_login(client_a, f"{ending}-{round_}")
+        if ending == "refresh-reuse":
+            assert (await refresh_answer(client_a, pair["refresh_token"])).status_code == 200
+            clock.advance(11)  # past the grace window
+        await warm(client_b, pair, near)
+        if ending == "logout":
+            r = await client_a.post("/auth/logout", headers=bearer(pair))
+            assert r.status_code == 204
+        elif ending == "logout-all":
+            r = await client_a.post("/auth/logout-all", headers=bearer(pair))
+            assert r.status_code == 204
+        else:
+            r = await refresh_answer(client_a, pair["refresh_token"])
+            assert (await r.get_json())["error"] == "refresh_reused"
+        assert await me(client_b, pair) == "token_revoked", f"round {round_}"
+
+
+async def test_a_newer_login_pushes_out_the_session_the_other_lets_through(
+    make_app: AppFactory,
+):
+    a = await make_app(near_cache=True, max_sessions=1)
+    b = await make_app(near_cache=True, max_sessions=1)
+    for app in (a, b):
+        await wait_for_async(lambda app=app: answering(near_of(app)))
+    client_a, client_b = a.test_client(), b.test_client()
+    for round_ in range(5):
+        name = f"single-{round_}"
+        old = await register_and_login(client_a, name)
+        await warm(client_b, old, near_of(b))
+        await register_and_login(client_a, name)  # the newest login wins
+        assert await me(client_b, old) == "session_replaced"
+
+
+async def test_a_cut_subscription_forgets_everything_and_comes_back(ab, redis_client: Redis):
+    a, b = ab
+    client_a, client_b = a.test_client(), b.test_client()
+    near = near_of(b)
+    pair = await register_and_login(client_a)
+    await warm(client_b, pair, near)
+    # The invalidation channel goes down: Redis drops B's subscriber connection.
+    assert await _kill_subscriber(redis_client, near) == 1
+    await wait_for_async(lambda: not near.entries, what="B to see its subscription gone")
+    r = await client_a.post("/auth/logout", headers=bearer(pair))
+    assert r.status_code == 204
+    assert await me(client_b, pair) == "token_revoked"
+    # It subscribes again, and near answers come back for live sessions.
+    await wait_for_async(lambda: answering(near), what="a new subscription's heartbeat")
+    await warm(client_b, await register_and_login(client_a, "bob"), near)
+
+
+async def _kill_subscriber(redis_client: Redis, near: NearChecks) -> int:
+    clients = await redis_client.client_list()
+    ids = [c["id"] for c in clients if c.get("name") == f"tokengate-near-{near.id}"]
+    assert len(ids) == 1, clients
+    return int(await redis_client.execute_command("CLIENT", "KILL", "ID", ids[0]))
+
+
+async def test_a_stalled_subscription_is_waited_out_and_never_answers_late(ab):
+    a, b = ab
+    client_a, client_b = a.test_client(), b.test_client()
+    near = near_of(b)
+    pair = await register_and_login(client_a)
+    await warm(client_b, pair, near)
+    subscriber = near._subscriber
+    assert subscriber is not None and subscriber.transport is not None
+    # The channel stalls: B reads nothing from it, though Redis keeps sending.
+    subscriber.transport.pause_reading()
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        r = await client_a.post("/auth/logout", headers=bearer(pair))
+        waited = loop.time() - started
+        assert r.status_code == 204
+        # A waited for B's lease, not for ever.
+        assert waited <= LEASE + 0.5
+        assert not answering(near)
+        assert await me(client_b, pair) == "token_revoked"
+    finally:
+        subscriber.transport.resume_reading()
+    # Once it reads again, the announcements come before the next heartbeat.
+    await wait_for_async(lambda: answering(near), what="the heartbeat after the stall")
+    assert await me(client_b, pair) == "token_revoked"
+
+
+async def test_an_answer_that_crossed_an_end_is_not_kept(ab):
+    _, b = ab
+    near = near_of(b)
+    subscriber = near._subscriber
+    assert subscriber is not None
+    epoch = near.epoch  # a check leaves
+    near.heard(ENDS_CHANNEL, b" some-other-session", subscriber)  # an end arrives first
+    near.keep("s1", time.time(), time.time(), epoch)  # then the check's "live"
+    assert "s1" not in near.entries
+    near.keep("s1", time.time(), time.time(), near.epoch)
+    assert "s1" in near.entries
+
+
+async def test_the_absolute_age_is_kept_to_the_second(make_app: AppFactory, clock):
+    a = await make_app(near_cache=True, clock=clock, session_max_age=100, idle_timeout=0)
+    near = near_of(a)
+    await wait_for_async(lambda: answering(near))
+    client = a.test_client()
+    pair = await register_and_login(client)
+    clock.advance(99.5)
+    await warm(client, pair, near)
+    clock.advance(0.6)  # the entry is 0.6 s old, the session 100.1 s
+    assert await me(client, pair) == "session_expired"
+
+
+async def test_a_stopped_instance_gives_its_lease_back(ab, redis_client: Redis):
+    a, b = ab
+    near = near_of(b)
+    assert await redis_client.zscore(LEASE_KEY, near.id) is not None
+    await near.close()
+    assert await redis_client.zscore(LEASE_KEY, near.id) is None
+    # An end now waits for nobody that is gone.
+    pair = await register_and_login(a.test_client())
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert (await a.test_client().post("/auth/logout", headers=bearer(pair))).status_code == 204
+    assert loop.time() - started < LEASE / 2
