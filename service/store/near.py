@@ -164,7 +164,8 @@ class NearChecks:
             return False
         seen, created = entry
         quiet = now - seen
-        if quiet >= NEAR_TTL or now - created >= self.max_age:
+        # (A clock set back makes ``quiet`` negative: that entry waits for Redis too.)
+        if not 0 <= quiet < NEAR_TTL or now - created >= self.max_age:
             return False
         if self.idle_timeout and quiet >= self.idle_timeout:
             return False

@@ -54,6 +54,7 @@ def test_every_variable_is_read():
         "TOKENGATE_COOKIE_SECURE": "false",
         "TOKENGATE_INTROSPECTION_CLIENTS": "api:s3cret, billing:other:colon",
         "TOKENGATE_LOG_FORMAT": "JSON",
+        "TOKENGATE_NEAR_CACHE": "true",
     }
     s = Settings.from_env(env, dotenv=None)
     assert (s.algorithm, s.fresh_ttl) == ("HS256", 30)
@@ -78,6 +79,7 @@ def test_every_variable_is_read():
     assert s.trusted_proxies == ("10.0.0.0/8", "192.168.1.7/32", "::1/128")
     assert s.redis_url == "redis://127.0.0.1:6379/3"
     assert s.log_format == "json"
+    assert s.near_cache
     names = {f"TOKENGATE_{f.name.upper()}" for f in dataclasses.fields(Settings)}
     assert names == set(env)
 
