@@ -13,6 +13,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
 from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -287,7 +288,11 @@ class SessionManager:
             if near.fresh(sid, now):
                 # The check still runs, to slide last-seen and renew the entry;
                 # this request does not wait for it.
-                self.background.spawn(self._check_behind(uid, sid, now, epoch))
+                sent = self.store.check_nowait(uid, sid, now=now)
+                if sent is None:
+                    self.background.spawn(self._check_behind(uid, sid, now, epoch))
+                else:
+                    sent.add_done_callback(partial(self._checked_behind, uid, sid, now, epoch))
                 return Identity(int(uid), claims["name"], sid, dict(claims))
         checked = await self.store.check(uid, sid, now=now)
         live = (
@@ -304,8 +309,29 @@ class SessionManager:
         # A copy: the cached claims stay as verified whatever a view does.
         return Identity(int(uid), claims["name"], sid, dict(claims))
 
+    def _checked_behind(
+        self, uid: str, sid: str, now: float, epoch: int, sent: asyncio.Future[Any]
+    ) -> None:
+        """The answer to the check of a request let through near: it renews or drops the entry."""
+        near = self.near
+        if near is None:
+            return
+        failed = sent.cancelled() or sent.exception() is not None
+        result = None if failed else self.store.check_result(sent.result())
+        if result is None:
+            near.drop(sid)  # failed (the lease runs out if Redis is gone), or NOSCRIPT
+            if not failed:
+                self.background.spawn(self._check_behind(uid, sid, now, epoch))
+        elif isinstance(result, Live):
+            near.keep(sid, now, result.created, epoch)
+            if result.sync_due:
+                self.background.spawn(self._touch(sid, now))
+        else:
+            near.drop(sid)
+            self.background.spawn(self._settle_behind(uid, sid, now, result))
+
     async def _check_behind(self, uid: str, sid: str, now: float, epoch: int) -> None:
-        """The check of a request let through near: its answer renews or drops the entry."""
+        """:meth:`_checked_behind`, awaited (no lean connection open, or NOSCRIPT)."""
         near = self.near
         assert near is not None
         try:
@@ -320,6 +346,10 @@ class SessionManager:
                 await self._touch(sid, now)
             return
         near.drop(sid)
+        await self._settle_behind(uid, sid, now, result)
+
+    async def _settle_behind(self, uid: str, sid: str, now: float, result: Ended | Miss) -> None:
+        """A session found over, or lost from Redis, behind a near answer."""
         # Over (its end recorded, if this check ended it) or lost from Redis
         # (rebuilt): as the guard would have, for the next request.
         try:

@@ -117,6 +117,9 @@ class _Subscriber(asyncio.Protocol):
     def _subscribed(self) -> None:
         if not self.subscribed.done():
             self.subscribed.set_result(None)
+            # At once, not when the awaiting task resumes: a message in the same
+            # read as this confirmation must be heard (an end to acknowledge).
+            self.near.subscribed(self)
 
     def _fail(self, exc: BaseException) -> None:
         if not self.subscribed.done():
@@ -203,6 +206,11 @@ class NearChecks:
             if sent is not None:
                 self.valid_until = max(self.valid_until, sent + LEASE - MARGIN)
 
+    def subscribed(self, subscriber: _Subscriber) -> None:
+        """A new subscription: every end announced from now on reaches us."""
+        self._subscriber = subscriber
+        self.epoch += 1  # checks sent before it could have missed an end
+
     def forget(self, subscriber: _Subscriber) -> None:
         """A subscription is gone: what it would have told us may be lost."""
         if subscriber is not self._subscriber:
@@ -240,6 +248,16 @@ class NearChecks:
                     lambda: _Subscriber(self), p["host"], p["port"]
                 )
             protocol.transport = transport
+        try:
+            await self._send_subscribe(protocol, transport)
+        except BaseException:
+            transport.close()  # never a half-made subscription left behind
+            raise
+        return protocol
+
+    async def _send_subscribe(self, protocol: _Subscriber, transport: asyncio.Transport) -> None:
+        p = self.params
+        async with asyncio.timeout(self.scripts.timeout):
             commands = []
             if p.get("password"):
                 auth = (p["username"], p["password"]) if p.get("username") else (p["password"],)
@@ -248,7 +266,6 @@ class NearChecks:
             commands.append(_pack("SUBSCRIBE", ENDS_CHANNEL, self.channel))
             transport.write(b"".join(commands))
             await protocol.subscribed
-        return protocol
 
     async def _heartbeat(self) -> None:
         self._seq += 1
@@ -260,15 +277,21 @@ class NearChecks:
 
     async def _keep_up(self) -> None:
         """Subscribe, then send heartbeats while the subscription lasts; again on loss."""
+        failing = False
         while True:
             try:
                 subscriber = await self._subscribe()
             except (RedisError, OSError, TimeoutError) as exc:
-                log.warning("near checks: cannot subscribe (%s); answering from Redis", exc)
+                # Once per outage, not every RECONNECT seconds.
+                (log.debug if failing else log.warning)(
+                    "near checks: cannot subscribe (%s); answering from Redis", exc
+                )
+                failing = True
                 await asyncio.sleep(RECONNECT)
                 continue
-            self._subscriber = subscriber
-            self.epoch += 1  # checks sent before it could have missed an end
+            if failing:
+                log.warning("near checks: subscribed again")
+                failing = False
             while not subscriber.lost.done():
                 try:
                     await self._heartbeat()

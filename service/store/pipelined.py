@@ -23,6 +23,7 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import hiredis
@@ -120,6 +121,11 @@ class _Protocol(asyncio.Protocol):
 Observer = Callable[[float, BaseException | None], None]
 
 
+def _observed(observe: Observer, started: float, future: asyncio.Future[Any]) -> None:
+    failed = None if future.cancelled() else future.exception()
+    observe(time.perf_counter() - started, failed)
+
+
 class PipelinedScripts:
     """``EVALSHA`` over one pipelined connection, ``EVAL`` when Redis lacks the script."""
 
@@ -198,6 +204,26 @@ class PipelinedScripts:
                 raise NoScriptError(message)
             raise ResponseError(message)
         return reply
+
+    def send_nowait(
+        self, sha: str, keys: Sequence[str], args: Sequence[Any]
+    ) -> asyncio.Future[Any] | None:
+        """``EVALSHA`` without a coroutine: the future of its raw reply (a
+        ``hiredis.ReplyError`` such as ``NOSCRIPT`` is a reply, not an error), or
+        ``None`` when no connection is open. The same timeouts hold as for :meth:`run`.
+
+        For a check nobody awaits (``sessions.SessionManager._check_behind``): a
+        task per call would cost more than the call.
+        """
+        protocol = self._protocol
+        if protocol is None or protocol.lost:
+            return None
+        future = protocol.send(_pack("EVALSHA", sha, len(keys), *keys, *args))
+        if self._watch is None:
+            self._watch = asyncio.get_running_loop().call_later(self.timeout, self._watch_calls)
+        if self.observe is not None:
+            future.add_done_callback(partial(_observed, self.observe, time.perf_counter()))
+        return future
 
     def _watch_calls(self) -> None:
         """One timer for all calls in flight (a timer per call cost more than the call).

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
+import hiredis
 from redis.commands.core import AsyncScript
 
 from .connect import AnyRedis
@@ -191,6 +192,28 @@ class RedisSessionStore:
             reply = await self._run("check", keys, args)
         if reply[0] == "ok":
             return Live(reply[1] == "1", float(reply[2]))
+        return _ended(reply) if reply[0] == "ended" else MISS
+
+    def check_nowait(self, user_id: str, sid: str, *, now: float) -> asyncio.Future[Any] | None:
+        """:meth:`check` sent without waiting: the future of its raw reply for
+        :meth:`check_result`, or ``None`` where it cannot be sent so (then await
+        :meth:`check`)."""
+        pipelined = self.pipelined
+        if pipelined is None:
+            return None
+        keys = self.session_keys(user_id, sid)
+        return pipelined.send_nowait(
+            self._lean["check"][0], keys, (sid, repr(now), *self._check_tail)
+        )
+
+    @staticmethod
+    def check_result(raw: Any) -> CheckResult | None:
+        """What :meth:`check` returns for a raw reply; ``None`` for an error reply."""
+        if isinstance(raw, hiredis.ReplyError):
+            return None
+        if raw[0] == b"ok":
+            return Live(raw[1] == b"1", float(raw[2]))
+        reply = _text(raw)
         return _ended(reply) if reply[0] == "ended" else MISS
 
     async def peek(self, user_id: str, sid: str, *, now: float) -> CheckResult:
