@@ -265,7 +265,10 @@ class TokenGate:
             )
         elif settings.near_cache and self._pipelined is not None:
             self.near = NearChecks(
-                self._pipelined, idle_timeout=policy.idle_timeout, max_age=policy.max_age
+                self._pipelined,
+                idle_timeout=policy.idle_timeout,
+                max_age=policy.max_age,
+                clock=self.clock,
             )
             self.near.start()
             self._manager.near = self.near

@@ -45,7 +45,7 @@ import hashlib
 import logging
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import Any
 
@@ -138,14 +138,23 @@ class _Subscriber(asyncio.Protocol):
 class NearChecks:
     """This instance's near answers: entries, lease, subscription (see the module)."""
 
-    def __init__(self, scripts: PipelinedScripts, *, idle_timeout: int, max_age: int) -> None:
+    def __init__(
+        self,
+        scripts: PipelinedScripts,
+        *,
+        idle_timeout: int,
+        max_age: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.scripts = scripts
+        self.clock = clock
         self.params = scripts.params
         self.idle_timeout = idle_timeout
         self.max_age = max_age
         self.id = secrets.token_hex(8)
         self.channel = f"tg:near:{self.id}".encode()
-        # sid -> (when Redis last said live, by the app's clock; when it was created)
+        # sid -> (when Redis last said live, by the app's clock; when it was created),
+        # the least recently said live first.
         self.entries: dict[str, tuple[float, float]] = {}
         self.epoch = 0
         self.valid_until = 0.0  # monotonic
@@ -180,9 +189,18 @@ class NearChecks:
         if epoch != self.epoch or self._subscriber is None:
             return  # an end, or a new subscription, came since it was sent
         entries = self.entries
-        if sid not in entries and len(entries) >= MAX_ENTRIES:
+        if entries.pop(sid, None) is None and len(entries) >= MAX_ENTRIES:
             del entries[next(iter(entries))]
-        entries[sid] = (now, created)
+        entries[sid] = (now, created)  # to the end: the order stays by time
+
+    def prune(self) -> None:
+        """Forget the entries too old to answer (from the front: the oldest)."""
+        entries, now = self.entries, self.clock()
+        while entries:
+            sid = next(iter(entries))
+            if now - entries[sid][0] < NEAR_TTL:
+                return
+            del entries[sid]
 
     def drop(self, sid: str) -> None:
         self.entries.pop(sid, None)
@@ -198,7 +216,7 @@ class NearChecks:
             self.epoch += 1
             if note:
                 self._acknowledge(note.decode())
-        elif channel == self.channel:
+        elif channel == self.channel and data.isdigit():
             seq = int(data)
             sent = self._sent.pop(seq, None)
             for older in [s for s in self._sent if s < seq]:
@@ -293,6 +311,7 @@ class NearChecks:
                 log.warning("near checks: subscribed again")
                 failing = False
             while not subscriber.lost.done():
+                self.prune()
                 try:
                     await self._heartbeat()
                 except (RedisError, OSError, TimeoutError) as exc:

@@ -236,3 +236,16 @@ async def test_an_entry_whose_session_redis_holds_as_over_is_dropped(
     assert await me(b.test_client(), pair) == 200  # the entry still answers once
     await wait_for_async(lambda: sid not in near.entries, what="the check behind it to drop it")
     assert await me(b.test_client(), pair) == "token_revoked"
+
+
+async def test_entries_too_old_to_answer_are_forgotten_least_recent_first(ab, clock):
+    _, b = ab
+    near = near_of(b)
+    near.entries.clear()
+    t, epoch = clock(), near.epoch
+    near.keep("a", t - 2, t - 9, epoch)
+    near.keep("b", t - 1, t - 9, epoch)
+    near.keep("a", t, t - 9, epoch)  # said live again: now the most recent
+    assert list(near.entries) == ["b", "a"]
+    near.prune()
+    assert list(near.entries) == ["a"]
