@@ -208,14 +208,20 @@ async def test_a_stopped_instance_gives_its_lease_back(ab, redis_client: Redis):
     assert loop.time() - started < LEASE / 2
 
 
-async def test_the_check_behind_a_near_answer_survives_a_flushed_script_cache(
-    ab, clock, redis_client: Redis
-):
+async def hot_on_b(ab: tuple[Quart, Quart]) -> tuple[dict[str, Any], NearChecks, str]:
+    """A session logged in on A and answered near on B: its pair, B's near checks, its sid."""
     a, b = ab
     near = near_of(b)
     pair = await register_and_login(a.test_client())
     await warm(b.test_client(), pair, near)
-    sid = claims(pair["access_token"])["sid"]
+    return pair, near, claims(pair["access_token"])["sid"]
+
+
+async def test_the_check_behind_a_near_answer_survives_a_flushed_script_cache(
+    ab, clock, redis_client: Redis
+):
+    _, b = ab
+    pair, near, sid = await hot_on_b(ab)
     await redis_client.script_flush()  # a restarted or flushed Redis: NOSCRIPT
     clock.advance(0.5)
     assert await me(b.test_client(), pair) == 200
@@ -223,14 +229,9 @@ async def test_the_check_behind_a_near_answer_survives_a_flushed_script_cache(
     await wait_for_async(lambda: near.entries.get(sid, (0.0,))[0] == clock(), what="renewal")
 
 
-async def test_an_entry_whose_session_redis_holds_as_over_is_dropped(
-    ab, clock, redis_client: Redis
-):
-    a, b = ab
-    near = near_of(b)
-    pair = await register_and_login(a.test_client())
-    await warm(b.test_client(), pair, near)
-    sid = claims(pair["access_token"])["sid"]
+async def test_an_entry_whose_session_redis_holds_as_over_is_dropped(ab, redis_client: Redis):
+    _, b = ab
+    pair, near, sid = await hot_on_b(ab)
     # Ended behind near checks' back (never done by the service: every end is announced).
     await redis_client.hset(session_key(pair), mapping={"st": "ended", "why": "revoked"})
     assert await me(b.test_client(), pair) == 200  # the entry still answers once
