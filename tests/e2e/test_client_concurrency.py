@@ -166,7 +166,14 @@ async def test_1000_concurrent_async_requests_cause_one_refresh(service, in_flig
 @pytest.mark.parametrize("in_flight", [False, True], ids=["expired-before-sending", "in-flight"])
 def test_64_threads_on_the_sync_client_cause_one_refresh(service, in_flight):
     old = expired(logged_in(service.base_url))
-    transport = CountingTransport(limits=httpx.Limits(max_connections=64))
+    # In flight, the refresh goes out once all 64 requests met the 401: a thread
+    # the machine runs late must not find the new token already there.
+    transport = CountingTransport(
+        hold_refresh_until=(
+            (lambda: transport.answered["GET /auth/me", 401] == 64) if in_flight else None
+        ),
+        limits=httpx.Limits(max_connections=64),
+    )
     barrier = threading.Barrier(64)
     with AuthClient(
         base_url=service.base_url, transport=transport, timeout=TIMEOUT,
