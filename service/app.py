@@ -342,6 +342,7 @@ class TokenGate:
         await keys.stop(self._keys_task)
         self._keys_task = None
         if self._manager is not None:
+            self._manager.near = None  # no more near answers, nor checks behind them
             await self._manager.background.drain()
             self._manager = self._accounts = self._purpose_tokens = None
         if self.near is not None:

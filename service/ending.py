@@ -19,6 +19,7 @@ from .background import Background
 from .db import repository as repo
 from .db.repository import utc
 from .errors import describe
+from .store.near import new_note
 from .store.redis_store import RedisSessionStore
 from .store.results import EndReason
 
@@ -54,14 +55,21 @@ class SessionEnds:
         self, sids: Sequence[str], user_id: int, reason: EndReason, now: float, *,
         keep: str = "", every: bool = False,
     ) -> None:  # fmt: skip
-        """End ``sids`` in SQL, then in Redis (``every``: and every other one Redis knows)."""
+        """End ``sids`` in SQL, then in Redis (``every``: and every other one Redis knows).
+
+        Returns once every instance answering from near checks has dropped them.
+        """
         await self.record(sids, reason, now)
         uid = str(user_id)
+        note = new_note()
         try:
-            await self.store.end(uid, sids, reason=reason, now=now, every=every, keep=keep)
+            await self.store.end(
+                uid, sids, reason=reason, now=now, every=every, keep=keep, note=note
+            )
         except BaseException:
             await self._take_back(uid, sids, reason, now, keep=keep, every=every)
             raise
+        await self.store.settle(note)
 
     async def _take_back(
         self, uid: str, sids: Sequence[str], reason: EndReason, now: float, *,
@@ -82,11 +90,16 @@ class SessionEnds:
         except Exception as exc:
             log.warning("could not take back an unfinished end in SQL (%s); finishing it",
                         describe(exc))  # fmt: skip
-            self.background.retry(
-                lambda: self.store.end(uid, sids, reason=reason, now=now, every=every, keep=keep)
-            )
+            self.background.retry(lambda: self._finish(uid, sids, reason, now, keep, every))
             return
         self.background.retry(lambda: self._record_ended_in_redis(uid, sids))
+
+    async def _finish(
+        self, uid: str, sids: Sequence[str], reason: EndReason, now: float, keep: str, every: bool
+    ) -> None:
+        note = new_note()
+        await self.store.end(uid, sids, reason=reason, now=now, every=every, keep=keep, note=note)
+        await self.store.settle(note)
 
     async def _record_ended_in_redis(self, uid: str, sids: Sequence[str]) -> None:
         """Record in SQL the end of those of ``sids`` that Redis holds as ended.

@@ -40,9 +40,17 @@ from .identity import ClientInfo, Identity, SessionInfo
 from .keys import KeyRing
 from .logs import security_event
 from .settings import Settings
-from .store.near import NearChecks
+from .store.near import NearChecks, new_note
 from .store.redis_store import RedisSessionStore
-from .store.results import Ended, EndReason, Live, Miss, Rotation, SessionRecord
+from .store.results import (
+    Ended,
+    EndReason,
+    Live,
+    Miss,
+    RefreshResult,
+    Rotation,
+    SessionRecord,
+)
 from .tokens import Grant, TokenPair
 from .users import ClaimsHook, UserRecord, UserStore, hook_claims
 
@@ -143,12 +151,12 @@ class SessionManager:
             db.add(row)
             await db.commit()
         record = SessionRecord(user.username, now, now, aj, rj, "", iat)
-        limit = self.settings.max_sessions
+        limit, note = self.settings.max_sessions, new_note()
         try:
-            opened = await self.store.login(uid, sid, record, now=now, limit=limit)
+            opened = await self.store.login(uid, sid, record, now=now, limit=limit, note=note)
             if isinstance(opened, Miss):
                 await self._load_index(user.id, now)
-                opened = await self.store.login(uid, sid, record, now=now, limit=limit)
+                opened = await self.store.login(uid, sid, record, now=now, limit=limit, note=note)
         except BaseException:
             await self.ends.record([sid], EndReason.REVOKED, now)
             raise
@@ -168,6 +176,9 @@ class SessionManager:
                     security_event(
                         "session_ended", reason=str(why), user_id=uid, session_id=ended_sid
                     )
+        if opened.replaced:
+            # Recorded; now every instance drops them before this login answers.
+            await self.store.settle(note)
         if sid in opened.replaced:
             # Twenty logins at once with a limit of one: this one lost the race.
             raise END_REASON_ERRORS[EndReason.REPLACED]()
@@ -409,13 +420,24 @@ class SessionManager:
         now = self.clock()
         claims = tokens.verify(self.signing, tokens.RefreshToken.kind, refresh_token, now=now)
         uid, sid, presented = claims["sub"], claims["sid"], claims["jti"]
-        aj, rj = tokens.new_jti(), tokens.new_jti()
-        rotation = await self._decide(
-            uid, sid, now,
-            lambda: self.store.refresh(
-                uid, sid, now=now, presented_jti=presented, new_access_jti=aj, new_refresh_jti=rj
-            ),
-        )  # fmt: skip
+        aj, rj, note = tokens.new_jti(), tokens.new_jti(), new_note()
+        over = False
+
+        async def rotate() -> RefreshResult:
+            nonlocal over
+            result = await self.store.refresh(
+                uid, sid, now=now, presented_jti=presented, new_access_jti=aj,
+                new_refresh_jti=rj, note=note,
+            )  # fmt: skip
+            over = isinstance(result, Ended)
+            return result
+
+        try:
+            rotation = await self._decide(uid, sid, now, rotate)
+        except Unauthorized:
+            if over:  # announced with the note (a reuse recorded first): all drop it
+                await self.store.settle(note)
+            raise
         user = await self.users.get_by_id(int(uid))
         async with self.db() as db:
             row = await repo.get_session(db, sid)

@@ -45,7 +45,7 @@ import hashlib
 import logging
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
@@ -287,8 +287,12 @@ class NearChecks:
 
     async def _heartbeat(self) -> None:
         self._seq += 1
-        seq = self._seq
-        self._sent[seq] = time.monotonic()
+        seq, sent = self._seq, time.monotonic()
+        # Heartbeats that never came back (refused, lost) are of no use once a
+        # lease older: they are not kept for ever.
+        for old in [s for s, at in self._sent.items() if sent - at > LEASE]:
+            del self._sent[old]
+        self._sent[seq] = sent
         sha, source = self._lease
         async with asyncio.timeout(LEASE):
             await self.scripts.run(sha, source, (LEASE_KEY,), (self.id, int(LEASE * 1000), seq))
@@ -343,15 +347,3 @@ class NearChecks:
         with contextlib.suppress(RedisError, OSError, TimeoutError):
             async with asyncio.timeout(self.scripts.timeout):
                 await self.scripts.run(*_script("release"), (LEASE_KEY,), (self.id,))
-
-
-def lease_holders(reply: Sequence[Any], read_at: float) -> dict[str, float]:
-    """Of ``holders.lua``'s reply, received at ``read_at`` (the loop's clock):
-    each instance holding a lease, and by when, on that clock, it has surely
-    ended (Redis read its time before the reply arrived, so never earlier)."""
-    now_ms = int(reply[0])
-    pairs = reply[1:]
-    return {
-        (i.decode() if isinstance(i, bytes) else str(i)): read_at + (int(float(u)) - now_ms) / 1000
-        for i, u in zip(pairs[::2], pairs[1::2], strict=True)
-    }

@@ -33,7 +33,7 @@ import hiredis
 from redis.commands.core import AsyncScript
 
 from .connect import AnyRedis
-from .near import LEASE, LEASE_KEY, ack_key, lease_holders, new_note
+from .near import LEASE, LEASE_KEY, ack_key
 from .pipelined import PipelinedScripts
 from .results import (
     MISS,
@@ -91,8 +91,12 @@ def _source(script: AsyncScript) -> str | bytes:
 
 
 log = logging.getLogger("tokengate")
-# How long one wait for acknowledgements blocks a connection (under its read timeout).
-ACK_POLL = 0.2
+# Waiting for acknowledgements: first look after this long, then twice as long
+# each time, up to ACK_POLL_MAX; a lease that never acknowledges is waited out
+# for LEASE plus ACK_SLACK after the holders were read.
+ACK_POLL_FIRST, ACK_POLL_MAX, ACK_SLACK = 0.001, 0.05, 0.05
+# Lease holders whose lease ended this recently by Redis's clock are waited for too.
+RECENT_MS = 5000
 
 
 def _ended(reply: list[Any]) -> Ended:
@@ -238,11 +242,13 @@ class RedisSessionStore:
 
     async def refresh(
         self, user_id: str, sid: str, *, now: float, presented_jti: str,
-        new_access_jti: str, new_refresh_jti: str,
+        new_access_jti: str, new_refresh_jti: str, note: str = "",
     ) -> RefreshResult:  # fmt: skip
-        """Rotate on the current refresh jti, repeat within grace, else end the session."""
+        """Rotate on the current refresh jti, repeat within grace, else end the session.
+
+        A session found over is announced with ``note`` (see :meth:`settle`).
+        """
         keys = self.session_keys(user_id, sid)
-        note = new_note()
         args = [
             *self._session_args(sid, now), self.policy.refresh_grace,
             presented_jti, new_access_jti, new_refresh_jti, note,
@@ -251,12 +257,7 @@ class RedisSessionStore:
         if reply[0] in ("rotated", "same"):
             aj, rj, iat, name, previous = reply[1:6]
             return Rotation(reply[0] == "rotated", aj, rj, previous, int(iat), name)
-        if reply[0] != "ended":
-            return MISS
-        ended = _ended(reply)
-        if ended.just_now:
-            await self.settle(note)
-        return ended
+        return _ended(reply) if reply[0] == "ended" else MISS
 
     async def ping(self) -> None:
         await self.redis.ping()
@@ -304,15 +305,16 @@ class RedisSessionStore:
         await self._run("load_index", (self.index_key(user_id),), flat)
 
     async def login(
-        self, user_id: str, sid: str, record: SessionRecord, *, now: float, limit: int
-    ) -> LoginResult:
+        self, user_id: str, sid: str, record: SessionRecord, *, now: float, limit: int,
+        note: str = "",
+    ) -> LoginResult:  # fmt: skip
         """Add a live session, enforcing the per-user limit atomically.
 
         ``MISS`` when the user's set must be loaded from SQL first; else the
-        sessions pushed out over the limit and those found expired on the way.
+        sessions pushed out over the limit (announced with ``note``) and those
+        found expired on the way.
         """
         p = self.policy
-        note = new_note()
         args = [
             *self._session_args(sid, now), limit, p.expiry(record.created, now), p.slack, note,
             *self._fields(record, now),
@@ -324,63 +326,63 @@ class RedisSessionStore:
             if reply[0] == "miss":
                 return MISS
             if reply[0] == "ok":
-                if reply[1]:
-                    await self.settle(note)
                 return Opened(tuple(reply[1]), tuple(reply[2]))
         raise StaleSet("the user's sessions kept changing during a login")
 
     async def end(
         self, user_id: str, sids: Sequence[str], *, reason: EndReason, now: float,
-        every: bool = False, keep: str = "",
+        every: bool = False, keep: str = "", note: str = "",
     ) -> list[str]:  # fmt: skip
         """End ``sids`` except ``keep`` (``every``: and every other one Redis knows).
 
-        Returns the sids this call ended.
+        Every one of them is announced with ``note``, ended now or before (see
+        :meth:`settle`). Returns the sids this call ended.
         """
         for _ in range(MAX_STALE_RETRIES):
             targets = list(dict.fromkeys([*sids, *(await self._members(user_id) if every else ())]))
             keys = [self.index_key(user_id), *(self.session_key(user_id, t) for t in targets)]
             expiry = self.policy.expiry(now, now)
-            note = new_note()
             args = [reason, expiry, keep, "1" if every else "0", note, *targets]
             reply = await self._run("end", keys, args)
             if reply[0] == "ok":
-                if reply[1]:
-                    await self.settle(note)
                 return list(reply[1])
         raise StaleSet("the user's sessions kept changing while they were ended")
 
     async def settle(self, note: str) -> None:
-        """Return once no instance can still let through a session that the end
-        announced with ``note`` ended (``near.py``): each one that holds a lease
-        has acknowledged it, or its lease has run out. Never raises: when the
-        holders cannot be read or the acknowledgements cannot be awaited, it
-        waits out any lease instead (``LEASE`` seconds at most).
+        """Return once no instance can still let through a session that a call
+        announced with ``note`` as over (``near.py``): each instance holding a
+        near-check lease has acknowledged it, or has surely stopped answering near.
+
+        The caller ends first, records what it must in SQL, then settles, and
+        answers only after that. It never raises: when the holders cannot be
+        read or the acknowledgements cannot be looked at, it waits out any lease
+        (``LEASE`` seconds). The waits look without blocking a connection.
         """
         loop = asyncio.get_running_loop()
-        started = loop.time()
         try:
-            reply = _text(await self._run("holders", (LEASE_KEY,), ()))
+            holders = await self._run("holders", (LEASE_KEY,), (RECENT_MS,))
         except Exception as exc:
             log.warning("cannot read the near-check leases (%s); waiting them out", exc)
-            await asyncio.sleep(max(0.0, started + LEASE - loop.time()))
+            await asyncio.sleep(LEASE + ACK_SLACK)
             return
-        waiting = lease_holders(reply, loop.time())
-        key = ack_key(note)
+        waiting = {str(name) for name in holders}
+        # A lease holder's near answers stop LEASE after the last heartbeat it
+        # sent before the end was announced, and the holders were read after it.
+        deadline = loop.time() + LEASE + ACK_SLACK
+        key, pause = ack_key(note), ACK_POLL_FIRST
         while waiting:
-            now = loop.time()
-            waiting = {name: until for name, until in waiting.items() if until > now}
-            if not waiting:
-                return
-            block = min(max(waiting.values()) - now, ACK_POLL)
             try:
-                found = await self.redis.blpop([key], timeout=max(block, 0.01))
+                acked = await self.redis.lpop(key, len(waiting))
             except Exception as exc:
-                log.warning("cannot await near-check acknowledgements (%s); waiting", exc)
-                await asyncio.sleep(max(0.0, max(waiting.values()) - loop.time()))
+                log.warning("cannot read near-check acknowledgements (%s); waiting", exc)
+                await asyncio.sleep(max(0.0, deadline - loop.time()))
                 return
-            if found is not None:
-                waiting.pop(str(_text(found[1])), None)
+            waiting.difference_update(str(_text(name)) for name in acked or ())
+            left = deadline - loop.time()
+            if not waiting or left <= 0:
+                return
+            await asyncio.sleep(min(pause, left))
+            pause = min(pause * 2, ACK_POLL_MAX)
 
     async def last_seen(
         self, user_id: str, sessions: Sequence[tuple[str, float, float]], *, now: float

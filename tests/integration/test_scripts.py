@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -402,3 +402,67 @@ async def test_every_script_touches_only_the_keys_it_declares(private_redis, pri
         assert key in declared, f"{' '.join(words)} touches an undeclared key"
         touched += 1
     assert scripts >= 16 and touched > 50
+
+
+# -- announcements for near checks (store/near.py) ---------------------------------------
+async def announced(redis_client: Redis, action: Callable[[], Awaitable[object]]) -> list[bytes]:
+    """What ``action`` published on ``tg:ends`` (the subscription is made first)."""
+    pubsub = redis_client.pubsub()
+    await pubsub.subscribe("tg:ends")
+    try:
+        await pubsub.get_message(timeout=1)  # the subscribe confirmation
+        await action()
+        await redis_client.ping()  # published in the same script: here by now
+        messages = []
+        while (message := await pubsub.get_message(timeout=0.2)) is not None:
+            messages.append(message["data"])
+        return messages
+    finally:
+        await pubsub.aclose()
+
+
+async def test_an_end_sent_again_is_announced_again_with_its_note(store, redis_client):
+    await open_session(store, "session-1")
+    await open_session(store, "session-2")
+
+    async def end() -> None:
+        await store.end(UID, ["session-1"], reason=EndReason.REVOKED, now=NOW, note="n1")
+
+    assert await announced(redis_client, end) == [b"n1 session-1"]
+    # Its reply lost and the call sent again: nothing newly ended, announced all the same.
+    assert await announced(redis_client, end) == [b"n1 session-1"]
+    await open_session(store, "session-3")
+    everyone = await announced(
+        redis_client,
+        lambda: store.end(
+            UID, [], reason=EndReason.REVOKED, now=NOW, every=True, keep="session-2", note="n2"
+        ),
+    )
+    assert everyone == [b"n2 session-3"]  # every session in the set but the one kept
+
+
+async def test_a_refresh_of_a_session_found_over_is_announced_with_its_note(store, redis_client):
+    await open_session(store, "session-1")
+    await store.end(UID, ["session-1"], reason=EndReason.REVOKED, now=NOW)
+    messages = await announced(
+        redis_client,
+        lambda: store.refresh(
+            UID,
+            "session-1",
+            now=NOW,
+            presented_jti="r1",
+            new_access_jti="a",
+            new_refresh_jti="r",
+            note="n3",
+        ),
+    )
+    assert messages == [b"n3 session-1"]
+
+
+async def test_a_login_over_the_limit_announces_whom_it_pushed_out(store, redis_client):
+    await open_session(store, "session-1", limit=1)
+    messages = await announced(
+        redis_client,
+        lambda: store.login(UID, "session-2", record(NOW + 1), now=NOW + 1, limit=1, note="n4"),
+    )
+    assert messages == [b"n4 session-1"]

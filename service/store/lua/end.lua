@@ -14,10 +14,11 @@ if ARGV[4] == '1' then
     if not named[m] then return {'stale'} end
   end
 end
-local ended = {}
+local ended, over = {}, {}
 for i = 6, #ARGV do
   local sid, k = ARGV[i], KEYS[i - 4]
   if sid ~= keep then
+    table.insert(over, sid)
     if redis.call('HGET', k, 'st') ~= 'ended' then
       redis.call('HSET', k, 'st', 'ended', 'why', why)
       if redis.call('TTL', k) < 0 then redis.call('EXPIREAT', k, expiry) end
@@ -26,5 +27,8 @@ for i = 6, #ARGV do
     redis.call('ZREM', z, sid)
   end
 end
-announce(ARGV[5], ended)
+-- Every named session is over now, ended by this call or before it: all are
+-- announced, so that a call sent again (or a second logout) has its own
+-- acknowledgements to wait for.
+announce(ARGV[5], over)
 return {'ok', ended}

@@ -15,11 +15,13 @@ if redis.call('EXISTS', k) == 1 then
     -- This login ran already and its reply was lost (the call was sent
     -- again): the same answer, so the caller records the same in SQL.
     local done = cjson.decode(redis.call('HGET', k, 'lo') or '[[], []]')
+    announce(ARGV[8], done[1])
     return {'ok', done[1], done[2]}
   end
   -- Loaded into the set from SQL by a concurrent login and pushed out by
   -- another before this login got here: it lost the race.
   redis.call('ZREM', z, sid)
+  announce(ARGV[8], {sid})
   return {'ok', {sid}, {}}
 end
 local prefix = string.sub(k, 1, #k - #sid)

@@ -1,6 +1,6 @@
 -- Refresh rotation, with the grace window and reuse detection.
 -- KEYS: session, user set. ARGV: sid, now, idle, maxage, grace, presented jti, new aj, new rj,
--- the note a reuse's end is announced with.
+-- the note the end is announced with when the session is over.
 -- Returns {'miss'} | {'ended', why, fresh?} | {'rotated'|'same', aj, rj, ia, nm, previous rj}
 -- A rotation stays unconfirmed ('un') until the caller has written it to SQL
 -- and confirms it (confirm.lua): until then the retired token still gets the
@@ -11,7 +11,11 @@ local now, idle = tonumber(ARGV[2]), tonumber(ARGV[3])
 local maxage, grace = tonumber(ARGV[4]), tonumber(ARGV[5])
 local presented = ARGV[6]
 local h, reply = alive(k, z, sid, now, idle, maxage, 'aj', 'rj', 'pj', 'ia', 'ra', 'nm', 'un')
-if not h then return reply end
+if not h then
+  -- Over, now or before: announced with this call's note, which it waits on.
+  if reply[1] == 'ended' then announce(ARGV[9], {sid}) end
+  return reply
+end
 if presented == h.rj then
   -- 'ia' is the new pair's iat (whole seconds); 'ra' the exact rotation time
   -- that the grace window is measured from.

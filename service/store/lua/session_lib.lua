@@ -21,10 +21,12 @@ end
 -- Tell the instances that answer from their near checks (store/near.py)
 -- that `sids` are over, in the same script as the end itself, so that no end
 -- goes unannounced. `note` names the list the lease holders acknowledge on
--- ('': nobody waits for them).
+-- ('': nobody waits for them). pcall: a Redis user not allowed to publish on
+-- tg:* (an ACL without &tg:*) must not stop a script half-way; near checks
+-- need that permission (docs/design.md), and without it enders wait leases out.
 local function announce(note, sids)
   if #sids > 0 then
-    redis.call('PUBLISH', 'tg:ends', note .. ' ' .. table.concat(sids, ' '))
+    redis.pcall('PUBLISH', 'tg:ends', note .. ' ' .. table.concat(sids, ' '))
   end
 end
 local function finish(k, z, sid, why, note)
