@@ -52,7 +52,7 @@ from typing import Any
 import hiredis
 from redis.exceptions import RedisError
 
-from .pipelined import PipelinedScripts, _pack
+from .pipelined import PipelinedScripts, _pack, auth_command, open_connection
 
 log = logging.getLogger("tokengate")
 
@@ -254,18 +254,10 @@ class NearChecks:
             log.warning("could not acknowledge an end: %s", task.exception())
 
     async def _subscribe(self) -> _Subscriber:
-        loop = asyncio.get_running_loop()
-        p = self.params
         async with asyncio.timeout(self.scripts.timeout):
-            if "path" in p:
-                transport, protocol = await loop.create_unix_connection(
-                    lambda: _Subscriber(self), p["path"]
-                )
-            else:
-                transport, protocol = await loop.create_connection(
-                    lambda: _Subscriber(self), p["host"], p["port"]
-                )
-            protocol.transport = transport
+            protocol = await open_connection(self.params, lambda: _Subscriber(self))
+        transport = protocol.transport
+        assert transport is not None
         try:
             await self._send_subscribe(protocol, transport)
         except BaseException:
@@ -274,12 +266,9 @@ class NearChecks:
         return protocol
 
     async def _send_subscribe(self, protocol: _Subscriber, transport: asyncio.Transport) -> None:
-        p = self.params
         async with asyncio.timeout(self.scripts.timeout):
-            commands = []
-            if p.get("password"):
-                auth = (p["username"], p["password"]) if p.get("username") else (p["password"],)
-                commands.append(_pack("AUTH", *auth))
+            auth = auth_command(self.params)
+            commands = [] if auth is None else [auth]
             commands.append(_pack("CLIENT", "SETNAME", f"tokengate-near-{self.id}"))
             commands.append(_pack("SUBSCRIBE", ENDS_CHANNEL, self.channel))
             transport.write(b"".join(commands))

@@ -24,7 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import hiredis
 from redis.asyncio import Redis
@@ -38,6 +38,29 @@ def _pack(*parts: Any) -> bytes:
     """A command in RESP (hiredis's C packer: str, bytes, int and float as ``repr``)."""
     packed: bytes = hiredis.pack_command(parts)
     return packed
+
+
+P = TypeVar("P", bound=asyncio.Protocol)
+
+
+async def open_connection(params: dict[str, Any], factory: Callable[[], P]) -> P:
+    """A connection to the Redis of ``params`` (``path``, or ``host`` and ``port``)."""
+    loop = asyncio.get_running_loop()
+    if "path" in params:
+        transport, protocol = await loop.create_unix_connection(factory, params["path"])
+    else:
+        transport, protocol = await loop.create_connection(factory, params["host"], params["port"])
+    # uvloop may call connection_made only after this returns.
+    protocol.transport = transport  # type: ignore[attr-defined]
+    return protocol
+
+
+def auth_command(params: dict[str, Any]) -> bytes | None:
+    """``AUTH`` for ``params``' user and password, or ``None`` without a password."""
+    if not params.get("password"):
+        return None
+    username, password = params.get("username"), params["password"]
+    return _pack("AUTH", *((username, password) if username else (password,)))
 
 
 # A call that keeps waiting on a live connection fails after this many timeouts.
@@ -161,22 +184,14 @@ class PipelinedScripts:
             return self._protocol
 
     async def _connect(self) -> _Protocol:
-        loop = asyncio.get_running_loop()
         p = self.params
         try:
             async with asyncio.timeout(self.timeout):
-                if "path" in p:
-                    transport, protocol = await loop.create_unix_connection(_Protocol, p["path"])
-                else:
-                    transport, protocol = await loop.create_connection(
-                        _Protocol, p["host"], p["port"]
-                    )
-                # uvloop may call connection_made only after this returns.
-                protocol.transport = transport
+                protocol = await open_connection(p, _Protocol)
                 setup: list[asyncio.Future[Any]] = []
-                if p.get("password"):
-                    auth = (p["username"], p["password"]) if p.get("username") else (p["password"],)
-                    setup.append(protocol.send(_pack("AUTH", *auth)))
+                auth = auth_command(p)
+                if auth is not None:
+                    setup.append(protocol.send(auth))
                 if p.get("db"):
                     setup.append(protocol.send(_pack("SELECT", p["db"])))
                 for reply in await asyncio.gather(*setup):

@@ -14,13 +14,14 @@ import time
 from typing import Any
 
 import pytest
+import redis
 from quart import Quart
 from redis.asyncio import Redis
 
 from quart_tokengate.client.pytest_plugin import TokengateClock
 from quart_tokengate.service.store.near import ENDS_CHANNEL, LEASE, LEASE_KEY, NearChecks
 from tests.conftest import AppFactory, bearer, me, register_and_login
-from tests.support import claims, wait_for_async
+from tests.support import PrivateRedis, claims, wait_for_async
 
 
 def near_of(app: Quart) -> NearChecks:
@@ -250,3 +251,16 @@ async def test_entries_too_old_to_answer_are_forgotten_least_recent_first(ab, cl
     assert list(near.entries) == ["b", "a"]
     near.prune()
     assert list(near.entries) == ["a"]
+
+
+async def test_near_checks_log_in_to_a_redis_with_a_password(
+    make_app: AppFactory, private_redis: PrivateRedis
+):
+    redis.Redis(port=private_redis.port).config_set("requirepass", "s3cret")
+    app = await make_app(
+        near_cache=True, redis_url=f"redis://:s3cret@127.0.0.1:{private_redis.port}/2"
+    )
+    near = near_of(app)
+    await wait_for_async(lambda: answering(near), what="a subscription that logged in")
+    pair = await register_and_login(app.test_client())
+    await warm(app.test_client(), pair, near)
