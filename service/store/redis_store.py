@@ -189,14 +189,11 @@ class RedisSessionStore:
         if pipelined is not None:
             sha, source = self._lean["check"]
             raw = await pipelined.run(sha, source, keys, args)
-            if raw[0] == b"ok":  # the hot path: nothing else to decode
-                return Live(raw[1] == b"1", float(raw[2]))
-            reply = _text(raw)
         else:
-            reply = await self._run("check", keys, args)
-        if reply[0] == "ok":
-            return Live(reply[1] == "1", float(reply[2]))
-        return _ended(reply) if reply[0] == "ended" else MISS
+            raw = await self._scripts["check"](keys=list(keys), args=list(args))
+        result = self.check_result(raw)
+        assert result is not None  # both paths raise an error reply
+        return result
 
     def check_nowait(self, user_id: str, sid: str, *, now: float) -> asyncio.Future[Any] | None:
         """:meth:`check` sent without waiting: the future of its raw reply for
@@ -215,7 +212,7 @@ class RedisSessionStore:
         """What :meth:`check` returns for a raw reply; ``None`` for an error reply."""
         if isinstance(raw, hiredis.ReplyError):
             return None
-        if raw[0] == b"ok":
+        if raw[0] == b"ok":  # the hot path: nothing else to decode
             return Live(raw[1] == b"1", float(raw[2]))
         reply = _text(raw)
         return _ended(reply) if reply[0] == "ended" else MISS
