@@ -44,7 +44,17 @@ def __getattr__(name: str) -> Any:
     home = _HOMES.get(name)
     if home is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(home, __name__), name)
+    try:
+        module = importlib.import_module(home, __name__)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.startswith(__name__):
+            raise
+        # A base install (the client alone) has none of the service's dependencies.
+        raise ModuleNotFoundError(
+            f'{exc}: the service needs its extra: pip install "quart-tokengate[server]"',
+            name=exc.name,
+        ) from exc
+    value = getattr(module, name)
     globals()[name] = value  # looked up once
     return value
 

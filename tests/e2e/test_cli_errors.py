@@ -78,6 +78,24 @@ def test_without_the_server_extra_every_command_names_it_in_one_line():
         assert r.stdout == ""
 
 
+def test_without_the_server_extra_importing_the_service_names_it():
+    script = (
+        "import sys\n"
+        "sys.modules['quart'] = None\n"
+        "import quart_tokengate.service as service  # the package itself imports nothing\n"
+        "try:\n"
+        "    service.TokenGate\n"
+        "except ModuleNotFoundError as exc:\n"
+        "    print(exc.name, exc, sep='|')\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", script], env=clean_env(), capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 0, r.stderr
+    name, message = one_line(r.stdout).split("|")
+    assert name == "quart" and SERVER_EXTRA in message, r.stdout
+
+
 def test_a_bad_port_is_one_line(tmp_path):
     for value in ("99999", "0", "http"):
         r = run(["serve", "--port", value], tmp_path)
