@@ -276,6 +276,9 @@ def cmd_sessions_end(args: argparse.Namespace) -> int:
     return _run(work)
 
 
+FROM_STDIN_HELP = "read the password from one line of standard input instead of prompting"
+
+
 def add_admin_commands(sub: Any) -> None:
     """Add ``users ...`` and ``sessions ...`` to the ``tokengate`` command line."""
     users = sub.add_parser("users", help="account administration")
@@ -288,14 +291,14 @@ def add_admin_commands(sub: Any) -> None:
         return command
 
     create = user_command("create", "create a user", cmd_users_create)
-    create.add_argument("--password-stdin", action="store_true")
+    create.add_argument("--password-stdin", action="store_true", help=FROM_STDIN_HELP)
     listing = users_sub.add_parser("list", help="list the users")
     listing.add_argument("--json", action="store_true", help="print JSON")
     listing.set_defaults(func=cmd_users_list)
     password = user_command(
         "set-password", "set a user's password (every session ends)", cmd_users_set_password
     )
-    password.add_argument("--password-stdin", action="store_true")
+    password.add_argument("--password-stdin", action="store_true", help=FROM_STDIN_HELP)
     user_command("unlock", "clear a user's failed-login throttle", cmd_users_unlock)
     user_command(
         "disable", "refuse a user's logins and end every session", _cmd_users_disabled(True)
