@@ -9,22 +9,27 @@ Settings come from TOKENGATE_* variables.
 from __future__ import annotations
 
 import argparse
-import asyncio
+import importlib.util
 import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from .admin_cli import CommandError, add_admin_commands, load_settings, migrate
-from .settings import Settings
 
 if TYPE_CHECKING:
     from quart import Quart
 
+    from .db.migrate import Applied
+    from .settings import Settings
+
 
 log = logging.getLogger("tokengate")
+
+SERVER_EXTRA = 'pip install "quart-tokengate[server]"'
+# What a base install (the client alone) lacks; looked up, not imported.
+SERVER_MODULES = ("quart", "sqlalchemy", "alembic", "redis", "uvicorn", "dotenv")
 
 
 def _logging(settings: Settings) -> None:
@@ -89,8 +94,16 @@ def _log_start(args: argparse.Namespace, settings: Settings, redis: str) -> None
 
 
 def cmd_db_upgrade(_: argparse.Namespace) -> int:
-    migrate(load_settings())
-    print("database is at the latest revision")
+    from .db.migrate import head_revisions
+
+    applied = migrate(load_settings())
+    head = ", ".join(sorted(head_revisions()))
+    for revision, title in applied:
+        print(f"applied revision {revision}: {title}")
+    if applied:
+        print(f"the database is at the latest revision ({head})")
+    else:
+        print(f"the database is already at the latest revision ({head}): nothing to apply")
     return 0
 
 
@@ -117,6 +130,7 @@ async def _prepare_keys(settings: Settings) -> None:
 
 
 def cmd_keys_rotate(_: argparse.Namespace) -> int:
+    import asyncio
     import time
 
     from .db.engine import build_engine, build_sessionmaker
@@ -150,14 +164,48 @@ def cmd_keys_rotate(_: argparse.Namespace) -> int:
     return 0
 
 
+def check_address(host: str, port: int) -> None:
+    """Fail with one line, before anything else starts, if ``host:port`` cannot be listened on.
+
+    The server binds it much later (after migrations, keys and the embedded
+    Redis); a port in use is better said first. Bound as uvicorn binds it
+    (``SO_REUSEADDR``), then released.
+    """
+    import socket
+
+    where = f"{host}:{port}"
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as exc:
+        raise CommandError(f"cannot listen on {where}: {exc.strerror}") from None
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            reason = (exc.strerror or str(exc)).lower()
+            raise CommandError(f"cannot listen on {where}: {reason}") from None
+
+
+def _log_applied(applied: list[Applied]) -> None:
+    for revision, title in applied:
+        log.info("applied database revision %s: %s", revision, title)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .store.embedded import EmbeddedRedis
+    import asyncio
+    import signal
 
     settings = load_settings()
+    check_address(args.host, args.port)
+    from .store.embedded import EmbeddedRedis
+
     settings.instance_dir.mkdir(parents=True, exist_ok=True)
     _metrics_dir(settings)
     _logging(settings)
-    migrate(settings)
+    _log_applied(migrate(settings))
     if settings.secret_key is None:
         # Made here, once, before the workers start (they would agree anyway).
         asyncio.run(_prepare_keys(settings))
@@ -199,16 +247,57 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage error said in one line."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def port_number(text: str) -> int:
+    """A TCP port, 1 to 65535 (``--port``)."""
+    value = int(text)
+    if not 0 < value < 65536:
+        raise argparse.ArgumentTypeError(f"{text} is not a TCP port (1 to 65535)")
+    return value
+
+
+def positive(text: str) -> int:
+    """A whole number of at least 1 (``--workers``)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    """The ``tokengate`` command line; building it imports none of the service."""
+    parser = Parser(
         prog="tokengate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run the service (applies pending migrations first)")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--workers", type=int, default=1)
+    serve = sub.add_parser(
+        "serve",
+        help="run the service (applies pending migrations first)",
+        description="Run the service on a production ASGI server (uvicorn), after applying "
+        "pending migrations. Settings come from TOKENGATE_* variables.",
+    )
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+    )
+    serve.add_argument(
+        "--port",
+        type=port_number,
+        default=8000,
+        help="TCP port to listen on (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--workers",
+        type=positive,
+        default=1,
+        help="worker processes, sharing the port (default: %(default)s)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     db = sub.add_parser("db", help="database commands")
@@ -226,6 +315,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    missing = [name for name in SERVER_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        print(
+            f"tokengate: the service is not installed ({missing[0]} is missing): {SERVER_EXTRA}",
+            file=sys.stderr,
+        )
+        return 2
     args = build_parser().parse_args(argv)
     try:
         result: int = args.func(args)

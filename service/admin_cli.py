@@ -8,18 +8,16 @@ line on standard error and exit status 1.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
-import getpass
 import json
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from .settings import Settings, SettingsError
-
 if TYPE_CHECKING:
     from .app import TokenGate
+    from .db.migrate import Applied
+    from .settings import Settings
 
 
 class CommandError(Exception):
@@ -28,6 +26,8 @@ class CommandError(Exception):
 
 def load_settings() -> Settings:
     """The settings from ``TOKENGATE_*``, or exit 2 with one line per problem."""
+    from .settings import Settings, SettingsError
+
     try:
         return Settings.from_env()
     except SettingsError as exc:
@@ -36,24 +36,45 @@ def load_settings() -> Settings:
         raise SystemExit(2) from None
 
 
-def migrate(settings: Settings) -> None:
-    """Apply pending migrations (under the database's lock), or fail with one line."""
+def migrate(settings: Settings) -> list[Applied]:
+    """Apply pending migrations (under the database's lock), or fail with one line.
+
+    Returns the revisions applied, oldest first (none when already at the latest).
+    """
     from .db.migrate import upgrade
     from .errors import describe, mask_url
 
     settings.instance_dir.mkdir(parents=True, exist_ok=True)
     try:
-        upgrade(settings.sqlalchemy_url)
+        return upgrade(settings.sqlalchemy_url)
     except Exception as exc:
         url = mask_url(settings.sqlalchemy_url)
         raise CommandError(f"cannot migrate the database {url}: {describe(exc)}") from exc
 
 
 def _read_password(args: argparse.Namespace) -> str:
+    """The new password: one line of standard input, or typed twice at the terminal."""
     if args.password_stdin:
-        return sys.stdin.readline().rstrip("\r\n")
-    password = getpass.getpass("Password: ")
-    if getpass.getpass("Password (again): ") != password:
+        line = sys.stdin.readline()
+        if not line:
+            raise CommandError("no password on standard input (--password-stdin reads one line)")
+        return line.rstrip("\r\n")
+    import getpass
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            # getpass warns, then reads standard input with echo, when there is no terminal.
+            warnings.simplefilter("error", getpass.GetPassWarning)
+            password = getpass.getpass("Password: ")
+            again = getpass.getpass("Password (again): ")
+    except getpass.GetPassWarning:
+        raise CommandError(
+            "no terminal to ask for the password on: pipe it in with --password-stdin"
+        ) from None
+    except EOFError:
+        raise CommandError("no password given (input ended)") from None
+    if again != password:
         raise CommandError("the passwords do not match")
     return password
 
@@ -76,6 +97,8 @@ async def _started(settings: Settings) -> AsyncIterator[TokenGate]:
 
 def _run(work: Callable[[TokenGate], Awaitable[int]]) -> int:
     """Start the extension, run ``work`` on it, and turn failures into one line."""
+    import asyncio
+
     from .admin import AdminError
     from .errors import ApiError, describe, is_infrastructure_failure
 
@@ -253,6 +276,9 @@ def cmd_sessions_end(args: argparse.Namespace) -> int:
     return _run(work)
 
 
+FROM_STDIN_HELP = "read the password from one line of standard input instead of prompting"
+
+
 def add_admin_commands(sub: Any) -> None:
     """Add ``users ...`` and ``sessions ...`` to the ``tokengate`` command line."""
     users = sub.add_parser("users", help="account administration")
@@ -265,14 +291,14 @@ def add_admin_commands(sub: Any) -> None:
         return command
 
     create = user_command("create", "create a user", cmd_users_create)
-    create.add_argument("--password-stdin", action="store_true")
+    create.add_argument("--password-stdin", action="store_true", help=FROM_STDIN_HELP)
     listing = users_sub.add_parser("list", help="list the users")
     listing.add_argument("--json", action="store_true", help="print JSON")
     listing.set_defaults(func=cmd_users_list)
     password = user_command(
         "set-password", "set a user's password (every session ends)", cmd_users_set_password
     )
-    password.add_argument("--password-stdin", action="store_true")
+    password.add_argument("--password-stdin", action="store_true", help=FROM_STDIN_HELP)
     user_command("unlock", "clear a user's failed-login throttle", cmd_users_unlock)
     user_command(
         "disable", "refuse a user's logins and end every session", _cmd_users_disabled(True)

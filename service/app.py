@@ -43,6 +43,8 @@ from .users import ClaimsHook, SqlUserStore, UserStore
 log = logging.getLogger("tokengate")
 
 MAX_BODY_BYTES = 64 * 1024
+# How long start-up waits for the configured Redis to answer a PING before saying it does not.
+REDIS_CHECK_DEADLINE = 2.0
 # Allocations between two young-generation collections (Python's default: 700).
 YOUNG_GC_THRESHOLD = 10_000
 
@@ -251,6 +253,8 @@ class TokenGate:
         )
         if self._pipelined is not None:
             await self._pipelined.warm()
+        if settings.redis_url is not None:
+            await self._check_redis(settings.redis_url)
         store = RedisSessionStore(self._redis, policy, self._pipelined)
         db = sessionmaker
         passwords = self._passwords if self._passwords else await asyncio.to_thread(Passwords)
@@ -296,6 +300,22 @@ class TokenGate:
         # Python's thresholds.
         young, older, oldest = gc.get_threshold()
         gc.set_threshold(max(YOUNG_GC_THRESHOLD, young), older, oldest)
+
+    async def _check_redis(self, url: str) -> None:
+        """Say at start-up, in one line, that the configured Redis does not answer.
+
+        Start-up goes on: requests that need Redis answer ``503`` until it
+        does, then work, with nothing to restart.
+        """
+        try:
+            async with asyncio.timeout(REDIS_CHECK_DEADLINE):
+                await self.redis.ping()
+        except Exception as exc:
+            log.warning(
+                "Redis %s cannot be reached (requests that need it answer 503 until it does): %s",
+                mask_url(url),
+                describe(exc),
+            )
 
     async def _check_schema(self, engine: AsyncEngine) -> None:
         """Start only on a schema at head: the embedded SQLite default migrates itself.

@@ -1,4 +1,4 @@
-"""Real servers for the tests: the service process (private redis-servers: ``PrivateRedis``)."""
+"""Real servers for the tests: the service process, private redis-servers and PostgreSQL servers."""
 
 from __future__ import annotations
 
@@ -194,7 +194,11 @@ class PostgresServer:
         found = [shutil.which("postgres"), *sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"))]
         postgres = next((p for p in found if p), None)
         if postgres is None:
-            pytest.fail("the database outage test needs PostgreSQL's postgres binary")
+            pytest.fail(
+                "PostgreSQL's server is not installed (no postgres binary on PATH or under "
+                "/usr/lib/postgresql/*/bin): apt-get install postgresql",
+                pytrace=False,
+            )
         self.bin = Path(postgres).resolve().parent
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="tg-postgres-"))
@@ -214,7 +218,16 @@ class PostgresServer:
 
     @property
     def url(self) -> str:
-        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/postgres"
+        return self.database_url("postgres")
+
+    def database_url(self, name: str) -> str:
+        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/{name}"
+
+    def create_database(self, name: str) -> str:
+        """Create the empty database ``name`` on the running server; its URL."""
+        create = [str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port)]
+        subprocess.run([*create, "-U", "postgres", name], check=True, timeout=30)
+        return self.database_url(name)
 
     def ready(self) -> bool:
         check = [str(self.bin / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)]
@@ -379,10 +392,20 @@ def start_service(workdir: Path, redis_url: str, **settings: Any) -> ServiceProc
     return service
 
 
-async def postgres_admin(statement: str) -> None:
+async def postgres_answers(url: str) -> None:
+    """Connect to the database at ``url`` and run ``SELECT 1``; raises when it cannot."""
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+    finally:
+        await engine.dispose()
+
+
+async def postgres_admin(url: str, statement: str) -> None:
     """Run ``statement`` (``CREATE DATABASE``, ``DROP DATABASE``) on the server of
-    ``TOKENGATE_TEST_DATABASE_URL``, from its maintenance database."""
-    base = make_url(os.environ["TOKENGATE_TEST_DATABASE_URL"])
+    the database at ``url``, from its maintenance database."""
+    base = make_url(url)
     engine = create_async_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
     try:
         async with engine.connect() as conn:
