@@ -43,7 +43,9 @@ async def token_form(model: type[F]) -> F:
         params = found
     else:
         try:
-            parsed = parse_qs(raw.decode("utf-8"), strict_parsing=False, max_num_fields=10)
+            # No cap on the number of fields (unknown ones are allowed): the
+            # body's 64 KiB bound the parse.
+            parsed = parse_qs(raw.decode("utf-8"), strict_parsing=False)
         except (UnicodeDecodeError, ValueError):
             raise InvalidRequest("The body must be a form (token=...) in UTF-8.") from None
         params = {k: v[0] for k, v in parsed.items() if len(v) == 1}
