@@ -32,7 +32,7 @@ uvicorn lacks (its keep-alive timer stops at a request's first byte, and its
 
 Deadlines are kept in two insertion-ordered dicts (headers, bodies), one
 timeout each, so that a sweep every :data:`SWEEP_INTERVAL` seconds reads only
-the expired entries at their heads: a request costs two dict updates, not a
+the expired entries at their heads: a request costs a few dict updates, not a
 timer.
 """
 
