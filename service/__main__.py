@@ -50,9 +50,11 @@ def serve_app() -> Quart:
     service, which on a busy machine took longer than the check allows.
     """
     from .app import create_app
+    from .serving import ConnectionLimits, use_limits
 
     settings = load_settings()
     _logging(settings)
+    use_limits(ConnectionLimits.from_settings(settings))
     return create_app(settings)
 
 
@@ -87,10 +89,37 @@ def _log_start(args: argparse.Namespace, settings: Settings, redis: str) -> None
         "refresh_ttl": settings.refresh_ttl,
         "idle_timeout": settings.idle_timeout,
         "max_sessions": settings.max_sessions,
+        "header_timeout": settings.header_timeout,
+        "body_timeout": settings.body_timeout,
+        "max_connections": settings.max_connections,
         "signing_key": "TOKENGATE_SECRET_KEY" if settings.secret_key else "instance file",
         "log_format": settings.log_format,
     }
     log.info("tokengate serving on %s", fields["address"], extra={"fields": fields})
+
+
+def _raise_file_limit(settings: Settings) -> None:
+    """Let each worker open as many files as the system allows (its workers inherit it).
+
+    Each connection is a descriptor: the common soft limit of 1024 would run
+    out before TOKENGATE_MAX_CONNECTIONS, and a worker out of descriptors
+    cannot even accept the connection it would refuse.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    # Beyond the connections: Redis and database pools, logs, the listening socket.
+    wanted = settings.max_connections + 512
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        log.warning(
+            "the open-file limit (%d) is below TOKENGATE_MAX_CONNECTIONS (%d) + 512: "
+            "raise it (ulimit -n) or lower the setting",
+            soft,
+            settings.max_connections,
+        )
 
 
 def cmd_db_upgrade(_: argparse.Namespace) -> int:
@@ -223,6 +252,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # where the default action would end the process before it.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
+        _raise_file_limit(settings)
         _log_start(args, settings, redis)
         import uvicorn
 
@@ -234,6 +264,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             workers=args.workers,
             # uvloop, accepting bursts of new connections at once (serving.py).
             loop=f"{__package__}.serving:new_event_loop",
+            # httptools, with deadlines on receiving a request and a connection
+            # limit (serving.py); no WebSocket routes, so no upgrades.
+            http=f"{__package__}.serving:BoundedHttpProtocol",
+            ws="none",
+            server_header=False,
             lifespan="on",
             log_config=None,  # serve_app configures logging in each worker
             log_level="info",

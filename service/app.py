@@ -407,6 +407,10 @@ def create_app(settings: Settings | None = None, **gate_options: Any) -> Quart:
     from .api.home import home_bp
 
     app = Quart("tokengate")
+    # werkzeug answers a path with doubled slashes (/auth//me) with a redirect
+    # to an absolute URL built from the request's Host: a redirect anyone can
+    # point at another site. Such a path is a 404 here (set before any route).
+    app.url_map.merge_slashes = False
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     TokenGate(app, settings=settings, **gate_options)
     app.register_blueprint(home_bp)

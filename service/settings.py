@@ -74,6 +74,11 @@ class Settings:
     # Let a session seen live a moment ago through without waiting for Redis
     # (store/near.py); every end then waits for each instance to drop it.
     near_cache: bool = False
+    # ``serve`` only (serving.py): how long a request's headers, then its body,
+    # may take to arrive, and the open connections per worker.
+    header_timeout: int = 10
+    body_timeout: int = 30
+    max_connections: int = 1000
 
     def __post_init__(self) -> None:
         problems = _check(self)
@@ -256,6 +261,9 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "login_window": _seconds,
     "reset_ttl": _seconds,
     "fresh_ttl": _seconds,
+    "header_timeout": _seconds,
+    "body_timeout": _seconds,
+    "max_connections": _seconds,
     "algorithm": _algorithm,
     "cookie_samesite": _samesite,
     "cookie_secure": _cookie_secure,
@@ -282,9 +290,14 @@ def _check(s: Settings) -> list[str]:
 
     if s.secret_key is not None and len(s.secret_key.encode()) < MIN_SECRET_BYTES:
         bad("secret_key", f"must be at least {MIN_SECRET_BYTES} bytes")
-    for name in ("access_ttl", "refresh_ttl", "session_max_age", "login_window", "reset_ttl"):
+    for name in (
+        "access_ttl", "refresh_ttl", "session_max_age", "login_window", "reset_ttl",
+        "header_timeout", "body_timeout",
+    ):  # fmt: skip
         if getattr(s, name) < 1:
             bad(name, "must be at least 1 second")
+    if s.max_connections < 1:
+        bad("max_connections", "must be at least 1")
     if s.access_ttl > s.refresh_ttl:
         bad("access_ttl", "must not be longer than TOKENGATE_REFRESH_TTL")
     if s.login_max_failures < 1:

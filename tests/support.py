@@ -7,6 +7,7 @@ import contextlib
 import glob
 import inspect
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -295,11 +296,15 @@ class PostgresServer:
 class ServiceProcess:
     """``python -m service serve`` in a child process, on a free port."""
 
-    def __init__(self, env: dict[str, str], workdir: Path, workers: int = 1) -> None:
+    def __init__(
+        self, env: dict[str, str], workdir: Path, workers: int = 1, file_limit: int | None = None
+    ) -> None:
         self.port = free_port()
         self.workdir = workdir
         self.env = env
         self.workers = workers
+        # RLIMIT_NOFILE (soft and hard) of the service, as a small machine might have it.
+        self.file_limit = file_limit
         self.process: subprocess.Popen[bytes] | None = None
         self.log = workdir / "service.log"
 
@@ -339,7 +344,12 @@ class ServiceProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=self._limit_files if self.file_limit else None,
             )
+
+    def _limit_files(self) -> None:
+        assert self.file_limit is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.file_limit, self.file_limit))
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Wait until ``/healthz`` answers 200; raise with the log if it exits or never does."""

@@ -55,6 +55,9 @@ def test_every_variable_is_read():
         "TOKENGATE_INTROSPECTION_CLIENTS": "api:s3cret, billing:other:colon",
         "TOKENGATE_LOG_FORMAT": "JSON",
         "TOKENGATE_NEAR_CACHE": "true",
+        "TOKENGATE_HEADER_TIMEOUT": "5",
+        "TOKENGATE_BODY_TIMEOUT": "7",
+        "TOKENGATE_MAX_CONNECTIONS": "250",
     }
     s = Settings.from_env(env, dotenv=None)
     assert (s.algorithm, s.fresh_ttl) == ("HS256", 30)
@@ -80,6 +83,7 @@ def test_every_variable_is_read():
     assert s.redis_url == "redis://127.0.0.1:6379/3"
     assert s.log_format == "json"
     assert s.near_cache
+    assert (s.header_timeout, s.body_timeout, s.max_connections) == (5, 7, 250)
     names = {f"TOKENGATE_{f.name.upper()}" for f in dataclasses.fields(Settings)}
     assert names == set(env)
 
@@ -93,6 +97,9 @@ def test_every_bad_value_is_named_on_its_own_line():
         "TOKENGATE_LEEWAY": "-1",
         "TOKENGATE_LOG_FORMAT": "xml",
         "TOKENGATE_ACESS_TTL": "60",
+        "TOKENGATE_HEADER_TIMEOUT": "0",
+        "TOKENGATE_BODY_TIMEOUT": "soon",
+        "TOKENGATE_MAX_CONNECTIONS": "0",
     }
     with pytest.raises(SettingsError) as info:
         Settings.from_env(env, dotenv=None)
