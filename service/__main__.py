@@ -2,7 +2,8 @@
 
 tokengate serve runs the service; tokengate db upgrade applies the migrations;
 tokengate users ... and tokengate sessions ... administer accounts and sessions;
-tokengate keys rotate rotates the signing keys.
+tokengate keys rotate rotates the signing keys; tokengate keys rewrap moves them to a new
+key-encryption key.
 Settings come from TOKENGATE_* variables.
 """
 
@@ -17,7 +18,13 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from .admin_cli import CommandError, add_admin_commands, load_settings, migrate
+from .admin_cli import (
+    CommandError,
+    add_admin_commands,
+    add_rewrap_command,
+    load_settings,
+    migrate,
+)
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -60,9 +67,11 @@ def _metrics_dir(settings: Settings) -> None:
 
     from .metrics import MULTIPROC_ENV
 
+    from .instance import private_dir
+
     directory = (settings.instance_dir / "prometheus").resolve()
     shutil.rmtree(directory, ignore_errors=True)
-    directory.mkdir(parents=True)
+    private_dir(directory)
     os.environ[MULTIPROC_ENV] = str(directory)
 
 
@@ -106,12 +115,16 @@ async def _prepare_keys(settings: Settings) -> None:
     from .db.engine import build_engine, build_sessionmaker
     from .keys import KeyRing
 
+    from .sealing import SealingError
+
     engine = build_engine(settings.sqlalchemy_url)
     try:
         legacy = None
         if settings.algorithm == "HS256":
             legacy = read_legacy_secret(settings.instance_dir)
         await KeyRing(settings, build_sessionmaker(engine), time.time).load(legacy)
+    except SealingError as exc:
+        raise CommandError(str(exc)) from None
     finally:
         await engine.dispose()
 
@@ -121,6 +134,7 @@ def cmd_keys_rotate(_: argparse.Namespace) -> int:
 
     from .db.engine import build_engine, build_sessionmaker
     from .keys import ACTIVATION_DELAY, ensure_keys, rotate_keys
+    from .sealing import SealingError, load_keks
 
     settings = load_settings()
     if settings.secret_key is not None:
@@ -131,13 +145,17 @@ def cmd_keys_rotate(_: argparse.Namespace) -> int:
         )
         return 1
     migrate(settings)
+    try:
+        keks = load_keks(settings)
+    except SealingError as exc:
+        raise CommandError(str(exc)) from None
 
     async def rotate() -> str:
         engine = build_engine(settings.sqlalchemy_url)
         try:
             sessions = build_sessionmaker(engine)
-            await ensure_keys(sessions, settings.algorithm, time.time())
-            return (await rotate_keys(sessions, settings, time.time())).kid
+            await ensure_keys(sessions, settings.algorithm, time.time(), keks)
+            return (await rotate_keys(sessions, settings, time.time(), keks)).kid
         finally:
             await engine.dispose()
 
@@ -153,8 +171,13 @@ def cmd_keys_rotate(_: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .store.embedded import EmbeddedRedis
 
+    from . import instance
+
     settings = load_settings()
-    settings.instance_dir.mkdir(parents=True, exist_ok=True)
+    # Everything this process and its workers write (the database, the
+    # private Redis's files, metrics, the outbox) is for the service alone.
+    os.umask(0o077)
+    instance.prepare(settings)
     _metrics_dir(settings)
     _logging(settings)
     migrate(settings)
@@ -222,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     rotate = keys_sub.add_parser("rotate", help="sign with a new key from a few seconds on")
     rotate.set_defaults(func=cmd_keys_rotate)
+    add_rewrap_command(keys_sub)
     return parser
 
 

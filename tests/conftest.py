@@ -29,7 +29,7 @@ from quart_tokengate.service.db.migrate import downgrade, upgrade
 from quart_tokengate.service.passwords import Passwords
 from quart_tokengate.service.testing import FAST_HASHER
 
-from .support import SECRET, PostgresServer, PrivateRedis, bearer
+from .support import KEK, SECRET, PostgresServer, PrivateRedis, bearer
 
 DATABASES = ["sqlite"] + (["postgresql"] if os.environ.get("TOKENGATE_TEST_DATABASE_URL") else [])
 
@@ -134,6 +134,7 @@ async def make_app(
     async def factory(clock: Callable[[], float] = time.time, **overrides: Any) -> Quart:
         values: dict[str, Any] = {
             "secret_key": SECRET,
+            "key_encryption_key": KEK,
             "redis_url": redis_url,
             "database_url": database_url,
             "instance_dir": tmp_path / "instance",

@@ -7,6 +7,9 @@ import pytest
 
 from quart_tokengate.service.settings import Settings, SettingsError
 
+KEK = "q" * 42 + "o"  # 32 bytes in base64url
+OLD_KEK = "A" * 42 + "E"
+
 
 def test_defaults_match_the_contract():
     s = Settings.from_env({}, dotenv=None)
@@ -55,8 +58,12 @@ def test_every_variable_is_read():
         "TOKENGATE_INTROSPECTION_CLIENTS": "api:s3cret, billing:other:colon",
         "TOKENGATE_LOG_FORMAT": "JSON",
         "TOKENGATE_NEAR_CACHE": "true",
+        "TOKENGATE_KEY_ENCRYPTION_KEY": KEK,
+        "TOKENGATE_OLD_KEY_ENCRYPTION_KEY": f"{OLD_KEK}, {KEK}=",
     }
     s = Settings.from_env(env, dotenv=None)
+    assert s.key_encryption_key == KEK and s.old_key_encryption_key == (OLD_KEK, KEK + "=")
+    assert KEK not in repr(s) and OLD_KEK not in repr(s)
     assert (s.algorithm, s.fresh_ttl) == ("HS256", 30)
     assert (s.cookie_domain, s.cookie_samesite, s.cookie_secure) == (
         "example.com",
@@ -175,3 +182,16 @@ def test_cluster_and_proxy_settings_are_checked():
         with pytest.raises(SettingsError) as info:
             Settings.from_env(env, dotenv=None)
         assert len(str(info.value).splitlines()) == 1, info.value
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["q" * 42, "q" * 44, "q" * 42 + "!", "short", "é" * 43, "q" * 42 + "r"],
+)
+def test_a_key_encryption_key_that_is_not_32_bytes_of_base64url_is_refused_without_echo(value):
+    for name in ("TOKENGATE_KEY_ENCRYPTION_KEY", "TOKENGATE_OLD_KEY_ENCRYPTION_KEY"):
+        with pytest.raises(SettingsError) as info:
+            Settings.from_env({name: value}, dotenv=None)
+        [line] = info.value.problems
+        assert line.startswith(f"{name}: expected 32 bytes in base64url")
+        assert value not in line
