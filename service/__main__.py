@@ -65,9 +65,8 @@ def _metrics_dir(settings: Settings) -> None:
     """
     import shutil
 
-    from .metrics import MULTIPROC_ENV
-
     from .instance import private_dir
+    from .metrics import MULTIPROC_ENV
 
     directory = (settings.instance_dir / "prometheus").resolve()
     shutil.rmtree(directory, ignore_errors=True)
@@ -114,7 +113,6 @@ async def _prepare_keys(settings: Settings) -> None:
     from .app import read_legacy_secret
     from .db.engine import build_engine, build_sessionmaker
     from .keys import KeyRing
-
     from .sealing import SealingError
 
     engine = build_engine(settings.sqlalchemy_url)
@@ -169,9 +167,8 @@ def cmd_keys_rotate(_: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .store.embedded import EmbeddedRedis
-
     from . import instance
+    from .store.embedded import EmbeddedRedis
 
     settings = load_settings()
     # Everything this process and its workers write (the database, the

@@ -51,9 +51,7 @@ def embedded(tmp_path: Path):
         service.stop()
 
 
-def test_serve_keeps_its_instance_private_and_tokens_survive_restart_and_rewrap(
-    embedded, tmp_path
-):
+def test_serve_keeps_its_instance_private_and_tokens_survive_restart_and_rewrap(embedded, tmp_path):
     instance = tmp_path / "instance"
     service = embedded()
     with httpx.Client(base_url=service.base_url, timeout=10) as http:

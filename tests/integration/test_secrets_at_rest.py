@@ -1,4 +1,4 @@
-"""Secrets at rest: stored signing keys wrapped under a key-encryption key, a private instance folder.
+"""Secrets at rest: signing keys wrapped under a key-encryption key, a private instance folder.
 
 A database dump alone (every column of every row, the SQLite file's bytes)
 must not hold key material that signs a token the service accepts.
@@ -7,9 +7,11 @@ must not hold key material that signs a token the service accepts.
 from __future__ import annotations
 
 import base64
+import contextlib
 import secrets
 import stat
 from datetime import UTC, datetime
+from pathlib import Path
 
 import jwt
 import pytest
@@ -70,7 +72,7 @@ async def insert_plain_key(database_url, algorithm: str) -> tuple[str, str]:
                     public_key=public,
                     created_at=datetime(2026, 1, 1, tzinfo=UTC),
                     retired_at=None,
-                )  # fmt: skip
+                )
             )
             await db.commit()
     finally:
@@ -84,10 +86,8 @@ def forgeries(claims: dict, kid: str, algorithm: str, columns: list[str]) -> lis
     for value in columns:
         candidates = [value.encode()]
         for part in value.split("."):
-            try:
+            with contextlib.suppress(ValueError):
                 candidates.append(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
-            except ValueError:
-                pass
         for key in filter(None, candidates):
             if algorithm == "HS256":
                 made.append(jwt.encode(claims, key, "HS256", headers={"kid": kid, "typ": "at+jwt"}))
@@ -126,12 +126,9 @@ async def test_a_database_dump_holds_no_key_material_that_can_forge_a_token(
     assert not any(material in c.encode() for c in columns)
     assert "PRIVATE KEY" not in row.secret
     if database_url.startswith("sqlite"):
-        path = database_url.removeprefix("sqlite+aiosqlite:///")
-        dump = b"".join(
-            open(p, "rb").read()  # noqa: ASYNC230 - a test reading a small file
-            for p in (path, path + "-wal")
-            if __import__("os").path.exists(p)
-        )
+        path = Path(database_url.removeprefix("sqlite+aiosqlite:///"))
+        files = (path, path.with_name(path.name + "-wal"))
+        dump = b"".join(p.read_bytes() for p in files if p.exists())
         assert material not in dump and b"PRIVATE KEY" not in dump
     claims = jwt.decode(pair["access_token"], options={"verify_signature": False})
     claims = {**claims, "name": "mallory", "exp": claims["exp"] + 60}
