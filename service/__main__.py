@@ -90,7 +90,15 @@ def _log_start(args: argparse.Namespace, settings: Settings, redis: str) -> None
         "refresh_ttl": settings.refresh_ttl,
         "idle_timeout": settings.idle_timeout,
         "max_sessions": settings.max_sessions,
-        "signing_key": "TOKENGATE_SECRET_KEY" if settings.secret_key else "instance file",
+        "signing_key": "TOKENGATE_SECRET_KEY" if settings.secret_key else "database",
+        # Where the KEK of the keys in the database comes from (never the key).
+        "key_encryption_key": (
+            "-"
+            if settings.secret_key
+            else "TOKENGATE_KEY_ENCRYPTION_KEY"
+            if settings.key_encryption_key
+            else "instance file"
+        ),
         "log_format": settings.log_format,
     }
     log.info("tokengate serving on %s", fields["address"], extra={"fields": fields})

@@ -79,6 +79,7 @@ def _run(work: Callable[[TokenGate], Awaitable[int]]) -> int:
     """Start the extension, run ``work`` on it, and turn failures into one line."""
     from .admin import AdminError
     from .errors import ApiError, describe, is_infrastructure_failure
+    from .sealing import SealingError
 
     settings = load_settings()
 
@@ -88,7 +89,7 @@ def _run(work: Callable[[TokenGate], Awaitable[int]]) -> int:
 
     try:
         return asyncio.run(main())
-    except (AdminError, CommandError) as exc:
+    except (AdminError, CommandError, SealingError) as exc:
         raise CommandError(str(exc)) from exc
     except ApiError as exc:
         raise CommandError(str(exc.description)) from exc

@@ -112,7 +112,7 @@ def test_keys_commands_on_a_database_of_its_own_without_a_kek_name_the_setting(t
         "TOKENGATE_INSTANCE_DIR": str(tmp_path / "instance"),
         "TOKENGATE_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'own.db'}",
     }
-    for command in (["keys", "rewrap"], ["keys", "rotate"]):
+    for command in (["keys", "rewrap"], ["keys", "rotate"], ["users", "list"]):
         r = cli(command, env, tmp_path)
         assert r.returncode == 1
         assert r.stderr.count("\n") == 1
