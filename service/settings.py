@@ -56,6 +56,8 @@ class Settings:
     max_sessions: int = 0
     token_location: tuple[str, ...] = ("headers",)
     implicit_refresh: bool = False
+    # How long after ``exp`` an expired access token may still be renewed (None: the grace).
+    implicit_refresh_window: int | None = None
     leeway: int = 0
     allow_registration: bool = True
     password_min_length: int = 8
@@ -131,6 +133,13 @@ class Settings:
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.instance_dir / 'tokengate.db').resolve()}"
+
+    @property
+    def renewal_window(self) -> int:
+        """Seconds after ``exp`` (and the leeway) during which implicit refresh renews a token."""
+        if self.implicit_refresh_window is None:
+            return self.refresh_grace
+        return self.implicit_refresh_window
 
     @property
     def use_headers(self) -> bool:
@@ -259,6 +268,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "idle_timeout": _seconds,
     "session_max_age": _seconds,
     "refresh_grace": _seconds,
+    "implicit_refresh_window": _seconds,
     "max_sessions": _seconds,
     "leeway": _seconds,
     "password_min_length": _seconds,

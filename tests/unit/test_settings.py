@@ -18,6 +18,9 @@ def test_defaults_match_the_contract():
     assert (s.session_max_age, s.refresh_grace, s.max_sessions) == (2_592_000, 10, 0)
     assert s.token_location == ("headers",)
     assert s.implicit_refresh is False and s.allow_registration is True
+    # Implicit refresh renews a token within the refresh grace after exp, unless told.
+    assert s.implicit_refresh_window is None and s.renewal_window == s.refresh_grace == 10
+    assert Settings(refresh_grace=3).renewal_window == 3
     assert (s.leeway, s.password_min_length) == (0, 8)
     assert (s.login_max_failures, s.login_window, s.reset_ttl) == (10, 900, 900)
     assert s.instance_dir == Path("instance")
@@ -39,6 +42,7 @@ def test_every_variable_is_read():
         "TOKENGATE_MAX_SESSIONS": "1",
         "TOKENGATE_TOKEN_LOCATION": "cookies,headers",
         "TOKENGATE_IMPLICIT_REFRESH": "true",
+        "TOKENGATE_IMPLICIT_REFRESH_WINDOW": "20",
         "TOKENGATE_LEEWAY": "2",
         "TOKENGATE_ALLOW_REGISTRATION": "false",
         "TOKENGATE_PASSWORD_MIN_LENGTH": "12",
@@ -77,6 +81,7 @@ def test_every_variable_is_read():
     assert (s.refresh_grace, s.max_sessions, s.leeway) == (3, 1, 2)
     assert s.token_location == ("cookies", "headers") and s.use_cookies and s.use_headers
     assert s.implicit_refresh and not s.allow_registration
+    assert s.implicit_refresh_window == s.renewal_window == 20
     assert (s.password_min_length, s.login_max_failures, s.login_window, s.reset_ttl) == (
         12, 3, 60, 120,
     )  # fmt: skip
@@ -98,6 +103,7 @@ def test_every_bad_value_is_named_on_its_own_line():
         "TOKENGATE_TOKEN_LOCATION": "query",
         "TOKENGATE_REDIS_URL": "localhost:6379",
         "TOKENGATE_LEEWAY": "-1",
+        "TOKENGATE_IMPLICIT_REFRESH_WINDOW": "a minute",
         "TOKENGATE_LOG_FORMAT": "xml",
         "TOKENGATE_ACESS_TTL": "60",
     }
