@@ -377,7 +377,9 @@ class KeyRing:
                 await self.load()
             except Exception as exc:  # the keys in hand keep working; try again soon
                 if not self._failing:
-                    log.warning("could not re-read the signing keys: %s", type(exc).__name__)
+                    # A KEK problem says which key and KEK (never key material).
+                    why = str(exc) if isinstance(exc, sealing.SealingError) else type(exc).__name__
+                    log.warning("could not re-read the signing keys: %s", why)
                 self._failing = True
             else:
                 if self._failing:

@@ -184,6 +184,7 @@ async def test_rewrap_moves_every_key_to_a_new_kek_plain_text_ones_too(
     await keys.rotate_keys(gate.db, gate.settings, clock(), old)
     plain_kid, _ = await insert_plain_key(database_url, "HS256")  # another algorithm's key
     before = {r.kid: r.secret for r in await rows_of(database_url)}
+    assert not sealing.is_wrapped(before[plain_kid])
 
     new = KeyEncryptionKeys(KeyEncryptionKey.from_text(NEW_KEK), (old.current,))
     assert await keys.rewrap_keys(gate.db, new) == (3, 3)
