@@ -202,6 +202,26 @@ async def test_rewrap_moves_every_key_to_a_new_kek_plain_text_ones_too(
         await make_app(secret_key=None, algorithm="EdDSA")  # the old KEK alone
 
 
+async def test_an_instance_given_a_new_kek_and_the_old_one_reads_both_and_wraps_with_the_new(
+    make_app, database_url
+):
+    # Step 1 of a rotation: instances restarted with the new KEK and the old one beside it.
+    first = await make_app(secret_key=None, algorithm="EdDSA")
+    pair = await register_and_login(first.test_client())
+    both = {"key_encryption_key": NEW_KEK, "old_key_encryption_key": (KEK,)}
+    second = await make_app(secret_key=None, algorithm="EdDSA", **both)
+    assert await me(second.test_client(), pair) == 200
+    gate = gate_of(second)
+    keks = gate.keyring.key_encryption_keys
+    assert keks.current.id == KeyEncryptionKey.from_text(NEW_KEK).id
+    new = await keys.rotate_keys(gate.db, gate.settings, gate.clock(), keks)
+    under = {r.kid: sealing.wrapped_under(r.secret) for r in await rows_of(database_url)}
+    assert under[new.kid] == keks.current.id
+    assert set(under.values()) == {keks.current.id, KeyEncryptionKey.from_text(KEK).id}
+    third = await make_app(secret_key=None, algorithm="EdDSA", **both)
+    assert await me(third.test_client(), pair) == 200
+
+
 async def test_rewrap_changes_nothing_when_a_key_does_not_unwrap(make_app, database_url):
     app = await make_app(secret_key=None)
     gate = gate_of(app)
