@@ -2,7 +2,8 @@
 
 tokengate serve runs the service; tokengate db upgrade applies the migrations;
 tokengate users ... and tokengate sessions ... administer accounts and sessions;
-tokengate keys rotate rotates the signing keys.
+tokengate keys rotate rotates the signing keys; tokengate keys rewrap moves them to a new
+key-encryption key.
 Settings come from TOKENGATE_* variables.
 """
 
@@ -16,7 +17,13 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
 
-from .admin_cli import CommandError, add_admin_commands, load_settings, migrate
+from .admin_cli import (
+    CommandError,
+    add_admin_commands,
+    add_rewrap_command,
+    load_settings,
+    migrate,
+)
 
 if TYPE_CHECKING:
     from quart import Quart
@@ -65,11 +72,12 @@ def _metrics_dir(settings: Settings) -> None:
     """
     import shutil
 
+    from .instance import private_dir
     from .metrics import MULTIPROC_ENV
 
     directory = (settings.instance_dir / "prometheus").resolve()
     shutil.rmtree(directory, ignore_errors=True)
-    directory.mkdir(parents=True)
+    private_dir(directory)
     os.environ[MULTIPROC_ENV] = str(directory)
 
 
@@ -92,7 +100,15 @@ def _log_start(args: argparse.Namespace, settings: Settings, redis: str) -> None
         "header_timeout": settings.header_timeout,
         "body_timeout": settings.body_timeout,
         "max_connections": settings.max_connections,
-        "signing_key": "TOKENGATE_SECRET_KEY" if settings.secret_key else "instance file",
+        "signing_key": "TOKENGATE_SECRET_KEY" if settings.secret_key else "database",
+        # Where the KEK of the keys in the database comes from (never the key).
+        "key_encryption_key": (
+            "-"
+            if settings.secret_key
+            else "TOKENGATE_KEY_ENCRYPTION_KEY"
+            if settings.key_encryption_key
+            else "instance file"
+        ),
         "log_format": settings.log_format,
     }
     log.info("tokengate serving on %s", fields["address"], extra={"fields": fields})
@@ -147,6 +163,7 @@ async def _prepare_keys(settings: Settings) -> None:
     from .app import read_legacy_secret
     from .db.engine import build_engine, build_sessionmaker
     from .keys import KeyRing
+    from .sealing import SealingError
 
     engine = build_engine(settings.sqlalchemy_url)
     try:
@@ -154,6 +171,8 @@ async def _prepare_keys(settings: Settings) -> None:
         if settings.algorithm == "HS256":
             legacy = read_legacy_secret(settings.instance_dir)
         await KeyRing(settings, build_sessionmaker(engine), time.time).load(legacy)
+    except SealingError as exc:
+        raise CommandError(str(exc)) from None
     finally:
         await engine.dispose()
 
@@ -164,6 +183,7 @@ def cmd_keys_rotate(_: argparse.Namespace) -> int:
 
     from .db.engine import build_engine, build_sessionmaker
     from .keys import ACTIVATION_DELAY, ensure_keys, rotate_keys
+    from .sealing import SealingError, load_keks
 
     settings = load_settings()
     if settings.secret_key is not None:
@@ -174,13 +194,17 @@ def cmd_keys_rotate(_: argparse.Namespace) -> int:
         )
         return 1
     migrate(settings)
+    try:
+        keks = load_keks(settings)
+    except SealingError as exc:
+        raise CommandError(str(exc)) from None
 
     async def rotate() -> str:
         engine = build_engine(settings.sqlalchemy_url)
         try:
             sessions = build_sessionmaker(engine)
-            await ensure_keys(sessions, settings.algorithm, time.time())
-            return (await rotate_keys(sessions, settings, time.time())).kid
+            await ensure_keys(sessions, settings.algorithm, time.time(), keks)
+            return (await rotate_keys(sessions, settings, time.time(), keks)).kid
         finally:
             await engine.dispose()
 
@@ -229,9 +253,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     check_address(args.host, args.port)
+    from . import instance
     from .store.embedded import EmbeddedRedis
 
-    settings.instance_dir.mkdir(parents=True, exist_ok=True)
+    # Everything this process and its workers write (the database, the
+    # private Redis's files, metrics, the outbox) is for the service alone.
+    os.umask(0o077)
+    instance.prepare(settings)
     _metrics_dir(settings)
     _logging(settings)
     _log_applied(migrate(settings))
@@ -346,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     rotate = keys_sub.add_parser("rotate", help="sign with a new key from a few seconds on")
     rotate.set_defaults(func=cmd_keys_rotate)
+    add_rewrap_command(keys_sub)
     return parser
 
 

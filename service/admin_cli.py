@@ -41,10 +41,11 @@ def migrate(settings: Settings) -> list[Applied]:
 
     Returns the revisions applied, oldest first (none when already at the latest).
     """
+    from . import instance
     from .db.migrate import upgrade
     from .errors import describe, mask_url
 
-    settings.instance_dir.mkdir(parents=True, exist_ok=True)
+    instance.prepare(settings)
     try:
         return upgrade(settings.sqlalchemy_url)
     except Exception as exc:
@@ -101,6 +102,7 @@ def _run(work: Callable[[TokenGate], Awaitable[int]]) -> int:
 
     from .admin import AdminError
     from .errors import ApiError, describe, is_infrastructure_failure
+    from .sealing import SealingError
 
     settings = load_settings()
 
@@ -110,7 +112,7 @@ def _run(work: Callable[[TokenGate], Awaitable[int]]) -> int:
 
     try:
         return asyncio.run(main())
-    except (AdminError, CommandError) as exc:
+    except (AdminError, CommandError, SealingError) as exc:
         raise CommandError(str(exc)) from exc
     except ApiError as exc:
         raise CommandError(str(exc.description)) from exc
@@ -274,6 +276,60 @@ def cmd_sessions_end(args: argparse.Namespace) -> int:
         return 0
 
     return _run(work)
+
+
+def cmd_keys_rewrap(args: argparse.Namespace) -> int:
+    """Move every stored signing key to the current key-encryption key."""
+    import asyncio
+    from pathlib import Path
+
+    from .db.engine import build_engine, build_sessionmaker
+    from .errors import describe, is_infrastructure_failure
+    from .keys import rewrap_keys
+    from .sealing import SealingError, load_keks
+
+    settings = load_settings()
+    migrate(settings)
+
+    async def rewrap() -> tuple[int, int]:
+        engine = build_engine(settings.sqlalchemy_url)
+        try:
+            return await rewrap_keys(build_sessionmaker(engine), keks)
+        finally:
+            await engine.dispose()
+
+    try:
+        keks = load_keks(settings, [Path(p) for p in args.from_file])
+        moved, stored = asyncio.run(rewrap())
+    except SealingError as exc:
+        raise CommandError(str(exc)) from None
+    except Exception as exc:
+        if is_infrastructure_failure(exc):
+            raise CommandError(f"the database cannot be reached: {describe(exc)}") from exc
+        raise
+    print(
+        f"{stored} signing keys wrapped under key-encryption key {keks.current.id} "
+        f"({moved} moved to it); no stored key needs an older key-encryption key now"
+    )
+    return 0
+
+
+def add_rewrap_command(keys_sub: Any) -> None:
+    """Add ``keys rewrap`` to the ``tokengate keys`` commands."""
+    rewrap = keys_sub.add_parser(
+        "rewrap",
+        help="wrap every stored signing key under TOKENGATE_KEY_ENCRYPTION_KEY (or the "
+        "instance's key file), reading them with it, TOKENGATE_OLD_KEY_ENCRYPTION_KEY "
+        "and --from-file",
+    )
+    rewrap.add_argument(
+        "--from-file",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a file holding an older key-encryption key (base64url); may be repeated",
+    )
+    rewrap.set_defaults(func=cmd_keys_rewrap)
 
 
 FROM_STDIN_HELP = "read the password from one line of standard input instead of prompting"

@@ -18,7 +18,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from . import keys
+from . import instance, keys
 from .accounts import Accounts
 from .api.docs import docs_bp
 from .db.engine import build_engine, build_sessionmaker
@@ -330,7 +330,7 @@ class TokenGate:
         url = settings.sqlalchemy_url
         embedded = settings.database_url is None
         if embedded:
-            await asyncio.to_thread(settings.instance_dir.mkdir, parents=True, exist_ok=True)
+            await asyncio.to_thread(instance.prepare, settings)
         try:
             async with engine.connect() as conn:
                 state, current = await conn.run_sync(schema_state)

@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
+from .sealing import decode_kek
+
 PREFIX = "TOKENGATE_"
 TOKEN_LOCATIONS = frozenset({"headers", "cookies"})
 MIN_SECRET_BYTES = 32
@@ -40,6 +42,10 @@ class Settings:
     """The service's configuration; durations are whole seconds."""
 
     secret_key: str | None = field(default=None, repr=False)
+    # Wraps the signing keys stored in the database (sealing.py): 32 bytes, base64url.
+    key_encryption_key: str | None = field(default=None, repr=False)
+    # Earlier KEKs, which unwrap only: for moving to a new one (``keys rewrap``).
+    old_key_encryption_key: tuple[str, ...] = field(default=(), repr=False)
     issuer: str = "tokengate"
     audience: str = "tokengate"
     access_ttl: int = 300
@@ -50,6 +56,8 @@ class Settings:
     max_sessions: int = 0
     token_location: tuple[str, ...] = ("headers",)
     implicit_refresh: bool = False
+    # How long after ``exp`` an expired access token may still be renewed (None: the grace).
+    implicit_refresh_window: int | None = None
     leeway: int = 0
     allow_registration: bool = True
     password_min_length: int = 8
@@ -132,6 +140,13 @@ class Settings:
         return f"sqlite+aiosqlite:///{(self.instance_dir / 'tokengate.db').resolve()}"
 
     @property
+    def renewal_window(self) -> int:
+        """Seconds after ``exp`` (and the leeway) during which implicit refresh renews a token."""
+        if self.implicit_refresh_window is None:
+            return self.refresh_grace
+        return self.implicit_refresh_window
+
+    @property
     def use_headers(self) -> bool:
         return "headers" in self.token_location
 
@@ -209,6 +224,10 @@ def _clients(raw: str) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+def _keks(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
 def _redis_url(raw: str) -> str:
     if not raw.startswith(("redis://", "rediss://", "unix://")):
         raise ValueError("expected a redis://, rediss:// or unix:// URL")
@@ -254,6 +273,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "idle_timeout": _seconds,
     "session_max_age": _seconds,
     "refresh_grace": _seconds,
+    "implicit_refresh_window": _seconds,
     "max_sessions": _seconds,
     "leeway": _seconds,
     "password_min_length": _seconds,
@@ -269,6 +289,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "cookie_secure": _cookie_secure,
     "cookie_domain": _cookie_domain,
     "introspection_clients": _clients,
+    "old_key_encryption_key": _keks,
     "implicit_refresh": _bool,
     "allow_registration": _bool,
     "redis_cluster": _bool,
@@ -290,6 +311,16 @@ def _check(s: Settings) -> list[str]:
 
     if s.secret_key is not None and len(s.secret_key.encode()) < MIN_SECRET_BYTES:
         bad("secret_key", f"must be at least {MIN_SECRET_BYTES} bytes")
+    for name, keks in (
+        ("key_encryption_key", () if s.key_encryption_key is None else (s.key_encryption_key,)),
+        ("old_key_encryption_key", s.old_key_encryption_key),
+    ):
+        for kek in keks:
+            try:
+                decode_kek(kek)
+            except ValueError as exc:  # the message never quotes the value: it is a secret
+                bad(name, str(exc))
+                break
     for name in (
         "access_ttl", "refresh_ttl", "session_max_age", "login_window", "reset_ttl",
         "header_timeout", "body_timeout",

@@ -33,7 +33,7 @@ from quart_tokengate.service.db.migrate import downgrade, upgrade
 from quart_tokengate.service.passwords import Passwords
 from quart_tokengate.service.testing import FAST_HASHER
 
-from .support import SECRET, PostgresServer, PrivateRedis, bearer, postgres_answers
+from .support import KEK, SECRET, PostgresServer, PrivateRedis, bearer, postgres_answers
 
 DATABASES = ["sqlite", "postgresql"]
 DATABASE_ENV = "TOKENGATE_TEST_DATABASE_URL"
@@ -161,6 +161,7 @@ async def make_app(
     async def factory(clock: Callable[[], float] = time.time, **overrides: Any) -> Quart:
         values: dict[str, Any] = {
             "secret_key": SECRET,
+            "key_encryption_key": KEK,
             "redis_url": redis_url,
             "database_url": database_url,
             "instance_dir": tmp_path / "instance",

@@ -52,6 +52,8 @@ T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "test-signing-key-" + "k" * 40
+# The key-encryption key of test services and apps whose signing keys are stored.
+KEK = "test-key-encryption-key-" + "K" * 18 + "A"
 
 
 def bearer(token: str | Mapping[str, Any]) -> dict[str, str]:
@@ -384,6 +386,7 @@ def service_env(workdir: Path, redis_url: str, **settings: Any) -> dict[str, str
     """
     env = {
         "TOKENGATE_SECRET_KEY": SECRET,
+        "TOKENGATE_KEY_ENCRYPTION_KEY": KEK,
         "TOKENGATE_REDIS_URL": redis_url,
         "TOKENGATE_DATABASE_URL": f"sqlite+aiosqlite:///{workdir / 'tokengate.db'}",
         "TOKENGATE_INSTANCE_DIR": str(workdir / "instance"),

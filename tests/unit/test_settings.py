@@ -7,6 +7,9 @@ import pytest
 
 from quart_tokengate.service.settings import Settings, SettingsError
 
+KEK = "q" * 42 + "o"  # 32 bytes in base64url
+OLD_KEK = "A" * 42 + "E"
+
 
 def test_defaults_match_the_contract():
     s = Settings.from_env({}, dotenv=None)
@@ -15,6 +18,9 @@ def test_defaults_match_the_contract():
     assert (s.session_max_age, s.refresh_grace, s.max_sessions) == (2_592_000, 10, 0)
     assert s.token_location == ("headers",)
     assert s.implicit_refresh is False and s.allow_registration is True
+    # Implicit refresh renews a token within the refresh grace after exp, unless told.
+    assert s.implicit_refresh_window is None and s.renewal_window == s.refresh_grace == 10
+    assert Settings(refresh_grace=3).renewal_window == 3
     assert (s.leeway, s.password_min_length) == (0, 8)
     assert (s.login_max_failures, s.login_window, s.reset_ttl) == (10, 900, 900)
     assert s.instance_dir == Path("instance")
@@ -36,6 +42,7 @@ def test_every_variable_is_read():
         "TOKENGATE_MAX_SESSIONS": "1",
         "TOKENGATE_TOKEN_LOCATION": "cookies,headers",
         "TOKENGATE_IMPLICIT_REFRESH": "true",
+        "TOKENGATE_IMPLICIT_REFRESH_WINDOW": "20",
         "TOKENGATE_LEEWAY": "2",
         "TOKENGATE_ALLOW_REGISTRATION": "false",
         "TOKENGATE_PASSWORD_MIN_LENGTH": "12",
@@ -58,8 +65,12 @@ def test_every_variable_is_read():
         "TOKENGATE_HEADER_TIMEOUT": "5",
         "TOKENGATE_BODY_TIMEOUT": "7",
         "TOKENGATE_MAX_CONNECTIONS": "250",
+        "TOKENGATE_KEY_ENCRYPTION_KEY": KEK,
+        "TOKENGATE_OLD_KEY_ENCRYPTION_KEY": f"{OLD_KEK}, {KEK}=",
     }
     s = Settings.from_env(env, dotenv=None)
+    assert s.key_encryption_key == KEK and s.old_key_encryption_key == (OLD_KEK, KEK + "=")
+    assert KEK not in repr(s) and OLD_KEK not in repr(s)
     assert (s.algorithm, s.fresh_ttl) == ("HS256", 30)
     assert (s.cookie_domain, s.cookie_samesite, s.cookie_secure) == (
         "example.com",
@@ -73,6 +84,7 @@ def test_every_variable_is_read():
     assert (s.refresh_grace, s.max_sessions, s.leeway) == (3, 1, 2)
     assert s.token_location == ("cookies", "headers") and s.use_cookies and s.use_headers
     assert s.implicit_refresh and not s.allow_registration
+    assert s.implicit_refresh_window == s.renewal_window == 20
     assert (s.password_min_length, s.login_max_failures, s.login_window, s.reset_ttl) == (
         12, 3, 60, 120,
     )  # fmt: skip
@@ -95,6 +107,7 @@ def test_every_bad_value_is_named_on_its_own_line():
         "TOKENGATE_TOKEN_LOCATION": "query",
         "TOKENGATE_REDIS_URL": "localhost:6379",
         "TOKENGATE_LEEWAY": "-1",
+        "TOKENGATE_IMPLICIT_REFRESH_WINDOW": "a minute",
         "TOKENGATE_LOG_FORMAT": "xml",
         "TOKENGATE_ACESS_TTL": "60",
         "TOKENGATE_HEADER_TIMEOUT": "0",
@@ -182,3 +195,16 @@ def test_cluster_and_proxy_settings_are_checked():
         with pytest.raises(SettingsError) as info:
             Settings.from_env(env, dotenv=None)
         assert len(str(info.value).splitlines()) == 1, info.value
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["q" * 42, "q" * 44, "q" * 42 + "!", "short", "é" * 43, "q" * 42 + "r"],
+)
+def test_a_key_encryption_key_that_is_not_32_bytes_of_base64url_is_refused_without_echo(value):
+    for name in ("TOKENGATE_KEY_ENCRYPTION_KEY", "TOKENGATE_OLD_KEY_ENCRYPTION_KEY"):
+        with pytest.raises(SettingsError) as info:
+            Settings.from_env({name: value}, dotenv=None)
+        [line] = info.value.problems
+        assert line.startswith(f"{name}: expected 32 bytes in base64url")
+        assert value not in line
