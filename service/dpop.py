@@ -261,7 +261,8 @@ _AUTHORITY = re.compile(
 _PERCENT = re.compile(r"%([0-9A-Fa-f]{2})")
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 # Characters a URI path may hold as they are (RFC 3986 section 3.3); others are percent-encoded.
-_PATH_SAFE = _UNRESERVED | frozenset("!$&'()*+,;=:@/%")
+_UNSAFE_IN_PATH = re.compile(r"[^A-Za-z0-9\-._~!$&'()*+,;=:@/%]")
+_CONTROL = re.compile(r"[\x00-\x20\x7f]")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -292,7 +293,7 @@ def normalise_htu(url: str) -> str | None:
     segments removed. ``None`` for anything but an absolute http(s) URL with a
     plain host (no user info, no control characters, no stray ``%``).
     """
-    if len(url) > MAX_URL_LENGTH or any(ord(c) <= 0x20 or ord(c) == 0x7F for c in url):
+    if len(url) > MAX_URL_LENGTH or _CONTROL.search(url):
         return None
     match = _URI.match(url)
     authority = _AUTHORITY.match(match.group(2) or "") if match else None
@@ -306,13 +307,13 @@ def normalise_htu(url: str) -> str | None:
     port = "" if not port or int(port) == _DEFAULT_PORTS[scheme] else f":{int(port)}"
     if path.count("%") != len(_PERCENT.findall(path)):
         return None
-    path = "".join(c if c in _PATH_SAFE else _quote(c) for c in path)
+    path = _UNSAFE_IN_PATH.sub(_quote, path)
     path = _remove_dot_segments(_PERCENT.sub(_normalise_escape, path or "/"))
     return f"{scheme}://{host}{port}{path}"
 
 
-def _quote(char: str) -> str:
-    return "".join(f"%{b:02X}" for b in char.encode("utf-8", "surrogatepass"))
+def _quote(match: re.Match[str]) -> str:
+    return "".join(f"%{b:02X}" for b in match.group().encode("utf-8", "surrogatepass"))
 
 
 def verify_proof(

@@ -581,3 +581,19 @@ def test_fuzz_signed_proofs_of_any_shape_never_raise_anything_else(head, body, d
     assert head.get("typ") == "dpop+jwt" and head.get("alg") == "ES256"
     assert body.get("htm") == "GET" and body.get("ath") == dpop.ath(TOKEN)
     assert result.jkt == dpop.thumbprint(public_jwk(KEYS["ES256"]))
+
+
+URL_PARTS = st.text(alphabet="aA/.%2fF~é?#:@ -_", max_size=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(["http", "HTTPS", "ftp"]),
+    st.sampled_from(["Ex.com", "[::1]", "a:8080", "a:"]),
+    URL_PARTS,
+)
+def test_fuzz_htu_normalisation_is_idempotent_and_never_raises(scheme, host, rest):
+    once = dpop.normalise_htu(f"{scheme}://{host}/{rest}")
+    if once is not None:
+        assert dpop.normalise_htu(once) == once
+        assert "?" not in once and "#" not in once
