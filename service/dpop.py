@@ -1,17 +1,13 @@
 """Pure checks of DPoP proofs (RFC 9449): the proof, its key's thumbprint, ``ath``, nonces.
 
-Nothing here does I/O or reads a clock: the request's method and URL, the
-access token, the policy, the nonce key and ``now`` are passed in, as
-``tokens.py`` does for tokengate's own JWTs. What needs state is the caller's:
-the replay check of ``jti`` (Redis, in the guard's one round trip), the
-binding of a session to a key, and which nonce key is current.
+Nothing here does I/O or reads a clock: the request's method and URL, the access
+token, the policy, the nonce key and ``now`` are passed in, as in ``tokens.py``.
+The caller keeps what needs state: the replay check of ``jti`` (Redis, in the
+guard's one round trip), the key a session is bound to, the nonce key.
 
-Errors come in the house's layers: PyJWT's and ``cryptography``'s errors are
-caught here and become a :class:`DPoPError` with a stable ``error`` code
-(``invalid_dpop_proof`` or ``use_dpop_nonce``, RFC 9449 sections 7.1 and 8)
-and a reason; the caller turns it into its HTTP answer, which differs by
-place (``400`` at a token endpoint, ``401`` with ``WWW-Authenticate: DPoP``
-at a resource).
+PyJWT's and ``cryptography``'s errors become a :class:`DPoPError` with a stable
+``error`` (``invalid_dpop_proof``, ``use_dpop_nonce``) and a reason; the caller
+renders it for its place (``400`` at a token endpoint, ``401`` at a resource).
 """
 
 from __future__ import annotations
@@ -28,6 +24,8 @@ from typing import Any, ClassVar
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from jwt.algorithms import get_default_algorithms
+
+from .errors import InvalidToken
 
 # Algorithm -> the JWK key type and curves it may be used with. Asymmetric only:
 # ``none`` and the HMACs can never be configured, so no proof can name them.
@@ -434,15 +432,16 @@ def check_nonce(key: bytes, nonce: str, *, now: float, ttl: int) -> bool:
 def token_jkt(claims: dict[str, Any]) -> str | None:
     """The thumbprint a verified access token is bound to (``cnf.jkt``), or ``None``.
 
-    A ``cnf`` that is present but not ``{"jkt": "<string>", ...}`` is refused:
-    a bound token must never pass as an unbound one.
+    A ``cnf`` that is present but not ``{"jkt": "<string>", ...}`` makes the
+    token :class:`InvalidToken` (the token's fault, not the proof's): a bound
+    token must never pass as an unbound one.
     """
     if "cnf" not in claims:
         return None
     cnf = claims["cnf"]
     jkt = cnf.get("jkt") if isinstance(cnf, dict) else None
     if not isinstance(jkt, str) or not jkt:
-        raise InvalidDPoPProof("The token's confirmation claim is malformed.")
+        raise InvalidToken("The token's confirmation claim is malformed.")
     return jkt
 
 

@@ -12,6 +12,7 @@ from jwt.algorithms import get_default_algorithms
 
 from quart_tokengate.service import dpop
 from quart_tokengate.service.dpop import DPoPPolicy, InvalidDPoPProof, UseDPoPNonce
+from quart_tokengate.service.errors import InvalidToken
 
 NOW = 1_800_000_000
 URL = "https://api.example.com/notes"
@@ -459,11 +460,11 @@ def test_the_binding_compares_the_thumbprint_with_cnf_jkt():
         dpop.check_binding(result, "é")
 
 
-def test_token_jkt_reads_cnf_and_refuses_a_malformed_one():
+def test_token_jkt_reads_cnf_and_a_malformed_one_makes_the_token_invalid():
     assert dpop.token_jkt({"sub": "1"}) is None
     assert dpop.token_jkt({"cnf": {"jkt": "abc", "x5t#S256": "z"}}) == "abc"
     for cnf in (None, "abc", {"jkt": 5}, {"jkt": ""}, {}, ["abc"]):
-        with pytest.raises(InvalidDPoPProof):
+        with pytest.raises(InvalidToken):
             dpop.token_jkt({"cnf": cnf})
 
 
