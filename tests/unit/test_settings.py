@@ -237,7 +237,7 @@ def test_dpop_algorithms_built_in_code_are_checked_too():
         Settings(dpop="maybe")
 
 
-def test_the_dpop_algorithms_settings_know_are_the_verifiers():
+def test_settings_know_the_same_dpop_algorithms_as_the_verifier():
     from quart_tokengate.service import dpop, settings
 
     assert set(settings.DPOP_ALGORITHMS) == set(dpop.SUPPORTED_ALGORITHMS)
