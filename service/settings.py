@@ -27,6 +27,12 @@ MIN_SECRET_BYTES = 32
 ALGORITHMS = ("HS256", "EdDSA", "ES256", "RS256")
 SAMESITE = ("Lax", "Strict", "None")
 COOKIE_SECURE = ("auto", "true", "false")
+DPOP_MODES = ("off", "allowed", "required")
+# The DPoP proof algorithms one may allow: asymmetric only (dpop.SUPPORTED_ALGORITHMS, kept
+# here too so that reading settings loads no crypto). A proof is signed by the client's own
+# private key: ``none`` or an HMAC would let anyone who saw a proof make another.
+DPOP_ALGORITHMS = ("ES256", "ES384", "ES512", "EdDSA", "RS256", "RS384", "RS512", "PS256",
+                   "PS384", "PS512")  # fmt: skip
 
 
 class SettingsError(ValueError):
@@ -87,6 +93,12 @@ class Settings:
     header_timeout: int = 10
     body_timeout: int = 30
     max_connections: int = 1000
+    # DPoP (RFC 9449): off, allowed or required; the proof algorithms accepted; how far a
+    # proof's iat may stand from the clock, either way; whether the server demands a nonce.
+    dpop: str = "allowed"
+    dpop_algorithms: tuple[str, ...] = ("ES256", "EdDSA")
+    dpop_max_age: int = 60
+    dpop_nonce: bool = False
 
     def __post_init__(self) -> None:
         problems = _check(self)
@@ -261,6 +273,32 @@ def _log_format(raw: str) -> str:
     return lowered
 
 
+def _dpop(raw: str) -> str:
+    lowered = raw.lower()
+    if lowered not in DPOP_MODES:
+        raise ValueError(f"expected off, allowed or required, got {raw!r}")
+    return lowered
+
+
+def _dpop_algorithms(raw: str) -> tuple[str, ...]:
+    """Names separated by spaces or commas, in any case, each kept once in canonical form."""
+    canonical = {name.lower(): name for name in DPOP_ALGORITHMS}
+    found: list[str] = []
+    for part in raw.replace(",", " ").split():
+        name = canonical.get(part.lower())
+        if name is None:
+            if part.lower() == "none" or part.upper().startswith("HS"):
+                raise ValueError(
+                    f"{part} is never accepted for DPoP proofs (never none nor an HMAC)"
+                )
+            raise ValueError(f"expected some of {', '.join(DPOP_ALGORITHMS)}, got {part!r}")
+        if name not in found:
+            found.append(name)
+    if not found:
+        raise ValueError("expected at least one algorithm, such as ES256 EdDSA")
+    return tuple(found)
+
+
 def _database_url(raw: str) -> str:
     if "://" not in raw:
         raise ValueError("expected an SQLAlchemy URL such as sqlite+aiosqlite:///path.db")
@@ -300,6 +338,10 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "redis_url": _redis_url,
     "database_url": _database_url,
     "log_format": _log_format,
+    "dpop": _dpop,
+    "dpop_algorithms": _dpop_algorithms,
+    "dpop_max_age": _seconds,
+    "dpop_nonce": _bool,
 }
 
 
@@ -359,4 +401,10 @@ def _check(s: Settings) -> list[str]:
         )
     if not s.token_location or not set(s.token_location) <= TOKEN_LOCATIONS:
         bad("token_location", "expected headers, cookies or headers,cookies")
+    if s.dpop not in DPOP_MODES:
+        bad("dpop", "expected off, allowed or required")
+    if not s.dpop_algorithms or not set(s.dpop_algorithms) <= set(DPOP_ALGORITHMS):
+        bad("dpop_algorithms", f"expected some of {', '.join(DPOP_ALGORITHMS)}")
+    if s.dpop_max_age < 1:
+        bad("dpop_max_age", "must be at least 1 second")
     return problems

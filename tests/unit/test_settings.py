@@ -67,6 +67,10 @@ def test_every_variable_is_read():
         "TOKENGATE_MAX_CONNECTIONS": "250",
         "TOKENGATE_KEY_ENCRYPTION_KEY": KEK,
         "TOKENGATE_OLD_KEY_ENCRYPTION_KEY": f"{OLD_KEK}, {KEK}=",
+        "TOKENGATE_DPOP": "required",
+        "TOKENGATE_DPOP_ALGORITHMS": "ES256",
+        "TOKENGATE_DPOP_MAX_AGE": "20",
+        "TOKENGATE_DPOP_NONCE": "true",
     }
     s = Settings.from_env(env, dotenv=None)
     assert s.key_encryption_key == KEK and s.old_key_encryption_key == (OLD_KEK, KEK + "=")
@@ -96,6 +100,12 @@ def test_every_variable_is_read():
     assert s.log_format == "json"
     assert s.near_cache
     assert (s.header_timeout, s.body_timeout, s.max_connections) == (5, 7, 250)
+    assert (s.dpop, s.dpop_algorithms, s.dpop_max_age, s.dpop_nonce) == (
+        "required",
+        ("ES256",),
+        20,
+        True,
+    )
     names = {f"TOKENGATE_{f.name.upper()}" for f in dataclasses.fields(Settings)}
     assert names == set(env)
 
@@ -208,3 +218,61 @@ def test_a_key_encryption_key_that_is_not_32_bytes_of_base64url_is_refused_witho
         [line] = info.value.problems
         assert line.startswith(f"{name}: expected 32 bytes in base64url")
         assert value not in line
+
+
+def test_dpop_defaults_match_the_contract():
+    s = Settings.from_env({}, dotenv=None)
+    assert (s.dpop, s.dpop_algorithms, s.dpop_max_age, s.dpop_nonce) == (
+        "allowed", ("ES256", "EdDSA"), 60, False,
+    )  # fmt: skip
+
+
+def test_dpop_settings_are_read():
+    env = {
+        "TOKENGATE_DPOP": "Required",
+        "TOKENGATE_DPOP_ALGORITHMS": "eddsa, ES256 ps256 EdDSA",
+        "TOKENGATE_DPOP_MAX_AGE": "30",
+        "TOKENGATE_DPOP_NONCE": "true",
+    }
+    s = Settings.from_env(env, dotenv=None)
+    assert (s.dpop, s.dpop_algorithms, s.dpop_max_age, s.dpop_nonce) == (
+        "required", ("EdDSA", "ES256", "PS256"), 30, True,
+    )  # fmt: skip
+    assert Settings.from_env({"TOKENGATE_DPOP": "off"}, dotenv=None).dpop == "off"
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "says"),
+    [
+        ("TOKENGATE_DPOP", "on", "expected off, allowed or required"),
+        ("TOKENGATE_DPOP_ALGORITHMS", "none", "never none nor an HMAC"),
+        ("TOKENGATE_DPOP_ALGORITHMS", "ES256 HS256", "never none nor an HMAC"),
+        ("TOKENGATE_DPOP_ALGORITHMS", "hs512", "never none nor an HMAC"),
+        ("TOKENGATE_DPOP_ALGORITHMS", "ES256K", "expected some of ES256"),
+        ("TOKENGATE_DPOP_ALGORITHMS", " , ", "at least one algorithm"),
+        ("TOKENGATE_DPOP_MAX_AGE", "0", "at least 1 second"),
+        ("TOKENGATE_DPOP_MAX_AGE", "a minute", "whole seconds"),
+        ("TOKENGATE_DPOP_NONCE", "sometimes", "true or false"),
+    ],
+)
+def test_a_bad_dpop_setting_stops_start_up_in_one_line_naming_it(name, raw, says):
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({name: raw}, dotenv=None)
+    (line,) = str(info.value).splitlines()
+    assert line.startswith(name + ":")
+    assert says in line
+
+
+def test_dpop_algorithms_built_in_code_are_checked_too():
+    with pytest.raises(SettingsError, match="TOKENGATE_DPOP_ALGORITHMS"):
+        Settings(dpop_algorithms=("HS256",))
+    with pytest.raises(SettingsError, match="TOKENGATE_DPOP:"):
+        Settings(dpop="maybe")
+
+
+def test_settings_know_the_same_dpop_algorithms_as_the_verifier():
+    from quart_tokengate.service import dpop, settings
+
+    assert set(settings.DPOP_ALGORITHMS) == set(dpop.SUPPORTED_ALGORITHMS)
+    assert Settings().dpop_algorithms == dpop.DEFAULT_ALGORITHMS
+    assert Settings().dpop_max_age == dpop.DEFAULT_MAX_AGE
