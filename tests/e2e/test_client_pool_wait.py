@@ -123,6 +123,20 @@ def test_sync_requests_queued_past_their_tokens_expiry_are_resent_not_refused(
         event_hooks={"request": [seen.request], "response": [on_response]},
     ) as api:
         api.login(user.username, user.password)
+        lost: list[str] = []
+
+        def get() -> httpx.Response:
+            # httpcore's blocking pool, shared by many threads, now and then closes a
+            # connection under a request it has just handed it to (encode/httpcore#1110):
+            # a ReadError, never an answer of the service. Such a request is sent again.
+            for _ in range(3):
+                try:
+                    return api.get("/work")
+                except httpx.ReadError as exc:
+                    lost.append(repr(exc))
+            raise AssertionError(f"three ReadErrors in a row: {lost}")
+
         with ThreadPoolExecutor(max_workers=48) as threads:
-            answers = list(threads.map(lambda _: api.get("/work"), range(300)))
+            answers = list(threads.map(lambda _: get(), range(300)))
+    assert len(lost) < 15, lost
     seen.check(Counter(r.status_code for r in answers), 300, tokengate_clock)
