@@ -45,8 +45,10 @@ class TokenAuth(httpx.Auth):
 
     It attaches the stored access token to each request, refreshes it first
     when it is within ``refresh_margin`` seconds of expiry (never earlier than
-    half its lifetime), and on ``401 token_expired`` refreshes once and sends
-    the request once more. Concurrent requests share one refresh. ``base_url``
+    half its lifetime), and on ``401 token_expired`` sends the request again
+    with newer tokens (the newest stored, or a refresh's; a token may expire
+    while its request waits for a pooled connection). Concurrent requests
+    share one refresh. ``base_url``
     is where the ``/auth`` routes live (default: the origin of each request);
     when it, or the base URL of the client it is bound to (``bind``), is known,
     only requests to that origin carry the token or may push a new one;
@@ -140,7 +142,7 @@ class TokenAuth(httpx.Auth):
         return same_origin(url, service)
 
     def flow(self, request: httpx.Request) -> Generator[Op, Any, None]:
-        """The request flow: stamp, refresh before or after sending, retry once."""
+        """The request flow: stamp, refresh before or after sending, resend with newer tokens."""
         if not self._for_service(request.url):
             # Another host gets no token, and cannot push one.
             yield Send(request)

@@ -343,13 +343,30 @@ def obtain(
 
 
 # -- the request flow -------------------------------------------------------------
+# How many times one request is sent again after ``401 token_expired``. Each
+# resend carries tokens newer than the ones refused (the newest stored, or a
+# refresh's), so only a request that waits longer than a token's whole life
+# before it goes out (queued for a pooled connection on a loaded machine) meets
+# the answer again; the bound keeps a service that refuses every token from
+# looping.
+MAX_EXPIRED_RESENDS = 5
+
+
 def request_flow(
     request: httpx.Request, *, expiring: Callable[[Tokens], bool], can_login: bool
 ) -> Generator[Op, Any, None]:
-    """A request to the service: stamp, refresh before or after sending, retry once.
+    """A request to the service: stamp, refresh before or after sending, resend.
 
     ``expiring`` says whether tokens are due for a refresh before sending;
     ``can_login`` whether credentials can log in again when the session is over.
+
+    httpx runs this flow before the request waits for a pooled connection, so
+    a token fresh when stamped may have expired by the time it is sent. A
+    ``401 token_expired`` is therefore resent with newer tokens: the newest
+    stored ones when the refused token is not the newest (no refresh), else
+    those of one refresh, shared by every concurrent request
+    (``Renew``/``_flight.py``); up to ``MAX_EXPIRED_RESENDS`` times. Any other
+    ``401`` that new tokens can cure is resent once.
     """
     origin = origin_of(request.url)
     tokens: Tokens | None = yield Load()
@@ -364,39 +381,49 @@ def request_flow(
     resendable = make_replayable(request)
     response: httpx.Response = yield Send(stamp(request, tokens))
     yield from absorb(response, tokens)
-    if response.status_code != 401:
-        return
-    code = error_code(response)
-    fresh: Tokens | None
-    if code == TOKEN_EXPIRED:
-        fresh = yield Renew(tokens, origin, reason=code)
-    elif code in SESSION_OVER and can_login:
-        fresh = yield Renew(tokens, origin, relogin=True, reason=code)
-    elif code in SESSION_OVER:
-        # Someone logged in again since this request was stamped: use that.
-        fresh = yield Load()
-        if fresh is None or fresh == tokens:
+    expired_resends = 0
+    renewed_session = False
+    while response.status_code == 401:
+        code = error_code(response)
+        fresh: Tokens | None
+        if code == TOKEN_EXPIRED:
+            if expired_resends == MAX_EXPIRED_RESENDS:
+                return
+            expired_resends += 1
+            # Tokens newer than the refused ones: the stored ones if they are
+            # newer and usable, else one refresh for every request that needs it.
+            fresh = yield Renew(tokens, origin, reason=code)
+        elif renewed_session:
+            return  # new tokens were tried already for a session that was over
+        elif code in SESSION_OVER and can_login:
+            fresh = yield Renew(tokens, origin, relogin=True, reason=code)
+        elif code in SESSION_OVER:
+            # Someone logged in again since this request was stamped: use that.
+            fresh = yield Load()
+        elif code == FRESH_LOGIN_REQUIRED and can_login:
+            # The session is fine, but this route wants a password login just now.
+            fresh = yield Renew(tokens, origin, relogin=True, reason=code)
+        elif code == FRESH_LOGIN_REQUIRED:
+            raise FreshLoginRequired(
+                f"{request.method} {request.url.path} needs a recent password login: "
+                "log in again, then retry.",
+                code=code,
+                response=response,
+            )
+        else:
             return
-    elif code == FRESH_LOGIN_REQUIRED and can_login:
-        # The session is fine, but this route wants a password login just now.
-        fresh = yield Renew(tokens, origin, relogin=True, reason=code)
-    elif code == FRESH_LOGIN_REQUIRED:
-        raise FreshLoginRequired(
-            f"{request.method} {request.url.path} needs a recent password login: "
-            "log in again, then retry.",
-            code=code,
-            response=response,
-        )
-    else:
-        return
-    assert fresh is not None
-    if not resendable:
-        raise AuthError(
-            f"The service answered 401 {code} and this request's body is a stream that "
-            "cannot be sent twice, so it was not resent; the tokens are renewed: send "
-            "the request again with a new body.",
-            code=code,
-            response=response,
-        )
-    response = yield Send(stamp(request, fresh))
-    yield from absorb(response, fresh)
+        if fresh is None or fresh == tokens:
+            return  # nothing newer to send it with: this answer is the caller's
+        if code != TOKEN_EXPIRED:
+            renewed_session = True
+        if not resendable:
+            raise AuthError(
+                f"The service answered 401 {code} and this request's body is a stream that "
+                "cannot be sent twice, so it was not resent; the tokens are renewed: send "
+                "the request again with a new body.",
+                code=code,
+                response=response,
+            )
+        tokens = fresh
+        response = yield Send(stamp(request, tokens))
+        yield from absorb(response, tokens)

@@ -7,7 +7,8 @@ Registered by installing the distribution (entry point ``pytest11``, name
 - ``tokengate_server``: that app served over real HTTP on a free loopback port.
 - ``tokengate_clock``: the service's and the fixture clients' clock.
 - ``tokengate_user``, ``tokengate_tokens``: factories of users and token pairs.
-- ``auth_client``, ``sync_auth_client``: clients logged in as a new user.
+- ``auth_client``, ``sync_auth_client``: clients logged in as a new user (``.user``),
+  counting their refreshes (``.refreshes``).
 
 This module imports only the client and pytest. The service (Quart,
 SQLAlchemy, redis) is imported inside the fixtures that need it, so a
@@ -37,7 +38,13 @@ from ._tokens import Tokens
 if TYPE_CHECKING:
     from quart import Quart
 
-__all__ = ["TokengateClock", "TokengateServer", "TokengateUser"]
+__all__ = [
+    "KitAsyncAuthClient",
+    "KitAuthClient",
+    "TokengateClock",
+    "TokengateServer",
+    "TokengateUser",
+]
 
 SERVER_EXTRA = 'pip install "quart-tokengate[server]"'
 
@@ -248,13 +255,43 @@ def tokengate_tokens(tokengate_server: TokengateServer) -> TokensFactory:
 
 
 # -- logged-in clients -----------------------------------------------------
+class KitAsyncAuthClient(AsyncAuthClient):
+    """``auth_client``: an ``AsyncAuthClient`` logged in as ``user``, counting its refreshes.
+
+    ``user`` is the ``TokengateUser`` it logged in as (``.username``,
+    ``.password``); ``refreshes`` the new pairs it got by itself (its
+    ``on_refreshed`` hook), so a test can assert how many refreshes a step took.
+    """
+
+    def __init__(self, user: TokengateUser, **kwargs: Any) -> None:
+        super().__init__(on_refreshed=self._count_refresh, **kwargs)
+        self.user = user
+        self.refreshes = 0
+
+    def _count_refresh(self, _: Tokens) -> None:
+        self.refreshes += 1
+
+
+class KitAuthClient(AuthClient):
+    """``sync_auth_client``: an ``AuthClient`` logged in as ``user``, counting its refreshes."""
+
+    def __init__(self, user: TokengateUser, **kwargs: Any) -> None:
+        super().__init__(on_refreshed=self._count_refresh, **kwargs)
+        self.user = user
+        self.refreshes = 0
+
+    def _count_refresh(self, _: Tokens) -> None:
+        self.refreshes += 1
+
+
 @pytest.fixture
 def sync_auth_client(
     tokengate_server: TokengateServer, tokengate_user: UserFactory
-) -> Iterator[AuthClient]:
-    """An ``AuthClient`` on ``tokengate_server``, logged in as a new user, on the kit's clock."""
+) -> Iterator[KitAuthClient]:
+    """An ``AuthClient`` on ``tokengate_server``, logged in as a new user (``.user``)."""
     user = tokengate_user()
-    with AuthClient(
+    with KitAuthClient(
+        user,
         base_url=tokengate_server.base_url,
         clock=tokengate_server.clock,
         token_store=MemoryTokenStore(),
@@ -265,10 +302,11 @@ def sync_auth_client(
 
 async def _auth_client(
     tokengate_server: TokengateServer, tokengate_user: UserFactory
-) -> AsyncIterator[AsyncAuthClient]:
-    """An ``AsyncAuthClient`` on ``tokengate_server``, logged in as a new user, kit clock."""
+) -> AsyncIterator[KitAsyncAuthClient]:
+    """An ``AsyncAuthClient`` on ``tokengate_server``, logged in as a new user (``.user``)."""
     user = tokengate_user()
-    async with AsyncAuthClient(
+    async with KitAsyncAuthClient(
+        user,
         base_url=tokengate_server.base_url,
         clock=tokengate_server.clock,
         token_store=MemoryTokenStore(),

@@ -15,11 +15,14 @@ if TYPE_CHECKING:
     from .guard import current_identity, current_identity_or_none, get_gate, login_required
     from .identity import Identity
     from .settings import Settings
+    from .users import UserRecord, UserStore
 
 __all__ = [
     "Identity",
     "Settings",
     "TokenGate",
+    "UserRecord",
+    "UserStore",
     "create_app",
     "current_identity",
     "current_identity_or_none",
@@ -32,6 +35,8 @@ _HOMES = {
     "Identity": ".identity",
     "Settings": ".settings",
     "TokenGate": ".app",
+    "UserRecord": ".users",
+    "UserStore": ".users",
     "create_app": ".app",
     "current_identity": ".guard",
     "current_identity_or_none": ".guard",

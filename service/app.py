@@ -25,6 +25,7 @@ from .db.engine import build_engine, build_sessionmaker
 from .db.migrate import head_revisions, schema_state, upgrade
 from .edge import RejectMalformedRequests
 from .errors import describe, is_infrastructure_failure, mask_url, register_error_handler
+from .logs import ensure_output
 from .metrics import TimedRedis, count_database_error, metrics_bp, observe_redis_call
 from .observe import RequestHooks
 from .outbox import FileOutbox, Sender
@@ -51,6 +52,12 @@ YOUNG_GC_THRESHOLD = 10_000
 
 class SchemaNotReady(RuntimeError):
     """The database's schema is missing or behind: start-up stops, naming the fix."""
+
+
+def _no_refusal_traceback(record: logging.LogRecord) -> bool:
+    # Quart logs a failed start-up with its traceback before the server prints
+    # the error's one line; a refusal that names its own fix needs only that line.
+    return not (record.exc_info and isinstance(record.exc_info[1], SchemaNotReady))
 
 
 def read_legacy_secret(instance_dir: Path) -> str | None:
@@ -139,6 +146,7 @@ class TokenGate:
         register_error_handler(app, everything=False)
         app.before_serving(self.startup)
         app.after_serving(self.shutdown)
+        app.logger.addFilter(_no_refusal_traceback)
 
     def reconfigure(
         self,
@@ -207,6 +215,7 @@ class TokenGate:
     # -- lifecycle --------------------------------------------------------
     async def startup(self) -> None:
         settings = self.settings
+        ensure_output(settings.log_format)
         self._engine = build_engine(settings.sqlalchemy_url)
         event.listen(self._engine.sync_engine, "handle_error", count_database_error)
         try:

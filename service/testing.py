@@ -46,7 +46,7 @@ TOKEN_STATES = ("live", "expired", "revoked", "idle", "replaced", "stale")
 # hundred, and the hash parameters are no rule a test observes (Django's
 # documentation advises the same for test settings).
 FAST_HASHER = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
-# A bound on the refreshes a "stale" pair takes to stay clear of the idle timeout.
+# A bound on the requests an "expired" or "stale" pair takes to stay clear of the idle timeout.
 MAX_STEPS = 1000
 
 
@@ -387,11 +387,18 @@ class Maker:
             raise KitError("state='expired' needs TOKENGATE_SESSION_MAX_AGE above the access TTL")
         pair = await self._login(user, issued)
         if s.idle_timeout and now - issued >= s.idle_timeout:
-            # The session would be idle by now: use the token while it is still valid.
-            last_use = issued + s.access_ttl - 1
-            if now - last_use >= s.idle_timeout:
+            # The session would be idle by now: use the token, as a client would, often
+            # enough that it never goes idle, up to its last valid second.
+            last_valid = issued + s.access_ttl + s.leeway - 1
+            if now - last_valid >= s.idle_timeout:
                 raise KitError("state='expired' needs TOKENGATE_IDLE_TIMEOUT of a few seconds")
-            await self._request(last_use, "GET", "/me", access=pair["access_token"])
+            step = s.idle_timeout - 1
+            if (last_valid - issued) / step > MAX_STEPS:
+                raise KitError("state='expired' needs a longer TOKENGATE_IDLE_TIMEOUT")
+            at = issued
+            while now - at >= s.idle_timeout:
+                at = min(at + step, last_valid)
+                await self._request(at, "GET", "/me", access=pair["access_token"])
         return pair, issued
 
     async def _stale(self, user: MadeUser, now: float) -> tuple[dict[str, Any], float]:

@@ -133,3 +133,53 @@ def test_stale_state(fresh_route, tokengate_server, tokengate_user, tokengate_to
         live = tokengate_tokens(tokengate_user(), state="live")
         r = http.get("/fresh-only", headers={"Authorization": f"Bearer {live.access_token}"})
         assert r.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "tokengate_app",
+    [{"idle_timeout": 200}, {"idle_timeout": 3}, {"idle_timeout": 200, "leeway": 5}],
+    indirect=True,
+)
+def test_an_expired_pair_with_an_idle_timeout_shorter_than_the_access_ttl(
+    tokengate_server, tokengate_user, tokengate_tokens
+):
+    # A client that used its token every few minutes keeps the session alive past the
+    # token's expiry: the pair says token_expired, and its refresh token still refreshes.
+    pair = tokengate_tokens(tokengate_user(), state="expired")
+    with httpx.Client(base_url=tokengate_server.base_url) as http:
+        assert me(http, pair.to_json()) == "token_expired"
+        r = http.post("/auth/refresh", json={"refresh_token": pair.refresh_token})
+        assert r.status_code == 200
+        assert me(http, r.json()) == 200
+
+
+@pytest.mark.parametrize("tokengate_app", [{"idle_timeout": 2}], indirect=True)
+def test_an_expired_pair_needs_an_idle_timeout_of_a_few_seconds(tokengate_user, tokengate_tokens):
+    with pytest.raises(pytest.fail.Exception, match="TOKENGATE_IDLE_TIMEOUT"):
+        tokengate_tokens(tokengate_user(), state="expired")
+
+
+def test_the_clients_say_who_they_are_and_count_their_refreshes(
+    sync_auth_client, tokengate_server, tokengate_clock
+):
+    user = sync_auth_client.user
+    assert sync_auth_client.get("/auth/me").json()["username"] == user.username
+    assert sync_auth_client.refreshes == 0
+    tokengate_clock.advance(301)
+    assert sync_auth_client.get("/auth/me").status_code == 200
+    assert sync_auth_client.get("/auth/me").status_code == 200
+    assert sync_auth_client.refreshes == 1
+    # Its password logs in (here, with a session limit of one, in its place).
+    with httpx.Client(base_url=tokengate_server.base_url) as http:
+        r = http.post("/auth/login", json={"username": user.username, "password": user.password})
+        assert r.status_code == 200
+
+
+async def test_the_async_client_counts_one_refresh_for_many_requests(auth_client, tokengate_clock):
+    import asyncio
+
+    tokengate_clock.advance(301)
+    answers = await asyncio.gather(*(auth_client.get("/auth/me") for _ in range(30)))
+    assert {r.status_code for r in answers} == {200}
+    assert auth_client.refreshes == 1
+    assert answers[0].json()["username"] == auth_client.user.username

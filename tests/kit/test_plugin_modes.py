@@ -26,7 +26,10 @@ def docs_example() -> dict[str, str]:
 
 @pytest.mark.parametrize("mode", ["strict", "auto"])
 def test_fixtures_work_in_strict_and_auto_mode(pytester: pytest.Pytester, mode: str) -> None:
-    files = docs_example()
+    # The complete example; the page's other test modules run in tests/e2e/test_docs_examples.py.
+    files = {
+        name: code for name, code in docs_example().items() if name in ("conftest", "test_notes")
+    }
     assert set(files) == {"conftest", "test_notes"}
     pytester.makepyfile(**files)
     result = pytester.runpytest_subprocess(
