@@ -21,7 +21,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from .db import repository as repo
 from .db.models import User
 from .db.repository import utc
+from .background import retry
 from .errors import (
+    AuthUnavailable,
     Conflict,
     InvalidCredentials,
     InvalidRequest,
@@ -51,6 +53,9 @@ _ATTEMPT_WAITS = (0.01, 0.02, 0.05, *([0.1] * 99))
 # address, or a handful, cannot lock the owner out from another.
 ACCOUNT_CEILING = 10
 RESET_PURPOSE = "password_reset"
+# Password resets waiting for their background task, at most (a database
+# outage holds them; past this many, a request is refused with 503).
+RESET_BACKLOG = 256
 
 
 class Accounts:
@@ -76,6 +81,7 @@ class Accounts:
         self.sessions = sessions
         self.purpose_tokens = purpose_tokens
         self.clock = clock
+        self._resets_pending = 0
 
     async def register(self, username: str, password: str) -> User:
         self._check_password(password)
@@ -212,14 +218,38 @@ class Accounts:
             await db.commit()
 
     async def request_password_reset(self, username: str, sender: Sender) -> None:
-        """Send ``username`` a reset token if the user exists; silent either way."""
+        """Count the request, then send ``username`` a reset token in the background.
+
+        The answer takes the same time whether the user exists or not: only the
+        throttle (the same Redis script for any name) runs on the request's
+        path; the lookup, the token and the message run in a background task,
+        retried through a database outage. At most ``RESET_BACKLOG`` of them
+        wait at once; past that the request is ``503`` (nothing was queued).
+        """
         s = self.settings
         count, ttl = await self.store.record_failure(username, s.login_window, kind="reset")
         if count > s.login_max_failures:
             raise TooManyAttempts(ttl if ttl > 0 else s.login_window)
+        if self._resets_pending >= RESET_BACKLOG:
+            raise AuthUnavailable("Too many password resets are waiting; try again shortly.")
+        self._resets_pending += 1
+        self.sessions.background.spawn(self._reset_in_background(username, sender))
+
+    async def _reset_in_background(self, username: str, sender: Sender) -> None:
+        try:
+            await retry(lambda: self._send_reset(username, sender))
+        finally:
+            self._resets_pending -= 1
+
+    async def _send_reset(self, username: str, sender: Sender) -> None:
+        """Look the user up and send a reset token; an unknown name mints one it drops."""
+        s = self.settings
         async with self.db() as db:
             user = await repo.get_user_by_username(db, username)
         if user is None:
+            # About the same work, so that a burst of unknown names does not
+            # load the server differently from a burst of known ones.
+            self.purpose_tokens.mint_unbound(RESET_PURPOSE, s.reset_ttl)
             return
         token = await self.purpose_tokens.issue(user.id, RESET_PURPOSE, s.reset_ttl)
         message = Message(
@@ -227,7 +257,7 @@ class Accounts:
         )
         try:
             await sender.send(message)
-        except Exception as exc:  # the caller must not learn whether the user exists
+        except Exception as exc:  # a sender's failure is logged; the token is not resent
             log.error("could not send the password_reset message: %s", describe(exc))
 
     async def reset_password(self, token: str, new_password: str) -> None:

@@ -28,7 +28,7 @@ from quart import Quart
 from quart_tokengate.client.pytest_plugin import TokengateClock
 from quart_tokengate.service import Settings, create_app
 from tests.e2e.session_helpers import PASSWORD, login, register
-from tests.support import ROOT, SECRET, claims
+from tests.support import ROOT, SECRET, claims, wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -290,6 +290,8 @@ def test_register_and_reset_a_forgotten_password_on_the_page(service_factory, co
     other.page.click("#forgot-form button[type=submit]")
     expect(other.page.locator("#message")).to_contain_text("a reset code is on its way")
     outbox = service.workdir / "instance" / "outbox"
+    # The message is written in the background, after the answer.
+    wait_for(lambda: list(outbox.glob("*.json")), what="the reset message")
     (message,) = [json.loads(p.read_text()) for p in outbox.glob("*.json")]
     other.page.fill("#reset-token", "not-a-code")
     other.page.fill("#reset-password", "a brand new password")
