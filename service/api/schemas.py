@@ -75,6 +75,13 @@ class LoginRequest(Body):
     username: Username
     password: Password
     device: Device | None = None
+    device_token: Token | None = Field(
+        default=None,
+        description=(
+            "The device_token of an earlier login to this account from this device: "
+            "the login is then throttled on this device's own count."
+        ),
+    )
 
 
 class RefreshRequest(Body):
@@ -113,6 +120,12 @@ class TokenPairOut(BaseModel):
     expires_in: int
     refresh_expires_in: int
     session_id: str
+
+
+class LoginOut(TokenPairOut):
+    device_token: str = Field(
+        description="Send it with the next login to this account from this device."
+    )
 
 
 class SessionOut(BaseModel):

@@ -38,6 +38,8 @@ async def test_known_and_unknown_users_answer_alike(make_app, tmp_path):
     assert p > 0.01, (p, sorted(took[True])[50], sorted(took[False])[50])
     # The work still happens, off the answer's path: every known user gets a token.
     await wait_for_async(
-        lambda: outbox_names(tmp_path) == set(known), timeout=30, interval=0.05,
+        lambda: outbox_names(tmp_path) == set(known),
+        timeout=30,
+        interval=0.05,
         what="a reset message for every known user",
     )
