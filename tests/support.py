@@ -399,6 +399,10 @@ def service_env(workdir: Path, redis_url: str, **settings: Any) -> dict[str, str
         "TOKENGATE_REDIS_URL": redis_url,
         "TOKENGATE_DATABASE_URL": f"sqlite+aiosqlite:///{workdir / 'tokengate.db'}",
         "TOKENGATE_INSTANCE_DIR": str(workdir / "instance"),
+        # Tests register users and ask for resets from 127.0.0.1 by the dozen; the
+        # per-address limits on those have tests of their own (test_throttle).
+        "TOKENGATE_ADDRESS_MAX_REGISTRATIONS": "0",
+        "TOKENGATE_ADDRESS_MAX_RESETS": "0",
     }
     env.update({f"TOKENGATE_{k.upper()}": str(v) for k, v in settings.items()})
     return env
