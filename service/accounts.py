@@ -16,6 +16,7 @@ from collections.abc import Callable
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from . import usernames
 from .background import retry
 from .db import repository as repo
 from .db.models import User
@@ -78,23 +79,31 @@ class Accounts:
     async def register(self, username: str, password: str, address: str | None = None) -> User:
         """Create a user; from a client ``address``, counted per address first.
 
-        The name is checked (taken or not) before the password is hashed, so a
-        taken name costs no argon2 work. ``address`` is ``None`` for the
-        command line, which is not throttled.
+        The name is kept in its UsernameCaseMapped form, and refused as taken
+        when it looks like a taken one (``usernames.py``; the skeleton's unique
+        index settles a race). It is checked, valid and free, before the
+        password is hashed, so a bad or taken name costs no argon2 work.
+        ``address`` is ``None`` for the command line, which is not throttled.
         """
         if address is not None:
             await self.throttle.count_request(
                 "register", address, self.settings.address_max_registrations
             )
+        try:
+            name = usernames.canonical(username)
+        except usernames.InvalidUsername as exc:
+            raise InvalidRequest(f"username: {exc}.") from None
+        skeleton = usernames.skeleton(name)
         self._check_password(password)
         async with self.db() as db:
-            if await repo.get_user_by_username(db, username) is not None:
+            if await repo.username_taken(db, skeleton):
                 raise Conflict()
         password_hash = await self.passwords.hash(password)
         now = utc(self.clock())
         async with self.db() as db:
             user = User(
-                username=username,
+                username=name,
+                username_skeleton=skeleton,
                 password_hash=password_hash,
                 created_at=now,
                 password_changed_at=now,
@@ -113,7 +122,13 @@ class Accounts:
             )
 
     async def check_credentials(
-        self, username: str, password: str, address: str | None = None, device: Device | None = None
+        self,
+        username: str,
+        password: str,
+        address: str | None = None,
+        device: Device | None = None,
+        *,
+        asked: str | None = None,
     ) -> UserRecord:
         """Verify a username and password against the user store, throttled (``throttle.py``).
 
@@ -122,7 +137,7 @@ class Accounts:
         user's password is checked too, and refused like a wrong one.
         """
         async with self.throttle.password_attempt(username, address, device):
-            user = await self.users.get_by_username(username)
+            user = await self.users.get_by_username(asked if asked is not None else username)
             if user is None:
                 await self.passwords.verify(None, password)
                 raise InvalidCredentials()
@@ -139,10 +154,11 @@ class Accounts:
         the device's own count; the pair carries that device's token renewed,
         or a new device's.
         """
-        device = self.throttle.trusted_device(device_token, username)
-        user = await self.check_credentials(username, password, client.ip, device)
+        name = usernames.lookup_forms(username)[0]  # Alice and ALICE: one count
+        device = self.throttle.trusted_device(device_token, name)
+        user = await self.check_credentials(name, password, client.ip, device, asked=username)
         pair = await self.sessions.start_session(user, client, password)
-        issued = self.throttle.device_token(user.id, username, device)
+        issued = self.throttle.device_token(user.id, name, device)
         return dataclasses.replace(pair, device_token=issued)
 
     async def change_password(
@@ -201,7 +217,8 @@ class Accounts:
         """
         s = self.settings
         await self.throttle.count_request("reset", address, s.address_max_resets)
-        count, ttl = await self.store.record_failure(username, s.login_window, kind="reset")
+        name = usernames.lookup_forms(username)[0]
+        count, ttl = await self.store.record_failure(name, s.login_window, kind="reset")
         if count > s.login_max_failures:
             raise TooManyAttempts(ttl if ttl > 0 else s.login_window)
         if self._resets_pending >= RESET_BACKLOG:
@@ -219,7 +236,7 @@ class Accounts:
         """Look the user up and send a reset token; an unknown name mints one it drops."""
         s = self.settings
         async with self.db() as db:
-            user = await repo.get_user_by_username(db, username)
+            user = await repo.find_user_by_name(db, username)
         if user is None:
             # About the same work, so that a burst of unknown names does not
             # load the server differently from a burst of known ones.

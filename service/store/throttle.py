@@ -1,7 +1,7 @@
 """The password throttle's side of Redis: counts per account, address and device.
 
-Key layout (``{n<digest>}`` is the account's hash tag, from the exact
-username; ``{a<digest>}`` one client address's, an IPv6 /64 counting as one)::
+Key layout (``{n<digest>}`` is the account's hash tag, from the username's
+UsernameCaseMapped form; ``{a<digest>}`` one client address's, an IPv6 /64 counting as one)::
 
     tg:{n<digest>}:fails            string failed logins for one account in the window
     tg:{n<digest>}:inflight         zset   password checks of that account now running
@@ -48,8 +48,8 @@ class ThrottleScripts:
 
     @staticmethod
     def throttle_key(kind: str, name: str) -> str:
-        # The exact name: usernames are case-sensitive, so "Alice" and "alice"
-        # are two accounts and must not share (or clear) one counter.
+        # The exact name the caller gives: the accounts pass a name's
+        # UsernameCaseMapped form, so every spelling of one account shares a count.
         digest = hashlib.sha256(name.encode()).hexdigest()[:32]
         return f"{KEY_PREFIX}{{n{digest}}}:{kind}"
 
