@@ -9,8 +9,8 @@ One definition, used by ``POST /auth/register``, the OpenAPI document and
   joiners, compatibility forms, symbols...) make it invalid. The enforced
   form is the name kept, so ``Alice`` and its full-width form name the same account;
 - both the name given and its enforced form contain only the characters of
-  ``PATTERN`` (ASCII letters and digits, ``_ . @ + -``, and the blocks of
-  letters and digits of other scripts), 1 to ``MAX_LENGTH`` of them. The
+  ``PATTERN`` (ASCII letters and digits, ``_ . @ + -``, and the letters and
+  digits of other left-to-right scripts), 1 to ``MAX_LENGTH`` of them. The
   pattern is written with explicit code-point ranges only, so every regex
   dialect (ECMA-262 for OpenAPI readers, pydantic's Rust engine, Python's
   ``re``) reads it alike; the service checks it with Python's ``re`` here;
@@ -34,20 +34,44 @@ from functools import lru_cache
 
 import precis_i18n
 from homoglyph.data import load_prototypes, load_ucd
+from precis_i18n.derived import PVALID, derived_property
+from precis_i18n.unicode import UnicodeData
 
 MAX_LENGTH = 150
-# The blocks of letters and digits: Latin-1's letters to Greek Extended, Glagolitic to
-# Cyrillic Extended-A, kana to CJK, Yi to Hangul, and the full-width Latin letters and
-# digits (the profile maps them to the plain ones). Punctuation, symbols, spaces,
-# compatibility and private-use blocks are left out.
-PATTERN = (
-    r"^[A-Za-z0-9._@+\-\u00C0-\u00D6\u00D8-\u00F6\u00F8-\u1FFF\u2C00-\u2DFF"
-    r"\u3040-\u31FF\u3400-\u9FFF\uA000-\uD7FF\uFF10-\uFF19\uFF21-\uFF3A\uFF41-\uFF5A"
-    r"]{1,150}$"
-)
+# Besides ASCII's letters, digits and _ . @ + -: every code point the profile takes
+# as it is (PVALID in RFC 8264's IdentifierClass, so no context rule applies) and
+# that is not right-to-left, plus the full-width Latin letters and digits (the
+# profile maps them to plain ones). Right-to-left letters are left out: the Bidi
+# Rule that RFC 8265 applies to them decides on whole names, which no pattern can
+# say, and the pattern must be exactly what the service accepts.
+_FULL_WIDTH = ((0xFF10, 0xFF19), (0xFF21, 0xFF3A), (0xFF41, 0xFF5A))
+_RIGHT_TO_LEFT = frozenset({"R", "AL", "AN"})
+
+
+def _ranges() -> list[tuple[int, int]]:
+    ucd = UnicodeData()
+    found: list[tuple[int, int]] = []
+    for cp in range(0xA0, 0x10000):
+        if 0xD800 <= cp < 0xE000 or unicodedata.bidirectional(chr(cp)) in _RIGHT_TO_LEFT:
+            continue
+        if derived_property(cp, ucd)[0] != PVALID:
+            continue
+        if found and found[-1][1] == cp - 1:
+            found[-1] = (found[-1][0], cp)
+        else:
+            found.append((cp, cp))
+    return sorted([*found, *_FULL_WIDTH])
+
+
+def _escaped(first: int, last: int) -> str:
+    return f"\\u{first:04X}" if first == last else f"\\u{first:04X}-\\u{last:04X}"
+
+
+# Written with \uXXXX ranges only (no \w, no \p{...}), so every dialect reads it alike.
+PATTERN = "^[A-Za-z0-9._@+\\-" + "".join(_escaped(*r) for r in _ranges()) + f"]{{1,{MAX_LENGTH}}}$"
 DESCRIPTION = (
-    "1 to 150 characters: letters and digits of any script and _ . @ + -, as the PRECIS "
-    "UsernameCaseMapped profile (RFC 8265) allows them. Case and width do not count "
+    "1 to 150 characters: letters and digits of any left-to-right script and _ . @ + -, "
+    "as the PRECIS UsernameCaseMapped profile (RFC 8265) allows them. Case and width do not count "
     "(Alice is alice); a name that looks like a taken one (TR 39 skeleton) is taken."
 )
 _ALLOWED = re.compile(PATTERN)
@@ -76,10 +100,10 @@ def canonical(name: str) -> str:
     except UnicodeEncodeError as exc:
         why = str(exc.reason).partition("/")[2].replace("_", " ") or "not allowed"
         raise InvalidUsername(
-            f"This username has a character that is not allowed ({why})."
+            f"this username has a character that is not allowed ({why})"
         ) from None
     if not _ALLOWED.match(enforced):
-        raise InvalidUsername("This username has a character that is not allowed.")
+        raise InvalidUsername("this username has a character that is not allowed")
     return enforced
 
 
