@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from . import tokens
-from .errors import InvalidCredentials, TooManyAttempts
+from .errors import ApiError, InvalidCredentials, TooManyAttempts
 from .keys import KeyRing
 from .proxies import throttle_address
 from .settings import Settings
@@ -78,7 +78,7 @@ class LoginThrottle:
             claims = tokens.verify(
                 self.keyring.signing, tokens.DeviceToken.kind, token, now=self.clock()
             )
-        except Exception:  # any fault of the token: untrusted, never an error
+        except ApiError:  # any fault of the token (invalid, expired): untrusted, never an error
             return None
         if claims.get("name") != name:
             return None

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from quart import Blueprint, Response, g, jsonify, render_template, request, send_from_directory
 
-from ..cookies import CSRF_HEADER, UNSAFE_METHODS, request_auth
+from ..cookies import CSRF_HEADER, UNSAFE_METHODS, request_auth, set_device_cookie
 from ..cookies import _flags as cookie_flags
 from ..errors import (
     ApiError,
@@ -197,10 +197,8 @@ async def page_login() -> Response:
     response = jsonify({"username": body.username, "session_id": pair.session_id})
     _set_cookies(response, pair)
     if pair.device_token is not None:
-        flags = cookie_flags(get_gate().settings)
-        flags["max_age"] = get_gate().settings.device_token_ttl
-        response.set_cookie(
-            PAGE_DEVICE, pair.device_token, httponly=True, path=f"{PAGE_PATH}/login", **flags
+        set_device_cookie(
+            response, get_gate().settings, PAGE_DEVICE, pair.device_token, f"{PAGE_PATH}/login"
         )
     return response
 
