@@ -76,9 +76,7 @@ class PurposeToken:
     kind: ClassVar[TokenKind] = TokenKind("pt+jwt", ("purpose",))
 
 
-class DeviceToken:
-    """A device that logged in to an account (``sub``, ``name``); ``jti`` names the device."""
-
+class DeviceToken:  # a device that logged in to the account sub/name; jti names the device
     kind: ClassVar[TokenKind] = TokenKind("dt+jwt", ("name",))
 
 
@@ -392,17 +390,16 @@ class TokenPair:
         return f"TokenPair(session_id={self.session_id!r}, expires_in={self.expires_in})"
 
     def to_json(self) -> dict[str, Any]:
-        body: dict[str, Any] = {
+        device = {} if self.device_token is None else {"device_token": self.device_token}
+        return {
             "access_token": self.access_token,
             "refresh_token": self.refresh_token,
             "token_type": "Bearer",
             "expires_in": self.expires_in,
             "refresh_expires_in": self.refresh_expires_in,
             "session_id": self.session_id,
+            **device,
         }
-        if self.device_token is not None:
-            body["device_token"] = self.device_token
-        return body
 
 
 def mint_access(
