@@ -18,6 +18,7 @@ import httpx
 from ._flow import (
     AskCredentials,
     Call,
+    DeviceToken,
     Hook,
     Load,
     Op,
@@ -154,6 +155,11 @@ class SyncEdge:
         if isinstance(op, AskCredentials):
             assert auth.credentials is not None
             return resolve_sync(auth.credentials())
+        if isinstance(op, DeviceToken):
+            if op.token is None:
+                return auth.token_store.device_token(op.username)
+            auth.token_store.keep_device_token(op.username, op.token)
+            return None
         if isinstance(op, Wait):
             return op.flight.wait()
         if isinstance(op, Sleep):
@@ -244,7 +250,7 @@ class AsyncEdge:
                 except Exception:
                     auth.hook_failed(op.name)
             return None
-        assert isinstance(op, Load | Push)
+        assert isinstance(op, Load | Push | DeviceToken)
         return self.sync.do(op, origin)
 
     async def _own_call(self, call: Call, origin: httpx.URL) -> httpx.Response:

@@ -16,6 +16,8 @@ The token flows, ``obtain`` and ``login_flow``, yield:
     Call(method, path, body)  the response of an ``/auth`` request the edge sends
                               itself (a transport error is thrown back in)
     AskCredentials()          ``(username, password)`` from ``credentials``
+    DeviceToken(username)     the device token the store keeps for ``username``
+    DeviceToken(username, t)  None; the store keeps ``t`` for ``username`` from now on
 
 A ``Renew`` is served by the single flight (``_flight.py``), which also yields
 ``Wait``, ``Sleep`` and ``Hook``.
@@ -97,6 +99,14 @@ class AskCredentials:
 
 
 @dataclass(frozen=True, slots=True)
+class DeviceToken:
+    """Read (``token`` None) or keep the device token of ``username``'s account."""
+
+    username: str
+    token: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class Wait:
     flight: Flight
 
@@ -112,7 +122,7 @@ class Hook:
     value: Any = field(repr=False)
 
 
-Op = Load | Renew | Send | Push | Call | AskCredentials | Wait | Sleep | Hook
+Op = Load | Renew | Send | Push | Call | AskCredentials | DeviceToken | Wait | Sleep | Hook
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,17 +275,30 @@ def absorb(response: httpx.Response, stamped: Tokens) -> Generator[Op, Any, None
 def login_flow(
     username: str, password: str, device: str | None = None, clock: Clock | None = None
 ) -> Generator[Op, Any, Tokens]:
-    """Log in: return the new pair (arrived by ``clock``), or raise the typed error."""
+    """Log in: return the new pair (arrived by ``clock``), or raise the typed error.
+
+    The device token kept from an earlier login to this account goes along, so
+    that the service throttles this login on the device's own count (an attack
+    on the account from elsewhere cannot lock this device out); the one the
+    service answers with is kept for the next login.
+    """
     body: dict[str, Any] = {"username": username, "password": password}
     if device is not None:
         body["device"] = device
+    known = yield DeviceToken(username)
+    if isinstance(known, str) and known:
+        body["device_token"] = known
     try:
         response = yield Call("POST", LOGIN_PATH, body)
     except httpx.HTTPError as exc:
         raise AuthError(f"Could not log in: {describe(exc)}.") from exc
-    if response.status_code == 200:
-        return parse_pair(response, clock)
-    raise failure(response, "log in")
+    if response.status_code != 200:
+        raise failure(response, "log in")
+    tokens = parse_pair(response, clock)
+    issued = response.json().get("device_token")
+    if isinstance(issued, str) and issued and issued != known:
+        yield DeviceToken(username, issued)
+    return tokens
 
 
 def obtain(

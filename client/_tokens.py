@@ -188,6 +188,22 @@ class TokenStore:
             return current
         return Lease(secrets.token_hex(8), current)
 
+    def device_token(self, username: str) -> str | None:
+        """The device token kept for ``username``'s account, or ``None``.
+
+        The service gives one with each password login; sent with the next
+        login to the same account, it has that login throttled on this
+        device's own count. It outlives logouts (it marks the device, not a
+        session). This base class keeps them in memory; ``FileTokenStore`` in
+        its file.
+        """
+        kept: dict[str, str] = self.__dict__.get("_device_tokens", {})
+        return kept.get(username)
+
+    def keep_device_token(self, username: str, token: str) -> None:
+        """Keep ``token`` as ``username``'s device token from now on."""
+        self.__dict__.setdefault("_device_tokens", {})[username] = token
+
     def end_refresh(self, lease: Lease, change: Change) -> None:
         """Store the refresh's result, unless a refresh or login replaced the tokens meanwhile."""
         if change is not KEEP:

@@ -69,6 +69,13 @@ class Settings:
     password_min_length: int = 8
     login_max_failures: int = 10
     login_window: int = 900
+    # Per client address (an IPv6 /64) in TOKENGATE_LOGIN_WINDOW, whatever the
+    # username: failed logins, registrations and password-reset requests; 0 is no limit.
+    address_max_failures: int = 20
+    address_max_registrations: int = 10
+    address_max_resets: int = 10
+    # How long a device token (a device that logged in to the account) stays trusted.
+    device_token_ttl: int = 15_552_000
     reset_ttl: int = 900
     algorithm: str = "HS256"
     fresh_ttl: int = 900
@@ -317,6 +324,10 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "password_min_length": _seconds,
     "login_max_failures": _seconds,
     "login_window": _seconds,
+    "address_max_failures": _seconds,
+    "address_max_registrations": _seconds,
+    "address_max_resets": _seconds,
+    "device_token_ttl": _seconds,
     "reset_ttl": _seconds,
     "fresh_ttl": _seconds,
     "header_timeout": _seconds,
@@ -365,7 +376,7 @@ def _check(s: Settings) -> list[str]:
                 break
     for name in (
         "access_ttl", "refresh_ttl", "session_max_age", "login_window", "reset_ttl",
-        "header_timeout", "body_timeout",
+        "header_timeout", "body_timeout", "device_token_ttl",
     ):  # fmt: skip
         if getattr(s, name) < 1:
             bad(name, "must be at least 1 second")
@@ -375,6 +386,9 @@ def _check(s: Settings) -> list[str]:
         bad("access_ttl", "must not be longer than TOKENGATE_REFRESH_TTL")
     if s.login_max_failures < 1:
         bad("login_max_failures", "must be at least 1")
+    for name in ("address_max_failures", "address_max_registrations", "address_max_resets"):
+        if getattr(s, name) < 0:
+            bad(name, "must not be negative (0 is no limit)")
     if s.password_min_length < 1:
         bad("password_min_length", "must be at least 1")
     if s.redis_cluster and (

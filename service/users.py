@@ -97,7 +97,7 @@ class SqlUserStore:
 
     async def get_by_username(self, username: str) -> UserRecord | None:
         async with self.db() as db:
-            user = await repo.get_user_by_username(db, username)
+            user = await repo.find_user_by_name(db, username)
         return record_of(user) if user is not None else None
 
     async def get_by_id(self, user_id: int) -> UserRecord | None:

@@ -165,6 +165,10 @@ async def make_app(
             "redis_url": redis_url,
             "database_url": database_url,
             "instance_dir": tmp_path / "instance",
+            # Tests register users and ask for resets from one address by the dozen;
+            # the per-address limits on those have tests of their own (test_throttle).
+            "address_max_registrations": 0,
+            "address_max_resets": 0,
         }
         values.update(overrides)
         app = create_app(Settings(**values), clock=clock, passwords=Passwords(FAST_HASHER))

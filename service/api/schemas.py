@@ -6,6 +6,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
+from .. import usernames
 from ..openapi import PASSWORD_POLICY
 
 
@@ -24,16 +25,15 @@ def _clean(value: str) -> str:
 # No C0 control character and no DEL, as ``_clean`` checks.
 _PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
 
+# The one definition of a username (usernames.py): its pattern, in explicit ranges
+# that pydantic's engine, Python's and an OpenAPI reader's all read alike; the
+# registration also applies the PRECIS profile and the look-alike check.
 Username = Annotated[
     str,
-    StringConstraints(min_length=1, max_length=150, pattern=r"^[\w.@+-]+$"),
+    StringConstraints(min_length=1, max_length=usernames.MAX_LENGTH),
     AfterValidator(_clean),
-    Field(
-        description=(
-            "1 to 150 letters, digits (Unicode ones count, as in Python's \\w) "
-            "and the characters _ . @ + -; case-sensitive."
-        )
-    ),
+    AfterValidator(usernames.check_shape),
+    Field(description=usernames.DESCRIPTION, json_schema_extra={"pattern": usernames.PATTERN}),
 ]
 Password = Annotated[
     str,
@@ -91,6 +91,13 @@ class LoginRequest(Body):
     username: Username
     password: Password
     device: Device | None = None
+    device_token: Token | None = Field(
+        default=None,
+        description=(
+            "The device_token of an earlier login to this account from this device: "
+            "the login is then throttled on this device's own count."
+        ),
+    )
 
 
 class RefreshRequest(Body):
@@ -129,6 +136,12 @@ class TokenPairOut(BaseModel):
     expires_in: int
     refresh_expires_in: int
     session_id: str
+
+
+class LoginOut(TokenPairOut):
+    device_token: str = Field(
+        description="Send it with the next login to this account from this device."
+    )
 
 
 class SessionOut(BaseModel):

@@ -48,6 +48,9 @@ class User(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     username: Mapped[str] = mapped_column(String(150), unique=True)
+    # The name's look-alike skeleton (usernames.skeleton): unique, so that of two
+    # names people would confuse, only one can ever be registered.
+    username_skeleton: Mapped[str] = mapped_column(String(1000), unique=True)
     password_hash: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     password_changed_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -9,11 +9,10 @@ script names each key it touches in ``KEYS``)::
                                  time in whole microseconds (strictly in login
                                  order), plus the sentinel "~" (score 0) that
                                  says the set was loaded from SQL
-    tg:{n<digest>}:fails  string failed logins for one account in the window
-    tg:{n<digest>}:inflight zset password checks of that account now running
-    tg:{n<digest>}:reset  string password-reset requests for one account
 
-The scripts live in ``lua/``, one file each. This module is the only code
+The password throttle's keys are in ``throttle.py``.
+
+The scripts live in ``lua/``, one file each. This module (and ``throttle.py``) is the only code
 that knows their arguments, their replies and the hash's field names: every
 method returns a typed result (``results.py``). A missing key is never taken
 to mean "live": the caller gets ``MISS``, rebuilds the session from SQL and
@@ -23,7 +22,6 @@ runs the script again.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from collections.abc import Sequence
 from importlib import resources
@@ -37,7 +35,6 @@ from .near import LEASE, LEASE_KEY, ack_key
 from .pipelined import PipelinedScripts
 from .results import (
     MISS,
-    Attempt,
     CheckResult,
     Ended,
     EndReason,
@@ -51,6 +48,7 @@ from .results import (
     SessionPolicy,
     SessionRecord,
 )
+from .throttle import ThrottleScripts
 
 KEY_PREFIX = "tg:"
 # The session scripts share the helpers of session_lib.lua, put in front of each.
@@ -61,8 +59,6 @@ SCRIPTS = (
     "check", "implicit_refresh", "refresh", "load", "load_index", "login", "end",
     "last_seen", "attempt", "settle", "count", "confirm", "peek", "holders",
 )  # fmt: skip
-# A password check holds its slot at most this long (a hung check frees it).
-ATTEMPT_LEASE = 30
 # A script that must see the whole user set runs again if a login changed the
 # set between the caller's read and the script: this many times at most.
 MAX_STALE_RETRIES = 20
@@ -108,7 +104,7 @@ class StaleSet(RuntimeError):
     """The user's set kept changing under a script that needed all of it."""
 
 
-class RedisSessionStore:
+class RedisSessionStore(ThrottleScripts):
     """Hot session state in Redis; each method is one script call (two for the user set)."""
 
     def __init__(
@@ -147,13 +143,6 @@ class RedisSessionStore:
         """The session's hash and the user's index of live sessions."""
         tag = cls.user_tag(user_id)
         return tag + "s:" + sid, tag + "live"
-
-    @staticmethod
-    def throttle_key(kind: str, name: str) -> str:
-        # The exact name: usernames are case-sensitive, so "Alice" and "alice"
-        # are two accounts and must not share (or clear) one counter.
-        digest = hashlib.sha256(name.encode()).hexdigest()[:32]
-        return f"{KEY_PREFIX}{{n{digest}}}:{kind}"
 
     # -- running scripts ----------------------------------------------------
     async def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
@@ -398,51 +387,3 @@ class RedisSessionStore:
             for (sid, _, _), seen in zip(sessions, reply, strict=True)
             if seen is not None
         }
-
-    # -- the password throttle ----------------------------------------------
-    async def record_failure(self, name: str, window: int, kind: str = "fails") -> tuple[int, int]:
-        """Count one more event of ``kind`` for ``name``; return the count and the TTL."""
-        reply = await self._run("count", (self.throttle_key(kind, name),), (window,))
-        return int(reply[0]), int(reply[1])
-
-    async def clear_throttle(self, name: str) -> None:
-        """Forget every failed-login and reset-request count of the account ``name``.
-
-        ``tokengate users unlock`` calls this, and only this: whatever keys the
-        throttle uses, for every client address, this is where they are all cleared.
-        """
-        addresses = self.throttle_key("addresses", name)
-        counted = [str(_text(a)) for a in await self.redis.smembers(addresses)]
-        await self.redis.delete(
-            self.throttle_key("fails", name), self.throttle_key("reset", name), addresses,
-            *(self.throttle_key(f"fails:{a}", name) for a in counted),
-        )  # fmt: skip
-
-    def _attempt_keys(self, name: str, address: str) -> tuple[str, ...]:
-        return (
-            self.throttle_key(f"fails:{address}", name),
-            self.throttle_key(f"inflight:{address}", name),
-            self.throttle_key("fails", name),
-            self.throttle_key("inflight", name),
-        )
-
-    async def begin_attempt(
-        self, name: str, address: str, attempt: str, *, now: float, limit: int, ceiling: int
-    ) -> int:
-        """Ask to check a password of ``name`` from ``address``: 1 go, 0 wait, or minus
-        the seconds left (``limit`` failures per address, ``ceiling`` per account)."""
-        reply = await self._run(
-            "attempt", self._attempt_keys(name, address),
-            (repr(now), attempt, limit, ceiling, ATTEMPT_LEASE),
-        )  # fmt: skip
-        if int(reply[0]) < 0:
-            return -max(1, int(reply[1]))
-        return int(reply[0])
-
-    async def end_attempt(
-        self, name: str, address: str, attempt: str, *, outcome: Attempt, window: int
-    ) -> None:
-        """Settle an attempt: a failure is counted, a success clears the address's
-        count, an undecided one (an outage) only gives its slot back."""
-        keys = (*self._attempt_keys(name, address), self.throttle_key("addresses", name))
-        await self._run("settle", keys, (attempt, outcome.value, window, address))

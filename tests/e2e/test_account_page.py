@@ -28,7 +28,7 @@ from quart import Quart
 from quart_tokengate.client.pytest_plugin import TokengateClock
 from quart_tokengate.service import Settings, create_app
 from tests.e2e.session_helpers import PASSWORD, login, register
-from tests.support import ROOT, SECRET, claims
+from tests.support import ROOT, SECRET, claims, wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -159,6 +159,13 @@ def test_the_page_refreshes_by_itself_when_the_access_token_expires(
     jar = tab.cookies()
     assert set(jar) == {"account_access", "account_refresh", "account_csrf"}
     assert jar["account_access"]["httpOnly"] and jar["account_refresh"]["httpOnly"]
+    # The browser's device token goes to the page's login alone, out of the script's reach.
+    (device,) = [
+        c
+        for c in tab.context.cookies(service.base_url + "/account/login")
+        if c["name"] == "account_device"
+    ]
+    assert device["httpOnly"] and device["path"] == "/account/login"
     assert not jar["account_csrf"]["httpOnly"]
     assert {c["sameSite"] for c in jar.values()} == {"Lax"}
     assert jar["account_refresh"]["path"] == "/account/refresh"
@@ -354,6 +361,8 @@ def test_register_and_reset_a_forgotten_password_on_the_page(service_factory, co
     other.page.click("#forgot-form button[type=submit]")
     expect(other.page.locator("#message")).to_contain_text("a reset code is on its way")
     outbox = service.workdir / "instance" / "outbox"
+    # The message is written in the background, after the answer.
+    wait_for(lambda: list(outbox.glob("*.json")), what="the reset message")
     (message,) = [json.loads(p.read_text()) for p in outbox.glob("*.json")]
     other.page.fill("#reset-token", "not-a-code")
     other.page.fill("#reset-password", "a brand new password")

@@ -21,6 +21,7 @@ from quart_tokengate.client._flow import (
     MAX_EXPIRED_RESENDS,
     AskCredentials,
     Call,
+    DeviceToken,
     Hook,
     Load,
     Push,
@@ -156,6 +157,7 @@ def test_new_and_pushed_tokens_note_their_arrival_by_the_auth_clock():
     assert outcome.tokens.local_expiry == NOW + 799
     _ops, logged_in = run(
         login_flow("alice", "pw", clock=skewed.clock),
+        None,  # no device token kept
         httpx.Response(200, json=pair_json(pair(name="3"))),
     )
     assert logged_in.received_at == NOW + 500
@@ -385,10 +387,12 @@ def test_refresh_401_with_credentials_logs_in_again():
         obtain(pair(), relogin=False, reason=None, can_login=True),
         problem(401, "session_expired"),
         ("alice", "pw"),
+        None,  # no device token kept
         httpx.Response(200, json=pair_json(fresh)),
     )
     assert isinstance(ops[1], AskCredentials)
-    assert ops[2] == Call("POST", "/auth/login", {"username": "alice", "password": "pw"})
+    assert ops[2] == DeviceToken("alice")
+    assert ops[3] == Call("POST", "/auth/login", {"username": "alice", "password": "pw"})
     assert outcome.tokens == fresh
     assert [name for name, _ in outcome.notes] == ["refresh_failed", "refreshed"]
 
@@ -398,6 +402,7 @@ def test_relogin_skips_the_refresh():
     ops, outcome = run(
         obtain(pair(), relogin=True, reason="token_revoked", can_login=True),
         ("alice", "pw"),
+        None,
         httpx.Response(200, json=pair_json(fresh)),
     )
     assert isinstance(ops[0], AskCredentials) and outcome.tokens == fresh
@@ -407,6 +412,7 @@ def test_relogin_refused_is_invalid_credentials():
     _ops, outcome = run(
         obtain(None, relogin=True, reason="missing_token", can_login=True),
         ("alice", "wrong"),
+        None,
         problem(401, "invalid_credentials"),
     )
     assert isinstance(outcome.error, InvalidCredentials) and outcome.change is None
@@ -442,7 +448,8 @@ def test_network_errors_and_5xx_keep_the_tokens(reply):
 
 def test_login_errors_are_typed():
     flow = login_flow("alice", "pw", device="laptop")
-    assert next(flow) == Call(
+    assert next(flow) == DeviceToken("alice")
+    assert flow.send(None) == Call(
         "POST", "/auth/login", {"username": "alice", "password": "pw", "device": "laptop"}
     )
     with pytest.raises(RateLimited) as limited:
@@ -451,15 +458,41 @@ def test_login_errors_are_typed():
 
     flow = login_flow("alice", "pw")
     next(flow)
+    flow.send(None)
     with pytest.raises(InvalidCredentials) as refused:
         flow.send(problem(401, "invalid_credentials"))
     assert isinstance(refused.value, LoginRequired)
 
     flow = login_flow("alice", "pw")
     next(flow)
+    flow.send(None)
     with pytest.raises(AuthError) as unreachable:
         flow.throw(httpx.ConnectError("refused"))
     assert isinstance(unreachable.value.__cause__, httpx.ConnectError)
+
+
+def test_login_sends_the_kept_device_token_and_keeps_the_new_one():
+    fresh = pair(name="2")
+    ops, tokens = run(
+        login_flow("alice", "pw"),
+        "device-token-1",
+        httpx.Response(200, json={**pair_json(fresh), "device_token": "device-token-2"}),
+        None,
+    )
+    assert ops[0] == DeviceToken("alice")
+    assert ops[1] == Call(
+        "POST", "/auth/login",
+        {"username": "alice", "password": "pw", "device_token": "device-token-1"},
+    )  # fmt: skip
+    assert ops[2] == DeviceToken("alice", "device-token-2") and tokens == fresh
+    assert "device-token-2" not in repr(ops[2])
+    # The same token back (renewed service-side or not): nothing new to keep.
+    _ops, tokens = run(
+        login_flow("alice", "pw"),
+        "device-token-2",
+        httpx.Response(200, json={**pair_json(fresh), "device_token": "device-token-2"}),
+    )
+    assert tokens == fresh
 
 
 def test_passwords_and_tokens_stay_out_of_reprs():

@@ -49,6 +49,10 @@ def test_every_variable_is_read():
         "TOKENGATE_LOGIN_MAX_FAILURES": "3",
         "TOKENGATE_LOGIN_WINDOW": "60",
         "TOKENGATE_RESET_TTL": "120",
+        "TOKENGATE_ADDRESS_MAX_FAILURES": "7",
+        "TOKENGATE_ADDRESS_MAX_REGISTRATIONS": "0",
+        "TOKENGATE_ADDRESS_MAX_RESETS": "5",
+        "TOKENGATE_DEVICE_TOKEN_TTL": "86400",
         "TOKENGATE_INSTANCE_DIR": "/tmp/tg",
         "TOKENGATE_DATABASE_URL": "postgresql+asyncpg://u@h/db",
         "TOKENGATE_REDIS_URL": "redis://127.0.0.1:6379/3",
@@ -92,6 +96,8 @@ def test_every_variable_is_read():
     assert (s.password_min_length, s.login_max_failures, s.login_window, s.reset_ttl) == (
         12, 3, 60, 120,
     )  # fmt: skip
+    assert (s.address_max_failures, s.address_max_registrations, s.address_max_resets) == (7, 0, 5)
+    assert s.device_token_ttl == 86400
     assert s.instance_dir == Path("/tmp/tg")
     assert s.sqlalchemy_url == "postgresql+asyncpg://u@h/db"
     assert s.redis_url == "redis://127.0.0.1:6379/3" and not s.redis_cluster
@@ -123,6 +129,9 @@ def test_every_bad_value_is_named_on_its_own_line():
         "TOKENGATE_HEADER_TIMEOUT": "0",
         "TOKENGATE_BODY_TIMEOUT": "soon",
         "TOKENGATE_MAX_CONNECTIONS": "0",
+        "TOKENGATE_ADDRESS_MAX_FAILURES": "-3",
+        "TOKENGATE_ADDRESS_MAX_RESETS": "ten",
+        "TOKENGATE_DEVICE_TOKEN_TTL": "0",
     }
     with pytest.raises(SettingsError) as info:
         Settings.from_env(env, dotenv=None)
