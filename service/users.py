@@ -79,7 +79,7 @@ def scope_set(scopes: str | Iterable[str] | None) -> frozenset[str]:
 
 # The kind of a service account's user row, and the stamp that no password matches.
 SERVICE_KIND = "service"
-NO_PASSWORD = "!"
+NO_PASSWORD = "!"  # noqa: S105 (no hash: matches no password)
 
 
 def record_of(user: User) -> UserRecord:

@@ -66,10 +66,17 @@ def cmd_clients_list(args: argparse.Namespace) -> int:
             return 0
         _table(
             [
-                [c.client_id, c.name, "disabled" if c.disabled else "active", c.method,
-                 " ".join(c.scopes) or "-", str(c.secrets), _when(c.created_at)]
+                [
+                    c.client_id,
+                    c.name,
+                    "disabled" if c.disabled else "active",
+                    c.method,
+                    " ".join(c.scopes) or "-",
+                    str(c.secrets),
+                    _when(c.created_at),
+                ]
                 for c in found
-            ],  # fmt: skip
+            ],
             ["CLIENT ID", "NAME", "STATUS", "AUTH", "SCOPES", "CREDENTIALS", "CREATED"],
         )
         return 0
@@ -109,10 +116,18 @@ def add_client_commands(sub: Any) -> None:
     clients_sub = clients.add_subparsers(dest="clients_command", required=True)
     create = clients_sub.add_parser("create", help="register a client; prints its secret once")
     create.add_argument("name")
-    create.add_argument("--scope", action="append", default=[], metavar="S",
-                        help="a scope the client may ask for (repeat for more)")  # fmt: skip
-    create.add_argument("--jwks-file", metavar="FILE",
-                        help="the client's public keys (a JWKS): it uses private_key_jwt")  # fmt: skip
+    create.add_argument(
+        "--scope",
+        action="append",
+        default=[],
+        metavar="S",
+        help="a scope the client may ask for (repeat for more)",
+    )
+    create.add_argument(
+        "--jwks-file",
+        metavar="FILE",
+        help="the client's public keys (a JWKS): it uses private_key_jwt",
+    )
     create.set_defaults(func=cmd_clients_create)
     listing = clients_sub.add_parser("list", help="list the clients")
     listing.add_argument("--json", action="store_true", help="print JSON")
@@ -121,8 +136,13 @@ def add_client_commands(sub: Any) -> None:
         "rotate-secret", help="a new secret; the old ones (and their tokens) stop after --keep-old"
     )
     rotate.add_argument("client_id")
-    rotate.add_argument("--keep-old", type=int, default=0, metavar="SECONDS",
-                        help="how long the older secrets keep working (default 0)")  # fmt: skip
+    rotate.add_argument(
+        "--keep-old",
+        type=int,
+        default=0,
+        metavar="SECONDS",
+        help="how long the older secrets keep working (default 0)",
+    )
     rotate.set_defaults(func=cmd_clients_rotate_secret)
     for name, disabled, text in (
         ("disable", True, "refuse the client's fetches and its live tokens"),

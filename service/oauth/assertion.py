@@ -78,7 +78,7 @@ def parse_jwks(raw: str | Mapping[str, Any]) -> tuple[AssertionKey, ...]:
         if "d" in jwk or jwk.get("kty") == "oct":
             raise ValueError("the JWKS must hold public keys only (a private or shared key leaked)")
         kty, crv = jwk.get("kty"), jwk.get("crv")
-        algorithm = _PINNED.get((kty, None if kty == "RSA" else crv))
+        algorithm = _PINNED.get((str(kty), None if kty == "RSA" else str(crv)))
         if algorithm is None:
             raise ValueError(f"unsupported key type {kty!r} (curve {crv!r}): use RSA, P-256, "
                              "P-384 or Ed25519")  # fmt: skip
@@ -168,7 +168,9 @@ def check_assertion(
     if claims is None:
         raise InvalidClient("The client assertion's signature or claims are invalid.", basic=False)
     if claims.get("iss") != client_id or claims.get("sub") != client_id:
-        raise InvalidClient("The client assertion's iss and sub must be the client_id.", basic=False)
+        raise InvalidClient(
+            "The client assertion's iss and sub must be the client_id.", basic=False
+        )
     exp, nbf, jti = claims.get("exp"), claims.get("nbf"), claims.get("jti")
     if type(exp) is not int or (nbf is not None and type(nbf) is not int):
         raise InvalidClient("The client assertion's times must be integers.", basic=False)

@@ -77,7 +77,7 @@ class ClientSessions:
                     live = await self._alive(uid, current)  # another fetch opened it meanwhile
                     if live is not None:
                         return live
-                return await self._open(client, credential, info, current)
+                return await self._open(client, credential, info)
         finally:
             if not lock.locked():
                 self._opening.pop(credential.id, None)
@@ -136,7 +136,7 @@ class ClientSessions:
             log.warning("could not write last-seen back to SQL: %s", describe(exc))
 
     async def _open(
-        self, client: RegisteredClient, credential: Credential, info: ClientInfo, previous: str | None
+        self, client: RegisteredClient, credential: Credential, info: ClientInfo
     ) -> ClientSession:
         """Open the generation's session: SQL first (the row, and the generation naming
         it), then Redis, as a login opens one; then read the client again."""
@@ -189,7 +189,12 @@ class ClientSessions:
             if fresh is None
             else next((c for c in fresh.credentials if c.id == credential.id), None)
         )
-        if fresh is None or fresh.disabled or same is None or same.retire_at != credential.retire_at:
+        if (
+            fresh is None
+            or fresh.disabled
+            or same is None
+            or same.retire_at != credential.retire_at
+        ):
             await m.ends.end([sid], client.user_id, EndReason.REVOKED, now)
             raise InvalidClient("The client was disabled or its secret retired.", basic=False)
         return ClientSession(sid, created + self.max_age)

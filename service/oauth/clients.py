@@ -30,7 +30,7 @@ from ..users import NO_PASSWORD, SERVICE_KIND
 from .assertion import parse_jwks
 
 CLIENT_ID_PREFIX = "tgc_"
-SECRET_PREFIX = "tgcs_"
+SECRET_PREFIX = "tgcs_"  # noqa: S105 (a prefix, not a secret)
 # What a client id looks like; anything else is refused before any lookup.
 CLIENT_ID = re.compile(r"^tgc_[A-Za-z0-9_-]{22}$")
 # RFC 6749 section 3.3: a scope token is printable ASCII without space, '"' or '\'.
@@ -103,7 +103,9 @@ class ClientInfo:
 
 
 def _usable(now: float) -> Any:
-    return or_(OAuthClientCredential.retire_at.is_(None), OAuthClientCredential.retire_at > utc(now))
+    return or_(
+        OAuthClientCredential.retire_at.is_(None), OAuthClientCredential.retire_at > utc(now)
+    )
 
 
 class ClientRegistry:
@@ -145,9 +147,14 @@ class ClientRegistry:
             if c is not None
         )
         return RegisteredClient(
-            client.client_id, client.name, client.user_id, tuple(client.scopes.split()),
-            client.jwks, client.disabled, credentials,
-        )  # fmt: skip
+            client.client_id,
+            client.name,
+            client.user_id,
+            tuple(client.scopes.split()),
+            client.jwks,
+            client.disabled,
+            credentials,
+        )
 
     # -- administration -------------------------------------------------------
     async def create(
@@ -171,27 +178,37 @@ class ClientRegistry:
         secret = None if jwks is not None else new_secret()
         async with self.db() as db:
             user = User(
-                username=client_id, password_hash=NO_PASSWORD, created_at=now,
-                password_changed_at=now, kind=SERVICE_KIND,
-            )  # fmt: skip
+                username=client_id,
+                password_hash=NO_PASSWORD,
+                created_at=now,
+                password_changed_at=now,
+                kind=SERVICE_KIND,
+            )
             db.add(user)
             await db.flush()
             db.add(
                 OAuthClient(
-                    client_id=client_id, name=name, user_id=user.id,
-                    scopes=" ".join(dict.fromkeys(scopes)), jwks=jwks, created_at=now,
-                )  # fmt: skip
+                    client_id=client_id,
+                    name=name,
+                    user_id=user.id,
+                    scopes=" ".join(dict.fromkeys(scopes)),
+                    jwks=jwks,
+                    created_at=now,
+                )
             )
             db.add(
                 OAuthClientCredential(
-                    client_id=client_id, secret_hash=secret and secret_digest(secret),
+                    client_id=client_id,
+                    secret_hash=secret and secret_digest(secret),
                     created_at=now,
-                )  # fmt: skip
+                )
             )
             try:
                 await db.commit()
             except IntegrityError:
-                raise ClientError("a user with that client id exists; run the command again") from None
+                raise ClientError(
+                    "a user with that client id exists; run the command again"
+                ) from None
         return client_id, secret
 
     async def list(self) -> list[ClientInfo]:
@@ -201,19 +218,22 @@ class ClientRegistry:
                 await db.execute(select(OAuthClient).order_by(OAuthClient.created_at))
             ).scalars()
             creds = (
-                await db.execute(
-                    select(OAuthClientCredential.client_id).where(_usable(self.now()))
-                )
+                await db.execute(select(OAuthClientCredential.client_id).where(_usable(self.now())))
             ).scalars()
             counts: dict[str, int] = {}
             for cid in creds:
                 counts[cid] = counts.get(cid, 0) + 1
             return [
                 ClientInfo(
-                    c.client_id, c.name, c.user_id, tuple(c.scopes.split()),
-                    "private_key_jwt" if c.jwks else "client_secret", c.disabled, c.created_at,
+                    c.client_id,
+                    c.name,
+                    c.user_id,
+                    tuple(c.scopes.split()),
+                    "private_key_jwt" if c.jwks else "client_secret",
+                    c.disabled,
+                    c.created_at,
                     counts.get(c.client_id, 0),
-                )  # fmt: skip
+                )
                 for c in clients
             ]
 

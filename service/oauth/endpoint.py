@@ -15,13 +15,12 @@ from urllib.parse import parse_qsl
 
 from quart import Blueprint, Response, jsonify, request
 
-from . import schemas
 from ..api.auth import client_info, raw_body
 from ..errors import InvalidRequest, UnsupportedGrantType, handle_exception
 from ..guard import get_gate
 from ..identity import ClientInfo
 from ..openapi import document
-from . import client_credentials
+from . import client_credentials, schemas
 from .accounts import ServiceAccounts, service_accounts
 
 oauth_token_bp = Blueprint("tokengate_oauth_token", __name__, url_prefix="/oauth")

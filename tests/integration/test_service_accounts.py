@@ -165,9 +165,7 @@ async def test_every_error_is_rfc_6749_shaped_and_changes_nothing(
             "/oauth/token",
             json={"grant_type": "client_credentials", "client_id": cid, "client_secret": secret},
         ),
-        "Basic not base64": lambda: fetch(
-            client, grant, {"Authorization": "Basic %%%", **FORM}
-        ),
+        "Basic not base64": lambda: fetch(client, grant, {"Authorization": "Basic %%%", **FORM}),
         "Basic without colon": lambda: fetch(
             client, grant, {"Authorization": "Basic " + base64.b64encode(b"x").decode(), **FORM}
         ),
@@ -175,9 +173,7 @@ async def test_every_error_is_rfc_6749_shaped_and_changes_nothing(
         "client_id differs from Basic": lambda: fetch(
             client, f"{grant}&client_id=tgc_other", basic(cid, secret)
         ),
-        "not UTF-8": lambda: client.post(
-            "/oauth/token", data=b"grant_type=\xff\xfe", headers=FORM
-        ),
+        "not UTF-8": lambda: client.post("/oauth/token", data=b"grant_type=\xff\xfe", headers=FORM),
         "huge secret": lambda: fetch_post(client, cid, secret + "x" * 600),
     }
     r = await cases[how]()
@@ -289,9 +285,7 @@ async def test_a_session_redis_lost_is_rebuilt_and_reused(app, redis_client):
     assert (await client.get("/auth/me", headers=bearer(token))).status_code == 200
 
 
-async def test_redis_down_answers_503_fast_and_the_same_fetch_works_after(
-    make_app, private_redis
-):
+async def test_redis_down_answers_503_fast_and_the_same_fetch_works_after(make_app, private_redis):
     app = await make_app(redis_url=private_redis.url)
     cid, secret = await registry(app).create("svc", [])
     client = app.test_client()
@@ -314,17 +308,24 @@ def rsa_key() -> rsa.RSAPrivateKey:
 def jwks_of(*keys: Any) -> str:
     found = []
     for i, key in enumerate(keys):
-        jwk = json.loads(jwt.algorithms.get_default_algorithms()[
-            "RS256" if isinstance(key, rsa.RSAPrivateKey) else "ES256"
-        ].to_jwk(key.public_key()))
+        jwk = json.loads(
+            jwt.algorithms.get_default_algorithms()[
+                "RS256" if isinstance(key, rsa.RSAPrivateKey) else "ES256"
+            ].to_jwk(key.public_key())
+        )
         jwk["kid"] = f"k{i}"
         found.append(jwk)
     return json.dumps({"keys": found})
 
 
 def assertion(key: Any, cid: str, now: float, alg: str = "RS256", **over: Any) -> str:
-    body = {"iss": cid, "sub": cid, "aud": TOKEN_URL, "exp": int(now) + 60, "jti": jwt.utils
-            .base64url_encode(__import__("os").urandom(12)).decode()}  # fmt: skip
+    body = {
+        "iss": cid,
+        "sub": cid,
+        "aud": TOKEN_URL,
+        "exp": int(now) + 60,
+        "jti": jwt.utils.base64url_encode(__import__("os").urandom(12)).decode(),
+    }
     body.update(over)
     return jwt.encode({k: v for k, v in body.items() if v is not None}, key, algorithm=alg)
 
@@ -357,10 +358,15 @@ async def test_private_key_jwt_good_and_every_bad_assertion(make_app, clock):
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     header = base64.urlsafe_b64encode(b'{"alg":"none","typ":"JWT"}').rstrip(b"=").decode()
-    payload = base64.urlsafe_b64encode(
-        json.dumps({"iss": cid, "sub": cid, "aud": TOKEN_URL, "exp": int(now) + 60,
-                    "jti": "none-1"}).encode()  # fmt: skip
-    ).rstrip(b"=").decode()
+    payload = (
+        base64.urlsafe_b64encode(
+            json.dumps(
+                {"iss": cid, "sub": cid, "aud": TOKEN_URL, "exp": int(now) + 60, "jti": "none-1"}
+            ).encode()
+        )
+        .rstrip(b"=")
+        .decode()
+    )
     hs = jwt.api_jws.PyJWS()
     hs._algorithms["HS256"].prepare_key = lambda k: k  # sign with the public key's bytes
     bad = {
@@ -372,9 +378,11 @@ async def test_private_key_jwt_good_and_every_bad_assertion(make_app, clock):
         "sub differs": assertion(key, cid, now, sub="tgc_" + "C" * 22),
         "alg none": f"{header}.{payload}.",
         "HS256 with the public key": hs.encode(
-            json.dumps({"iss": cid, "sub": cid, "aud": TOKEN_URL, "exp": int(now) + 60,
-                        "jti": "hs-1"}).encode(),  # fmt: skip
-            public_pem, algorithm="HS256",
+            json.dumps(
+                {"iss": cid, "sub": cid, "aud": TOKEN_URL, "exp": int(now) + 60, "jti": "hs-1"}
+            ).encode(),
+            public_pem,
+            algorithm="HS256",
         ),
         "not a JWT": "abc.def",
     }
@@ -383,18 +391,20 @@ async def test_private_key_jwt_good_and_every_bad_assertion(make_app, clock):
         assert r.status_code == 401, (name, await r.get_data())
         assert await error_of(r) == "invalid_client", name
     # The issuer is an accepted audience too; the exp limit is five minutes.
-    r = await fetch(one.test_client(), by_assertion(assertion(key, cid, now, aud="tokengate",
-                                                              exp=int(now) + 300)))  # fmt: skip
+    r = await fetch(
+        one.test_client(),
+        by_assertion(assertion(key, cid, now, aud="tokengate", exp=int(now) + 300)),
+    )
     assert r.status_code == 200
     # A secret is no way in for a key client; two ways at once is invalid_request.
     r = await fetch_post(one.test_client(), cid, "tgcs_" + "A" * 43)
     assert await error_of(r) == "invalid_client"
-    r = await fetch(
-        one.test_client(), by_assertion(assertion(key, cid, now), client_secret="s")
-    )
+    r = await fetch(one.test_client(), by_assertion(assertion(key, cid, now), client_secret="s"))
     assert r.status_code == 400 and await error_of(r) == "invalid_request"
-    r = await fetch(one.test_client(), by_assertion(assertion(key, cid, now))
-                    | {"client_assertion_type": "urn:other"})  # fmt: skip
+    r = await fetch(
+        one.test_client(),
+        by_assertion(assertion(key, cid, now)) | {"client_assertion_type": "urn:other"},
+    )
     assert r.status_code == 400 and await error_of(r) == "invalid_request"
 
 
