@@ -26,8 +26,7 @@
             ├── RefreshReused        refresh_reused
             ├── FreshLoginRequired   fresh_login_required
             ├── InvalidCredentials   invalid_credentials
-            └── InvalidClient        invalid_client (RFC 6749/7662, + Basic challenge
-                                     when the client sent Basic)
+            └── InvalidClient        invalid_client (RFC 6749/7662, + Basic challenge)
 
 The handler renders every ``HTTPException`` (ours and Quart's own 404, 405,
 413...) as ``{"error", "error_description"}``; infrastructure failures become
@@ -227,13 +226,10 @@ class InvalidClient(Unauthorized):
     error = "invalid_client"
     description = "The client is unknown or its secret is wrong."
 
-    def __init__(self, description: str | None = None, *, basic: bool = True) -> None:
-        super().__init__(description)
-        # RFC 6749 section 5.2: the Basic challenge answers a client that sent Basic.
-        self.basic = basic
-
     def extra_headers(self) -> dict[str, str]:
-        return {"WWW-Authenticate": f'Basic realm="{REALM}"'} if self.basic else {}
+        # RFC 6749 section 5.2 requires it where the client sent Basic; HTTP wants
+        # a challenge on every 401, and it tells a client how to authenticate.
+        return {"WWW-Authenticate": f'Basic realm="{REALM}"'}
 
 
 def is_infrastructure_failure(exc: BaseException) -> bool:

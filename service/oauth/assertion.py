@@ -136,19 +136,18 @@ def check_assertion(
     one of ``audiences`` (the token endpoint's URL, or the issuer); ``exp``
     must be in the future and at most ``MAX_ASSERTION_LIFETIME`` seconds
     ahead; ``nbf``, if present, reached; ``jti`` present. Anything else
-    raises ``InvalidClient`` (never ``basic``: an assertion is not Basic).
+    raises ``InvalidClient``.
     """
     header = _segment(assertion, 0) if len(assertion) <= MAX_ASSERTION_LENGTH else None
     if header is None:
-        raise InvalidClient("The client assertion is not a JWT.", basic=False)
+        raise InvalidClient("The client assertion is not a JWT.")
     alg, kid = header.get("alg"), header.get("kid")
     candidates = [
         k for k in keys if k.algorithm == alg and (kid is None or k.kid is None or k.kid == kid)
     ]
     if not candidates:
         raise InvalidClient(
-            "The client assertion is not signed by a registered key with its algorithm.",
-            basic=False,
+            "The client assertion is not signed by a registered key with its algorithm."
         )
     claims: dict[str, Any] | None = None
     for key in candidates:
@@ -159,30 +158,25 @@ def check_assertion(
                          "verify_nbf": False, "verify_iat": False, "verify_iss": False},
             )  # fmt: skip
         except jwt.InvalidAudienceError:
-            raise InvalidClient(
-                "The client assertion's aud is not this token endpoint.", basic=False
-            ) from None
+            raise InvalidClient("The client assertion's aud is not this token endpoint.") from None
         except jwt.PyJWTError:
             continue
         break
     if claims is None:
-        raise InvalidClient("The client assertion's signature or claims are invalid.", basic=False)
+        raise InvalidClient("The client assertion's signature or claims are invalid.")
     if claims.get("iss") != client_id or claims.get("sub") != client_id:
-        raise InvalidClient(
-            "The client assertion's iss and sub must be the client_id.", basic=False
-        )
+        raise InvalidClient("The client assertion's iss and sub must be the client_id.")
     exp, nbf, jti = claims.get("exp"), claims.get("nbf"), claims.get("jti")
     if type(exp) is not int or (nbf is not None and type(nbf) is not int):
-        raise InvalidClient("The client assertion's times must be integers.", basic=False)
+        raise InvalidClient("The client assertion's times must be integers.")
     if exp <= now - leeway:
-        raise InvalidClient("The client assertion has expired.", basic=False)
+        raise InvalidClient("The client assertion has expired.")
     if exp > now + MAX_ASSERTION_LIFETIME + leeway:
         raise InvalidClient(
-            f"The client assertion's exp may be at most {MAX_ASSERTION_LIFETIME} seconds ahead.",
-            basic=False,
+            f"The client assertion's exp may be at most {MAX_ASSERTION_LIFETIME} seconds ahead."
         )
     if nbf is not None and nbf > now + leeway:
-        raise InvalidClient("The client assertion is not valid yet.", basic=False)
+        raise InvalidClient("The client assertion is not valid yet.")
     if not isinstance(jti, str) or not jti or len(jti) > 256:
-        raise InvalidClient("The client assertion needs a jti.", basic=False)
+        raise InvalidClient("The client assertion needs a jti.")
     return AssertionClaims(client_id, jti, exp)

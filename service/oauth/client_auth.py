@@ -35,8 +35,6 @@ class AuthenticatedClient:
     client: RegisteredClient
     credential: Credential
     method: str
-    # Whether it used HTTP Basic: then a later invalid_client carries the Basic challenge.
-    basic: bool
     # private_key_jwt: the Redis key that marks its assertion's jti used.
     jti_key: str | None = None
 
@@ -53,7 +51,7 @@ def _basic(header: str) -> tuple[str, str]:
     return unquote_plus(client_id), unquote_plus(secret)
 
 
-def _check_secret(client: RegisteredClient | None, secret: str, basic: bool) -> Credential:
+def _check_secret(client: RegisteredClient | None, secret: str) -> Credential:
     """The generation whose secret this is; every usable one is compared."""
     digest = secret_digest(secret[:MAX_SECRET_LENGTH]).encode()
     found: Credential | None = None
@@ -63,7 +61,7 @@ def _check_secret(client: RegisteredClient | None, secret: str, basic: bool) -> 
         if hmac.compare_digest(digest, credential.secret_hash.encode()):
             found = credential
     if client is None or found is None or client.disabled or len(secret) > MAX_SECRET_LENGTH:
-        raise InvalidClient(basic=basic)
+        raise InvalidClient()
     return found
 
 
@@ -95,21 +93,21 @@ class ClientAuthenticator:
             if params.get("client_id", client_id) != client_id:
                 raise InvalidRequest("The client_id differs from the Basic credentials'.")
             client = await self.registry.find(client_id)
-            credential = _check_secret(client, secret, True)
+            credential = _check_secret(client, secret)
             assert client is not None
-            return AuthenticatedClient(client, credential, "client_secret_basic", True)
+            return AuthenticatedClient(client, credential, "client_secret_basic")
         if post:
             client_id = params.get("client_id", "")
             if not client_id:
                 raise InvalidRequest("client_secret_post needs client_id in the body.")
             client = await self.registry.find(client_id)
-            credential = _check_secret(client, params["client_secret"], False)
+            credential = _check_secret(client, params["client_secret"])
             assert client is not None
-            return AuthenticatedClient(client, credential, "client_secret_post", False)
+            return AuthenticatedClient(client, credential, "client_secret_post")
         if assertion:
             return await self._assertion(params, audiences=audiences, now=now)
         # No authentication at all: the challenge says how to authenticate.
-        raise InvalidClient("The client did not authenticate.", basic=True)
+        raise InvalidClient("The client did not authenticate.")
 
     async def _assertion(
         self, params: Mapping[str, str], *, audiences: Iterable[str], now: float
@@ -122,13 +120,13 @@ class ClientAuthenticator:
             raise InvalidRequest("client_assertion is missing.")
         client_id = claimed_client_id(assertion)
         if client_id is None:
-            raise InvalidClient("The client assertion names no client.", basic=False)
+            raise InvalidClient("The client assertion names no client.")
         if params.get("client_id", client_id) != client_id:
-            raise InvalidClient("The client_id differs from the assertion's.", basic=False)
+            raise InvalidClient("The client_id differs from the assertion's.")
         client = await self.registry.find(client_id)
         keyed = [c for c in client.credentials if c.secret_hash is None] if client else []
         if client is None or client.jwks is None or not keyed or client.disabled:
-            raise InvalidClient(basic=False)
+            raise InvalidClient()
         claims = check_assertion(
             assertion, parse_jwks(client.jwks), client_id=client_id, audiences=audiences,
             now=now, leeway=self.leeway,
@@ -137,8 +135,8 @@ class ClientAuthenticator:
         key = self.jti_key(client_id, claims.jti)
         ttl = max(1, int(claims.exp - now) + self.leeway + 1)
         if not await self.redis.set(key, "1", nx=True, ex=ttl):
-            raise InvalidClient("This client assertion was used already.", basic=False)
-        return AuthenticatedClient(client, keyed[0], "private_key_jwt", False, key)
+            raise InvalidClient("This client assertion was used already.")
+        return AuthenticatedClient(client, keyed[0], "private_key_jwt", key)
 
     @staticmethod
     def jti_key(client_id: str, jti: str) -> str:

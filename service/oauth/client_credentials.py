@@ -10,6 +10,7 @@ client asks again.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -49,11 +50,10 @@ async def grant(
     scopes = granted_scopes(params.get("scope"), client.scopes)
     try:
         session = await accounts.sessions.session_for(client, authenticated.credential, info)
-    except InvalidClient as exc:
-        exc.basic = authenticated.basic
-        raise
-    except BaseException:
-        await accounts.authenticator.forget(authenticated)
+    except BaseException as exc:
+        if not isinstance(exc, InvalidClient):  # an outage: the same request may come again
+            with contextlib.suppress(Exception):
+                await accounts.authenticator.forget(authenticated)
         raise
     now = m.clock()
     iat = int(now)

@@ -196,5 +196,5 @@ class ClientSessions:
             or same.retire_at != credential.retire_at
         ):
             await m.ends.end([sid], client.user_id, EndReason.REVOKED, now)
-            raise InvalidClient("The client was disabled or its secret retired.", basic=False)
+            raise InvalidClient("The client was disabled or its secret retired.")
         return ClientSession(sid, created + self.max_age)

@@ -60,8 +60,6 @@ async def form_parameters() -> dict[str, str]:
     for name, value in pairs:
         if name in params:
             raise InvalidRequest(f"The parameter {name} is sent more than once.")
-        if "\x00" in value:
-            raise InvalidRequest(f"The parameter {name} is malformed.")
         params[name] = value
     return {name: value for name, value in params.items() if value}
 
