@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, StringConstraints
+from pydantic.json_schema import SkipJsonSchema
 
 # RFC 6749 section 3.3: scope tokens of printable ASCII (no space, '"' or '\\'),
 # separated by one space.
@@ -35,13 +36,13 @@ class ClientCredentialsForm(BaseModel):
 
     grant_type: Literal["client_credentials"]
     # Optional, never null: a form has no null (the default None is never sent).
-    scope: ScopeParameter = Field(default=None)
-    client_id: Text = Field(default=None)
-    client_secret: Text = Field(default=None)
-    client_assertion_type: Literal["urn:ietf:params:oauth:client-assertion-type:jwt-bearer"] = (
-        Field(default=None)
-    )
-    client_assertion: Text = Field(default=None)
+    scope: ScopeParameter | SkipJsonSchema[None] = None
+    client_id: Text | SkipJsonSchema[None] = None
+    client_secret: Text | SkipJsonSchema[None] = None
+    client_assertion_type: (
+        Literal["urn:ietf:params:oauth:client-assertion-type:jwt-bearer"] | SkipJsonSchema[None]
+    ) = None
+    client_assertion: Text | SkipJsonSchema[None] = None
 
 
 class OAuthTokenOut(BaseModel):
