@@ -13,8 +13,9 @@ The request flow, ``request_flow``, yields:
 
 The token flows, ``obtain`` and ``login_flow``, yield:
 
-    Call(method, path, body)  the response of an ``/auth`` request the edge sends
-                              itself (a transport error is thrown back in)
+    Call(method, path, body)  the response of an ``/auth`` (or ``/oauth/token``, a
+                              form) request the edge sends itself (a
+                              transport error is thrown back in)
     AskCredentials()          ``(username, password)`` from ``credentials``
 
 A ``Renew`` is served by the single flight (``_flight.py``), which also yields
@@ -89,6 +90,9 @@ class Call:
     method: str
     path: str
     body: dict[str, Any] = field(repr=False)
+    # A form body (the OAuth token endpoint) instead of JSON, and headers of its own.
+    form: bool = False
+    headers: dict[str, str] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
