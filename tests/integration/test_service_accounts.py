@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from typing import Any
@@ -17,7 +18,7 @@ from quart_tokengate.service.db.models import AuthSession
 from quart_tokengate.service.oauth.accounts import service_accounts
 from quart_tokengate.service.oauth.assertion import ASSERTION_TYPE
 from tests.conftest import login_attempt
-from tests.support import assert_unavailable, bearer, claims, timed_async
+from tests.support import assert_unavailable, bearer, claims, free_port, timed_async
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 TOKEN_URL = "http://localhost/oauth/token"
@@ -424,3 +425,36 @@ async def test_a_jwks_with_a_private_or_shared_key_is_refused(app):
     now = app.extensions["tokengate"].clock()
     r = await fetch(app.test_client(), by_assertion(assertion(key, cid, now, alg="ES256")))
     assert r.status_code == 200, await r.get_data()
+
+
+async def test_concurrent_first_fetches_open_one_session(app):
+    cid, secret = await registry(app).create("burst", [])
+    client = app.test_client()
+    answers = await asyncio.gather(*(fetch_basic(client, cid, secret) for _ in range(20)))
+    sids = {claims((await r.get_json())["access_token"])["sid"] for r in answers}
+    assert len(sids) == 1
+    assert await live_sessions(app, (await registry(app).find(cid)).user_id) == 1
+
+
+async def test_an_assertion_refused_for_an_outage_is_accepted_afterwards(make_app, private_redis):
+    app = await make_app(redis_url=private_redis.url)
+    key = rsa_key()
+    cid, _ = await registry(app).create("signer", [], jwks_of(key))
+    client = app.test_client()
+    body = by_assertion(assertion(key, cid, app.extensions["tokengate"].clock()))
+    private_redis.stop()
+    r, elapsed = await timed_async(lambda: fetch(client, body))
+    assert_unavailable(r, elapsed, await r.get_json())
+    private_redis.start()
+    r = await fetch(client, body)
+    assert r.status_code == 200, await r.get_data()
+    assert (await fetch(client, body)).status_code == 401  # and once only
+
+
+async def test_database_down_answers_503_fast(make_app, redis_client):
+    dead = f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/test"
+    app = await make_app(database_url=dead)
+    r, elapsed = await timed_async(
+        lambda: fetch_basic(app.test_client(), "tgc_" + "A" * 22, "tgcs_x")
+    )
+    assert_unavailable(r, elapsed, await r.get_json())
