@@ -21,7 +21,7 @@ from urllib.parse import unquote_plus
 
 from ..errors import InvalidClient, InvalidRequest
 from .assertion import ASSERTION_TYPE, check_assertion, claimed_client_id, parse_jwks
-from .clients import ClientRegistry, Credential, RegisteredClient, secret_digest
+from .clients import CLIENT_ID, ClientRegistry, Credential, RegisteredClient, secret_digest
 
 # Compared against when the client is unknown, so that the answer takes as long.
 _NO_SECRET = hashlib.sha256(b"tokengate: no such client").hexdigest()
@@ -137,6 +137,19 @@ class ClientAuthenticator:
         if not await self.redis.set(key, "1", nx=True, ex=ttl):
             raise InvalidClient("This client assertion was used already.")
         return AuthenticatedClient(client, keyed[0], "private_key_jwt", key)
+
+    @staticmethod
+    def claimed(params: Mapping[str, str], authorization: str) -> str:
+        """The client id a request names, for the security log ("" when it names none that
+        could be one: nothing the caller typed reaches the log unchecked)."""
+        scheme, _, encoded = authorization.partition(" ")
+        found = params.get("client_id") or claimed_client_id(params.get("client_assertion", ""))
+        if scheme.lower() == "basic":
+            try:
+                found = _basic(encoded)[0]
+            except InvalidRequest:
+                found = None
+        return found if found and CLIENT_ID.match(found) else ""
 
     @staticmethod
     def jti_key(client_id: str, jti: str) -> str:

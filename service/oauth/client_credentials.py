@@ -17,6 +17,7 @@ from typing import Any
 from .. import tokens
 from ..errors import InvalidClient, InvalidScope
 from ..identity import ClientInfo
+from ..logs import security_event
 from ..users import UserRecord
 from .accounts import ServiceAccounts
 
@@ -43,9 +44,14 @@ async def grant(
 ) -> dict[str, Any]:  # fmt: skip
     """Answer a client-credentials token request: the token response's JSON."""
     m = accounts.manager
-    authenticated = await accounts.authenticator.authenticate(
-        params, authorization, audiences=(token_url, m.settings.issuer), now=m.clock()
-    )
+    try:
+        authenticated = await accounts.authenticator.authenticate(
+            params, authorization, audiences=(token_url, m.settings.issuer), now=m.clock()
+        )
+    except InvalidClient:
+        client_id = accounts.authenticator.claimed(params, authorization)
+        security_event("client_auth_failed", client_id=client_id, ip=info.ip)
+        raise
     client = authenticated.client
     scopes = granted_scopes(params.get("scope"), client.scopes)
     try:

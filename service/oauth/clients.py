@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ..db.models import OAuthClient, OAuthClientCredential, User
 from ..db.repository import utc
+from ..logs import security_event
 from ..sessions import SessionManager
 from ..users import NO_PASSWORD, SERVICE_KIND
 from .assertion import parse_jwks
@@ -209,6 +210,7 @@ class ClientRegistry:
                 raise ClientError(
                     "a user with that client id exists; run the command again"
                 ) from None
+        security_event("client_created", client_id=client_id, scopes=" ".join(scopes))
         return client_id, secret
 
     async def list(self) -> list[ClientInfo]:
@@ -279,6 +281,7 @@ class ClientRegistry:
         # A retiring generation's next fetch opens a session that ends at its
         # retire time by the session's own age rule.
         await self.manager.end_all(user_id)
+        security_event("client_secret_rotated", client_id=client_id, keep_old=keep_old)
         return secret
 
     async def set_disabled(self, client_id: str, disabled: bool) -> None:
@@ -292,3 +295,4 @@ class ClientRegistry:
             # After the flag, as `users disable` does: a fetch checked before it is
             # refused once it opens its session (client_sessions.py reads it again).
             await self.manager.end_all(user_id)
+        security_event("client_disabled" if disabled else "client_enabled", client_id=client_id)

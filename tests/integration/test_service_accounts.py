@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 from typing import Any
 from urllib.parse import urlencode
 
@@ -458,3 +459,25 @@ async def test_database_down_answers_503_fast(make_app, redis_client):
         lambda: fetch_basic(app.test_client(), "tgc_" + "A" * 22, "tgcs_x")
     )
     assert_unavailable(r, elapsed, await r.get_json())
+
+
+async def test_security_events_name_the_client_and_never_a_secret(app, caplog):
+    caplog.set_level(logging.INFO, logger="tokengate")
+    cid, secret = await registry(app).create("svc", ["a"])
+    await fetch_basic(app.test_client(), cid, secret + "x")
+    await fetch_post(app.test_client(), "not\nan id", "x")
+    new = await registry(app).rotate_secret(cid, keep_old=10)
+    await registry(app).set_disabled(cid, True)
+    events = [
+        r.fields for r in caplog.records if r.name == "tokengate.security" and
+        r.fields["event"].startswith("client_")
+    ]  # fmt: skip
+    assert [(e["event"], e["client_id"]) for e in events] == [
+        ("client_created", cid),
+        ("client_auth_failed", cid),
+        ("client_auth_failed", ""),
+        ("client_secret_rotated", cid),
+        ("client_disabled", cid),
+    ]
+    text = "\n".join(str(r.__dict__) for r in caplog.records)
+    assert secret not in text and new not in text
