@@ -51,10 +51,11 @@ class ClientSessions:
     def __init__(self, manager: SessionManager, registry: ClientRegistry) -> None:
         self.manager = manager
         self.registry = registry
-        # One opening at a time per generation in this process; across
-        # processes, at most one each (a spare session is harmless: it ends
-        # with the generation, as every session of the client does).
-        self._opening: dict[int, asyncio.Lock] = {}
+        # One opening at a time per generation in this process (the lock, and how
+        # many fetches hold or wait for it); across processes, at most one each (a
+        # spare session is harmless: it ends with the generation, as every session
+        # of the client does).
+        self._opening: dict[int, tuple[asyncio.Lock, list[int]]] = {}
 
     @property
     def max_age(self) -> int:
@@ -69,7 +70,8 @@ class ClientSessions:
             live = await self._alive(uid, credential.session_id)
             if live is not None:
                 return live
-        lock = self._opening.setdefault(credential.id, asyncio.Lock())
+        lock, users = self._opening.setdefault(credential.id, (asyncio.Lock(), [0]))
+        users[0] += 1
         try:
             async with lock:
                 current = await self._current(credential.id)
@@ -79,8 +81,9 @@ class ClientSessions:
                         return live
                 return await self._open(client, credential, info)
         finally:
-            if not lock.locked():
-                self._opening.pop(credential.id, None)
+            users[0] -= 1
+            if not users[0]:
+                del self._opening[credential.id]
 
     async def _current(self, credential_id: int) -> str | None:
         async with self.manager.db() as db:
