@@ -481,3 +481,22 @@ async def test_security_events_name_the_client_and_never_a_secret(app, caplog):
     ]
     text = "\n".join(str(r.__dict__) for r in caplog.records)
     assert secret not in text and new not in text
+
+
+@pytest.mark.parametrize("change", ["disable", "rotate"])
+async def test_a_session_opened_after_a_disable_or_rotation_read_the_sessions_is_ended(app, change):
+    """A fetch that read the client just before the change, and opens its session just after
+    the change ended the client's sessions, reads the client again and ends its own."""
+    from quart_tokengate.service.errors import InvalidClient
+    from quart_tokengate.service.identity import ClientInfo
+
+    accounts = service_accounts(app.extensions["tokengate"])
+    cid, _ = await accounts.registry.create("svc", [])
+    before = await accounts.registry.find(cid)  # what the racing fetch read
+    if change == "disable":
+        await accounts.registry.set_disabled(cid, True)
+    else:
+        await accounts.registry.rotate_secret(cid, keep_old=60)
+    with pytest.raises(InvalidClient):
+        await accounts.sessions.session_for(before, before.credentials[0], ClientInfo())
+    assert await live_sessions(app, before.user_id) == 0
