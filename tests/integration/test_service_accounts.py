@@ -500,3 +500,17 @@ async def test_a_session_opened_after_a_disable_or_rotation_read_the_sessions_is
     with pytest.raises(InvalidClient):
         await accounts.sessions.session_for(before, before.credentials[0], ClientInfo())
     assert await live_sessions(app, before.user_id) == 0
+
+
+async def test_implicit_refresh_never_renews_a_token_past_its_secret_retire_time(make_app, clock):
+    app = await make_app(clock=clock, implicit_refresh=True)
+    cid, old = await registry(app).create("svc", [])
+    await registry(app).rotate_secret(cid, keep_old=120)
+    client = app.test_client()
+    token = (await (await fetch_basic(client, cid, old)).get_json())["access_token"]
+    clock.advance(119)
+    assert (await client.get("/auth/me", headers=bearer(token))).status_code == 200
+    clock.advance(1)
+    r = await client.get("/auth/me", headers=bearer(token))
+    assert r.status_code == 401 and "X-Access-Token" not in r.headers
+    assert (await r.get_json())["error"] == "session_expired"
