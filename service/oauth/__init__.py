@@ -9,5 +9,6 @@
     clients.py             the registry: clients, their secrets, create/rotate/disable
     client_sessions.py     the one session behind each credential generation's tokens
     accounts.py            what they share on one started extension
+    schemas.py             the token request and response, for the OpenAPI document
     admin_cli.py           ``tokengate clients ...``
 """
