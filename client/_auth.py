@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable, Generator
+from functools import partial
 from typing import Any
 
 import httpx
@@ -30,10 +31,12 @@ from ._flow import (
     Renew,
     Send,
     TokensHook,
+    endpoint,
     login_flow,
     request_flow,
     same_origin,
 )
+from ._grants import TOKEN_PATH, ClientCredentials, fetch_flow
 from ._store import MemoryTokenStore
 from ._tokens import Tokens, TokenStore
 
@@ -87,6 +90,8 @@ class TokenAuth(httpx.Auth):
         self._async = AsyncEdge(self, self._sync)
         # The base_url of the client this auth is bound to, if one is.
         self._client_base_url: Callable[[], httpx.URL] | None = None
+        # A service account's client credentials: renewals fetch a new token with them.
+        self.grant: ClientCredentials | None = None
 
     def __repr__(self) -> str:
         return f"TokenAuth(token_store={self.token_store!r}, refresh_margin={self.refresh_margin})"
@@ -147,15 +152,22 @@ class TokenAuth(httpx.Auth):
             # Another host gets no token, and cannot push one.
             yield Send(request)
             return
-        yield from request_flow(
-            request, expiring=self._expiring, can_login=self.credentials is not None
-        )
+        yield from request_flow(request, expiring=self._expiring, can_login=self._can_login)
+
+    @property
+    def _can_login(self) -> bool:
+        """Whether new tokens can be had without the user: credentials, or a client's grant."""
+        return self.credentials is not None or self.grant is not None
 
     def renewal(self, op: Renew) -> Generator[Op, Any, Tokens]:
         """Serve a ``Renew`` through the single flight."""
+        grant, fetch = self.grant, None
+        if grant is not None:
+            token_url = str(endpoint(self._service_url() or op.origin, TOKEN_PATH))
+            fetch = partial(fetch_flow, grant, token_url, self.clock)
         return self._single_flight.renewal(
-            op, self.token_store, usable=self._usable,
-            can_login=self.credentials is not None, clock=self.clock,
+            op, self.token_store, usable=self._usable, can_login=self._can_login,
+            clock=self.clock, fetch=fetch,
         )  # fmt: skip
 
     def _push(self, op: Push) -> None:

@@ -13,8 +13,9 @@ The request flow, ``request_flow``, yields:
 
 The token flows, ``obtain`` and ``login_flow``, yield:
 
-    Call(method, path, body)  the response of an ``/auth`` request the edge sends
-                              itself (a transport error is thrown back in)
+    Call(method, path, body)  the response of an ``/auth`` (or ``/oauth/token``, a
+                              form) request the edge sends itself (a
+                              transport error is thrown back in)
     AskCredentials()          ``(username, password)`` from ``credentials``
     DeviceToken(username)     the device token the store keeps for ``username``
     DeviceToken(username, t)  None; the store keeps ``t`` for ``username`` from now on
@@ -91,6 +92,9 @@ class Call:
     method: str
     path: str
     body: dict[str, Any] = field(repr=False)
+    # A form body (the OAuth token endpoint) instead of JSON, and headers of its own.
+    form: bool = False
+    headers: dict[str, str] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

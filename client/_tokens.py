@@ -92,8 +92,9 @@ class Tokens:
     def from_json(cls, data: Mapping[str, Any]) -> Tokens:
         """Build from a token pair response (or a stored copy); ``ValueError`` if malformed."""
         access, refresh = data.get("access_token"), data.get("refresh_token")
-        if not isinstance(access, str) or not access or not isinstance(refresh, str) or not refresh:
-            raise ValueError("a token pair needs a non-empty access_token and refresh_token")
+        # An empty refresh token is a token without one (the client-credentials grant).
+        if not isinstance(access, str) or not access or not isinstance(refresh, str):
+            raise ValueError("a token pair needs a non-empty access_token and a refresh_token")
         session_id = data.get("session_id")
         token_type = data.get("token_type") or "Bearer"
         return cls(

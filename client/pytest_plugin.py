@@ -43,6 +43,7 @@ __all__ = [
     "KitAuthClient",
     "TokengateClock",
     "TokengateServer",
+    "TokengateServiceClient",
     "TokengateUser",
 ]
 
@@ -114,6 +115,18 @@ class TokengateUser:
         return f"TokengateUser(id={self.id}, username={self.username!r})"
 
 
+@dataclass(frozen=True)
+class TokengateServiceClient:
+    """A registered client of a service account: use it with ``AsyncAuthClient.for_client``."""
+
+    client_id: str
+    client_secret: str
+    scopes: tuple[str, ...] = ()
+
+    def __repr__(self) -> str:  # the secret stays out of reports
+        return f"TokengateServiceClient(client_id={self.client_id!r}, scopes={self.scopes!r})"
+
+
 class _Served(Protocol):
     base_url: str
     app: Any
@@ -123,6 +136,8 @@ class _Maker(Protocol):
     def user(self, scopes: tuple[str, ...], password: str | None) -> Any: ...
 
     def tokens(self, user: Any, state: str) -> tuple[dict[str, Any], float]: ...
+
+    def service_client(self, scopes: tuple[str, ...]) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -250,6 +265,27 @@ def tokengate_tokens(tokengate_server: TokengateServer) -> TokensFactory:
         except kit.KitError as exc:
             pytest.fail(f"tokengate_tokens(state={state!r}): {exc}", pytrace=False)
         return Tokens.from_json(pair).received(handed_out)
+
+    return make
+
+
+class ServiceClientFactory(Protocol):
+    def __call__(self, scopes: Any = ()) -> TokengateServiceClient: ...
+
+
+@pytest.fixture
+def tokengate_service_client(tokengate_server: TokengateServer) -> ServiceClientFactory:
+    """``tokengate_service_client(scopes=())`` registers a client for the client-credentials
+    grant and returns its ``.client_id`` and ``.client_secret``."""
+
+    def make(scopes: Any = ()) -> TokengateServiceClient:
+        scopes = (scopes,) if isinstance(scopes, str) else tuple(scopes)
+        kit = _service_kit("tokengate_service_client")
+        try:
+            made = tokengate_server._maker.service_client(scopes)
+        except kit.KitError as exc:
+            pytest.fail(f"tokengate_service_client: {exc}", pytrace=False)
+        return TokengateServiceClient(made.client_id, made.client_secret, scopes)
 
     return make
 

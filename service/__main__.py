@@ -24,6 +24,7 @@ from .admin_cli import (
     load_settings,
     migrate,
 )
+from .oauth.admin_cli import add_client_commands
 
 if TYPE_CHECKING:
     from quart import Quart
@@ -369,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     db_up.set_defaults(func=cmd_db_upgrade)
 
     add_admin_commands(sub)
+    add_client_commands(sub)
 
     keys = sub.add_parser("keys", help="signing key commands")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)

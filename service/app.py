@@ -125,10 +125,12 @@ class TokenGate:
         from .api.health import health_bp
         from .api.oauth import oauth_bp
         from .api.wellknown import wellknown_bp
+        from .oauth.endpoint import oauth_token_bp
 
         app.extensions["tokengate"] = self
         app.register_blueprint(auth_bp, url_prefix=self.url_prefix)
         app.register_blueprint(oauth_bp, url_prefix=self.url_prefix)
+        app.register_blueprint(oauth_token_bp)
         app.register_blueprint(health_bp)
         app.register_blueprint(wellknown_bp)
         app.register_blueprint(account_bp)

@@ -7,6 +7,8 @@
         │                            each subclass is also werkzeug's class
         │                            for its status, so Quart finds the handler
         ├── InvalidRequest           400 invalid_request
+        │   └── OAuthError           400 invalid_scope, unsupported_grant_type,
+        │                            invalid_grant (RFC 6749 section 5.2)
         ├── RequestTooLarge          413 request_too_large
         ├── NotFound                 404 not_found
         ├── Conflict                 409 username_taken
@@ -24,7 +26,7 @@
             ├── RefreshReused        refresh_reused
             ├── FreshLoginRequired   fresh_login_required
             ├── InvalidCredentials   invalid_credentials
-            └── InvalidClient        invalid_client (RFC 7662, + Basic challenge)
+            └── InvalidClient        invalid_client (RFC 6749/7662, + Basic challenge)
 
 The handler renders every ``HTTPException`` (ours and Quart's own 404, 405,
 413...) as ``{"error", "error_description"}``; infrastructure failures become
@@ -66,6 +68,25 @@ class InvalidRequest(ApiError, wz.BadRequest):
     code = 400
     error = "invalid_request"
     description = "The request is malformed."
+
+
+class OAuthError(InvalidRequest):
+    """A token endpoint's own ``400`` (RFC 6749 section 5.2)."""
+
+
+class InvalidScope(OAuthError):
+    error = "invalid_scope"
+    description = "A scope asked for is unknown or not granted to this client."
+
+
+class UnsupportedGrantType(OAuthError):
+    error = "unsupported_grant_type"
+    description = "This grant type is not supported."
+
+
+class InvalidGrant(OAuthError):
+    error = "invalid_grant"
+    description = "The grant is invalid, expired or revoked."
 
 
 class RequestTooLarge(ApiError, wz.RequestEntityTooLarge):
@@ -206,6 +227,8 @@ class InvalidClient(Unauthorized):
     description = "The client is unknown or its secret is wrong."
 
     def extra_headers(self) -> dict[str, str]:
+        # RFC 6749 section 5.2 requires it where the client sent Basic; HTTP wants
+        # a challenge on every 401, and it tells a client how to authenticate.
         return {"WWW-Authenticate": f'Basic realm="{REALM}"'}
 
 

@@ -273,6 +273,12 @@ class MadeUser:
     password: str = dataclasses.field(repr=False)
 
 
+@dataclasses.dataclass(frozen=True)
+class MadeClient:
+    client_id: str
+    client_secret: str = dataclasses.field(repr=False)
+
+
 class Maker:
     """Users and token pairs for the app under test, made through its own routes.
 
@@ -311,6 +317,24 @@ class Maker:
                 row.scopes = " ".join(scopes)
                 await db.commit()
         return MadeUser(user.id, username, password)
+
+    # -- service accounts -------------------------------------------------
+    def service_client(self, scopes: tuple[str, ...]) -> MadeClient:
+        """A registered client of a new service account, as ``tokengate clients create`` makes."""
+        made: MadeClient = self.served.call(self._service_client(scopes))
+        return made
+
+    async def _service_client(self, scopes: tuple[str, ...]) -> MadeClient:
+        from .oauth.accounts import service_accounts
+        from .oauth.clients import ClientError
+
+        name = f"client-{secrets.token_hex(4)}"
+        try:
+            client_id, secret = await service_accounts(self.gate).registry.create(name, scopes)
+        except ClientError as exc:
+            raise KitError(str(exc)) from None
+        assert secret is not None
+        return MadeClient(client_id, secret)
 
     # -- token pairs ------------------------------------------------------
     def tokens(self, user: MadeUser, state: str) -> tuple[dict[str, Any], float]:

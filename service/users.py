@@ -77,13 +77,20 @@ def scope_set(scopes: str | Iterable[str] | None) -> frozenset[str]:
     return frozenset(s for s in scopes if s)
 
 
+# The kind of a service account's user row, and the stamp that no password matches.
+SERVICE_KIND = "service"
+NO_PASSWORD = "!"  # noqa: S105 (no hash: matches no password)
+
+
 def record_of(user: User) -> UserRecord:
     return UserRecord(
         id=user.id,
         username=user.username,
         scopes=scope_set(user.scopes),
         disabled=bool(user.disabled),
-        password_stamp=user.password_hash,
+        # A service account never logs in with a password, whatever its row
+        # holds (a reset or set-password on it): no hash is ever handed over.
+        password_stamp=user.password_hash if user.kind != SERVICE_KIND else NO_PASSWORD,
         data=user,
     )
 

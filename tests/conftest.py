@@ -119,7 +119,7 @@ def postgres_url(postgres_database: str) -> str:
     return url
 
 
-TABLES = "users, sessions, purpose_tokens, signing_keys"
+TABLES = "users, sessions, purpose_tokens, signing_keys, oauth_clients, oauth_client_credentials"
 
 
 async def _truncate(url: str) -> None:

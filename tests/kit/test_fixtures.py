@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import httpx
+import jwt
 import pytest
 
-from quart_tokengate.client import LoginRequired
+from quart_tokengate.client import AsyncAuthClient, LoginRequired
 from quart_tokengate.service import Settings, create_app
 from tests.e2e.session_helpers import me
 
@@ -183,3 +184,30 @@ async def test_the_async_client_counts_one_refresh_for_many_requests(auth_client
     assert {r.status_code for r in answers} == {200}
     assert auth_client.refreshes == 1
     assert answers[0].json()["username"] == auth_client.user.username
+
+
+async def test_a_service_client_fetches_tokens_that_carry_its_scopes(
+    tokengate_server, tokengate_service_client, tokengate_clock
+):
+    made = tokengate_service_client(scopes=["reports:read"])
+    assert made.client_id.startswith("tgc_") and made.client_secret not in repr(made)
+    async with AsyncAuthClient.for_client(
+        tokengate_server.base_url, made.client_id, made.client_secret, clock=tokengate_clock
+    ) as api:
+        r = await api.get("/auth/me")
+        assert r.status_code == 200
+        first = api.tokens
+        assert jwt.decode(first.access_token, options={"verify_signature": False})["scope"] == (
+            "reports:read"
+        )
+        # The kit's clock moves the service's and the client's: a new token is fetched.
+        tokengate_clock.advance(301)
+        assert (await api.get("/auth/me")).status_code == 200
+        assert api.tokens != first
+    with httpx.Client(base_url=tokengate_server.base_url) as http:
+        r = http.post(
+            "/oauth/token",
+            data={"grant_type": "client_credentials", "scope": "other"},
+            auth=(made.client_id, made.client_secret),
+        )
+        assert r.status_code == 400 and r.json()["error"] == "invalid_scope"
