@@ -18,7 +18,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from . import keys
+from . import instance, keys
 from .accounts import Accounts
 from .api.docs import docs_bp
 from .db.engine import build_engine, build_sessionmaker
@@ -43,6 +43,8 @@ from .users import ClaimsHook, SqlUserStore, UserStore
 log = logging.getLogger("tokengate")
 
 MAX_BODY_BYTES = 64 * 1024
+# How long start-up waits for the configured Redis to answer a PING before saying it does not.
+REDIS_CHECK_DEADLINE = 2.0
 # Allocations between two young-generation collections (Python's default: 700).
 YOUNG_GC_THRESHOLD = 10_000
 
@@ -253,6 +255,8 @@ class TokenGate:
         )
         if self._pipelined is not None:
             await self._pipelined.warm()
+        if settings.redis_url is not None:
+            await self._check_redis(settings.redis_url)
         store = RedisSessionStore(self._redis, policy, self._pipelined)
         db = sessionmaker
         passwords = self._passwords if self._passwords else await asyncio.to_thread(Passwords)
@@ -299,6 +303,22 @@ class TokenGate:
         young, older, oldest = gc.get_threshold()
         gc.set_threshold(max(YOUNG_GC_THRESHOLD, young), older, oldest)
 
+    async def _check_redis(self, url: str) -> None:
+        """Say at start-up, in one line, that the configured Redis does not answer.
+
+        Start-up goes on: requests that need Redis answer ``503`` until it
+        does, then work, with nothing to restart.
+        """
+        try:
+            async with asyncio.timeout(REDIS_CHECK_DEADLINE):
+                await self.redis.ping()
+        except Exception as exc:
+            log.warning(
+                "Redis %s cannot be reached (requests that need it answer 503 until it does): %s",
+                mask_url(url),
+                describe(exc),
+            )
+
     async def _check_schema(self, engine: AsyncEngine) -> None:
         """Start only on a schema at head: the embedded SQLite default migrates itself.
 
@@ -312,7 +332,7 @@ class TokenGate:
         url = settings.sqlalchemy_url
         embedded = settings.database_url is None
         if embedded:
-            await asyncio.to_thread(settings.instance_dir.mkdir, parents=True, exist_ok=True)
+            await asyncio.to_thread(instance.prepare, settings)
         try:
             async with engine.connect() as conn:
                 state, current = await conn.run_sync(schema_state)
@@ -389,6 +409,10 @@ def create_app(settings: Settings | None = None, **gate_options: Any) -> Quart:
     from .api.home import home_bp
 
     app = Quart("tokengate")
+    # werkzeug answers a path with doubled slashes (/auth//me) with a redirect
+    # to an absolute URL built from the request's Host: a redirect anyone can
+    # point at another site. Such a path is a 404 here (set before any route).
+    app.url_map.merge_slashes = False
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     TokenGate(app, settings=settings, **gate_options)
     app.register_blueprint(home_bp)

@@ -314,20 +314,40 @@ def describe(exc: BaseException) -> str:
     return mask_url(f"{type(inner).__name__}: {message}")
 
 
+# Our sentences for the framework's own errors: werkzeug's are written for a
+# person at a browser ("If you entered the URL manually please check your
+# spelling and try again.") and name the framework to whoever reads them.
+_FRAMEWORK_DESCRIPTIONS = {
+    400: "The request is malformed.",
+    404: "No such resource.",
+    405: "This method is not allowed here; the Allow header lists those that are.",
+    408: "The request took too long to arrive.",
+    413: "The request body is too large.",
+    415: "The body's content type is not supported here.",
+    431: "The request's headers are too large.",
+}
+
+
 def render(exc: HTTPException) -> Response:
     """Build the contract's JSON error response for ``exc``."""
+    description = exc.description
     if isinstance(exc, ApiError):
         error, headers = exc.error, exc.extra_headers()
     else:
         error = {
             404: "not_found",
             405: "method_not_allowed",
+            408: "request_timeout",
             413: "request_too_large",
             415: "invalid_request",
             431: "invalid_request",
         }.get(exc.code or 400, "invalid_request" if (exc.code or 500) < 500 else "server_error")
         headers = {}
-    description = exc.description or "The request failed."
+        if description == type(exc).description:  # the framework's sentence, not a caller's
+            code = exc.code or 500
+            fallback = "The request failed." if code < 500 else "Internal error."
+            description = _FRAMEWORK_DESCRIPTIONS.get(code, fallback)
+    description = description or "The request failed."
     response = jsonify({"error": error, "error_description": description})
     response.status_code = exc.code or 500
     if exc.code == 405:

@@ -109,6 +109,9 @@ def logging_config(log_format: str, level: str = "INFO") -> dict[str, Any]:
             # but for its access log: tokengate.access replaces it (with the user
             # and session, and never the query string, which may carry secrets).
             "uvicorn.access": {"handlers": [], "propagate": False},
+            # alembic's per-run chatter (plugins, dialect, each step): `serve` logs
+            # the revisions it applied itself, in one line each.
+            "alembic": {"level": "WARNING"},
         },
     }
 

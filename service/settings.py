@@ -19,12 +19,20 @@ from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
+from .sealing import decode_kek
+
 PREFIX = "TOKENGATE_"
 TOKEN_LOCATIONS = frozenset({"headers", "cookies"})
 MIN_SECRET_BYTES = 32
 ALGORITHMS = ("HS256", "EdDSA", "ES256", "RS256")
 SAMESITE = ("Lax", "Strict", "None")
 COOKIE_SECURE = ("auto", "true", "false")
+DPOP_MODES = ("off", "allowed", "required")
+# The DPoP proof algorithms one may allow: asymmetric only (dpop.SUPPORTED_ALGORITHMS, kept
+# here too so that reading settings loads no crypto). A proof is signed by the client's own
+# private key: ``none`` or an HMAC would let anyone who saw a proof make another.
+DPOP_ALGORITHMS = ("ES256", "ES384", "ES512", "EdDSA", "RS256", "RS384", "RS512", "PS256",
+                   "PS384", "PS512")  # fmt: skip
 
 
 class SettingsError(ValueError):
@@ -40,6 +48,10 @@ class Settings:
     """The service's configuration; durations are whole seconds."""
 
     secret_key: str | None = field(default=None, repr=False)
+    # Wraps the signing keys stored in the database (sealing.py): 32 bytes, base64url.
+    key_encryption_key: str | None = field(default=None, repr=False)
+    # Earlier KEKs, which unwrap only: for moving to a new one (``keys rewrap``).
+    old_key_encryption_key: tuple[str, ...] = field(default=(), repr=False)
     issuer: str = "tokengate"
     audience: str = "tokengate"
     access_ttl: int = 300
@@ -50,6 +62,8 @@ class Settings:
     max_sessions: int = 0
     token_location: tuple[str, ...] = ("headers",)
     implicit_refresh: bool = False
+    # How long after ``exp`` an expired access token may still be renewed (None: the grace).
+    implicit_refresh_window: int | None = None
     leeway: int = 0
     allow_registration: bool = True
     password_min_length: int = 8
@@ -74,6 +88,17 @@ class Settings:
     # Let a session seen live a moment ago through without waiting for Redis
     # (store/near.py); every end then waits for each instance to drop it.
     near_cache: bool = False
+    # ``serve`` only (serving.py): how long a request's headers, then its body,
+    # may take to arrive, and the open connections per worker.
+    header_timeout: int = 10
+    body_timeout: int = 30
+    max_connections: int = 1000
+    # DPoP (RFC 9449): off, allowed or required; the proof algorithms accepted; how far a
+    # proof's iat may stand from the clock, either way; whether the server demands a nonce.
+    dpop: str = "allowed"
+    dpop_algorithms: tuple[str, ...] = ("ES256", "EdDSA")
+    dpop_max_age: int = 60
+    dpop_nonce: bool = False
 
     def __post_init__(self) -> None:
         problems = _check(self)
@@ -125,6 +150,13 @@ class Settings:
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.instance_dir / 'tokengate.db').resolve()}"
+
+    @property
+    def renewal_window(self) -> int:
+        """Seconds after ``exp`` (and the leeway) during which implicit refresh renews a token."""
+        if self.implicit_refresh_window is None:
+            return self.refresh_grace
+        return self.implicit_refresh_window
 
     @property
     def use_headers(self) -> bool:
@@ -204,6 +236,10 @@ def _clients(raw: str) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+def _keks(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
 def _redis_url(raw: str) -> str:
     if not raw.startswith(("redis://", "rediss://", "unix://")):
         raise ValueError("expected a redis://, rediss:// or unix:// URL")
@@ -237,6 +273,32 @@ def _log_format(raw: str) -> str:
     return lowered
 
 
+def _dpop(raw: str) -> str:
+    lowered = raw.lower()
+    if lowered not in DPOP_MODES:
+        raise ValueError(f"expected off, allowed or required, got {raw!r}")
+    return lowered
+
+
+def _dpop_algorithms(raw: str) -> tuple[str, ...]:
+    """Names separated by spaces or commas, in any case, each kept once in canonical form."""
+    canonical = {name.lower(): name for name in DPOP_ALGORITHMS}
+    found: list[str] = []
+    for part in raw.replace(",", " ").split():
+        name = canonical.get(part.lower())
+        if name is None:
+            if part.lower() == "none" or part.upper().startswith("HS"):
+                raise ValueError(
+                    f"{part} is never accepted for DPoP proofs (never none nor an HMAC)"
+                )
+            raise ValueError(f"expected some of {', '.join(DPOP_ALGORITHMS)}, got {part!r}")
+        if name not in found:
+            found.append(name)
+    if not found:
+        raise ValueError("expected at least one algorithm, such as ES256 EdDSA")
+    return tuple(found)
+
+
 def _database_url(raw: str) -> str:
     if "://" not in raw:
         raise ValueError("expected an SQLAlchemy URL such as sqlite+aiosqlite:///path.db")
@@ -249,6 +311,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "idle_timeout": _seconds,
     "session_max_age": _seconds,
     "refresh_grace": _seconds,
+    "implicit_refresh_window": _seconds,
     "max_sessions": _seconds,
     "leeway": _seconds,
     "password_min_length": _seconds,
@@ -256,11 +319,15 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "login_window": _seconds,
     "reset_ttl": _seconds,
     "fresh_ttl": _seconds,
+    "header_timeout": _seconds,
+    "body_timeout": _seconds,
+    "max_connections": _seconds,
     "algorithm": _algorithm,
     "cookie_samesite": _samesite,
     "cookie_secure": _cookie_secure,
     "cookie_domain": _cookie_domain,
     "introspection_clients": _clients,
+    "old_key_encryption_key": _keks,
     "implicit_refresh": _bool,
     "allow_registration": _bool,
     "redis_cluster": _bool,
@@ -271,6 +338,10 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "redis_url": _redis_url,
     "database_url": _database_url,
     "log_format": _log_format,
+    "dpop": _dpop,
+    "dpop_algorithms": _dpop_algorithms,
+    "dpop_max_age": _seconds,
+    "dpop_nonce": _bool,
 }
 
 
@@ -282,9 +353,24 @@ def _check(s: Settings) -> list[str]:
 
     if s.secret_key is not None and len(s.secret_key.encode()) < MIN_SECRET_BYTES:
         bad("secret_key", f"must be at least {MIN_SECRET_BYTES} bytes")
-    for name in ("access_ttl", "refresh_ttl", "session_max_age", "login_window", "reset_ttl"):
+    for name, keks in (
+        ("key_encryption_key", () if s.key_encryption_key is None else (s.key_encryption_key,)),
+        ("old_key_encryption_key", s.old_key_encryption_key),
+    ):
+        for kek in keks:
+            try:
+                decode_kek(kek)
+            except ValueError as exc:  # the message never quotes the value: it is a secret
+                bad(name, str(exc))
+                break
+    for name in (
+        "access_ttl", "refresh_ttl", "session_max_age", "login_window", "reset_ttl",
+        "header_timeout", "body_timeout",
+    ):  # fmt: skip
         if getattr(s, name) < 1:
             bad(name, "must be at least 1 second")
+    if s.max_connections < 1:
+        bad("max_connections", "must be at least 1")
     if s.access_ttl > s.refresh_ttl:
         bad("access_ttl", "must not be longer than TOKENGATE_REFRESH_TTL")
     if s.login_max_failures < 1:
@@ -315,4 +401,10 @@ def _check(s: Settings) -> list[str]:
         )
     if not s.token_location or not set(s.token_location) <= TOKEN_LOCATIONS:
         bad("token_location", "expected headers, cookies or headers,cookies")
+    if s.dpop not in DPOP_MODES:
+        bad("dpop", "expected off, allowed or required")
+    if not s.dpop_algorithms or not set(s.dpop_algorithms) <= set(DPOP_ALGORITHMS):
+        bad("dpop_algorithms", f"expected some of {', '.join(DPOP_ALGORITHMS)}")
+    if s.dpop_max_age < 1:
+        bad("dpop_max_age", "must be at least 1 second")
     return problems

@@ -422,6 +422,9 @@ def served(
 ) -> Iterator[ServedApp]:
     """Serve ``app`` with its ``TokenGate`` on the given storage and clock; stop it after."""
     gate = gate_of(app)
+    if gate.settings.key_encryption_key is None:
+        # The kit's database is one of its own: its signing keys need a KEK.
+        settings_changes = {"key_encryption_key": secrets.token_urlsafe(32), **settings_changes}
     gate.reconfigure(
         settings=dataclasses.replace(gate.settings, **settings_changes),
         clock=clock,

@@ -1,4 +1,4 @@
-"""Real servers for the tests: the service process (private redis-servers: ``PrivateRedis``)."""
+"""Real servers for the tests: the service process, private redis-servers and PostgreSQL servers."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import contextlib
 import glob
 import inspect
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -51,6 +52,8 @@ T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "test-signing-key-" + "k" * 40
+# The key-encryption key of test services and apps whose signing keys are stored.
+KEK = "test-key-encryption-key-" + "K" * 18 + "A"
 
 
 def bearer(token: str | Mapping[str, Any]) -> dict[str, str]:
@@ -194,7 +197,11 @@ class PostgresServer:
         found = [shutil.which("postgres"), *sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"))]
         postgres = next((p for p in found if p), None)
         if postgres is None:
-            pytest.fail("the database outage test needs PostgreSQL's postgres binary")
+            pytest.fail(
+                "PostgreSQL's server is not installed (no postgres binary on PATH or under "
+                "/usr/lib/postgresql/*/bin): apt-get install postgresql",
+                pytrace=False,
+            )
         self.bin = Path(postgres).resolve().parent
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="tg-postgres-"))
@@ -214,7 +221,16 @@ class PostgresServer:
 
     @property
     def url(self) -> str:
-        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/postgres"
+        return self.database_url("postgres")
+
+    def database_url(self, name: str) -> str:
+        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/{name}"
+
+    def create_database(self, name: str) -> str:
+        """Create the empty database ``name`` on the running server; its URL."""
+        create = [str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port)]
+        subprocess.run([*create, "-U", "postgres", name], check=True, timeout=30)
+        return self.database_url(name)
 
     def ready(self) -> bool:
         check = [str(self.bin / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)]
@@ -282,11 +298,15 @@ class PostgresServer:
 class ServiceProcess:
     """``python -m service serve`` in a child process, on a free port."""
 
-    def __init__(self, env: dict[str, str], workdir: Path, workers: int = 1) -> None:
+    def __init__(
+        self, env: dict[str, str], workdir: Path, workers: int = 1, file_limit: int | None = None
+    ) -> None:
         self.port = free_port()
         self.workdir = workdir
         self.env = env
         self.workers = workers
+        # RLIMIT_NOFILE (soft and hard) of the service, as a small machine might have it.
+        self.file_limit = file_limit
         self.process: subprocess.Popen[bytes] | None = None
         self.log = workdir / "service.log"
 
@@ -326,7 +346,12 @@ class ServiceProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=self._limit_files if self.file_limit else None,
             )
+
+    def _limit_files(self) -> None:
+        assert self.file_limit is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.file_limit, self.file_limit))
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Wait until ``/healthz`` answers 200; raise with the log if it exits or never does."""
@@ -361,6 +386,7 @@ def service_env(workdir: Path, redis_url: str, **settings: Any) -> dict[str, str
     """
     env = {
         "TOKENGATE_SECRET_KEY": SECRET,
+        "TOKENGATE_KEY_ENCRYPTION_KEY": KEK,
         "TOKENGATE_REDIS_URL": redis_url,
         "TOKENGATE_DATABASE_URL": f"sqlite+aiosqlite:///{workdir / 'tokengate.db'}",
         "TOKENGATE_INSTANCE_DIR": str(workdir / "instance"),
@@ -379,10 +405,20 @@ def start_service(workdir: Path, redis_url: str, **settings: Any) -> ServiceProc
     return service
 
 
-async def postgres_admin(statement: str) -> None:
+async def postgres_answers(url: str) -> None:
+    """Connect to the database at ``url`` and run ``SELECT 1``; raises when it cannot."""
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+    finally:
+        await engine.dispose()
+
+
+async def postgres_admin(url: str, statement: str) -> None:
     """Run ``statement`` (``CREATE DATABASE``, ``DROP DATABASE``) on the server of
-    ``TOKENGATE_TEST_DATABASE_URL``, from its maintenance database."""
-    base = make_url(os.environ["TOKENGATE_TEST_DATABASE_URL"])
+    the database at ``url``, from its maintenance database."""
+    base = make_url(url)
     engine = create_async_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
     try:
         async with engine.connect() as conn:

@@ -49,10 +49,26 @@ NewPassword = Annotated[
     AfterValidator(_clean),
     Field(json_schema_extra={PASSWORD_POLICY: True}),
 ]
+# RFC 6749 appendix A: a token is 1*VSCHAR (printable ASCII, space included).
+# That also bounds what a token the document admits costs in a body (8192
+# characters, at most three bytes each once form-encoded), so that no such
+# body is over the 64 KiB limit: the service never answers 413 for one.
+_VSCHARS = r"^[ -~]+$"
 Token = Annotated[
     str,
-    StringConstraints(min_length=1, max_length=8192, pattern=_PRINTABLE),
+    StringConstraints(min_length=1, max_length=8192, pattern=_VSCHARS),
+    Field(description="A token as issued: printable ASCII (RFC 6749's VSCHAR), at most 8192."),
+]
+# A reset asks for a name, which may or may not be an account's: any text that
+# could be one is answered alike (202), so this checks length and control
+# characters only. No ``\w`` here: ECMA-262 (the document's regex dialect)
+# reads it as ASCII and Python as Unicode, so the document and the service
+# would disagree about every non-ASCII name.
+ResetUsername = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=150, pattern=_PRINTABLE),
     AfterValidator(_clean),
+    Field(description="The account's username; the answer is the same whether or not it exists."),
 ]
 Device = Annotated[
     str,
@@ -89,7 +105,7 @@ class PasswordChange(Body):
 
 
 class ResetRequest(Body):
-    username: Username
+    username: ResetUsername
 
 
 class ResetConfirm(Body):
@@ -158,18 +174,31 @@ class JwksOut(BaseModel):
     keys: list[Jwk]
 
 
-class TokenForm(Body):
+TokenTypeHint = Annotated[
+    str,
+    StringConstraints(max_length=64, pattern=_VSCHARS),
+    Field(description="access_token or refresh_token; a hint only, never needed."),
+]
+
+
+class OAuthForm(BaseModel):
+    """An OAuth form (RFC 6749 section 3.2): parameters it does not know are ignored."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+
+class TokenForm(OAuthForm):
     """A form (``application/x-www-form-urlencoded``) or JSON body."""
 
     token: Token
-    token_type_hint: str | None = None
+    token_type_hint: TokenTypeHint | None = None
 
 
-class RevokeForm(Body):
-    """RFC 7009: any token text is answered ``200`` (an unusable one changes nothing)."""
+class RevokeForm(OAuthForm):
+    """RFC 7009: any token of the right shape is answered ``200``; a dead one changes nothing."""
 
-    token: Annotated[str, StringConstraints(min_length=1, max_length=8192)]
-    token_type_hint: str | None = None
+    token: Token
+    token_type_hint: TokenTypeHint | None = None
 
 
 class IntrospectionOut(BaseModel):

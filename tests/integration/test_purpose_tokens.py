@@ -205,8 +205,10 @@ async def test_reset_request_is_throttled(app, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "body", [{}, {"username": 5}, {"username": "alice", "extra": 1}, {"username": "a b"}]
-)
+    "body",
+    [{}, {"username": 5}, {"username": "alice", "extra": 1}, {"username": "a\u0000b"},
+     {"username": ""}, {"username": "a" * 151}],
+)  # fmt: skip
 async def test_reset_request_with_a_bad_body_is_400(app, body):
     r = await app.test_client().post("/auth/password-reset/request", json=body)
     assert r.status_code == 400
