@@ -70,6 +70,9 @@ class Settings:
     login_max_failures: int = 10
     login_window: int = 900
     reset_ttl: int = 900
+    # Device login (RFC 8628): how long a code waits for its confirmation, the polling interval.
+    device_code_ttl: int = 600
+    device_poll_interval: int = 5
     algorithm: str = "HS256"
     fresh_ttl: int = 900
     cookie_domain: str | None = None
@@ -318,6 +321,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "login_max_failures": _seconds,
     "login_window": _seconds,
     "reset_ttl": _seconds,
+    "device_code_ttl": _seconds,
+    "device_poll_interval": _seconds,
     "fresh_ttl": _seconds,
     "header_timeout": _seconds,
     "body_timeout": _seconds,
@@ -365,7 +370,7 @@ def _check(s: Settings) -> list[str]:
                 break
     for name in (
         "access_ttl", "refresh_ttl", "session_max_age", "login_window", "reset_ttl",
-        "header_timeout", "body_timeout",
+        "header_timeout", "body_timeout", "device_code_ttl", "device_poll_interval",
     ):  # fmt: skip
         if getattr(s, name) < 1:
             bad(name, "must be at least 1 second")
