@@ -9,8 +9,12 @@ that processes share. See docs/client.md.
 
 from ._auth import TokenAuth
 from ._client import AsyncAuthClient, AuthClient
+from ._device import DeviceCode
 from ._exceptions import (
     AuthError,
+    DeviceAccessDenied,
+    DeviceCodeExpired,
+    DeviceLoginFailed,
     FreshLoginRequired,
     InvalidCredentials,
     LoginRequired,
@@ -23,6 +27,10 @@ __all__ = [
     "AsyncAuthClient",
     "AuthClient",
     "AuthError",
+    "DeviceAccessDenied",
+    "DeviceCode",
+    "DeviceCodeExpired",
+    "DeviceLoginFailed",
     "FileTokenStore",
     "FreshLoginRequired",
     "InvalidCredentials",

@@ -75,11 +75,16 @@ def _call_url(client: httpx.Client | httpx.AsyncClient, call: Call, origin: http
     return call.path if str(client.base_url) else endpoint(origin, call.path)
 
 
+def _payload(call: Call) -> dict[str, Any]:
+    """The body of a ``Call``: a form for the OAuth endpoints, JSON for ``/auth``."""
+    return {"data": call.body} if call.form else {"json": call.body}
+
+
 def client_call(client: httpx.Client) -> SyncCall:
     """Send ``/auth`` calls through ``client``: its transport, timeouts and hooks apply."""
 
     def call(op: Call, origin: httpx.URL) -> httpx.Response:
-        request = client.build_request(op.method, _call_url(client, op, origin), json=op.body)
+        request = client.build_request(op.method, _call_url(client, op, origin), **_payload(op))
         try:
             return client.send(request, auth=None)
         except httpx.HTTPStatusError as exc:  # an event hook called raise_for_status()
@@ -92,7 +97,7 @@ def async_client_call(client: httpx.AsyncClient) -> AsyncCall:
     """Send ``/auth`` calls through ``client``: its transport, timeouts and hooks apply."""
 
     async def call(op: Call, origin: httpx.URL) -> httpx.Response:
-        request = client.build_request(op.method, _call_url(client, op, origin), json=op.body)
+        request = client.build_request(op.method, _call_url(client, op, origin), **_payload(op))
         try:
             return await client.send(request, auth=None)
         except httpx.HTTPStatusError as exc:  # an event hook called raise_for_status()
@@ -172,7 +177,7 @@ class SyncEdge:
     def _own_call(self, call: Call, origin: httpx.URL) -> httpx.Response:
         with httpx.Client() as http:
             url = endpoint(self.auth.base_url or origin, call.path)
-            return http.request(call.method, url, json=call.body)
+            return http.request(call.method, url, **_payload(call))
 
 
 class AsyncEdge:
@@ -250,4 +255,4 @@ class AsyncEdge:
     async def _own_call(self, call: Call, origin: httpx.URL) -> httpx.Response:
         async with httpx.AsyncClient() as http:
             url = endpoint(self.auth.base_url or origin, call.path)
-            return await http.request(call.method, url, json=call.body)
+            return await http.request(call.method, url, **_payload(call))

@@ -13,8 +13,9 @@ The request flow, ``request_flow``, yields:
 
 The token flows, ``obtain`` and ``login_flow``, yield:
 
-    Call(method, path, body)  the response of an ``/auth`` request the edge sends
-                              itself (a transport error is thrown back in)
+    Call(method, path, body)  the response of an ``/auth`` (or, as a form, ``/oauth``)
+                              request the edge sends itself (a transport error is
+                              thrown back in)
     AskCredentials()          ``(username, password)`` from ``credentials``
 
 A ``Renew`` is served by the single flight (``_flight.py``), which also yields
@@ -89,6 +90,8 @@ class Call:
     method: str
     path: str
     body: dict[str, Any] = field(repr=False)
+    # Sent as a form (the OAuth endpoints, RFC 6749 section 3.2) instead of JSON.
+    form: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -117,6 +117,8 @@ class _Maker(Protocol):
 
     def tokens(self, user: Any, state: str) -> tuple[dict[str, Any], float]: ...
 
+    def device(self, user_code: str, user: Any, approve: bool) -> None: ...
+
 
 @dataclass(frozen=True)
 class TokengateServer:
@@ -245,6 +247,27 @@ def tokengate_tokens(tokengate_server: TokengateServer) -> TokensFactory:
         return Tokens.from_json(pair).received(handed_out)
 
     return make
+
+
+class DeviceApprover(Protocol):
+    def __call__(self, user_code: str, user: TokengateUser, *, approve: bool = True) -> None: ...
+
+
+@pytest.fixture
+def tokengate_device_approve(tokengate_server: TokengateServer) -> DeviceApprover:
+    """``tokengate_device_approve(user_code, user, approve=True)``: confirm a pending device
+    login as ``user``, as a person on ``/account/device`` would (``approve=False`` denies)."""
+
+    def decide(user_code: str, user: TokengateUser, *, approve: bool = True) -> None:
+        kit = _service_kit("tokengate_device_approve")
+        try:
+            tokengate_server._maker.device(
+                user_code, kit.MadeUser(user.id, user.username, user.password), approve
+            )
+        except kit.KitError as exc:
+            pytest.fail(f"tokengate_device_approve: {exc}", pytrace=False)
+
+    return decide
 
 
 # -- logged-in clients -----------------------------------------------------

@@ -370,7 +370,7 @@ def _check(s: Settings) -> list[str]:
                 break
     for name in (
         "access_ttl", "refresh_ttl", "session_max_age", "login_window", "reset_ttl",
-        "header_timeout", "body_timeout", "device_code_ttl", "device_poll_interval",
+        "header_timeout", "body_timeout", "device_code_ttl",
     ):  # fmt: skip
         if getattr(s, name) < 1:
             bad(name, "must be at least 1 second")

@@ -16,7 +16,7 @@ from pydantic import BaseModel, StringConstraints
 from pydantic.json_schema import SkipJsonSchema
 from quart import Blueprint, Response, jsonify, url_for
 
-from ..api.auth import client_info
+from ..api.auth import client_info, raw_body
 from ..errors import InvalidRequest, InvalidScope, handle_exception
 from ..guard import get_gate
 from ..openapi import document
@@ -78,7 +78,8 @@ def read_scopes(raw: str | None) -> tuple[str, ...]:
 )
 async def device_authorization() -> Response:
     """Start a device login: a code for the device to poll with, one for a person to confirm."""
-    params = await form_parameters()
+    # Every parameter is optional, so an empty body (with no form type) asks for defaults.
+    params = await form_parameters() if (await raw_body()).strip() else {}
     client_id, device = params.get("client_id"), params.get("device")
     if client_id is not None and not _CLIENT_ID.fullmatch(client_id):
         raise InvalidRequest("client_id must be up to 64 printable ASCII characters.")
