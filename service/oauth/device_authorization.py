@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from pydantic import BaseModel, StringConstraints
+from pydantic import BaseModel, ConfigDict, StringConstraints
 from pydantic.json_schema import SkipJsonSchema
 from quart import Blueprint, Response, jsonify, url_for
 
@@ -32,6 +32,7 @@ device_bp.after_request(no_store)
 # RFC 6749 appendix A: a client_id is printable ASCII (VSCHAR).
 _CLIENT_ID = re.compile(r"[\x20-\x7e]{1,64}")
 _SCOPE_WORD = re.compile(SCOPE_WORD)
+MAX_SCOPE = 1000
 # As long as the column that keeps it; one space between scopes (RFC 6749 section 3.3).
 Scope = Annotated[
     str, StringConstraints(max_length=1000, pattern=rf"^{SCOPE_WORD}( {SCOPE_WORD})*$")
@@ -42,11 +43,27 @@ PAGE_ENDPOINT = "tokengate_device_page.device_page"
 
 
 class DeviceAuthorizationForm(BaseModel):
-    """A device authorization request (RFC 8628 section 3.1)."""
+    """A device authorization request (RFC 8628 section 3.1); every field is optional."""
 
-    client_id: Annotated[str, StringConstraints(max_length=64)] | SkipJsonSchema[None] = None
+    # Other parameters are ignored (RFC 6749 section 3.2), each sent once.
+    model_config = ConfigDict(
+        json_schema_extra={"additionalProperties": {"type": "string"}, "maxProperties": 20}
+    )
+
+    client_id: (
+        Annotated[str, StringConstraints(pattern=r"^[\x20-\x7e]{1,64}$", max_length=64)]
+        | SkipJsonSchema[None]
+    ) = None
     scope: Scope | SkipJsonSchema[None] = None
-    device: Annotated[str, StringConstraints(max_length=200)] | SkipJsonSchema[None] = None
+    device: (
+        Annotated[
+            str,
+            StringConstraints(
+                pattern=r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]{1,200}$", max_length=200
+            ),
+        ]
+        | SkipJsonSchema[None]
+    ) = None
 
 
 class DeviceAuthorizationOut(BaseModel):
@@ -64,6 +81,8 @@ def read_scopes(raw: str | None) -> tuple[str, ...]:
     """The scopes asked for, in order and once each; ``invalid_scope`` when malformed."""
     if raw is None:
         return ()
+    if len(raw) > MAX_SCOPE:
+        raise InvalidRequest(f"scope must be at most {MAX_SCOPE} characters.")
     words = raw.split(" ")
     if not all(_SCOPE_WORD.fullmatch(word) for word in words):
         raise InvalidScope("The scope parameter is malformed (scopes are separated by one space).")

@@ -22,6 +22,8 @@ from .accounts import ServiceAccounts
 from .device_logins import device_logins
 
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:device_code"
+# What a poll may answer besides a pair (RFC 8628 section 3.5), for the OpenAPI document.
+ERRORS = ("invalid_grant", "authorization_pending", "slow_down", "access_denied", "expired_token")
 
 
 async def grant(

@@ -72,7 +72,7 @@ async def form_parameters() -> dict[str, str]:
     form=schemas.ClientCredentialsForm,
     responses={200: schemas.OAuthTokenOut},
     errors={
-        400: ["invalid_request", "unsupported_grant_type", "invalid_scope"],
+        400: ["invalid_request", "unsupported_grant_type", "invalid_scope", *device_code.ERRORS],
         401: ["invalid_client"],
     },
 )

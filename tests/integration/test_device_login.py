@@ -204,6 +204,7 @@ async def test_bad_authorization_requests_are_4xx_and_store_nothing(app):
     for form, code in [
         ("scope=a%20%20b", "invalid_scope"),
         ("scope=%22quoted%22", "invalid_scope"),
+        ("scope=" + "s" * 1001, "invalid_request"),
         ("client_id=" + "x" * 65, "invalid_request"),
         ("device=%00bell", "invalid_request"),
         ("device=" + "d" * 201, "invalid_request"),
