@@ -10,4 +10,8 @@
     client_sessions.py     the one session behind each credential generation's tokens
     accounts.py            what they share on one started extension
     admin_cli.py           ``tokengate clients ...``
+    device_authorization.py  POST /oauth/device_authorization (RFC 8628 sections 3.1, 3.2)
+    device_code.py         the device-code grant (RFC 8628 sections 3.4, 3.5)
+    device_codes.py        pure: user codes and device codes, made, shown, read back
+    device_logins.py       the device codes' state in SQL, their confirmation, the session
 """
