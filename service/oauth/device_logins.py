@@ -38,6 +38,7 @@ from ..errors import (
     Unauthorized,
 )
 from ..identity import ClientInfo
+from ..logs import security_event
 from ..proxies import throttle_address
 from ..sessions import SessionManager
 from ..tokens import TokenPair
@@ -57,6 +58,11 @@ DEVICE_LABEL = "device login"
 # arrivals are never spaced exactly as the device slept (network jitter).
 POLL_TOLERANCE = 0.1
 THROTTLE_KIND = "device"
+START_KIND = "device-start"
+# Codes one address may ask for in TOKENGATE_LOGIN_WINDOW, as a multiple of
+# TOKENGATE_LOGIN_MAX_FAILURES (100 by default): plenty for scripts, and it bounds
+# the pending codes (and so a guess's odds) that one address can put up.
+START_CEILING = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +106,10 @@ class DeviceLogins:
     ) -> Started:
         """Make a new pair of codes for a device (RFC 8628 section 3.2)."""
         m, s = self.manager, self.manager.settings
+        where = f"address:{throttle_address(info.ip or '')}"
+        count, ttl = await m.store.record_failure(where, s.login_window, kind=START_KIND)
+        if count > s.login_max_failures * START_CEILING:
+            raise TooManyAttempts(ttl if ttl > 0 else s.login_window)
         now = m.clock()
         device_code = device_codes.new_device_code()
         code_hash = device_codes.hash_device_code(device_code)
@@ -210,6 +220,10 @@ class DeviceLogins:
                 .values(session_id=pair.session_id)
             )
             await db.commit()
+        security_event(
+            "device_login", user_id=user.id, session_id=pair.session_id, ip=row.ip,
+            client_id=row.client_id,
+        )  # fmt: skip
         return pair, " ".join(sorted(user.scopes))
 
     # -- the person ---------------------------------------------------------
@@ -223,6 +237,7 @@ class DeviceLogins:
         found = await self._pending_request(code)
         if found is None:
             await self._count_failure(names)
+            security_event("device_code_wrong", user_id=user_id, ip=address)
             raise NotFound("No device is waiting for that code: it is wrong, used or expired.")
         return found
 
@@ -254,6 +269,10 @@ class DeviceLogins:
             await db.commit()
         if changed.rowcount != 1:  # type: ignore[attr-defined]
             raise NotFound("That code was confirmed or denied already, or has expired.")
+        security_event(
+            "device_approved" if approve else "device_denied", user_id=user.id, ip=address,
+            device_ip=request.ip, client_id=request.client_id,
+        )  # fmt: skip
         return request
 
     async def decide_as(self, typed: str, user_id: int, *, approve: bool) -> DeviceRequest:
@@ -289,6 +308,7 @@ class DeviceLogins:
             count = await store.redis.get(key)
             if count is not None and int(count) >= limit:
                 ttl = await store.redis.ttl(key)
+                security_event("device_code_throttled", name=name, retry_after=int(ttl))
                 raise TooManyAttempts(max(1, int(ttl)))
 
     async def _count_failure(self, names: tuple[str, str]) -> None:

@@ -144,7 +144,11 @@
     $("req-ip").textContent = request.ip || "(unknown)";
     $("req-agent").textContent = request.user_agent || "(none)";
     const asked = new Date(request.requested_at);
-    $("req-when").textContent = asked.toLocaleString();
+    const minutes = Math.round((Date.now() - asked.getTime()) / 60000);
+    const ago = minutes < 1 ? "just now" : new Intl.RelativeTimeFormat(undefined, { numeric: "auto" })
+      .format(-minutes, "minute");
+    $("req-when").textContent = `${asked.toLocaleString()} (${ago})`;
+    $("req-when").title = request.requested_at;
     $("req-scopes").textContent = request.scopes.length ? request.scopes.join(" ") : "(your usual scopes)";
     $("confirm-who").textContent = me ? me.username : "";
   }

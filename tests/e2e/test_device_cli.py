@@ -78,7 +78,10 @@ class Command:
                 return found.group(1)
 
     def finish(self) -> tuple[int, str, str]:
-        _, err = self.process.communicate(timeout=WAIT)
+        # Standard output belongs to the reader thread; standard error is a line or two.
+        self.process.wait(timeout=WAIT)
+        assert self.process.stderr is not None
+        err = self.process.stderr.read()
         rest: list[str] = []
         while (line := self.lines.get(timeout=WAIT)) is not None:
             rest.append(line)

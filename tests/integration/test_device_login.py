@@ -356,3 +356,41 @@ async def test_database_down_is_503_fast_and_the_code_still_works_after(make_app
     assert (await page.call("approve", started["user_code"]))[0] == 200
     status, pair = await poll(client, started["device_code"])
     assert status == 200, pair
+
+
+async def test_one_address_may_start_only_so_many_device_logins(make_app):
+    app = await make_app(login_max_failures=1)  # ten per window
+    client = app.test_client()
+    for _ in range(10):
+        await authorize(client)
+    r = await client.post("/oauth/device_authorization", data="", headers=FORM)
+    assert r.status_code == 429 and (await r.get_json())["error"] == "too_many_attempts"
+    assert int(r.headers["Retry-After"]) >= 1
+    # Another address is not held back.
+    r = await client.post(
+        "/oauth/device_authorization", data="", headers=FORM,
+        scope_base={"client": ("10.9.9.9", 5000)},
+    )  # fmt: skip
+    assert r.status_code == 200
+
+
+async def test_the_page_refuses_bad_bodies_and_never_echoes_a_bad_query(app):
+    page = await user_page(app)
+    for body in ({}, {"user_code": 5}, {"user_code": "B" * 65}, {"user_code": ""}):
+        r = await page.client.post(
+            "/account/device/lookup", json=body, headers=page.headers,
+            scope_base={"client": (page.ip, 5000)},
+        )  # fmt: skip
+        assert r.status_code == 400, body
+        assert (await r.get_json())["error"] == "invalid_request"
+    r = await page.client.post(
+        "/account/device/approve", data="not json", headers=page.headers,
+        scope_base={"client": (page.ip, 5000)},
+    )  # fmt: skip
+    assert r.status_code == 400
+    r = await app.test_client().get('/account/device?user_code="><script>alert(1)</script>')
+    html = await r.get_data(as_text=True)
+    assert r.status_code == 200 and "<script>alert" not in html and 'value=""' in html
+    assert "frame-ancestors 'none'" in r.headers["Content-Security-Policy"]
+    r = await app.test_client().get("/account/device?user_code=bcdf%20ghjk")
+    assert 'value="BCDF-GHJK"' in await r.get_data(as_text=True)
