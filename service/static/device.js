@@ -173,7 +173,8 @@
     say("", "");
     if (result.status === "approved") {
       $("done-title").textContent = "Device approved";
-      $("done-text").textContent = `The device "${result.device || "(no name)"}" is logged in as ${me.username}. It appears among your sessions as a device login.`;
+      $("done-text").textContent = `The device "${result.device || "(no name)"}" may now log in as ${me.username}; `
+        + "its session is listed among yours as a device login, and you can end it there.";
     } else {
       $("done-title").textContent = "Device denied";
       $("done-text").textContent = "The device was refused; it gets no access to your account.";

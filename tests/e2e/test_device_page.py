@@ -79,6 +79,7 @@ def test_a_person_approves_a_device_and_the_device_gets_its_session(
     expect(page.locator("#done")).to_contain_text("You can close this page")
     expect(page.locator("#done-title")).to_have_text("Device approved")
     assert page.locator("body").get_attribute("data-outcome") == "approved"
+    page.screenshot(path=str(tmp_path / "device-page-done.png"), full_page=True)
 
     r = poll(service.base_url, started["device_code"])
     assert r.status_code == 200, r.text
