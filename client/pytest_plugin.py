@@ -8,6 +8,7 @@ Registered by installing the distribution (entry point ``pytest11``, name
 - ``tokengate_clock``: the service's and the fixture clients' clock.
 - ``tokengate_user``, ``tokengate_tokens``: factories of users and token pairs.
 - ``auth_client``, ``sync_auth_client``: clients logged in as a new user.
+- ``tokengate_device_approve``: confirm (or deny) a pending device login as a user.
 
 This module imports only the client and pytest. The service (Quart,
 SQLAlchemy, redis) is imported inside the fixtures that need it, so a
