@@ -36,6 +36,7 @@ from ..errors import (
     SlowDown,
     TooManyAttempts,
     Unauthorized,
+    describe,
 )
 from ..identity import ClientInfo
 from ..logs import security_event
@@ -205,26 +206,42 @@ class DeviceLogins:
             raise
         except BaseException:
             # An outage: nothing was handed out, so the same poll may come again.
+            # If the database is the thing that is down, the code is put back in the
+            # background once it answers again.
+            try:
+                await self._unclaim(row.code_hash)
+            except Exception as exc:
+                log.warning("could not put a device code back (%s); retrying", describe(exc))
+                m.background.retry(lambda: self._unclaim(row.code_hash))
+            raise
+        try:  # for the record only: the pair goes to the device whatever happens here
             async with m.db() as db:
                 await db.execute(
                     update(DeviceCode)
-                    .where(DeviceCode.code_hash == row.code_hash, DeviceCode.status == USED)
-                    .values(status=APPROVED)
+                    .where(DeviceCode.code_hash == row.code_hash)
+                    .values(session_id=pair.session_id)
                 )
                 await db.commit()
-            raise
-        async with m.db() as db:
-            await db.execute(
-                update(DeviceCode)
-                .where(DeviceCode.code_hash == row.code_hash)
-                .values(session_id=pair.session_id)
-            )
-            await db.commit()
+        except Exception as exc:
+            log.warning("could not note a device login's session: %s", describe(exc))
         security_event(
             "device_login", user_id=user.id, session_id=pair.session_id, ip=row.ip,
             client_id=row.client_id,
         )  # fmt: skip
         return pair, " ".join(sorted(user.scopes))
+
+    async def _unclaim(self, code_hash: str) -> None:
+        async with self.manager.db() as db:
+            await db.execute(
+                update(DeviceCode)
+                .where(
+                    DeviceCode.code_hash == code_hash,
+                    DeviceCode.status == USED,
+                    DeviceCode.session_id.is_(None),
+                )
+                .values(status=APPROVED)
+            )
+            await db.commit()
 
     # -- the person ---------------------------------------------------------
     async def lookup(self, typed: str, user_id: int, address: str | None) -> DeviceRequest:
