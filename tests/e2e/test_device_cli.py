@@ -22,11 +22,15 @@ from typing import IO
 
 import httpx
 import pytest
+from playwright.sync_api import expect
 
 from quart_tokengate.client import FileTokenStore
 from tests.support import ROOT, PrivateRedis, ServiceProcess, start_service
 
 from .session_helpers import PASSWORD, new_user
+from .test_account_page import AccountPage, browser, contexts
+
+__all__ = ["browser", "contexts"]  # fixtures, used by name
 
 CODE_LINE = re.compile(r"^\s+([BCDFGHJKLMNPQRSTVWXZ]{4}-[BCDFGHJKLMNPQRSTVWXZ]{4})\s*$")
 WAIT = 30
@@ -76,6 +80,15 @@ class Command:
             found = CODE_LINE.match(line)
             if found:
                 return found.group(1)
+
+    def line_with(self, text: str) -> str:
+        """The next line the command prints that contains ``text``."""
+        while True:
+            line = self.lines.get(timeout=WAIT)
+            assert line is not None, (self.seen, text)
+            self.seen.append(line)
+            if text in line:
+                return line
 
     def finish(self) -> tuple[int, str, str]:
         # Standard output belongs to the reader thread; standard error is a line or two.
@@ -137,3 +150,28 @@ def test_ctrl_c_while_waiting_exits_cleanly(service, tmp_path):
     assert status == 130, (out, err)
     assert "interrupted" in err and "Traceback" not in err
     assert not (tmp_path / "tokengate" / "tokens.json").exists()
+
+
+def test_the_whole_loop_command_browser_command(service, tmp_path, contexts):
+    """The real command waits; a real browser opens the complete address and approves."""
+    name = new_user(service.base_url)
+    command = Command(service.base_url, tmp_path)
+    code = command.code()
+    complete = command.line_with("?user_code=").split()[-1]
+    assert complete.endswith(f"?user_code={code}")
+
+    tab = AccountPage(contexts(), service.base_url)
+    tab.page.goto(complete)
+    tab.page.fill("#username", name)
+    tab.page.fill("#password", PASSWORD)
+    tab.page.click("#login-form button[type=submit]")
+    expect(tab.page.locator("#req-code")).to_have_text(code)
+    expect(tab.page.locator("#req-agent")).to_contain_text("python-httpx")
+    tab.page.click("#approve")
+    expect(tab.page.locator("#done")).to_contain_text("You can close this page")
+
+    status, out, err = command.finish()
+    assert status == 0, (out, err)
+    assert f"logged in as {name}" in out
+    assert FileTokenStore(tmp_path / "tokengate" / "tokens.json").load() is not None
+    assert tab.errors == []
