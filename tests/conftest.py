@@ -119,7 +119,10 @@ def postgres_url(postgres_database: str) -> str:
     return url
 
 
-TABLES = "users, sessions, purpose_tokens, signing_keys, oauth_clients, oauth_client_credentials"
+TABLES = (
+    "users, sessions, purpose_tokens, signing_keys, oauth_clients, oauth_client_credentials,"
+    " device_codes"
+)
 
 
 async def _truncate(url: str) -> None:
