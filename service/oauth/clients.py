@@ -23,6 +23,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from .. import usernames
 from ..db.models import OAuthClient, OAuthClientCredential, User
 from ..db.repository import utc
 from ..logs import security_event
@@ -180,6 +181,8 @@ class ClientRegistry:
         async with self.db() as db:
             user = User(
                 username=client_id,
+                # Random, so no person's name looks like it; kept like every name's.
+                username_skeleton=usernames.skeleton(client_id),
                 password_hash=NO_PASSWORD,
                 created_at=now,
                 password_changed_at=now,
