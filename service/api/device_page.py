@@ -26,11 +26,14 @@ from ..identity import Identity
 from ..oauth.device_codes import read_user_code, show_user_code
 from ..oauth.device_logins import DeviceRequest, device_logins
 from ..openapi import hidden
-from .account import PAGE_HEADERS, PAGE_PATH, page_identity
+from .account import PAGE_HEADERS, PAGE_PATH, _finish, page_identity
 from .auth import read_body, request_address
 
 device_page_bp = Blueprint("tokengate_device_page", __name__, template_folder="../templates")
 register_error_handler(device_page_bp, everything=True)
+# The account page's own ending: its renewed access cookie written, its cookies cleared
+# when the session ended, and nothing of it kept in a cache.
+device_page_bp.after_request(_finish)
 
 DEVICE_PATH = f"{PAGE_PATH}/device"
 

@@ -399,3 +399,15 @@ async def test_the_page_refuses_bad_bodies_and_never_echoes_a_bad_query(app):
     assert "frame-ancestors 'none'" in r.headers["Content-Security-Policy"]
     r = await app.test_client().get("/account/device?user_code=bcdf%20ghjk")
     assert 'value="BCDF-GHJK"' in await r.get_data(as_text=True)
+
+
+async def test_the_page_and_its_answers_are_never_cached(app):
+    client = app.test_client()
+    r = await client.get("/account/device")
+    assert r.status_code == 200 and r.headers["Cache-Control"] == "no-store"
+    started = await authorize(client)
+    page = await user_page(app)
+    r = await page.client.post(
+        "/account/device/lookup", json={"user_code": started["user_code"]}, headers=page.headers
+    )
+    assert r.status_code == 200 and r.headers["Cache-Control"] == "no-store"
