@@ -17,7 +17,13 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from .admin_cli import CommandError, add_admin_commands, load_settings, migrate
+from .admin_cli import (
+    CommandError,
+    add_admin_commands,
+    add_api_key_commands,
+    load_settings,
+    migrate,
+)
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -217,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     db_up.set_defaults(func=cmd_db_upgrade)
 
     add_admin_commands(sub)
+    add_api_key_commands(sub)
 
     keys = sub.add_parser("keys", help="signing key commands")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)

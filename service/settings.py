@@ -74,6 +74,12 @@ class Settings:
     # Let a session seen live a moment ago through without waiting for Redis
     # (store/near.py); every end then waits for each instance to drop it.
     near_cache: bool = False
+    # API keys (docs/credentials.md): on or off, default and longest lifetime.
+    api_keys: bool = True
+    api_key_ttl: int = 7_776_000
+    api_key_max_ttl: int = 31_536_000
+    # Per API key and per service-account client: (requests, seconds), or None.
+    rate_limit: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         problems = _check(self)
@@ -237,6 +243,17 @@ def _log_format(raw: str) -> str:
     return lowered
 
 
+def _rate_limit(raw: str) -> tuple[int, int]:
+    count, sep, window = raw.partition("/")
+    try:
+        parsed = int(count), int(window)
+    except ValueError:
+        parsed = (0, 0)
+    if not sep or parsed[0] < 1 or parsed[1] < 1:
+        raise ValueError(f"expected N/S (N requests in S seconds, both at least 1), got {raw!r}")
+    return parsed
+
+
 def _database_url(raw: str) -> str:
     if "://" not in raw:
         raise ValueError("expected an SQLAlchemy URL such as sqlite+aiosqlite:///path.db")
@@ -271,6 +288,10 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "redis_url": _redis_url,
     "database_url": _database_url,
     "log_format": _log_format,
+    "api_keys": _bool,
+    "api_key_ttl": _seconds,
+    "api_key_max_ttl": _seconds,
+    "rate_limit": _rate_limit,
 }
 
 
@@ -282,11 +303,16 @@ def _check(s: Settings) -> list[str]:
 
     if s.secret_key is not None and len(s.secret_key.encode()) < MIN_SECRET_BYTES:
         bad("secret_key", f"must be at least {MIN_SECRET_BYTES} bytes")
-    for name in ("access_ttl", "refresh_ttl", "session_max_age", "login_window", "reset_ttl"):
+    for name in (
+        "access_ttl", "refresh_ttl", "session_max_age", "login_window", "reset_ttl",
+        "api_key_ttl", "api_key_max_ttl",
+    ):  # fmt: skip
         if getattr(s, name) < 1:
             bad(name, "must be at least 1 second")
     if s.access_ttl > s.refresh_ttl:
         bad("access_ttl", "must not be longer than TOKENGATE_REFRESH_TTL")
+    if s.api_key_ttl > s.api_key_max_ttl:
+        bad("api_key_ttl", "must not be longer than TOKENGATE_API_KEY_MAX_TTL")
     if s.login_max_failures < 1:
         bad("login_max_failures", "must be at least 1")
     if s.password_min_length < 1:

@@ -92,7 +92,7 @@ def postgres_url() -> str:
     return url
 
 
-TABLES = "users, sessions, purpose_tokens, signing_keys"
+TABLES = "users, sessions, purpose_tokens, signing_keys, api_keys, server_secrets"
 
 
 async def _truncate(url: str) -> None:

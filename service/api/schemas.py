@@ -103,7 +103,10 @@ class UserOut(BaseModel):
 
 
 class MeOut(UserOut):
-    session_id: str
+    session_id: str | None = Field(description="The session's id; null for an API key.")
+    api_key_id: str | None = Field(
+        default=None, description="The API key's id, when the credential was one."
+    )
 
 
 class TokenPairOut(BaseModel):
@@ -127,6 +130,63 @@ class SessionOut(BaseModel):
 
 class SessionsOut(BaseModel):
     sessions: list[SessionOut]
+
+
+Scope = Annotated[
+    str, StringConstraints(min_length=1, max_length=200, pattern=r"^[\x21\x23-\x5b\x5d-\x7e]+$")
+]
+
+
+class ApiKeyCreate(Body):
+    name: Annotated[
+        str, StringConstraints(min_length=1, max_length=100, pattern=_PRINTABLE),
+        AfterValidator(_clean), Field(description="What the key is for, shown in the list."),
+    ]  # fmt: skip
+    scopes: list[Scope] = Field(
+        default_factory=list,
+        max_length=100,
+        description="Among the user's scopes; none by default.",
+    )
+    expires_in: int | None = Field(
+        default=None,
+        ge=1,
+        description="Seconds; default TOKENGATE_API_KEY_TTL, at most TOKENGATE_API_KEY_MAX_TTL.",
+    )
+
+
+class ApiKeyCreated(BaseModel):
+    id: str
+    key: str = Field(description="The key itself: shown this once, never again.")
+    name: str
+    scopes: list[str]
+    created_at: str
+    expires_at: str
+
+
+class ApiKeyOut(BaseModel):
+    id: str
+    name: str
+    scopes: list[str]
+    created_at: str
+    expires_at: str
+    last_used_at: str | None
+    last_used_ip: str | None
+    revoked_at: str | None
+    revoked_why: str | None = Field(description="revoked, or leaked (reported by a scanner).")
+
+
+class ApiKeysOut(BaseModel):
+    api_keys: list[ApiKeyOut]
+
+
+class LeakedKeys(Body):
+    keys: list[Annotated[str, StringConstraints(max_length=200)]] = Field(max_length=100)
+
+
+class LeakedOut(BaseModel):
+    revoked: int = Field(
+        description="How many well-formed keys were taken (not how many were real)."
+    )
 
 
 class ErrorOut(BaseModel):

@@ -14,9 +14,9 @@ from typing import Any
 from .. import tokens
 from ..db import repository as repo
 from ..db.repository import utc
-from ..errors import TokenExpired, describe
+from ..errors import RateLimited, TokenExpired, describe
 from ..identity import Identity
-from ..store.results import Ended, Live, Miss
+from ..store.results import CheckResult, Ended, Limited, Live, Miss, RateCount
 from .core import SessionCore
 
 log = logging.getLogger("tokengate")
@@ -57,7 +57,9 @@ class Checking(SessionCore):
             await self._decide(uid, sid, now, lambda: self.store.peek(uid, sid, now=now))
             raise
         uid, sid = claims["sub"], claims["sid"]
-        near = self.near
+        client = self._rate_count(claims)
+        # A client's counted request always waits for Redis: the count is exact.
+        near = self.near if client is None else None
         if near is not None:
             epoch = near.epoch
             if near.fresh(sid, now):
@@ -69,20 +71,32 @@ class Checking(SessionCore):
                 else:
                     sent.add_done_callback(partial(self._checked_behind, uid, sid, now, epoch))
                 return Identity(int(uid), claims["name"], sid, dict(claims))
-        checked = await self.store.check(uid, sid, now=now)
-        live = (
-            checked
-            if isinstance(checked, Live)
-            else await self._decide(
-                uid, sid, now, lambda: self.store.check(uid, sid, now=now), checked
-            )
-        )
+        checked: CheckResult = await self.store.check(uid, sid, now=now, client=client)
+        live: Live | Limited
+        if isinstance(checked, Live):
+            live = checked
+        else:
+            live = await self._decide(
+                uid, sid, now, lambda: self.store.check(uid, sid, now=now, client=client),
+                result=checked,
+            )  # fmt: skip
+        if isinstance(live, Limited):
+            assert client is not None
+            raise RateLimited(live.retry_after, client.limit, client.window)
         if live.sync_due:
             self.background.spawn(self._touch(sid, now))
         if near is not None and live.created:
             near.keep(sid, now, live.created, epoch)
         # A copy: the cached claims stay as verified whatever a view does.
         return Identity(int(uid), claims["name"], sid, dict(claims))
+
+    def _rate_count(self, claims: dict[str, Any]) -> RateCount | None:
+        """What a service account's token counts under ``TOKENGATE_RATE_LIMIT`` (``client_id``)."""
+        limit = self.settings.rate_limit
+        client_id = claims.get("client_id")
+        if limit is None or not isinstance(client_id, str):
+            return None
+        return RateCount(f"c:{client_id}", *limit)
 
     def _checked_behind(
         self, uid: str, sid: str, now: float, epoch: int, sent: asyncio.Future[Any]
@@ -124,8 +138,12 @@ class Checking(SessionCore):
         near.drop(sid)
         await self._settle_behind(uid, sid, now, result)
 
-    async def _settle_behind(self, uid: str, sid: str, now: float, result: Ended | Miss) -> None:
+    async def _settle_behind(
+        self, uid: str, sid: str, now: float, result: Ended | Miss | Limited
+    ) -> None:
         """A session found over, or lost from Redis, behind a near answer."""
+        if isinstance(result, Limited):  # never: checks behind near answers count nothing
+            return
         # Over (its end recorded, if this check ended it) or lost from Redis
         # (rebuilt): as the guard would have, for the next request.
         try:

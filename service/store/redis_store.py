@@ -12,6 +12,9 @@ script names each key it touches in ``KEYS``)::
     tg:{n<digest>}:fails  string failed logins for one account in the window
     tg:{n<digest>}:inflight zset password checks of that account now running
     tg:{n<digest>}:reset  string password-reset requests for one account
+    tg:{u<uid>}:rl:c:<client_id>  hash  a client's rate counter (rate_lib.lua)
+
+API keys' state lives under their own tag (``store/api_keys.py``).
 
 The scripts live in ``lua/``, one file each. This module is the only code
 that knows their arguments, their replies and the hash's field names: every
@@ -41,9 +44,11 @@ from .results import (
     CheckResult,
     Ended,
     EndReason,
+    Limited,
     Live,
     LoginResult,
     Opened,
+    RateCount,
     RefreshResult,
     Reissue,
     ReissueResult,
@@ -57,6 +62,8 @@ KEY_PREFIX = "tg:"
 _SESSION_SCRIPTS = frozenset(
     {"check", "peek", "implicit_refresh", "refresh", "login", "last_seen", "end"}
 )
+# The scripts that check a credential count it against TOKENGATE_RATE_LIMIT.
+_RATE_SCRIPTS = frozenset({"check", "api_key"})
 SCRIPTS = (
     "check", "implicit_refresh", "refresh", "load", "load_index", "login", "end",
     "last_seen", "attempt", "settle", "count", "confirm", "peek", "holders",
@@ -72,9 +79,16 @@ def script_source(name: str) -> str:
     """The Lua source of script ``name`` as it is sent to Redis."""
     lua = resources.files(__package__ or __name__).joinpath("lua")
     source = lua.joinpath(f"{name}.lua").read_text(encoding="utf-8")
+    if name in _RATE_SCRIPTS:
+        source = lua.joinpath("rate_lib.lua").read_text(encoding="utf-8") + source
     if name in _SESSION_SCRIPTS:
         source = lua.joinpath("session_lib.lua").read_text(encoding="utf-8") + source
     return source
+
+
+def rate_key(tag: str, ident: str) -> str:
+    """A credential's rate counter, under its tag: ``k`` for an API key, ``c:<client_id>``."""
+    return f"{tag}rl:{ident}"
 
 
 def _text(value: Any) -> Any:
@@ -181,10 +195,19 @@ class RedisSessionStore:
         return [str(_text(m)) for m in members]
 
     # -- the session scripts ------------------------------------------------
-    async def check(self, user_id: str, sid: str, *, now: float) -> CheckResult:
-        """The guard's one round trip: is the session alive? Slides last-seen."""
-        keys = self.session_keys(user_id, sid)
-        args = (sid, repr(now), *self._check_tail)
+    async def check(
+        self, user_id: str, sid: str, *, now: float, client: RateCount | None = None
+    ) -> CheckResult:
+        """The guard's one round trip: is the session alive? Slides last-seen.
+
+        ``client``: a client's token under ``TOKENGATE_RATE_LIMIT``, counted in
+        the same script (``Limited`` when over).
+        """
+        keys: tuple[str, ...] = self.session_keys(user_id, sid)
+        args: tuple[Any, ...] = (sid, repr(now), *self._check_tail)
+        if client is not None:
+            keys = (*keys, rate_key(self.user_tag(user_id), client.ident))
+            args = (*args, client.limit, client.window)
         pipelined = self.pipelined
         if pipelined is not None:
             sha, source = self._lean["check"]
@@ -214,6 +237,8 @@ class RedisSessionStore:
             return None
         if raw[0] == b"ok":  # the hot path: nothing else to decode
             return Live(raw[1] == b"1", float(raw[2]))
+        if raw[0] == b"limited":
+            return Limited(int(raw[1]))
         reply = _text(raw)
         return _ended(reply) if reply[0] == "ended" else MISS
 
