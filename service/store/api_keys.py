@@ -20,9 +20,9 @@ from typing import Any
 
 from redis.commands.core import AsyncScript
 
-from .connect import AnyRedis
+from .connect import KEY_PREFIX, AnyRedis
 from .pipelined import PipelinedScripts
-from .redis_store import KEY_PREFIX, _source, _text, rate_key, script_source
+from .redis_store import _source, _text, rate_key, script_source
 from .results import KeyEnded, KeyLive, KeyMiss, KeyResult, KeyUnknown, Limited, RateCount
 
 SCRIPTS = ("api_key", "api_key_load", "api_key_mark")

@@ -26,7 +26,6 @@ runs the script again.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from collections.abc import Sequence
 from importlib import resources
@@ -35,12 +34,11 @@ from typing import Any
 import hiredis
 from redis.commands.core import AsyncScript
 
-from .connect import AnyRedis
+from .connect import KEY_PREFIX, AnyRedis
 from .near import LEASE, LEASE_KEY, ack_key
 from .pipelined import PipelinedScripts
 from .results import (
     MISS,
-    Attempt,
     CheckResult,
     Ended,
     EndReason,
@@ -56,8 +54,8 @@ from .results import (
     SessionPolicy,
     SessionRecord,
 )
+from .throttle import ThrottleScripts
 
-KEY_PREFIX = "tg:"
 # The session scripts share the helpers of session_lib.lua, put in front of each.
 _SESSION_SCRIPTS = frozenset(
     {"check", "peek", "implicit_refresh", "refresh", "login", "last_seen", "end"}
@@ -68,8 +66,6 @@ SCRIPTS = (
     "check", "implicit_refresh", "refresh", "load", "load_index", "login", "end",
     "last_seen", "attempt", "settle", "count", "confirm", "peek", "holders",
 )  # fmt: skip
-# A password check holds its slot at most this long (a hung check frees it).
-ATTEMPT_LEASE = 30
 # A script that must see the whole user set runs again if a login changed the
 # set between the caller's read and the script: this many times at most.
 MAX_STALE_RETRIES = 20
@@ -122,8 +118,11 @@ class StaleSet(RuntimeError):
     """The user's set kept changing under a script that needed all of it."""
 
 
-class RedisSessionStore:
-    """Hot session state in Redis; each method is one script call (two for the user set)."""
+class RedisSessionStore(ThrottleScripts):
+    """Hot session state in Redis; each method is one script call (two for the user set).
+
+    The password throttle's scripts come from ``ThrottleScripts`` (``throttle.py``).
+    """
 
     def __init__(
         self, redis: AnyRedis, policy: SessionPolicy, pipelined: PipelinedScripts | None = None
@@ -161,13 +160,6 @@ class RedisSessionStore:
         """The session's hash and the user's index of live sessions."""
         tag = cls.user_tag(user_id)
         return tag + "s:" + sid, tag + "live"
-
-    @staticmethod
-    def throttle_key(kind: str, name: str) -> str:
-        # The exact name: usernames are case-sensitive, so "Alice" and "alice"
-        # are two accounts and must not share (or clear) one counter.
-        digest = hashlib.sha256(name.encode()).hexdigest()[:32]
-        return f"{KEY_PREFIX}{{n{digest}}}:{kind}"
 
     # -- running scripts ----------------------------------------------------
     async def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
@@ -423,51 +415,3 @@ class RedisSessionStore:
             for (sid, _, _), seen in zip(sessions, reply, strict=True)
             if seen is not None
         }
-
-    # -- the password throttle ----------------------------------------------
-    async def record_failure(self, name: str, window: int, kind: str = "fails") -> tuple[int, int]:
-        """Count one more event of ``kind`` for ``name``; return the count and the TTL."""
-        reply = await self._run("count", (self.throttle_key(kind, name),), (window,))
-        return int(reply[0]), int(reply[1])
-
-    async def clear_throttle(self, name: str) -> None:
-        """Forget every failed-login and reset-request count of the account ``name``.
-
-        ``tokengate users unlock`` calls this, and only this: whatever keys the
-        throttle uses, for every client address, this is where they are all cleared.
-        """
-        addresses = self.throttle_key("addresses", name)
-        counted = [str(_text(a)) for a in await self.redis.smembers(addresses)]
-        await self.redis.delete(
-            self.throttle_key("fails", name), self.throttle_key("reset", name), addresses,
-            *(self.throttle_key(f"fails:{a}", name) for a in counted),
-        )  # fmt: skip
-
-    def _attempt_keys(self, name: str, address: str) -> tuple[str, ...]:
-        return (
-            self.throttle_key(f"fails:{address}", name),
-            self.throttle_key(f"inflight:{address}", name),
-            self.throttle_key("fails", name),
-            self.throttle_key("inflight", name),
-        )
-
-    async def begin_attempt(
-        self, name: str, address: str, attempt: str, *, now: float, limit: int, ceiling: int
-    ) -> int:
-        """Ask to check a password of ``name`` from ``address``: 1 go, 0 wait, or minus
-        the seconds left (``limit`` failures per address, ``ceiling`` per account)."""
-        reply = await self._run(
-            "attempt", self._attempt_keys(name, address),
-            (repr(now), attempt, limit, ceiling, ATTEMPT_LEASE),
-        )  # fmt: skip
-        if int(reply[0]) < 0:
-            return -max(1, int(reply[1]))
-        return int(reply[0])
-
-    async def end_attempt(
-        self, name: str, address: str, attempt: str, *, outcome: Attempt, window: int
-    ) -> None:
-        """Settle an attempt: a failure is counted, a success clears the address's
-        count, an undecided one (an outage) only gives its slot back."""
-        keys = (*self._attempt_keys(name, address), self.throttle_key("addresses", name))
-        await self._run("settle", keys, (attempt, outcome.value, window, address))
