@@ -13,7 +13,8 @@
         │   └── FreshLoginRequired   the route needs a recent password login
         │                            (fresh_login_required): log in again, then
         │                            retry; the tokens are kept
-        └── RateLimited         429 too_many_attempts; ``retry_after`` in seconds
+        └── RateLimited         429 too_many_attempts or rate_limited; ``retry_after``
+                                in seconds
 
 Every error carries ``code``, the service's ``error`` string (``None`` when the
 service never answered), and ``response``, the ``httpx.Response`` behind it

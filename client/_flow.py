@@ -345,18 +345,20 @@ def obtain(
 # -- the request flow -------------------------------------------------------------
 def request_flow(
     request: httpx.Request, *, expiring: Callable[[Tokens], bool], can_login: bool
-) -> Generator[Op, Any, None]:
+) -> Generator[Op, Any, httpx.Response | None]:
     """A request to the service: stamp, refresh before or after sending, retry once.
 
     ``expiring`` says whether tokens are due for a refresh before sending;
     ``can_login`` whether credentials can log in again when the session is over.
+    Returns the last response (``None`` when none is the caller's to judge).
     """
     origin = origin_of(request.url)
     tokens: Tokens | None = yield Load()
     if tokens is None:
         if not can_login:
-            yield Send(request)  # not logged in: the service answers for itself
-            return
+            # Not logged in: the service answers for itself.
+            answer: httpx.Response = yield Send(request)
+            return answer
         tokens = yield Renew(None, origin, relogin=True, reason=MISSING_TOKEN)
     elif expiring(tokens):
         tokens = yield Renew(tokens, origin)
@@ -365,7 +367,7 @@ def request_flow(
     response: httpx.Response = yield Send(stamp(request, tokens))
     yield from absorb(response, tokens)
     if response.status_code != 401:
-        return
+        return response
     code = error_code(response)
     fresh: Tokens | None
     if code == TOKEN_EXPIRED:
@@ -376,7 +378,7 @@ def request_flow(
         # Someone logged in again since this request was stamped: use that.
         fresh = yield Load()
         if fresh is None or fresh == tokens:
-            return
+            return response
     elif code == FRESH_LOGIN_REQUIRED and can_login:
         # The session is fine, but this route wants a password login just now.
         fresh = yield Renew(tokens, origin, relogin=True, reason=code)
@@ -388,7 +390,7 @@ def request_flow(
             response=response,
         )
     else:
-        return
+        return response
     assert fresh is not None
     if not resendable:
         raise AuthError(
@@ -400,3 +402,4 @@ def request_flow(
         )
     response = yield Send(stamp(request, fresh))
     yield from absorb(response, fresh)
+    return response
