@@ -75,6 +75,14 @@ _RETRY_AFTER = {
         "schema": {"type": "string", "pattern": "^[1-9][0-9]*$"},
     }
 }
+# The IETF httpapi RateLimit header fields, on a 429 rate_limited.
+_RATE_LIMIT = {
+    name: {"description": what, "schema": {"type": "string"}}
+    for name, what in (
+        ("RateLimit-Policy", 'The quota: "credential";q=<requests>;w=<seconds>.'),
+        ("RateLimit", 'What is left: "credential";r=0;t=<seconds until the window ends>.'),
+    )
+}
 _WWW_AUTHENTICATE = {
     "WWW-Authenticate": {
         "description": 'RFC 6750: Bearer realm="tokengate", and the error code if any.',
@@ -163,6 +171,7 @@ class Requirement:
     scopes: tuple[str, ...] = ()
     fresh: bool = False
     optional: bool = False
+    api_key: bool = True
 
 
 def requirement_of(view: Callable[..., Any]) -> Requirement | None:
@@ -176,6 +185,7 @@ def requirement_of(view: Callable[..., Any]) -> Requirement | None:
         scopes=tuple(getattr(mark, "scopes", ()) or ()),
         fresh=bool(getattr(mark, "fresh", False)),
         optional=bool(getattr(mark, "optional", False)),
+        api_key=bool(getattr(mark, "api_key", True)),
     )
 
 
@@ -289,6 +299,10 @@ class _Builder:
                 errors[401].add("fresh_login_required")
             if requirement.scopes:
                 errors.setdefault(403, set()).add("insufficient_scope")
+            if not requirement.api_key:
+                errors.setdefault(403, set()).add("api_key_not_allowed")
+            if self.settings.rate_limit is not None:
+                errors.setdefault(429, set()).add("rate_limited")
             if self.settings.use_cookies and method in UNSAFE_METHODS:
                 errors.setdefault(403, set()).add("csrf_failed")
         if op.backend:
@@ -313,6 +327,8 @@ class _Builder:
                 status_headers.update(_WWW_AUTHENTICATE)
             if status in (429, 503):
                 status_headers.update(_RETRY_AFTER)
+            if "rate_limited" in codes:
+                status_headers.update(_RATE_LIMIT)
             if status_headers:
                 entry["headers"] = status_headers
             responses[str(status)] = entry
@@ -363,7 +379,9 @@ class _Builder:
                 "type": "http",
                 "scheme": "bearer",
                 "bearerFormat": "JWT",
-                "description": "An access token from /auth/login or /auth/refresh.",
+                "description": (
+                    "An access token from /auth/login or /auth/refresh, or an API key (tgk_...)."
+                ),
             }
         if self.settings.use_cookies:
             schemes["cookie"] = {

@@ -27,11 +27,8 @@ def require_api_keys() -> None:
 @document(
     body=schemas.ApiKeyCreate,
     responses={201: schemas.ApiKeyCreated},
-    errors={
-        401: ["fresh_login_required"], 403: ["insufficient_scope", "api_key_not_allowed"],
-        404: ["not_found"],
-    },
-)  # fmt: skip
+    errors={403: ["insufficient_scope"], 404: ["not_found"]},
+)
 async def create_api_key() -> tuple[Response, int]:
     """Make an API key (after a fresh password login); the key is shown this once."""
     require_api_keys()

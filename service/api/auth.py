@@ -195,7 +195,7 @@ async def me() -> Response:
 
 @auth_bp.post("/logout")
 @login_required(api_key=False)  # a key is no session: it is revoked, not logged out
-@document(responses={204: None}, errors={403: ["api_key_not_allowed"]})
+@document(responses={204: None})
 async def logout() -> Response:
     """End this session: its access and refresh tokens stop working at once."""
     await flows.logout(current_identity())
@@ -205,7 +205,7 @@ async def logout() -> Response:
 
 @auth_bp.post("/logout-all")
 @login_required(api_key=False)
-@document(responses={204: None}, errors={403: ["api_key_not_allowed"]})
+@document(responses={204: None})
 async def logout_all() -> Response:
     """End every session of the user."""
     await flows.logout_all(current_identity())

@@ -14,12 +14,13 @@ from tests.support import SECRET
 GUARDED = {
     ("get", "/auth/me"), ("post", "/auth/logout"), ("post", "/auth/logout-all"),
     ("get", "/auth/sessions"), ("delete", "/auth/sessions/{session_id}"),
-    ("post", "/auth/password"),
+    ("post", "/auth/password"), ("post", "/auth/api-keys"), ("get", "/auth/api-keys"),
+    ("delete", "/auth/api-keys/{key_id}"),
 }  # fmt: skip
 NO_CONTENT = {
     ("post", "/auth/logout"), ("post", "/auth/logout-all"),
     ("delete", "/auth/sessions/{session_id}"), ("post", "/auth/password"),
-    ("post", "/auth/password-reset/confirm"),
+    ("post", "/auth/password-reset/confirm"), ("delete", "/auth/api-keys/{key_id}"),
 }  # fmt: skip
 
 
@@ -46,7 +47,9 @@ async def test_the_bearer_scheme_and_the_guards_answers_are_declared(app):
     assert doc["openapi"].startswith("3.1")
     assert doc["components"]["securitySchemes"]["bearer"] == {
         "type": "http", "scheme": "bearer", "bearerFormat": "JWT",
-        "description": "An access token from /auth/login or /auth/refresh.",
+        "description": (
+            "An access token from /auth/login or /auth/refresh, or an API key (tgk_...)."
+        ),
     }  # fmt: skip
     operations = {(m, p): op for p, item in doc["paths"].items() for m, op in item.items()}
     for key, op in operations.items():
