@@ -53,6 +53,8 @@ GUARD_CODES = (
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # A password field whose shortest length is TOKENGATE_PASSWORD_MIN_LENGTH.
 PASSWORD_POLICY = "x-tokengate-password-policy"  # noqa: S105 - a schema key
+# An API key's lifetime, whose longest is TOKENGATE_API_KEY_MAX_TTL.
+KEY_LIFETIME = "x-tokengate-api-key-lifetime"
 
 _STATUS_TEXT = {
     200: "OK",
@@ -368,8 +370,9 @@ class _Builder:
             },
         }
         resolved: dict[str, Any] = _resolve(
-            document, replacements, self.settings.password_min_length
-        )
+            document, replacements, self.settings.password_min_length,
+            self.settings.api_key_max_ttl,
+        )  # fmt: skip
         return resolved
 
     def security_schemes(self) -> dict[str, Any]:
@@ -396,26 +399,30 @@ class _Builder:
         return schemes
 
 
-def _resolve(node: Any, refs: Mapping[str, str], password_min: int) -> Any:
-    """Swap placeholder refs for component refs and apply the password policy."""
+def _resolve(node: Any, refs: Mapping[str, str], password_min: int, key_max_ttl: int) -> Any:
+    """Swap placeholder refs for component refs; apply the password and key-lifetime policy."""
     if isinstance(node, dict):
         out: dict[str, Any] = {}
         for key, value in node.items():
             if key == "$ref" and isinstance(value, str) and value in refs:
                 out[key] = refs[value]
-            elif key == PASSWORD_POLICY:
+            elif key in (PASSWORD_POLICY, KEY_LIFETIME):
                 continue
             else:
-                out[key] = _resolve(value, refs, password_min)
+                out[key] = _resolve(value, refs, password_min, key_max_ttl)
         if node.get(PASSWORD_POLICY):
             out["minLength"] = password_min
             out["description"] = (
                 f"At least {password_min} characters (TOKENGATE_PASSWORD_MIN_LENGTH), "
                 "at most 1024; no control characters."
             )
+        if node.get(KEY_LIFETIME):
+            for option in out.get("anyOf", [out]):
+                if option.get("type") == "integer":
+                    option["maximum"] = key_max_ttl
         return out
     if isinstance(node, list):
-        return [_resolve(v, refs, password_min) for v in node]
+        return [_resolve(v, refs, password_min, key_max_ttl) for v in node]
     return node
 
 

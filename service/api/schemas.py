@@ -4,9 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+)
 
-from ..openapi import PASSWORD_POLICY
+from ..openapi import KEY_LIFETIME, PASSWORD_POLICY
 
 
 def _clean(value: str) -> str:
@@ -137,6 +144,11 @@ Scope = Annotated[
 ]
 
 
+def _whole(value: object) -> object:
+    # JSON Schema's "integer" takes 3600.0 as well as 3600; strict mode alone would not.
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 class ApiKeyCreate(Body):
     name: Annotated[
         str, StringConstraints(min_length=1, max_length=100, pattern=_PRINTABLE),
@@ -147,9 +159,9 @@ class ApiKeyCreate(Body):
         max_length=100,
         description="Among the user's scopes; none by default.",
     )
-    expires_in: int | None = Field(
+    expires_in: Annotated[int, Field(ge=1), BeforeValidator(_whole)] | None = Field(
         default=None,
-        ge=1,
+        json_schema_extra={KEY_LIFETIME: True},
         description="Seconds; default TOKENGATE_API_KEY_TTL, at most TOKENGATE_API_KEY_MAX_TTL.",
     )
 

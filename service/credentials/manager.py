@@ -212,8 +212,8 @@ class ApiKeyManager:
         so a key made while Redis is failing exists everywhere afterwards.
         """
         name = name.strip()
-        if not name or len(name) > NAME_MAX or not name.isprintable():
-            raise InvalidRequest(f"name: 1 to {NAME_MAX} printable characters.")
+        if not name or len(name) > NAME_MAX or any(ord(c) < 32 or ord(c) == 127 for c in name):
+            raise InvalidRequest(f"name: 1 to {NAME_MAX} characters, no control characters.")
         ttl = self.settings.api_key_ttl if expires_in is None else expires_in
         if not 1 <= ttl <= self.settings.api_key_max_ttl:
             raise InvalidRequest(
