@@ -305,3 +305,62 @@ async def test_api_keys_can_be_turned_off(app, make_app):
     pair = await register_and_login(off_client)
     r = await off_client.get("/auth/api-keys", headers=bearer(pair["access_token"]))
     assert r.status_code == 404
+
+
+async def test_database_down_keys_redis_holds_still_work_the_rest_is_503_fast(app, redis_client):
+    from quart_tokengate.service.db.engine import build_engine, build_sessionmaker
+    from tests.support import assert_unavailable, free_port, timed_async
+
+    client, gate = app.test_client(), gate_of(app)
+    pair = await register_and_login(client)
+    made = await new_key(client, pair)
+    assert await code(client, made["key"]) == 200
+    await gate.manager.background.drain()
+    good = gate.api_keys.db
+    dead = build_engine(f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/test")
+    gate.api_keys.db = gate.manager.db = build_sessionmaker(dead)
+    try:
+        assert await code(client, made["key"]) == 200  # no SQL on the key's hot path
+        headers = bearer(pair["access_token"])
+        for call in (
+            lambda: client.post("/auth/api-keys", json={"name": "during"}, headers=headers),
+            lambda: client.delete(f"/auth/api-keys/{made['id']}", headers=headers),
+            lambda: client.get("/auth/api-keys", headers=headers),
+        ):
+            r, elapsed = await timed_async(call)
+            assert_unavailable(r, elapsed, await r.get_json())
+        await redis_client.flushdb()  # now the key's state must come from SQL
+        r, elapsed = await timed_async(lambda: client.get("/auth/me", headers=bearer(made["key"])))
+        assert_unavailable(r, elapsed, await r.get_json())
+    finally:
+        await dead.dispose()
+        gate.api_keys.db = gate.manager.db = good
+    assert await code(client, made["key"]) == 200
+    pair = await register_and_login(client)
+    r = await client.get("/auth/api-keys", headers=bearer(pair["access_token"]))
+    assert [(k["name"], k["revoked_at"]) for k in (await r.get_json())["api_keys"]] == [
+        ("ci", None)
+    ]
+
+
+async def test_a_revocation_redis_missed_is_taken_back_in_sql(make_app, private_redis):
+    app = await make_app(redis_url=private_redis.url)
+    client, gate = app.test_client(), gate_of(app)
+    pair = await register_and_login(client)
+    made = await new_key(client, pair)
+    assert await code(client, made["key"]) == 200
+    private_redis.stop()
+    try:
+        with pytest.raises(Exception) as failed:
+            await gate.api_keys.revoke(made["id"], owner=None)  # as `tokengate api-keys revoke`
+        from quart_tokengate.service.errors import is_infrastructure_failure
+
+        assert is_infrastructure_failure(failed.value)
+        async with gate.db() as db:
+            assert (await db.get(ApiKey, made["id"])).revoked_at is None  # nothing half done
+    finally:
+        private_redis.start()
+    # Redis came back empty; the key is live from SQL, and the revocation, sent again, holds.
+    assert await code(client, made["key"]) == 200
+    assert await gate.api_keys.revoke(made["id"], owner=None)
+    assert await code(client, made["key"]) == "token_revoked"
