@@ -283,6 +283,18 @@ class ApiKeyManager:
         )  # fmt: skip
         return True
 
+    async def revoke_key(self, key: str) -> bool:
+        """Revoke the key itself (RFC 7009 at ``/auth/revoke``: holding it is proof enough)."""
+        try:
+            apikeys.parse(key)
+        except InvalidToken:
+            return False
+        digest = await self._digest(key)
+        async with self.db() as db:
+            query = select(ApiKey.id).where(ApiKey.digest == digest)
+            key_id = (await db.execute(query)).scalar()
+        return key_id is not None and await self.revoke(key_id, owner=None)
+
     async def _unrevoke(self, key_id: str) -> None:
         try:
             async with self.db() as db:

@@ -364,3 +364,18 @@ async def test_a_revocation_redis_missed_is_taken_back_in_sql(make_app, private_
     assert await code(client, made["key"]) == 200
     assert await gate.api_keys.revoke(made["id"], owner=None)
     assert await code(client, made["key"]) == "token_revoked"
+
+
+async def test_rfc_7009_revocation_revokes_a_key_and_introspection_calls_it_inactive(make_app):
+    app = await make_app(introspection_clients=(("rs", "rs-secret"),))
+    client = app.test_client()
+    pair = await register_and_login(client)
+    made = await new_key(client, pair)
+    basic = {"Authorization": "Basic cnM6cnMtc2VjcmV0"}
+    r = await client.post("/auth/introspect", form={"token": made["key"]}, headers=basic)
+    assert await r.get_json() == {"active": False}  # introspection speaks of access tokens
+    for token in ("tgk_not-a-key", made["key"][:-1] + "0", made["key"]):
+        r = await client.post("/auth/revoke", form={"token": token})
+        assert r.status_code == 200
+    assert await code(client, made["key"]) == "token_revoked"
+    assert await code(client, pair["access_token"]) == 200
