@@ -55,6 +55,10 @@ def test_every_variable_is_read():
         "TOKENGATE_INTROSPECTION_CLIENTS": "api:s3cret, billing:other:colon",
         "TOKENGATE_LOG_FORMAT": "JSON",
         "TOKENGATE_NEAR_CACHE": "true",
+        "TOKENGATE_API_KEYS": "off",
+        "TOKENGATE_API_KEY_TTL": "3600",
+        "TOKENGATE_API_KEY_MAX_TTL": "86400",
+        "TOKENGATE_RATE_LIMIT": "100/60",
     }
     s = Settings.from_env(env, dotenv=None)
     assert (s.algorithm, s.fresh_ttl) == ("HS256", 30)
@@ -80,6 +84,8 @@ def test_every_variable_is_read():
     assert s.redis_url == "redis://127.0.0.1:6379/3"
     assert s.log_format == "json"
     assert s.near_cache
+    assert (s.api_keys, s.api_key_ttl, s.api_key_max_ttl) == (False, 3600, 86400)
+    assert s.rate_limit == (100, 60)
     names = {f"TOKENGATE_{f.name.upper()}" for f in dataclasses.fields(Settings)}
     assert names == set(env)
 
@@ -108,6 +114,20 @@ def test_short_secret_is_refused_and_never_shown():
     assert "TOKENGATE_SECRET_KEY" in str(info.value)
     assert "too-short-secret" not in str(info.value)
     assert "s" * 40 not in repr(Settings(secret_key="s" * 40))
+
+
+@pytest.mark.parametrize("raw", ["100", "0/60", "100/0", "a/b", "100/60/1", "-1/60", "/"])
+def test_a_bad_rate_limit_is_named(raw):
+    with pytest.raises(SettingsError, match="^TOKENGATE_RATE_LIMIT: expected N/S"):
+        Settings.from_env({"TOKENGATE_RATE_LIMIT": raw}, dotenv=None)
+
+
+def test_an_api_key_lifetime_longer_than_the_longest_is_refused():
+    with pytest.raises(SettingsError, match="TOKENGATE_API_KEY_TTL: must not be longer"):
+        Settings.from_env(
+            {"TOKENGATE_API_KEY_TTL": "100", "TOKENGATE_API_KEY_MAX_TTL": "10"}, dotenv=None
+        )
+    assert Settings().rate_limit is None and Settings().api_keys
 
 
 def test_keys_cookies_and_introspection_settings_are_checked():
