@@ -379,3 +379,22 @@ async def test_rfc_7009_revocation_revokes_a_key_and_introspection_calls_it_inac
         assert r.status_code == 200
     assert await code(client, made["key"]) == "token_revoked"
     assert await code(client, pair["access_token"]) == 200
+
+
+async def test_no_key_reaches_a_log_line(app, caplog):
+    caplog.set_level("DEBUG")
+    client, gate = app.test_client(), gate_of(app)
+    pair = await register_and_login(client)
+    made = await new_key(client, pair)
+    await code(client, made["key"])
+    await client.post("/auth/api-keys/leaked", json={"keys": [made["key"]]})
+    await gate.manager.background.drain()
+    assert await code(client, made["key"]) == "token_revoked"
+    events = [getattr(r, "fields", {}) for r in caplog.records]
+    assert {"api_key_created", "api_key_revoked", "api_keys_reported_leaked"} <= {
+        e.get("event") for e in events
+    }
+    leaked = next(e for e in events if e.get("event") == "api_key_revoked")
+    assert (leaked["reason"], leaked["api_key_id"]) == ("leaked", made["id"])
+    everything = " ".join(f"{r.getMessage()} {getattr(r, 'fields', '')}" for r in caplog.records)
+    assert made["key"] not in everything and made["key"][4:36] not in everything

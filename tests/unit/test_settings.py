@@ -118,7 +118,7 @@ def test_short_secret_is_refused_and_never_shown():
 
 @pytest.mark.parametrize("raw", ["100", "0/60", "100/0", "a/b", "100/60/1", "-1/60", "/"])
 def test_a_bad_rate_limit_is_named(raw):
-    with pytest.raises(SettingsError, match="^TOKENGATE_RATE_LIMIT: expected N/S"):
+    with pytest.raises(SettingsError, match=r"^TOKENGATE_RATE_LIMIT: expected N/S"):
         Settings.from_env({"TOKENGATE_RATE_LIMIT": raw}, dotenv=None)
 
 
