@@ -54,6 +54,7 @@ STATE_SLACK = 60
 # A check that keeps meeting a state moved under it (marks racing rebuilds) gives up.
 MAX_REBUILDS = 3
 MAX_LEAKED = 100
+DIGEST_CACHE_SIZE = 10_000
 NAME_MAX = 100
 
 
@@ -115,6 +116,9 @@ class ApiKeyManager:
         self.rate = RateCount("k", *limit) if limit is not None else None
         self._secret: bytes | None = None
         self._secret_lock = asyncio.Lock()
+        # Digests of keys that passed the checksum, by key text (as the claims
+        # cache keeps verified tokens): the hot path skips the parse and the HMAC.
+        self._digests: dict[str, str] = {}
 
     async def secret(self) -> bytes:
         """The digest secret, read (or made) once, on first use."""
@@ -134,8 +138,13 @@ class ApiKeyManager:
 
         ``address`` gives the client's address, asked only when last use is written.
         """
-        apikeys.parse(key)  # a typo is refused before any lookup
-        digest = await self._digest(key)
+        digest = self._digests.get(key)
+        if digest is None:
+            apikeys.parse(key)  # a typo is refused before any lookup
+            digest = await self._digest(key)
+            if len(self._digests) >= DIGEST_CACHE_SIZE:
+                del self._digests[next(iter(self._digests))]  # the oldest
+            self._digests[key] = digest
         tag, now = _tag(digest), self.clock()
         for _ in range(MAX_REBUILDS + 1):
             result = await self.store.check(tag, now=now, rate=self.rate)
