@@ -398,3 +398,32 @@ async def test_no_key_reaches_a_log_line(app, caplog):
     assert (leaked["reason"], leaked["api_key_id"]) == ("leaked", made["id"])
     everything = " ".join(f"{r.getMessage()} {getattr(r, 'fields', '')}" for r in caplog.records)
     assert made["key"] not in everything and made["key"][4:36] not in everything
+
+
+async def test_a_token_carrying_client_id_is_counted_under_its_client(make_app, clock):
+    """Service accounts' tokens are ordinary access JWTs with ``client_id``, checked by the
+    session's own script, which counts them under the client (near checks on or not)."""
+    from quart_tokengate.service import tokens
+
+    app = await make_app(clock=clock, rate_limit=(2, 30), near_cache=True)
+    client, gate = app.test_client(), gate_of(app)
+
+    def client_token(pair):  # what the client-credentials grant mints: client_id in it
+        now = int(clock())
+        return tokens.mint_access(
+            gate.keyring.signing, user_id="1", username="svc", session_id=pair["session_id"],
+            jti=tokens.new_jti(), iat=now, ttl=300,
+            claims={"auth_time": now, "client_id": "reporting"},
+        )  # fmt: skip
+
+    one = client_token(await register_and_login(client, "svc"))
+    two = client_token(await register_and_login(client, "svc", device="second"))
+    person = await register_and_login(client, "alice")
+    # Two tokens of one client share its count; a person's session has none.
+    assert [await code(client, one) for _ in range(2)] == [200, 200]
+    r = await client.get("/auth/me", headers=bearer(two))
+    assert r.status_code == 429 and (await r.get_json())["error"] == "rate_limited"
+    assert r.headers["Retry-After"] == "30"
+    assert [await code(client, person["access_token"]) for _ in range(5)] == [200] * 5
+    clock.advance(30)
+    assert await code(client, two) == 200
