@@ -21,7 +21,7 @@ from quart import Quart, Response, current_app, request
 
 from . import cookies
 from .cookies import RequestAuth, request_auth
-from .credentials.kinds import CredentialKind, read_credential
+from .credentials.kinds import CredentialKind, read_credential, sent_api_key
 from .errors import (
     ApiError,
     ApiKeyNotAllowed,
@@ -212,6 +212,8 @@ def token_sent(gate: TokenGate) -> bool:
     """Whether this request carries an access token where the settings say to look."""
     settings = gate.settings
     if settings.use_headers and "Authorization" in request.headers:
+        return True
+    if sent_api_key() is not None:
         return True
     return settings.use_cookies and bool(request.cookies.get(cookies.ACCESS_COOKIE))
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from ..cookies import read_access_token, request_auth
+from quart import request
+
+from ..cookies import read_access_token
 from ..settings import Settings
 from .apikeys import looks_like_key
 
@@ -32,13 +34,22 @@ class Credential:
     text: str = field(repr=False)
 
 
-def read_credential(settings: Settings) -> Credential:
-    """This request's credential, where ``TOKENGATE_TOKEN_LOCATION`` says to look.
+def sent_api_key() -> str | None:
+    """The API key in this request's ``Authorization: Bearer`` header, if it holds one.
 
-    An API key is recognised by its prefix, in the ``Authorization`` header
-    only: a cookie always holds a session's access token.
+    Read whatever ``TOKENGATE_TOKEN_LOCATION`` says: a key is a program's
+    credential, sent in the header even to a service whose browsers use cookies
+    (and a header is never sent by a browser on its own, so it needs no CSRF check).
     """
-    text = read_access_token(settings)
-    if looks_like_key(text) and not request_auth().via_cookie:
-        return Credential(CredentialKind.API_KEY, text)
-    return Credential(CredentialKind.BEARER_JWT, text)
+    scheme, _, text = request.headers.get("Authorization", "").strip().partition(" ")
+    text = text.strip()
+    return text if scheme.lower() == "bearer" and looks_like_key(text) else None
+
+
+def read_credential(settings: Settings) -> Credential:
+    """This request's credential: an API key in the header, else the access token
+    where ``TOKENGATE_TOKEN_LOCATION`` says to look. A cookie is always a session's."""
+    key = sent_api_key()
+    if key is not None:
+        return Credential(CredentialKind.API_KEY, key)
+    return Credential(CredentialKind.BEARER_JWT, read_access_token(settings))

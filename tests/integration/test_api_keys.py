@@ -427,3 +427,23 @@ async def test_a_token_carrying_client_id_is_counted_under_its_client(make_app, 
     assert [await code(client, person["access_token"]) for _ in range(5)] == [200] * 5
     clock.advance(30)
     assert await code(client, two) == 200
+
+
+async def test_a_key_is_read_from_the_header_even_where_browsers_use_cookies(make_app):
+    app = await make_app(token_location=("cookies",))
+    client = app.test_client()
+    pair = await register_and_login(client)
+    # Cookie mode: the login set the cookies; the key is made with them.
+    csrf = next(c.value for c in client.cookie_jar if c.name == "csrf_token")
+    r = await client.post("/auth/api-keys", json={"name": "ci"}, headers={"X-CSRF-Token": csrf})
+    assert r.status_code == 201, await r.get_data()
+    key = (await r.get_json())["key"]
+    other = app.test_client()  # no cookies: the key alone, and no CSRF header needed
+    r = await other.get("/auth/me", headers=bearer(key))
+    assert r.status_code == 200 and (await r.get_json())["api_key_id"]
+    r = await other.delete(
+        f"/auth/api-keys/{(await r.get_json())['api_key_id']}", headers=bearer(key)
+    )
+    assert r.status_code == 204
+    # A session's JWT in the header is still not read in cookie-only mode.
+    assert (await other.get("/auth/me", headers=bearer(pair["access_token"]))).status_code == 401
