@@ -24,6 +24,7 @@ from . import harness
 from .harness import HOST, ROOT, Load, Process
 
 APP = "bench.hello:app"
+SERVING = "quart_tokengate.service.serving"
 
 
 def commands(port: int) -> dict[str, list[str]]:
@@ -42,6 +43,19 @@ def commands(port: int) -> dict[str, list[str]]:
             py, "-m", "hypercorn", "--bind", f"{HOST}:{port}", "--workers", "1",
             "--worker-class", "uvloop", "--log-level", "warning", APP,
         ],
+        # uvicorn as ``serve`` runs it: its own loop and the bounded protocol
+        # (deadlines on receiving, the connection limit), then the same without
+        # the bounds, to show what they cost.
+        "serve": [
+            py, "-m", "uvicorn", APP, "--host", HOST, "--port", str(port),
+            "--loop", f"{SERVING}:new_event_loop", "--http", f"{SERVING}:BoundedHttpProtocol",
+            "--lifespan", "on", "--no-access-log", "--no-server-header", "--log-level", "warning",
+        ],
+        "serve-unbounded": [
+            py, "-m", "uvicorn", APP, "--host", HOST, "--port", str(port),
+            "--loop", f"{SERVING}:new_event_loop", "--http", "httptools",
+            "--lifespan", "on", "--no-access-log", "--no-server-header", "--log-level", "warning",
+        ],
     }  # fmt: skip
 
 
@@ -49,6 +63,8 @@ LABELS = {
     "uvicorn": "uvicorn (uvloop, httptools)",
     "granian": "granian (asgi, uvloop)",
     "hypercorn": "hypercorn (uvloop worker)",
+    "serve": "serve: own loop, bounded httptools",
+    "serve-unbounded": "serve without the bounds",
 }
 
 
@@ -101,7 +117,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
-    names = args.only or ["uvicorn", "granian", "hypercorn"]
+    names = args.only or ["uvicorn", "serve-unbounded", "serve", "granian", "hypercorn"]
     started = time.monotonic()
     print(f"machine: {harness.machine()}")
     print(

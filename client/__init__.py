@@ -12,6 +12,7 @@ from ._client import AsyncAuthClient, AuthClient
 from ._exceptions import (
     AuthError,
     FreshLoginRequired,
+    InvalidClient,
     InvalidCredentials,
     LoginRequired,
     RateLimited,
@@ -25,6 +26,7 @@ __all__ = [
     "AuthError",
     "FileTokenStore",
     "FreshLoginRequired",
+    "InvalidClient",
     "InvalidCredentials",
     "LoginRequired",
     "MemoryTokenStore",

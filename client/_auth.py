@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable, Generator
+from functools import partial
 from typing import Any
 
 import httpx
@@ -30,10 +31,12 @@ from ._flow import (
     Renew,
     Send,
     TokensHook,
+    endpoint,
     login_flow,
     request_flow,
     same_origin,
 )
+from ._grants import TOKEN_PATH, ClientCredentials, fetch_flow
 from ._program_flows import check_api_key, key_flow, limit_flow
 from ._store import MemoryTokenStore
 from ._tokens import Tokens, TokenStore
@@ -46,8 +49,10 @@ class TokenAuth(httpx.Auth):
 
     It attaches the stored access token to each request, refreshes it first
     when it is within ``refresh_margin`` seconds of expiry (never earlier than
-    half its lifetime), and on ``401 token_expired`` refreshes once and sends
-    the request once more. Concurrent requests share one refresh. ``base_url``
+    half its lifetime), and on ``401 token_expired`` sends the request again
+    with newer tokens (the newest stored, or a refresh's; a token may expire
+    while its request waits for a pooled connection). Concurrent requests
+    share one refresh. ``base_url``
     is where the ``/auth`` routes live (default: the origin of each request);
     when it, or the base URL of the client it is bound to (``bind``), is known,
     only requests to that origin carry the token or may push a new one;
@@ -99,6 +104,8 @@ class TokenAuth(httpx.Auth):
         self._async = AsyncEdge(self, self._sync)
         # The base_url of the client this auth is bound to, if one is.
         self._client_base_url: Callable[[], httpx.URL] | None = None
+        # A service account's client credentials: renewals fetch a new token with them.
+        self.grant: ClientCredentials | None = None
 
     def __repr__(self) -> str:
         return f"TokenAuth(token_store={self.token_store!r}, refresh_margin={self.refresh_margin})"
@@ -154,7 +161,7 @@ class TokenAuth(httpx.Auth):
         return same_origin(url, service)
 
     def flow(self, request: httpx.Request) -> Generator[Op, Any, None]:
-        """The request flow: stamp, refresh before or after sending, retry once."""
+        """The request flow: stamp, refresh before or after sending, resend with newer tokens."""
         if not self._for_service(request.url):
             # Another host gets no token, and cannot push one.
             yield Send(request)
@@ -164,17 +171,24 @@ class TokenAuth(httpx.Auth):
         def once() -> Generator[Op, Any, httpx.Response | None]:
             if key is not None:
                 return key_flow(request, key)
-            return request_flow(
-                request, expiring=self._expiring, can_login=self.credentials is not None
-            )
+            return request_flow(request, expiring=self._expiring, can_login=self._can_login)
 
         yield from limit_flow(once, request, self.rate_limit_wait)
 
+    @property
+    def _can_login(self) -> bool:
+        """Whether new tokens can be had without the user: credentials, or a client's grant."""
+        return self.credentials is not None or self.grant is not None
+
     def renewal(self, op: Renew) -> Generator[Op, Any, Tokens]:
         """Serve a ``Renew`` through the single flight."""
+        grant, fetch = self.grant, None
+        if grant is not None:
+            token_url = str(endpoint(self._service_url() or op.origin, TOKEN_PATH))
+            fetch = partial(fetch_flow, grant, token_url, self.clock)
         return self._single_flight.renewal(
-            op, self.token_store, usable=self._usable,
-            can_login=self.credentials is not None, clock=self.clock,
+            op, self.token_store, usable=self._usable, can_login=self._can_login,
+            clock=self.clock, fetch=fetch,
         )  # fmt: skip
 
     def _push(self, op: Push) -> None:

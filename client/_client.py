@@ -9,13 +9,14 @@ proxies and event hooks apply to them too.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Self
 
 import httpx
 
 from ._auth import TokenAuth
 from ._exceptions import LoginRequired
 from ._flow import Clock, Credentials, ErrorHook, LoginRequiredHook, TokensHook, failure
+from ._grants import ClientCredentials
 from ._tokens import Tokens, TokenStore
 
 LOGOUT_PATH = "/auth/logout"
@@ -96,6 +97,27 @@ class AsyncAuthClient(httpx.AsyncClient):
         token_auth.bind(self)
         self._token_auth = token_auth
 
+    @classmethod
+    def for_client(
+        cls, base_url: httpx.URL | str, client_id: str, client_secret: str | None = None, *,
+        private_key: Any = None, key_id: str | None = None, scope: str | None = None,
+        **kwargs: Any,
+    ) -> Self:  # fmt: skip
+        """A client for a service account (the client-credentials grant, RFC 6749 section 4.4).
+
+        It authenticates with ``client_secret`` (HTTP Basic) or ``private_key``
+        (``private_key_jwt``; ``key_id`` names its public half in the
+        registered JWKS), asks for ``scope`` (default: all of the client's),
+        and fetches a new access token before the old one expires, once for
+        any number of concurrent requests (and processes sharing a
+        ``FileTokenStore``). A refused fetch raises ``InvalidClient``. Every
+        other keyword is the constructor's.
+        """
+        grant = ClientCredentials(client_id, client_secret, private_key, key_id, scope)
+        client = cls(base_url=base_url, **kwargs)
+        client._token_auth.grant = grant
+        return client
+
     @property
     def tokens(self) -> Tokens | None:
         """The stored tokens, or ``None`` when logged out (the repr shows no token)."""
@@ -172,6 +194,27 @@ class AuthClient(httpx.Client):
         super().__init__(auth=token_auth, **kwargs)
         token_auth.bind(self)
         self._token_auth = token_auth
+
+    @classmethod
+    def for_client(
+        cls, base_url: httpx.URL | str, client_id: str, client_secret: str | None = None, *,
+        private_key: Any = None, key_id: str | None = None, scope: str | None = None,
+        **kwargs: Any,
+    ) -> Self:  # fmt: skip
+        """A client for a service account (the client-credentials grant, RFC 6749 section 4.4).
+
+        It authenticates with ``client_secret`` (HTTP Basic) or ``private_key``
+        (``private_key_jwt``; ``key_id`` names its public half in the
+        registered JWKS), asks for ``scope`` (default: all of the client's),
+        and fetches a new access token before the old one expires, once for
+        any number of concurrent requests (and processes sharing a
+        ``FileTokenStore``). A refused fetch raises ``InvalidClient``. Every
+        other keyword is the constructor's.
+        """
+        grant = ClientCredentials(client_id, client_secret, private_key, key_id, scope)
+        client = cls(base_url=base_url, **kwargs)
+        client._token_auth.grant = grant
+        return client
 
     @property
     def tokens(self) -> Tokens | None:

@@ -18,6 +18,7 @@ import httpx
 from ._flow import (
     AskCredentials,
     Call,
+    DeviceToken,
     Hook,
     Load,
     Op,
@@ -75,11 +76,17 @@ def _call_url(client: httpx.Client | httpx.AsyncClient, call: Call, origin: http
     return call.path if str(client.base_url) else endpoint(origin, call.path)
 
 
+def _body(call: Call) -> dict[str, Any]:
+    return {"data": call.body} if call.form else {"json": call.body}
+
+
 def client_call(client: httpx.Client) -> SyncCall:
     """Send ``/auth`` calls through ``client``: its transport, timeouts and hooks apply."""
 
     def call(op: Call, origin: httpx.URL) -> httpx.Response:
-        request = client.build_request(op.method, _call_url(client, op, origin), json=op.body)
+        request = client.build_request(
+            op.method, _call_url(client, op, origin), headers=op.headers, **_body(op)
+        )
         try:
             return client.send(request, auth=None)
         except httpx.HTTPStatusError as exc:  # an event hook called raise_for_status()
@@ -92,7 +99,9 @@ def async_client_call(client: httpx.AsyncClient) -> AsyncCall:
     """Send ``/auth`` calls through ``client``: its transport, timeouts and hooks apply."""
 
     async def call(op: Call, origin: httpx.URL) -> httpx.Response:
-        request = client.build_request(op.method, _call_url(client, op, origin), json=op.body)
+        request = client.build_request(
+            op.method, _call_url(client, op, origin), headers=op.headers, **_body(op)
+        )
         try:
             return await client.send(request, auth=None)
         except httpx.HTTPStatusError as exc:  # an event hook called raise_for_status()
@@ -154,6 +163,11 @@ class SyncEdge:
         if isinstance(op, AskCredentials):
             assert auth.credentials is not None
             return resolve_sync(auth.credentials())
+        if isinstance(op, DeviceToken):
+            if op.token is None:
+                return auth.token_store.device_token(op.username)
+            auth.token_store.keep_device_token(op.username, op.token)
+            return None
         if isinstance(op, Wait):
             return op.flight.wait()
         if isinstance(op, Sleep):
@@ -172,7 +186,7 @@ class SyncEdge:
     def _own_call(self, call: Call, origin: httpx.URL) -> httpx.Response:
         with httpx.Client() as http:
             url = endpoint(self.auth.base_url or origin, call.path)
-            return http.request(call.method, url, json=call.body)
+            return http.request(call.method, url, headers=call.headers, **_body(call))
 
 
 class AsyncEdge:
@@ -244,10 +258,10 @@ class AsyncEdge:
                 except Exception:
                     auth.hook_failed(op.name)
             return None
-        assert isinstance(op, Load | Push)
+        assert isinstance(op, Load | Push | DeviceToken)
         return self.sync.do(op, origin)
 
     async def _own_call(self, call: Call, origin: httpx.URL) -> httpx.Response:
         async with httpx.AsyncClient() as http:
             url = endpoint(self.auth.base_url or origin, call.path)
-            return await http.request(call.method, url, json=call.body)
+            return await http.request(call.method, url, headers=call.headers, **_body(call))

@@ -10,6 +10,8 @@
         │   │                   (token_revoked, session_expired, refresh_reused...,
         │   │                   or missing_token when nothing is stored)
         │   ├── InvalidCredentials   a login was refused: invalid_credentials
+        │   │   └── InvalidClient    a service account's token fetch was refused:
+        │   │                        invalid_client (unknown, disabled, wrong secret or key)
         │   └── FreshLoginRequired   the route needs a recent password login
         │                            (fresh_login_required): log in again, then
         │                            retry; the tokens are kept
@@ -43,6 +45,10 @@ class LoginRequired(AuthError):
 
 class InvalidCredentials(LoginRequired):
     """The service refused the username or password."""
+
+
+class InvalidClient(InvalidCredentials):
+    """The service refused a client's credentials (``invalid_client``) when fetching a token."""
 
 
 class FreshLoginRequired(LoginRequired):

@@ -29,6 +29,8 @@ from ._flow import Clock, Hook, Op, Renew, Renewal, Sleep, Wait, describe, obtai
 from ._tokens import KEEP, Change, Lease, Tokens, TokenStore
 
 log = logging.getLogger("tokengate.client")
+# A renewal of another grant's: a pure flow that never raises (``obtain``'s contract).
+Fetch = Callable[[], Generator[Op, Any, Renewal]]
 
 
 def _wake(future: asyncio.Future[None]) -> None:
@@ -121,8 +123,13 @@ class SingleFlight:
         usable: Callable[[Tokens], bool],
         can_login: bool,
         clock: Clock,
+        fetch: Fetch | None = None,
     ) -> Generator[Op, Any, Tokens]:
-        """Serve ``op``: tokens newer than ``op.stale``, or raise why there are none."""
+        """Serve ``op``: tokens newer than ``op.stale``, or raise why there are none.
+
+        ``fetch`` makes the renewal another grant's flow (a service account's
+        ``_grants.fetch_flow``) instead of a refresh or a login.
+        """
         while True:
             turn = self._join(op.stale, store, usable)
             if isinstance(turn, Tokens):
@@ -136,7 +143,9 @@ class SingleFlight:
             # Its leader was cancelled: lead in its place, or wait for whoever does.
         outcome: Renewal | None = None
         try:
-            outcome = yield from _lead(op, store, usable=usable, can_login=can_login, clock=clock)
+            outcome = yield from _lead(
+                op, store, usable=usable, can_login=can_login, clock=clock, fetch=fetch
+            )
         except AuthError as exc:  # the store could not be locked
             outcome = Renewal(error=exc)
         finally:
@@ -154,6 +163,7 @@ def _lead(
     usable: Callable[[Tokens], bool],
     can_login: bool,
     clock: Clock,
+    fetch: Fetch | None = None,
 ) -> Generator[Op, Any, Renewal]:
     while True:
         claim = store.begin_refresh(op.stale, usable)
@@ -164,13 +174,16 @@ def _lead(
         yield Sleep(claim)
     lease, change = claim, cast(Change, KEEP)
     try:
-        outcome = yield from obtain(
-            lease.tokens,
-            relogin=op.relogin and lease.tokens == op.stale,
-            reason=op.reason,
-            can_login=can_login,
-            clock=clock,
-        )
+        if fetch is not None:
+            outcome = yield from fetch()
+        else:
+            outcome = yield from obtain(
+                lease.tokens,
+                relogin=op.relogin and lease.tokens == op.stale,
+                reason=op.reason,
+                can_login=can_login,
+                clock=clock,
+            )
         change = outcome.change
     finally:
         _end_refresh(store, lease, change)

@@ -13,9 +13,12 @@ The request flow, ``request_flow``, yields:
 
 The token flows, ``obtain`` and ``login_flow``, yield:
 
-    Call(method, path, body)  the response of an ``/auth`` request the edge sends
-                              itself (a transport error is thrown back in)
+    Call(method, path, body)  the response of an ``/auth`` (or ``/oauth/token``, a
+                              form) request the edge sends itself (a
+                              transport error is thrown back in)
     AskCredentials()          ``(username, password)`` from ``credentials``
+    DeviceToken(username)     the device token the store keeps for ``username``
+    DeviceToken(username, t)  None; the store keeps ``t`` for ``username`` from now on
 
 A ``Renew`` is served by the single flight (``_flight.py``), which also yields
 ``Wait``, ``Sleep`` and ``Hook``.
@@ -89,11 +92,22 @@ class Call:
     method: str
     path: str
     body: dict[str, Any] = field(repr=False)
+    # A form body (the OAuth token endpoint) instead of JSON, and headers of its own.
+    form: bool = False
+    headers: dict[str, str] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
 class AskCredentials:
     pass
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceToken:
+    """Read (``token`` None) or keep the device token of ``username``'s account."""
+
+    username: str
+    token: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +126,7 @@ class Hook:
     value: Any = field(repr=False)
 
 
-Op = Load | Renew | Send | Push | Call | AskCredentials | Wait | Sleep | Hook
+Op = Load | Renew | Send | Push | Call | AskCredentials | DeviceToken | Wait | Sleep | Hook
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,17 +279,30 @@ def absorb(response: httpx.Response, stamped: Tokens) -> Generator[Op, Any, None
 def login_flow(
     username: str, password: str, device: str | None = None, clock: Clock | None = None
 ) -> Generator[Op, Any, Tokens]:
-    """Log in: return the new pair (arrived by ``clock``), or raise the typed error."""
+    """Log in: return the new pair (arrived by ``clock``), or raise the typed error.
+
+    The device token kept from an earlier login to this account goes along, so
+    that the service throttles this login on the device's own count (an attack
+    on the account from elsewhere cannot lock this device out); the one the
+    service answers with is kept for the next login.
+    """
     body: dict[str, Any] = {"username": username, "password": password}
     if device is not None:
         body["device"] = device
+    known = yield DeviceToken(username)
+    if isinstance(known, str) and known:
+        body["device_token"] = known
     try:
         response = yield Call("POST", LOGIN_PATH, body)
     except httpx.HTTPError as exc:
         raise AuthError(f"Could not log in: {describe(exc)}.") from exc
-    if response.status_code == 200:
-        return parse_pair(response, clock)
-    raise failure(response, "log in")
+    if response.status_code != 200:
+        raise failure(response, "log in")
+    tokens = parse_pair(response, clock)
+    issued = response.json().get("device_token")
+    if isinstance(issued, str) and issued and issued != known:
+        yield DeviceToken(username, issued)
+    return tokens
 
 
 def obtain(
@@ -343,14 +370,31 @@ def obtain(
 
 
 # -- the request flow -------------------------------------------------------------
+# How many times one request is sent again after ``401 token_expired``. Each
+# resend carries tokens newer than the ones refused (the newest stored, or a
+# refresh's), so only a request that waits longer than a token's whole life
+# before it goes out (queued for a pooled connection on a loaded machine) meets
+# the answer again; the bound keeps a service that refuses every token from
+# looping.
+MAX_EXPIRED_RESENDS = 5
+
+
 def request_flow(
     request: httpx.Request, *, expiring: Callable[[Tokens], bool], can_login: bool
 ) -> Generator[Op, Any, httpx.Response | None]:
-    """A request to the service: stamp, refresh before or after sending, retry once.
+    """A request to the service: stamp, refresh before or after sending, resend.
 
     ``expiring`` says whether tokens are due for a refresh before sending;
     ``can_login`` whether credentials can log in again when the session is over.
     Returns the last response (``None`` when none is the caller's to judge).
+
+    httpx runs this flow before the request waits for a pooled connection, so
+    a token fresh when stamped may have expired by the time it is sent. A
+    ``401 token_expired`` is therefore resent with newer tokens: the newest
+    stored ones when the refused token is not the newest (no refresh), else
+    those of one refresh, shared by every concurrent request
+    (``Renew``/``_flight.py``); up to ``MAX_EXPIRED_RESENDS`` times. Any other
+    ``401`` that new tokens can cure is resent once.
     """
     origin = origin_of(request.url)
     tokens: Tokens | None = yield Load()
@@ -366,40 +410,50 @@ def request_flow(
     resendable = make_replayable(request)
     response: httpx.Response = yield Send(stamp(request, tokens))
     yield from absorb(response, tokens)
-    if response.status_code != 401:
-        return response
-    code = error_code(response)
-    fresh: Tokens | None
-    if code == TOKEN_EXPIRED:
-        fresh = yield Renew(tokens, origin, reason=code)
-    elif code in SESSION_OVER and can_login:
-        fresh = yield Renew(tokens, origin, relogin=True, reason=code)
-    elif code in SESSION_OVER:
-        # Someone logged in again since this request was stamped: use that.
-        fresh = yield Load()
-        if fresh is None or fresh == tokens:
+    expired_resends = 0
+    renewed_session = False
+    while response.status_code == 401:
+        code = error_code(response)
+        fresh: Tokens | None
+        if code == TOKEN_EXPIRED:
+            if expired_resends == MAX_EXPIRED_RESENDS:
+                return response
+            expired_resends += 1
+            # Tokens newer than the refused ones: the stored ones if they are
+            # newer and usable, else one refresh for every request that needs it.
+            fresh = yield Renew(tokens, origin, reason=code)
+        elif renewed_session:
+            return response  # new tokens were tried already for a session that was over
+        elif code in SESSION_OVER and can_login:
+            fresh = yield Renew(tokens, origin, relogin=True, reason=code)
+        elif code in SESSION_OVER:
+            # Someone logged in again since this request was stamped: use that.
+            fresh = yield Load()
+        elif code == FRESH_LOGIN_REQUIRED and can_login:
+            # The session is fine, but this route wants a password login just now.
+            fresh = yield Renew(tokens, origin, relogin=True, reason=code)
+        elif code == FRESH_LOGIN_REQUIRED:
+            raise FreshLoginRequired(
+                f"{request.method} {request.url.path} needs a recent password login: "
+                "log in again, then retry.",
+                code=code,
+                response=response,
+            )
+        else:
             return response
-    elif code == FRESH_LOGIN_REQUIRED and can_login:
-        # The session is fine, but this route wants a password login just now.
-        fresh = yield Renew(tokens, origin, relogin=True, reason=code)
-    elif code == FRESH_LOGIN_REQUIRED:
-        raise FreshLoginRequired(
-            f"{request.method} {request.url.path} needs a recent password login: "
-            "log in again, then retry.",
-            code=code,
-            response=response,
-        )
-    else:
-        return response
-    assert fresh is not None
-    if not resendable:
-        raise AuthError(
-            f"The service answered 401 {code} and this request's body is a stream that "
-            "cannot be sent twice, so it was not resent; the tokens are renewed: send "
-            "the request again with a new body.",
-            code=code,
-            response=response,
-        )
-    response = yield Send(stamp(request, fresh))
-    yield from absorb(response, fresh)
+        if fresh is None or fresh == tokens:
+            return response  # nothing newer to send it with: this answer is the caller's
+        if code != TOKEN_EXPIRED:
+            renewed_session = True
+        if not resendable:
+            raise AuthError(
+                f"The service answered 401 {code} and this request's body is a stream that "
+                "cannot be sent twice, so it was not resent; the tokens are renewed: send "
+                "the request again with a new body.",
+                code=code,
+                response=response,
+            )
+        tokens = fresh
+        response = yield Send(stamp(request, tokens))
+        yield from absorb(response, tokens)
     return response

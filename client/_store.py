@@ -83,7 +83,8 @@ class FileTokenStore(TokenStore):
     right now (its lease is in the file) it waits for the result. So the
     processes sharing a file refresh once between them, and none of them is
     logged out by another's refresh-token rotation. The file also keeps the
-    service's base URL for the command line.
+    service's base URL for the command line, and the device tokens of the
+    accounts logged in to (``device_tokens``, by username).
     """
 
     def __init__(
@@ -201,6 +202,20 @@ class FileTokenStore(TokenStore):
         with self._locked():
             data = self._read()
             data["base_url"] = url
+            self._write(data)
+
+    def device_token(self, username: str) -> str | None:
+        kept = self._current()[0].get("device_tokens")
+        token = kept.get(username) if isinstance(kept, dict) else None
+        return token if isinstance(token, str) and token else None
+
+    def keep_device_token(self, username: str, token: str) -> None:
+        # Beside the tokens, in a key older versions never read (and keep as
+        # they rewrite the file), so the format stays readable both ways.
+        with self._locked():
+            data = self._read()
+            kept = data.get("device_tokens")
+            data["device_tokens"] = {**(kept if isinstance(kept, dict) else {}), username: token}
             self._write(data)
 
     # -- the refresh, across processes -------------------------------------

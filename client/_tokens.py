@@ -92,8 +92,9 @@ class Tokens:
     def from_json(cls, data: Mapping[str, Any]) -> Tokens:
         """Build from a token pair response (or a stored copy); ``ValueError`` if malformed."""
         access, refresh = data.get("access_token"), data.get("refresh_token")
-        if not isinstance(access, str) or not access or not isinstance(refresh, str) or not refresh:
-            raise ValueError("a token pair needs a non-empty access_token and refresh_token")
+        # An empty refresh token is a token without one (the client-credentials grant).
+        if not isinstance(access, str) or not access or not isinstance(refresh, str):
+            raise ValueError("a token pair needs a non-empty access_token and a refresh_token")
         session_id = data.get("session_id")
         token_type = data.get("token_type") or "Bearer"
         return cls(
@@ -187,6 +188,22 @@ class TokenStore:
         if current is not None and current != stale and usable(current):
             return current
         return Lease(secrets.token_hex(8), current)
+
+    def device_token(self, username: str) -> str | None:
+        """The device token kept for ``username``'s account, or ``None``.
+
+        The service gives one with each password login; sent with the next
+        login to the same account, it has that login throttled on this
+        device's own count. It outlives logouts (it marks the device, not a
+        session). This base class keeps them in memory; ``FileTokenStore`` in
+        its file.
+        """
+        kept: dict[str, str] = self.__dict__.get("_device_tokens", {})
+        return kept.get(username)
+
+    def keep_device_token(self, username: str, token: str) -> None:
+        """Keep ``token`` as ``username``'s device token from now on."""
+        self.__dict__.setdefault("_device_tokens", {})[username] = token
 
     def end_refresh(self, lease: Lease, change: Change) -> None:
         """Store the refresh's result, unless a refresh or login replaced the tokens meanwhile."""

@@ -7,7 +7,8 @@ Registered by installing the distribution (entry point ``pytest11``, name
 - ``tokengate_server``: that app served over real HTTP on a free loopback port.
 - ``tokengate_clock``: the service's and the fixture clients' clock.
 - ``tokengate_user``, ``tokengate_tokens``: factories of users and token pairs.
-- ``auth_client``, ``sync_auth_client``: clients logged in as a new user.
+- ``auth_client``, ``sync_auth_client``: clients logged in as a new user (``.user``),
+  counting their refreshes (``.refreshes``).
 
 This module imports only the client and pytest. The service (Quart,
 SQLAlchemy, redis) is imported inside the fixtures that need it, so a
@@ -37,7 +38,14 @@ from ._tokens import Tokens
 if TYPE_CHECKING:
     from quart import Quart
 
-__all__ = ["TokengateClock", "TokengateServer", "TokengateUser"]
+__all__ = [
+    "KitAsyncAuthClient",
+    "KitAuthClient",
+    "TokengateClock",
+    "TokengateServer",
+    "TokengateServiceClient",
+    "TokengateUser",
+]
 
 SERVER_EXTRA = 'pip install "quart-tokengate[server]"'
 
@@ -107,6 +115,18 @@ class TokengateUser:
         return f"TokengateUser(id={self.id}, username={self.username!r})"
 
 
+@dataclass(frozen=True)
+class TokengateServiceClient:
+    """A registered client of a service account: use it with ``AsyncAuthClient.for_client``."""
+
+    client_id: str
+    client_secret: str
+    scopes: tuple[str, ...] = ()
+
+    def __repr__(self) -> str:  # the secret stays out of reports
+        return f"TokengateServiceClient(client_id={self.client_id!r}, scopes={self.scopes!r})"
+
+
 class _Served(Protocol):
     base_url: str
     app: Any
@@ -118,6 +138,7 @@ class _Maker(Protocol):
     def tokens(self, user: Any, state: str) -> tuple[dict[str, Any], float]: ...
 
     def api_key(self, user: Any, scopes: tuple[str, ...], state: str) -> str: ...
+    def service_client(self, scopes: tuple[str, ...]) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -275,14 +296,65 @@ def tokengate_api_key(tokengate_server: TokengateServer) -> ApiKeyFactory:
     return make
 
 
+class ServiceClientFactory(Protocol):
+    def __call__(self, scopes: Any = ()) -> TokengateServiceClient: ...
+
+
+@pytest.fixture
+def tokengate_service_client(tokengate_server: TokengateServer) -> ServiceClientFactory:
+    """``tokengate_service_client(scopes=())`` registers a client for the client-credentials
+    grant and returns its ``.client_id`` and ``.client_secret``."""
+
+    def make(scopes: Any = ()) -> TokengateServiceClient:
+        scopes = (scopes,) if isinstance(scopes, str) else tuple(scopes)
+        kit = _service_kit("tokengate_service_client")
+        try:
+            made = tokengate_server._maker.service_client(scopes)
+        except kit.KitError as exc:
+            pytest.fail(f"tokengate_service_client: {exc}", pytrace=False)
+        return TokengateServiceClient(made.client_id, made.client_secret, scopes)
+
+    return make
+
+
 # -- logged-in clients -----------------------------------------------------
+class KitAsyncAuthClient(AsyncAuthClient):
+    """``auth_client``: an ``AsyncAuthClient`` logged in as ``user``, counting its refreshes.
+
+    ``user`` is the ``TokengateUser`` it logged in as (``.username``,
+    ``.password``); ``refreshes`` the new pairs it got by itself (its
+    ``on_refreshed`` hook), so a test can assert how many refreshes a step took.
+    """
+
+    def __init__(self, user: TokengateUser, **kwargs: Any) -> None:
+        super().__init__(on_refreshed=self._count_refresh, **kwargs)
+        self.user = user
+        self.refreshes = 0
+
+    def _count_refresh(self, _: Tokens) -> None:
+        self.refreshes += 1
+
+
+class KitAuthClient(AuthClient):
+    """``sync_auth_client``: an ``AuthClient`` logged in as ``user``, counting its refreshes."""
+
+    def __init__(self, user: TokengateUser, **kwargs: Any) -> None:
+        super().__init__(on_refreshed=self._count_refresh, **kwargs)
+        self.user = user
+        self.refreshes = 0
+
+    def _count_refresh(self, _: Tokens) -> None:
+        self.refreshes += 1
+
+
 @pytest.fixture
 def sync_auth_client(
     tokengate_server: TokengateServer, tokengate_user: UserFactory
-) -> Iterator[AuthClient]:
-    """An ``AuthClient`` on ``tokengate_server``, logged in as a new user, on the kit's clock."""
+) -> Iterator[KitAuthClient]:
+    """An ``AuthClient`` on ``tokengate_server``, logged in as a new user (``.user``)."""
     user = tokengate_user()
-    with AuthClient(
+    with KitAuthClient(
+        user,
         base_url=tokengate_server.base_url,
         clock=tokengate_server.clock,
         token_store=MemoryTokenStore(),
@@ -293,10 +365,11 @@ def sync_auth_client(
 
 async def _auth_client(
     tokengate_server: TokengateServer, tokengate_user: UserFactory
-) -> AsyncIterator[AsyncAuthClient]:
-    """An ``AsyncAuthClient`` on ``tokengate_server``, logged in as a new user, kit clock."""
+) -> AsyncIterator[KitAsyncAuthClient]:
+    """An ``AsyncAuthClient`` on ``tokengate_server``, logged in as a new user (``.user``)."""
     user = tokengate_user()
-    async with AsyncAuthClient(
+    async with KitAsyncAuthClient(
+        user,
         base_url=tokengate_server.base_url,
         clock=tokengate_server.clock,
         token_store=MemoryTokenStore(),

@@ -35,8 +35,8 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from quart_tokengate.service import TokenGate, current_identity, login_required
-from quart_tokengate.service.users import UserRecord, scope_set
+from quart_tokengate.service import TokenGate, UserRecord, current_identity, login_required
+from quart_tokengate.service.users import scope_set
 
 
 class Base(DeclarativeBase):

@@ -1,27 +1,28 @@
 """Accounts: registration, credentials and their throttle, password change and reset.
 
 Passwords are hashed with argon2id off the event loop (``passwords.py``);
-every password check is throttled per account in Redis
-(``RedisSessionStore.begin_attempt``). Ending sessions is the session
+every password check, registration and reset request is throttled in Redis
+(``throttle.py``). Ending sessions is the session
 manager's job: a password change or reset asks it to.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+import dataclasses
 import logging
-import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from . import usernames
+from .background import retry
 from .db import repository as repo
 from .db.models import User
 from .db.repository import utc
 from .errors import (
+    AuthUnavailable,
     Conflict,
     InvalidCredentials,
     InvalidRequest,
@@ -33,24 +34,20 @@ from .errors import (
 from .identity import ClientInfo, Identity
 from .outbox import Message, Sender
 from .passwords import Passwords
-from .proxies import throttle_address
 from .purpose import UNUSABLE, PurposeTokens
 from .sessions import SessionManager
 from .settings import Settings
 from .store.redis_store import RedisSessionStore
-from .store.results import Attempt
+from .throttle import Device, LoginThrottle
 from .tokens import TokenPair
 from .users import SqlUserStore, UserRecord, UserStore
 
 log = logging.getLogger("tokengate")
 
-# How long a password check waits for its turn, attempt by attempt (~10 s in all).
-_ATTEMPT_WAITS = (0.01, 0.02, 0.05, *([0.1] * 99))
-# Failures from all addresses together that lock an account, as a multiple of
-# TOKENGATE_LOGIN_MAX_FAILURES (the limit per address): high enough that one
-# address, or a handful, cannot lock the owner out from another.
-ACCOUNT_CEILING = 10
 RESET_PURPOSE = "password_reset"
+# Password resets waiting for their background task, at most (a database
+# outage holds them; past this many, a request is refused with 503).
+RESET_BACKLOG = 256
 
 
 class Accounts:
@@ -76,16 +73,37 @@ class Accounts:
         self.sessions = sessions
         self.purpose_tokens = purpose_tokens
         self.clock = clock
+        self.throttle = LoginThrottle(settings, store, purpose_tokens.keyring, clock)
+        self._resets_pending = 0
 
-    async def register(self, username: str, password: str) -> User:
+    async def register(self, username: str, password: str, address: str | None = None) -> User:
+        """Create a user; from a client ``address``, counted per address first.
+
+        The name is kept in its UsernameCaseMapped form, and refused as taken
+        when it looks like a taken one (``usernames.py``; the skeleton's unique
+        index settles a race). It is checked, valid and free, before the
+        password is hashed, so a bad or taken name costs no argon2 work.
+        ``address`` is ``None`` for the command line, which is not throttled.
+        """
+        if address is not None:
+            await self.throttle.count_request(
+                "register", address, self.settings.address_max_registrations
+            )
+        try:
+            name = usernames.canonical(username)
+        except usernames.InvalidUsername as exc:
+            raise InvalidRequest(f"username: {exc}.") from None
+        skeleton = usernames.skeleton(name)
         self._check_password(password)
+        async with self.db() as db:
+            if await repo.username_taken(db, skeleton):
+                raise Conflict()
         password_hash = await self.passwords.hash(password)
         now = utc(self.clock())
         async with self.db() as db:
-            if await repo.get_user_by_username(db, username) is not None:
-                raise Conflict()
             user = User(
-                username=username,
+                username=name,
+                username_skeleton=skeleton,
                 password_hash=password_hash,
                 created_at=now,
                 password_changed_at=now,
@@ -103,59 +121,23 @@ class Accounts:
                 f"The password must be at least {self.settings.password_min_length} characters."
             )
 
-    @contextlib.asynccontextmanager
-    async def _password_attempt(self, username: str, address: str | None) -> AsyncIterator[None]:
-        """Run one throttled password check of ``username`` from ``address``.
-
-        Failures count per account and client address (an IPv6 /64 counts as
-        one address): ``TOKENGATE_LOGIN_MAX_FAILURES`` of them in the window
-        lock that address out of that account, and ``ACCOUNT_CEILING`` times
-        as many from all addresses together lock the account. A check starts
-        only while failures plus the checks still running stay under both
-        (a burst of guesses cannot outrun the count; correct passwords sent at
-        once take turns), else it waits its turn, or answers 429 once a count
-        is reached. ``InvalidCredentials`` from the body is a failure; a body
-        that returns is a success, which clears the address's count; any other
-        error (an outage) is not counted at all.
-        """
-        s = self.settings
-        where = throttle_address(address or "")
-        attempt = secrets.token_hex(8)
-        limit, ceiling = s.login_max_failures, s.login_max_failures * ACCOUNT_CEILING
-        for delay in _ATTEMPT_WAITS:
-            verdict = await self.store.begin_attempt(
-                username, where, attempt, now=self.clock(), limit=limit, ceiling=ceiling
-            )
-            if verdict < 0:
-                raise TooManyAttempts(-verdict)
-            if verdict == 1:
-                break
-            await asyncio.sleep(delay)
-        else:
-            raise TooManyAttempts(1, "Too many password checks at once for this account.")
-        outcome = Attempt.UNDECIDED
-        try:
-            yield
-            outcome = Attempt.OK
-        except InvalidCredentials:
-            outcome = Attempt.FAILED
-            raise
-        finally:
-            await self.store.end_attempt(
-                username, where, attempt, outcome=outcome, window=s.login_window
-            )
-
     async def check_credentials(
-        self, username: str, password: str, address: str | None = None
+        self,
+        username: str,
+        password: str,
+        address: str | None = None,
+        device: Device | None = None,
+        *,
+        asked: str | None = None,
     ) -> UserRecord:
-        """Verify a username and password against the user store, with per-account throttling.
+        """Verify a username and password against the user store, throttled (``throttle.py``).
 
         An unknown user costs a password check too (against a dummy hash), so
         that the answer takes about as long as for a wrong password. A disabled
         user's password is checked too, and refused like a wrong one.
         """
-        async with self._password_attempt(username, address):
-            user = await self.users.get_by_username(username)
+        async with self.throttle.password_attempt(username, address, device):
+            user = await self.users.get_by_username(asked if asked is not None else username)
             if user is None:
                 await self.passwords.verify(None, password)
                 raise InvalidCredentials()
@@ -163,10 +145,21 @@ class Accounts:
                 raise InvalidCredentials()
         return user
 
-    async def login(self, username: str, password: str, client: ClientInfo) -> TokenPair:
-        """Check the credentials and open a session: its first token pair."""
-        user = await self.check_credentials(username, password, client.ip)
-        return await self.sessions.start_session(user, client, password)
+    async def login(
+        self, username: str, password: str, client: ClientInfo, device_token: str | None = None
+    ) -> TokenPair:
+        """Check the credentials and open a session: its first token pair, with a device token.
+
+        A valid ``device_token`` of this account has the check throttled on
+        the device's own count; the pair carries that device's token renewed,
+        or a new device's.
+        """
+        name = usernames.lookup_forms(username)[0]  # Alice and ALICE: one count
+        device = self.throttle.trusted_device(device_token, name)
+        user = await self.check_credentials(name, password, client.ip, device, asked=username)
+        pair = await self.sessions.start_session(user, client, password)
+        issued = self.throttle.device_token(user.id, name, device)
+        return dataclasses.replace(pair, device_token=issued)
 
     async def change_password(
         self, identity: Identity, current: str, new: str, address: str | None = None
@@ -178,7 +171,7 @@ class Accounts:
         password in place and the request can simply be retried.
         """
         self._check_password(new)
-        async with self._password_attempt(identity.username, address):
+        async with self.throttle.password_attempt(identity.username, address):
             async with self.db() as db:
                 user = await repo.get_user(db, identity.user_id)
             if user is None:
@@ -211,15 +204,43 @@ class Accounts:
             user.password_changed_at = utc(self.clock())
             await db.commit()
 
-    async def request_password_reset(self, username: str, sender: Sender) -> None:
-        """Send ``username`` a reset token if the user exists; silent either way."""
+    async def request_password_reset(
+        self, username: str, sender: Sender, address: str = ""
+    ) -> None:
+        """Count the request, then send ``username`` a reset token in the background.
+
+        The answer takes the same time whether the user exists or not: only the
+        throttle (the same Redis script for any name) runs on the request's
+        path; the lookup, the token and the message run in a background task,
+        retried through a database outage. At most ``RESET_BACKLOG`` of them
+        wait at once; past that the request is ``503`` (nothing was queued).
+        """
         s = self.settings
-        count, ttl = await self.store.record_failure(username, s.login_window, kind="reset")
+        await self.throttle.count_request("reset", address, s.address_max_resets)
+        name = usernames.lookup_forms(username)[0]
+        count, ttl = await self.store.record_failure(name, s.login_window, kind="reset")
         if count > s.login_max_failures:
             raise TooManyAttempts(ttl if ttl > 0 else s.login_window)
+        if self._resets_pending >= RESET_BACKLOG:
+            raise AuthUnavailable("Too many password resets are waiting; try again shortly.")
+        self._resets_pending += 1
+        self.sessions.background.spawn(self._reset_in_background(username, sender))
+
+    async def _reset_in_background(self, username: str, sender: Sender) -> None:
+        try:
+            await retry(lambda: self._send_reset(username, sender))
+        finally:
+            self._resets_pending -= 1
+
+    async def _send_reset(self, username: str, sender: Sender) -> None:
+        """Look the user up and send a reset token; an unknown name mints one it drops."""
+        s = self.settings
         async with self.db() as db:
-            user = await repo.get_user_by_username(db, username)
+            user = await repo.find_user_by_name(db, username)
         if user is None:
+            # About the same work, so that a burst of unknown names does not
+            # load the server differently from a burst of known ones.
+            self.purpose_tokens.mint_unbound(RESET_PURPOSE, s.reset_ttl)
             return
         token = await self.purpose_tokens.issue(user.id, RESET_PURPOSE, s.reset_ttl)
         message = Message(
@@ -227,7 +248,7 @@ class Accounts:
         )
         try:
             await sender.send(message)
-        except Exception as exc:  # the caller must not learn whether the user exists
+        except Exception as exc:  # a sender's failure is logged; the token is not resent
             log.error("could not send the password_reset message: %s", describe(exc))
 
     async def reset_password(self, token: str, new_password: str) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from . import usernames
 from .app import TokenGate
 from .db import repository as repo
 from .db.models import AuthSession, User
@@ -54,7 +55,7 @@ def split_scopes(raw: str) -> tuple[str, ...]:
 
 async def _user(gate: TokenGate, username: str) -> User:
     async with gate.db() as db:
-        user = await repo.get_user_by_username(db, username)
+        user = await repo.find_user_by_name(db, username)
     if user is None:
         raise AdminError(f"no such user: {username}")
     return user
@@ -112,8 +113,11 @@ async def set_disabled(gate: TokenGate, username: str, disabled: bool) -> None:
 
 async def unlock(gate: TokenGate, username: str) -> None:
     """Clear the login throttle of ``username``: it may try passwords again at once."""
-    await _user(gate, username)
-    await gate.accounts.store.clear_throttle(username)
+    user = await _user(gate, username)
+    # The throttle counts under the name's canonical form (and a name kept before
+    # the username profile applied, under itself).
+    for name in {usernames.lookup_forms(username)[0], user.username}:
+        await gate.accounts.store.clear_throttle(name)
 
 
 async def change_scopes(

@@ -8,18 +8,16 @@ line on standard error and exit status 1.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
-import getpass
 import json
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from .settings import Settings, SettingsError
-
 if TYPE_CHECKING:
     from .app import TokenGate
+    from .db.migrate import Applied
+    from .settings import Settings
 
 
 class CommandError(Exception):
@@ -28,6 +26,8 @@ class CommandError(Exception):
 
 def load_settings() -> Settings:
     """The settings from ``TOKENGATE_*``, or exit 2 with one line per problem."""
+    from .settings import Settings, SettingsError
+
     try:
         return Settings.from_env()
     except SettingsError as exc:
@@ -36,24 +36,46 @@ def load_settings() -> Settings:
         raise SystemExit(2) from None
 
 
-def migrate(settings: Settings) -> None:
-    """Apply pending migrations (under the database's lock), or fail with one line."""
+def migrate(settings: Settings) -> list[Applied]:
+    """Apply pending migrations (under the database's lock), or fail with one line.
+
+    Returns the revisions applied, oldest first (none when already at the latest).
+    """
+    from . import instance
     from .db.migrate import upgrade
     from .errors import describe, mask_url
 
-    settings.instance_dir.mkdir(parents=True, exist_ok=True)
+    instance.prepare(settings)
     try:
-        upgrade(settings.sqlalchemy_url)
+        return upgrade(settings.sqlalchemy_url)
     except Exception as exc:
         url = mask_url(settings.sqlalchemy_url)
         raise CommandError(f"cannot migrate the database {url}: {describe(exc)}") from exc
 
 
 def _read_password(args: argparse.Namespace) -> str:
+    """The new password: one line of standard input, or typed twice at the terminal."""
     if args.password_stdin:
-        return sys.stdin.readline().rstrip("\r\n")
-    password = getpass.getpass("Password: ")
-    if getpass.getpass("Password (again): ") != password:
+        line = sys.stdin.readline()
+        if not line:
+            raise CommandError("no password on standard input (--password-stdin reads one line)")
+        return line.rstrip("\r\n")
+    import getpass
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            # getpass warns, then reads standard input with echo, when there is no terminal.
+            warnings.simplefilter("error", getpass.GetPassWarning)
+            password = getpass.getpass("Password: ")
+            again = getpass.getpass("Password (again): ")
+    except getpass.GetPassWarning:
+        raise CommandError(
+            "no terminal to ask for the password on: pipe it in with --password-stdin"
+        ) from None
+    except EOFError:
+        raise CommandError("no password given (input ended)") from None
+    if again != password:
         raise CommandError("the passwords do not match")
     return password
 
@@ -76,8 +98,11 @@ async def _started(settings: Settings) -> AsyncIterator[TokenGate]:
 
 def _run(work: Callable[[TokenGate], Awaitable[int]]) -> int:
     """Start the extension, run ``work`` on it, and turn failures into one line."""
+    import asyncio
+
     from .admin import AdminError
     from .errors import ApiError, describe, is_infrastructure_failure
+    from .sealing import SealingError
 
     settings = load_settings()
 
@@ -87,7 +112,7 @@ def _run(work: Callable[[TokenGate], Awaitable[int]]) -> int:
 
     try:
         return asyncio.run(main())
-    except (AdminError, CommandError) as exc:
+    except (AdminError, CommandError, SealingError) as exc:
         raise CommandError(str(exc)) from exc
     except ApiError as exc:
         raise CommandError(str(exc.description)) from exc
@@ -253,6 +278,63 @@ def cmd_sessions_end(args: argparse.Namespace) -> int:
     return _run(work)
 
 
+def cmd_keys_rewrap(args: argparse.Namespace) -> int:
+    """Move every stored signing key to the current key-encryption key."""
+    import asyncio
+    from pathlib import Path
+
+    from .db.engine import build_engine, build_sessionmaker
+    from .errors import describe, is_infrastructure_failure
+    from .keys import rewrap_keys
+    from .sealing import SealingError, load_keks
+
+    settings = load_settings()
+    migrate(settings)
+
+    async def rewrap() -> tuple[int, int]:
+        engine = build_engine(settings.sqlalchemy_url)
+        try:
+            return await rewrap_keys(build_sessionmaker(engine), keks)
+        finally:
+            await engine.dispose()
+
+    try:
+        keks = load_keks(settings, [Path(p) for p in args.from_file])
+        moved, stored = asyncio.run(rewrap())
+    except SealingError as exc:
+        raise CommandError(str(exc)) from None
+    except Exception as exc:
+        if is_infrastructure_failure(exc):
+            raise CommandError(f"the database cannot be reached: {describe(exc)}") from exc
+        raise
+    print(
+        f"{stored} signing keys wrapped under key-encryption key {keks.current.id} "
+        f"({moved} moved to it); no stored key needs an older key-encryption key now"
+    )
+    return 0
+
+
+def add_rewrap_command(keys_sub: Any) -> None:
+    """Add ``keys rewrap`` to the ``tokengate keys`` commands."""
+    rewrap = keys_sub.add_parser(
+        "rewrap",
+        help="wrap every stored signing key under TOKENGATE_KEY_ENCRYPTION_KEY (or the "
+        "instance's key file), reading them with it, TOKENGATE_OLD_KEY_ENCRYPTION_KEY "
+        "and --from-file",
+    )
+    rewrap.add_argument(
+        "--from-file",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a file holding an older key-encryption key (base64url); may be repeated",
+    )
+    rewrap.set_defaults(func=cmd_keys_rewrap)
+
+
+FROM_STDIN_HELP = "read the password from one line of standard input instead of prompting"
+
+
 def add_admin_commands(sub: Any) -> None:
     """Add ``users ...`` and ``sessions ...`` to the ``tokengate`` command line."""
     users = sub.add_parser("users", help="account administration")
@@ -265,14 +347,14 @@ def add_admin_commands(sub: Any) -> None:
         return command
 
     create = user_command("create", "create a user", cmd_users_create)
-    create.add_argument("--password-stdin", action="store_true")
+    create.add_argument("--password-stdin", action="store_true", help=FROM_STDIN_HELP)
     listing = users_sub.add_parser("list", help="list the users")
     listing.add_argument("--json", action="store_true", help="print JSON")
     listing.set_defaults(func=cmd_users_list)
     password = user_command(
         "set-password", "set a user's password (every session ends)", cmd_users_set_password
     )
-    password.add_argument("--password-stdin", action="store_true")
+    password.add_argument("--password-stdin", action="store_true", help=FROM_STDIN_HELP)
     user_command("unlock", "clear a user's failed-login throttle", cmd_users_unlock)
     user_command(
         "disable", "refuse a user's logins and end every session", _cmd_users_disabled(True)

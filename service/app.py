@@ -18,7 +18,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from . import keys
+from . import instance, keys
 from .accounts import Accounts
 from .api.docs import docs_bp
 from .credentials.manager import ApiKeyManager
@@ -32,6 +32,7 @@ from .errors import (
     mask_url,
     register_error_handler,
 )
+from .logs import ensure_output
 from .metrics import TimedRedis, count_database_error, metrics_bp, observe_redis_call
 from .observe import RequestHooks
 from .outbox import FileOutbox, Sender
@@ -51,12 +52,20 @@ from .users import ClaimsHook, SqlUserStore, UserStore
 log = logging.getLogger("tokengate")
 
 MAX_BODY_BYTES = 64 * 1024
+# How long start-up waits for the configured Redis to answer a PING before saying it does not.
+REDIS_CHECK_DEADLINE = 2.0
 # Allocations between two young-generation collections (Python's default: 700).
 YOUNG_GC_THRESHOLD = 10_000
 
 
 class SchemaNotReady(RuntimeError):
     """The database's schema is missing or behind: start-up stops, naming the fix."""
+
+
+def _no_refusal_traceback(record: logging.LogRecord) -> bool:
+    # Quart logs a failed start-up with its traceback before the server prints
+    # the error's one line; a refusal that names its own fix needs only that line.
+    return not (record.exc_info and isinstance(record.exc_info[1], SchemaNotReady))
 
 
 def read_legacy_secret(instance_dir: Path) -> str | None:
@@ -126,11 +135,13 @@ class TokenGate:
         from .api.health import health_bp
         from .api.oauth import oauth_bp
         from .api.wellknown import wellknown_bp
+        from .oauth.endpoint import oauth_token_bp
 
         app.extensions["tokengate"] = self
         app.register_blueprint(auth_bp, url_prefix=self.url_prefix)
         app.register_blueprint(oauth_bp, url_prefix=self.url_prefix)
         app.register_blueprint(api_keys_bp, url_prefix=self.url_prefix)
+        app.register_blueprint(oauth_token_bp)
         app.register_blueprint(health_bp)
         app.register_blueprint(wellknown_bp)
         app.register_blueprint(account_bp)
@@ -148,6 +159,7 @@ class TokenGate:
         register_error_handler(app, everything=False)
         app.before_serving(self.startup)
         app.after_serving(self.shutdown)
+        app.logger.addFilter(_no_refusal_traceback)
 
     def reconfigure(
         self,
@@ -225,6 +237,7 @@ class TokenGate:
     # -- lifecycle --------------------------------------------------------
     async def startup(self) -> None:
         settings = self.settings
+        ensure_output(settings.log_format)
         self._engine = build_engine(settings.sqlalchemy_url)
         event.listen(self._engine.sync_engine, "handle_error", count_database_error)
         try:
@@ -271,6 +284,8 @@ class TokenGate:
         )
         if self._pipelined is not None:
             await self._pipelined.warm()
+        if settings.redis_url is not None:
+            await self._check_redis(settings.redis_url)
         store = RedisSessionStore(self._redis, policy, self._pipelined)
         db = sessionmaker
         passwords = self._passwords if self._passwords else await asyncio.to_thread(Passwords)
@@ -321,6 +336,22 @@ class TokenGate:
         young, older, oldest = gc.get_threshold()
         gc.set_threshold(max(YOUNG_GC_THRESHOLD, young), older, oldest)
 
+    async def _check_redis(self, url: str) -> None:
+        """Say at start-up, in one line, that the configured Redis does not answer.
+
+        Start-up goes on: requests that need Redis answer ``503`` until it
+        does, then work, with nothing to restart.
+        """
+        try:
+            async with asyncio.timeout(REDIS_CHECK_DEADLINE):
+                await self.redis.ping()
+        except Exception as exc:
+            log.warning(
+                "Redis %s cannot be reached (requests that need it answer 503 until it does): %s",
+                mask_url(url),
+                describe(exc),
+            )
+
     async def _check_schema(self, engine: AsyncEngine) -> None:
         """Start only on a schema at head: the embedded SQLite default migrates itself.
 
@@ -334,7 +365,7 @@ class TokenGate:
         url = settings.sqlalchemy_url
         embedded = settings.database_url is None
         if embedded:
-            await asyncio.to_thread(settings.instance_dir.mkdir, parents=True, exist_ok=True)
+            await asyncio.to_thread(instance.prepare, settings)
         try:
             async with engine.connect() as conn:
                 state, current = await conn.run_sync(schema_state)
@@ -419,6 +450,10 @@ def create_app(settings: Settings | None = None, **gate_options: Any) -> Quart:
     from .api.home import home_bp
 
     app = Quart("tokengate")
+    # werkzeug answers a path with doubled slashes (/auth//me) with a redirect
+    # to an absolute URL built from the request's Host: a redirect anyone can
+    # point at another site. Such a path is a 404 here (set before any route).
+    app.url_map.merge_slashes = False
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     TokenGate(app, settings=settings, **gate_options)
     app.register_blueprint(home_bp)

@@ -1,4 +1,4 @@
-"""Work that outlives its request: write-backs, and finishing what an outage interrupted.
+"""Work that outlives its request: write-backs, password resets, what an outage left undone.
 
 Tasks are kept (so that they are not garbage-collected half-way) and given a
 few seconds to finish at shutdown.
@@ -35,7 +35,7 @@ class Background:
 
     def retry(self, step: Callable[[], Awaitable[object]]) -> None:
         """Run ``step`` in the background until it succeeds, for a few minutes at most."""
-        self.spawn(_retry(step))
+        self.spawn(retry(step))
 
     async def drain(self) -> None:
         """Let background work finish, for a few seconds at most (at shutdown, in tests)."""
@@ -48,7 +48,8 @@ class Background:
         await asyncio.gather(*pending, return_exceptions=True)
 
 
-async def _retry(step: Callable[[], Awaitable[object]]) -> None:
+async def retry(step: Callable[[], Awaitable[object]]) -> None:
+    """Await ``step()`` until it succeeds, backing off, for a few minutes at most."""
     for attempt in range(RETRIES):
         try:
             await step()

@@ -134,6 +134,16 @@ def set_login_cookies(
     response.set_cookie(CSRF_COOKIE, secrets.token_urlsafe(24), httponly=False, path="/", **flags)
 
 
+def set_device_cookie(
+    response: Response, settings: Settings, name: str, token: str, path: str
+) -> None:
+    """Keep a browser's device token (``throttle.py``) in an HttpOnly cookie sent to ``path``
+    (its login route) alone, living the token's lifetime; logouts leave it."""
+    flags = _flags(settings)
+    flags["max_age"] = settings.device_token_ttl
+    response.set_cookie(name, token, httponly=True, path=path, **flags)
+
+
 def clear_cookies(response: Response, settings: Settings, refresh_path: str) -> None:
     flags = _flags(settings)
     flags.pop("max_age")

@@ -8,6 +8,11 @@ checks the ``Host`` header first and answers the contract's ``400`` JSON for
 anything that is not a host name, an IPv4 address or a bracketed IPv6
 literal with an optional port. It also stands behind the app: an exception
 that escapes Quart before a response started becomes a JSON ``500``.
+
+Every response that passes it carries ``X-Content-Type-Options: nosniff``
+(no browser guesses a JSON error into a script or a page), and every HTML
+one ``X-Frame-Options: DENY`` too, where the page did not say otherwise: no
+page of the service may be framed (clickjacking).
 """
 
 from __future__ import annotations
@@ -33,6 +38,10 @@ ASGIApp = Callable[[Scope, Receive, Any], Awaitable[None]]
 _LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
 _NAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*\.?$")
 _PORT = re.compile(r"^[0-9]{0,5}$")
+
+# On every response of the service, the app's and the server's own.
+SECURITY_HEADERS = ((b"x-content-type-options", b"nosniff"),)
+FRAME_HEADERS = ((b"x-frame-options", b"DENY"),)
 
 
 def valid_host(raw: bytes) -> bool:
@@ -72,7 +81,7 @@ class RejectMalformedRequests:
             return
         hosts = [value for name, value in scope.get("headers", ()) if name.lower() == b"host"]
         if len(hosts) > 1 or (hosts and not valid_host(hosts[0])):
-            await _json(send, 400, "invalid_request", "The Host header is malformed.")
+            await json_error(send, 400, "invalid_request", "The Host header is malformed.")
             return
         started = False
 
@@ -80,6 +89,7 @@ class RejectMalformedRequests:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
+                message["headers"] = _with_security_headers(message.get("headers", ()))
             await send(message)
 
         try:
@@ -88,10 +98,32 @@ class RejectMalformedRequests:
             if started:
                 raise
             log.error("request failed before a response: %s", type(exc).__name__, exc_info=exc)
-            await _json(send, 500, "server_error", "Internal error.")
+            await json_error(send, 500, "server_error", "Internal error.")
 
 
-async def _json(send: Send, status: int, error: str, description: str) -> None:
+def _with_security_headers(headers: Any) -> list[tuple[bytes, bytes]]:
+    """``headers`` with nosniff, and frame protection for HTML, unless already there."""
+    out = list(headers)
+    names = {bytes(name).lower() for name, _ in out}
+    if b"x-content-type-options" not in names:
+        out.extend(SECURITY_HEADERS)
+    html = any(
+        bytes(name).lower() == b"content-type" and bytes(value).lower().startswith(b"text/html")
+        for name, value in out
+    )
+    if html and b"x-frame-options" not in names:
+        out.extend(FRAME_HEADERS)
+    return out
+
+
+async def json_error(
+    send: Send,
+    status: int,
+    error: str,
+    description: str,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    """Send the contract's JSON error as a whole ASGI response."""
     body = json.dumps({"error": error, "error_description": description}).encode()
     await send(
         {
@@ -100,6 +132,8 @@ async def _json(send: Send, status: int, error: str, description: str) -> None:
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
+                *SECURITY_HEADERS,
+                *(headers or ()),
             ],
         }
     )

@@ -7,6 +7,8 @@
         │                            each subclass is also werkzeug's class
         │                            for its status, so Quart finds the handler
         ├── InvalidRequest           400 invalid_request
+        │   └── OAuthError           400 invalid_scope, unsupported_grant_type,
+        │                            invalid_grant (RFC 6749 section 5.2)
         ├── RequestTooLarge          413 request_too_large
         ├── NotFound                 404 not_found
         ├── Conflict                 409 username_taken
@@ -26,7 +28,7 @@
             ├── RefreshReused        refresh_reused
             ├── FreshLoginRequired   fresh_login_required
             ├── InvalidCredentials   invalid_credentials
-            └── InvalidClient        invalid_client (RFC 7662, + Basic challenge)
+            └── InvalidClient        invalid_client (RFC 6749/7662, + Basic challenge)
 
 The handler renders every ``HTTPException`` (ours and Quart's own 404, 405,
 413...) as ``{"error", "error_description"}``; infrastructure failures become
@@ -68,6 +70,25 @@ class InvalidRequest(ApiError, wz.BadRequest):
     code = 400
     error = "invalid_request"
     description = "The request is malformed."
+
+
+class OAuthError(InvalidRequest):
+    """A token endpoint's own ``400`` (RFC 6749 section 5.2)."""
+
+
+class InvalidScope(OAuthError):
+    error = "invalid_scope"
+    description = "A scope asked for is unknown or not granted to this client."
+
+
+class UnsupportedGrantType(OAuthError):
+    error = "unsupported_grant_type"
+    description = "This grant type is not supported."
+
+
+class InvalidGrant(OAuthError):
+    error = "invalid_grant"
+    description = "The grant is invalid, expired or revoked."
 
 
 class RequestTooLarge(ApiError, wz.RequestEntityTooLarge):
@@ -231,6 +252,8 @@ class InvalidClient(Unauthorized):
     description = "The client is unknown or its secret is wrong."
 
     def extra_headers(self) -> dict[str, str]:
+        # RFC 6749 section 5.2 requires it where the client sent Basic; HTTP wants
+        # a challenge on every 401, and it tells a client how to authenticate.
         return {"WWW-Authenticate": f'Basic realm="{REALM}"'}
 
 
@@ -316,20 +339,40 @@ def describe(exc: BaseException) -> str:
     return mask_url(f"{type(inner).__name__}: {message}")
 
 
+# Our sentences for the framework's own errors: werkzeug's are written for a
+# person at a browser ("If you entered the URL manually please check your
+# spelling and try again.") and name the framework to whoever reads them.
+_FRAMEWORK_DESCRIPTIONS = {
+    400: "The request is malformed.",
+    404: "No such resource.",
+    405: "This method is not allowed here; the Allow header lists those that are.",
+    408: "The request took too long to arrive.",
+    413: "The request body is too large.",
+    415: "The body's content type is not supported here.",
+    431: "The request's headers are too large.",
+}
+
+
 def render(exc: HTTPException) -> Response:
     """Build the contract's JSON error response for ``exc``."""
+    description = exc.description
     if isinstance(exc, ApiError):
         error, headers = exc.error, exc.extra_headers()
     else:
         error = {
             404: "not_found",
             405: "method_not_allowed",
+            408: "request_timeout",
             413: "request_too_large",
             415: "invalid_request",
             431: "invalid_request",
         }.get(exc.code or 400, "invalid_request" if (exc.code or 500) < 500 else "server_error")
         headers = {}
-    description = exc.description or "The request failed."
+        if description == type(exc).description:  # the framework's sentence, not a caller's
+            code = exc.code or 500
+            fallback = "The request failed." if code < 500 else "Internal error."
+            description = _FRAMEWORK_DESCRIPTIONS.get(code, fallback)
+    description = description or "The request failed."
     response = jsonify({"error": error, "error_description": description})
     response.status_code = exc.code or 500
     if exc.code == 405:

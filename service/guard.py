@@ -203,7 +203,7 @@ async def check_request(
         raise ApiKeyNotAllowed()
     if requirement.scopes and not requirement.scopes <= identity.scopes:
         raise InsufficientScope(requirement.scopes)
-    if requirement.fresh and gate.clock() - identity.auth_time > gate.settings.fresh_ttl:
+    if requirement.fresh and not identity.login_is_fresh(gate.clock(), gate.settings.fresh_ttl):
         raise FreshLoginRequired()
     return identity
 

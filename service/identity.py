@@ -7,6 +7,7 @@ request (``current_identity()``); the sessions list is made of
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -42,6 +43,16 @@ class Identity:
     def auth_time(self) -> int:
         """When the password login behind this session happened (epoch seconds)."""
         return int(self.claims.get("auth_time", 0))
+
+    def login_is_fresh(self, now: float, fresh_ttl: int) -> bool:
+        """Was the password login at most ``fresh_ttl`` whole seconds before ``now``?
+
+        ``auth_time`` is the login's second rounded down, so ``now`` is rounded
+        down too: a login ``fresh_ttl`` seconds ago, to the fraction, is still
+        fresh, and one a second more ago is not, whatever fraction the clock
+        had at the login.
+        """
+        return math.floor(now) - self.auth_time <= fresh_ttl
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from sqlalchemy import delete, false, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from . import tokens
+from . import sealing, tokens
 from .db.models import SigningKey as SigningKeyRow
 from .settings import Settings
 
@@ -82,13 +82,33 @@ def new_kid() -> str:
     return secrets.token_urlsafe(12)
 
 
-def from_row(row: SigningKeyRow) -> tokens.SigningKey:
+def row_aad(kid: str, algorithm: str) -> bytes:
+    """What a stored key's wrapping is bound to: its row (a secret moved to another does not
+    unwrap)."""
+    return sealing.aad("signing_keys", kid, algorithm)
+
+
+def wrap_secret(keks: sealing.KeyEncryptionKeys, kid: str, algorithm: str, secret: str) -> str:
+    """A key's secret (HMAC secret or private PEM) as stored: wrapped under the current KEK."""
+    return keks.wrap(secret.encode(), row_aad(kid, algorithm))
+
+
+def unwrap_secret(row: SigningKeyRow, keks: sealing.KeyEncryptionKeys) -> str:
+    """The secret of a stored key; plain text as an older version stored it is read as is."""
+    if not sealing.is_wrapped(row.secret):
+        return row.secret
+    what = f"signing key {row.kid}"
+    return keks.unwrap(row.secret, row_aad(row.kid, row.algorithm), what).decode()
+
+
+def from_row(row: SigningKeyRow, keks: sealing.KeyEncryptionKeys) -> tokens.SigningKey:
     """Parse a stored key once into the objects PyJWT signs and verifies with."""
     active_at = row.created_at.timestamp()
+    secret = unwrap_secret(row, keks)
     if row.algorithm == "HS256":
-        raw = row.secret.encode()
+        raw = secret.encode()
         return tokens.SigningKey(row.kid, row.algorithm, raw, raw, active_at)
-    private = serialization.load_pem_private_key(row.secret.encode(), password=None)
+    private = serialization.load_pem_private_key(secret.encode(), password=None)
     if row.public_key:
         public: Any = serialization.load_pem_public_key(row.public_key.encode())
     else:
@@ -134,11 +154,17 @@ async def _rows(db: AsyncSession, algorithm: str) -> Sequence[SigningKeyRow]:
     return (await db.execute(query)).scalars().all()
 
 
-def _new_row(algorithm: str, created_at: float, material: tuple[str, str | None]) -> SigningKeyRow:
+def _new_row(
+    algorithm: str,
+    created_at: float,
+    material: tuple[str, str | None],
+    keks: sealing.KeyEncryptionKeys,
+) -> SigningKeyRow:
     secret, public = material
+    kid = new_kid()
     return SigningKeyRow(
-        kid=new_kid(), algorithm=algorithm, secret=secret, public_key=public,
-        created_at=utc(created_at), retired_at=None,
+        kid=kid, algorithm=algorithm, secret=wrap_secret(keks, kid, algorithm, secret),
+        public_key=public, created_at=utc(created_at), retired_at=None,
     )  # fmt: skip
 
 
@@ -146,6 +172,7 @@ async def ensure_keys(
     sessions: async_sessionmaker[AsyncSession],
     algorithm: str,
     now: float,
+    keks: sealing.KeyEncryptionKeys,
     imported_secret: str | None = None,
 ) -> Sequence[SigningKeyRow]:
     """The stored keys of ``algorithm``, creating the first one if there is none.
@@ -168,7 +195,7 @@ async def ensure_keys(
         rows = await _rows(db, algorithm)
         if rows:
             return rows
-        row = _new_row(algorithm, int(now), material)
+        row = _new_row(algorithm, int(now), material, keks)
         db.add(row)
         await db.commit()
         log.info("created the first %s signing key (kid %s)", algorithm, row.kid)
@@ -176,7 +203,10 @@ async def ensure_keys(
 
 
 async def rotate_keys(
-    sessions: async_sessionmaker[AsyncSession], settings: Settings, now: float
+    sessions: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    now: float,
+    keks: sealing.KeyEncryptionKeys,
 ) -> SigningKeyRow:
     """Add the next key: published now, signing from ``now + ACTIVATION_DELAY``.
 
@@ -194,7 +224,7 @@ async def rotate_keys(
             .where(SigningKeyRow.algorithm == algorithm, SigningKeyRow.retired_at.is_(None))
             .values(retired_at=utc(activate_at))
         )
-        row = _new_row(algorithm, activate_at, material)
+        row = _new_row(algorithm, activate_at, material, keks)
         db.add(row)
         await _prune(db, algorithm, now - token_lifetime(settings))
         await db.commit()
@@ -211,6 +241,44 @@ async def _prune(db: AsyncSession, algorithm: str, before: float) -> None:
     )
 
 
+async def wrap_plain_keys(
+    sessions: async_sessionmaker[AsyncSession], keks: sealing.KeyEncryptionKeys
+) -> int:
+    """Wrap the keys an older version stored in plain text, under the current KEK; how many."""
+    async with sessions() as db:
+        await _lock(db)
+        rows = (await db.execute(select(SigningKeyRow))).scalars().all()
+        plain = [row for row in rows if not sealing.is_wrapped(row.secret)]
+        for row in plain:
+            row.secret = wrap_secret(keks, row.kid, row.algorithm, row.secret)
+        await db.commit()
+    return len(plain)
+
+
+async def rewrap_keys(
+    sessions: async_sessionmaker[AsyncSession], keks: sealing.KeyEncryptionKeys
+) -> tuple[int, int]:
+    """Move every stored key, of every algorithm, to the current KEK: ``(moved, stored)``.
+
+    Each key is unwrapped with whichever known KEK it names (plain text left by
+    an older version is read as is), checked, and wrapped again. All or
+    nothing: a key that no known KEK unwraps raises :class:`sealing.SealingError`
+    before anything is written. Running instances are not disturbed: they
+    hold their keys parsed, and read only keys new to them.
+    """
+    async with sessions() as db:
+        await _lock(db)
+        rows = (await db.execute(select(SigningKeyRow))).scalars().all()
+        moved = 0
+        for row in rows:
+            secret = unwrap_secret(row, keks)  # every key, so that a bad one stops it all
+            if sealing.wrapped_under(row.secret) != keks.current.id:
+                row.secret = wrap_secret(keks, row.kid, row.algorithm, secret)
+                moved += 1
+        await db.commit()
+    return moved, len(rows)
+
+
 class KeyRing:
     """The key set one instance signs and verifies with, kept fresh in the background."""
 
@@ -219,10 +287,14 @@ class KeyRing:
         settings: Settings,
         sessions: async_sessionmaker[AsyncSession] | None,
         clock: Callable[[], float],
+        keks: sealing.KeyEncryptionKeys | None = None,
     ) -> None:
         self.settings = settings
         self._sessions = sessions
         self.clock = clock
+        # Resolved at the first load (it may create the instance's KEK file).
+        self._keks = keks
+        self._parsed: dict[str, tokens.SigningKey] = {}
         self._signing: tokens.SigningConfig | None = None
         self._jwks: dict[str, Any] = {"keys": []}
         self._kids: tuple[str, ...] = ()
@@ -233,6 +305,11 @@ class KeyRing:
                     settings.secret_key, settings.issuer, settings.audience, settings.leeway
                 ).keys
             )
+
+    @property
+    def key_encryption_keys(self) -> sealing.KeyEncryptionKeys | None:
+        """The KEKs the stored keys are wrapped under (``None`` before the first load)."""
+        return self._keks
 
     @property
     def stored(self) -> bool:
@@ -263,8 +340,19 @@ class KeyRing:
             return
         assert self._sessions is not None
         s = self.settings
+        if self._keks is None:
+            self._keks = await asyncio.to_thread(sealing.load_keks, s)
+        keks = self._keks
         now = self.clock()
-        rows = list(await ensure_keys(self._sessions, s.algorithm, now, imported_secret))
+        rows = list(await ensure_keys(self._sessions, s.algorithm, now, keks, imported_secret))
+        if any(not sealing.is_wrapped(r.secret) for r in rows):
+            wrapped = await wrap_plain_keys(self._sessions, keks)
+            if wrapped:
+                log.info(
+                    "wrapped %d signing keys stored in plain text under key-encryption key %s",
+                    wrapped,
+                    keks.current.id,
+                )
         horizon = now - token_lifetime(s)
         dead = [r for r in rows if r.retired_at is not None and r.retired_at.timestamp() < horizon]
         if dead:
@@ -275,7 +363,10 @@ class KeyRing:
         kids = tuple(sorted(r.kid for r in rows))
         if kids == tuple(sorted(self._kids)):
             return
-        self._install(tokens.KeySet(s.algorithm, tuple(from_row(r) for r in rows)))
+        # Keys in hand are kept as parsed: a key rewrapped since under a KEK
+        # this instance does not have yet does not stop it re-reading the set.
+        self._parsed = {r.kid: self._parsed.get(r.kid) or from_row(r, keks) for r in rows}
+        self._install(tokens.KeySet(s.algorithm, tuple(self._parsed[r.kid] for r in rows)))
         log.info("signing keys loaded: %s", ", ".join(kids))
 
     async def keep_fresh(self) -> None:
@@ -286,7 +377,9 @@ class KeyRing:
                 await self.load()
             except Exception as exc:  # the keys in hand keep working; try again soon
                 if not self._failing:
-                    log.warning("could not re-read the signing keys: %s", type(exc).__name__)
+                    # A KEK problem says which key and KEK (never key material).
+                    why = str(exc) if isinstance(exc, sealing.SealingError) else type(exc).__name__
+                    log.warning("could not re-read the signing keys: %s", why)
                 self._failing = True
             else:
                 if self._failing:

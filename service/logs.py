@@ -109,8 +109,31 @@ def logging_config(log_format: str, level: str = "INFO") -> dict[str, Any]:
             # but for its access log: tokengate.access replaces it (with the user
             # and session, and never the query string, which may carry secrets).
             "uvicorn.access": {"handlers": [], "propagate": False},
+            # alembic's per-run chatter (plugins, dialect, each step): `serve` logs
+            # the revisions it applied itself, in one line each.
+            "alembic": {"level": "WARNING"},
         },
     }
+
+
+def ensure_output(log_format: str) -> None:
+    """Print the service's lines on standard error when no logging is set up.
+
+    ``tokengate serve`` configures logging (:func:`logging_config`). An app
+    served another way (``uvicorn app:app``) with no configuration of its
+    own would print warnings only, through Python's last-resort handler, and
+    the access log and security events would go nowhere. Then the
+    ``tokengate`` logger gets a handler of its own, at ``INFO``, in
+    ``log_format``. An app that sets up logging before it starts serving (a
+    handler on the root logger or on ``tokengate``) keeps its own.
+    """
+    if logging.getLogger().handlers or log.handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    log.addHandler(handler)
+    if log.level == logging.NOTSET:
+        log.setLevel(logging.INFO)
 
 
 def security_event(event: str, level: int = logging.INFO, **fields: Any) -> None:

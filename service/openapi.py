@@ -85,9 +85,23 @@ _RATE_LIMIT = {
         ("RateLimit", 'What is left: "credential";r=0;t=<seconds until the window ends>.'),
     )
 }
+# Schemes a route may name in ``document(security=...)``.
+SECURITY_SCHEMES: dict[str, dict[str, Any]] = {
+    "introspection_client": {
+        "type": "http",
+        "scheme": "basic",
+        "description": (
+            "A resource server of TOKENGATE_INTROSPECTION_CLIENTS: its id and secret "
+            "(RFC 7662 section 2.1)."
+        ),
+    },
+}
 _WWW_AUTHENTICATE = {
     "WWW-Authenticate": {
-        "description": 'RFC 6750: Bearer realm="tokengate", and the error code if any.',
+        "description": (
+            'RFC 6750: Bearer realm="tokengate", and the error code if any '
+            '(Basic realm="tokengate" where a client authenticates with HTTP Basic).'
+        ),
         "required": True,
         "schema": {"type": "string"},
     }
@@ -108,6 +122,8 @@ class Operation:
     # False for a route that never touches Redis or the database (no 503).
     backend: bool = True
     tags: list[str] = field(default_factory=list)
+    # Security requirements of a route that is not behind the guard.
+    security: list[dict[str, list[str]]] | None = None
 
 
 def document(
@@ -121,6 +137,7 @@ def document(
     backend: bool = True,
     tags: Iterable[str] = (),
     summary: str | None = None,
+    security: Sequence[Mapping[str, Sequence[str]]] | None = None,
 ) -> Callable[[F], F]:
     """Record a view's part of the OpenAPI document.
 
@@ -128,8 +145,10 @@ def document(
     also accepted); ``responses``: success statuses and their body models
     (``None``: no body, as for ``204``); ``errors``: the error codes the view
     itself can answer, by status (the guard's, ``400``/``413`` for a body and
-    ``503`` are added); ``headers``: response headers by status; the summary
-    defaults to the docstring's first line.
+    ``503`` are added); ``headers``: response headers by status; ``security``:
+    the requirements of a route that authenticates its caller itself (a name
+    of :data:`SECURITY_SCHEMES`); the summary defaults to the docstring's
+    first line.
     """
 
     def mark(view: F) -> F:
@@ -143,6 +162,11 @@ def document(
             headers={status: dict(h) for status, h in (headers or {}).items()},
             backend=backend,
             tags=list(tags),
+            security=(
+                None
+                if security is None
+                else [{name: list(s) for name, s in r.items()} for r in security]
+            ),
         )
         setattr(view, OPENAPI_ATTR, op)
         return view
@@ -233,6 +257,8 @@ class _Builder:
         self.models: dict[str, type[BaseModel]] = {}
         self.refs: dict[tuple[type[BaseModel], str], str] = {}
         self.wanted: list[tuple[type[BaseModel], str]] = []
+        # The schemes of SECURITY_SCHEMES that some route names.
+        self.schemes: set[str] = set()
 
     def ref(self, model: type[BaseModel], mode: str) -> dict[str, Any]:
         key = (model, mode)
@@ -307,6 +333,9 @@ class _Builder:
                 errors.setdefault(429, set()).add("rate_limited")
             if self.settings.use_cookies and method in UNSAFE_METHODS:
                 errors.setdefault(403, set()).add("csrf_failed")
+        elif op.security is not None:
+            out["security"] = op.security
+            self.schemes.update(name for r in op.security for name in r)
         if op.backend:
             errors.setdefault(503, set()).add("auth_unavailable")
         responses: dict[str, Any] = {}
@@ -396,6 +425,8 @@ class _Builder:
                     "X-CSRF-Token with the csrf_token cookie's value."
                 ),
             }
+        for name in sorted(self.schemes):
+            schemes[name] = SECURITY_SCHEMES[name]
         return schemes
 
 

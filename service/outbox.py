@@ -17,6 +17,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
+from .instance import private_dir
+
 log = logging.getLogger("tokengate")
 
 
@@ -44,7 +46,7 @@ class FileOutbox:
         log.info("%s message for %s written to %s", message.purpose, message.to, path.name)
 
     def _write(self, message: Message) -> Path:
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(self.directory)
         stamp = message.created_at.strftime("%Y%m%dT%H%M%S")
         path = self.directory / f"{stamp}-{secrets.token_hex(4)}.json"
         body = {

@@ -19,12 +19,20 @@ from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
+from .sealing import decode_kek
+
 PREFIX = "TOKENGATE_"
 TOKEN_LOCATIONS = frozenset({"headers", "cookies"})
 MIN_SECRET_BYTES = 32
 ALGORITHMS = ("HS256", "EdDSA", "ES256", "RS256")
 SAMESITE = ("Lax", "Strict", "None")
 COOKIE_SECURE = ("auto", "true", "false")
+DPOP_MODES = ("off", "allowed", "required")
+# The DPoP proof algorithms one may allow: asymmetric only (dpop.SUPPORTED_ALGORITHMS, kept
+# here too so that reading settings loads no crypto). A proof is signed by the client's own
+# private key: ``none`` or an HMAC would let anyone who saw a proof make another.
+DPOP_ALGORITHMS = ("ES256", "ES384", "ES512", "EdDSA", "RS256", "RS384", "RS512", "PS256",
+                   "PS384", "PS512")  # fmt: skip
 
 
 class SettingsError(ValueError):
@@ -40,6 +48,10 @@ class Settings:
     """The service's configuration; durations are whole seconds."""
 
     secret_key: str | None = field(default=None, repr=False)
+    # Wraps the signing keys stored in the database (sealing.py): 32 bytes, base64url.
+    key_encryption_key: str | None = field(default=None, repr=False)
+    # Earlier KEKs, which unwrap only: for moving to a new one (``keys rewrap``).
+    old_key_encryption_key: tuple[str, ...] = field(default=(), repr=False)
     issuer: str = "tokengate"
     audience: str = "tokengate"
     access_ttl: int = 300
@@ -50,11 +62,20 @@ class Settings:
     max_sessions: int = 0
     token_location: tuple[str, ...] = ("headers",)
     implicit_refresh: bool = False
+    # How long after ``exp`` an expired access token may still be renewed (None: the grace).
+    implicit_refresh_window: int | None = None
     leeway: int = 0
     allow_registration: bool = True
     password_min_length: int = 8
     login_max_failures: int = 10
     login_window: int = 900
+    # Per client address (an IPv6 /64) in TOKENGATE_LOGIN_WINDOW, whatever the
+    # username: failed logins, registrations and password-reset requests; 0 is no limit.
+    address_max_failures: int = 20
+    address_max_registrations: int = 10
+    address_max_resets: int = 10
+    # How long a device token (a device that logged in to the account) stays trusted.
+    device_token_ttl: int = 15_552_000
     reset_ttl: int = 900
     algorithm: str = "HS256"
     fresh_ttl: int = 900
@@ -80,6 +101,17 @@ class Settings:
     api_key_max_ttl: int = 31_536_000
     # Per API key and per service-account client: (requests, seconds), or None.
     rate_limit: tuple[int, int] | None = None
+    # ``serve`` only (serving.py): how long a request's headers, then its body,
+    # may take to arrive, and the open connections per worker.
+    header_timeout: int = 10
+    body_timeout: int = 30
+    max_connections: int = 1000
+    # DPoP (RFC 9449): off, allowed or required; the proof algorithms accepted; how far a
+    # proof's iat may stand from the clock, either way; whether the server demands a nonce.
+    dpop: str = "allowed"
+    dpop_algorithms: tuple[str, ...] = ("ES256", "EdDSA")
+    dpop_max_age: int = 60
+    dpop_nonce: bool = False
 
     def __post_init__(self) -> None:
         problems = _check(self)
@@ -131,6 +163,13 @@ class Settings:
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.instance_dir / 'tokengate.db').resolve()}"
+
+    @property
+    def renewal_window(self) -> int:
+        """Seconds after ``exp`` (and the leeway) during which implicit refresh renews a token."""
+        if self.implicit_refresh_window is None:
+            return self.refresh_grace
+        return self.implicit_refresh_window
 
     @property
     def use_headers(self) -> bool:
@@ -210,6 +249,10 @@ def _clients(raw: str) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+def _keks(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
 def _redis_url(raw: str) -> str:
     if not raw.startswith(("redis://", "rediss://", "unix://")):
         raise ValueError("expected a redis://, rediss:// or unix:// URL")
@@ -254,6 +297,32 @@ def _rate_limit(raw: str) -> tuple[int, int]:
     return parsed
 
 
+def _dpop(raw: str) -> str:
+    lowered = raw.lower()
+    if lowered not in DPOP_MODES:
+        raise ValueError(f"expected off, allowed or required, got {raw!r}")
+    return lowered
+
+
+def _dpop_algorithms(raw: str) -> tuple[str, ...]:
+    """Names separated by spaces or commas, in any case, each kept once in canonical form."""
+    canonical = {name.lower(): name for name in DPOP_ALGORITHMS}
+    found: list[str] = []
+    for part in raw.replace(",", " ").split():
+        name = canonical.get(part.lower())
+        if name is None:
+            if part.lower() == "none" or part.upper().startswith("HS"):
+                raise ValueError(
+                    f"{part} is never accepted for DPoP proofs (never none nor an HMAC)"
+                )
+            raise ValueError(f"expected some of {', '.join(DPOP_ALGORITHMS)}, got {part!r}")
+        if name not in found:
+            found.append(name)
+    if not found:
+        raise ValueError("expected at least one algorithm, such as ES256 EdDSA")
+    return tuple(found)
+
+
 def _database_url(raw: str) -> str:
     if "://" not in raw:
         raise ValueError("expected an SQLAlchemy URL such as sqlite+aiosqlite:///path.db")
@@ -266,18 +335,27 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "idle_timeout": _seconds,
     "session_max_age": _seconds,
     "refresh_grace": _seconds,
+    "implicit_refresh_window": _seconds,
     "max_sessions": _seconds,
     "leeway": _seconds,
     "password_min_length": _seconds,
     "login_max_failures": _seconds,
     "login_window": _seconds,
+    "address_max_failures": _seconds,
+    "address_max_registrations": _seconds,
+    "address_max_resets": _seconds,
+    "device_token_ttl": _seconds,
     "reset_ttl": _seconds,
     "fresh_ttl": _seconds,
+    "header_timeout": _seconds,
+    "body_timeout": _seconds,
+    "max_connections": _seconds,
     "algorithm": _algorithm,
     "cookie_samesite": _samesite,
     "cookie_secure": _cookie_secure,
     "cookie_domain": _cookie_domain,
     "introspection_clients": _clients,
+    "old_key_encryption_key": _keks,
     "implicit_refresh": _bool,
     "allow_registration": _bool,
     "redis_cluster": _bool,
@@ -292,6 +370,10 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "api_key_ttl": _seconds,
     "api_key_max_ttl": _seconds,
     "rate_limit": _rate_limit,
+    "dpop": _dpop,
+    "dpop_algorithms": _dpop_algorithms,
+    "dpop_max_age": _seconds,
+    "dpop_nonce": _bool,
 }
 
 
@@ -303,18 +385,33 @@ def _check(s: Settings) -> list[str]:
 
     if s.secret_key is not None and len(s.secret_key.encode()) < MIN_SECRET_BYTES:
         bad("secret_key", f"must be at least {MIN_SECRET_BYTES} bytes")
+    for name, keks in (
+        ("key_encryption_key", () if s.key_encryption_key is None else (s.key_encryption_key,)),
+        ("old_key_encryption_key", s.old_key_encryption_key),
+    ):
+        for kek in keks:
+            try:
+                decode_kek(kek)
+            except ValueError as exc:  # the message never quotes the value: it is a secret
+                bad(name, str(exc))
+                break
     for name in (
         "access_ttl", "refresh_ttl", "session_max_age", "login_window", "reset_ttl",
-        "api_key_ttl", "api_key_max_ttl",
+        "header_timeout", "body_timeout", "device_token_ttl", "api_key_ttl", "api_key_max_ttl",
     ):  # fmt: skip
         if getattr(s, name) < 1:
             bad(name, "must be at least 1 second")
+    if s.max_connections < 1:
+        bad("max_connections", "must be at least 1")
     if s.access_ttl > s.refresh_ttl:
         bad("access_ttl", "must not be longer than TOKENGATE_REFRESH_TTL")
     if s.api_key_ttl > s.api_key_max_ttl:
         bad("api_key_ttl", "must not be longer than TOKENGATE_API_KEY_MAX_TTL")
     if s.login_max_failures < 1:
         bad("login_max_failures", "must be at least 1")
+    for name in ("address_max_failures", "address_max_registrations", "address_max_resets"):
+        if getattr(s, name) < 0:
+            bad(name, "must not be negative (0 is no limit)")
     if s.password_min_length < 1:
         bad("password_min_length", "must be at least 1")
     if s.redis_cluster and (
@@ -341,4 +438,10 @@ def _check(s: Settings) -> list[str]:
         )
     if not s.token_location or not set(s.token_location) <= TOKEN_LOCATIONS:
         bad("token_location", "expected headers, cookies or headers,cookies")
+    if s.dpop not in DPOP_MODES:
+        bad("dpop", "expected off, allowed or required")
+    if not s.dpop_algorithms or not set(s.dpop_algorithms) <= set(DPOP_ALGORITHMS):
+        bad("dpop_algorithms", f"expected some of {', '.join(DPOP_ALGORITHMS)}")
+    if s.dpop_max_age < 1:
+        bad("dpop_max_age", "must be at least 1 second")
     return problems

@@ -47,7 +47,7 @@ TOKEN_STATES = ("live", "expired", "revoked", "idle", "replaced", "stale")
 # hundred, and the hash parameters are no rule a test observes (Django's
 # documentation advises the same for test settings).
 FAST_HASHER = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
-# A bound on the refreshes a "stale" pair takes to stay clear of the idle timeout.
+# A bound on the requests an "expired" or "stale" pair takes to stay clear of the idle timeout.
 MAX_STEPS = 1000
 
 
@@ -274,6 +274,12 @@ class MadeUser:
     password: str = dataclasses.field(repr=False)
 
 
+@dataclasses.dataclass(frozen=True)
+class MadeClient:
+    client_id: str
+    client_secret: str = dataclasses.field(repr=False)
+
+
 class Maker:
     """Users and token pairs for the app under test, made through its own routes.
 
@@ -312,6 +318,24 @@ class Maker:
                 row.scopes = " ".join(scopes)
                 await db.commit()
         return MadeUser(user.id, username, password)
+
+    # -- service accounts -------------------------------------------------
+    def service_client(self, scopes: tuple[str, ...]) -> MadeClient:
+        """A registered client of a new service account, as ``tokengate clients create`` makes."""
+        made: MadeClient = self.served.call(self._service_client(scopes))
+        return made
+
+    async def _service_client(self, scopes: tuple[str, ...]) -> MadeClient:
+        from .oauth.accounts import service_accounts
+        from .oauth.clients import ClientError
+
+        name = f"client-{secrets.token_hex(4)}"
+        try:
+            client_id, secret = await service_accounts(self.gate).registry.create(name, scopes)
+        except ClientError as exc:
+            raise KitError(str(exc)) from None
+        assert secret is not None
+        return MadeClient(client_id, secret)
 
     # -- token pairs ------------------------------------------------------
     def tokens(self, user: MadeUser, state: str) -> tuple[dict[str, Any], float]:
@@ -408,11 +432,18 @@ class Maker:
             raise KitError("state='expired' needs TOKENGATE_SESSION_MAX_AGE above the access TTL")
         pair = await self._login(user, issued)
         if s.idle_timeout and now - issued >= s.idle_timeout:
-            # The session would be idle by now: use the token while it is still valid.
-            last_use = issued + s.access_ttl - 1
-            if now - last_use >= s.idle_timeout:
+            # The session would be idle by now: use the token, as a client would, often
+            # enough that it never goes idle, up to its last valid second.
+            last_valid = issued + s.access_ttl + s.leeway - 1
+            if now - last_valid >= s.idle_timeout:
                 raise KitError("state='expired' needs TOKENGATE_IDLE_TIMEOUT of a few seconds")
-            await self._request(last_use, "GET", "/me", access=pair["access_token"])
+            step = s.idle_timeout - 1
+            if (last_valid - issued) / step > MAX_STEPS:
+                raise KitError("state='expired' needs a longer TOKENGATE_IDLE_TIMEOUT")
+            at = issued
+            while now - at >= s.idle_timeout:
+                at = min(at + step, last_valid)
+                await self._request(at, "GET", "/me", access=pair["access_token"])
         return pair, issued
 
     async def _stale(self, user: MadeUser, now: float) -> tuple[dict[str, Any], float]:
@@ -443,6 +474,9 @@ def served(
 ) -> Iterator[ServedApp]:
     """Serve ``app`` with its ``TokenGate`` on the given storage and clock; stop it after."""
     gate = gate_of(app)
+    if gate.settings.key_encryption_key is None:
+        # The kit's database is one of its own: its signing keys need a KEK.
+        settings_changes = {"key_encryption_key": secrets.token_urlsafe(32), **settings_changes}
     gate.reconfigure(
         settings=dataclasses.replace(gate.settings, **settings_changes),
         clock=clock,

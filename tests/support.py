@@ -1,4 +1,4 @@
-"""Real servers for the tests: the service process (private redis-servers: ``PrivateRedis``)."""
+"""Real servers for the tests: the service process, private redis-servers and PostgreSQL servers."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import glob
 import inspect
+import math
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -14,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from http.cookies import Morsel, SimpleCookie
 from pathlib import Path
 from typing import Any, TypeVar
@@ -39,6 +41,7 @@ __all__ = [
     "commandstats",
     "commandstats_async",
     "free_port",
+    "mann_whitney_p",
     "refresh_waiters",
     "start_service",
     "timed",
@@ -51,6 +54,8 @@ T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "test-signing-key-" + "k" * 40
+# The key-encryption key of test services and apps whose signing keys are stored.
+KEK = "test-key-encryption-key-" + "K" * 18 + "A"
 
 
 def bearer(token: str | Mapping[str, Any]) -> dict[str, str]:
@@ -145,6 +150,39 @@ async def timed_async(call: Callable[[], Awaitable[T]]) -> tuple[T, float]:
     return result, time.monotonic() - start
 
 
+def mann_whitney_p(a: Sequence[float], b: Sequence[float]) -> float:
+    """The two-sided p-value of a Mann-Whitney U test of ``a`` against ``b``.
+
+    The U statistic from the ranks of the pooled samples (ties share their mean
+    rank), compared with its normal approximation: the mean ``n1*n2/2``, the
+    variance corrected for ties, and a continuity correction of 1/2. Good for
+    samples of twenty or more each; no scipy needed.
+    """
+    n1, n2 = len(a), len(b)
+    pooled = sorted([(x, 0) for x in a] + [(x, 1) for x in b])
+    ranks = [0.0] * len(pooled)
+    ties = 0.0
+    i = 0
+    while i < len(pooled):
+        j = i
+        while j + 1 < len(pooled) and pooled[j + 1][0] == pooled[i][0]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[k] = (i + j) / 2 + 1
+        t = j - i + 1
+        ties += t**3 - t
+        i = j + 1
+    r1 = sum(rank for rank, (_, group) in zip(ranks, pooled, strict=True) if group == 0)
+    u1 = r1 - n1 * (n1 + 1) / 2
+    n = n1 + n2
+    mean = n1 * n2 / 2
+    variance = n1 * n2 / 12 * ((n + 1) - ties / (n * (n - 1)))
+    if variance <= 0:
+        return 1.0
+    z = max(0.0, abs(u1 - mean) - 0.5) / math.sqrt(variance)
+    return math.erfc(z / math.sqrt(2))
+
+
 def assert_unavailable(r: Any, elapsed: float, body: Mapping[str, Any] | None = None) -> None:
     """Failed closed and fast: ``503 auth_unavailable`` with ``Retry-After``, within a second.
 
@@ -194,7 +232,11 @@ class PostgresServer:
         found = [shutil.which("postgres"), *sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"))]
         postgres = next((p for p in found if p), None)
         if postgres is None:
-            pytest.fail("the database outage test needs PostgreSQL's postgres binary")
+            pytest.fail(
+                "PostgreSQL's server is not installed (no postgres binary on PATH or under "
+                "/usr/lib/postgresql/*/bin): apt-get install postgresql",
+                pytrace=False,
+            )
         self.bin = Path(postgres).resolve().parent
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="tg-postgres-"))
@@ -214,7 +256,16 @@ class PostgresServer:
 
     @property
     def url(self) -> str:
-        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/postgres"
+        return self.database_url("postgres")
+
+    def database_url(self, name: str) -> str:
+        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/{name}"
+
+    def create_database(self, name: str) -> str:
+        """Create the empty database ``name`` on the running server; its URL."""
+        create = [str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port)]
+        subprocess.run([*create, "-U", "postgres", name], check=True, timeout=30)
+        return self.database_url(name)
 
     def ready(self) -> bool:
         check = [str(self.bin / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)]
@@ -282,11 +333,15 @@ class PostgresServer:
 class ServiceProcess:
     """``python -m service serve`` in a child process, on a free port."""
 
-    def __init__(self, env: dict[str, str], workdir: Path, workers: int = 1) -> None:
+    def __init__(
+        self, env: dict[str, str], workdir: Path, workers: int = 1, file_limit: int | None = None
+    ) -> None:
         self.port = free_port()
         self.workdir = workdir
         self.env = env
         self.workers = workers
+        # RLIMIT_NOFILE (soft and hard) of the service, as a small machine might have it.
+        self.file_limit = file_limit
         self.process: subprocess.Popen[bytes] | None = None
         self.log = workdir / "service.log"
 
@@ -326,7 +381,12 @@ class ServiceProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=self._limit_files if self.file_limit else None,
             )
+
+    def _limit_files(self) -> None:
+        assert self.file_limit is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.file_limit, self.file_limit))
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Wait until ``/healthz`` answers 200; raise with the log if it exits or never does."""
@@ -361,9 +421,14 @@ def service_env(workdir: Path, redis_url: str, **settings: Any) -> dict[str, str
     """
     env = {
         "TOKENGATE_SECRET_KEY": SECRET,
+        "TOKENGATE_KEY_ENCRYPTION_KEY": KEK,
         "TOKENGATE_REDIS_URL": redis_url,
         "TOKENGATE_DATABASE_URL": f"sqlite+aiosqlite:///{workdir / 'tokengate.db'}",
         "TOKENGATE_INSTANCE_DIR": str(workdir / "instance"),
+        # Tests register users and ask for resets from 127.0.0.1 by the dozen; the
+        # per-address limits on those have tests of their own (test_throttle).
+        "TOKENGATE_ADDRESS_MAX_REGISTRATIONS": "0",
+        "TOKENGATE_ADDRESS_MAX_RESETS": "0",
     }
     env.update({f"TOKENGATE_{k.upper()}": str(v) for k, v in settings.items()})
     return env
@@ -379,10 +444,20 @@ def start_service(workdir: Path, redis_url: str, **settings: Any) -> ServiceProc
     return service
 
 
-async def postgres_admin(statement: str) -> None:
+async def postgres_answers(url: str) -> None:
+    """Connect to the database at ``url`` and run ``SELECT 1``; raises when it cannot."""
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+    finally:
+        await engine.dispose()
+
+
+async def postgres_admin(url: str, statement: str) -> None:
     """Run ``statement`` (``CREATE DATABASE``, ``DROP DATABASE``) on the server of
-    ``TOKENGATE_TEST_DATABASE_URL``, from its maintenance database."""
-    base = make_url(os.environ["TOKENGATE_TEST_DATABASE_URL"])
+    the database at ``url``, from its maintenance database."""
+    base = make_url(url)
     engine = create_async_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
     try:
         async with engine.connect() as conn:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from quart import Blueprint, Response, g, jsonify, render_template, request, send_from_directory
 
-from ..cookies import CSRF_HEADER, UNSAFE_METHODS, request_auth
+from ..cookies import CSRF_HEADER, UNSAFE_METHODS, request_auth, set_device_cookie
 from ..cookies import _flags as cookie_flags
 from ..credentials.manager import key_info
 from ..errors import (
@@ -63,6 +63,9 @@ from .auth import (
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 PAGE_PATH = "/account"
 PAGE_ACCESS, PAGE_REFRESH, PAGE_CSRF = "account_access", "account_refresh", "account_csrf"
+# The browser's device token (throttle.py): sent to the page's login alone, and
+# kept through logouts, since it marks the browser, not a session.
+PAGE_DEVICE = "account_device"
 
 account_bp = Blueprint("tokengate_account", __name__, template_folder="../templates")
 # Inside a host app too, anything these routes raise is contract JSON, and a
@@ -193,9 +196,14 @@ async def page_login() -> Response:
     """Log in from the page: the tokens go into the page's cookies, never the body."""
     await _require_json()
     body = await read_body(schemas.LoginRequest)
-    pair = await flows.login(body.username, body.password, client_info(body.device))
+    device_token = body.device_token or request.cookies.get(PAGE_DEVICE)
+    pair = await flows.login(body.username, body.password, client_info(body.device), device_token)
     response = jsonify({"username": body.username, "session_id": pair.session_id})
     _set_cookies(response, pair)
+    if pair.device_token is not None:
+        set_device_cookie(
+            response, get_gate().settings, PAGE_DEVICE, pair.device_token, f"{PAGE_PATH}/login"
+        )
     return response
 
 

@@ -65,6 +65,11 @@ async def read_body(model: type[M], *, optional: bool = False) -> M:
         raise InvalidRequest("The body must be a JSON object encoded as UTF-8.") from None
     if not isinstance(data, dict):
         raise InvalidRequest("The body must be a JSON object.")
+    return validate(model, data)
+
+
+def validate(model: type[M], data: dict[str, Any]) -> M:
+    """``data`` as ``model``; the first fault is a ``400 invalid_request`` naming the field."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -131,7 +136,7 @@ def no_content() -> Response:
 @document(
     body=schemas.Registration,
     responses={201: schemas.UserOut},
-    errors={403: ["registration_disabled"], 409: ["username_taken"]},
+    errors={403: ["registration_disabled"], 409: ["username_taken"], 429: ["too_many_attempts"]},
 )
 async def register() -> tuple[Response, int]:
     """Create a user."""
@@ -139,14 +144,14 @@ async def register() -> tuple[Response, int]:
     if not gate.settings.allow_registration or not gate.own_users:
         raise RegistrationDisabled()
     body = await read_body(schemas.Registration)
-    user = await gate.accounts.register(body.username, body.password)
+    user = await gate.accounts.register(body.username, body.password, request_address())
     return jsonify({"id": user.id, "username": user.username}), 201
 
 
 @auth_bp.post("/login")
 @document(
     body=schemas.LoginRequest,
-    responses={200: schemas.TokenPairOut},
+    responses={200: schemas.LoginOut},
     errors={401: ["invalid_credentials"], 429: ["too_many_attempts"]},
     headers=PAIR_HEADERS,
 )
@@ -154,7 +159,9 @@ async def login() -> Response:
     """Check a username and password and open a session: returns a token pair."""
     await require_json_in_cookie_mode()
     body = await read_body(schemas.LoginRequest)
-    pair = await flows.login(body.username, body.password, client_info(body.device))
+    pair = await flows.login(
+        body.username, body.password, client_info(body.device), body.device_token
+    )
     return pair_response(pair)
 
 
@@ -261,7 +268,7 @@ async def password_reset_request() -> tuple[Response, int]:
     """Send a single-use reset token to the user, if there is one; always 202."""
     require_own_users()
     body = await read_body(schemas.ResetRequest)
-    await flows.request_password_reset(body.username, request.remote_addr)
+    await flows.request_password_reset(body.username, request_address())
     return jsonify({}), 202
 
 

@@ -21,10 +21,12 @@ from ..tokens import TokenPair
 NAME_CHARS = 64
 
 
-async def login(username: str, password: str, client: ClientInfo) -> TokenPair:
+async def login(
+    username: str, password: str, client: ClientInfo, device_token: str | None = None
+) -> TokenPair:
     """Password login; counts the outcome and logs failures and throttling."""
     try:
-        pair = await get_gate().accounts.login(username, password, client)
+        pair = await get_gate().accounts.login(username, password, client, device_token)
     except ApiError as exc:
         metrics().logins.labels(exc.error).inc()
         if isinstance(exc, TooManyAttempts):
@@ -91,15 +93,15 @@ async def change_password(identity: Identity, current: str, new: str, address: s
     _ended("password_changed", identity.user_id, "*", kept=identity.session_id)
 
 
-async def request_password_reset(username: str, ip: str | None) -> None:
+async def request_password_reset(username: str, ip: str) -> None:
     gate = get_gate()
     try:
-        await gate.accounts.request_password_reset(username, gate.sender)
+        await gate.accounts.request_password_reset(username, gate.sender, ip)
     except TooManyAttempts:
-        security_event("password_reset_throttled", username=username[:NAME_CHARS], ip=ip)
+        security_event("password_reset_throttled", username=username[:NAME_CHARS], ip=ip or None)
         raise
     # Whether the user exists is not logged either: the answer is the same.
-    security_event("password_reset_requested", username=username[:NAME_CHARS], ip=ip)
+    security_event("password_reset_requested", username=username[:NAME_CHARS], ip=ip or None)
 
 
 async def reset_password(token: str, new_password: str) -> None:

@@ -6,7 +6,7 @@ import base64
 import binascii
 import hmac
 import json
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs
 
 from quart import Blueprint, Response, jsonify, request
@@ -16,17 +16,22 @@ from ..errors import InvalidClient, InvalidRequest, Unauthorized, handle_excepti
 from ..guard import get_gate
 from ..openapi import document
 from . import schemas
-from .auth import raw_body
+from .auth import raw_body, validate
 
 oauth_bp = Blueprint("tokengate_oauth", __name__)
 oauth_bp.register_error_handler(Exception, handle_exception)
 
-BASIC: list[dict[str, list[str]]] = [{"introspection_client": []}]
-MAX_TOKEN_LENGTH = 8192
+# /auth/introspect's HTTP Basic scheme, as the OpenAPI document declares it.
+INTROSPECTION_SCHEME = "introspection_client"
+F = TypeVar("F", bound=schemas.OAuthForm)
 
 
-async def token_parameter() -> str:
-    """The ``token`` of a form (RFC 7662/7009) or JSON body; ``400`` when it is missing."""
+async def token_form(model: type[F]) -> F:
+    """The form (RFC 7662/7009) or JSON body, as ``model``; ``400`` when it is not one.
+
+    Parameters the model does not name are ignored (RFC 6749 section 3.2); one
+    sent twice counts as missing.
+    """
     raw = await raw_body()
     params: dict[str, Any]
     if request.mimetype == "application/json":
@@ -34,17 +39,18 @@ async def token_parameter() -> str:
             found = json.loads(raw)
         except (ValueError, RecursionError):
             raise InvalidRequest("The body must be a JSON object encoded as UTF-8.") from None
-        params = found if isinstance(found, dict) else {}
+        if not isinstance(found, dict):
+            raise InvalidRequest("The body must be a JSON object.")
+        params = found
     else:
         try:
-            parsed = parse_qs(raw.decode("utf-8"), strict_parsing=False, max_num_fields=10)
+            # No cap on the number of fields (unknown ones are allowed): the
+            # body's 64 KiB bound the parse.
+            parsed = parse_qs(raw.decode("utf-8"), strict_parsing=False)
         except (UnicodeDecodeError, ValueError):
             raise InvalidRequest("The body must be a form (token=...) in UTF-8.") from None
         params = {k: v[0] for k, v in parsed.items() if len(v) == 1}
-    token = params.get("token")
-    if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
-        raise InvalidRequest("The body must carry one token parameter.")
-    return token
+    return validate(model, params)
 
 
 def authenticate_client() -> str:
@@ -75,6 +81,7 @@ def authenticate_client() -> str:
     form=schemas.TokenForm,
     responses={200: schemas.IntrospectionOut},
     errors={401: ["invalid_client"]},
+    security=[{INTROSPECTION_SCHEME: []}],
 )
 async def introspect() -> Response:
     """Whether an access token is active now (RFC 7662), for a resource server.
@@ -83,7 +90,7 @@ async def introspect() -> Response:
     revoked, idle, replaced, forged, or not an access token.
     """
     authenticate_client()
-    token = await token_parameter()
+    token = (await token_form(schemas.TokenForm)).token
     try:
         identity = await get_gate().manager.authenticate(token, implicit=False)
     except Unauthorized:
@@ -110,7 +117,7 @@ async def revoke() -> Response:
 
     ``200`` whatever the token.
     """
-    token = await token_parameter()
+    token = (await token_form(schemas.RevokeForm)).token
     gate = get_gate()
     if looks_like_key(token) and gate.settings.api_keys:
         await gate.api_keys.revoke_key(token)

@@ -13,6 +13,7 @@ from pydantic import (
     StringConstraints,
 )
 
+from .. import usernames
 from ..openapi import KEY_LIFETIME, PASSWORD_POLICY
 
 
@@ -31,16 +32,15 @@ def _clean(value: str) -> str:
 # No C0 control character and no DEL, as ``_clean`` checks.
 _PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
 
+# The one definition of a username (usernames.py): its pattern, in explicit ranges
+# that pydantic's engine, Python's and an OpenAPI reader's all read alike; the
+# registration also applies the PRECIS profile and the look-alike check.
 Username = Annotated[
     str,
-    StringConstraints(min_length=1, max_length=150, pattern=r"^[\w.@+-]+$"),
+    StringConstraints(min_length=1, max_length=usernames.MAX_LENGTH),
     AfterValidator(_clean),
-    Field(
-        description=(
-            "1 to 150 letters, digits (Unicode ones count, as in Python's \\w) "
-            "and the characters _ . @ + -; case-sensitive."
-        )
-    ),
+    AfterValidator(usernames.check_shape),
+    Field(description=usernames.DESCRIPTION, json_schema_extra={"pattern": usernames.PATTERN}),
 ]
 Password = Annotated[
     str,
@@ -56,10 +56,26 @@ NewPassword = Annotated[
     AfterValidator(_clean),
     Field(json_schema_extra={PASSWORD_POLICY: True}),
 ]
+# RFC 6749 appendix A: a token is 1*VSCHAR (printable ASCII, space included).
+# That also bounds what a token the document admits costs in a body (8192
+# characters, at most three bytes each once form-encoded), so that no such
+# body is over the 64 KiB limit: the service never answers 413 for one.
+_VSCHARS = r"^[ -~]+$"
 Token = Annotated[
     str,
-    StringConstraints(min_length=1, max_length=8192, pattern=_PRINTABLE),
+    StringConstraints(min_length=1, max_length=8192, pattern=_VSCHARS),
+    Field(description="A token as issued: printable ASCII (RFC 6749's VSCHAR), at most 8192."),
+]
+# A reset asks for a name, which may or may not be an account's: any text that
+# could be one is answered alike (202), so this checks length and control
+# characters only. No ``\w`` here: ECMA-262 (the document's regex dialect)
+# reads it as ASCII and Python as Unicode, so the document and the service
+# would disagree about every non-ASCII name.
+ResetUsername = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=150, pattern=_PRINTABLE),
     AfterValidator(_clean),
+    Field(description="The account's username; the answer is the same whether or not it exists."),
 ]
 Device = Annotated[
     str,
@@ -82,6 +98,13 @@ class LoginRequest(Body):
     username: Username
     password: Password
     device: Device | None = None
+    device_token: Token | None = Field(
+        default=None,
+        description=(
+            "The device_token of an earlier login to this account from this device: "
+            "the login is then throttled on this device's own count."
+        ),
+    )
 
 
 class RefreshRequest(Body):
@@ -96,7 +119,7 @@ class PasswordChange(Body):
 
 
 class ResetRequest(Body):
-    username: Username
+    username: ResetUsername
 
 
 class ResetConfirm(Body):
@@ -123,6 +146,12 @@ class TokenPairOut(BaseModel):
     expires_in: int
     refresh_expires_in: int
     session_id: str
+
+
+class LoginOut(TokenPairOut):
+    device_token: str = Field(
+        description="Send it with the next login to this account from this device."
+    )
 
 
 class SessionOut(BaseModel):
@@ -192,7 +221,11 @@ class ApiKeysOut(BaseModel):
 
 
 class LeakedKeys(Body):
-    keys: list[Annotated[str, StringConstraints(max_length=200)]] = Field(max_length=100)
+    # Printable ASCII, as a key is: the longest report the document admits stays
+    # inside the 64 KiB body limit (any Unicode would not).
+    keys: list[Annotated[str, StringConstraints(max_length=200, pattern=r"^[ -~]*$")]] = Field(
+        max_length=100
+    )
 
 
 class LeakedOut(BaseModel):
@@ -230,18 +263,31 @@ class JwksOut(BaseModel):
     keys: list[Jwk]
 
 
-class TokenForm(Body):
+TokenTypeHint = Annotated[
+    str,
+    StringConstraints(max_length=64, pattern=_VSCHARS),
+    Field(description="access_token or refresh_token; a hint only, never needed."),
+]
+
+
+class OAuthForm(BaseModel):
+    """An OAuth form (RFC 6749 section 3.2): parameters it does not know are ignored."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+
+class TokenForm(OAuthForm):
     """A form (``application/x-www-form-urlencoded``) or JSON body."""
 
     token: Token
-    token_type_hint: str | None = None
+    token_type_hint: TokenTypeHint | None = None
 
 
-class RevokeForm(Body):
-    """RFC 7009: any token text is answered ``200`` (an unusable one changes nothing)."""
+class RevokeForm(OAuthForm):
+    """RFC 7009: any token of the right shape is answered ``200``; a dead one changes nothing."""
 
-    token: Annotated[str, StringConstraints(min_length=1, max_length=8192)]
-    token_type_hint: str | None = None
+    token: Token
+    token_type_hint: TokenTypeHint | None = None
 
 
 class IntrospectionOut(BaseModel):

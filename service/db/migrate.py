@@ -34,9 +34,22 @@ def _in_thread(work: Callable[[], None]) -> None:
         pool.submit(work).result()
 
 
-def upgrade(url: str, revision: str = "head") -> None:
-    """``alembic upgrade`` against ``url``; blocking (it runs its own event loop)."""
-    _in_thread(lambda: command.upgrade(alembic_config(url), revision))
+# A revision applied: its id and the first line of its message.
+Applied = tuple[str, str]
+
+
+def upgrade(url: str, revision: str = "head") -> list[Applied]:
+    """``alembic upgrade`` against ``url``; blocking (it runs its own event loop).
+
+    Returns the revisions it applied, oldest first: none when the database
+    was already there (or another instance migrated it while this one waited
+    for the lock).
+    """
+    config = alembic_config(url)
+    applied: list[Applied] = []
+    config.attributes["applied"] = applied  # env.py appends to it
+    _in_thread(lambda: command.upgrade(config, revision))
+    return applied
 
 
 def downgrade(url: str, revision: str = "base") -> None:

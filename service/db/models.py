@@ -48,6 +48,9 @@ class User(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     username: Mapped[str] = mapped_column(String(150), unique=True)
+    # The name's look-alike skeleton (usernames.skeleton): unique, so that of two
+    # names people would confuse, only one can ever be registered.
+    username_skeleton: Mapped[str] = mapped_column(String(1000), unique=True)
     password_hash: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     password_changed_at: Mapped[datetime] = mapped_column(UTCDateTime())
@@ -55,6 +58,9 @@ class User(Base):
     disabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # Space-separated scopes, carried by access tokens from the next login or refresh.
     scopes: Mapped[str] = mapped_column(String(1000), default="", server_default="")
+    # "person", or "service": a service account (an OAuth client's own user),
+    # which never logs in with a password.
+    kind: Mapped[str] = mapped_column(String(16), default="person", server_default="person")
 
 
 class AuthSession(Base):
@@ -142,3 +148,38 @@ class ServerSecret(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class OAuthClient(Base):
+    """A service account's OAuth client (client-credentials grant, RFC 6749 section 4.4)."""
+
+    __tablename__ = "oauth_clients"
+
+    client_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(150))
+    # The service account: a user row of kind "service"; its tokens' ``sub``.
+    user_id: Mapped[int] = mapped_column(Integer, unique=True)
+    # Space-separated: the scopes this client may ask for.
+    scopes: Mapped[str] = mapped_column(String(1000), default="", server_default="")
+    # The public keys of private_key_jwt (RFC 7523), a JWKS as JSON; NULL for a secret.
+    jwks: Mapped[str | None] = mapped_column(Text, nullable=True)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class OAuthClientCredential(Base):
+    """One generation of a client's credential: a secret (kept as its SHA-256), or
+    the registered keys. Each generation has at most one current session, which
+    every token fetched with it names, so that retiring the generation ends them."""
+
+    __tablename__ = "oauth_client_credentials"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    client_id: Mapped[str] = mapped_column(String(64), index=True)
+    # Hex SHA-256 of a 256-bit random secret (no salt or stretching needed at
+    # that entropy); NULL for the private_key_jwt generation.
+    secret_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # From then on this generation no longer authenticates, and its session is over.
+    retire_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    session_id: Mapped[str | None] = mapped_column(String(64), nullable=True)

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from .. import usernames
 from .models import AuthSession, PurposeTokenRecord, User
 
 
@@ -18,6 +19,22 @@ def utc(ts: float) -> datetime:
 
 async def get_user_by_username(db: AsyncSession, username: str) -> User | None:
     return (await db.execute(select(User).where(User.username == username))).scalar_one_or_none()
+
+
+async def find_user_by_name(db: AsyncSession, name: str) -> User | None:
+    """The user a person means by ``name``: under its UsernameCaseMapped form (``Alice``
+    is ``alice``), else under the name as given (kept before that profile applied)."""
+    for form in usernames.lookup_forms(name):
+        user = await get_user_by_username(db, form)
+        if user is not None:
+            return user
+    return None
+
+
+async def username_taken(db: AsyncSession, skeleton: str) -> bool:
+    """Whether a user's name has this look-alike skeleton."""
+    found = await db.execute(select(User.id).where(User.username_skeleton == skeleton))
+    return found.first() is not None
 
 
 async def get_user(db: AsyncSession, user_id: int) -> User | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from alembic import context
 from sqlalchemy import text
@@ -30,11 +31,20 @@ def run_migrations_offline() -> None:
         context.run_migrations()
 
 
+def record_applied(*, step: Any, **_: Any) -> None:
+    """Note each revision applied, for ``tokengate db upgrade`` to name (``db.migrate.upgrade``)."""
+    applied = config.attributes.get("applied")
+    if applied is not None and step.is_upgrade:
+        title = (step.up_revision.doc or "").strip().splitlines()
+        applied.append((step.up_revision_id, title[0] if title else ""))
+
+
 def do_run_migrations(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",
+        on_version_apply=record_applied,
     )
     with context.begin_transaction():
         context.run_migrations()

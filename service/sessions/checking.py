@@ -48,7 +48,10 @@ class Checking(SessionCore):
         try:
             claims = self._verify_access(access_token, now)
         except TokenExpired as exc:
-            if self.settings.implicit_refresh and implicit:
+            s = self.settings
+            # Only just expired: a token copied from an old log is not made new again.
+            renewable = now <= exc.claims["exp"] + s.leeway + s.renewal_window
+            if s.implicit_refresh and implicit and renewable:
                 return await self._implicit_refresh(exc.claims, now)
             # Off the hot path: an expired token of a session that is over says
             # why (session_expired, token_revoked...), so that the client logs

@@ -187,6 +187,20 @@
     }
   }
 
+  // What the user starts (a click, a form): the last action's message goes,
+  // so that no message outlives the action it was about. A poll in the
+  // background is no action and leaves the message alone.
+  function act(action) {
+    say("", "");
+    return guarded(action);
+  }
+
+  // The view's address (#register, #login, #forgot) once it is left for the
+  // account: a reload shows the account, not the form that led to it.
+  function forgetView() {
+    if (window.location.hash) history.replaceState(null, "", PAGE + window.location.search);
+  }
+
   function ago(date) {
     const seconds = Math.round((Date.now() - date.getTime()) / 1000);
     const format = new Intl.RelativeTimeFormat(undefined, { numeric: "auto" });
@@ -244,11 +258,11 @@
     if (session.current) {
       button.className = "logout-here";
       button.textContent = "Log out";
-      button.addEventListener("click", () => guarded(logout));
+      button.addEventListener("click", () => act(logout));
     } else {
       button.className = "end-session";
       button.textContent = "End";
-      button.addEventListener("click", () => guarded(() => endSession(session.id)));
+      button.addEventListener("click", () => act(() => endSession(session.id)));
     }
     action.append(button);
 
@@ -289,7 +303,7 @@
       button.type = "button";
       button.className = "revoke-key";
       button.textContent = "Revoke";
-      button.addEventListener("click", () => guarded(() => revokeKey(key.id)));
+      button.addEventListener("click", () => act(() => revokeKey(key.id)));
       action.append(button);
     }
     row.append(cell("Name", key.name), cell("Scopes", key.scopes.join(" ") || "none"), used);
@@ -350,7 +364,7 @@
       say("", "");
       await load();
     };
-    return guarded(action);
+    return act(action);
   }
 
   async function load() {
@@ -364,7 +378,10 @@
     $("whoami").textContent = who.username;
     $("whoami").dataset.userId = String(who.id);
     $("sessions").tBodies[0].replaceChildren(...list.sessions.map(sessionRow));
-    if ($("account").hidden) show("account");
+    if ($("account").hidden) {
+      show("account");
+      forgetView();
+    }
     // A count of completed loads, for anything that watches the page (the tests do).
     document.body.dataset.loads = String(Number(document.body.dataset.loads || 0) + 1);
     if (pollTimer === null) {
@@ -435,7 +452,9 @@
       } else say(description || `The server answered ${r.status}.`, "error");
       return false;
     }
-    await r.body?.cancel();
+    // Read to its end, small as it is: a body left unread and cancelled would
+    // show as a cancelled request in the browser's network log.
+    await r.arrayBuffer();
     generation += 1;
     return true;
   }
@@ -583,23 +602,30 @@
   if (!REGISTRATION) {
     for (const element of document.querySelectorAll("[data-registration-only]")) element.remove();
   }
-  $("login-form").addEventListener("submit", (event) => guarded(() => login(event)));
-  $("register-form").addEventListener("submit", (event) => guarded(() => register(event)));
-  $("forgot-form").addEventListener("submit", (event) => guarded(() => forgot(event)));
-  $("reset-form").addEventListener("submit", (event) => guarded(() => reset(event)));
-  $("reauth-form").addEventListener("submit", (event) => guarded(() => reauth(event)));
-  $("reauth-cancel").addEventListener("click", cancelReauth);
-  $("password-form").addEventListener("submit", changePassword);
-  $("logout").addEventListener("click", () => guarded(logout));
+  $("login-form").addEventListener("submit", (event) => act(() => login(event)));
+  $("register-form").addEventListener("submit", (event) => act(() => register(event)));
+  $("forgot-form").addEventListener("submit", (event) => act(() => forgot(event)));
+  $("reset-form").addEventListener("submit", (event) => act(() => reset(event)));
+  $("reauth-form").addEventListener("submit", (event) => act(() => reauth(event)));
+  $("reauth-cancel").addEventListener("click", () => {
+    say("", "");
+    cancelReauth();
+  });
+  $("password-form").addEventListener("submit", (event) => {
+    say("", "");
+    changePassword(event);
+  });
+  $("logout").addEventListener("click", () => act(logout));
   $("logout-all").addEventListener("click", () => {
+    say("", "");
     $("confirm-all").hidden = false;
     $("confirm-all-no").focus();
   });
-  $("confirm-all-yes").addEventListener("click", () => guarded(logoutAll));
+  $("confirm-all-yes").addEventListener("click", () => act(logoutAll));
   $("confirm-all-no").addEventListener("click", () => {
     $("confirm-all").hidden = true;
   });
-  $("reload").addEventListener("click", () => guarded(load));
+  $("reload").addEventListener("click", () => act(load));
   $("api-key-form").addEventListener("submit", makeKey);
   $("new-key-done").addEventListener("click", () => {
     $("new-key-value").textContent = "";

@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import IO
 
+from ..instance import private_dir, private_file, write_private
+
 log = logging.getLogger("tokengate")
 
 
@@ -109,7 +111,8 @@ class EmbeddedRedis:
 
     def _take_ownership(self) -> bool:
         """Take the owner lock; ``False`` when a live process holds it."""
-        handle = open(self.lock_path, "ab")  # noqa: SIM115 - held until stop()
+        fd = os.open(self.lock_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        handle = os.fdopen(fd, "ab")  # held until stop()
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -153,7 +156,7 @@ class EmbeddedRedis:
 
         A server left by an owner that died (``kill -9``) is stopped first.
         """
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(self.directory)
         if not self._take_ownership():
             deadline = time.monotonic() + timeout
             while not _answers(self.socket_path):
@@ -173,6 +176,8 @@ class EmbeddedRedis:
     def _start_owned(self, timeout: float) -> str:
         self._stop_orphan()
         self.socket_path.unlink(missing_ok=True)
+        for kept in (self.lock_path, self.directory / "redis.log"):
+            private_file(kept)  # left readable by others by an older version
         args = [
             redis_server_binary(),
             "--port", "0",
@@ -186,7 +191,11 @@ class EmbeddedRedis:
             "--logfile", str((self.directory / "redis.log").resolve()),
         ]  # fmt: skip
         self.process = subprocess.Popen(  # noqa: S603 - fixed argv, our own binary
-            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            umask=0o077,  # its log and socket: for the service alone
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -198,7 +207,7 @@ class EmbeddedRedis:
                 )
                 raise EmbeddedRedisError(f"redis-server exited at start: {err.strip()}")
             if _answers(self.socket_path):
-                self.pid_path.write_text(f"{self.process.pid}\n")
+                write_private(self.pid_path, f"{self.process.pid}\n")
                 log.info("started the embedded redis-server at %s", self.socket_path)
                 return self.url
             time.sleep(0.02)

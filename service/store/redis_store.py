@@ -9,14 +9,12 @@ script names each key it touches in ``KEYS``)::
                                  time in whole microseconds (strictly in login
                                  order), plus the sentinel "~" (score 0) that
                                  says the set was loaded from SQL
-    tg:{n<digest>}:fails  string failed logins for one account in the window
-    tg:{n<digest>}:inflight zset password checks of that account now running
-    tg:{n<digest>}:reset  string password-reset requests for one account
     tg:{u<uid>}:rl:c:<client_id>  hash  a client's rate counter (rate_lib.lua)
 
-API keys' state lives under their own tag (``store/api_keys.py``).
+API keys' state lives under their own tag (``api_keys.py``); the password
+throttle's keys are in ``throttle.py``.
 
-The scripts live in ``lua/``, one file each. This module is the only code
+The scripts live in ``lua/``, one file each. This module (and ``throttle.py``) is the only code
 that knows their arguments, their replies and the hash's field names: every
 method returns a typed result (``results.py``). A missing key is never taken
 to mean "live": the caller gets ``MISS``, rebuilds the session from SQL and

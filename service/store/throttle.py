@@ -1,8 +1,20 @@
-"""The password throttle's side of the session store: failed-login counts and check slots.
+"""The password throttle's side of Redis: counts per account, address and device.
 
-Key layout: ``tg:{n<digest>}:<kind>`` (``fails``, ``inflight``, ``reset``,
-``addresses``, and per address ``fails:<address>``...), where ``<digest>``
-names the account; see ``redis_store.py`` for the whole layout.
+Key layout (``{n<digest>}`` is the account's hash tag, from the username's
+UsernameCaseMapped form; ``{a<digest>}`` one client address's, an IPv6 /64 counting as one)::
+
+    tg:{n<digest>}:fails            string failed logins for one account in the window
+    tg:{n<digest>}:inflight         zset   password checks of that account now running
+    tg:{n<digest>}:fails:<place>    string failed logins of one address (or one trusted
+                                           device, ``device:<id>``) on the account
+    tg:{n<digest>}:inflight:<place> zset   its checks now running
+    tg:{n<digest>}:addresses        set    the places with a count (for unlock)
+    tg:{n<digest>}:reset            string password-reset requests for one account
+    tg:{a<digest>}:fails, :inflight        failed logins from one address, any username
+    tg:{a<digest>}:register, :reset string registrations, reset requests of one address
+
+``attempt.lua`` and ``settle.lua`` take any number of (counter, in-flight
+set) pairs of one slot, so each scope is one script call.
 """
 
 from __future__ import annotations
@@ -16,6 +28,9 @@ from .results import Attempt
 
 # A password check holds its slot at most this long (a hung check frees it).
 ATTEMPT_LEASE = 30
+# A trusted device's count sits beside the addresses' counts of the account,
+# under this prefix, so that unlocking the account clears it too.
+DEVICE_PLACE = "device:"
 
 
 def _text(value: Any) -> Any:
@@ -23,7 +38,7 @@ def _text(value: Any) -> Any:
 
 
 class ThrottleScripts:
-    """The throttle's script calls, mixed into ``RedisSessionStore``."""
+    """The throttle's methods of the store: each is one script call."""
 
     redis: AnyRedis
 
@@ -32,8 +47,8 @@ class ThrottleScripts:
 
     @staticmethod
     def throttle_key(kind: str, name: str) -> str:
-        # The exact name: usernames are case-sensitive, so "Alice" and "alice"
-        # are two accounts and must not share (or clear) one counter.
+        # The exact name the caller gives: the accounts pass a name's
+        # UsernameCaseMapped form, so every spelling of one account shares a count.
         digest = hashlib.sha256(name.encode()).hexdigest()[:32]
         return f"{KEY_PREFIX}{{n{digest}}}:{kind}"
 
@@ -63,18 +78,24 @@ class ThrottleScripts:
             self.throttle_key("inflight", name),
         )
 
+    @staticmethod
+    def address_key(kind: str, address: str) -> str:
+        """A key of one client address (an IPv6 /64), whatever the username."""
+        digest = hashlib.sha256(address.encode()).hexdigest()[:32]
+        return f"{KEY_PREFIX}{{a{digest}}}:{kind}"
+
+    async def _begin(self, keys: Sequence[str], attempt: str, now: float, *limits: int) -> int:
+        reply = await self._run("attempt", keys, (repr(now), attempt, ATTEMPT_LEASE, *limits))
+        if int(reply[0]) < 0:
+            return -max(1, int(reply[1]))
+        return int(reply[0])
+
     async def begin_attempt(
         self, name: str, address: str, attempt: str, *, now: float, limit: int, ceiling: int
     ) -> int:
         """Ask to check a password of ``name`` from ``address``: 1 go, 0 wait, or minus
         the seconds left (``limit`` failures per address, ``ceiling`` per account)."""
-        reply = await self._run(
-            "attempt", self._attempt_keys(name, address),
-            (repr(now), attempt, limit, ceiling, ATTEMPT_LEASE),
-        )  # fmt: skip
-        if int(reply[0]) < 0:
-            return -max(1, int(reply[1]))
-        return int(reply[0])
+        return await self._begin(self._attempt_keys(name, address), attempt, now, limit, ceiling)
 
     async def end_attempt(
         self, name: str, address: str, attempt: str, *, outcome: Attempt, window: int
@@ -82,4 +103,40 @@ class ThrottleScripts:
         """Settle an attempt: a failure is counted, a success clears the address's
         count, an undecided one (an outage) only gives its slot back."""
         keys = (*self._attempt_keys(name, address), self.throttle_key("addresses", name))
-        await self._run("settle", keys, (attempt, outcome.value, window, address))
+        await self._run("settle", keys, (attempt, outcome.value, window, "1", address))
+
+    async def begin_device_attempt(
+        self, name: str, device: str, attempt: str, *, now: float, limit: int
+    ) -> int:
+        """As :meth:`begin_attempt` for a trusted device of ``name``: its own count alone."""
+        keys = self._attempt_keys(name, DEVICE_PLACE + device)[:2]
+        return await self._begin(keys, attempt, now, limit)
+
+    async def end_device_attempt(
+        self, name: str, device: str, attempt: str, *, outcome: Attempt, window: int
+    ) -> None:
+        """Settle a trusted device's attempt: counted, or cleared by a success."""
+        place = DEVICE_PLACE + device
+        keys = (*self._attempt_keys(name, place)[:2], self.throttle_key("addresses", name))
+        await self._run("settle", keys, (attempt, outcome.value, window, "1", place))
+
+    async def begin_address_attempt(
+        self, address: str, attempt: str, *, now: float, limit: int
+    ) -> int:
+        """Ask to check a password from ``address``, whatever the username (``limit``
+        failures of the address across every account)."""
+        keys = (self.address_key("fails", address), self.address_key("inflight", address))
+        return await self._begin(keys, attempt, now, limit)
+
+    async def end_address_attempt(
+        self, address: str, attempt: str, *, outcome: Attempt, window: int
+    ) -> None:
+        """Settle it: a failure counts; a success clears nothing (the guesser's own
+        account must not give its address its guesses back)."""
+        keys = (self.address_key("fails", address), self.address_key("inflight", address))
+        await self._run("settle", keys, (attempt, outcome.value, window, "0", ""))
+
+    async def count_address(self, kind: str, address: str, window: int) -> tuple[int, int]:
+        """Count one more request of ``kind`` (register, reset) from ``address``."""
+        reply = await self._run("count", (self.address_key(kind, address),), (window,))
+        return int(reply[0]), int(reply[1])

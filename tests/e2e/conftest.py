@@ -25,11 +25,11 @@ ServiceFactory = Callable[..., ServiceProcess]
 def service_factory(private_redis: PrivateRedis, tmp_path: Path) -> Iterator[ServiceFactory]:
     started: list[ServiceProcess] = []
 
-    def start(workers: int = 1, **settings: Any) -> ServiceProcess:
+    def start(workers: int = 1, file_limit: int | None = None, **settings: Any) -> ServiceProcess:
         url = f"redis://127.0.0.1:{private_redis.port}/{len(started)}"
         workdir = tmp_path / f"service{len(started)}"
         env = service_env(workdir, url, **settings)
-        service = ServiceProcess(env, workdir, workers=workers)
+        service = ServiceProcess(env, workdir, workers=workers, file_limit=file_limit)
         started.append(service)
         service.start()
         return service

@@ -28,7 +28,7 @@ from quart import Quart
 from quart_tokengate.client.pytest_plugin import TokengateClock
 from quart_tokengate.service import Settings, create_app
 from tests.e2e.session_helpers import PASSWORD, login, register
-from tests.support import ROOT, SECRET, claims
+from tests.support import ROOT, SECRET, claims, wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -75,6 +75,12 @@ class AccountPage:
         self.errors: list[str] = []
         self.console: list[str] = []
         self.page.on("response", self._record)
+        # Requests the browser reports as failed or cancelled (net::ERR_ABORTED...).
+        self.failed: list[str] = []
+        self.page.on(
+            "requestfailed",
+            lambda request: self.failed.append(f"{request.url} {request.failure}"),
+        )
         self.page.on("pageerror", lambda exc: self.errors.append(str(exc)))
         self.page.on("console", self._console)
 
@@ -153,6 +159,13 @@ def test_the_page_refreshes_by_itself_when_the_access_token_expires(
     jar = tab.cookies()
     assert set(jar) == {"account_access", "account_refresh", "account_csrf"}
     assert jar["account_access"]["httpOnly"] and jar["account_refresh"]["httpOnly"]
+    # The browser's device token goes to the page's login alone, out of the script's reach.
+    (device,) = [
+        c
+        for c in tab.context.cookies(service.base_url + "/account/login")
+        if c["name"] == "account_device"
+    ]
+    assert device["httpOnly"] and device["path"] == "/account/login"
     assert not jar["account_csrf"]["httpOnly"]
     assert {c["sameSite"] for c in jar.values()} == {"Lax"}
     assert jar["account_refresh"]["path"] == "/account/refresh"
@@ -201,6 +214,64 @@ def test_the_page_refreshes_by_itself_when_the_access_token_expires(
     assert tab.traffic.count(("POST", "/account/refresh", 204)) == 1
     r = httpx.post(service.base_url + "/auth/refresh", json={"refresh_token": cli["refresh_token"]})
     assert r.json()["error"] == "token_revoked"
+    assert tab.errors == []
+
+
+def test_messages_clear_when_the_next_action_starts_and_the_address_forgets_the_form(
+    tokengate_server, contexts
+):
+    tab = AccountPage(contexts(), tokengate_server.base_url)
+    tab.open()
+    tab.page.click("#to-register")
+    expect(tab.page).to_have_url(tokengate_server.base_url + "/account#register")
+    tab.page.fill("#new-username", "carol")
+    tab.page.fill("#new-password", PASSWORD)
+    tab.page.click("#register-form button[type=submit]")
+    expect(tab.page.locator("#whoami")).to_have_text("carol")
+    expect(tab.page.locator("#message")).to_have_text("Your account was created.")
+    # Registered and logged in: the address no longer says #register...
+    expect(tab.page).to_have_url(tokengate_server.base_url + "/account")
+    # ...so a reload shows the account, not the registration form.
+    tab.page.reload()
+    expect(tab.page.locator("#account")).to_be_visible()
+    expect(tab.page.locator("#register")).to_be_hidden()
+
+    # A message from one action goes as the next begins, before its answer comes.
+    tab.page.click("#change-password summary")
+    tab.page.fill("#current-password", "not the password")
+    tab.page.fill("#next-password", "a brand new password")
+    tab.page.click("#password-form button[type=submit]")
+    expect(tab.page.locator("#message")).not_to_have_text("")
+    held: list[Any] = []  # the reload's request, kept from the server until released
+    tab.page.route("**/account/sessions", lambda route: held.append(route))
+    before = tab.loads()
+    with tab.page.expect_request(lambda r: r.url.endswith("/account/sessions")):
+        tab.page.click("#reload")
+    expect(tab.page.locator("#message")).to_have_text("")
+    assert len(held) == 1 and tab.loads() == before  # still waiting for its answer
+    held[0].continue_()
+    tab.page.unroute("**/account/sessions")
+    tab.wait_for_load(before)
+    assert tab.errors == []
+
+
+def test_a_login_leaves_no_cancelled_request(tokengate_server, contexts):
+    with httpx.Client(base_url=tokengate_server.base_url) as api:
+        register(api, "alice")
+    tab = AccountPage(contexts(), tokengate_server.base_url)
+    tab.open()
+    with tab.page.expect_event("requestfinished", lambda r: r.url.endswith("/account/login")):
+        tab.login()
+    tab.page.click("#reload")
+    tab.page.click("#logout")
+    expect(tab.page.locator("#login-form")).to_be_visible()
+    with tab.page.expect_event("requestfinished", lambda r: r.url.endswith("/account/login")):
+        tab.login()
+    assert tab.failed == []
+    assert [(m, p, s) for m, p, s in tab.traffic if p == "/account/login"] == [
+        ("POST", "/account/login", 200),
+        ("POST", "/account/login", 200),
+    ]
     assert tab.errors == []
 
 
@@ -290,6 +361,8 @@ def test_register_and_reset_a_forgotten_password_on_the_page(service_factory, co
     other.page.click("#forgot-form button[type=submit]")
     expect(other.page.locator("#message")).to_contain_text("a reset code is on its way")
     outbox = service.workdir / "instance" / "outbox"
+    # The message is written in the background, after the answer.
+    wait_for(lambda: list(outbox.glob("*.json")), what="the reset message")
     (message,) = [json.loads(p.read_text()) for p in outbox.glob("*.json")]
     other.page.fill("#reset-token", "not-a-code")
     other.page.fill("#reset-password", "a brand new password")

@@ -1,5 +1,6 @@
 """The command line: serve on the embedded defaults, db upgrade, users create, bad settings."""
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -87,6 +88,25 @@ def test_db_upgrade_and_users_create(tmp_path):
         assert login.status_code == 200
     finally:
         service.stop()
+
+
+def test_users_create_applies_the_one_username_definition(tmp_path):
+    assert run(["db", "upgrade"], tmp_path).returncode == 0
+
+    def create(name: str) -> subprocess.CompletedProcess[str]:
+        return run(["users", "create", name, "--password-stdin"], tmp_path, stdin="pw-123456\n")
+
+    r = create("\uff21lice")  # full-width capital A: kept as plain, lower-case alice
+    assert r.returncode == 0, r.stderr
+    assert "created user alice " in r.stdout
+    for look_alike in ("\u0430lice", "ALICE", "alice"):  # Cyrillic a, another case
+        r = create(look_alike)
+        assert r.returncode == 1 and "taken" in r.stderr, look_alike
+    for bad in ("a\u200dlice", "a b"):
+        r = create(bad)
+        assert r.returncode == 1 and "username" in r.stderr and "Traceback" not in r.stderr, bad
+    r = run(["users", "list", "--json"], tmp_path)
+    assert [user["username"] for user in json.loads(r.stdout)] == ["alice"]
 
 
 def test_bad_settings_stop_start_up_with_one_line_each(tmp_path):

@@ -265,7 +265,8 @@ async def test_login_failures_are_typed(service):
 # -- server-pushed tokens ------------------------------------------------------------------
 async def test_a_pushed_access_token_replaces_the_stored_one(implicit):
     pair = logged_in(implicit.base_url)
-    store = MemoryTokenStore(expired(pair))
+    # Expired 5 s ago: within the renewal window after exp (TOKENGATE_REFRESH_GRACE, 10 s).
+    store = MemoryTokenStore(expired(pair, ago=65))
     transport = CountingTransport()
     async with client(implicit, transport, token_store=store, clock=behind(3600)) as api:
         r = await api.get("/auth/me")

@@ -45,16 +45,20 @@ async def _versions(url: str) -> list[str]:
 
 
 @pytest.fixture
-def empty_postgres() -> Iterator[list[str]]:
+def empty_postgres(postgres_database: str) -> Iterator[list[str]]:
     """``ROUNDS`` empty PostgreSQL databases of this test's own, dropped at the end."""
-    base = make_url(os.environ["TOKENGATE_TEST_DATABASE_URL"])
+    base = make_url(postgres_database)
     names = [f"{base.database}_race{n}" for n in range(1, ROUNDS + 1)]
     for name in names:
-        asyncio.run(postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        asyncio.run(postgres_admin(f'CREATE DATABASE "{name}"'))
+        asyncio.run(
+            postgres_admin(postgres_database, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        )
+        asyncio.run(postgres_admin(postgres_database, f'CREATE DATABASE "{name}"'))
     yield [base.set(database=name).render_as_string(hide_password=False) for name in names]
     for name in names:
-        asyncio.run(postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        asyncio.run(
+            postgres_admin(postgres_database, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        )
 
 
 def test_serve_instances_started_together_on_empty_postgres_all_come_up(

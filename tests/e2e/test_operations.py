@@ -70,6 +70,8 @@ def test_the_json_log_has_start_access_and_security_lines_and_no_secret(service_
     assert changed.status_code == 204
     assert post(base, "/auth/password-reset/request", {"username": "alice"}).status_code == 202
     outbox = service.workdir / "instance" / "outbox"
+    # The message is written in the background, after the answer.
+    wait_for(lambda: list(outbox.glob("*.json")), what="the reset message")
     (message,) = [json.loads(p.read_text()) for p in outbox.glob("*.json")]
     reset = post(
         base,

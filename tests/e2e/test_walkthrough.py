@@ -12,7 +12,7 @@ def test_register_login_me_logout(service):
         pair = r.json()
         assert set(pair) == {
             "access_token", "refresh_token", "token_type", "expires_in",
-            "refresh_expires_in", "session_id",
+            "refresh_expires_in", "session_id", "device_token",
         }  # fmt: skip
         auth = {"Authorization": f"Bearer {pair['access_token']}"}
         me = http.get("/auth/me", headers=auth)

@@ -401,9 +401,11 @@ async def test_the_account_page_runs_on_its_own_cookies_on_a_headers_only_api(ma
     body = await r.get_json()
     assert set(body) == {"username", "session_id"}  # no token in the body
     cookies = set_cookies(r)
-    assert set(cookies) == {"account_access", "account_refresh", "account_csrf"}
+    assert set(cookies) == {"account_access", "account_refresh", "account_csrf", "account_device"}
     assert cookies["account_access"]["path"] == cookies["account_csrf"]["path"] == "/account"
     assert cookies["account_refresh"]["path"] == "/account/refresh"
+    assert cookies["account_device"]["path"] == "/account/login"  # sent to the login alone
+    assert cookies["account_device"]["httponly"]
     assert cookies["account_access"]["httponly"] and not cookies["account_csrf"]["httponly"]
     page_cookies = cookie_header(cookies, "account_access", "account_csrf")
     csrf = cookies["account_csrf"].value

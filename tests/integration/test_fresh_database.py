@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from pathlib import Path
 
 import pytest
@@ -112,16 +111,14 @@ async def test_healthz_reports_a_schema_that_fell_behind(redis_client, redis_url
 
 
 async def test_empty_postgres_stops_start_up_without_the_password(
-    redis_client, redis_url, tmp_path
+    redis_client, redis_url, tmp_path, postgres_database
 ):
-    if "TOKENGATE_TEST_DATABASE_URL" not in os.environ:
-        pytest.fail("TOKENGATE_TEST_DATABASE_URL is needed for this test")
-    base = make_url(os.environ["TOKENGATE_TEST_DATABASE_URL"])
+    base = make_url(postgres_database)
     name = f"{base.database}_fresh"
-    await postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await postgres_admin(f'CREATE DATABASE "{name}"')
+    await postgres_admin(postgres_database, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await postgres_admin(postgres_database, f'CREATE DATABASE "{name}"')
     try:
-        # The machine's PostgreSQL trusts loopback: the password is carried, not checked.
+        # The test servers trust loopback: the password is carried, not checked.
         url = base.set(database=name, password="hunter2-secret").render_as_string(False)
         app = host_app(redis_url, tmp_path, url)
         message = await start_up_error(app)
@@ -129,7 +126,7 @@ async def test_empty_postgres_stops_start_up_without_the_password(
         assert "hunter2" not in message and "***" in message
         assert sorted(head_revisions())[0] in message
     finally:
-        await postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await postgres_admin(postgres_database, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 async def test_log_names_the_cause_of_an_unreachable_database(

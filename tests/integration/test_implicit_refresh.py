@@ -60,6 +60,43 @@ async def test_expired_token_with_a_live_session_is_accepted_with_a_new_one(app,
     assert r.headers["X-Access-Token"] not in (old, new)
 
 
+@pytest.mark.parametrize(
+    ("window", "settings"),
+    [
+        (10, {}),  # the default: TOKENGATE_REFRESH_GRACE's 10 s
+        (4, {"refresh_grace": 4}),  # the default follows the grace
+        (30, {"implicit_refresh_window": 30}),
+        (0, {"implicit_refresh_window": 0}),
+    ],
+)
+@pytest.mark.parametrize("past_window", [-1, 0, 1])
+async def test_renewed_only_within_the_window_after_exp_then_token_expired(
+    make_app, clock, window, settings, past_window
+):
+    app = await make_app(clock=clock, implicit_refresh=True, access_ttl=ACCESS_TTL, **settings)
+    client = app.test_client(use_cookies=False)
+    pair = await register_and_login(client)
+    exp = claims(pair["access_token"])["exp"]
+    clock.advance(exp + window + past_window - clock())
+
+    r = await client.get("/auth/me", headers=bearer(pair["access_token"]))
+    if window + past_window < 0:  # a second before exp: accepted as it is
+        assert r.status_code == 200 and "X-Access-Token" not in r.headers
+    elif past_window <= 0:
+        assert r.status_code == 200
+        assert claims(r.headers["X-Access-Token"])["exp"] == int(clock()) + ACCESS_TTL
+    else:
+        assert r.status_code == 401
+        assert await error_of(r) == "token_expired"
+        assert 'error_description="token_expired"' in r.headers["WWW-Authenticate"]
+        # Still refused a moment later; the session lives on for its refresh token.
+        clock.advance(1)
+        r = await client.get("/auth/me", headers=bearer(pair["access_token"]))
+        assert await error_of(r) == "token_expired"
+        r = await client.post("/auth/refresh", json={"refresh_token": pair["refresh_token"]})
+        assert r.status_code == 200
+
+
 async def test_off_by_default(make_app, clock):
     app = await make_app(clock=clock, access_ttl=ACCESS_TTL)
     client = app.test_client(use_cookies=False)
@@ -222,7 +259,10 @@ async def test_an_idle_expired_session_is_not_revived(make_app, clock):
 
 
 async def test_an_active_session_outlives_many_access_tokens(make_app, clock):
-    app = await make_app(clock=clock, implicit_refresh=True, access_ttl=30, idle_timeout=60)
+    app = await make_app(
+        clock=clock, implicit_refresh=True, access_ttl=30, idle_timeout=60,
+        implicit_refresh_window=30,
+    )  # fmt: skip
     client = app.test_client(use_cookies=False)
     token = (await register_and_login(client))["access_token"]
     for _ in range(5):  # 5 x 50 s: longer than the idle timeout, never idle for it
@@ -234,8 +274,9 @@ async def test_an_active_session_outlives_many_access_tokens(make_app, clock):
 
 async def test_a_session_past_its_absolute_age_is_not_revived(make_app, clock):
     app = await make_app(
-        clock=clock, implicit_refresh=True, access_ttl=30, idle_timeout=0, session_max_age=100
-    )
+        clock=clock, implicit_refresh=True, access_ttl=30, idle_timeout=0, session_max_age=100,
+        implicit_refresh_window=30,
+    )  # fmt: skip
     client = app.test_client(use_cookies=False)
     token = (await register_and_login(client))["access_token"]
     clock.advance(50)

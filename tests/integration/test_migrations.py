@@ -1,7 +1,6 @@
 """The alembic migrations: upgrade, downgrade, upgrade, and the models match them."""
 
 import asyncio
-import os
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -13,13 +12,6 @@ from quart_tokengate.service.db.migrate import MIGRATIONS, downgrade, upgrade
 from quart_tokengate.service.db.models import Base
 
 TABLES = {"users", "sessions", "purpose_tokens"}
-
-
-def urls(tmp_path):
-    found = [f"sqlite+aiosqlite:///{tmp_path / 'migrations.db'}"]
-    if os.environ.get("TOKENGATE_TEST_DATABASE_URL"):
-        found.append(os.environ["TOKENGATE_TEST_DATABASE_URL"])
-    return found
 
 
 async def tables_and_diff(url):
@@ -38,8 +30,8 @@ async def tables_and_diff(url):
 
 
 @pytest.fixture
-def database_urls(tmp_path, request):
-    found = urls(tmp_path)
+def database_urls(tmp_path, postgres_url):
+    found = [f"sqlite+aiosqlite:///{tmp_path / 'migrations.db'}", postgres_url]
     yield found
     # Leave a shared PostgreSQL database at head for the other tests.
     for url in found:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
+from typing import Any
+from urllib.parse import urlencode
 
 from quart import Quart, jsonify
 
@@ -59,6 +62,8 @@ async def test_the_bearer_scheme_and_the_guards_answers_are_declared(app):
             assert "WWW-Authenticate" in unauthorized["headers"], key
             codes = unauthorized["content"]["application/json"]["schema"]["allOf"][1]
             assert "token_revoked" in codes["properties"]["error"]["enum"], key
+        elif key == ("post", "/auth/introspect"):
+            assert op["security"] == [{"introspection_client": []}], op
         else:
             assert "security" not in op, key
         # Every operation answers 503 (with Retry-After) when a backend is down,
@@ -138,3 +143,129 @@ async def test_mounting_the_extension_leaves_the_hosts_responses_alone():
         a = await plain.test_client().get(path)
         b = await mounted.test_client().get(path)
         assert (a.status_code, await a.get_data()) == (b.status_code, await b.get_data())
+
+
+# -- the document and the service agree --------------------------------------------
+
+MAX_BODY_BYTES = 64 * 1024
+# Characters a generator may pick, each costing more than the last in some encoding.
+CANDIDATES = ["a", '"', "&", "\u00e9", "\U0001f600"]
+
+
+def _schema(doc: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in node:
+        node = doc["components"]["schemas"][node["$ref"].rsplit("/", 1)[1]]
+    return node
+
+
+def _costliest(doc: dict[str, Any], schema: dict[str, Any], encode: Any) -> Any:
+    """The costliest value ``schema`` admits in ``encode``'s encoding: its longest
+    string, its largest integer, or its longest array of the costliest items."""
+    options = [schema, *schema.get("anyOf", [])]
+    arrays = [o for o in options if o.get("type") == "array"]
+    if arrays:
+        item = _costliest(doc, _schema(doc, arrays[0]["items"]), encode)
+        return [item] * arrays[0]["maxItems"]
+    integers = [o for o in options if o.get("type") == "integer"]
+    if integers:
+        return integers[0]["maximum"]
+    strings = [o for o in options if o.get("type") == "string"]
+    assert strings, schema
+    string = strings[0]
+    pattern = string.get("pattern")
+    allowed = [c for c in CANDIDATES if pattern is None or re.search(pattern, c)]
+    worst = max(allowed, key=lambda c: len(encode({"x": c})))
+    return worst * string["maxLength"]
+
+
+async def test_no_body_the_document_admits_is_over_the_body_limit(app):
+    # A body the document calls valid must never be refused as too large
+    # (413): every string has a maxLength, and the characters it may hold
+    # keep the longest one inside the service's 64 KiB.
+    doc = await document(app)
+    encoders = {
+        "application/json": lambda body: json.dumps(body).encode(),
+        "application/x-www-form-urlencoded": lambda body: urlencode(body).encode(),
+    }
+    checked = []
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            for media, content in op.get("requestBody", {}).get("content", {}).items():
+                schema = _schema(doc, content["schema"])
+                encode = encoders[media]
+                body = {
+                    name: _costliest(doc, _schema(doc, prop), encode)
+                    for name, prop in schema["properties"].items()
+                }
+                size = len(encode(body))
+                assert size <= MAX_BODY_BYTES, (method, path, media, size)
+                checked.append((method, path, media))
+    assert ("post", "/auth/revoke", "application/x-www-form-urlencoded") in checked
+
+
+async def test_the_longest_token_the_document_admits_is_answered_not_refused(app):
+    # The costliest token the form's schema admits: 8192 characters, each
+    # three bytes once form-encoded. Refused for its size before; now a
+    # dead token like any other.
+    doc = await document(app)
+    form = _schema(doc, doc["components"]["schemas"]["RevokeForm"])
+    token = _costliest(doc, form["properties"]["token"], lambda body: urlencode(body).encode())
+    r = await app.test_client().post(
+        "/auth/revoke",
+        data=urlencode({"token": token}),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert r.status_code == 200, await r.get_data()
+
+
+async def test_oauth_forms_ignore_parameters_they_do_not_know_and_say_so(app):
+    # RFC 6749 section 3.2: unrecognized parameters are ignored; the document
+    # must not call such a form invalid.
+    doc = await document(app)
+    for name in ("TokenForm", "RevokeForm"):
+        assert doc["components"]["schemas"][name].get("additionalProperties", True) is not False
+    r = await app.test_client().post(
+        "/auth/revoke",
+        data="token=abc&client_id=someone&unknown=1",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert r.status_code == 200, await r.get_data()
+
+
+async def test_a_token_with_a_control_character_is_refused_as_the_document_says(make_app):
+    app = await make_app(introspection_clients=(("api", "api-secret"),))
+    doc = await document(app)
+    token_schema = _schema(doc, doc["components"]["schemas"]["TokenForm"])["properties"]["token"]
+    token = "eyJ\u0001abc"
+    assert not re.search(token_schema["pattern"], token)
+    r = await app.test_client().post(
+        "/auth/introspect",
+        form={"token": token},
+        headers={"Authorization": "Basic YXBpOmFwaS1zZWNyZXQ="},  # api:api-secret
+    )
+    assert r.status_code == 400, await r.get_data()
+    assert (await r.get_json())["error"] == "invalid_request"
+
+
+async def test_a_reset_username_reads_alike_in_the_documents_dialect_and_pythons(app):
+    # ECMA-262, the document's regex dialect, reads \w, \d and \s as ASCII;
+    # Python as Unicode. re.ASCII is the document's reading.
+    doc = await document(app)
+    reset = _schema(doc, doc["paths"]["/auth/password-reset/request"]["post"]["requestBody"]
+                    ["content"]["application/json"]["schema"])  # fmt: skip
+    pattern = reset["properties"]["username"]["pattern"]
+    client = app.test_client()
+    for name in ["\u00e5lice", "\u0430lice", "\u540d\u524d", "a b", "alice"]:
+        python, ecma = re.search(pattern, name), re.search(pattern, name, re.ASCII)
+        assert bool(python) == bool(ecma), (pattern, name)
+        r = await client.post("/auth/password-reset/request", json={"username": name})
+        assert (r.status_code == 202) == bool(python), (name, r.status_code)
+
+
+async def test_introspection_declares_its_http_basic_scheme(app):
+    doc = await document(app)
+    op = doc["paths"]["/auth/introspect"]["post"]
+    assert op["security"] == [{"introspection_client": []}]
+    scheme = doc["components"]["securitySchemes"]["introspection_client"]
+    assert (scheme["type"], scheme["scheme"]) == ("http", "basic")
+    assert "WWW-Authenticate" in op["responses"]["401"]["headers"]

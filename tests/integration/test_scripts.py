@@ -324,6 +324,43 @@ async def test_the_account_ceiling_counts_every_address(store):
     assert await begin(store, "after", ip="10.0.0.0", ceiling=4) == 1
 
 
+async def test_a_trusted_device_counts_alone(store):
+    device = dict(now=NOW, limit=2)
+    for n in range(2):
+        assert await store.begin_device_attempt("alice", "dev1", f"d{n}", **device) == 1
+        await store.end_device_attempt("alice", "dev1", f"d{n}", outcome=Attempt.FAILED, window=900)
+    assert await store.begin_device_attempt("alice", "dev1", "d9", **device) < 0
+    # Nothing else counted it: the address, the account, another device go on.
+    assert await begin(store, "t1", limit=1, ceiling=1) == 1
+    assert await store.begin_device_attempt("alice", "dev2", "e1", **device) == 1
+    # A device's success clears its own count; unlock clears every device's.
+    await store.clear_throttle("alice")
+    assert await store.begin_device_attempt("alice", "dev1", "d10", **device) == 1
+    await store.end_device_attempt("alice", "dev1", "d10", outcome=Attempt.FAILED, window=900)
+    assert await store.begin_device_attempt("alice", "dev1", "d11", **device) == 1
+    await store.end_device_attempt("alice", "dev1", "d11", outcome=Attempt.OK, window=900)
+    for n in range(2):
+        assert await store.begin_device_attempt("alice", "dev1", f"f{n}", **device) == 1
+        await store.end_device_attempt("alice", "dev1", f"f{n}", outcome=Attempt.FAILED, window=900)
+
+
+async def test_an_address_counts_across_usernames_and_a_success_clears_nothing(store):
+    async def one(attempt: str, outcome: Attempt) -> int:
+        verdict = await store.begin_address_attempt(IP, attempt, now=NOW, limit=2)
+        if verdict == 1:
+            await store.end_address_attempt(IP, attempt, outcome=outcome, window=900)
+        return verdict
+
+    assert await one("a1", Attempt.FAILED) == 1
+    assert await one("a2", Attempt.OK) == 1
+    assert await one("a3", Attempt.UNDECIDED) == 1
+    assert await one("a4", Attempt.FAILED) == 1
+    assert await one("a5", Attempt.OK) < 0
+    assert await store.begin_address_attempt(OTHER_IP, "b1", now=NOW, limit=2) == 1
+    assert await store.count_address("register", IP, 900) == (1, 900)
+    assert (await store.count_address("register", IP, 900))[0] == 2
+
+
 # -- every key a script touches is declared ----------------------------------------------
 # Commands whose first argument is not a key (PUBLISH names a channel).
 KEYLESS = {"eval", "evalsha", "script", "ping", "echo", "select", "info", "publish", "time"}
@@ -381,6 +418,11 @@ async def test_every_script_touches_only_the_keys_it_declares(private_redis, pri
     await store.end(UID, ["session-5"], reason=EndReason.REVOKED, now=NOW + 54, every=True)
     await begin(store, "t")
     await settle(store, "t", Attempt.FAILED)
+    await store.begin_device_attempt("alice", "dev", "d", now=NOW, limit=2)
+    await store.end_device_attempt("alice", "dev", "d", outcome=Attempt.FAILED, window=900)
+    await store.begin_address_attempt(IP, "a", now=NOW, limit=2)
+    await store.end_address_attempt(IP, "a", outcome=Attempt.FAILED, window=900)
+    await store.count_address("register", IP, 900)
     await store.record_failure("alice", 900, kind="reset")
     await redis_client.echo(marker)
     watcher.join(10)

@@ -16,9 +16,12 @@ from sqlalchemy import select
 from quart_tokengate.service import keys
 from quart_tokengate.service.db.engine import build_engine, build_sessionmaker
 from quart_tokengate.service.db.models import SigningKey as SigningKeyRow
+from quart_tokengate.service.sealing import KeyEncryptionKey, KeyEncryptionKeys
 from tests.conftest import bearer, me, me_answer, register_and_login
+from tests.support import KEK
 
 ASYMMETRIC = ["EdDSA", "ES256", "RS256"]
+KEKS = KeyEncryptionKeys(KeyEncryptionKey.from_text(KEK))
 
 
 async def stored_rows(app):
@@ -60,7 +63,10 @@ async def test_instances_starting_together_on_an_empty_database_create_one_key(d
     engines = [build_engine(database_url) for _ in range(6)]
     try:
         found = await asyncio.gather(
-            *(keys.ensure_keys(build_sessionmaker(e), "EdDSA", 1_800_000_000) for e in engines)
+            *(
+                keys.ensure_keys(build_sessionmaker(e), "EdDSA", 1_800_000_000, KEKS)
+                for e in engines
+            )
         )
         async with build_sessionmaker(engines[0])() as db:
             rows = (await db.execute(select(SigningKeyRow))).scalars().all()
@@ -90,8 +96,9 @@ async def test_asymmetric_tokens_verify_from_the_jwks_alone(make_app, algorithm)
     claims.validate()
     assert claims["sid"] == pair["session_id"] and claims["aud"] == "tokengate"
     row = (await stored_rows(app))[0]
-    assert row.secret.startswith("-----BEGIN PRIVATE KEY-----")
-    assert row.secret not in json.dumps(body)
+    secret = keys.unwrap_secret(row, get_gate_of(app).keyring.key_encryption_keys)
+    assert secret.startswith("-----BEGIN PRIVATE KEY-----")
+    assert secret not in json.dumps(body)
 
 
 async def test_an_hs256_token_keyed_with_the_public_key_is_refused(make_app):
@@ -122,7 +129,7 @@ async def test_rotation_publishes_first_signs_later_and_prunes_after_the_last_to
     before = await register_and_login(app.test_client())
     old_kid = jwt.get_unverified_header(before["access_token"])["kid"]
 
-    new = await keys.rotate_keys(gate.db, gate.settings, clock())
+    new = await keys.rotate_keys(gate.db, gate.settings, clock(), KEKS)
     await gate.keyring.load()
     await other_gate.keyring.load()
     kids = [k["kid"] for k in gate.keyring.jwks["keys"]]
@@ -161,4 +168,5 @@ async def test_a_key_file_of_an_older_install_becomes_the_first_stored_key(make_
     pair = await register_and_login(app.test_client())
     jwt.decode(pair["access_token"], legacy, algorithms=["HS256"], audience="tokengate")
     [row] = await stored_rows(app)
-    assert row.secret == legacy
+    assert keys.unwrap_secret(row, get_gate_of(app).keyring.key_encryption_keys) == legacy
+    assert legacy not in row.secret

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import httpx
+import jwt
 import pytest
 
-from quart_tokengate.client import LoginRequired
+from quart_tokengate.client import AsyncAuthClient, LoginRequired
 from quart_tokengate.service import Settings, create_app
 from tests.e2e.session_helpers import me
 
@@ -133,3 +134,80 @@ def test_stale_state(fresh_route, tokengate_server, tokengate_user, tokengate_to
         live = tokengate_tokens(tokengate_user(), state="live")
         r = http.get("/fresh-only", headers={"Authorization": f"Bearer {live.access_token}"})
         assert r.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "tokengate_app",
+    [{"idle_timeout": 200}, {"idle_timeout": 3}, {"idle_timeout": 200, "leeway": 5}],
+    indirect=True,
+)
+def test_an_expired_pair_with_an_idle_timeout_shorter_than_the_access_ttl(
+    tokengate_server, tokengate_user, tokengate_tokens
+):
+    # A client that used its token every few minutes keeps the session alive past the
+    # token's expiry: the pair says token_expired, and its refresh token still refreshes.
+    pair = tokengate_tokens(tokengate_user(), state="expired")
+    with httpx.Client(base_url=tokengate_server.base_url) as http:
+        assert me(http, pair.to_json()) == "token_expired"
+        r = http.post("/auth/refresh", json={"refresh_token": pair.refresh_token})
+        assert r.status_code == 200
+        assert me(http, r.json()) == 200
+
+
+@pytest.mark.parametrize("tokengate_app", [{"idle_timeout": 2}], indirect=True)
+def test_an_expired_pair_needs_an_idle_timeout_of_a_few_seconds(tokengate_user, tokengate_tokens):
+    with pytest.raises(pytest.fail.Exception, match="TOKENGATE_IDLE_TIMEOUT"):
+        tokengate_tokens(tokengate_user(), state="expired")
+
+
+def test_the_clients_say_who_they_are_and_count_their_refreshes(
+    sync_auth_client, tokengate_server, tokengate_clock
+):
+    user = sync_auth_client.user
+    assert sync_auth_client.get("/auth/me").json()["username"] == user.username
+    assert sync_auth_client.refreshes == 0
+    tokengate_clock.advance(301)
+    assert sync_auth_client.get("/auth/me").status_code == 200
+    assert sync_auth_client.get("/auth/me").status_code == 200
+    assert sync_auth_client.refreshes == 1
+    # Its password logs in (here, with a session limit of one, in its place).
+    with httpx.Client(base_url=tokengate_server.base_url) as http:
+        r = http.post("/auth/login", json={"username": user.username, "password": user.password})
+        assert r.status_code == 200
+
+
+async def test_the_async_client_counts_one_refresh_for_many_requests(auth_client, tokengate_clock):
+    import asyncio
+
+    tokengate_clock.advance(301)
+    answers = await asyncio.gather(*(auth_client.get("/auth/me") for _ in range(30)))
+    assert {r.status_code for r in answers} == {200}
+    assert auth_client.refreshes == 1
+    assert answers[0].json()["username"] == auth_client.user.username
+
+
+async def test_a_service_client_fetches_tokens_that_carry_its_scopes(
+    tokengate_server, tokengate_service_client, tokengate_clock
+):
+    made = tokengate_service_client(scopes=["reports:read"])
+    assert made.client_id.startswith("tgc_") and made.client_secret not in repr(made)
+    async with AsyncAuthClient.for_client(
+        tokengate_server.base_url, made.client_id, made.client_secret, clock=tokengate_clock
+    ) as api:
+        r = await api.get("/auth/me")
+        assert r.status_code == 200
+        first = api.tokens
+        assert jwt.decode(first.access_token, options={"verify_signature": False})["scope"] == (
+            "reports:read"
+        )
+        # The kit's clock moves the service's and the client's: a new token is fetched.
+        tokengate_clock.advance(301)
+        assert (await api.get("/auth/me")).status_code == 200
+        assert api.tokens != first
+    with httpx.Client(base_url=tokengate_server.base_url) as http:
+        r = http.post(
+            "/oauth/token",
+            data={"grant_type": "client_credentials", "scope": "other"},
+            auth=(made.client_id, made.client_secret),
+        )
+        assert r.status_code == 400 and r.json()["error"] == "invalid_scope"

@@ -18,12 +18,16 @@ from quart_tokengate.client import (
     TokenAuth,
 )
 from quart_tokengate.client._flow import (
+    MAX_EXPIRED_RESENDS,
     AskCredentials,
     Call,
+    DeviceToken,
+    Hook,
     Load,
     Push,
     Renew,
     Send,
+    Wait,
     error_code,
     login_flow,
     make_replayable,
@@ -33,6 +37,7 @@ from quart_tokengate.client._tokens import KEEP, Tokens
 
 NOW = 1_800_000_000.0
 URL = "http://api.test/auth/me"
+ORIGIN = httpx.URL("http://api.test/")
 
 
 def jwt(exp: float, iat: float | None = None, jti: str = "a") -> str:
@@ -152,6 +157,7 @@ def test_new_and_pushed_tokens_note_their_arrival_by_the_auth_clock():
     assert outcome.tokens.local_expiry == NOW + 799
     _ops, logged_in = run(
         login_flow("alice", "pw", clock=skewed.clock),
+        None,  # no device token kept
         httpx.Response(200, json=pair_json(pair(name="3"))),
     )
     assert logged_in.received_at == NOW + 500
@@ -162,19 +168,89 @@ def test_new_and_pushed_tokens_note_their_arrival_by_the_auth_clock():
     assert pushed is not None and pushed.local_expiry == NOW + 799
 
 
-def test_token_expired_refreshes_and_retries_exactly_once():
+def test_token_expired_renews_and_resends():
     old, fresh = pair(), pair(name="2")
     flow = auth().flow(httpx.Request("POST", URL, json={"a": 1}))
     next(flow)
     assert sent_token(flow.send(old)) == old.access_token
     op = flow.send(problem(401, "token_expired"))
     assert isinstance(op, Renew) and op.stale == old and op.reason == "token_expired"
+    assert not op.relogin
     retry = flow.send(fresh)
     assert sent_token(retry) == fresh.access_token
     assert retry.request.content == b'{"a":1}'
-    # The retry meets token_expired again: that response is the answer, no loop.
+    with pytest.raises(StopIteration):
+        flow.send(httpx.Response(200, json={}))
+
+
+def test_a_resent_request_whose_new_token_expired_too_is_sent_again_with_newer_ones():
+    # The request waited for a pooled connection longer than the new token lived.
+    first, second, third = pair(), pair(name="2"), pair(name="3")
+    flow = auth().flow(httpx.Request("GET", URL))
+    next(flow)
+    flow.send(first)
+    assert flow.send(problem(401, "token_expired")).stale == first
+    flow.send(second)
+    op = flow.send(problem(401, "token_expired"))
+    assert isinstance(op, Renew) and op.stale == second and op.reason == "token_expired"
+    assert sent_token(flow.send(third)) == third.access_token
+    with pytest.raises(StopIteration):
+        flow.send(httpx.Response(200, json={}))
+
+
+def test_token_expired_resends_are_bounded():
+    # A service that refuses every token as expired does not make the client loop.
+    flow = auth().flow(httpx.Request("GET", URL))
+    next(flow)
+    flow.send(pair(name="0"))
+    for n in range(1, MAX_EXPIRED_RESENDS + 1):
+        assert isinstance(flow.send(problem(401, "token_expired")), Renew)
+        assert sent_token(flow.send(pair(name=str(n)))) == pair(name=str(n)).access_token
     with pytest.raises(StopIteration):
         flow.send(problem(401, "token_expired"))
+
+
+def test_token_expired_with_nothing_newer_is_the_callers_answer():
+    tokens = pair()
+    flow = auth().flow(httpx.Request("GET", URL))
+    next(flow)
+    flow.send(tokens)
+    assert isinstance(flow.send(problem(401, "token_expired")), Renew)
+    with pytest.raises(StopIteration):
+        flow.send(tokens)  # a renewal that found nothing newer: no resend
+
+
+def test_an_expired_token_that_is_not_the_newest_takes_the_newest_without_a_refresh():
+    old, newest = pair(exp=NOW - 1, iat=NOW - 301), pair(name="2")
+    owner = auth()
+    owner.token_store.save(newest)
+    renewal = owner.renewal(Renew(old, ORIGIN, reason="token_expired"))
+    with pytest.raises(StopIteration) as done:
+        next(renewal)  # no Call: nothing is sent
+    assert done.value.value == newest
+
+
+def test_an_expired_newest_token_is_refreshed_once_for_every_request_that_met_it():
+    old, fresh = pair(exp=NOW - 1, iat=NOW - 301), pair(name="2")
+    owner = auth()
+    owner.token_store.save(old)
+    leader = owner.renewal(Renew(old, ORIGIN, reason="token_expired"))
+    call = next(leader)
+    assert isinstance(call, Call) and call.path == "/auth/refresh"
+    assert call.body == {"refresh_token": old.refresh_token}
+    # Another request refused meanwhile, with the same token: it waits, it does not refresh.
+    follower = owner.renewal(Renew(old, ORIGIN, reason="token_expired"))
+    wait = next(follower)
+    assert isinstance(wait, Wait)
+    hook = leader.send(httpx.Response(200, json=pair_json(fresh)))
+    assert isinstance(hook, Hook) and hook.name == "refreshed"
+    with pytest.raises(StopIteration) as led:
+        leader.send(None)
+    assert led.value.value == fresh
+    with pytest.raises(StopIteration) as waited:
+        follower.send(wait.flight.outcome)
+    assert waited.value.value == fresh
+    assert owner.token_store.load() == fresh
 
 
 @pytest.mark.parametrize(
@@ -311,10 +387,12 @@ def test_refresh_401_with_credentials_logs_in_again():
         obtain(pair(), relogin=False, reason=None, can_login=True),
         problem(401, "session_expired"),
         ("alice", "pw"),
+        None,  # no device token kept
         httpx.Response(200, json=pair_json(fresh)),
     )
     assert isinstance(ops[1], AskCredentials)
-    assert ops[2] == Call("POST", "/auth/login", {"username": "alice", "password": "pw"})
+    assert ops[2] == DeviceToken("alice")
+    assert ops[3] == Call("POST", "/auth/login", {"username": "alice", "password": "pw"})
     assert outcome.tokens == fresh
     assert [name for name, _ in outcome.notes] == ["refresh_failed", "refreshed"]
 
@@ -324,6 +402,7 @@ def test_relogin_skips_the_refresh():
     ops, outcome = run(
         obtain(pair(), relogin=True, reason="token_revoked", can_login=True),
         ("alice", "pw"),
+        None,
         httpx.Response(200, json=pair_json(fresh)),
     )
     assert isinstance(ops[0], AskCredentials) and outcome.tokens == fresh
@@ -333,6 +412,7 @@ def test_relogin_refused_is_invalid_credentials():
     _ops, outcome = run(
         obtain(None, relogin=True, reason="missing_token", can_login=True),
         ("alice", "wrong"),
+        None,
         problem(401, "invalid_credentials"),
     )
     assert isinstance(outcome.error, InvalidCredentials) and outcome.change is None
@@ -368,7 +448,8 @@ def test_network_errors_and_5xx_keep_the_tokens(reply):
 
 def test_login_errors_are_typed():
     flow = login_flow("alice", "pw", device="laptop")
-    assert next(flow) == Call(
+    assert next(flow) == DeviceToken("alice")
+    assert flow.send(None) == Call(
         "POST", "/auth/login", {"username": "alice", "password": "pw", "device": "laptop"}
     )
     with pytest.raises(RateLimited) as limited:
@@ -377,15 +458,41 @@ def test_login_errors_are_typed():
 
     flow = login_flow("alice", "pw")
     next(flow)
+    flow.send(None)
     with pytest.raises(InvalidCredentials) as refused:
         flow.send(problem(401, "invalid_credentials"))
     assert isinstance(refused.value, LoginRequired)
 
     flow = login_flow("alice", "pw")
     next(flow)
+    flow.send(None)
     with pytest.raises(AuthError) as unreachable:
         flow.throw(httpx.ConnectError("refused"))
     assert isinstance(unreachable.value.__cause__, httpx.ConnectError)
+
+
+def test_login_sends_the_kept_device_token_and_keeps_the_new_one():
+    fresh = pair(name="2")
+    ops, tokens = run(
+        login_flow("alice", "pw"),
+        "device-token-1",
+        httpx.Response(200, json={**pair_json(fresh), "device_token": "device-token-2"}),
+        None,
+    )
+    assert ops[0] == DeviceToken("alice")
+    assert ops[1] == Call(
+        "POST", "/auth/login",
+        {"username": "alice", "password": "pw", "device_token": "device-token-1"},
+    )  # fmt: skip
+    assert ops[2] == DeviceToken("alice", "device-token-2") and tokens == fresh
+    assert "device-token-2" not in repr(ops[2])
+    # The same token back (renewed service-side or not): nothing new to keep.
+    _ops, tokens = run(
+        login_flow("alice", "pw"),
+        "device-token-2",
+        httpx.Response(200, json={**pair_json(fresh), "device_token": "device-token-2"}),
+    )
+    assert tokens == fresh
 
 
 def test_passwords_and_tokens_stay_out_of_reprs():

@@ -67,6 +67,36 @@ def test_file_store_round_trip_mode_and_base_url(tmp_path):
     assert str(path) in repr(store) and tokens.access_token not in repr(store)
 
 
+@pytest.mark.parametrize("make", [lambda path: MemoryTokenStore(), FileTokenStore])
+def test_device_tokens_are_kept_per_account_and_outlive_a_logout(tmp_path, make):
+    store = make(tmp_path / "tokens.json")
+    assert store.device_token("alice") is None
+    store.save(pair("a"))
+    store.keep_device_token("alice", "device-a")
+    store.keep_device_token("bob", "device-b")
+    store.save(None)  # a logout clears the pair, not the device
+    store.keep_device_token("alice", "device-a2")
+    assert (store.device_token("alice"), store.device_token("bob")) == ("device-a2", "device-b")
+    assert "device-a2" not in repr(store)
+
+
+def test_the_file_format_stays_readable_both_ways(tmp_path):
+    path = tmp_path / "tokens.json"
+    tokens = pair("a")
+    # A file written before device tokens existed reads as it did.
+    path.write_text(json.dumps({"version": 1, "tokens": tokens.to_json(), "base_url": "http://x"}))
+    store = FileTokenStore(path)
+    assert store.load() == tokens and store.device_token("alice") is None
+    store.keep_device_token("alice", "device-a")
+    # The same version, the pair where it was: an older client reads the file as
+    # before, and rewriting only "tokens" (as it does) keeps the device tokens.
+    data = json.loads(path.read_text())
+    assert data["version"] == 1 and data["tokens"] == tokens.to_json()
+    assert data["device_tokens"] == {"alice": "device-a"}
+    store.save(pair("b"))
+    assert FileTokenStore(path).device_token("alice") == "device-a"
+
+
 def test_file_store_sees_another_writer(tmp_path):
     path = tmp_path / "tokens.json"
     mine, theirs = FileTokenStore(path), FileTokenStore(path)

@@ -117,3 +117,68 @@ def test_tls_unix_sockets_and_host_names_stay_with_uvloop():
         server.close()
 
     on_serving_loop(test)
+
+
+# -- the bounded protocol ------------------------------------------------------------
+
+
+def test_past_the_limit_with_every_request_being_served_a_new_one_gets_503_server_busy():
+    import json
+
+    import uvicorn
+
+    release = asyncio.Event()
+    served: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        served.append(scope["path"])
+        await release.wait()  # the request is being served as long as the test holds it
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    def ask(port: int, path: str) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        return sock
+
+    def answer(sock: socket.socket) -> bytes:
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+        return data
+
+    async def test() -> None:
+        serving.use_limits(serving.ConnectionLimits(max_connections=2))
+        config = uvicorn.Config(
+            app, port=0, http=serving.BoundedHttpProtocol, lifespan="off", log_level="error"
+        )
+        server = uvicorn.Server(config)
+        task = asyncio.create_task(server.serve())
+        try:
+            while not server.started:
+                await asyncio.sleep(0.01)
+            port = server.servers[0].sockets[0].getsockname()[1]
+            busy = [ask(port, "/one"), ask(port, "/two")]
+            while len(served) < 2:
+                await asyncio.sleep(0.01)
+            third = ask(port, "/three")
+            refused = await asyncio.to_thread(answer, third)
+            head, _, body = refused.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 503 "), refused
+            assert json.loads(body)["error"] == "server_busy"
+            assert b"connection: close" in head.lower() and b"retry-after: 1" in head.lower()
+            assert served == ["/one", "/two"]  # the app never saw the third
+            release.set()
+            for sock in busy:
+                first = await asyncio.to_thread(sock.recv, 65536)
+                assert first.startswith(b"HTTP/1.1 200 "), first
+                sock.close()
+            third.close()
+        finally:
+            serving.use_limits(serving.ConnectionLimits())
+            server.should_exit = True
+            await task
+
+    on_serving_loop(test)

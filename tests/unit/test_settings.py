@@ -7,6 +7,9 @@ import pytest
 
 from quart_tokengate.service.settings import Settings, SettingsError
 
+KEK = "q" * 42 + "o"  # 32 bytes in base64url
+OLD_KEK = "A" * 42 + "E"
+
 
 def test_defaults_match_the_contract():
     s = Settings.from_env({}, dotenv=None)
@@ -15,6 +18,9 @@ def test_defaults_match_the_contract():
     assert (s.session_max_age, s.refresh_grace, s.max_sessions) == (2_592_000, 10, 0)
     assert s.token_location == ("headers",)
     assert s.implicit_refresh is False and s.allow_registration is True
+    # Implicit refresh renews a token within the refresh grace after exp, unless told.
+    assert s.implicit_refresh_window is None and s.renewal_window == s.refresh_grace == 10
+    assert Settings(refresh_grace=3).renewal_window == 3
     assert (s.leeway, s.password_min_length) == (0, 8)
     assert (s.login_max_failures, s.login_window, s.reset_ttl) == (10, 900, 900)
     assert s.instance_dir == Path("instance")
@@ -36,12 +42,17 @@ def test_every_variable_is_read():
         "TOKENGATE_MAX_SESSIONS": "1",
         "TOKENGATE_TOKEN_LOCATION": "cookies,headers",
         "TOKENGATE_IMPLICIT_REFRESH": "true",
+        "TOKENGATE_IMPLICIT_REFRESH_WINDOW": "20",
         "TOKENGATE_LEEWAY": "2",
         "TOKENGATE_ALLOW_REGISTRATION": "false",
         "TOKENGATE_PASSWORD_MIN_LENGTH": "12",
         "TOKENGATE_LOGIN_MAX_FAILURES": "3",
         "TOKENGATE_LOGIN_WINDOW": "60",
         "TOKENGATE_RESET_TTL": "120",
+        "TOKENGATE_ADDRESS_MAX_FAILURES": "7",
+        "TOKENGATE_ADDRESS_MAX_REGISTRATIONS": "0",
+        "TOKENGATE_ADDRESS_MAX_RESETS": "5",
+        "TOKENGATE_DEVICE_TOKEN_TTL": "86400",
         "TOKENGATE_INSTANCE_DIR": "/tmp/tg",
         "TOKENGATE_DATABASE_URL": "postgresql+asyncpg://u@h/db",
         "TOKENGATE_REDIS_URL": "redis://127.0.0.1:6379/3",
@@ -59,8 +70,19 @@ def test_every_variable_is_read():
         "TOKENGATE_API_KEY_TTL": "3600",
         "TOKENGATE_API_KEY_MAX_TTL": "86400",
         "TOKENGATE_RATE_LIMIT": "100/60",
+        "TOKENGATE_HEADER_TIMEOUT": "5",
+        "TOKENGATE_BODY_TIMEOUT": "7",
+        "TOKENGATE_MAX_CONNECTIONS": "250",
+        "TOKENGATE_KEY_ENCRYPTION_KEY": KEK,
+        "TOKENGATE_OLD_KEY_ENCRYPTION_KEY": f"{OLD_KEK}, {KEK}=",
+        "TOKENGATE_DPOP": "required",
+        "TOKENGATE_DPOP_ALGORITHMS": "ES256",
+        "TOKENGATE_DPOP_MAX_AGE": "20",
+        "TOKENGATE_DPOP_NONCE": "true",
     }
     s = Settings.from_env(env, dotenv=None)
+    assert s.key_encryption_key == KEK and s.old_key_encryption_key == (OLD_KEK, KEK + "=")
+    assert KEK not in repr(s) and OLD_KEK not in repr(s)
     assert (s.algorithm, s.fresh_ttl) == ("HS256", 30)
     assert (s.cookie_domain, s.cookie_samesite, s.cookie_secure) == (
         "example.com",
@@ -74,9 +96,12 @@ def test_every_variable_is_read():
     assert (s.refresh_grace, s.max_sessions, s.leeway) == (3, 1, 2)
     assert s.token_location == ("cookies", "headers") and s.use_cookies and s.use_headers
     assert s.implicit_refresh and not s.allow_registration
+    assert s.implicit_refresh_window == s.renewal_window == 20
     assert (s.password_min_length, s.login_max_failures, s.login_window, s.reset_ttl) == (
         12, 3, 60, 120,
     )  # fmt: skip
+    assert (s.address_max_failures, s.address_max_registrations, s.address_max_resets) == (7, 0, 5)
+    assert s.device_token_ttl == 86400
     assert s.instance_dir == Path("/tmp/tg")
     assert s.sqlalchemy_url == "postgresql+asyncpg://u@h/db"
     assert s.redis_url == "redis://127.0.0.1:6379/3" and not s.redis_cluster
@@ -86,6 +111,13 @@ def test_every_variable_is_read():
     assert s.near_cache
     assert (s.api_keys, s.api_key_ttl, s.api_key_max_ttl) == (False, 3600, 86400)
     assert s.rate_limit == (100, 60)
+    assert (s.header_timeout, s.body_timeout, s.max_connections) == (5, 7, 250)
+    assert (s.dpop, s.dpop_algorithms, s.dpop_max_age, s.dpop_nonce) == (
+        "required",
+        ("ES256",),
+        20,
+        True,
+    )
     names = {f"TOKENGATE_{f.name.upper()}" for f in dataclasses.fields(Settings)}
     assert names == set(env)
 
@@ -97,8 +129,15 @@ def test_every_bad_value_is_named_on_its_own_line():
         "TOKENGATE_TOKEN_LOCATION": "query",
         "TOKENGATE_REDIS_URL": "localhost:6379",
         "TOKENGATE_LEEWAY": "-1",
+        "TOKENGATE_IMPLICIT_REFRESH_WINDOW": "a minute",
         "TOKENGATE_LOG_FORMAT": "xml",
         "TOKENGATE_ACESS_TTL": "60",
+        "TOKENGATE_HEADER_TIMEOUT": "0",
+        "TOKENGATE_BODY_TIMEOUT": "soon",
+        "TOKENGATE_MAX_CONNECTIONS": "0",
+        "TOKENGATE_ADDRESS_MAX_FAILURES": "-3",
+        "TOKENGATE_ADDRESS_MAX_RESETS": "ten",
+        "TOKENGATE_DEVICE_TOKEN_TTL": "0",
     }
     with pytest.raises(SettingsError) as info:
         Settings.from_env(env, dotenv=None)
@@ -195,3 +234,74 @@ def test_cluster_and_proxy_settings_are_checked():
         with pytest.raises(SettingsError) as info:
             Settings.from_env(env, dotenv=None)
         assert len(str(info.value).splitlines()) == 1, info.value
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["q" * 42, "q" * 44, "q" * 42 + "!", "short", "é" * 43, "q" * 42 + "r"],
+)
+def test_a_key_encryption_key_that_is_not_32_bytes_of_base64url_is_refused_without_echo(value):
+    for name in ("TOKENGATE_KEY_ENCRYPTION_KEY", "TOKENGATE_OLD_KEY_ENCRYPTION_KEY"):
+        with pytest.raises(SettingsError) as info:
+            Settings.from_env({name: value}, dotenv=None)
+        [line] = info.value.problems
+        assert line.startswith(f"{name}: expected 32 bytes in base64url")
+        assert value not in line
+
+
+def test_dpop_defaults_match_the_contract():
+    s = Settings.from_env({}, dotenv=None)
+    assert (s.dpop, s.dpop_algorithms, s.dpop_max_age, s.dpop_nonce) == (
+        "allowed", ("ES256", "EdDSA"), 60, False,
+    )  # fmt: skip
+
+
+def test_dpop_settings_are_read():
+    env = {
+        "TOKENGATE_DPOP": "Required",
+        "TOKENGATE_DPOP_ALGORITHMS": "eddsa, ES256 ps256 EdDSA",
+        "TOKENGATE_DPOP_MAX_AGE": "30",
+        "TOKENGATE_DPOP_NONCE": "true",
+    }
+    s = Settings.from_env(env, dotenv=None)
+    assert (s.dpop, s.dpop_algorithms, s.dpop_max_age, s.dpop_nonce) == (
+        "required", ("EdDSA", "ES256", "PS256"), 30, True,
+    )  # fmt: skip
+    assert Settings.from_env({"TOKENGATE_DPOP": "off"}, dotenv=None).dpop == "off"
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "says"),
+    [
+        ("TOKENGATE_DPOP", "on", "expected off, allowed or required"),
+        ("TOKENGATE_DPOP_ALGORITHMS", "none", "never none nor an HMAC"),
+        ("TOKENGATE_DPOP_ALGORITHMS", "ES256 HS256", "never none nor an HMAC"),
+        ("TOKENGATE_DPOP_ALGORITHMS", "hs512", "never none nor an HMAC"),
+        ("TOKENGATE_DPOP_ALGORITHMS", "ES256K", "expected some of ES256"),
+        ("TOKENGATE_DPOP_ALGORITHMS", " , ", "at least one algorithm"),
+        ("TOKENGATE_DPOP_MAX_AGE", "0", "at least 1 second"),
+        ("TOKENGATE_DPOP_MAX_AGE", "a minute", "whole seconds"),
+        ("TOKENGATE_DPOP_NONCE", "sometimes", "true or false"),
+    ],
+)
+def test_a_bad_dpop_setting_stops_start_up_in_one_line_naming_it(name, raw, says):
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({name: raw}, dotenv=None)
+    (line,) = str(info.value).splitlines()
+    assert line.startswith(name + ":")
+    assert says in line
+
+
+def test_dpop_algorithms_built_in_code_are_checked_too():
+    with pytest.raises(SettingsError, match="TOKENGATE_DPOP_ALGORITHMS"):
+        Settings(dpop_algorithms=("HS256",))
+    with pytest.raises(SettingsError, match="TOKENGATE_DPOP:"):
+        Settings(dpop="maybe")
+
+
+def test_settings_know_the_same_dpop_algorithms_as_the_verifier():
+    from quart_tokengate.service import dpop, settings
+
+    assert set(settings.DPOP_ALGORITHMS) == set(dpop.SUPPORTED_ALGORITHMS)
+    assert Settings().dpop_algorithms == dpop.DEFAULT_ALGORITHMS
+    assert Settings().dpop_max_age == dpop.DEFAULT_MAX_AGE

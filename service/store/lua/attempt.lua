@@ -1,27 +1,29 @@
--- Ask to start one password check of an account from one client address.
--- KEYS: the address's failure counter, its in-flight set, the account's
--- failure counter, its in-flight set (one hash tag: the account).
--- ARGV: now, attempt id, limit (per address), ceiling (the whole account),
--- lease (seconds a check may hold its slot; the sets live twice that).
+-- Ask to start one password check under one or more limits.
+-- KEYS: pairs of (failure counter, in-flight set), one pair per limit, all in
+-- one slot: for an untrusted client, its address on the account and the whole
+-- account; for a trusted device, the device alone; for the address across
+-- every username, the address alone.
+-- ARGV: now, attempt id, lease (seconds a check may hold its slot; the sets
+-- live twice that), then one limit per pair.
 -- Returns {1} (go), {0} (wait for a slot) or {-1, ttl} (over a limit).
 -- A password check may start only while the failures so far plus the checks
--- still running stay under the limit, for the address and for the account:
--- a burst of guesses cannot outrun the count, and correct passwords sent at
--- once simply take turns.
-local now = tonumber(ARGV[1])
-local limit, ceiling, lease = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - lease)
-redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - lease)
-local mine = tonumber(redis.call('GET', KEYS[1]) or '0')
-local all = tonumber(redis.call('GET', KEYS[3]) or '0')
-if mine >= limit then return {-1, redis.call('TTL', KEYS[1])} end
-if all >= ceiling then return {-1, redis.call('TTL', KEYS[3])} end
-if mine + redis.call('ZCARD', KEYS[2]) >= limit
-   or all + redis.call('ZCARD', KEYS[4]) >= ceiling then
-  return {0}
+-- still running stay under every limit: a burst of guesses cannot outrun the
+-- count, and correct passwords sent at once simply take turns.
+local now, lease = tonumber(ARGV[1]), tonumber(ARGV[3])
+local scopes = #KEYS / 2
+local busy = false
+for i = 1, scopes do
+  redis.call('ZREMRANGEBYSCORE', KEYS[2 * i], '-inf', now - lease)
 end
-redis.call('ZADD', KEYS[2], now, ARGV[2])
-redis.call('ZADD', KEYS[4], now, ARGV[2])
-redis.call('EXPIRE', KEYS[2], 2 * lease)
-redis.call('EXPIRE', KEYS[4], 2 * lease)
+for i = 1, scopes do
+  local limit = tonumber(ARGV[3 + i])
+  local failed = tonumber(redis.call('GET', KEYS[2 * i - 1]) or '0')
+  if failed >= limit then return {-1, redis.call('TTL', KEYS[2 * i - 1])} end
+  if failed + redis.call('ZCARD', KEYS[2 * i]) >= limit then busy = true end
+end
+if busy then return {0} end
+for i = 1, scopes do
+  redis.call('ZADD', KEYS[2 * i], now, ARGV[2])
+  redis.call('EXPIRE', KEYS[2 * i], 2 * lease)
+end
 return {1}
