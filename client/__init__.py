@@ -9,8 +9,12 @@ that processes share. See docs/client.md.
 
 from ._auth import TokenAuth
 from ._client import AsyncAuthClient, AuthClient
+from ._device import DeviceCode
 from ._exceptions import (
     AuthError,
+    DeviceAccessDenied,
+    DeviceCodeExpired,
+    DeviceLoginFailed,
     FreshLoginRequired,
     InvalidClient,
     InvalidCredentials,
@@ -24,6 +28,10 @@ __all__ = [
     "AsyncAuthClient",
     "AuthClient",
     "AuthError",
+    "DeviceAccessDenied",
+    "DeviceCode",
+    "DeviceCodeExpired",
+    "DeviceLoginFailed",
     "FileTokenStore",
     "FreshLoginRequired",
     "InvalidClient",

@@ -4,8 +4,13 @@ The tokens and the service's address are kept in a token file:
 $XDG_CONFIG_HOME/tokengate/tokens.json (~/.config/tokengate/tokens.json when
 that is unset), or the file --token-file names.
 
+`login --device` logs in with no password on this machine (RFC 8628): it
+prints an address and a code, a person confirms the code in a browser on any
+other machine, and the tokens are stored here.
+
 Exit status: 0 done; 1 failed; 2 bad arguments; 3 not logged in (run
-tokengate-client login); 141 the output pipe was closed (e.g. | head -1).
+tokengate-client login); 130 interrupted (Ctrl-C); 141 the output pipe was
+closed (e.g. | head -1).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import argparse
 import getpass
 import json
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -30,6 +36,7 @@ from ._tokens import Tokens, unverified_claims
 PROG = "tokengate-client"
 EXIT_FAILED = 1
 EXIT_NOT_LOGGED_IN = 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 EXIT_CLOSED_PIPE = 141  # 128 + SIGPIPE, what a shell tool killed by a closed pipe returns
 NOT_LOGGED_IN = f"not logged in: run `{PROG} login`"
 
@@ -97,6 +104,10 @@ def utc_time(ts: float | None) -> str | None:
 
 
 def cmd_login(args: argparse.Namespace, store: FileTokenStore) -> int:
+    if args.device_login:
+        return cmd_login_device(args, store)
+    if args.username is None:
+        return fail("login needs --username, or --device for a device login", 2)
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     else:
@@ -122,6 +133,38 @@ def _client_for_request(base_url: str, store: FileTokenStore) -> AuthClient:
     if api_key:
         return AuthClient(base_url=base_url, api_key=api_key)
     return AuthClient(base_url=base_url, token_store=store)
+
+
+def cmd_login_device(args: argparse.Namespace, store: FileTokenStore) -> int:
+    """The device login: show the address and the code, wait, store the tokens."""
+    out = sys.stderr if args.json_output else sys.stdout
+    name = args.device or f"{PROG} on {socket.gethostname()}"[:200]
+
+    def on_code(uri: str, complete: str, code: str) -> None:
+        print(f"To log in, open {uri} in a browser on any machine and enter the code:", file=out)
+        print(f"\n    {code}\n", file=out)
+        print(f"Or open {complete}", file=out)
+        print("Waiting for the confirmation (Ctrl-C to stop)...", file=out, flush=True)
+
+    try:
+        with AuthClient(base_url=args.base_url, token_store=store) as api:
+            tokens = api.login_device(on_code, device=name, client_id=PROG)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; not logged in", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except AuthError as exc:
+        return fail(explain(exc))
+    except httpx.HTTPError as exc:
+        return fail(f"could not reach {args.base_url}: {exc}")
+    store.base_url = args.base_url
+    info = describe(tokens, args.base_url, store.path)
+    if args.json_output:
+        emit(info)
+    else:
+        print(
+            f"logged in as {info['username']} (session {tokens.session_id}); tokens in {store.path}"
+        )
+    return 0
 
 
 def cmd_request(args: argparse.Namespace, store: FileTokenStore) -> int:
@@ -254,8 +297,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     login = sub.add_parser("login", parents=[common], help="log in and store the tokens")
     login.add_argument("--base-url", required=True, help="the service, e.g. http://127.0.0.1:8000")
-    login.add_argument("--username", required=True)
-    login.add_argument("--device", default=None, help="a name for this session")
+    login.add_argument("--username", default=None, help="log in with this user's password")
+    login.add_argument(
+        "--device",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="NAME",
+        help="a name for this session; without --username, log in by a code confirmed "
+        "in a browser elsewhere (device login)",
+    )
     login.add_argument(
         "--password-stdin", action="store_true", help="read the password from standard input"
     )
@@ -289,10 +340,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
 
     args = parser.parse_args(argv)
+    if args.command == "login":
+        # --device alone, or --device NAME without --username: the device login.
+        args.device_login = args.device is not None and args.username is None
+        args.device = args.device or None
     store = FileTokenStore(getattr(args, "token_file", None) or default_token_file())
     try:
         result: int = args.func(args, store)
         sys.stdout.flush()
+    except KeyboardInterrupt:  # Ctrl-C: a line, never a traceback
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader went away (| head -1): stop quietly. Python would print
         # another error flushing stdout at exit, so point it at /dev/null.

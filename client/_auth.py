@@ -3,6 +3,7 @@
 The pieces it puts together, each in its own module:
 
     _flow.py     the pure flows: operations, the request flow, refresh and login
+    _device.py   the pure flows of the device login (RFC 8628)
     _flight.py   the single flight: one renewal for any number of requests
     _edges.py    the blocking and the async edge that run the flows
     _tokens.py   ``Tokens`` and the ``TokenStore`` protocol
@@ -19,7 +20,15 @@ from typing import Any
 
 import httpx
 
-from ._edges import AsyncEdge, SyncEdge, async_client_call, client_call
+from ._device import DeviceCode, poll_flow, start_flow
+from ._edges import (
+    AsyncEdge,
+    SyncEdge,
+    async_client_call,
+    client_call,
+    resolve_async,
+    resolve_sync,
+)
 from ._flight import SingleFlight
 from ._flow import (
     Clock,
@@ -42,6 +51,8 @@ from ._store import MemoryTokenStore
 from ._tokens import Tokens, TokenStore
 
 log = logging.getLogger("tokengate.client")
+# on_code(verification_uri, verification_uri_complete, user_code), sync or async.
+OnCode = Callable[[str, str, str], object]
 
 
 class TokenAuth(httpx.Auth):
@@ -237,6 +248,35 @@ class TokenAuth(httpx.Auth):
         """Log in through the async edge and store the new tokens."""
         flow = login_flow(username, password, device, clock=self.clock)
         tokens = await self._async.run(flow, self._origin("login"))
+        self.token_store.save(tokens)
+        return tokens
+
+    def sync_login_device(
+        self, on_code: OnCode, *, client_id: str | None, scope: str | None, device: str | None
+    ) -> Tokens:
+        """The device login through the blocking edge; store and return the new tokens."""
+        origin = self._origin("login_device")
+        code: DeviceCode = self._sync.run(
+            start_flow(client_id=client_id, scope=scope, device=device), origin
+        )
+        resolve_sync(on_code(code.verification_uri, code.verification_uri_complete, code.user_code))
+        tokens = self._sync.run(poll_flow(code, client_id=client_id, clock=self.clock), origin)
+        self.token_store.save(tokens)
+        return tokens
+
+    async def async_login_device(
+        self, on_code: OnCode, *, client_id: str | None, scope: str | None, device: str | None
+    ) -> Tokens:
+        """The device login through the async edge; store and return the new tokens."""
+        origin = self._origin("login_device")
+        code: DeviceCode = await self._async.run(
+            start_flow(client_id=client_id, scope=scope, device=device), origin
+        )
+        await resolve_async(
+            on_code(code.verification_uri, code.verification_uri_complete, code.user_code)
+        )
+        flow = poll_flow(code, client_id=client_id, clock=self.clock)
+        tokens = await self._async.run(flow, origin)
         self.token_store.save(tokens)
         return tokens
 

@@ -13,7 +13,7 @@ from typing import Any, Self
 
 import httpx
 
-from ._auth import TokenAuth
+from ._auth import OnCode, TokenAuth
 from ._exceptions import LoginRequired
 from ._flow import Clock, Credentials, ErrorHook, LoginRequiredHook, TokensHook, failure
 from ._grants import ClientCredentials
@@ -128,6 +128,27 @@ class AsyncAuthClient(httpx.AsyncClient):
         _require_base_url(self, "login")
         return await self._token_auth.async_login(username, password, device)
 
+    async def login_device(
+        self,
+        on_code: OnCode,
+        *,
+        client_id: str | None = None,
+        scope: str | None = None,
+        device: str | None = None,
+    ) -> Tokens:
+        """Log in by a code a person confirms in a browser elsewhere (RFC 8628).
+
+        ``on_code(verification_uri, verification_uri_complete, user_code)``
+        (sync or async) is called once, to show the address and the code;
+        then the service is polled, as its ``interval`` and ``slow_down`` say,
+        until the code is confirmed: the new tokens are stored and returned.
+        Raises ``DeviceAccessDenied`` or ``DeviceCodeExpired``.
+        """
+        _require_base_url(self, "login_device")
+        return await self._token_auth.async_login_device(
+            on_code, client_id=client_id, scope=scope, device=device
+        )
+
     async def refresh(self) -> Tokens:
         """Refresh now (shared with any refresh already under way); return the new tokens."""
         _require_base_url(self, "refresh")
@@ -225,6 +246,21 @@ class AuthClient(httpx.Client):
         """Log in and store the new tokens; raise ``InvalidCredentials``, ``RateLimited``..."""
         _require_base_url(self, "login")
         return self._token_auth.sync_login(username, password, device)
+
+    def login_device(
+        self,
+        on_code: OnCode,
+        *,
+        client_id: str | None = None,
+        scope: str | None = None,
+        device: str | None = None,
+    ) -> Tokens:
+        """Log in by a code a person confirms in a browser elsewhere (RFC 8628);
+        as ``AsyncAuthClient.login_device``, blocking."""
+        _require_base_url(self, "login_device")
+        return self._token_auth.sync_login_device(
+            on_code, client_id=client_id, scope=scope, device=device
+        )
 
     def refresh(self) -> Tokens:
         """Refresh now (shared with any refresh already under way); return the new tokens."""

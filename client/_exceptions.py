@@ -15,8 +15,11 @@
         │   └── FreshLoginRequired   the route needs a recent password login
         │                            (fresh_login_required): log in again, then
         │                            retry; the tokens are kept
-        └── RateLimited         429 too_many_attempts or rate_limited; ``retry_after``
-                                in seconds
+        ├── RateLimited         429 too_many_attempts or rate_limited; ``retry_after``
+        │                       in seconds
+        └── DeviceLoginFailed   a device login (RFC 8628) came to nothing
+            ├── DeviceAccessDenied  the person who saw the code denied it: access_denied
+            └── DeviceCodeExpired   nobody confirmed the code in time: expired_token
 
 Every error carries ``code``, the service's ``error`` string (``None`` when the
 service never answered), and ``response``, the ``httpx.Response`` behind it
@@ -71,3 +74,15 @@ class RateLimited(AuthError):
     ) -> None:
         super().__init__(message, code=code, response=response)
         self.retry_after = retry_after
+
+
+class DeviceLoginFailed(AuthError):
+    """A device login (``login_device``) ended without a session."""
+
+
+class DeviceAccessDenied(DeviceLoginFailed):
+    """The person who saw the code denied the login (``access_denied``)."""
+
+
+class DeviceCodeExpired(DeviceLoginFailed):
+    """Nobody confirmed the code before it expired (``expired_token``): start again."""

@@ -9,6 +9,7 @@ Registered by installing the distribution (entry point ``pytest11``, name
 - ``tokengate_user``, ``tokengate_tokens``: factories of users and token pairs.
 - ``auth_client``, ``sync_auth_client``: clients logged in as a new user (``.user``),
   counting their refreshes (``.refreshes``).
+- ``tokengate_device_approve``: confirm (or deny) a pending device login as a user.
 
 This module imports only the client and pytest. The service (Quart,
 SQLAlchemy, redis) is imported inside the fixtures that need it, so a
@@ -139,6 +140,7 @@ class _Maker(Protocol):
 
     def api_key(self, user: Any, scopes: tuple[str, ...], state: str) -> str: ...
     def service_client(self, scopes: tuple[str, ...]) -> Any: ...
+    def device(self, user_code: str, user: Any, approve: bool) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -315,6 +317,27 @@ def tokengate_service_client(tokengate_server: TokengateServer) -> ServiceClient
         return TokengateServiceClient(made.client_id, made.client_secret, scopes)
 
     return make
+
+
+class DeviceApprover(Protocol):
+    def __call__(self, user_code: str, user: TokengateUser, *, approve: bool = True) -> None: ...
+
+
+@pytest.fixture
+def tokengate_device_approve(tokengate_server: TokengateServer) -> DeviceApprover:
+    """``tokengate_device_approve(user_code, user, approve=True)``: confirm a pending device
+    login as ``user``, as a person on ``/account/device`` would (``approve=False`` denies)."""
+
+    def decide(user_code: str, user: TokengateUser, *, approve: bool = True) -> None:
+        kit = _service_kit("tokengate_device_approve")
+        try:
+            tokengate_server._maker.device(
+                user_code, kit.MadeUser(user.id, user.username, user.password), approve
+            )
+        except kit.KitError as exc:
+            pytest.fail(f"tokengate_device_approve: {exc}", pytrace=False)
+
+    return decide
 
 
 # -- logged-in clients -----------------------------------------------------

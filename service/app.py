@@ -132,9 +132,11 @@ class TokenGate:
         from .api.account import account_bp
         from .api.api_keys import api_keys_bp
         from .api.auth import auth_bp
+        from .api.device_page import device_page_bp
         from .api.health import health_bp
         from .api.oauth import oauth_bp
         from .api.wellknown import wellknown_bp
+        from .oauth.device_authorization import device_bp
         from .oauth.endpoint import oauth_token_bp
 
         app.extensions["tokengate"] = self
@@ -142,9 +144,11 @@ class TokenGate:
         app.register_blueprint(oauth_bp, url_prefix=self.url_prefix)
         app.register_blueprint(api_keys_bp, url_prefix=self.url_prefix)
         app.register_blueprint(oauth_token_bp)
+        app.register_blueprint(device_bp)
         app.register_blueprint(health_bp)
         app.register_blueprint(wellknown_bp)
         app.register_blueprint(account_bp)
+        app.register_blueprint(device_page_bp)
         # Our OpenAPI document is built from the route table on first use; a
         # host app that already serves its own (quart-schema) keeps its own.
         if "QUART_SCHEMA" not in app.extensions:

@@ -8,7 +8,9 @@
         │                            for its status, so Quart finds the handler
         ├── InvalidRequest           400 invalid_request
         │   └── OAuthError           400 invalid_scope, unsupported_grant_type,
-        │                            invalid_grant (RFC 6749 section 5.2)
+        │                            invalid_grant (RFC 6749 section 5.2),
+        │                            authorization_pending, slow_down,
+        │                            access_denied, expired_token (RFC 8628 3.5)
         ├── RequestTooLarge          413 request_too_large
         ├── NotFound                 404 not_found
         ├── Conflict                 409 username_taken
@@ -89,6 +91,26 @@ class UnsupportedGrantType(OAuthError):
 class InvalidGrant(OAuthError):
     error = "invalid_grant"
     description = "The grant is invalid, expired or revoked."
+
+
+class AuthorizationPending(OAuthError):
+    error = "authorization_pending"
+    description = "The code has not been confirmed yet; ask again after the interval."
+
+
+class SlowDown(OAuthError):
+    error = "slow_down"
+    description = "Polling too fast: the interval is now 5 seconds longer."
+
+
+class AccessDenied(OAuthError):
+    error = "access_denied"
+    description = "The person who confirmed the code denied the login."
+
+
+class ExpiredToken(OAuthError):
+    error = "expired_token"
+    description = "The device code expired; start the device login again."
 
 
 class RequestTooLarge(ApiError, wz.RequestEntityTooLarge):

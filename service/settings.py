@@ -77,6 +77,9 @@ class Settings:
     # How long a device token (a device that logged in to the account) stays trusted.
     device_token_ttl: int = 15_552_000
     reset_ttl: int = 900
+    # Device login (RFC 8628): how long a code waits for its confirmation, the polling interval.
+    device_code_ttl: int = 600
+    device_poll_interval: int = 5
     algorithm: str = "HS256"
     fresh_ttl: int = 900
     cookie_domain: str | None = None
@@ -346,6 +349,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "address_max_resets": _seconds,
     "device_token_ttl": _seconds,
     "reset_ttl": _seconds,
+    "device_code_ttl": _seconds,
+    "device_poll_interval": _seconds,
     "fresh_ttl": _seconds,
     "header_timeout": _seconds,
     "body_timeout": _seconds,
@@ -397,7 +402,8 @@ def _check(s: Settings) -> list[str]:
                 break
     for name in (
         "access_ttl", "refresh_ttl", "session_max_age", "login_window", "reset_ttl",
-        "header_timeout", "body_timeout", "device_token_ttl", "api_key_ttl", "api_key_max_ttl",
+        "header_timeout", "body_timeout", "device_token_ttl", "device_code_ttl",
+        "api_key_ttl", "api_key_max_ttl",
     ):  # fmt: skip
         if getattr(s, name) < 1:
             bad(name, "must be at least 1 second")

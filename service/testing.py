@@ -34,6 +34,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from .app import TokenGate
 from .db.migrate import upgrade
 from .db.models import Base, User
+from .errors import ApiError
+from .oauth.device_logins import device_logins
 from .passwords import Passwords
 from .store.embedded import redis_server_binary
 
@@ -336,6 +338,14 @@ class Maker:
             raise KitError(str(exc)) from None
         assert secret is not None
         return MadeClient(client_id, secret)
+
+    def device(self, user_code: str, user: MadeUser, approve: bool) -> None:
+        """Approve (or deny) a pending device code as ``user``, as the confirmation page does."""
+        logins = device_logins(self.gate.manager)
+        try:
+            self.served.call(logins.decide_as(user_code, user.id, approve=approve))
+        except ApiError as exc:
+            raise KitError(f"device code {user_code!r}: {exc.description}") from None
 
     # -- token pairs ------------------------------------------------------
     def tokens(self, user: MadeUser, state: str) -> tuple[dict[str, Any], float]:

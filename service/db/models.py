@@ -183,3 +183,33 @@ class OAuthClientCredential(Base):
     # From then on this generation no longer authenticates, and its session is over.
     retire_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     session_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class DeviceCode(Base):
+    """A device login (RFC 8628) waiting for, or given, a person's confirmation.
+
+    The device code itself is never kept, only its SHA-256 (256 bits of
+    randomness need no salt). ``status`` moves pending -> approved -> used, or
+    pending -> denied, each step one conditional UPDATE, so that two pages or
+    two polls racing on one code change it once.
+    """
+
+    __tablename__ = "device_codes"
+
+    code_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # The 8 letters, without the hyphen; unique among the rows kept.
+    user_code: Mapped[str] = mapped_column(String(8), unique=True)
+    client_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    scope: Mapped[str] = mapped_column(String(1000), default="", server_default="")
+    device: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    ip: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    user_agent: Mapped[str | None] = mapped_column(String(400), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    # The polling interval in force for this code (grows by 5 s at each slow_down).
+    interval: Mapped[int] = mapped_column(Integer)
+    last_polled_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    status: Mapped[str] = mapped_column(String(16), default="pending", server_default="pending")
+    user_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    session_id: Mapped[str | None] = mapped_column(String(64), nullable=True)

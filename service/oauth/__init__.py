@@ -11,4 +11,8 @@
     accounts.py            what they share on one started extension
     schemas.py             the token request and response, for the OpenAPI document
     admin_cli.py           ``tokengate clients ...``
+    device_authorization.py  POST /oauth/device_authorization (RFC 8628 sections 3.1, 3.2)
+    device_code.py         the device-code grant (RFC 8628 sections 3.4, 3.5)
+    device_codes.py        pure: user codes and device codes, made, shown, read back
+    device_logins.py       the device codes' state in SQL, their confirmation, the session
 """

@@ -181,9 +181,8 @@ class ClientRegistry:
         async with self.db() as db:
             user = User(
                 username=client_id,
-                # Its look-alike skeleton, as a person's name has (the column is NOT NULL
-                # and unique): no one registers a name that reads as a client's id.
-                username_skeleton=usernames.skeleton(usernames.canonical(client_id)),
+                # Random, so no person's name looks like it; kept like every name's.
+                username_skeleton=usernames.skeleton(client_id),
                 password_hash=NO_PASSWORD,
                 created_at=now,
                 password_changed_at=now,

@@ -20,7 +20,7 @@ from ..errors import InvalidRequest, UnsupportedGrantType, handle_exception
 from ..guard import get_gate
 from ..identity import ClientInfo
 from ..openapi import document
-from . import client_credentials, schemas
+from . import client_credentials, device_code, schemas
 from .accounts import ServiceAccounts, service_accounts
 
 oauth_token_bp = Blueprint("tokengate_oauth_token", __name__, url_prefix="/oauth")
@@ -33,7 +33,10 @@ Grant = Callable[
     [Mapping[str, str], ServiceAccounts, str, str, ClientInfo], Awaitable[dict[str, Any]]
 ]
 # grant_type -> the module's grant.
-GRANTS: dict[str, Grant] = {client_credentials.GRANT_TYPE: client_credentials.grant}
+GRANTS: dict[str, Grant] = {
+    client_credentials.GRANT_TYPE: client_credentials.grant,
+    device_code.GRANT_TYPE: device_code.grant,
+}
 
 
 @oauth_token_bp.after_request
@@ -69,7 +72,7 @@ async def form_parameters() -> dict[str, str]:
     form=schemas.ClientCredentialsForm,
     responses={200: schemas.OAuthTokenOut},
     errors={
-        400: ["invalid_request", "unsupported_grant_type", "invalid_scope"],
+        400: ["invalid_request", "unsupported_grant_type", "invalid_scope", *device_code.ERRORS],
         401: ["invalid_client"],
     },
 )

@@ -11,8 +11,14 @@ from pydantic.json_schema import SkipJsonSchema
 # separated by one space.
 _SCOPE_WORD = r"[\x21\x23-\x5b\x5d-\x7e]+"
 # RFC 6749 section 3.1: a parameter sent empty counts as omitted.
-Text = Annotated[str, StringConstraints(min_length=1)]
-ScopeParameter = Annotated[str, StringConstraints(pattern=rf"^{_SCOPE_WORD}( {_SCOPE_WORD})*$")]
+# Every string is bounded, so no body the document admits is over the body limit (413).
+Text = Annotated[str, StringConstraints(min_length=1, max_length=512, pattern=r"^[\x20-\x7e]+$")]
+Assertion = Annotated[
+    str, StringConstraints(min_length=1, max_length=8192, pattern=r"^[\x21-\x7e]+$")
+]
+ScopeParameter = Annotated[
+    str, StringConstraints(max_length=2048, pattern=rf"^{_SCOPE_WORD}( {_SCOPE_WORD})*$")
+]
 
 
 class ClientCredentialsForm(BaseModel):
@@ -30,7 +36,8 @@ class ClientCredentialsForm(BaseModel):
             },
             "not": {"required": ["client_secret", "client_assertion"]},
             # Other parameters are ignored (RFC 6749 section 3.2), each sent once.
-            "additionalProperties": {"type": "string"},
+            "additionalProperties": {"type": "string", "maxLength": 512},
+            "maxProperties": 20,
         }
     )
 
@@ -42,7 +49,7 @@ class ClientCredentialsForm(BaseModel):
     client_assertion_type: (
         Literal["urn:ietf:params:oauth:client-assertion-type:jwt-bearer"] | SkipJsonSchema[None]
     ) = None
-    client_assertion: Text | SkipJsonSchema[None] = None
+    client_assertion: Assertion | SkipJsonSchema[None] = None
 
 
 class OAuthTokenOut(BaseModel):

@@ -172,6 +172,8 @@ def _costliest(doc: dict[str, Any], schema: dict[str, Any], encode: Any) -> Any:
     strings = [o for o in options if o.get("type") == "string"]
     assert strings, schema
     string = strings[0]
+    if "const" in string:  # one value only (a grant_type, an assertion type)
+        return str(string["const"])
     pattern = string.get("pattern")
     allowed = [c for c in CANDIDATES if pattern is None or re.search(pattern, c)]
     worst = max(allowed, key=lambda c: len(encode({"x": c})))

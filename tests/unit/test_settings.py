@@ -79,6 +79,8 @@ def test_every_variable_is_read():
         "TOKENGATE_DPOP_ALGORITHMS": "ES256",
         "TOKENGATE_DPOP_MAX_AGE": "20",
         "TOKENGATE_DPOP_NONCE": "true",
+        "TOKENGATE_DEVICE_CODE_TTL": "300",
+        "TOKENGATE_DEVICE_POLL_INTERVAL": "0",
     }
     s = Settings.from_env(env, dotenv=None)
     assert s.key_encryption_key == KEK and s.old_key_encryption_key == (OLD_KEK, KEK + "=")
@@ -118,6 +120,7 @@ def test_every_variable_is_read():
         20,
         True,
     )
+    assert (s.device_code_ttl, s.device_poll_interval) == (300, 0)
     names = {f"TOKENGATE_{f.name.upper()}" for f in dataclasses.fields(Settings)}
     assert names == set(env)
 
@@ -138,6 +141,8 @@ def test_every_bad_value_is_named_on_its_own_line():
         "TOKENGATE_ADDRESS_MAX_FAILURES": "-3",
         "TOKENGATE_ADDRESS_MAX_RESETS": "ten",
         "TOKENGATE_DEVICE_TOKEN_TTL": "0",
+        "TOKENGATE_DEVICE_CODE_TTL": "0",
+        "TOKENGATE_DEVICE_POLL_INTERVAL": "-5",
     }
     with pytest.raises(SettingsError) as info:
         Settings.from_env(env, dotenv=None)

@@ -1,8 +1,8 @@
 """API keys (their digests, never the keys) and the server secret they are digested under.
 
 Revision ID: a7c3e1f05b92
-Revises: a41c0e7d9b52
-Create Date: 2026-12-07 01:20:00+00:00
+Revises: d3c7a9e15f42
+Create Date: 2026-12-07 01:40:00+00:00
 """
 
 from collections.abc import Sequence
@@ -12,7 +12,7 @@ from alembic import op
 
 
 revision: str = 'a7c3e1f05b92'
-down_revision: str | None = 'a41c0e7d9b52'
+down_revision: str | None = 'd3c7a9e15f42'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
