@@ -50,8 +50,11 @@ class Identity:
         ``auth_time`` is the login's second rounded down, so ``now`` is rounded
         down too: a login ``fresh_ttl`` seconds ago, to the fraction, is still
         fresh, and one a second more ago is not, whatever fraction the clock
-        had at the login.
+        had at the login. A service account's token (it carries ``client_id``)
+        stands for no password login, so it is never fresh.
         """
+        if "client_id" in self.claims:
+            return False
         return math.floor(now) - self.auth_time <= fresh_ttl
 
 

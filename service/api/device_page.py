@@ -61,7 +61,7 @@ async def fresh_identity() -> Identity:
     """The page's caller, whose password login is fresh; else ``fresh_login_required``."""
     me = await page_identity()
     gate = get_gate()
-    if gate.clock() - me.auth_time > gate.settings.fresh_ttl:
+    if not me.login_is_fresh(gate.clock(), gate.settings.fresh_ttl):
         raise FreshLoginRequired()
     return me
 
@@ -70,8 +70,11 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
-def _shown(found: DeviceRequest) -> dict[str, Any]:
+def _shown(found: DeviceRequest, me: Identity) -> dict[str, Any]:
+    # A device session is a session like a password login's: its tokens carry every
+    # scope of the account, whatever the device asked for. The page says so.
     return {
+        "grants": sorted(me.scopes),
         "user_code": show_user_code(found.user_code),
         "device": found.device,
         "ip": found.ip,
@@ -91,7 +94,7 @@ async def device_lookup() -> Response:
     body = await read_body(UserCodeBody)
     logins = device_logins(get_gate().manager)
     found = await logins.lookup(body.user_code, me.user_id, request_address())
-    return jsonify(_shown(found))
+    return jsonify(_shown(found, me))
 
 
 async def _decide(approve: bool) -> Response:
@@ -104,7 +107,7 @@ async def _decide(approve: bool) -> Response:
     found = await device_logins(gate.manager).decide(
         body.user_code, user, request_address(), approve=approve
     )
-    return jsonify({**_shown(found), "status": "approved" if approve else "denied"})
+    return jsonify({**_shown(found, me), "status": "approved" if approve else "denied"})
 
 
 @device_page_bp.post(f"{DEVICE_PATH}/approve")

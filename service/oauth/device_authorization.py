@@ -37,8 +37,10 @@ MAX_SCOPE = 1000
 Scope = Annotated[
     str, StringConstraints(max_length=1000, pattern=rf"^{SCOPE_WORD}( {SCOPE_WORD})*$")
 ]
-# A device name: what a person will read on the confirmation page; no control characters.
-_DEVICE = re.compile(r"[^\x00-\x1f\x7f-\x9f\u2028\u2029]{1,200}")
+# A device name: what a person will read on the confirmation page; no control characters,
+# and no bidirectional controls, which could make it read as something else there.
+_NOT_SHOWN = r"\x00-\x1f\x7f-\x9f\u200e\u200f\u2028-\u202e\u2066-\u2069"
+_DEVICE = re.compile(rf"[^{_NOT_SHOWN}]{{1,200}}")
 PAGE_ENDPOINT = "tokengate_device_page.device_page"
 
 
@@ -58,9 +60,7 @@ class DeviceAuthorizationForm(BaseModel):
     device: (
         Annotated[
             str,
-            StringConstraints(
-                pattern=r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]{1,200}$", max_length=200
-            ),
+            StringConstraints(pattern=rf"^[^{_NOT_SHOWN}]{{1,200}}$", max_length=200),
         ]
         | SkipJsonSchema[None]
     ) = None

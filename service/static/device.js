@@ -149,7 +149,10 @@
       .format(-minutes, "minute");
     $("req-when").textContent = `${asked.toLocaleString()} (${ago})`;
     $("req-when").title = request.requested_at;
-    $("req-scopes").textContent = request.scopes.length ? request.scopes.join(" ") : "(your usual scopes)";
+    const grants = request.grants.length ? request.grants.join(" ") : "none";
+    $("req-scopes").textContent = request.scopes.length
+      ? `asked for ${request.scopes.join(" ")}; like any session of yours it gets all of yours: ${grants}`
+      : `all of yours: ${grants}`;
     $("confirm-who").textContent = me ? me.username : "";
   }
 

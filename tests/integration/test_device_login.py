@@ -128,6 +128,8 @@ async def test_device_login_pending_then_approved_gives_one_normal_session(app, 
     assert status == 200, shown
     assert shown["device"] == "build box" and shown["user_code"] == code
     assert shown["client_id"] == "cli" and shown["scopes"] == []
+    # What the session will carry: every scope of the account (none here), said on the page.
+    assert shown["grants"] == []
     assert "requested_at" in shown and "user_agent" in shown and "ip" in shown
     status, decided = await page.call("approve", code)
     assert status == 200 and decided["status"] == "approved"
@@ -207,6 +209,9 @@ async def test_bad_authorization_requests_are_4xx_and_store_nothing(app):
         ("scope=" + "s" * 1001, "invalid_request"),
         ("client_id=" + "x" * 65, "invalid_request"),
         ("device=%00bell", "invalid_request"),
+        # A right-to-left override would make the page show the name reversed.
+        ("device=laptop%E2%80%AEkoob", "invalid_request"),
+        ("device=build%E2%81%A6box", "invalid_request"),
         ("device=" + "d" * 201, "invalid_request"),
         ("client_id=a&client_id=b", "invalid_request"),
     ]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import inspect
 
 import jwt
@@ -156,3 +157,23 @@ def test_the_decorator_keeps_the_signature_and_refuses_malformed_scopes():
         login_required(scopes=['bad"scope'])
     with pytest.raises(ValueError, match="scope"):
         login_required(scopes=["two words"])
+
+
+async def test_a_service_account_token_is_never_a_fresh_login(host, clock):
+    # Its auth_time is when the token was fetched, but no password was typed:
+    # a route that needs a fresh login refuses it, even a second after the fetch.
+    from quart_tokengate.service.oauth.accounts import service_accounts
+
+    gate = host.extensions["tokengate"]
+    cid, secret = await service_accounts(gate).registry.create("job", [])
+    client = host.test_client()
+    r = await client.post(
+        "/oauth/token", form={"grant_type": "client_credentials"},
+        headers={"Authorization": "Basic " + base64.b64encode(f"{cid}:{secret}".encode()).decode()},
+    )  # fmt: skip
+    assert r.status_code == 200, await r.get_data()
+    token = (await r.get_json())["access_token"]
+    assert (await client.get("/notes", headers=bearer(token))).status_code == 200
+    clock.advance(1)
+    r = await client.delete("/account", headers=bearer(token))
+    assert r.status_code == 401 and await error(r) == "fresh_login_required"

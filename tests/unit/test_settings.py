@@ -75,10 +75,10 @@ def test_every_variable_is_read():
         "TOKENGATE_MAX_CONNECTIONS": "250",
         "TOKENGATE_KEY_ENCRYPTION_KEY": KEK,
         "TOKENGATE_OLD_KEY_ENCRYPTION_KEY": f"{OLD_KEK}, {KEK}=",
-        "TOKENGATE_DPOP": "required",
+        "TOKENGATE_DPOP": "off",
         "TOKENGATE_DPOP_ALGORITHMS": "ES256",
         "TOKENGATE_DPOP_MAX_AGE": "20",
-        "TOKENGATE_DPOP_NONCE": "true",
+        "TOKENGATE_DPOP_NONCE": "false",
         "TOKENGATE_DEVICE_CODE_TTL": "300",
         "TOKENGATE_DEVICE_POLL_INTERVAL": "0",
     }
@@ -115,10 +115,10 @@ def test_every_variable_is_read():
     assert s.rate_limit == (100, 60)
     assert (s.header_timeout, s.body_timeout, s.max_connections) == (5, 7, 250)
     assert (s.dpop, s.dpop_algorithms, s.dpop_max_age, s.dpop_nonce) == (
-        "required",
+        "off",
         ("ES256",),
         20,
-        True,
+        False,
     )
     assert (s.device_code_ttl, s.device_poll_interval) == (300, 0)
     names = {f"TOKENGATE_{f.name.upper()}" for f in dataclasses.fields(Settings)}
@@ -263,14 +263,14 @@ def test_dpop_defaults_match_the_contract():
 
 def test_dpop_settings_are_read():
     env = {
-        "TOKENGATE_DPOP": "Required",
+        "TOKENGATE_DPOP": "Allowed",
         "TOKENGATE_DPOP_ALGORITHMS": "eddsa, ES256 ps256 EdDSA",
         "TOKENGATE_DPOP_MAX_AGE": "30",
-        "TOKENGATE_DPOP_NONCE": "true",
+        "TOKENGATE_DPOP_NONCE": "false",
     }
     s = Settings.from_env(env, dotenv=None)
     assert (s.dpop, s.dpop_algorithms, s.dpop_max_age, s.dpop_nonce) == (
-        "required", ("EdDSA", "ES256", "PS256"), 30, True,
+        "allowed", ("EdDSA", "ES256", "PS256"), 30, False,
     )  # fmt: skip
     assert Settings.from_env({"TOKENGATE_DPOP": "off"}, dotenv=None).dpop == "off"
 
@@ -287,6 +287,9 @@ def test_dpop_settings_are_read():
         ("TOKENGATE_DPOP_MAX_AGE", "0", "at least 1 second"),
         ("TOKENGATE_DPOP_MAX_AGE", "a minute", "whole seconds"),
         ("TOKENGATE_DPOP_NONCE", "sometimes", "true or false"),
+        # Not wired into the token endpoints yet: enforcing it is refused, not ignored.
+        ("TOKENGATE_DPOP", "required", "not available yet"),
+        ("TOKENGATE_DPOP_NONCE", "true", "not available yet"),
     ],
 )
 def test_a_bad_dpop_setting_stops_start_up_in_one_line_naming_it(name, raw, says):
