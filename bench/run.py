@@ -170,6 +170,18 @@ def access_token(base: str) -> str:
         return token
 
 
+def api_key(base: str, token: str) -> str:
+    """An API key of the bench user, made with its (fresh) access token."""
+    r = httpx.post(
+        base + "/auth/api-keys", json={"name": "bench"},
+        headers={"Authorization": f"Bearer {token}"}, timeout=30.0,
+    )  # fmt: skip
+    if r.status_code != 201:
+        raise RuntimeError(f"POST /auth/api-keys answered {r.status_code}: {r.text[:200]}")
+    key: str = r.json()["key"]
+    return key
+
+
 def ids(count: int) -> list[str]:
     """``count`` random 22-character url-safe ids, like ``secrets.token_urlsafe(16)``."""
     raw = base64.urlsafe_b64encode(os.urandom(count * 17)).decode()
@@ -284,6 +296,7 @@ def targets(ablations: bool = False) -> list[Target]:
         Target("gated-dict", "host app + TokenGate, dict route", "gated1", "/bench/dict"),
         Target("gated-jsonify", "host app + TokenGate, jsonify route", "gated1", "/bench/jsonify"),
         Target("me", "GET /auth/me", "gated1", "/auth/me", auth="ours"),
+        Target("me-key", "GET /auth/me, API key", "gated1", "/auth/me", auth="key"),
     ]
     for workers in (1, 2):
         t += [
@@ -365,6 +378,13 @@ class Bench:
         if top not in self.samples or bottom not in self.samples:
             return []
         a, b = self.per_round(top, attr), self.per_round(bottom, attr)
+        return [x / y for x, y in zip(a, b, strict=True) if y > 0]
+
+    def cpu_ratios(self, top: str, bottom: str) -> list[float]:
+        """Per round, ``top``'s server CPU per request over ``bottom``'s."""
+        if top not in self.samples or bottom not in self.samples:
+            return []
+        a, b = self.samples[top].cpu_us, self.samples[bottom].cpu_us
         return [x / y for x, y in zip(a, b, strict=True) if y > 0]
 
     def against_best(self, top: str, peers: Sequence[str], attr: str) -> list[float]:
@@ -495,6 +515,8 @@ def report(bench: Bench, all_targets: list[Target], p5_result: dict, sessions: d
          ratio_summary(bench.ratios("me", "me-redis-py"))],
         ["fast path: /auth/me / same without the claims cache", "> 1",
          ratio_summary(bench.ratios("me", "me-no-cache"))],
+        ["API key: CPU us/req of /auth/me with a key / with a bearer token", "<= 1.1",
+         ratio_summary(bench.cpu_ratios("me-key", "me"))],
     ]  # fmt: skip
     rows = [r for r in rows if "n/a" not in r[2]]
     quiet, storm, before = p5_result["quiet"], p5_result["20 logins"], p5_result["before"]
@@ -585,7 +607,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     processes.append(process)
                     groups[server] = process.pid
             token = access_token(bases["gated1"])
-            headers = {"ours": {"Authorization": f"Bearer {token}"}}
+            headers = {
+                "ours": {"Authorization": f"Bearer {token}"},
+                "key": {"Authorization": f"Bearer {api_key(bases['gated1'], token)}"},
+            }
             peer_base = next(
                 (bases[s] for s in ("gthread1", "sync1", "gthread2", "sync2") if s in bases), None
             )
@@ -656,6 +681,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             ["route", "req/s median (range)", "p50 ms", "p99 ms", "CPU us/req", "errors"],
             [bench.row(t) for t in all_targets],
         ))  # fmt: skip
+        if bench.cpu_ratios("me-key", "me"):
+            print("\nAPI key: CPU us/req of /auth/me with a key / with a bearer token: "
+                  + ratio_summary(bench.cpu_ratios("me-key", "me")))  # fmt: skip
     print(
         f"\n(took {time.monotonic() - started:.0f} s; 1-minute load average during the rounds "
         f"{min(load_averages):.1f}-{max(load_averages):.1f}, {os.getloadavg()[0]:.1f} at the end)"

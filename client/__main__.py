@@ -41,6 +41,10 @@ EXIT_CLOSED_PIPE = 141  # 128 + SIGPIPE, what a shell tool killed by a closed pi
 NOT_LOGGED_IN = f"not logged in: run `{PROG} login`"
 
 
+# With this set, ``request`` sends the API key instead of the stored session.
+API_KEY_VARIABLE = "TOKENGATE_API_KEY"
+
+
 def default_token_file() -> Path:
     """``$XDG_CONFIG_HOME/tokengate/tokens.json``, else under ``~/.config``."""
     config = os.environ.get("XDG_CONFIG_HOME", "")
@@ -123,6 +127,14 @@ def cmd_login(args: argparse.Namespace, store: FileTokenStore) -> int:
     return 0
 
 
+def _client_for_request(base_url: str, store: FileTokenStore) -> AuthClient:
+    """The stored session's client, or an API key's when ``TOKENGATE_API_KEY`` is set."""
+    api_key = os.environ.get(API_KEY_VARIABLE, "").strip()
+    if api_key:
+        return AuthClient(base_url=base_url, api_key=api_key)
+    return AuthClient(base_url=base_url, token_store=store)
+
+
 def cmd_login_device(args: argparse.Namespace, store: FileTokenStore) -> int:
     """The device login: show the address and the code, wait, store the tokens."""
     out = sys.stderr if args.json_output else sys.stdout
@@ -157,7 +169,10 @@ def cmd_login_device(args: argparse.Namespace, store: FileTokenStore) -> int:
 
 def cmd_request(args: argparse.Namespace, store: FileTokenStore) -> int:
     base_url = args.base_url or store.base_url
-    if not base_url or store.load() is None:
+    keyed = bool(os.environ.get(API_KEY_VARIABLE, "").strip())
+    if keyed and not base_url:
+        return fail(f"--base-url is required with {API_KEY_VARIABLE}")
+    if not base_url or (not keyed and store.load() is None):
         return not_logged_in()
     body: Any = None
     if args.json is not None:
@@ -166,7 +181,11 @@ def cmd_request(args: argparse.Namespace, store: FileTokenStore) -> int:
         except ValueError as exc:
             return fail(f"--json is not valid JSON: {exc}")
     try:
-        with AuthClient(base_url=base_url, token_store=store) as api:
+        api = _client_for_request(base_url, store)
+    except ValueError as exc:
+        return fail(f"{API_KEY_VARIABLE}: {exc}")
+    try:
+        with api:
             response = api.request(args.method.upper(), args.path, json=body)
     except AuthError as exc:
         return failed(exc)

@@ -46,6 +46,7 @@ from ._flow import (
     same_origin,
 )
 from ._grants import TOKEN_PATH, ClientCredentials, fetch_flow
+from ._program_flows import check_api_key, key_flow, limit_flow
 from ._store import MemoryTokenStore
 from ._tokens import Tokens, TokenStore
 
@@ -70,6 +71,11 @@ class TokenAuth(httpx.Auth):
     async, lets it log in again when the session is over; the ``on_*`` hooks,
     sync or async, hear of new tokens, failed refreshes and required logins.
     ``clock`` is the time source, for tests and skewed hosts.
+
+    ``api_key="tgk_..."`` sends that key instead (as is, never refreshed: a
+    ``401`` raises ``LoginRequired``). A ``429`` raises ``RateLimited``
+    unless its ``Retry-After`` is at most ``rate_limit_wait`` seconds (default
+    0): then the request waits and is sent once more.
     """
 
     def __init__(
@@ -83,9 +89,17 @@ class TokenAuth(httpx.Auth):
         on_refresh_failed: ErrorHook | None = None,
         on_login_required: LoginRequiredHook | None = None,
         clock: Clock = time.time,
+        api_key: str | None = None,
+        rate_limit_wait: float = 0,
     ) -> None:
         if refresh_margin < 0:
             raise ValueError("refresh_margin must not be negative")
+        if rate_limit_wait < 0:
+            raise ValueError("rate_limit_wait must not be negative")
+        if api_key is not None and credentials is not None:
+            raise ValueError("an API key needs no credentials: pass one or the other")
+        self._api_key = check_api_key(api_key) if api_key is not None else None
+        self.rate_limit_wait = rate_limit_wait
         self.base_url = httpx.URL(base_url) if base_url is not None else None
         self.token_store = token_store if token_store is not None else MemoryTokenStore()
         self.refresh_margin = refresh_margin
@@ -163,7 +177,14 @@ class TokenAuth(httpx.Auth):
             # Another host gets no token, and cannot push one.
             yield Send(request)
             return
-        yield from request_flow(request, expiring=self._expiring, can_login=self._can_login)
+        key = self._api_key
+
+        def once() -> Generator[Op, Any, httpx.Response | None]:
+            if key is not None:
+                return key_flow(request, key)
+            return request_flow(request, expiring=self._expiring, can_login=self._can_login)
+
+        yield from limit_flow(once, request, self.rate_limit_wait)
 
     @property
     def _can_login(self) -> bool:

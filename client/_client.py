@@ -33,6 +33,8 @@ def _make_auth(
     on_login_required: LoginRequiredHook | None,
     clock: Clock,
     kwargs: dict[str, Any],
+    api_key: str | None = None,
+    rate_limit_wait: float = 0,
 ) -> TokenAuth:
     if "auth" in kwargs:
         raise TypeError(
@@ -47,6 +49,8 @@ def _make_auth(
         on_refresh_failed=on_refresh_failed,
         on_login_required=on_login_required,
         clock=clock,
+        api_key=api_key,
+        rate_limit_wait=rate_limit_wait,
     )
 
 
@@ -64,8 +68,10 @@ class AsyncAuthClient(httpx.AsyncClient):
     expiry at which a request refreshes first; default 30), ``credentials``
     (a callable returning ``(username, password)``, sync or async, used to log
     in again when the session is over), the hooks ``on_refreshed``,
-    ``on_refresh_failed`` and ``on_login_required`` (sync or async), and
-    ``clock``.
+    ``on_refresh_failed`` and ``on_login_required`` (sync or async),
+    ``clock``, ``api_key`` (a ``tgk_...`` key sent as is, never refreshed)
+    and ``rate_limit_wait`` (a ``429`` whose ``Retry-After`` is at most this
+    many seconds is waited out and sent once more; else ``RateLimited``).
     """
 
     def __init__(
@@ -78,11 +84,14 @@ class AsyncAuthClient(httpx.AsyncClient):
         on_refresh_failed: ErrorHook | None = None,
         on_login_required: LoginRequiredHook | None = None,
         clock: Clock = time.time,
+        api_key: str | None = None,
+        rate_limit_wait: float = 0,
         **kwargs: Any,
     ) -> None:
         token_auth = _make_auth(
             token_store, refresh_margin, credentials,
             on_refreshed, on_refresh_failed, on_login_required, clock, kwargs,
+            api_key, rate_limit_wait,
         )  # fmt: skip
         super().__init__(auth=token_auth, **kwargs)
         token_auth.bind(self)
@@ -194,11 +203,14 @@ class AuthClient(httpx.Client):
         on_refresh_failed: ErrorHook | None = None,
         on_login_required: LoginRequiredHook | None = None,
         clock: Clock = time.time,
+        api_key: str | None = None,
+        rate_limit_wait: float = 0,
         **kwargs: Any,
     ) -> None:
         token_auth = _make_auth(
             token_store, refresh_margin, credentials,
             on_refreshed, on_refresh_failed, on_login_required, clock, kwargs,
+            api_key, rate_limit_wait,
         )  # fmt: skip
         super().__init__(auth=token_auth, **kwargs)
         token_auth.bind(self)

@@ -126,7 +126,7 @@ class SyncEdge:
             while (op := step.next(flow)) is not None:
                 if isinstance(op, Send):
                     response = yield op.request
-                    if response.status_code == 401:
+                    if response.status_code in (401, 429):
                         response.read()
                     step.value = response
                     continue
@@ -208,7 +208,7 @@ class AsyncEdge:
             while (op := step.next(flow)) is not None:
                 if isinstance(op, Send):
                     response = yield op.request
-                    if response.status_code == 401:
+                    if response.status_code in (401, 429):
                         await response.aread()
                     step.value = response
                     continue

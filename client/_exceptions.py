@@ -15,7 +15,8 @@
         │   └── FreshLoginRequired   the route needs a recent password login
         │                            (fresh_login_required): log in again, then
         │                            retry; the tokens are kept
-        ├── RateLimited         429 too_many_attempts; ``retry_after`` in seconds
+        ├── RateLimited         429 too_many_attempts or rate_limited; ``retry_after``
+        │                       in seconds
         └── DeviceLoginFailed   a device login (RFC 8628) came to nothing
             ├── DeviceAccessDenied  the person who saw the code denied it: access_denied
             └── DeviceCodeExpired   nobody confirmed the code in time: expired_token

@@ -381,11 +381,12 @@ MAX_EXPIRED_RESENDS = 5
 
 def request_flow(
     request: httpx.Request, *, expiring: Callable[[Tokens], bool], can_login: bool
-) -> Generator[Op, Any, None]:
+) -> Generator[Op, Any, httpx.Response | None]:
     """A request to the service: stamp, refresh before or after sending, resend.
 
     ``expiring`` says whether tokens are due for a refresh before sending;
     ``can_login`` whether credentials can log in again when the session is over.
+    Returns the last response (``None`` when none is the caller's to judge).
 
     httpx runs this flow before the request waits for a pooled connection, so
     a token fresh when stamped may have expired by the time it is sent. A
@@ -399,8 +400,9 @@ def request_flow(
     tokens: Tokens | None = yield Load()
     if tokens is None:
         if not can_login:
-            yield Send(request)  # not logged in: the service answers for itself
-            return
+            # Not logged in: the service answers for itself.
+            answer: httpx.Response = yield Send(request)
+            return answer
         tokens = yield Renew(None, origin, relogin=True, reason=MISSING_TOKEN)
     elif expiring(tokens):
         tokens = yield Renew(tokens, origin)
@@ -415,13 +417,13 @@ def request_flow(
         fresh: Tokens | None
         if code == TOKEN_EXPIRED:
             if expired_resends == MAX_EXPIRED_RESENDS:
-                return
+                return response
             expired_resends += 1
             # Tokens newer than the refused ones: the stored ones if they are
             # newer and usable, else one refresh for every request that needs it.
             fresh = yield Renew(tokens, origin, reason=code)
         elif renewed_session:
-            return  # new tokens were tried already for a session that was over
+            return response  # new tokens were tried already for a session that was over
         elif code in SESSION_OVER and can_login:
             fresh = yield Renew(tokens, origin, relogin=True, reason=code)
         elif code in SESSION_OVER:
@@ -438,9 +440,9 @@ def request_flow(
                 response=response,
             )
         else:
-            return
+            return response
         if fresh is None or fresh == tokens:
-            return  # nothing newer to send it with: this answer is the caller's
+            return response  # nothing newer to send it with: this answer is the caller's
         if code != TOKEN_EXPIRED:
             renewed_session = True
         if not resendable:
@@ -454,3 +456,4 @@ def request_flow(
         tokens = fresh
         response = yield Send(stamp(request, tokens))
         yield from absorb(response, tokens)
+    return response

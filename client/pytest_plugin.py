@@ -138,6 +138,7 @@ class _Maker(Protocol):
 
     def tokens(self, user: Any, state: str) -> tuple[dict[str, Any], float]: ...
 
+    def api_key(self, user: Any, scopes: tuple[str, ...], state: str) -> str: ...
     def service_client(self, scopes: tuple[str, ...]) -> Any: ...
     def device(self, user_code: str, user: Any, approve: bool) -> None: ...
 
@@ -267,6 +268,32 @@ def tokengate_tokens(tokengate_server: TokengateServer) -> TokensFactory:
         except kit.KitError as exc:
             pytest.fail(f"tokengate_tokens(state={state!r}): {exc}", pytrace=False)
         return Tokens.from_json(pair).received(handed_out)
+
+    return make
+
+
+class ApiKeyFactory(Protocol):
+    def __call__(self, user: TokengateUser, scopes: Any = (), state: str = "live") -> str: ...
+
+
+@pytest.fixture
+def tokengate_api_key(tokengate_server: TokengateServer) -> ApiKeyFactory:
+    """``tokengate_api_key(user, scopes=(), state="live")``: a real API key in that state now.
+
+    States: ``live`` (the guard answers ``200``), ``expired`` (``token_expired``),
+    ``revoked`` (``token_revoked``); ``tokengate_clock.advance`` moves a live
+    key towards its expiry (docs/testing.md).
+    """
+
+    def make(user: TokengateUser, scopes: Any = (), state: str = "live") -> str:
+        scopes = (scopes,) if isinstance(scopes, str) else tuple(scopes)
+        kit = _service_kit("tokengate_api_key")
+        try:
+            return tokengate_server._maker.api_key(
+                kit.MadeUser(user.id, user.username, user.password), scopes, state
+            )
+        except kit.KitError as exc:
+            pytest.fail(f"tokengate_api_key(state={state!r}): {exc}", pytrace=False)
 
     return make
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, NoReturn
 from .admin_cli import (
     CommandError,
     add_admin_commands,
+    add_api_key_commands,
     add_rewrap_command,
     load_settings,
     migrate,
@@ -370,6 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     db_up.set_defaults(func=cmd_db_upgrade)
 
     add_admin_commands(sub)
+    add_api_key_commands(sub)
     add_client_commands(sub)
 
     keys = sub.add_parser("keys", help="signing key commands")

@@ -107,6 +107,8 @@ async def set_disabled(gate: TokenGate, username: str, disabled: bool) -> None:
         # After the flag: a login checked before it is refused when it opens
         # its session (the session manager reads the flag again there).
         await gate.manager.end_all(user.id)
+    # The user's API keys are rebuilt from SQL, flag and all, on their next use.
+    await gate.user_changed(user.id)
 
 
 async def unlock(gate: TokenGate, username: str) -> None:
@@ -136,7 +138,14 @@ async def change_scopes(
             current = [scope for scope in current if scope not in scopes]
         stored.scopes = " ".join(current)
         await db.commit()
+    # A key never carries a scope its user has lost: its state is rebuilt.
+    await gate.user_changed(user.id)
     return tuple(current)
+
+
+async def user_id_of(gate: TokenGate, username: str) -> int:
+    """The id of ``username``, or ``AdminError``."""
+    return (await _user(gate, username)).id
 
 
 def _identity(user: User, session_id: str = "") -> Identity:

@@ -374,3 +374,79 @@ def add_admin_commands(sub: Any) -> None:
     s_end = sessions_sub.add_parser("end", help="end one session")
     s_end.add_argument("session_id")
     s_end.set_defaults(func=cmd_sessions_end)
+
+
+# -- tokengate api-keys ... ---------------------------------------------------------
+def cmd_api_keys_create(args: argparse.Namespace) -> int:
+    from .admin import user_id_of
+
+    async def work(gate: TokenGate) -> int:
+        user_id = await user_id_of(gate, args.username)
+        created = await gate.api_keys.create(user_id, args.name, args.scope, args.expires_in)
+        # The key alone on standard output (a script captures it); the rest on stderr.
+        print(created.key)
+        print(
+            f"created API key {created.id} for {args.username}, expires "
+            f"{_when(created.expires_at)}; it is shown this once",
+            file=sys.stderr,
+        )
+        return 0
+
+    return _run(work)
+
+
+def cmd_api_keys_list(args: argparse.Namespace) -> int:
+    from .admin import user_id_of
+    from .credentials.manager import key_info
+
+    async def work(gate: TokenGate) -> int:
+        rows = [
+            key_info(row) for row in await gate.api_keys.list(await user_id_of(gate, args.username))
+        ]
+        if args.json:
+            _print_json(rows)
+            return 0
+        _table(
+            [
+                [
+                    k["id"], k["name"], " ".join(k["scopes"]) or "-", k["expires_at"],
+                    k["last_used_at"] or "-", k["last_used_ip"] or "-",
+                    f"revoked ({k['revoked_why']})" if k["revoked_at"] else "live",
+                ]
+                for k in rows
+            ],
+            ["ID", "NAME", "SCOPES", "EXPIRES", "LAST USED", "FROM", "STATE"],
+        )  # fmt: skip
+        return 0
+
+    return _run(work)
+
+
+def cmd_api_keys_revoke(args: argparse.Namespace) -> int:
+    async def work(gate: TokenGate) -> int:
+        if await gate.api_keys.revoke(args.key_id, owner=None):
+            print(f"revoked API key {args.key_id}")
+        else:
+            print(f"API key {args.key_id} was revoked already")
+        return 0
+
+    return _run(work)
+
+
+def add_api_key_commands(sub: Any) -> None:
+    """Add ``api-keys create|list|revoke`` to the ``tokengate`` command line."""
+    keys = sub.add_parser("api-keys", help="users' API keys")
+    keys_sub = keys.add_subparsers(dest="api_keys_command", required=True)
+    create = keys_sub.add_parser("create", help="make an API key (printed once, on stdout alone)")
+    create.add_argument("username")
+    create.add_argument("--name", required=True)
+    create.add_argument("--scope", action="append", default=[], metavar="S")
+    create.add_argument("--expires-in", type=int, default=None, metavar="SECONDS")
+    create.set_defaults(func=cmd_api_keys_create)
+    listing = keys_sub.add_parser("list", help="a user's API keys")
+    listing.add_argument("username")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing.set_defaults(func=cmd_api_keys_list)
+    revoke = keys_sub.add_parser("revoke", help="revoke an API key")
+    revoke.add_argument("key_id")
+    revoke.set_defaults(func=cmd_api_keys_revoke)

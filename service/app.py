@@ -21,10 +21,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from . import instance, keys
 from .accounts import Accounts
 from .api.docs import docs_bp
+from .credentials.manager import ApiKeyManager
 from .db.engine import build_engine, build_sessionmaker
 from .db.migrate import head_revisions, schema_state, upgrade
 from .edge import RejectMalformedRequests
-from .errors import describe, is_infrastructure_failure, mask_url, register_error_handler
+from .errors import (
+    InvalidToken,
+    describe,
+    is_infrastructure_failure,
+    mask_url,
+    register_error_handler,
+)
 from .logs import ensure_output
 from .metrics import TimedRedis, count_database_error, metrics_bp, observe_redis_call
 from .observe import RequestHooks
@@ -34,6 +41,7 @@ from .purpose import PurposeTokens
 from .sessions import SessionManager
 from .settings import Settings
 from .store import pipelined
+from .store.api_keys import RedisApiKeyStore
 from .store.connect import REDIS_TIMEOUT, AnyRedis, build_redis
 from .store.embedded import EmbeddedRedis
 from .store.near import NearChecks
@@ -107,6 +115,7 @@ class TokenGate:
         self._manager: SessionManager | None = None
         self._accounts: Accounts | None = None
         self._purpose_tokens: PurposeTokens | None = None
+        self._api_keys: ApiKeyManager | None = None
         self._redis: AnyRedis | None = None
         self._engine: AsyncEngine | None = None
         self._embedded: EmbeddedRedis | None = None
@@ -121,6 +130,7 @@ class TokenGate:
     # -- wiring -----------------------------------------------------------
     def init_app(self, app: Quart) -> None:
         from .api.account import account_bp
+        from .api.api_keys import api_keys_bp
         from .api.auth import auth_bp
         from .api.device_page import device_page_bp
         from .api.health import health_bp
@@ -132,6 +142,7 @@ class TokenGate:
         app.extensions["tokengate"] = self
         app.register_blueprint(auth_bp, url_prefix=self.url_prefix)
         app.register_blueprint(oauth_bp, url_prefix=self.url_prefix)
+        app.register_blueprint(api_keys_bp, url_prefix=self.url_prefix)
         app.register_blueprint(oauth_token_bp)
         app.register_blueprint(device_bp)
         app.register_blueprint(health_bp)
@@ -200,6 +211,15 @@ class TokenGate:
         if self._purpose_tokens is None:
             raise RuntimeError("tokengate is not started: run the app (before_serving)")
         return self._purpose_tokens
+
+    @property
+    def api_keys(self) -> ApiKeyManager:
+        """API keys (``TOKENGATE_API_KEYS``); a key sent where they are off is ``invalid_token``."""
+        if self._api_keys is None:
+            raise RuntimeError("tokengate is not started: run the app (before_serving)")
+        if not self.settings.api_keys:
+            raise InvalidToken("API keys are turned off on this server.")
+        return self._api_keys
 
     @property
     def redis(self) -> AnyRedis:
@@ -292,6 +312,10 @@ class TokenGate:
             self.near.start()
             self._manager.near = self.near
         self._purpose_tokens = PurposeTokens(keyring, db, clock=self.clock)
+        self._api_keys = ApiKeyManager(
+            settings, RedisApiKeyStore(self._redis, self._pipelined), db, users,
+            self._manager.background, clock=self.clock,
+        )  # fmt: skip
         self._accounts = Accounts(
             settings,
             store,
@@ -380,6 +404,7 @@ class TokenGate:
             self._manager.near = None  # no more near answers, nor checks behind them
             await self._manager.background.drain()
             self._manager = self._accounts = self._purpose_tokens = None
+            self._api_keys = None
         if self.near is not None:
             await self.near.close()
             self.near = None
@@ -405,6 +430,13 @@ class TokenGate:
         """End every session of ``user_id``: call it after changing a password or
         disabling a user in your own user store."""
         await self.manager.end_all(user_id)
+
+    async def user_changed(self, user_id: int) -> None:
+        """Call after disabling or enabling a user, or changing their scopes, in your own
+        user store: their API keys are checked against the change from the next request."""
+        if self._api_keys is None:
+            raise RuntimeError("tokengate is not started: run the app (before_serving)")
+        await self._api_keys.user_changed(user_id)
 
     @property
     def sender(self) -> Sender:

@@ -15,8 +15,10 @@
         ├── NotFound                 404 not_found
         ├── Conflict                 409 username_taken
         ├── Forbidden                403 registration_disabled, csrf_failed
-        │   └── InsufficientScope    403 insufficient_scope (+ WWW-Authenticate, RFC 6750)
+        │   ├── InsufficientScope    403 insufficient_scope (+ WWW-Authenticate, RFC 6750)
+        │   └── ApiKeyNotAllowed     403 api_key_not_allowed
         ├── TooManyAttempts          429 too_many_attempts (+ Retry-After)
+        │   └── RateLimited          429 rate_limited (+ Retry-After, RateLimit, RateLimit-Policy)
         ├── AuthUnavailable          503 auth_unavailable (+ Retry-After)
         └── Unauthorized             401 + WWW-Authenticate (RFC 6750)
             ├── MissingToken         missing_token
@@ -168,6 +170,29 @@ class TooManyAttempts(ApiError, wz.TooManyRequests):
 
     def extra_headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after)}
+
+
+class ApiKeyNotAllowed(Forbidden):
+    error = "api_key_not_allowed"
+    description = "This route needs a session of a password login, not an API key."
+
+
+class RateLimited(TooManyAttempts):
+    """Over ``TOKENGATE_RATE_LIMIT``; the headers of the IETF httpapi RateLimit draft."""
+
+    error = "rate_limited"
+    description = "Too many requests with this credential; try again later."
+
+    def __init__(self, retry_after: int, limit: int, window: int) -> None:
+        super().__init__(retry_after)
+        self.limit, self.window = limit, window
+
+    def extra_headers(self) -> dict[str, str]:
+        return {
+            "Retry-After": str(self.retry_after),
+            "RateLimit-Policy": f'"credential";q={self.limit};w={self.window}',
+            "RateLimit": f'"credential";r=0;t={self.retry_after}',
+        }
 
 
 class AuthUnavailable(ApiError, wz.ServiceUnavailable):

@@ -20,9 +20,11 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 from quart import Quart, Response, current_app, request
 
 from . import cookies
-from .cookies import RequestAuth, read_access_token, request_auth
+from .cookies import RequestAuth, request_auth
+from .credentials.kinds import CredentialKind, read_credential, sent_api_key
 from .errors import (
     ApiError,
+    ApiKeyNotAllowed,
     AuthUnavailable,
     FreshLoginRequired,
     InsufficientScope,
@@ -35,6 +37,7 @@ from .errors import (
 )
 from .identity import Identity
 from .metrics import metrics
+from .proxies import client_address
 
 if TYPE_CHECKING:
     from .app import TokenGate
@@ -58,6 +61,7 @@ class Requirement:
     scopes: frozenset[str] = frozenset()
     fresh: bool = False
     optional: bool = False
+    api_key: bool = True
 
 
 @overload
@@ -66,8 +70,9 @@ def login_required(view: Callable[P, Awaitable[R]], /) -> Callable[P, Awaitable[
 
 @overload
 def login_required(
-    *, scopes: Iterable[str] = (), fresh: bool = False, optional: bool = False
-) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]: ...
+    *, scopes: Iterable[str] = (), fresh: bool = False, optional: bool = False,
+    api_key: bool = True,
+) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]: ...  # fmt: skip
 
 
 def login_required(
@@ -77,6 +82,7 @@ def login_required(
     scopes: Iterable[str] = (),
     fresh: bool = False,
     optional: bool = False,
+    api_key: bool = True,
 ) -> Callable[P, Awaitable[R]] | Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
     """Require a valid access token and a live session for a view.
 
@@ -86,13 +92,15 @@ def login_required(
     password login is at most ``TOKENGATE_FRESH_TTL`` seconds old;
     ``optional=True`` lets a request without a token through, with
     ``current_identity_or_none()`` returning ``None`` (a token that is sent is
-    still checked, and refused if bad).
+    still checked, and refused if bad); ``api_key=False`` answers ``403
+    api_key_not_allowed`` to an API key (routes that manage credentials).
+    ``fresh=True`` implies ``api_key=False``: a key is never a fresh login.
     """
     needed = frozenset(scopes) if not isinstance(scopes, str) else frozenset({scopes})
     for scope in needed:
         if not SCOPE_TOKEN.match(scope):
             raise ValueError(f"not a valid scope (RFC 6749 section 3.3): {scope!r}")
-    requirement = Requirement(needed, fresh, optional)
+    requirement = Requirement(needed, fresh, optional, api_key and not fresh)
 
     def decorate(view: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
         @wraps(view)
@@ -137,9 +145,13 @@ async def authenticate_request(
     gate = gate or get_gate()
     state = state or request_auth()
     try:
-        token = read_access_token(gate.settings)
+        # The one place that tells credential kinds apart (docs/design.md).
+        credential = read_credential(gate.settings)
         try:
-            identity = await gate.manager.authenticate(token)
+            if credential.kind is CredentialKind.API_KEY:
+                identity = await gate.api_keys.authenticate(credential.text, _address)
+            else:
+                identity = await gate.manager.authenticate(credential.text)
         except SESSION_OVER:
             state.clear_cookies = state.via_cookie
             raise
@@ -157,6 +169,15 @@ async def authenticate_request(
     guard_outcome("ok").inc()
     state.identity = identity
     return identity
+
+
+def _address() -> str | None:
+    """The client's address through the trusted proxies (an API key's last use)."""
+    settings = get_gate().settings
+    found = client_address(
+        request.remote_addr, request.headers.getlist("X-Forwarded-For"), settings.trusted_proxies
+    )
+    return found or None
 
 
 def guard_outcome(outcome: str) -> Any:
@@ -178,6 +199,8 @@ async def check_request(
     if requirement.optional and not token_sent(gate):
         return None
     identity = await authenticate_request(gate, state)
+    if identity.api_key_id is not None and not requirement.api_key:
+        raise ApiKeyNotAllowed()
     if requirement.scopes and not requirement.scopes <= identity.scopes:
         raise InsufficientScope(requirement.scopes)
     if requirement.fresh and not identity.login_is_fresh(gate.clock(), gate.settings.fresh_ttl):
@@ -189,6 +212,8 @@ def token_sent(gate: TokenGate) -> bool:
     """Whether this request carries an access token where the settings say to look."""
     settings = gate.settings
     if settings.use_headers and "Authorization" in request.headers:
+        return True
+    if sent_api_key() is not None:
         return True
     return settings.use_cookies and bool(request.cookies.get(cookies.ACCESS_COOKIE))
 

@@ -24,6 +24,14 @@ class Identity:
     # Set when the guard accepted an expired token through implicit refresh.
     new_access_token: str | None = field(default=None, repr=False)
     new_access_expires_in: int = 0
+    # Set when the credential was an API key (``session_id`` is then ""):
+    # the key's id; ``scopes`` are the key's, narrowed to the user's.
+    api_key_id: str | None = None
+
+    @property
+    def credential(self) -> str:
+        """Which kind of credential the request carried: ``session`` or ``api_key``."""
+        return "api_key" if self.api_key_id is not None else "session"
 
     @property
     def scopes(self) -> frozenset[str]:

@@ -53,6 +53,8 @@ GUARD_CODES = (
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # A password field whose shortest length is TOKENGATE_PASSWORD_MIN_LENGTH.
 PASSWORD_POLICY = "x-tokengate-password-policy"  # noqa: S105 - a schema key
+# An API key's lifetime, whose longest is TOKENGATE_API_KEY_MAX_TTL.
+KEY_LIFETIME = "x-tokengate-api-key-lifetime"
 
 _STATUS_TEXT = {
     200: "OK",
@@ -74,6 +76,14 @@ _RETRY_AFTER = {
         "required": True,
         "schema": {"type": "string", "pattern": "^[1-9][0-9]*$"},
     }
+}
+# The IETF httpapi RateLimit header fields, on a 429 rate_limited.
+_RATE_LIMIT = {
+    name: {"description": what, "schema": {"type": "string"}}
+    for name, what in (
+        ("RateLimit-Policy", 'The quota: "credential";q=<requests>;w=<seconds>.'),
+        ("RateLimit", 'What is left: "credential";r=0;t=<seconds until the window ends>.'),
+    )
 }
 # Schemes a route may name in ``document(security=...)``.
 SECURITY_SCHEMES: dict[str, dict[str, Any]] = {
@@ -187,6 +197,7 @@ class Requirement:
     scopes: tuple[str, ...] = ()
     fresh: bool = False
     optional: bool = False
+    api_key: bool = True
 
 
 def requirement_of(view: Callable[..., Any]) -> Requirement | None:
@@ -200,6 +211,7 @@ def requirement_of(view: Callable[..., Any]) -> Requirement | None:
         scopes=tuple(getattr(mark, "scopes", ()) or ()),
         fresh=bool(getattr(mark, "fresh", False)),
         optional=bool(getattr(mark, "optional", False)),
+        api_key=bool(getattr(mark, "api_key", True)),
     )
 
 
@@ -315,6 +327,10 @@ class _Builder:
                 errors[401].add("fresh_login_required")
             if requirement.scopes:
                 errors.setdefault(403, set()).add("insufficient_scope")
+            if not requirement.api_key:
+                errors.setdefault(403, set()).add("api_key_not_allowed")
+            if self.settings.rate_limit is not None:
+                errors.setdefault(429, set()).add("rate_limited")
             if self.settings.use_cookies and method in UNSAFE_METHODS:
                 errors.setdefault(403, set()).add("csrf_failed")
         elif op.security is not None:
@@ -342,6 +358,8 @@ class _Builder:
                 status_headers.update(_WWW_AUTHENTICATE)
             if status in (429, 503):
                 status_headers.update(_RETRY_AFTER)
+            if "rate_limited" in codes:
+                status_headers.update(_RATE_LIMIT)
             if status_headers:
                 entry["headers"] = status_headers
             responses[str(status)] = entry
@@ -381,8 +399,9 @@ class _Builder:
             },
         }
         resolved: dict[str, Any] = _resolve(
-            document, replacements, self.settings.password_min_length
-        )
+            document, replacements, self.settings.password_min_length,
+            self.settings.api_key_max_ttl,
+        )  # fmt: skip
         return resolved
 
     def security_schemes(self) -> dict[str, Any]:
@@ -392,7 +411,9 @@ class _Builder:
                 "type": "http",
                 "scheme": "bearer",
                 "bearerFormat": "JWT",
-                "description": "An access token from /auth/login or /auth/refresh.",
+                "description": (
+                    "An access token from /auth/login or /auth/refresh, or an API key (tgk_...)."
+                ),
             }
         if self.settings.use_cookies:
             schemes["cookie"] = {
@@ -409,26 +430,30 @@ class _Builder:
         return schemes
 
 
-def _resolve(node: Any, refs: Mapping[str, str], password_min: int) -> Any:
-    """Swap placeholder refs for component refs and apply the password policy."""
+def _resolve(node: Any, refs: Mapping[str, str], password_min: int, key_max_ttl: int) -> Any:
+    """Swap placeholder refs for component refs; apply the password and key-lifetime policy."""
     if isinstance(node, dict):
         out: dict[str, Any] = {}
         for key, value in node.items():
             if key == "$ref" and isinstance(value, str) and value in refs:
                 out[key] = refs[value]
-            elif key == PASSWORD_POLICY:
+            elif key in (PASSWORD_POLICY, KEY_LIFETIME):
                 continue
             else:
-                out[key] = _resolve(value, refs, password_min)
+                out[key] = _resolve(value, refs, password_min, key_max_ttl)
         if node.get(PASSWORD_POLICY):
             out["minLength"] = password_min
             out["description"] = (
                 f"At least {password_min} characters (TOKENGATE_PASSWORD_MIN_LENGTH), "
                 "at most 1024; no control characters."
             )
+        if node.get(KEY_LIFETIME):
+            for option in out.get("anyOf", [out]):
+                if option.get("type") == "integer":
+                    option["maximum"] = key_max_ttl
         return out
     if isinstance(node, list):
-        return [_resolve(v, refs, password_min) for v in node]
+        return [_resolve(v, refs, password_min, key_max_ttl) for v in node]
     return node
 
 

@@ -98,6 +98,12 @@ class Settings:
     # Let a session seen live a moment ago through without waiting for Redis
     # (store/near.py); every end then waits for each instance to drop it.
     near_cache: bool = False
+    # API keys (docs/credentials.md): on or off, default and longest lifetime.
+    api_keys: bool = True
+    api_key_ttl: int = 7_776_000
+    api_key_max_ttl: int = 31_536_000
+    # Per API key and per service-account client: (requests, seconds), or None.
+    rate_limit: tuple[int, int] | None = None
     # ``serve`` only (serving.py): how long a request's headers, then its body,
     # may take to arrive, and the open connections per worker.
     header_timeout: int = 10
@@ -283,6 +289,17 @@ def _log_format(raw: str) -> str:
     return lowered
 
 
+def _rate_limit(raw: str) -> tuple[int, int]:
+    count, sep, window = raw.partition("/")
+    try:
+        parsed = int(count), int(window)
+    except ValueError:
+        parsed = (0, 0)
+    if not sep or parsed[0] < 1 or parsed[1] < 1:
+        raise ValueError(f"expected N/S (N requests in S seconds, both at least 1), got {raw!r}")
+    return parsed
+
+
 def _dpop(raw: str) -> str:
     lowered = raw.lower()
     if lowered not in DPOP_MODES:
@@ -354,6 +371,10 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "redis_url": _redis_url,
     "database_url": _database_url,
     "log_format": _log_format,
+    "api_keys": _bool,
+    "api_key_ttl": _seconds,
+    "api_key_max_ttl": _seconds,
+    "rate_limit": _rate_limit,
     "dpop": _dpop,
     "dpop_algorithms": _dpop_algorithms,
     "dpop_max_age": _seconds,
@@ -382,6 +403,7 @@ def _check(s: Settings) -> list[str]:
     for name in (
         "access_ttl", "refresh_ttl", "session_max_age", "login_window", "reset_ttl",
         "header_timeout", "body_timeout", "device_token_ttl", "device_code_ttl",
+        "api_key_ttl", "api_key_max_ttl",
     ):  # fmt: skip
         if getattr(s, name) < 1:
             bad(name, "must be at least 1 second")
@@ -389,6 +411,8 @@ def _check(s: Settings) -> list[str]:
         bad("max_connections", "must be at least 1")
     if s.access_ttl > s.refresh_ttl:
         bad("access_ttl", "must not be longer than TOKENGATE_REFRESH_TTL")
+    if s.api_key_ttl > s.api_key_max_ttl:
+        bad("api_key_ttl", "must not be longer than TOKENGATE_API_KEY_MAX_TTL")
     if s.login_max_failures < 1:
         bad("login_max_failures", "must be at least 1")
     for name in ("address_max_failures", "address_max_registrations", "address_max_resets"):

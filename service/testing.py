@@ -43,6 +43,7 @@ T = TypeVar("T")
 
 REDIS_ENV = "TOKENGATE_TEST_REDIS_URL"
 DATABASE_ENV = "TOKENGATE_TEST_DATABASE_URL"
+KEY_STATES = ("live", "expired", "revoked")
 TOKEN_STATES = ("live", "expired", "revoked", "idle", "replaced", "stale")
 # argon2id at its lowest cost: a suite registers and logs in users by the
 # hundred, and the hash parameters are no rule a test observes (Django's
@@ -412,6 +413,26 @@ class Maker:
         if state == "expired":
             return await self._expired(user, now)
         return await self._stale(user, now)
+
+    # -- API keys -----------------------------------------------------------
+    def api_key(self, user: MadeUser, scopes: tuple[str, ...], state: str) -> str:
+        """An API key of ``user`` in ``state`` now, made through the routes as a user makes one."""
+        if state not in KEY_STATES:
+            raise ValueError(f"state must be one of {', '.join(KEY_STATES)}, not {state!r}")
+        key: str = self.served.call(self._api_key(user, scopes, state))
+        return key
+
+    async def _api_key(self, user: MadeUser, scopes: tuple[str, ...], state: str) -> str:
+        now = float(int(self.clock()))
+        body: dict[str, Any] = {"name": f"test {state}", "scopes": list(scopes)}
+        # An expired key was made two seconds ago for one second.
+        at = now - 2 if state == "expired" else now
+        body.update({"expires_in": 1} if state == "expired" else {})
+        access = (await self._login(user, at))["access_token"]
+        made = await self._request(at, "POST", "/api-keys", json=body, access=access)
+        if state == "revoked":
+            await self._request(now, "DELETE", f"/api-keys/{made['id']}", access=access)
+        return str(made["key"])
 
     async def _expired(self, user: MadeUser, now: float) -> tuple[dict[str, Any], float]:
         """A pair whose access token expired a second ago, on a session still alive."""

@@ -121,7 +121,7 @@ def postgres_url(postgres_database: str) -> str:
 
 TABLES = (
     "users, sessions, purpose_tokens, signing_keys, oauth_clients, oauth_client_credentials,"
-    " device_codes"
+    " device_codes, api_keys, server_secrets"
 )
 
 

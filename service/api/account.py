@@ -15,7 +15,8 @@ password), which always run on cookies with a CSRF header, whatever
   cross-site form cannot send one), as cookie mode does for ``/auth``.
 
 Registration and password reset need no cookie: the page calls
-``/auth/register`` and ``/auth/password-reset/*`` directly. No inline script
+``/auth/register`` and ``/auth/password-reset/*`` directly. API keys are made,
+listed and revoked on the page's own routes too (``/account/api-keys``). No inline script
 or style, so the page runs under a strict Content-Security-Policy. See
 docs/browser.md.
 """
@@ -31,10 +32,12 @@ from quart import Blueprint, Response, g, jsonify, render_template, request, sen
 
 from ..cookies import CSRF_HEADER, UNSAFE_METHODS, request_auth, set_device_cookie
 from ..cookies import _flags as cookie_flags
+from ..credentials.manager import key_info
 from ..errors import (
     ApiError,
     AuthUnavailable,
     CsrfFailed,
+    FreshLoginRequired,
     InvalidRequest,
     MissingToken,
     Unauthorized,
@@ -47,6 +50,7 @@ from ..metrics import metrics
 from ..openapi import hidden
 from ..tokens import TokenPair
 from . import flows, schemas
+from .api_keys import require_api_keys
 from .auth import (
     client_info,
     no_content,
@@ -269,4 +273,43 @@ async def page_password() -> Response:
     me = await page_identity()
     body = await read_body(schemas.PasswordChange)
     await flows.change_password(me, body.current_password, body.new_password, request_address())
+    return no_content()
+
+
+# -- API keys on the page -------------------------------------------------------
+
+
+@account_bp.get(f"{PAGE_PATH}/api-keys")
+@hidden
+async def page_api_keys() -> Response:
+    """The user's keys, and the scopes a new key may carry (the user's own)."""
+    require_api_keys()
+    me = await page_identity()
+    gate = get_gate()
+    rows = await gate.api_keys.list(me.user_id)
+    user = await gate.manager.users.get_by_id(me.user_id)
+    scopes = sorted(user.scopes) if user is not None else []
+    return jsonify({"api_keys": [key_info(row) for row in rows], "scopes": scopes})
+
+
+@account_bp.post(f"{PAGE_PATH}/api-keys")
+@hidden
+async def page_create_api_key() -> tuple[Response, int]:
+    """Make a key from the page: after a fresh password login, as ``POST /auth/api-keys``."""
+    require_api_keys()
+    me = await page_identity()
+    gate = get_gate()
+    if gate.clock() - me.auth_time > gate.settings.fresh_ttl:
+        raise FreshLoginRequired()
+    body = await read_body(schemas.ApiKeyCreate)
+    created = await gate.api_keys.create(me.user_id, body.name, body.scopes, body.expires_in)
+    return jsonify(created.to_json()), 201
+
+
+@account_bp.delete(f"{PAGE_PATH}/api-keys/<key_id>")
+@hidden
+async def page_revoke_api_key(key_id: str) -> Response:
+    require_api_keys()
+    me = await page_identity()
+    await get_gate().api_keys.revoke(key_id, owner=me.user_id)
     return no_content()

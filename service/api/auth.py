@@ -194,11 +194,14 @@ async def refresh() -> Response:
 async def me() -> Response:
     """Who the access token belongs to."""
     me = current_identity()
-    return jsonify({"id": me.user_id, "username": me.username, "session_id": me.session_id})
+    return jsonify({
+        "id": me.user_id, "username": me.username, "session_id": me.session_id or None,
+        **({"api_key_id": me.api_key_id} if me.api_key_id is not None else {}),
+    })  # fmt: skip
 
 
 @auth_bp.post("/logout")
-@login_required
+@login_required(api_key=False)  # a key is no session: it is revoked, not logged out
 @document(responses={204: None})
 async def logout() -> Response:
     """End this session: its access and refresh tokens stop working at once."""
@@ -208,7 +211,7 @@ async def logout() -> Response:
 
 
 @auth_bp.post("/logout-all")
-@login_required
+@login_required(api_key=False)
 @document(responses={204: None})
 async def logout_all() -> Response:
     """End every session of the user."""
@@ -239,11 +242,11 @@ async def delete_session(session_id: str) -> Response:
 
 
 @auth_bp.post("/password")
-@login_required
+@login_required(api_key=False)
 @document(
     body=schemas.PasswordChange,
     responses={204: None},
-    errors={401: ["invalid_credentials"], 429: ["too_many_attempts"]},
+    errors={401: ["invalid_credentials"], 403: ["api_key_not_allowed"], 429: ["too_many_attempts"]},
 )
 async def change_password() -> Response:
     """Change the password; every other session ends."""

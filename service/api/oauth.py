@@ -11,6 +11,7 @@ from urllib.parse import parse_qs
 
 from quart import Blueprint, Response, jsonify, request
 
+from ..credentials.apikeys import looks_like_key
 from ..errors import InvalidClient, InvalidRequest, Unauthorized, handle_exception
 from ..guard import get_gate
 from ..openapi import document
@@ -112,7 +113,14 @@ async def introspect() -> Response:
 @oauth_bp.post("/revoke")
 @document(form=schemas.RevokeForm, responses={200: schemas.Empty})
 async def revoke() -> Response:
-    """End the session of an access or refresh token (RFC 7009); ``200`` whatever the token."""
+    """End the session of an access or refresh token, or revoke an API key (RFC 7009).
+
+    ``200`` whatever the token.
+    """
     token = (await token_form(schemas.RevokeForm)).token
-    await get_gate().manager.revoke(token)
+    gate = get_gate()
+    if looks_like_key(token) and gate.settings.api_keys:
+        await gate.api_keys.revoke_key(token)
+    else:
+        await gate.manager.revoke(token)
     return jsonify({})

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+)
 
 from .. import usernames
-from ..openapi import PASSWORD_POLICY
+from ..openapi import KEY_LIFETIME, PASSWORD_POLICY
 
 
 def _clean(value: str) -> str:
@@ -126,7 +133,10 @@ class UserOut(BaseModel):
 
 
 class MeOut(UserOut):
-    session_id: str
+    session_id: str | None = Field(description="The session's id; null for an API key.")
+    api_key_id: str | None = Field(
+        default=None, description="The API key's id, when the credential was one."
+    )
 
 
 class TokenPairOut(BaseModel):
@@ -156,6 +166,72 @@ class SessionOut(BaseModel):
 
 class SessionsOut(BaseModel):
     sessions: list[SessionOut]
+
+
+Scope = Annotated[
+    str, StringConstraints(min_length=1, max_length=200, pattern=r"^[\x21\x23-\x5b\x5d-\x7e]+$")
+]
+
+
+def _whole(value: object) -> object:
+    # JSON Schema's "integer" takes 3600.0 as well as 3600; strict mode alone would not.
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+class ApiKeyCreate(Body):
+    name: Annotated[
+        str, StringConstraints(min_length=1, max_length=100, pattern=_PRINTABLE),
+        AfterValidator(_clean), Field(description="What the key is for, shown in the list."),
+    ]  # fmt: skip
+    scopes: list[Scope] = Field(
+        default_factory=list,
+        max_length=100,
+        description="Among the user's scopes; none by default.",
+    )
+    expires_in: Annotated[int, Field(ge=1), BeforeValidator(_whole)] | None = Field(
+        default=None,
+        json_schema_extra={KEY_LIFETIME: True},
+        description="Seconds; default TOKENGATE_API_KEY_TTL, at most TOKENGATE_API_KEY_MAX_TTL.",
+    )
+
+
+class ApiKeyCreated(BaseModel):
+    id: str
+    key: str = Field(description="The key itself: shown this once, never again.")
+    name: str
+    scopes: list[str]
+    created_at: str
+    expires_at: str
+
+
+class ApiKeyOut(BaseModel):
+    id: str
+    name: str
+    scopes: list[str]
+    created_at: str
+    expires_at: str
+    last_used_at: str | None
+    last_used_ip: str | None
+    revoked_at: str | None
+    revoked_why: str | None = Field(description="revoked, or leaked (reported by a scanner).")
+
+
+class ApiKeysOut(BaseModel):
+    api_keys: list[ApiKeyOut]
+
+
+class LeakedKeys(Body):
+    # Printable ASCII, as a key is: the longest report the document admits stays
+    # inside the 64 KiB body limit (any Unicode would not).
+    keys: list[Annotated[str, StringConstraints(max_length=200, pattern=r"^[ -~]*$")]] = Field(
+        max_length=100
+    )
+
+
+class LeakedOut(BaseModel):
+    revoked: int = Field(
+        description="How many well-formed keys were taken (not how many were real)."
+    )
 
 
 class ErrorOut(BaseModel):

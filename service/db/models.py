@@ -118,6 +118,38 @@ class SigningKey(Base):
     retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
+class ApiKey(Base):
+    """A user's API key: never the key itself, only its HMAC-SHA-256 under the server secret."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (Index("ix_api_keys_user", "user_id"),)
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    # No foreign key: the user may live in the application's own store.
+    user_id: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(100))
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    # Space-separated; narrowed at check time to the scopes the user still has.
+    scopes: Mapped[str] = mapped_column(String(1000), default="", server_default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    last_used_ip: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # "revoked" (by its owner or an operator) or "leaked" (reported by a scanner).
+    revoked_why: Mapped[str | None] = mapped_column(String(16), nullable=True)
+
+
+class ServerSecret(Base):
+    """A secret the service keeps for itself (the API-key digest secret), by name."""
+
+    __tablename__ = "server_secrets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
 class OAuthClient(Base):
     """A service account's OAuth client (client-credentials grant, RFC 6749 section 4.4)."""
 

@@ -163,6 +163,9 @@
     me = null;
     $("whoami").textContent = "";
     $("sessions").tBodies[0].replaceChildren();
+    $("api-keys").tBodies[0].replaceChildren();
+    $("new-key-value").textContent = "";
+    $("new-key").hidden = true;
     show("login");
     say(reason, "");
     $("username").focus();
@@ -268,11 +271,109 @@
     return row;
   }
 
+  // -- API keys -----------------------------------------------------------
+
+  function keyState(key) {
+    if (key.revoked_why === "leaked") return "revoked: reported leaked";
+    if (key.revoked_at) return "revoked";
+    if (new Date(key.expires_at).getTime() <= Date.now()) return "expired";
+    return "live";
+  }
+
+  function keyRow(key) {
+    const row = document.createElement("tr");
+    row.dataset.keyId = key.id;
+    const cell = (label, text) => {
+      const td = document.createElement("td");
+      td.dataset.label = label;
+      td.textContent = text;
+      return td;
+    };
+    const state = keyState(key);
+    const used = key.last_used_at
+      ? timeCell(key.last_used_at, true, "Last used")
+      : cell("Last used", "never");
+    if (key.last_used_ip) used.append(document.createElement("br"), key.last_used_ip);
+    const stateCell = cell("State", state);
+    stateCell.className = `key-state ${state === "live" ? "" : "is-over"}`;
+    const action = document.createElement("td");
+    action.className = "action";
+    if (state === "live") {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "revoke-key";
+      button.textContent = "Revoke";
+      button.addEventListener("click", () => act(() => revokeKey(key.id)));
+      action.append(button);
+    }
+    row.append(cell("Name", key.name), cell("Scopes", key.scopes.join(" ") || "none"), used);
+    row.append(timeCell(key.expires_at, false, "Expires"), stateCell, action);
+    return row;
+  }
+
+  function showKeys(listing) {
+    $("api-keys-section").hidden = listing === null;
+    if (listing === null) return;
+    $("api-keys").tBodies[0].replaceChildren(...listing.api_keys.map(keyRow));
+    const box = $("api-key-scopes");
+    const chosen = new Set(
+      [...box.querySelectorAll("input:checked")].map((input) => input.value),
+    );
+    box.querySelectorAll("label").forEach((label) => label.remove());
+    for (const scope of listing.scopes) {
+      const label = document.createElement("label");
+      label.className = "scope";
+      const input = document.createElement("input");
+      input.type = "checkbox";
+      input.value = scope;
+      input.checked = chosen.has(scope);
+      label.append(input, ` ${scope}`);
+      box.append(label);
+    }
+    $("api-key-no-scopes").hidden = listing.scopes.length > 0;
+  }
+
+  async function loadKeys() {
+    // 404: API keys are turned off on this server; the section stays hidden.
+    const r = await api("GET", `${PAGE}/api-keys`).catch((err) => {
+      if (err instanceof ApiError && err.status === 404) return null;
+      throw err;
+    });
+    return r === null ? null : r.json();
+  }
+
+  async function revokeKey(id) {
+    await api("DELETE", `${PAGE}/api-keys/${encodeURIComponent(id)}`);
+    say("The key was revoked.", "");
+    await load();
+  }
+
+  function makeKey(event) {
+    event.preventDefault();
+    const body = {
+      name: $("api-key-name").value,
+      scopes: [...$("api-key-scopes").querySelectorAll("input:checked")].map((i) => i.value),
+      expires_in: Number($("api-key-lifetime").value),
+    };
+    const action = async () => {
+      const made = await (await api("POST", `${PAGE}/api-keys`, body)).json();
+      $("api-key-form").reset();
+      $("make-api-key").open = false;
+      $("new-key-value").textContent = made.key;
+      $("new-key").hidden = false;
+      say("", "");
+      await load();
+    };
+    return act(action);
+  }
+
   async function load() {
-    const [who, list] = await Promise.all([
+    const [who, list, keys] = await Promise.all([
       api("GET", `${PAGE}/me`).then((r) => r.json()),
       api("GET", `${PAGE}/sessions`).then((r) => r.json()),
+      loadKeys(),
     ]);
+    showKeys(keys);
     me = who;
     $("whoami").textContent = who.username;
     $("whoami").dataset.userId = String(who.id);
@@ -525,6 +626,11 @@
     $("confirm-all").hidden = true;
   });
   $("reload").addEventListener("click", () => act(load));
+  $("api-key-form").addEventListener("submit", makeKey);
+  $("new-key-done").addEventListener("click", () => {
+    $("new-key-value").textContent = "";
+    $("new-key").hidden = true;
+  });
   window.addEventListener("hashchange", route);
   document.addEventListener("visibilitychange", () => {
     if (document.visibilityState === "visible" && pollTimer !== null) guarded(load);

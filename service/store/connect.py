@@ -29,6 +29,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 # Connecting and each read or write on a socket.
+# Every key tokengate keeps in Redis starts with this.
+KEY_PREFIX = "tg:"
 REDIS_TIMEOUT = 0.5
 # How long a background reload of a cluster's slot map may take.
 RELOAD_DEADLINE = 5.0

@@ -227,7 +227,7 @@ class PipelinedScripts:
         ``hiredis.ReplyError`` such as ``NOSCRIPT`` is a reply, not an error), or
         ``None`` when no connection is open. The same timeouts hold as for :meth:`run`.
 
-        For a check nobody awaits (``sessions.SessionManager._check_behind``): a
+        For a check nobody awaits (``sessions.checking.Checking._check_behind``): a
         task per call would cost more than the call.
         """
         protocol = self._protocol

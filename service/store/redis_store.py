@@ -9,8 +9,10 @@ script names each key it touches in ``KEYS``)::
                                  time in whole microseconds (strictly in login
                                  order), plus the sentinel "~" (score 0) that
                                  says the set was loaded from SQL
+    tg:{u<uid>}:rl:c:<client_id>  hash  a client's rate counter (rate_lib.lua)
 
-The password throttle's keys are in ``throttle.py``.
+API keys' state lives under their own tag (``api_keys.py``); the password
+throttle's keys are in ``throttle.py``.
 
 The scripts live in ``lua/``, one file each. This module (and ``throttle.py``) is the only code
 that knows their arguments, their replies and the hash's field names: every
@@ -30,7 +32,7 @@ from typing import Any
 import hiredis
 from redis.commands.core import AsyncScript
 
-from .connect import AnyRedis
+from .connect import KEY_PREFIX, AnyRedis
 from .near import LEASE, LEASE_KEY, ack_key
 from .pipelined import PipelinedScripts
 from .results import (
@@ -38,9 +40,11 @@ from .results import (
     CheckResult,
     Ended,
     EndReason,
+    Limited,
     Live,
     LoginResult,
     Opened,
+    RateCount,
     RefreshResult,
     Reissue,
     ReissueResult,
@@ -50,11 +54,12 @@ from .results import (
 )
 from .throttle import ThrottleScripts
 
-KEY_PREFIX = "tg:"
 # The session scripts share the helpers of session_lib.lua, put in front of each.
 _SESSION_SCRIPTS = frozenset(
     {"check", "peek", "implicit_refresh", "refresh", "login", "last_seen", "end"}
 )
+# The scripts that check a credential count it against TOKENGATE_RATE_LIMIT.
+_RATE_SCRIPTS = frozenset({"check", "api_key"})
 SCRIPTS = (
     "check", "implicit_refresh", "refresh", "load", "load_index", "login", "end",
     "last_seen", "attempt", "settle", "count", "confirm", "peek", "holders",
@@ -68,9 +73,16 @@ def script_source(name: str) -> str:
     """The Lua source of script ``name`` as it is sent to Redis."""
     lua = resources.files(__package__ or __name__).joinpath("lua")
     source = lua.joinpath(f"{name}.lua").read_text(encoding="utf-8")
+    if name in _RATE_SCRIPTS:
+        source = lua.joinpath("rate_lib.lua").read_text(encoding="utf-8") + source
     if name in _SESSION_SCRIPTS:
         source = lua.joinpath("session_lib.lua").read_text(encoding="utf-8") + source
     return source
+
+
+def rate_key(tag: str, ident: str) -> str:
+    """A credential's rate counter, under its tag: ``k`` for an API key, ``c:<client_id>``."""
+    return f"{tag}rl:{ident}"
 
 
 def _text(value: Any) -> Any:
@@ -105,7 +117,10 @@ class StaleSet(RuntimeError):
 
 
 class RedisSessionStore(ThrottleScripts):
-    """Hot session state in Redis; each method is one script call (two for the user set)."""
+    """Hot session state in Redis; each method is one script call (two for the user set).
+
+    The password throttle's scripts come from ``ThrottleScripts`` (``throttle.py``).
+    """
 
     def __init__(
         self, redis: AnyRedis, policy: SessionPolicy, pipelined: PipelinedScripts | None = None
@@ -170,10 +185,19 @@ class RedisSessionStore(ThrottleScripts):
         return [str(_text(m)) for m in members]
 
     # -- the session scripts ------------------------------------------------
-    async def check(self, user_id: str, sid: str, *, now: float) -> CheckResult:
-        """The guard's one round trip: is the session alive? Slides last-seen."""
-        keys = self.session_keys(user_id, sid)
-        args = (sid, repr(now), *self._check_tail)
+    async def check(
+        self, user_id: str, sid: str, *, now: float, client: RateCount | None = None
+    ) -> CheckResult:
+        """The guard's one round trip: is the session alive? Slides last-seen.
+
+        ``client``: a client's token under ``TOKENGATE_RATE_LIMIT``, counted in
+        the same script (``Limited`` when over).
+        """
+        keys: tuple[str, ...] = self.session_keys(user_id, sid)
+        args: tuple[Any, ...] = (sid, repr(now), *self._check_tail)
+        if client is not None:
+            keys = (*keys, rate_key(self.user_tag(user_id), client.ident))
+            args = (*args, client.limit, client.window)
         pipelined = self.pipelined
         if pipelined is not None:
             sha, source = self._lean["check"]
@@ -203,6 +227,8 @@ class RedisSessionStore(ThrottleScripts):
             return None
         if raw[0] == b"ok":  # the hot path: nothing else to decode
             return Live(raw[1] == b"1", float(raw[2]))
+        if raw[0] == b"limited":
+            return Limited(int(raw[1]))
         reply = _text(raw)
         return _ended(reply) if reply[0] == "ended" else MISS
 

@@ -135,7 +135,59 @@ class Opened:
     expired: tuple[str, ...] = ()
 
 
-CheckResult = Live | Ended | Miss
+@dataclass(frozen=True, slots=True)
+class Limited:
+    """Over ``TOKENGATE_RATE_LIMIT``: refused, to be tried again in ``retry_after`` seconds."""
+
+    retry_after: int
+
+
+@dataclass(frozen=True, slots=True)
+class RateCount:
+    """What a credential check counts: ``limit`` requests per ``window`` seconds, under ``ident``
+    (``k`` for an API key, ``c:<client_id>`` for a service account's token)."""
+
+    ident: str
+    limit: int
+    window: int
+
+
+# -- what the API-key scripts answer (store/api_keys.py) -------------------------
+@dataclass(frozen=True, slots=True)
+class KeyLive:
+    """The key is alive; ``sync_due`` when its last use should go back to SQL."""
+
+    user_id: str
+    username: str
+    key_id: str
+    scopes: str
+    sync_due: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class KeyMiss:
+    """Redis does not hold the key's state (or it is stale): rebuild it from SQL.
+
+    ``version``: what the rebuild must find still there to write (see api_key_load.lua).
+    """
+
+    version: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyUnknown:
+    """No such key in SQL (remembered a while, so guesses cost no query each)."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyEnded:
+    """Revoked (``revoked``, ``leaked``), its user disabled (``disabled``), or ``expired``."""
+
+    why: str
+
+
+CheckResult = Live | Ended | Miss | Limited
+KeyResult = KeyLive | KeyMiss | KeyUnknown | KeyEnded | Limited
 ReissueResult = Reissue | Ended | Miss
 RefreshResult = Rotation | Ended | Miss
 LoginResult = Opened | Miss

@@ -23,10 +23,9 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-from .connect import AnyRedis
+from .connect import KEY_PREFIX, AnyRedis
 from .results import Attempt
 
-KEY_PREFIX = "tg:"
 # A password check holds its slot at most this long (a hung check frees it).
 ATTEMPT_LEASE = 30
 # A trusted device's count sits beside the addresses' counts of the account,

@@ -587,3 +587,84 @@ def test_a_cross_site_form_post_is_refused(service_factory, contexts, evil_site)
     expect(tab.rows()).to_have_count(1)
     assert tab.session_id() == session
     assert tab.errors == []
+
+
+# -- API keys on the page ----------------------------------------------------------
+def me_with(base_url: str, key: str) -> int | str:
+    r = httpx.get(base_url + "/auth/me", headers={"Authorization": f"Bearer {key}"})
+    return r.status_code if r.status_code == 200 else str(r.json()["error"])
+
+
+def test_make_use_and_revoke_a_key_and_see_a_leaked_one(service_factory, contexts):
+    service = service_factory()
+    with httpx.Client(base_url=service.base_url) as api:
+        register(api, "alice")
+    tab = AccountPage(contexts(), service.base_url)
+    tab.open()
+    tab.login()
+    expect(tab.page.locator("#api-keys-section")).to_be_visible()
+    for name in ("deploy", "leaky"):
+        tab.page.click("#make-api-key summary")
+        expect(tab.page.locator("#api-key-no-scopes")).to_be_visible()
+        tab.page.fill("#api-key-name", name)
+        tab.page.select_option("#api-key-lifetime", "2592000")
+        tab.page.click("#api-key-form button[type=submit]")
+        expect(tab.page.locator("#new-key")).to_be_visible()
+        key = tab.page.locator("#new-key-value").inner_text()
+        assert key.startswith("tgk_") and len(key) == 42
+        tab.page.click("#new-key-done")
+        expect(tab.page.locator("#new-key")).to_be_hidden()
+        assert me_with(service.base_url, key) == 200
+        if name == "deploy":
+            deploy = key
+        else:
+            leaky = key
+    rows = tab.page.locator("#api-keys tbody tr")
+    expect(rows).to_have_count(2)
+    # A scanner reports one; the owner sees why it was revoked.
+    r = httpx.post(service.base_url + "/auth/api-keys/leaked", json={"keys": [leaky]})
+    assert r.json() == {"revoked": 1}
+    leaked_row = tab.page.locator("#api-keys tbody tr", has_text="leaky")
+    for _ in range(50):  # revoked off the answer's path: the list says so once it is
+        tab.reload_list()
+        if leaked_row.locator(".key-state").inner_text() == "revoked: reported leaked":
+            break
+    expect(leaked_row.locator(".key-state")).to_have_text("revoked: reported leaked")
+    assert me_with(service.base_url, leaky) == "token_revoked"
+    # Revoking from the page.
+    deploy_row = tab.page.locator("#api-keys tbody tr", has_text="deploy")
+    expect(deploy_row.locator("td[data-label='Last used']")).not_to_have_text("never")
+    deploy_row.locator(".revoke-key").click()
+    expect(deploy_row.locator(".key-state")).to_have_text("revoked")
+    assert me_with(service.base_url, deploy) == "token_revoked"
+    assert tab.errors == []
+
+
+def test_making_a_key_after_the_fresh_window_asks_for_the_password(
+    tokengate_server, tokengate_clock, contexts
+):
+    service = tokengate_server
+    with httpx.Client(base_url=service.base_url) as api:
+        register(api, "alice")
+    tab = AccountPage(contexts(), service.base_url)
+    tab.open()
+    tab.login()
+    old_session = tab.session_id()
+    tokengate_clock.advance(901)  # past TOKENGATE_FRESH_TTL (the access token too)
+    tab.traffic.clear()
+    tab.page.click("#make-api-key summary")
+    tab.page.fill("#api-key-name", "late")
+    tab.page.click("#api-key-form button[type=submit]")
+    expect(tab.page.locator("#reauth")).to_be_visible()
+    tab.page.fill("#reauth-password", PASSWORD)
+    tab.page.click("#reauth-form button[type=submit]")
+    expect(tab.page.locator("#new-key")).to_be_visible()
+    assert tab.page.locator("#new-key-value").inner_text().startswith("tgk_")
+    posts = [(m, p, s) for m, p, s in tab.traffic if m != "GET"]
+    assert ("POST", "/account/api-keys", 401) in posts
+    assert posts[-3:] == [
+        ("POST", "/account/login", 200),
+        ("DELETE", f"/account/sessions/{old_session}", 204),
+        ("POST", "/account/api-keys", 201),
+    ], tab.traffic
+    assert tab.errors == []

@@ -104,6 +104,22 @@ def test_logout_on_one_is_refused_by_the_other_on_the_very_next_request(ab):
         assert refresh(a, pair["refresh_token"]) == "token_revoked"
 
 
+def test_an_api_key_revoked_on_one_is_refused_by_the_other_on_the_cluster(ab):
+    """A key's state and its rate counter share one slot: its one script runs on the cluster."""
+    a, b = ab
+    name = new_name()
+    register(a, name)
+    pair = login(a, name)
+    for n in range(6):  # keys whose digests land on every master's slots
+        r = a.post("/auth/api-keys", json={"name": f"key {n}"}, headers=bearer(pair))
+        assert r.status_code == 201, r.text
+        made = r.json()
+        key = {"Authorization": f"Bearer {made['key']}"}
+        assert b.get("/auth/me", headers=key).status_code == 200
+        assert a.delete(f"/auth/api-keys/{made['id']}", headers=bearer(pair)).status_code == 204
+        assert error_of(b.get("/auth/me", headers=key)) == "token_revoked"
+
+
 def test_logout_all_and_the_sessions_list_agree_across_instances(ab):
     a, b = ab
     name = new_name()

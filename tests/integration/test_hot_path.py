@@ -87,3 +87,52 @@ async def test_the_guard_takes_the_pipelined_path_and_it_is_measured(app):
     assert len(calls) == 3
     assert sum(b.get() for b in histogram._buckets) == before[1] + 3
     assert histogram._sum.get() > before[0]
+
+
+async def test_an_api_key_request_is_one_script_call_and_nothing_else(app, redis_client):
+    client = app.test_client()
+    pair = await register_and_login(client)
+    r = await client.post(
+        "/auth/api-keys", json={"name": "bench"}, headers=bearer(pair["access_token"])
+    )
+    key = (await r.get_json())["key"]
+    # The first use builds the key's state from SQL and writes its last use.
+    await asyncio.gather(*(client.get("/auth/me", headers=bearer(key)) for _ in range(20)))
+    await app.extensions["tokengate"].manager.background.drain()
+    engine = app.extensions["tokengate"]._engine
+    statements = []
+
+    def count(*args):
+        statements.append(args[2])
+
+    event.listen(engine.sync_engine, "before_cursor_execute", count)
+    try:
+        await redis_client.config_resetstat()
+        for _ in range(25):
+            r = await client.get("/auth/me", headers=bearer(key))
+            assert r.status_code == 200
+        await asyncio.gather(*(client.get("/auth/me", headers=bearer(key)) for _ in range(25)))
+        stats = await commandstats_async(redis_client)
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", count)
+    # One EVALSHA per request; inside it, one HMGET (last use is written once a minute).
+    assert stats == {"evalsha": 50, "hmget": 50}
+    assert statements == []
+
+
+async def test_a_rate_limited_api_key_is_still_one_script_call(make_app, redis_client):
+    app = await make_app(rate_limit=(1000, 3600))
+    client = app.test_client()
+    pair = await register_and_login(client)
+    r = await client.post(
+        "/auth/api-keys", json={"name": "bench"}, headers=bearer(pair["access_token"])
+    )
+    key = (await r.get_json())["key"]
+    await client.get("/auth/me", headers=bearer(key))
+    await app.extensions["tokengate"].manager.background.drain()
+    await redis_client.config_resetstat()
+    for _ in range(10):
+        assert (await client.get("/auth/me", headers=bearer(key))).status_code == 200
+    stats = await commandstats_async(redis_client)
+    # The key's state and its counter are read, the count written: one EVALSHA.
+    assert stats == {"evalsha": 10, "hmget": 20, "hset": 10}

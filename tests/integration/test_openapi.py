@@ -17,12 +17,13 @@ from tests.support import SECRET
 GUARDED = {
     ("get", "/auth/me"), ("post", "/auth/logout"), ("post", "/auth/logout-all"),
     ("get", "/auth/sessions"), ("delete", "/auth/sessions/{session_id}"),
-    ("post", "/auth/password"),
+    ("post", "/auth/password"), ("post", "/auth/api-keys"), ("get", "/auth/api-keys"),
+    ("delete", "/auth/api-keys/{key_id}"),
 }  # fmt: skip
 NO_CONTENT = {
     ("post", "/auth/logout"), ("post", "/auth/logout-all"),
     ("delete", "/auth/sessions/{session_id}"), ("post", "/auth/password"),
-    ("post", "/auth/password-reset/confirm"),
+    ("post", "/auth/password-reset/confirm"), ("delete", "/auth/api-keys/{key_id}"),
 }  # fmt: skip
 
 
@@ -49,7 +50,9 @@ async def test_the_bearer_scheme_and_the_guards_answers_are_declared(app):
     assert doc["openapi"].startswith("3.1")
     assert doc["components"]["securitySchemes"]["bearer"] == {
         "type": "http", "scheme": "bearer", "bearerFormat": "JWT",
-        "description": "An access token from /auth/login or /auth/refresh.",
+        "description": (
+            "An access token from /auth/login or /auth/refresh, or an API key (tgk_...)."
+        ),
     }  # fmt: skip
     operations = {(m, p): op for p, item in doc["paths"].items() for m, op in item.items()}
     for key, op in operations.items():
@@ -155,9 +158,17 @@ def _schema(doc: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
     return node
 
 
-def _longest_string(schema: dict[str, Any], encode: Any) -> str:
-    """The costliest string ``schema`` admits in ``encode``'s encoding."""
+def _costliest(doc: dict[str, Any], schema: dict[str, Any], encode: Any) -> Any:
+    """The costliest value ``schema`` admits in ``encode``'s encoding: its longest
+    string, its largest integer, or its longest array of the costliest items."""
     options = [schema, *schema.get("anyOf", [])]
+    arrays = [o for o in options if o.get("type") == "array"]
+    if arrays:
+        item = _costliest(doc, _schema(doc, arrays[0]["items"]), encode)
+        return [item] * arrays[0]["maxItems"]
+    integers = [o for o in options if o.get("type") == "integer"]
+    if integers:
+        return integers[0]["maximum"]
     strings = [o for o in options if o.get("type") == "string"]
     assert strings, schema
     string = strings[0]
@@ -185,7 +196,7 @@ async def test_no_body_the_document_admits_is_over_the_body_limit(app):
                 schema = _schema(doc, content["schema"])
                 encode = encoders[media]
                 body = {
-                    name: _longest_string(_schema(doc, prop), encode)
+                    name: _costliest(doc, _schema(doc, prop), encode)
                     for name, prop in schema["properties"].items()
                 }
                 size = len(encode(body))
@@ -200,7 +211,7 @@ async def test_the_longest_token_the_document_admits_is_answered_not_refused(app
     # dead token like any other.
     doc = await document(app)
     form = _schema(doc, doc["components"]["schemas"]["RevokeForm"])
-    token = _longest_string(form["properties"]["token"], lambda body: urlencode(body).encode())
+    token = _costliest(doc, form["properties"]["token"], lambda body: urlencode(body).encode())
     r = await app.test_client().post(
         "/auth/revoke",
         data=urlencode({"token": token}),

@@ -66,6 +66,10 @@ def test_every_variable_is_read():
         "TOKENGATE_INTROSPECTION_CLIENTS": "api:s3cret, billing:other:colon",
         "TOKENGATE_LOG_FORMAT": "JSON",
         "TOKENGATE_NEAR_CACHE": "true",
+        "TOKENGATE_API_KEYS": "off",
+        "TOKENGATE_API_KEY_TTL": "3600",
+        "TOKENGATE_API_KEY_MAX_TTL": "86400",
+        "TOKENGATE_RATE_LIMIT": "100/60",
         "TOKENGATE_HEADER_TIMEOUT": "5",
         "TOKENGATE_BODY_TIMEOUT": "7",
         "TOKENGATE_MAX_CONNECTIONS": "250",
@@ -107,6 +111,8 @@ def test_every_variable_is_read():
     assert s.redis_url == "redis://127.0.0.1:6379/3"
     assert s.log_format == "json"
     assert s.near_cache
+    assert (s.api_keys, s.api_key_ttl, s.api_key_max_ttl) == (False, 3600, 86400)
+    assert s.rate_limit == (100, 60)
     assert (s.header_timeout, s.body_timeout, s.max_connections) == (5, 7, 250)
     assert (s.dpop, s.dpop_algorithms, s.dpop_max_age, s.dpop_nonce) == (
         "off",
@@ -152,6 +158,20 @@ def test_short_secret_is_refused_and_never_shown():
     assert "TOKENGATE_SECRET_KEY" in str(info.value)
     assert "too-short-secret" not in str(info.value)
     assert "s" * 40 not in repr(Settings(secret_key="s" * 40))
+
+
+@pytest.mark.parametrize("raw", ["100", "0/60", "100/0", "a/b", "100/60/1", "-1/60", "/"])
+def test_a_bad_rate_limit_is_named(raw):
+    with pytest.raises(SettingsError, match=r"^TOKENGATE_RATE_LIMIT: expected N/S"):
+        Settings.from_env({"TOKENGATE_RATE_LIMIT": raw}, dotenv=None)
+
+
+def test_an_api_key_lifetime_longer_than_the_longest_is_refused():
+    with pytest.raises(SettingsError, match="TOKENGATE_API_KEY_TTL: must not be longer"):
+        Settings.from_env(
+            {"TOKENGATE_API_KEY_TTL": "100", "TOKENGATE_API_KEY_MAX_TTL": "10"}, dotenv=None
+        )
+    assert Settings().rate_limit is None and Settings().api_keys
 
 
 def test_keys_cookies_and_introspection_settings_are_checked():

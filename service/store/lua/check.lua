@@ -1,11 +1,18 @@
 -- The guard's one round trip: is the session alive? Slides last-seen.
--- KEYS: session, user set. ARGV: sid, now, idle, maxage, sync.
--- Returns {'miss'} | {'ended', why, fresh?} | {'ok', sync ('1' or ''), created}
+-- KEYS: session, user set, and (a client's token under TOKENGATE_RATE_LIMIT)
+-- the client's rate counter. ARGV: sid, now, idle, maxage, sync, and with the
+-- counter: limit, window.
+-- Returns {'miss'} | {'ended', why, fresh?} | {'limited', retry-after}
+--       | {'ok', sync ('1' or ''), created}
 local k, z, sid = KEYS[1], KEYS[2], ARGV[1]
 local now, idle = tonumber(ARGV[2]), tonumber(ARGV[3])
 local maxage, sync = tonumber(ARGV[4]), tonumber(ARGV[5])
 local h, reply = alive(k, z, sid, now, idle, maxage, 'sy')
 if not h then return reply end
+if KEYS[3] then
+  local ok, left = rate(KEYS[3], now, ARGV[2], tonumber(ARGV[6]), tonumber(ARGV[7]))
+  if not ok then return {'limited', left} end
+end
 redis.call('HSET', k, 'ls', ARGV[2])
 if now - tonumber(h.sy) >= sync then
   redis.call('HSET', k, 'sy', ARGV[2])
