@@ -66,17 +66,6 @@ Token = Annotated[
     StringConstraints(min_length=1, max_length=8192, pattern=_VSCHARS),
     Field(description="A token as issued: printable ASCII (RFC 6749's VSCHAR), at most 8192."),
 ]
-# A reset asks for a name, which may or may not be an account's: any text that
-# could be one is answered alike (202), so this checks length and control
-# characters only. No ``\w`` here: ECMA-262 (the document's regex dialect)
-# reads it as ASCII and Python as Unicode, so the document and the service
-# would disagree about every non-ASCII name.
-ResetUsername = Annotated[
-    str,
-    StringConstraints(min_length=1, max_length=150, pattern=_PRINTABLE),
-    AfterValidator(_clean),
-    Field(description="The account's username; the answer is the same whether or not it exists."),
-]
 Device = Annotated[
     str,
     StringConstraints(max_length=200, pattern=_PRINTABLE),
@@ -119,7 +108,9 @@ class PasswordChange(Body):
 
 
 class ResetRequest(Body):
-    username: ResetUsername
+    # The one definition of a name (usernames.py): one that could be an account's is
+    # answered alike (202) whether or not it is; one that could not is a 400.
+    username: Username
 
 
 class ResetConfirm(Body):

@@ -8,6 +8,7 @@ import secrets
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -61,6 +62,10 @@ def test_serve_keeps_its_instance_private_and_tokens_survive_restart_and_rewrap(
         assert r.status_code == 202
         assert me(http, pair) == 200
 
+    # The reset message is written after the answer (a background task): wait for it.
+    deadline = time.monotonic() + 10
+    while not list((instance / "outbox").glob("*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
     found = modes(instance)
     for name in (
         "tokengate.db", "tokengate.db-wal", "tokengate.db-shm", sealing.KEK_FILE,
