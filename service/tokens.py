@@ -232,6 +232,17 @@ def new_jti() -> str:
     return secrets.token_urlsafe(16)
 
 
+def new_session_id() -> str:
+    """A fresh unguessable session id that never starts with ``-``.
+
+    People type session ids on command lines (``tokengate sessions end ID``),
+    where one starting with ``-`` would read as an option.
+    """
+    while (sid := secrets.token_urlsafe(16)).startswith("-"):
+        pass
+    return sid
+
+
 def mint(
     cfg: SigningConfig,
     kind: TokenKind,

@@ -299,7 +299,7 @@ async def page_create_api_key() -> tuple[Response, int]:
     require_api_keys()
     me = await page_identity()
     gate = get_gate()
-    if gate.clock() - me.auth_time > gate.settings.fresh_ttl:
+    if not me.login_is_fresh(gate.clock(), gate.settings.fresh_ttl):
         raise FreshLoginRequired()
     body = await read_body(schemas.ApiKeyCreate)
     created = await gate.api_keys.create(me.user_id, body.name, body.scopes, body.expires_in)

@@ -41,7 +41,7 @@ async def create_api_key() -> tuple[Response, int]:
 
 
 @api_keys_bp.get("/api-keys")
-@login_required
+@login_required(api_key=False)  # a key manages no keys; it revokes itself at /auth/revoke
 @document(responses={200: schemas.ApiKeysOut}, errors={404: ["not_found"]})
 async def list_api_keys() -> Response:
     """The user's API keys, revoked and expired ones too, with their last use."""
@@ -51,7 +51,7 @@ async def list_api_keys() -> Response:
 
 
 @api_keys_bp.delete("/api-keys/<key_id>")
-@login_required
+@login_required(api_key=False)
 @document(responses={204: None}, errors={404: ["not_found"]})
 async def revoke_api_key(key_id: str) -> Response:
     """Revoke one of the user's API keys: refused by every instance from the next request."""

@@ -221,7 +221,7 @@ async def logout_all() -> Response:
 
 
 @auth_bp.get("/sessions")
-@login_required
+@login_required(api_key=False)  # a program's key does not read where its owner logs in
 @document(responses={200: schemas.SessionsOut})
 async def sessions() -> Response:
     """The user's live sessions."""
@@ -230,7 +230,7 @@ async def sessions() -> Response:
 
 
 @auth_bp.delete("/sessions/<session_id>")
-@login_required
+@login_required(api_key=False)
 @document(responses={204: None}, errors={404: ["not_found"]})
 async def delete_session(session_id: str) -> Response:
     """End one of the user's sessions."""

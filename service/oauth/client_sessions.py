@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 from dataclasses import dataclass
 
 from sqlalchemy import update
@@ -150,7 +149,7 @@ class ClientSessions:
         created = now
         if credential.retire_at is not None:
             created = min(now, credential.retire_at - self.max_age)
-        sid, aj, rj = secrets.token_urlsafe(16), tokens.new_jti(), tokens.new_jti()
+        sid, aj, rj = tokens.new_session_id(), tokens.new_jti(), tokens.new_jti()
         uid = str(client.user_id)
         row = AuthSession(
             id=sid, user_id=client.user_id, created_at=utc(created), last_seen_at=utc(now),

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
-
 from .. import tokens
 from ..db import repository as repo
 from ..db.models import AuthSession
@@ -31,7 +29,7 @@ class Opening(SessionCore):
         """
         now = self.clock()
         iat = int(now)
-        sid, aj, rj = secrets.token_urlsafe(16), tokens.new_jti(), tokens.new_jti()
+        sid, aj, rj = tokens.new_session_id(), tokens.new_jti(), tokens.new_jti()
         uid = str(user.id)
         row = AuthSession(
             id=sid, user_id=user.id, created_at=utc(now), last_seen_at=utc(now),

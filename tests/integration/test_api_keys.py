@@ -37,7 +37,7 @@ async def test_a_key_is_made_once_used_on_guarded_routes_listed_and_revoked(app)
     status, body, _ = await me_answer(client, bearer(made["key"]))
     assert status == 200
     assert body == {"id": 1, "username": "alice", "session_id": None, "api_key_id": made["id"]}
-    r = await client.get("/auth/api-keys", headers=bearer(made["key"]))
+    r = await client.get("/auth/api-keys", headers=bearer(pair["access_token"]))
     listed = (await r.get_json())["api_keys"]
     assert [k["id"] for k in listed] == [made["id"]] and "key" not in listed[0]
     assert listed[0]["revoked_at"] is None
@@ -127,6 +127,12 @@ async def test_a_key_is_never_a_fresh_login_nor_manages_credentials(make_app, cl
         ("POST", "/auth/password", {"current_password": "correct horse", "new_password": "x" * 12}),
         ("POST", "/auth/logout-all", None),
         ("POST", "/auth/logout", None),
+        # A narrow key that leaked must not end its owner's sessions, read where they
+        # log in from, or revoke their other keys.
+        ("GET", "/auth/sessions", None),
+        ("DELETE", f"/auth/sessions/{pair['session_id']}", None),
+        ("GET", "/auth/api-keys", None),
+        ("DELETE", "/auth/api-keys/nosuchkey", None),
     ):
         r = await client.open(path, method=method, json=body, headers=bearer(key))
         assert r.status_code == 403, path
@@ -441,9 +447,13 @@ async def test_a_key_is_read_from_the_header_even_where_browsers_use_cookies(mak
     other = app.test_client()  # no cookies: the key alone, and no CSRF header needed
     r = await other.get("/auth/me", headers=bearer(key))
     assert r.status_code == 200 and (await r.get_json())["api_key_id"]
+    # A key manages no keys; it revokes itself as any token does (RFC 7009).
     r = await other.delete(
         f"/auth/api-keys/{(await r.get_json())['api_key_id']}", headers=bearer(key)
     )
-    assert r.status_code == 204
+    assert r.status_code == 403 and (await r.get_json())["error"] == "api_key_not_allowed"
+    r = await other.post("/auth/revoke", form={"token": key})
+    assert r.status_code == 200
+    assert (await other.get("/auth/me", headers=bearer(key))).status_code == 401
     # A session's JWT in the header is still not read in cookie-only mode.
     assert (await other.get("/auth/me", headers=bearer(pair["access_token"]))).status_code == 401
