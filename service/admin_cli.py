@@ -279,7 +279,7 @@ def cmd_sessions_end(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_rewrap(args: argparse.Namespace) -> int:
-    """Move every stored signing key to the current key-encryption key."""
+    """Move every stored signing key and server secret to the current key-encryption key."""
     import asyncio
     from pathlib import Path
 
@@ -308,8 +308,9 @@ def cmd_keys_rewrap(args: argparse.Namespace) -> int:
             raise CommandError(f"the database cannot be reached: {describe(exc)}") from exc
         raise
     print(
-        f"{stored} signing keys wrapped under key-encryption key {keks.current.id} "
-        f"({moved} moved to it); no stored key needs an older key-encryption key now"
+        f"{stored} stored keys (signing keys, the API-key digest secret) wrapped under "
+        f"key-encryption key {keks.current.id} ({moved} moved to it); no stored key needs "
+        "an older key-encryption key now"
     )
     return 0
 
@@ -318,7 +319,8 @@ def add_rewrap_command(keys_sub: Any) -> None:
     """Add ``keys rewrap`` to the ``tokengate keys`` commands."""
     rewrap = keys_sub.add_parser(
         "rewrap",
-        help="wrap every stored signing key under TOKENGATE_KEY_ENCRYPTION_KEY (or the "
+        help="wrap every stored signing key and server secret under "
+        "TOKENGATE_KEY_ENCRYPTION_KEY (or the "
         "instance's key file), reading them with it, TOKENGATE_OLD_KEY_ENCRYPTION_KEY "
         "and --from-file",
     )

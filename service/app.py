@@ -22,6 +22,7 @@ from . import instance, keys
 from .accounts import Accounts
 from .api.docs import docs_bp
 from .credentials.manager import ApiKeyManager
+from .credentials.secret import api_key_secret
 from .db.engine import build_engine, build_sessionmaker
 from .db.migrate import head_revisions, schema_state, upgrade
 from .edge import RejectMalformedRequests
@@ -252,12 +253,16 @@ class TokenGate:
             raise
         sessionmaker = build_sessionmaker(self._engine)
         keyring = keys.KeyRing(settings, sessionmaker, self.clock)
+        api_key_digest = None
         if keyring.stored:
             legacy = None
             if settings.algorithm == "HS256":
                 legacy = await asyncio.to_thread(read_legacy_secret, settings.instance_dir)
             try:
                 await keyring.load(imported_secret=legacy)
+                if settings.api_keys:  # read now: one left in plain text is wrapped at start
+                    keks = keyring.key_encryption_keys
+                    api_key_digest = await api_key_secret(settings, sessionmaker, keks)
             except BaseException:
                 await self.shutdown()
                 raise
@@ -314,7 +319,7 @@ class TokenGate:
         self._purpose_tokens = PurposeTokens(keyring, db, clock=self.clock)
         self._api_keys = ApiKeyManager(
             settings, RedisApiKeyStore(self._redis, self._pipelined), db, users,
-            self._manager.background, clock=self.clock,
+            self._manager.background, clock=self.clock, secret=api_key_digest,
         )  # fmt: skip
         self._accounts = Accounts(
             settings,

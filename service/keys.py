@@ -32,6 +32,7 @@ from sqlalchemy import delete, false, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from . import sealing, tokens
+from .credentials.secret import rewrap_secrets
 from .db.models import SigningKey as SigningKeyRow
 from .settings import Settings
 
@@ -264,7 +265,9 @@ async def rewrap_keys(
     an older version is read as is), checked, and wrapped again. All or
     nothing: a key that no known KEK unwraps raises :class:`sealing.SealingError`
     before anything is written. Running instances are not disturbed: they
-    hold their keys parsed, and read only keys new to them.
+    hold their keys parsed, and read only keys new to them. The server
+    secrets (the API-key digest secret) move in the same transaction and are
+    counted with the keys.
     """
     async with sessions() as db:
         await _lock(db)
@@ -275,8 +278,9 @@ async def rewrap_keys(
             if sealing.wrapped_under(row.secret) != keks.current.id:
                 row.secret = wrap_secret(keks, row.kid, row.algorithm, secret)
                 moved += 1
+        others = await rewrap_secrets(db, keks)
         await db.commit()
-    return moved, len(rows)
+    return moved + others[0], len(rows) + others[1]
 
 
 class KeyRing:

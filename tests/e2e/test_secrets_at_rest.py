@@ -93,7 +93,8 @@ def test_serve_keeps_its_instance_private_and_tokens_survive_restart_and_rewrap(
         r = cli(["keys", "rewrap", "--from-file", str(instance / sealing.KEK_FILE)], env, tmp_path)
         assert r.returncode == 0, r.stderr
         new_id = sealing.KeyEncryptionKey.from_text(new_kek).id
-        assert f"1 signing keys wrapped under key-encryption key {new_id} (1 moved" in r.stdout
+        said = f"wrapped under key-encryption key {new_id} (2 moved"
+        assert "2 stored keys (signing keys, the API-key digest secret) " + said in r.stdout
         assert new_kek not in r.stdout + r.stderr
         assert me(http, pair) == 200
     service.stop()
@@ -124,4 +125,4 @@ def test_keys_commands_on_a_database_of_its_own_without_a_kek_name_the_setting(t
         assert r.stderr.startswith("tokengate: TOKENGATE_KEY_ENCRYPTION_KEY: must be set")
     r = cli(["keys", "rewrap"], {**env, "TOKENGATE_KEY_ENCRYPTION_KEY": KEK}, tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "0 signing keys wrapped" in r.stdout
+    assert "0 stored keys (signing keys, the API-key digest secret) wrapped" in r.stdout

@@ -20,7 +20,9 @@ from quart.testing.app import LifespanError
 from sqlalchemy import select, update
 
 from quart_tokengate.service import keys, sealing
+from quart_tokengate.service.credentials import apikeys, secret
 from quart_tokengate.service.db.engine import build_engine, build_sessionmaker
+from quart_tokengate.service.db.models import ApiKey, ServerSecret
 from quart_tokengate.service.db.models import SigningKey as SigningKeyRow
 from quart_tokengate.service.sealing import KeyEncryptionKey, KeyEncryptionKeys, SealingError
 from tests.conftest import bearer, me, me_answer, register_and_login
@@ -187,11 +189,12 @@ async def test_rewrap_moves_every_key_to_a_new_kek_plain_text_ones_too(
     assert not sealing.is_wrapped(before[plain_kid])
 
     new = KeyEncryptionKeys(KeyEncryptionKey.from_text(NEW_KEK), (old.current,))
-    assert await keys.rewrap_keys(gate.db, new) == (3, 3)
+    # Three signing keys and the API-key digest secret.
+    assert await keys.rewrap_keys(gate.db, new) == (4, 4)
     after = await rows_of(database_url)
     assert {sealing.wrapped_under(r.secret) for r in after} == {new.current.id}
     assert all(r.secret != before[r.kid] for r in after)
-    assert await keys.rewrap_keys(gate.db, new) == (0, 3)  # nothing left to move
+    assert await keys.rewrap_keys(gate.db, new) == (0, 4)  # nothing left to move
 
     # The running instance is not disturbed; a new one needs only the new KEK.
     assert await me(app.test_client(), pair) == 200
@@ -295,3 +298,111 @@ async def test_an_embedded_database_left_readable_by_an_older_version_is_tighten
     await make_app(instance_dir=instance, database_url=None)
     assert mode(db) == 0o600
     assert all(mode(p) == 0o600 for p in instance.iterdir() if p.name.startswith("tokengate.db"))
+
+
+async def server_secret_row(database_url) -> ServerSecret:
+    engine = build_engine(database_url)
+    try:
+        async with build_sessionmaker(engine)() as db:
+            [row] = (await db.execute(select(ServerSecret))).scalars().all()
+            return row
+    finally:
+        await engine.dispose()
+
+
+async def set_server_secret(database_url, value: str) -> None:
+    engine = build_engine(database_url)
+    try:
+        async with build_sessionmaker(engine)() as db:
+            await db.execute(update(ServerSecret).values(value=value))
+            await db.commit()
+    finally:
+        await engine.dispose()
+
+
+async def new_api_key(client, pair) -> str:
+    headers = bearer(pair["access_token"])
+    r = await client.post("/auth/api-keys", json={"name": "ci"}, headers=headers)
+    assert r.status_code == 201
+    return (await r.get_json())["key"]
+
+
+async def key_works(app, key: str) -> bool:
+    status, _, _ = await me_answer(app.test_client(), bearer(key))
+    return status == 200
+
+
+async def test_the_api_key_secret_is_stored_wrapped_and_keys_verify_after_restart_and_rewrap(
+    make_app, database_url
+):
+    app = await make_app(secret_key=None)
+    client, gate = app.test_client(), gate_of(app)
+    pair = await register_and_login(client)
+    key = await new_api_key(client, pair)
+    async with gate.db() as db:
+        digest = (await db.execute(select(ApiKey.digest))).scalar_one()
+    row = await server_secret_row(database_url)
+    keks = gate.keyring.key_encryption_keys
+    assert sealing.wrapped_under(row.value) == keks.current.id
+    # What the service digests with, unwrapped: the stored value, read any way, is not it.
+    plain = secret.unwrap_value(row, keks)
+    assert apikeys.digest(plain.encode(), key) == digest
+    candidates = [row.value.encode()]
+    for part in row.value.split("."):
+        with contextlib.suppress(ValueError):
+            candidates.append(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+    assert all(apikeys.digest(c, key) != digest for c in candidates)
+    assert plain.encode() not in row.value.encode()
+
+    # A restart reads it; a rewrap moves it (with the signing keys) and a restart reads that.
+    assert await key_works(await make_app(secret_key=None), key)
+    new = KeyEncryptionKeys(KeyEncryptionKey.from_text(NEW_KEK), (keks.current,))
+    assert await keys.rewrap_keys(gate.db, new) == (2, 2)  # the signing key and the secret
+    rewrapped = await server_secret_row(database_url)
+    assert sealing.wrapped_under(rewrapped.value) == new.current.id
+    assert rewrapped.value != row.value and secret.unwrap_value(rewrapped, new) == plain
+    assert await key_works(app, key)  # the running instance is not disturbed
+    assert await key_works(await make_app(secret_key=None, key_encryption_key=NEW_KEK), key)
+    with pytest.raises(LifespanError, match="which this instance does not have"):
+        await make_app(secret_key=None)  # the old KEK alone
+
+
+async def test_an_api_key_secret_stored_in_plain_text_is_wrapped_at_start_and_by_rewrap(
+    make_app, database_url
+):
+    app = await make_app(secret_key=None)
+    client, gate = app.test_client(), gate_of(app)
+    pair = await register_and_login(client)
+    key = await new_api_key(client, pair)
+    keks = gate.keyring.key_encryption_keys
+    plain = secret.unwrap_value(await server_secret_row(database_url), keks)
+    await set_server_secret(database_url, plain)  # as the version before wrapping stored it
+
+    again = await make_app(secret_key=None)
+    row = await server_secret_row(database_url)
+    assert sealing.wrapped_under(row.value) == keks.current.id
+    assert secret.unwrap_value(row, keks) == plain
+    assert await key_works(again, key)
+
+    await set_server_secret(database_url, plain)
+    new = KeyEncryptionKeys(KeyEncryptionKey.from_text(NEW_KEK), (keks.current,))
+    assert await keys.rewrap_keys(gate.db, new) == (2, 2)
+    row = await server_secret_row(database_url)
+    assert sealing.wrapped_under(row.value) == new.current.id
+    assert await key_works(await make_app(secret_key=None, key_encryption_key=NEW_KEK), key)
+
+
+async def test_with_a_secret_key_the_api_key_secret_is_derived_and_nothing_stored(
+    make_app, database_url
+):
+    app = await make_app()
+    client = app.test_client()
+    pair = await register_and_login(client)
+    key = await new_api_key(client, pair)
+    assert await key_works(app, key)
+    engine = build_engine(database_url)
+    try:
+        async with build_sessionmaker(engine)() as db:
+            assert (await db.execute(select(ServerSecret))).scalars().all() == []
+    finally:
+        await engine.dispose()
