@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from ..background import Background
+from ..background import Background, retry
 from ..db.models import ApiKey
 from ..db.repository import utc
 from ..errors import (
@@ -54,6 +54,9 @@ STATE_SLACK = 60
 # A check that keeps meeting a state moved under it (marks racing rebuilds) gives up.
 MAX_REBUILDS = 3
 MAX_LEAKED = 100
+# Leak reports waiting for their background task, at most (a database outage
+# holds them; past this many, a report is refused with 503, nothing queued).
+LEAKED_BACKLOG = 256
 DIGEST_CACHE_SIZE = 10_000
 NAME_MAX = 100
 
@@ -105,6 +108,7 @@ class ApiKeyManager:
         users: UserStore,
         background: Background,
         clock: Callable[[], float] = time.time,
+        secret: bytes | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -114,11 +118,14 @@ class ApiKeyManager:
         self.clock = clock
         limit = settings.rate_limit
         self.rate = RateCount("k", *limit) if limit is not None else None
-        self._secret: bytes | None = None
+        # The digest secret, when start-up read it already.
+        self._secret = secret
         self._secret_lock = asyncio.Lock()
         # Digests of keys that passed the checksum, by key text (as the claims
         # cache keeps verified tokens): the hot path skips the parse and the HMAC.
         self._digests: dict[str, str] = {}
+        self.leaked_backlog = LEAKED_BACKLOG
+        self._leaked_pending = 0
 
     async def secret(self) -> bytes:
         """The digest secret, read (or made) once, on first use."""
@@ -319,7 +326,9 @@ class ApiKeyManager:
 
         Returns how many were well-formed keys (format and checksum, which
         anyone can check), never how many were real: the answer, and its
-        time, are the same whether or not any key was valid.
+        time, are the same whether or not any key was valid. At most
+        ``leaked_backlog`` reports wait at once (a database outage holds
+        them); past that the report is ``503`` and nothing is queued.
         """
         if not isinstance(keys, list) or len(keys) > MAX_LEAKED:
             raise InvalidRequest(f"keys: a list of at most {MAX_LEAKED} keys.")
@@ -333,8 +342,17 @@ class ApiKeyManager:
                 continue
         found = list(dict.fromkeys(found))
         if found:
-            self.background.retry(lambda: self._revoke_leaked(found))
+            if self._leaked_pending >= self.leaked_backlog:
+                raise AuthUnavailable("Too many leak reports are waiting; try again shortly.")
+            self._leaked_pending += 1
+            self.background.spawn(self._leaked_in_background(found))
         return len(found)
+
+    async def _leaked_in_background(self, keys: Sequence[str]) -> None:
+        try:
+            await retry(lambda: self._revoke_leaked(keys))
+        finally:
+            self._leaked_pending -= 1
 
     async def _revoke_leaked(self, keys: Sequence[str]) -> None:
         digests = [await self._digest(key) for key in keys]
