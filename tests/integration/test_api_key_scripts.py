@@ -96,6 +96,15 @@ async def test_the_rate_window_opens_with_its_first_request_and_counts_exactly(s
     assert isinstance(await store.check(TAG, now=NOW + 10.5, rate=rate), KeyLive)
 
 
+async def test_retry_after_is_never_longer_than_the_window(store):
+    # Another instance whose clock is a little behind the one that opened the
+    # window sees it end a fraction more than a window ahead: still one window.
+    await store.load(TAG, "", fields(), expire_at=int(NOW) + 2000)
+    rate = RateCount("k", 1, 10)
+    assert isinstance(await store.check(TAG, now=NOW + 0.5, rate=rate), KeyLive)
+    assert await store.check(TAG, now=NOW + 0.2, rate=rate) == Limited(10)
+
+
 async def test_a_clients_token_is_counted_in_the_sessions_check(redis_client):
     sessions = RedisSessionStore(redis_client, SessionPolicy(100, 1000, 10))
     record = SessionRecord("svc", NOW, NOW, "a", "r", "", int(NOW))

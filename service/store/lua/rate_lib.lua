@@ -13,8 +13,10 @@ local function rate(rk, now, nowtext, limit, window)
     redis.call('HSET', rk, 's', nowtext)
     redis.call('EXPIRE', rk, window + 1)
   end
-  -- Whole seconds, rounded up; a rounding error of the sum is not a second.
-  local left = math.max(1, math.ceil(start + window - now - 1e-6))
+  -- Whole seconds, rounded up; a rounding error of the sum is not a second. Never
+  -- more than the window: another instance's clock, a little behind the one that
+  -- opened it, would otherwise add a second.
+  local left = math.min(window, math.max(1, math.ceil(start + window - now - 1e-6)))
   if n >= limit then return false, left end
   redis.call('HSET', rk, 'n', n + 1)
   return true, limit - n - 1, left
