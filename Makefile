@@ -29,9 +29,13 @@ $(SERVER_STAMP): pyproject.toml
 run: $(SERVER_STAMP)
 	$(BIN)/tokengate serve $(RUN_ARGS)
 
+# Test files run on as many workers as the machine has cores (at most 4), each with
+# its own private redis-server and PostgreSQL; `make test PYTEST_WORKERS=` runs one.
+PYTEST_WORKERS ?= -n auto --maxprocesses=4 --dist loadfile
+
 test: $(STAMP)
 	@./.ci/browser  # Debian's chromium for the browser tests, when it is missing
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	@! grep -rnE '^\s*(from|import) (service|client)([. ]|$$)' service client || \

@@ -39,10 +39,24 @@ DATABASES = ["sqlite", "postgresql"]
 DATABASE_ENV = "TOKENGATE_TEST_DATABASE_URL"
 
 
+def one_worker_for(variable: str) -> None:
+    """Fail when several pytest-xdist workers would share the server ``variable`` names.
+
+    Each test flushes (or truncates) that one server: two workers would wipe each
+    other's state mid-test. The private servers are per worker and never shared.
+    """
+    if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+        pytest.fail(
+            f"{variable} names one server every test wipes: run one worker "
+            "(make test PYTEST_WORKERS=), or unset it for private servers per worker"
+        )
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     url = os.environ.get("TOKENGATE_TEST_REDIS_URL")
     if url:
+        one_worker_for("TOKENGATE_TEST_REDIS_URL")
         try:
             redis.Redis.from_url(url, socket_timeout=2).ping()
         except redis.RedisError as exc:
@@ -98,6 +112,7 @@ def postgres_database() -> Iterator[str]:
     """
     url = os.environ.get(DATABASE_ENV)
     if url:
+        one_worker_for(DATABASE_ENV)
         try:
             # In a thread of its own: an async fixture may be what asked for this one.
             with ThreadPoolExecutor(max_workers=1) as pool:
