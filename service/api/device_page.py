@@ -20,7 +20,8 @@ from typing import Annotated, Any
 from pydantic import BaseModel, StringConstraints
 from quart import Blueprint, Response, jsonify, render_template, request
 
-from ..errors import FreshLoginRequired, TokenRevoked, register_error_handler
+from ..credentials.apikeys import looks_like_key
+from ..errors import ApiKeyNotAllowed, FreshLoginRequired, TokenRevoked, register_error_handler
 from ..guard import get_gate
 from ..identity import Identity
 from ..oauth.device_codes import read_user_code, show_user_code
@@ -61,7 +62,14 @@ async def device_page() -> Response:
 
 
 async def fresh_identity() -> Identity:
-    """The page's caller, whose password login is fresh; else ``fresh_login_required``."""
+    """The page's caller, whose password login is fresh; else ``fresh_login_required``.
+
+    An API key is never one (contract section 9): a program that sends one here is
+    told so (``403 api_key_not_allowed``) rather than asked for the page's cookies.
+    """
+    scheme, _, sent = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and looks_like_key(sent.strip()):
+        raise ApiKeyNotAllowed()
     me = await page_identity()
     gate = get_gate()
     if not me.login_is_fresh(gate.clock(), gate.settings.fresh_ttl):

@@ -411,3 +411,26 @@ async def test_the_page_and_its_answers_are_never_cached(app):
         "/account/device/lookup", json={"user_code": started["user_code"]}, headers=page.headers
     )
     assert r.status_code == 200 and r.headers["Cache-Control"] == "no-store"
+
+
+async def test_an_api_key_never_confirms_a_device(app):
+    # Contract section 9: device confirmation refuses an API key, even with the
+    # page's own cookies beside it; the code stays pending.
+    client = app.test_client()
+    started = await authorize(client)
+    page = await user_page(app)
+    login = await client.post("/auth/login", json=CREDENTIALS)
+    pair = await login.get_json()
+    r = await client.post(
+        "/auth/api-keys", json={"name": "ci"}, headers=bearer(pair["access_token"])
+    )
+    key = (await r.get_json())["key"]
+    for route in ("lookup", "approve", "deny"):
+        r = await page.client.post(
+            f"/account/device/{route}",
+            json={"user_code": started["user_code"]},
+            headers={**page.headers, **bearer(key)},
+        )
+        assert r.status_code == 403, route
+        assert (await r.get_json())["error"] == "api_key_not_allowed"
+    assert await poll_error(client, started["device_code"]) == "authorization_pending"
