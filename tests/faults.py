@@ -45,8 +45,11 @@ class FreezableRedis(PrivateRedis):
 
 def free_port_pair() -> int:
     """A free port ``p`` whose cluster bus port ``p + 10000`` is free too."""
+    # Below the kernel's ephemeral range (32768 and up by default), both ports: an
+    # outgoing connection or a port-0 bind of another test worker never takes them
+    # between this check and redis-server's bind.
     for _ in range(200):
-        port = random.randrange(20000, 40000)
+        port = random.randrange(10000, 22000)
         try:
             with socket.socket() as a, socket.socket() as b:
                 a.bind(("127.0.0.1", port))
