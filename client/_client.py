@@ -9,7 +9,7 @@ proxies and event hooks apply to them too.
 from __future__ import annotations
 
 import time
-from typing import Any, Self
+from typing import Any, Self, cast
 
 import httpx
 
@@ -60,7 +60,40 @@ def _require_base_url(client: httpx.Client | httpx.AsyncClient, method: str) -> 
         raise ValueError(f"base_url is required for {method}()")
 
 
-class AsyncAuthClient(httpx.AsyncClient):
+class _Shared:
+    """What both clients have beyond their I/O: the service-account constructor, the tokens."""
+
+    _token_auth: TokenAuth
+
+    @classmethod
+    def for_client(
+        cls, base_url: httpx.URL | str, client_id: str, client_secret: str | None = None, *,
+        private_key: Any = None, key_id: str | None = None, scope: str | None = None,
+        **kwargs: Any,
+    ) -> Self:  # fmt: skip
+        """A client for a service account (the client-credentials grant, RFC 6749 section 4.4).
+
+        It authenticates with ``client_secret`` (HTTP Basic) or ``private_key``
+        (``private_key_jwt``; ``key_id`` names its public half in the
+        registered JWKS), asks for ``scope`` (default: all of the client's),
+        and fetches a new access token before the old one expires, once for
+        any number of concurrent requests (and processes sharing a
+        ``FileTokenStore``). A refused fetch raises ``InvalidClient``. Every
+        other keyword is the constructor's.
+        """
+        grant = ClientCredentials(client_id, client_secret, private_key, key_id, scope)
+        # The httpx class's constructor, with the keywords the mixin cannot name.
+        client: Self = cast(Any, cls)(base_url=base_url, **kwargs)
+        client._token_auth.grant = grant
+        return client
+
+    @property
+    def tokens(self) -> Tokens | None:
+        """The stored tokens, or ``None`` when logged out (the repr shows no token)."""
+        return self._token_auth.tokens
+
+
+class AsyncAuthClient(_Shared, httpx.AsyncClient):
     """An ``httpx.AsyncClient`` that logs in, attaches, refreshes and retries tokens.
 
     Every httpx keyword passes through. Extra keywords: ``token_store``
@@ -96,32 +129,6 @@ class AsyncAuthClient(httpx.AsyncClient):
         super().__init__(auth=token_auth, **kwargs)
         token_auth.bind(self)
         self._token_auth = token_auth
-
-    @classmethod
-    def for_client(
-        cls, base_url: httpx.URL | str, client_id: str, client_secret: str | None = None, *,
-        private_key: Any = None, key_id: str | None = None, scope: str | None = None,
-        **kwargs: Any,
-    ) -> Self:  # fmt: skip
-        """A client for a service account (the client-credentials grant, RFC 6749 section 4.4).
-
-        It authenticates with ``client_secret`` (HTTP Basic) or ``private_key``
-        (``private_key_jwt``; ``key_id`` names its public half in the
-        registered JWKS), asks for ``scope`` (default: all of the client's),
-        and fetches a new access token before the old one expires, once for
-        any number of concurrent requests (and processes sharing a
-        ``FileTokenStore``). A refused fetch raises ``InvalidClient``. Every
-        other keyword is the constructor's.
-        """
-        grant = ClientCredentials(client_id, client_secret, private_key, key_id, scope)
-        client = cls(base_url=base_url, **kwargs)
-        client._token_auth.grant = grant
-        return client
-
-    @property
-    def tokens(self) -> Tokens | None:
-        """The stored tokens, or ``None`` when logged out (the repr shows no token)."""
-        return self._token_auth.tokens
 
     async def login(self, username: str, password: str, device: str | None = None) -> Tokens:
         """Log in and store the new tokens; raise ``InvalidCredentials``, ``RateLimited``..."""
@@ -186,7 +193,7 @@ class AsyncAuthClient(httpx.AsyncClient):
         return found
 
 
-class AuthClient(httpx.Client):
+class AuthClient(_Shared, httpx.Client):
     """An ``httpx.Client`` that logs in, attaches, refreshes and retries tokens.
 
     The blocking twin of ``AsyncAuthClient``, with the same keywords and
@@ -215,32 +222,6 @@ class AuthClient(httpx.Client):
         super().__init__(auth=token_auth, **kwargs)
         token_auth.bind(self)
         self._token_auth = token_auth
-
-    @classmethod
-    def for_client(
-        cls, base_url: httpx.URL | str, client_id: str, client_secret: str | None = None, *,
-        private_key: Any = None, key_id: str | None = None, scope: str | None = None,
-        **kwargs: Any,
-    ) -> Self:  # fmt: skip
-        """A client for a service account (the client-credentials grant, RFC 6749 section 4.4).
-
-        It authenticates with ``client_secret`` (HTTP Basic) or ``private_key``
-        (``private_key_jwt``; ``key_id`` names its public half in the
-        registered JWKS), asks for ``scope`` (default: all of the client's),
-        and fetches a new access token before the old one expires, once for
-        any number of concurrent requests (and processes sharing a
-        ``FileTokenStore``). A refused fetch raises ``InvalidClient``. Every
-        other keyword is the constructor's.
-        """
-        grant = ClientCredentials(client_id, client_secret, private_key, key_id, scope)
-        client = cls(base_url=base_url, **kwargs)
-        client._token_auth.grant = grant
-        return client
-
-    @property
-    def tokens(self) -> Tokens | None:
-        """The stored tokens, or ``None`` when logged out (the repr shows no token)."""
-        return self._token_auth.tokens
 
     def login(self, username: str, password: str, device: str | None = None) -> Tokens:
         """Log in and store the new tokens; raise ``InvalidCredentials``, ``RateLimited``..."""
