@@ -166,7 +166,11 @@ async def register() -> tuple[Response, int]:
 @document(
     body=schemas.LoginRequest,
     responses={200: schemas.LoginOut},
-    errors={401: ["invalid_credentials"], 429: ["too_many_attempts"]},
+    errors={
+        400: ["invalid_dpop_proof", "use_dpop_nonce"],
+        401: ["invalid_credentials"],
+        429: ["too_many_attempts"],
+    },
     headers=PAIR_HEADERS,
 )
 async def login() -> Response:
@@ -186,7 +190,10 @@ async def login() -> Response:
     body=schemas.RefreshRequest,
     body_required=False,
     responses={200: schemas.TokenPairOut},
-    errors={401: [*GUARD_CODES, "refresh_reused"]},
+    errors={
+        400: ["invalid_dpop_proof", "use_dpop_nonce"],
+        401: [*GUARD_CODES, "refresh_reused"],
+    },
     headers=PAIR_HEADERS,
 )
 async def refresh() -> Response:

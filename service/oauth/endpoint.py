@@ -74,7 +74,14 @@ async def form_parameters() -> dict[str, str]:
     form=schemas.ClientCredentialsForm,
     responses={200: schemas.OAuthTokenOut},
     errors={
-        400: ["invalid_request", "unsupported_grant_type", "invalid_scope", *device_code.ERRORS],
+        400: [
+            "invalid_request",
+            "unsupported_grant_type",
+            "invalid_scope",
+            *device_code.ERRORS,
+            "invalid_dpop_proof",
+            "use_dpop_nonce",
+        ],
         401: ["invalid_client"],
     },
 )

@@ -366,3 +366,55 @@ class TestHotPath:
         assert r.status_code == 200, await r.get_data()
         r = await client.get("/auth/me", headers=headers)
         assert r.status_code == 401  # and now it is a replay
+
+
+async def test_proofs_of_another_implementation_bind_and_use_tokens(app):
+    """requests_oauth2client's DPoPKey (jwskate) logs in, calls, and refreshes."""
+    from requests_oauth2client import DPoPKey
+
+    from quart_tokengate.client._dpop import ath
+
+    client = app.test_client()
+    theirs = DPoPKey.generate(alg="ES256")
+    await register(client)
+    login = {"username": "alice", "password": "correct horse"}
+    r = await client.post(
+        "/auth/login", json=login,
+        headers={"DPoP": str(theirs.proof("POST", f"{ORIGIN}/auth/login"))},
+    )  # fmt: skip
+    pair = await r.get_json()
+    assert r.status_code == 200, pair
+    assert claims_of(pair["access_token"])["cnf"] == {"jkt": theirs.dpop_jkt}
+    token = pair["access_token"]
+    headers = {
+        "Authorization": f"DPoP {token}",
+        "DPoP": str(theirs.proof("GET", ME, ath=ath(token))),
+    }
+    assert (await client.get("/auth/me", headers=headers)).status_code == 200
+    r = await client.post(
+        "/auth/refresh", json={"refresh_token": pair["refresh_token"]},
+        headers={"DPoP": str(theirs.proof("POST", f"{ORIGIN}/auth/refresh"))},
+    )  # fmt: skip
+    assert r.status_code == 200
+    assert (await r.get_json())["token_type"] == "DPoP"
+
+
+async def test_htu_is_the_url_the_client_saw_through_trusted_proxies_only(make_app):
+    app = await make_app(trusted_proxies=("10.0.0.0/8",))
+    client = app.test_client()
+    key = generate_key()
+    token = (await bound_login(client, key))["access_token"]
+    public = "https://api.example.com/auth/me"
+    forwarded = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "api.example.com"}
+
+    async def call(url: str, peer: str) -> int:
+        headers = {**dpop_headers(key, token, url=url), **forwarded}
+        r = await client.get("/auth/me", headers=headers, scope_base={"client": (peer, 4000)})
+        return r.status_code
+
+    # Through a trusted proxy, the proof names the public URL...
+    assert await call(public, "10.1.2.3") == 200
+    assert await call(ME, "10.1.2.3") == 401
+    # ...and from anyone else the forwarded headers prove nothing.
+    assert await call(public, "192.0.2.7") == 401
+    assert await call(ME, "192.0.2.7") == 200
