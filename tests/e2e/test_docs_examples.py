@@ -122,7 +122,11 @@ def test_a_fragment_compiles(example):
 # -- scripts against the real service -------------------------------------------
 @pytest.fixture(scope="module")
 def service(module_redis: PrivateRedis, tmp_path_factory: pytest.TempPathFactory):
-    running = start_service(tmp_path_factory.mktemp("service"), module_redis.url)
+    # docs/dpop.md's resource server introspects as this client.
+    running = start_service(
+        tmp_path_factory.mktemp("service"), module_redis.url,
+        introspection_clients="reports:reports-secret",
+    )  # fmt: skip
     try:
         r = httpx.post(
             running.base_url + "/auth/register", json={"username": "alice", "password": PASSWORD}
