@@ -1,24 +1,18 @@
-"""The event loop the bench's servers run, loaded without importing tokengate.
+"""The event loop the bench's servers run: the one ``tokengate serve`` runs.
 
-``serve`` runs :func:`quart_tokengate.service.serving.new_event_loop`; the
-bench's host apps must run the same loop, but the plain app's process must
-not import tokengate (its package would load everything). This loads that
-one module, which needs nothing of tokengate, from its file.
+``serve`` runs :func:`quart_tokengate.service.serving.new_event_loop`; the bench's host
+apps must run the same loop. ``quart_tokengate.service`` loads its names lazily, so this
+imports ``serving`` and ``edge`` alone, not the extension (the plain app's process must
+not load tokengate's routes, storage or settings).
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-from pathlib import Path
 
-_PATH = Path(__file__).resolve().parent.parent / "service" / "serving.py"
-_spec = importlib.util.spec_from_file_location("tokengate_serving", _PATH)
-assert _spec is not None and _spec.loader is not None
-serving = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(serving)
+from quart_tokengate.service.serving import new_event_loop as _serving_loop
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
-    loop: asyncio.AbstractEventLoop = serving.new_event_loop()
+    loop: asyncio.AbstractEventLoop = _serving_loop()
     return loop

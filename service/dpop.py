@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import json
@@ -240,14 +241,11 @@ _ALGORITHMS = {name: get_default_algorithms()[name] for name in SUPPORTED_ALGORI
 
 
 def _signature_ok(algorithm: str, key: Any, signing_input: bytes, signature: bytes) -> bool:
-    """PyJWT's check of ``signature`` with ``algorithm`` pinned and ``key`` built from the JWK."""
-    implementation = _ALGORITHMS[algorithm]
+    """PyJWT's check of ``signature`` with ``algorithm`` pinned and ``key`` built from the
+    JWK (and passed through that implementation's ``prepare_key``)."""
     try:
-        # prepare_key checks the key's family (and curve) once more, on PyJWT's side.
-        return bool(
-            implementation.verify(signing_input, implementation.prepare_key(key), signature)
-        )
-    except (jwt.PyJWTError, ValueError, TypeError):  # a key or signature they refuse
+        return bool(_ALGORITHMS[algorithm].verify(signing_input, key, signature))
+    except (jwt.PyJWTError, ValueError, TypeError):  # a signature they refuse
         return False
 
 
@@ -310,6 +308,10 @@ def normalise_htu(url: str) -> str | None:
     return f"{scheme}://{host}{port}{path}"
 
 
+# The same few URLs come again and again (a route's, as the clients write it).
+_normalised = functools.lru_cache(maxsize=1024)(normalise_htu)
+
+
 def _quote(match: re.Match[str]) -> str:
     return "".join(f"%{b:02X}" for b in match.group().encode("utf-8", "surrogatepass"))
 
@@ -339,23 +341,19 @@ def verify_proof(
     if not isinstance(proof, str) or len(proof) > MAX_PROOF_LENGTH or not _JWS.match(proof):
         raise InvalidDPoPProof("The proof is not a well-formed JWT.")
     header_segment, payload_segment, signature_segment = proof.split(".")
-    header = _json_object(header_segment)
-    if header.get("typ") != "dpop+jwt":
-        raise InvalidDPoPProof("The proof's typ is not dpop+jwt.")
-    algorithm = header.get("alg")
-    if not isinstance(algorithm, str) or algorithm not in policy.algorithms:
+    header = _HEADERS.get(header_segment)
+    if header is None:
+        header = _read_header(header_segment, policy)
+    elif header.algorithm not in policy.algorithms:
         raise InvalidDPoPProof("The proof is signed with an algorithm that is not accepted.")
-    if "crit" in header:  # RFC 7515 section 4.1.11: we understand no extension
-        raise InvalidDPoPProof("The proof names critical extensions this server does not know.")
-    key = public_key(algorithm, header.get("jwk"))
-    jwk: dict[str, Any] = header["jwk"]
     try:
         signature = _unb64url(signature_segment)
     except ValueError:
         raise InvalidDPoPProof("The proof is not a well-formed JWT.") from None
     signing_input = f"{header_segment}.{payload_segment}".encode("ascii")
-    if not _signature_ok(algorithm, key, signing_input, signature):
+    if not _signature_ok(header.algorithm, header.key, signing_input, signature):
         raise InvalidDPoPProof("The proof's signature does not verify.")
+    algorithm, jwk = header.algorithm, header.jwk
     claims = _json_object(payload_segment)
     _check_request(claims, method=method, url=url)
     iat = claims.get("iat")
@@ -375,7 +373,48 @@ def verify_proof(
             raise InvalidDPoPProof("The proof is not made for this access token.")
     if nonce_key is not None:
         _check_nonce_claim(claims, nonce_key, policy=policy, now=now)
-    return VerifiedProof(jkt=thumbprint(jwk), jti=jti, iat=int(iat), algorithm=algorithm, jwk=jwk)
+    return VerifiedProof(jkt=header.jkt, jti=jti, iat=int(iat), algorithm=algorithm, jwk=jwk)
+
+
+@dataclass(frozen=True, slots=True)
+class _Header:
+    """What a proof's header segment decodes to once every check of it passed."""
+
+    algorithm: str
+    key: Any  # prepared for PyJWT's implementation of ``algorithm``
+    jwk: dict[str, Any]
+    jkt: str
+
+
+# A client sends the same header (typ, alg, jwk) with every proof: its decoding, key
+# and thumbprint are kept by the segment's exact text, which is what the signature
+# covers. Only headers that passed every check are kept; the oldest goes first.
+_HEADERS: dict[str, _Header] = {}
+HEADER_CACHE_SIZE = 4096
+
+
+def _read_header(segment: str, policy: DPoPPolicy) -> _Header:
+    """Check a header segment (typ, alg against ``policy``, crit, jwk) and keep it."""
+    header = _json_object(segment)
+    if header.get("typ") != "dpop+jwt":
+        raise InvalidDPoPProof("The proof's typ is not dpop+jwt.")
+    algorithm = header.get("alg")
+    if not isinstance(algorithm, str) or algorithm not in policy.algorithms:
+        raise InvalidDPoPProof("The proof is signed with an algorithm that is not accepted.")
+    if "crit" in header:  # RFC 7515 section 4.1.11: we understand no extension
+        raise InvalidDPoPProof("The proof names critical extensions this server does not know.")
+    key = public_key(algorithm, header.get("jwk"))
+    jwk: dict[str, Any] = header["jwk"]
+    try:
+        # prepare_key checks the key's family (and curve) once more, on PyJWT's side.
+        prepared = _ALGORITHMS[algorithm].prepare_key(key)
+    except (jwt.PyJWTError, ValueError, TypeError):
+        raise InvalidDPoPProof("The proof's key is malformed.") from None
+    found = _Header(algorithm, prepared, jwk, thumbprint(jwk))
+    if len(_HEADERS) >= HEADER_CACHE_SIZE:
+        del _HEADERS[next(iter(_HEADERS))]
+    _HEADERS[segment] = found
+    return found
 
 
 def _check_request(claims: dict[str, Any], *, method: str, url: str) -> None:
@@ -383,10 +422,10 @@ def _check_request(claims: dict[str, Any], *, method: str, url: str) -> None:
     if claims.get("htm") != method:
         raise InvalidDPoPProof("The proof is made for another HTTP method.")
     htu = claims.get("htu")
-    expected = normalise_htu(url)
+    expected = _normalised(url)
     if expected is None:
         raise InvalidDPoPProof("The request's URL cannot be checked against a proof.")
-    if not isinstance(htu, str) or normalise_htu(htu) != expected:
+    if not isinstance(htu, str) or _normalised(htu) != expected:
         raise InvalidDPoPProof("The proof is made for another URL.")
 
 

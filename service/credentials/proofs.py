@@ -100,15 +100,20 @@ def sent_proof() -> str | None:
 
 def request_url(trusted: tuple[str, ...]) -> str:
     """This request's URL as the client addressed it, without query (RFC 9449 section 4.3)."""
+    if not trusted:  # nobody may speak for the client: the request's own scheme and host
+        return f"{request.scheme}://{request.host}{_path()}"
     origin = public_origin(
         request.scheme, request.host, request.remote_addr,
         request.headers.getlist("X-Forwarded-Proto"), request.headers.getlist("X-Forwarded-Host"),
         trusted,
     )  # fmt: skip
-    # The path as sent (ASGI's raw_path, percent-escapes and all); the decoded one else.
+    return origin + _path()
+
+
+def _path() -> str:
+    """The path as sent (ASGI's raw_path, percent-escapes and all); the decoded one else."""
     raw = request.scope.get("raw_path")
-    path = raw.decode("latin-1") if isinstance(raw, bytes) else quote(request.path, safe="/~")
-    return origin + path
+    return raw.decode("latin-1") if isinstance(raw, bytes) else quote(request.path, safe="/~")
 
 
 # -- the guard ---------------------------------------------------------------------

@@ -598,3 +598,20 @@ def test_fuzz_htu_normalisation_is_idempotent_and_never_raises(scheme, host, res
     if once is not None:
         assert dpop.normalise_htu(once) == once
         assert "?" not in once and "#" not in once
+
+
+def test_a_kept_header_is_still_held_to_each_policy():
+    """Headers are decoded once and kept by their text; the algorithm allow-list is
+    the caller's policy, checked on every proof, kept or not."""
+    rsa_proof = proof(KEYS["RS256"], "RS256")
+    dpop.verify_proof(rsa_proof, method="GET", url=URL, now=NOW, access_token=TOKEN, policy=ALL)
+    assert rsa_proof.split(".")[0] in dpop._HEADERS
+    with pytest.raises(dpop.InvalidDPoPProof, match="algorithm"):
+        dpop.verify_proof(rsa_proof, method="GET", url=URL, now=NOW, access_token=TOKEN)
+
+
+def test_a_refused_header_is_never_kept():
+    forged = proof(head={**header(), "typ": "JWT"})
+    with pytest.raises(dpop.InvalidDPoPProof):
+        dpop.verify_proof(forged, method="GET", url=URL, now=NOW, access_token=TOKEN)
+    assert forged.split(".")[0] not in dpop._HEADERS
