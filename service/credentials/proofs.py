@@ -100,14 +100,19 @@ def sent_proof() -> str | None:
 
 def request_url(trusted: tuple[str, ...]) -> str:
     """This request's URL as the client addressed it, without query (RFC 9449 section 4.3)."""
+    return request_origin(trusted) + _path()
+
+
+def request_origin(trusted: tuple[str, ...]) -> str:
+    """The scheme and host the client addressed (``X-Forwarded-Proto``/``-Host`` only
+    from ``trusted`` proxies): for a proof's ``htu`` and for addresses we hand out."""
     if not trusted:  # nobody may speak for the client: the request's own scheme and host
-        return f"{request.scheme}://{request.host}{_path()}"
-    origin = public_origin(
+        return f"{request.scheme}://{request.host}"
+    return public_origin(
         request.scheme, request.host, request.remote_addr,
         request.headers.getlist("X-Forwarded-Proto"), request.headers.getlist("X-Forwarded-Host"),
         trusted,
     )  # fmt: skip
-    return origin + _path()
 
 
 def _path() -> str:

@@ -17,6 +17,7 @@ from pydantic.json_schema import SkipJsonSchema
 from quart import Blueprint, Response, jsonify, url_for
 
 from ..api.auth import client_info, raw_body
+from ..credentials.proofs import request_origin
 from ..errors import InvalidRequest, InvalidScope, handle_exception
 from ..guard import get_gate
 from ..openapi import document
@@ -109,7 +110,8 @@ async def device_authorization() -> Response:
     started = await device_logins(get_gate().manager).start(
         client_id=client_id, scopes=scopes, info=info
     )
-    page = url_for(PAGE_ENDPOINT, _external=True)
+    # The page's address as the person will reach it: through the trusted proxies.
+    page = request_origin(get_gate().settings.trusted_proxies) + url_for(PAGE_ENDPOINT)
     return jsonify(
         {
             "device_code": started.device_code,

@@ -463,3 +463,19 @@ async def test_a_device_that_polls_with_a_dpop_proof_gets_a_bound_session(app):
     }
     assert (await client.get("/auth/me", headers=headers)).status_code == 200
     assert await me(client, pair) == "invalid_token"  # as Bearer, refused
+
+
+async def test_the_verification_address_is_the_public_one_through_trusted_proxies_only(make_app):
+    app = await make_app(trusted_proxies=("10.0.0.0/8",))
+    client = app.test_client()
+    forwarded = {**FORM, "X-Forwarded-Proto": "https", "X-Forwarded-Host": "login.example.com"}
+
+    async def start(peer: str) -> str:
+        r = await client.post(
+            "/oauth/device_authorization", data="", headers=forwarded,
+            scope_base={"client": (peer, 4000)},
+        )  # fmt: skip
+        return str((await r.get_json())["verification_uri"])
+
+    assert await start("10.9.8.7") == "https://login.example.com/account/device"
+    assert await start("192.0.2.1") == "http://localhost/account/device"
