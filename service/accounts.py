@@ -146,18 +146,19 @@ class Accounts:
         return user
 
     async def login(
-        self, username: str, password: str, client: ClientInfo, device_token: str | None = None
-    ) -> TokenPair:
+        self, username: str, password: str, client: ClientInfo, device_token: str | None = None,
+        *, jkt: str | None = None,
+    ) -> TokenPair:  # fmt: skip
         """Check the credentials and open a session: its first token pair, with a device token.
 
         A valid ``device_token`` of this account has the check throttled on
         the device's own count; the pair carries that device's token renewed,
-        or a new device's.
+        or a new device's. ``jkt`` binds the session to a DPoP key.
         """
         name = usernames.lookup_forms(username)[0]  # Alice and ALICE: one count
         device = self.throttle.trusted_device(device_token, name)
         user = await self.check_credentials(name, password, client.ip, device, asked=username)
-        pair = await self.sessions.start_session(user, client, password)
+        pair = await self.sessions.start_session(user, client, password, jkt=jkt)
         issued = self.throttle.device_token(user.id, name, device)
         return dataclasses.replace(pair, device_token=issued)
 

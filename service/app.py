@@ -22,6 +22,7 @@ from . import instance, keys
 from .accounts import Accounts
 from .api.docs import docs_bp
 from .credentials.manager import ApiKeyManager
+from .credentials.proofs import ProofChecks
 from .credentials.secret import api_key_secret
 from .db.engine import build_engine, build_sessionmaker
 from .db.migrate import head_revisions, schema_state, upgrade
@@ -117,6 +118,7 @@ class TokenGate:
         self._accounts: Accounts | None = None
         self._purpose_tokens: PurposeTokens | None = None
         self._api_keys: ApiKeyManager | None = None
+        self._proofs: ProofChecks | None = None
         self._redis: AnyRedis | None = None
         self._engine: AsyncEngine | None = None
         self._embedded: EmbeddedRedis | None = None
@@ -214,6 +216,13 @@ class TokenGate:
         return self._purpose_tokens
 
     @property
+    def proofs(self) -> ProofChecks:
+        """``TOKENGATE_DPOP*`` as applied to requests (the nonce key is set at start-up)."""
+        if self._proofs is None:
+            self._proofs = ProofChecks.from_settings(self.settings)
+        return self._proofs
+
+    @property
     def api_keys(self) -> ApiKeyManager:
         """API keys (``TOKENGATE_API_KEYS``); a key sent where they are off is ``invalid_token``."""
         if self._api_keys is None:
@@ -267,6 +276,11 @@ class TokenGate:
                 await self.shutdown()
                 raise
             self._keys_task = asyncio.ensure_future(keyring.keep_fresh())
+        if settings.dpop_nonce:  # the nonces are keyed by the deployment's secret
+            secret = api_key_digest or await api_key_secret(
+                settings, sessionmaker, keyring.key_encryption_keys if keyring.stored else None
+            )
+            self._proofs = ProofChecks.from_settings(settings, secret)
         self._keyring = keyring
         redis_url = settings.redis_url
         if redis_url is None:

@@ -10,7 +10,8 @@
         │   └── OAuthError           400 invalid_scope, unsupported_grant_type,
         │                            invalid_grant (RFC 6749 section 5.2),
         │                            authorization_pending, slow_down,
-        │                            access_denied, expired_token (RFC 8628 3.5)
+        │                            access_denied, expired_token (RFC 8628 3.5),
+        │                            invalid_dpop_proof, use_dpop_nonce (RFC 9449 5)
         ├── RequestTooLarge          413 request_too_large
         ├── NotFound                 404 not_found
         ├── Conflict                 409 username_taken
@@ -30,7 +31,9 @@
             ├── RefreshReused        refresh_reused
             ├── FreshLoginRequired   fresh_login_required
             ├── InvalidCredentials   invalid_credentials
-            └── InvalidClient        invalid_client (RFC 6749/7662, + Basic challenge)
+            ├── InvalidClient        invalid_client (RFC 6749/7662, + Basic challenge)
+            └── DPoPProofRefused     invalid_dpop_proof (+ DPoP challenge, RFC 9449 7.1)
+                └── DPoPNonceRequired  use_dpop_nonce (+ DPoP-Nonce)
 
 The handler renders every ``HTTPException`` (ours and Quart's own 404, 405,
 413...) as ``{"error", "error_description"}``; infrastructure failures become
@@ -111,6 +114,27 @@ class AccessDenied(OAuthError):
 class ExpiredToken(OAuthError):
     error = "expired_token"
     description = "The device code expired; start the device login again."
+
+
+class TokenRequestProofRefused(OAuthError):
+    """A token request's ``DPoP`` proof failed a check (RFC 9449 section 5)."""
+
+    error = "invalid_dpop_proof"
+    description = "The DPoP proof is invalid."
+
+    def __init__(self, description: str | None = None, *, nonce: str | None = None) -> None:
+        super().__init__(description)
+        self.nonce = nonce
+
+    def extra_headers(self) -> dict[str, str]:
+        return {} if self.nonce is None else {"DPoP-Nonce": self.nonce}
+
+
+class TokenRequestNonceRequired(TokenRequestProofRefused):
+    """A token request must carry the server's nonce (RFC 9449 section 8)."""
+
+    error = "use_dpop_nonce"
+    description = "Send the proof again with the nonce in the DPoP-Nonce header."
 
 
 class RequestTooLarge(ApiError, wz.RequestEntityTooLarge):
@@ -208,13 +232,17 @@ class Unauthorized(ApiError, wz.Unauthorized):
     code = 401
     error = "invalid_token"
     description = "The token is invalid."
+    # The challenge's error (RFC 6750 section 3.1; RFC 9449 section 7.1 adds its own two).
+    challenge_error = "invalid_token"
+    # Set by the guard for a request that used the DPoP scheme (or must): the
+    # challenge then names that scheme and the proof algorithms accepted.
+    dpop_algs: str | None = None
 
     def extra_headers(self) -> dict[str, str]:
-        return {
-            "WWW-Authenticate": (
-                f'Bearer realm="{REALM}", error="invalid_token", error_description="{self.error}"'
-            )
-        }
+        params = f'error="{self.challenge_error}", error_description="{self.error}"'
+        if self.dpop_algs is not None:
+            return {"WWW-Authenticate": f'DPoP realm="{REALM}", algs="{self.dpop_algs}", {params}'}
+        return {"WWW-Authenticate": f'Bearer realm="{REALM}", {params}'}
 
 
 class MissingToken(Unauthorized):
@@ -222,7 +250,33 @@ class MissingToken(Unauthorized):
     description = "No access token was sent."
 
     def extra_headers(self) -> dict[str, str]:
+        if self.dpop_algs is not None:
+            return {"WWW-Authenticate": f'DPoP realm="{REALM}", algs="{self.dpop_algs}"'}
         return {"WWW-Authenticate": f'Bearer realm="{REALM}"'}
+
+
+class DPoPProofRefused(Unauthorized):
+    """A guarded request's ``DPoP`` proof failed a check (RFC 9449 section 7.1)."""
+
+    error = challenge_error = "invalid_dpop_proof"
+    description = "The DPoP proof is invalid."
+
+    def __init__(self, description: str | None = None, *, nonce: str | None = None) -> None:
+        super().__init__(description)
+        self.nonce = nonce
+
+    def extra_headers(self) -> dict[str, str]:
+        headers = super().extra_headers()
+        if self.nonce is not None:
+            headers["DPoP-Nonce"] = self.nonce
+        return headers
+
+
+class DPoPNonceRequired(DPoPProofRefused):
+    """The server wants its own nonce in the proof (RFC 9449 section 9); ``DPoP-Nonce`` has it."""
+
+    error = challenge_error = "use_dpop_nonce"
+    description = "Send the proof again with the nonce in the DPoP-Nonce header."
 
 
 class InvalidToken(Unauthorized):

@@ -22,10 +22,13 @@ from quart import Quart, Response, current_app, request
 from . import cookies
 from .cookies import RequestAuth, request_auth
 from .credentials.kinds import CredentialKind, read_credential, sent_api_key
+from .credentials.proofs import bearer_required_check, refuse_bound, resource_check
+from .dpop import DPoPError
 from .errors import (
     ApiError,
     ApiKeyNotAllowed,
     AuthUnavailable,
+    DPoPProofRefused,
     FreshLoginRequired,
     InsufficientScope,
     InvalidToken,
@@ -33,6 +36,7 @@ from .errors import (
     SessionExpired,
     SessionReplaced,
     TokenRevoked,
+    Unauthorized,
     is_infrastructure_failure,
 )
 from .identity import Identity
@@ -144,14 +148,25 @@ async def authenticate_request(
     """Run the full check for this request and remember the identity."""
     gate = gate or get_gate()
     state = state or request_auth()
+    proofs = gate.proofs
+    dpop_scheme = False
     try:
         # The one place that tells credential kinds apart (docs/design.md).
-        credential = read_credential(gate.settings)
         try:
-            if credential.kind is CredentialKind.API_KEY:
+            credential = read_credential(gate.settings)
+        except DPoPError as exc:  # two DPoP headers
+            raise DPoPProofRefused(exc.reason) from None
+        kind = credential.kind
+        dpop_scheme = kind is CredentialKind.DPOP_JWT
+        try:
+            if kind is CredentialKind.API_KEY:
                 identity = await gate.api_keys.authenticate(credential.text, _address)
+            elif dpop_scheme:
+                check = resource_check(proofs, credential.proof, credential.text)
+                identity = await gate.manager.authenticate(credential.text, sender=check)
             else:
-                identity = await gate.manager.authenticate(credential.text)
+                sender = bearer_required_check if proofs.required else refuse_bound
+                identity = await gate.manager.authenticate(credential.text, sender=sender)
         except SESSION_OVER:
             state.clear_cookies = state.via_cookie
             raise
@@ -164,6 +179,8 @@ async def authenticate_request(
                 raise AuthUnavailable() from exc
             raise
     except ApiError as exc:
+        if isinstance(exc, Unauthorized) and (dpop_scheme or proofs.required):
+            exc.dpop_algs = proofs.algs  # the challenge names the DPoP scheme
         guard_outcome(exc.error).inc()
         raise
     guard_outcome("ok").inc()

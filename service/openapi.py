@@ -50,6 +50,8 @@ GUARD_CODES = (
     "session_expired",
     "session_replaced",
 )
+# What a request sent with the DPoP scheme may also meet (RFC 9449 section 7.1).
+DPOP_CODES = ("invalid_dpop_proof", "use_dpop_nonce")
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # A password field whose shortest length is TOKENGATE_PASSWORD_MIN_LENGTH.
 PASSWORD_POLICY = "x-tokengate-password-policy"  # noqa: S105 - a schema key
@@ -315,14 +317,18 @@ class _Builder:
         requirement = requirement_of(view)
         if requirement is not None:
             schemes: list[dict[str, list[str]]] = []
-            if self.settings.use_headers:
+            if self.settings.use_headers and self.settings.dpop != "required":
                 schemes.append({"bearer": list(requirement.scopes)})
+            if self.settings.dpop != "off":
+                schemes.append({"dpop": list(requirement.scopes)})
             if self.settings.use_cookies:
                 schemes.append({"cookie": list(requirement.scopes)})
             if requirement.optional:
                 schemes.append({})
             out["security"] = schemes
             errors.setdefault(401, set()).update(GUARD_CODES)
+            if self.settings.dpop != "off":
+                errors[401].update(DPOP_CODES)
             if requirement.fresh:
                 errors[401].add("fresh_login_required")
             if requirement.scopes:
@@ -413,6 +419,17 @@ class _Builder:
                 "bearerFormat": "JWT",
                 "description": (
                     "An access token from /auth/login or /auth/refresh, or an API key (tgk_...)."
+                ),
+            }
+        if self.settings.dpop != "off":
+            schemes["dpop"] = {
+                "type": "http",
+                "scheme": "DPoP",
+                "bearerFormat": "JWT",
+                "description": (
+                    "A DPoP-bound access token (RFC 9449): 'Authorization: DPoP <token>' with a "
+                    "'DPoP' header holding a fresh proof signed by the key the token is bound to "
+                    f"(algorithms: {' '.join(self.settings.dpop_algorithms)})."
                 ),
             }
         if self.settings.use_cookies:

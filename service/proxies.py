@@ -67,3 +67,25 @@ def throttle_address(address: str) -> str:
             return str(ip.ipv4_mapped)
         return str(ipaddress.ip_network(f"{ip}/64", strict=False))
     return str(ip)
+
+
+def _last(values: Sequence[str]) -> str:
+    """The value the nearest proxy wrote: the last of a header's comma-separated list."""
+    hops = [hop.strip() for value in values for hop in value.split(",") if hop.strip()]
+    return hops[-1] if hops else ""
+
+
+def public_origin(
+    scheme: str, host: str, peer: str | None, forwarded_proto: Sequence[str],
+    forwarded_host: Sequence[str], trusted: tuple[str, ...],
+) -> str:  # fmt: skip
+    """The scheme and host the client addressed: ``X-Forwarded-Proto`` and
+    ``X-Forwarded-Host`` when the request comes from a trusted proxy, else the
+    request's own (anyone may send those headers)."""
+    current = _parse(peer or "")
+    if current is not None and any(current in net for net in networks(trusted)):
+        proto = _last(forwarded_proto).lower()
+        if proto in ("http", "https"):
+            scheme = proto
+        host = _last(forwarded_host) or host
+    return f"{scheme}://{host}"

@@ -446,12 +446,6 @@ def _check(s: Settings) -> list[str]:
         bad("token_location", "expected headers, cookies or headers,cookies")
     if s.dpop not in DPOP_MODES:
         bad("dpop", "expected off, allowed or required")
-    # The proof verifier exists (dpop.py) but no endpoint binds tokens yet: an operator
-    # who asks for DPoP to be enforced must not be told it is.
-    elif s.dpop == "required":
-        bad("dpop", "required is not available yet: this version issues no DPoP-bound tokens")
-    if s.dpop_nonce:
-        bad("dpop_nonce", "not available yet: this version issues no DPoP-bound tokens")
     if not s.dpop_algorithms or not set(s.dpop_algorithms) <= set(DPOP_ALGORITHMS):
         bad("dpop_algorithms", f"expected some of {', '.join(DPOP_ALGORITHMS)}")
     if s.dpop_max_age < 1:

@@ -385,6 +385,8 @@ class Grant:
     access_jti: str
     refresh_jti: str
     iat: int
+    # The RFC 7638 thumbprint of the DPoP key both tokens are bound to (``cnf.jkt``).
+    jkt: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,6 +398,7 @@ class TokenPair:
     session_id: str
     # A password login's answer also carries the device's token (throttle.py).
     device_token: str | None = None
+    token_type: str = "Bearer"  # noqa: S105 - "DPoP" for a bound pair (RFC 9449 section 5)
 
     def __repr__(self) -> str:  # tokens never appear in reprs or logs
         return f"TokenPair(session_id={self.session_id!r}, expires_in={self.expires_in})"
@@ -405,7 +408,7 @@ class TokenPair:
         return {
             "access_token": self.access_token,
             "refresh_token": self.refresh_token,
-            "token_type": "Bearer",
+            "token_type": self.token_type,
             "expires_in": self.expires_in,
             "refresh_expires_in": self.refresh_expires_in,
             "session_id": self.session_id,
@@ -432,14 +435,18 @@ def mint_pair(
     cfg: SigningConfig, grant: Grant, claims: Mapping[str, Any], *, access_ttl: int,
     refresh_ttl: int, now: float,
 ) -> TokenPair:  # fmt: skip
-    """The token pair of ``grant``, with the lifetimes left at ``now``."""
+    """The token pair of ``grant``, with the lifetimes left at ``now``.
+
+    A grant bound to a DPoP key binds both tokens: ``cnf.jkt`` in each.
+    """
+    bound = {} if grant.jkt is None else {"cnf": {"jkt": grant.jkt}}
     access = mint_access(
         cfg, user_id=grant.user_id, username=grant.username, session_id=grant.session_id,
-        jti=grant.access_jti, iat=grant.iat, ttl=access_ttl, claims=claims,
+        jti=grant.access_jti, iat=grant.iat, ttl=access_ttl, claims={**claims, **bound},
     )  # fmt: skip
     refresh = mint(
         cfg, RefreshToken.kind, sub=grant.user_id, jti=grant.refresh_jti, iat=grant.iat,
-        ttl=refresh_ttl, extra={"sid": grant.session_id},
+        ttl=refresh_ttl, extra={"sid": grant.session_id, **bound},
     )  # fmt: skip
     return TokenPair(
         access_token=access,
@@ -447,6 +454,7 @@ def mint_pair(
         expires_in=seconds_left(grant.iat, access_ttl, now),
         refresh_expires_in=seconds_left(grant.iat, refresh_ttl, now),
         session_id=grant.session_id,
+        token_type="Bearer" if grant.jkt is None else "DPoP",
     )
 
 

@@ -11,6 +11,8 @@ from quart import Blueprint, Response, jsonify, request
 
 from .. import cookies
 from ..cookies import read_refresh_token, request_auth
+from ..credentials import proofs
+from ..dpop import VerifiedProof
 from ..errors import (
     InvalidRequest,
     NotFound,
@@ -109,11 +111,23 @@ def client_info(device: str | None) -> ClientInfo:
     )
 
 
+async def token_request_proof() -> VerifiedProof | None:
+    """This token request's DPoP proof, checked and noted once (``TOKENGATE_DPOP``).
+
+    Never in cookie mode: a browser page has no key to keep, so its tokens are never bound.
+    """
+    gate = get_gate()
+    if gate.settings.use_cookies and not gate.settings.use_headers:
+        return None
+    return await proofs.token_request_proof(gate.proofs, gate.manager.store, gate.clock())
+
+
 def pair_response(pair: TokenPair) -> Response:
     response = jsonify(pair.to_json())
     response.headers["Cache-Control"] = "no-store"
     gate = get_gate()
-    if gate.settings.use_cookies:
+    # A bound pair is a program's: no cookie (a browser has no key to prove it with).
+    if gate.settings.use_cookies and pair.token_type == "Bearer":  # noqa: S105 - a scheme
         cookies.set_login_cookies(response, gate.settings, pair, gate.refresh_path)
     return response
 
@@ -152,16 +166,22 @@ async def register() -> tuple[Response, int]:
 @document(
     body=schemas.LoginRequest,
     responses={200: schemas.LoginOut},
-    errors={401: ["invalid_credentials"], 429: ["too_many_attempts"]},
+    errors={
+        400: ["invalid_dpop_proof", "use_dpop_nonce"],
+        401: ["invalid_credentials"],
+        429: ["too_many_attempts"],
+    },
     headers=PAIR_HEADERS,
 )
 async def login() -> Response:
     """Check a username and password and open a session: returns a token pair."""
     await require_json_in_cookie_mode()
     body = await read_body(schemas.LoginRequest)
+    proof = await token_request_proof()
     pair = await flows.login(
-        body.username, body.password, client_info(body.device), body.device_token
-    )
+        body.username, body.password, client_info(body.device), body.device_token,
+        proof.jkt if proof is not None else None,
+    )  # fmt: skip
     return pair_response(pair)
 
 
@@ -170,7 +190,10 @@ async def login() -> Response:
     body=schemas.RefreshRequest,
     body_required=False,
     responses={200: schemas.TokenPairOut},
-    errors={401: [*GUARD_CODES, "refresh_reused"]},
+    errors={
+        400: ["invalid_dpop_proof", "use_dpop_nonce"],
+        401: [*GUARD_CODES, "refresh_reused"],
+    },
     headers=PAIR_HEADERS,
 )
 async def refresh() -> Response:
@@ -180,7 +203,7 @@ async def refresh() -> Response:
     body = await read_body(schemas.RefreshRequest, optional=True)
     token = read_refresh_token(gate.settings, body.refresh_token)
     try:
-        pair = await flows.refresh(token)
+        pair = await flows.refresh(token, await token_request_proof())
     except Unauthorized:
         state = request_auth()
         state.clear_cookies = state.via_cookie

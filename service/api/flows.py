@@ -10,6 +10,7 @@ from typing import Any
 
 import jwt
 
+from ..dpop import VerifiedProof
 from ..errors import ApiError, RefreshReused, TooManyAttempts, Unauthorized
 from ..guard import get_gate
 from ..identity import ClientInfo, Identity
@@ -22,11 +23,12 @@ NAME_CHARS = 64
 
 
 async def login(
-    username: str, password: str, client: ClientInfo, device_token: str | None = None
-) -> TokenPair:
+    username: str, password: str, client: ClientInfo, device_token: str | None = None,
+    jkt: str | None = None,
+) -> TokenPair:  # fmt: skip
     """Password login; counts the outcome and logs failures and throttling."""
     try:
-        pair = await get_gate().accounts.login(username, password, client, device_token)
+        pair = await get_gate().accounts.login(username, password, client, device_token, jkt=jkt)
     except ApiError as exc:
         metrics().logins.labels(exc.error).inc()
         if isinstance(exc, TooManyAttempts):
@@ -44,10 +46,11 @@ async def login(
     return pair
 
 
-async def refresh(token: str) -> TokenPair:
+async def refresh(token: str, proof: VerifiedProof | None = None) -> TokenPair:
     """Refresh-token exchange; counts the outcome, logs reuse (the session ends)."""
+    gate = get_gate()
     try:
-        pair = await get_gate().manager.refresh(token)
+        pair = await gate.manager.refresh(token, proof=proof, required=gate.proofs.required)
     except ApiError as exc:
         metrics().refreshes.labels(exc.error).inc()
         if isinstance(exc, RefreshReused):

@@ -101,10 +101,12 @@ async def introspect() -> Response:
             "active": True, "sub": c["sub"], "username": identity.username,
             "sid": identity.session_id, "exp": c["exp"], "iat": c["iat"], "nbf": c["nbf"],
             "auth_time": c["auth_time"], "iss": c["iss"], "aud": c["aud"], "jti": c["jti"],
-            "token_type": "Bearer",
+            "token_type": "Bearer" if "cnf" not in c else "DPoP",
         }  # fmt: skip
         if "scope" in c:
             body["scope"] = c["scope"]
+        if "cnf" in c:  # bound: a resource server checks the proof's key against it
+            body["cnf"] = c["cnf"]
     response = jsonify(body)
     response.headers["Cache-Control"] = "no-store"
     return response

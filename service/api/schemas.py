@@ -133,7 +133,9 @@ class MeOut(UserOut):
 class TokenPairOut(BaseModel):
     access_token: str
     refresh_token: str
-    token_type: str = "Bearer"  # noqa: S105 - the scheme name, not a secret
+    token_type: str = Field(  # the scheme name, not a secret
+        default="Bearer", description="DPoP when the pair is bound to the proof's key (RFC 9449)."
+    )
     expires_in: int
     refresh_expires_in: int
     session_id: str
@@ -295,3 +297,6 @@ class IntrospectionOut(BaseModel):
     aud: str | None = None
     jti: str | None = None
     token_type: str | None = None
+    cnf: dict[str, str] | None = Field(
+        default=None, description="A DPoP-bound token's key: its RFC 7638 thumbprint as jkt."
+    )

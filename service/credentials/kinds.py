@@ -1,10 +1,9 @@
 """Which credential a request carries: read once, in one place, for the guard.
 
-Kinds today: a bearer access JWT (a session's, or a service account's
-carrying ``client_id``) and an API key. A DPoP-bound JWT is the next kind:
-its scheme (``Authorization: DPoP``) and proof are read here, and the guard
-dispatches on ``Credential.kind`` as it does for these (docs/design.md,
-"Credential kinds").
+Kinds: a bearer access JWT (a session's, or a service account's carrying
+``client_id``), a DPoP-bound access JWT (``Authorization: DPoP`` and its
+proof, RFC 9449) and an API key. The guard dispatches on ``Credential.kind``
+(docs/design.md, "Credential kinds").
 """
 
 from __future__ import annotations
@@ -15,8 +14,10 @@ from dataclasses import dataclass, field
 from quart import request
 
 from ..cookies import read_access_token
+from ..errors import InvalidToken
 from ..settings import Settings
 from .apikeys import looks_like_key
+from .proofs import sent_proof
 
 
 class CredentialKind(enum.Enum):
@@ -24,6 +25,7 @@ class CredentialKind(enum.Enum):
 
     BEARER_JWT = "bearer_jwt"  # an access token: one JWT check, its session's script
     API_KEY = "api_key"  # tgk_...: a checksum, an HMAC, the key's script
+    DPOP_JWT = "dpop_jwt"  # an access token bound to a key: the JWT, the proof, the script
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +34,7 @@ class Credential:
 
     kind: CredentialKind
     text: str = field(repr=False)
+    proof: str | None = field(default=None, repr=False)  # the DPoP header (DPOP_JWT)
 
 
 def sent_api_key() -> str | None:
@@ -47,9 +50,20 @@ def sent_api_key() -> str | None:
 
 
 def read_credential(settings: Settings) -> Credential:
-    """This request's credential: an API key in the header, else the access token
-    where ``TOKENGATE_TOKEN_LOCATION`` says to look. A cookie is always a session's."""
-    key = sent_api_key()
-    if key is not None:
-        return Credential(CredentialKind.API_KEY, key)
+    """This request's credential: an API key in the header; an access token sent as
+    ``DPoP <token>`` with its proof (unless ``TOKENGATE_DPOP=off``); else the access
+    token where ``TOKENGATE_TOKEN_LOCATION`` says to look. A cookie is always a session's.
+
+    Like a key, a DPoP-bound token is a program's credential: read from the header
+    whatever the token location (a browser never sends this scheme on its own).
+    """
+    header = request.headers.get("Authorization", "").strip()
+    scheme, _, text = header.partition(" ")
+    text = text.strip()
+    if scheme.lower() == "bearer" and looks_like_key(text):
+        return Credential(CredentialKind.API_KEY, text)
+    if scheme.lower() == "dpop" and settings.dpop != "off":
+        if not text:
+            raise InvalidToken("The Authorization header must be 'DPoP <token>'.")
+        return Credential(CredentialKind.DPOP_JWT, text, sent_proof())
     return Credential(CredentialKind.BEARER_JWT, read_access_token(settings))

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .. import tokens
+from ..dpop import VerifiedProof
 from ..errors import InvalidClient, InvalidScope
 from ..identity import ClientInfo
 from ..logs import security_event
@@ -40,9 +41,12 @@ def granted_scopes(asked: str | None, allowed: tuple[str, ...]) -> tuple[str, ..
 
 async def grant(
     params: Mapping[str, str], accounts: ServiceAccounts, authorization: str, token_url: str,
-    info: ClientInfo,
+    info: ClientInfo, proof: VerifiedProof | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Answer a client-credentials token request: the token response's JSON."""
+    """Answer a client-credentials token request: the token response's JSON.
+
+    With a DPoP ``proof`` the token is bound to its key (``cnf.jkt``, RFC 9449 section 6).
+    """
     m = accounts.manager
     try:
         authenticated = await accounts.authenticator.authenticate(
@@ -71,13 +75,15 @@ async def grant(
     claims = {**(await m.access_claims(user, iat)), "client_id": client.client_id}
     if scopes:  # in the order granted, as the response says them
         claims["scope"] = " ".join(scopes)
+    if proof is not None:
+        claims["cnf"] = {"jkt": proof.jkt}
     token = tokens.mint_access(
         m.signing, user_id=str(client.user_id), username=client.client_id,
         session_id=session.session_id, jti=tokens.new_jti(), iat=iat, ttl=ttl, claims=claims,
     )  # fmt: skip
     return {
         "access_token": token,
-        "token_type": "Bearer",
+        "token_type": "Bearer" if proof is None else "DPoP",
         "expires_in": tokens.seconds_left(iat, ttl, now),
         "scope": " ".join(scopes),
     }

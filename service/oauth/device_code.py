@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ..dpop import VerifiedProof
 from ..errors import InvalidRequest
 from ..identity import ClientInfo
 from .accounts import ServiceAccounts
@@ -28,11 +29,16 @@ ERRORS = ("invalid_grant", "authorization_pending", "slow_down", "access_denied"
 
 async def grant(
     params: Mapping[str, str], accounts: ServiceAccounts, authorization: str, token_url: str,
-    info: ClientInfo,
+    info: ClientInfo, proof: VerifiedProof | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Answer a device-code token request: the token response's JSON."""
+    """Answer a device-code token request: the token response's JSON.
+
+    With a DPoP ``proof`` on the poll that succeeds, the session is bound to its key.
+    """
     device_code = params.get("device_code")
     if device_code is None:
         raise InvalidRequest("device_code is missing.")
-    pair, scope = await device_logins(accounts.manager).poll(device_code, params.get("client_id"))
+    logins = device_logins(accounts.manager)
+    jkt = proof.jkt if proof is not None else None
+    pair, scope = await logins.poll(device_code, params.get("client_id"), jkt=jkt)
     return {**pair.to_json(), "scope": scope}

@@ -138,9 +138,12 @@ class DeviceLogins:
             return Started(device_code, user_code, s.device_code_ttl, s.device_poll_interval)
         raise RuntimeError("could not draw a free user code")
 
-    async def poll(self, device_code: str, client_id: str | None) -> tuple[TokenPair, str]:
+    async def poll(
+        self, device_code: str, client_id: str | None, *, jkt: str | None = None
+    ) -> tuple[TokenPair, str]:
         """Answer one poll of the token endpoint (RFC 8628 sections 3.4 and 3.5): the
-        session's pair and the scopes its access token carries, or the error to send."""
+        session's pair and the scopes its access token carries, or the error to send.
+        ``jkt``: the DPoP key of the poll's proof, which the session is bound to."""
         m = self.manager
         now = m.clock()
         code_hash = device_codes.hash_device_code(device_code)
@@ -158,7 +161,7 @@ class DeviceLogins:
             raise AccessDenied()
         if row.status == PENDING:
             await self._pending(row, now)
-        return await self._issue(row, now)
+        return await self._issue(row, now, jkt)
 
     async def _pending(self, row: DeviceCode, now: float) -> None:
         """Note the poll; ``slow_down`` (and 5 s more) if it came early, else pending."""
@@ -181,7 +184,9 @@ class DeviceLogins:
             )
         raise AuthorizationPending()
 
-    async def _issue(self, row: DeviceCode, now: float) -> tuple[TokenPair, str]:
+    async def _issue(
+        self, row: DeviceCode, now: float, jkt: str | None = None
+    ) -> tuple[TokenPair, str]:
         """Claim an approved code (once, whatever races) and open its session."""
         m = self.manager
         async with m.db() as db:
@@ -199,7 +204,7 @@ class DeviceLogins:
                 raise InvalidGrant("The account that approved this code is gone or disabled.")
             info = ClientInfo(session_device(row.device), row.ip, row.user_agent)
             try:
-                pair = await m.start_session(user, info)
+                pair = await m.start_session(user, info, jkt=jkt)
             except Unauthorized:
                 raise InvalidGrant("The account that approved this code cannot log in.") from None
         except InvalidGrant:

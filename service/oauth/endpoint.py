@@ -15,7 +15,8 @@ from urllib.parse import parse_qsl
 
 from quart import Blueprint, Response, jsonify, request
 
-from ..api.auth import client_info, raw_body
+from ..api.auth import client_info, raw_body, token_request_proof
+from ..dpop import VerifiedProof
 from ..errors import InvalidRequest, UnsupportedGrantType, handle_exception
 from ..guard import get_gate
 from ..identity import ClientInfo
@@ -30,7 +31,8 @@ FORM = "application/x-www-form-urlencoded"
 MAX_FIELDS = 20
 
 Grant = Callable[
-    [Mapping[str, str], ServiceAccounts, str, str, ClientInfo], Awaitable[dict[str, Any]]
+    [Mapping[str, str], ServiceAccounts, str, str, ClientInfo, VerifiedProof | None],
+    Awaitable[dict[str, Any]],
 ]
 # grant_type -> the module's grant.
 GRANTS: dict[str, Grant] = {
@@ -72,7 +74,14 @@ async def form_parameters() -> dict[str, str]:
     form=schemas.ClientCredentialsForm,
     responses={200: schemas.OAuthTokenOut},
     errors={
-        400: ["invalid_request", "unsupported_grant_type", "invalid_scope", *device_code.ERRORS],
+        400: [
+            "invalid_request",
+            "unsupported_grant_type",
+            "invalid_scope",
+            *device_code.ERRORS,
+            "invalid_dpop_proof",
+            "use_dpop_nonce",
+        ],
         401: ["invalid_client"],
     },
 )
@@ -92,8 +101,9 @@ async def token() -> Response:
         raise UnsupportedGrantType()
     # The URL the client addressed, as its assertion's aud names it (RFC 7523 section 3).
     token_url = request.base_url
+    proof = await token_request_proof()  # binds what the grant issues (RFC 9449 section 5)
     answer = await grant(
         params, service_accounts(get_gate()), request.headers.get("Authorization", ""),
-        token_url, client_info(None),
+        token_url, client_info(None), proof,
     )  # fmt: skip
     return jsonify(answer)

@@ -56,6 +56,6 @@ class OAuthTokenOut(BaseModel):
     """A token response (RFC 6749 section 5.1): no refresh token for client credentials."""
 
     access_token: str
-    token_type: Literal["Bearer"]
+    token_type: Literal["Bearer", "DPoP"]  # DPoP: bound to the proof's key (RFC 9449)
     expires_in: int
     scope: str

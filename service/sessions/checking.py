@@ -9,15 +9,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import tokens
 from ..db import repository as repo
 from ..db.repository import utc
-from ..errors import RateLimited, TokenExpired, describe
+from ..errors import DPoPProofRefused, RateLimited, TokenExpired, describe
 from ..identity import Identity
-from ..store.results import CheckResult, Ended, Limited, Live, Miss, RateCount
+from ..store.results import CheckResult, Ended, Limited, Live, Miss, RateCount, Replayed
 from .core import SessionCore
+
+if TYPE_CHECKING:
+    from ..credentials.proofs import SenderCheck
 
 log = logging.getLogger("tokengate")
 
@@ -39,10 +42,15 @@ class Checking(SessionCore):
             tokens.check_times(self.signing, claims, now=now)
         return claims
 
-    async def authenticate(self, access_token: str, *, implicit: bool = True) -> Identity:
+    async def authenticate(
+        self, access_token: str, *, implicit: bool = True, sender: SenderCheck | None = None
+    ) -> Identity:
         """Check an access token and its session: one JWT check, one round trip.
 
         ``implicit=False`` never renews an expired token (introspection).
+        ``sender`` checks who sent it (``credentials/proofs.py``): given the
+        verified claims, it refuses, or names the DPoP proof's replay key,
+        which the same round trip notes.
         """
         now = self.clock()
         try:
@@ -51,7 +59,9 @@ class Checking(SessionCore):
             s = self.settings
             # Only just expired: a token copied from an old log is not made new again.
             renewable = now <= exc.claims["exp"] + s.leeway + s.renewal_window
-            if s.implicit_refresh and implicit and renewable:
+            # A bound token is renewed by a refresh with a proof, never implicitly.
+            bound = "cnf" in exc.claims
+            if s.implicit_refresh and implicit and renewable and not bound:
                 return await self._implicit_refresh(exc.claims, now)
             # Off the hot path: an expired token of a session that is over says
             # why (session_expired, token_revoked...), so that the client logs
@@ -60,9 +70,11 @@ class Checking(SessionCore):
             await self._decide(uid, sid, now, lambda: self.store.peek(uid, sid, now=now))
             raise
         uid, sid = claims["sub"], claims["sid"]
+        proof = sender(claims, now) if sender is not None else None
         client = self._rate_count(claims)
-        # A client's counted request always waits for Redis: the count is exact.
-        near = self.near if client is None else None
+        # A client's counted request always waits for Redis, so the count is exact;
+        # a proof does too, so that a replay is refused on the very request.
+        near = self.near if client is None and proof is None else None
         if near is not None:
             epoch = near.epoch
             if near.fresh(sid, now):
@@ -74,15 +86,18 @@ class Checking(SessionCore):
                 else:
                     sent.add_done_callback(partial(self._checked_behind, uid, sid, now, epoch))
                 return Identity(int(uid), claims["name"], sid, dict(claims))
-        checked: CheckResult = await self.store.check(uid, sid, now=now, client=client)
-        live: Live | Limited
+        store = self.store
+        checked: CheckResult = await store.check(uid, sid, now=now, client=client, proof=proof)
+        live: Live | Limited | Replayed
         if isinstance(checked, Live):
             live = checked
         else:
             live = await self._decide(
-                uid, sid, now, lambda: self.store.check(uid, sid, now=now, client=client),
+                uid, sid, now, lambda: store.check(uid, sid, now=now, client=client, proof=proof),
                 result=checked,
             )  # fmt: skip
+        if isinstance(live, Replayed):
+            raise DPoPProofRefused("This proof was used before.")
         if isinstance(live, Limited):
             assert client is not None
             raise RateLimited(live.retry_after, client.limit, client.window)
@@ -142,10 +157,11 @@ class Checking(SessionCore):
         await self._settle_behind(uid, sid, now, result)
 
     async def _settle_behind(
-        self, uid: str, sid: str, now: float, result: Ended | Miss | Limited
+        self, uid: str, sid: str, now: float, result: Ended | Miss | Limited | Replayed
     ) -> None:
         """A session found over, or lost from Redis, behind a near answer."""
-        if isinstance(result, Limited):  # never: checks behind near answers count nothing
+        if isinstance(result, Limited | Replayed):  # never: checks behind near answers
+            # count nothing and note no proof
             return
         # Over (its end recorded, if this check ended it) or lost from Redis
         # (rebuilt): as the guard would have, for the next request.

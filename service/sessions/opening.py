@@ -20,12 +20,15 @@ class Opening(SessionCore):
     """Logins: a new session, within ``TOKENGATE_MAX_SESSIONS``."""
 
     async def start_session(
-        self, user: UserRecord, client: ClientInfo, password: str | None = None
-    ) -> TokenPair:
+        self, user: UserRecord, client: ClientInfo, password: str | None = None, *,
+        jkt: str | None = None,
+    ) -> TokenPair:  # fmt: skip
         """Open a new session for ``user`` and return its first token pair.
 
         ``password`` is the one just checked: if the user's password stamp moved
         meanwhile (a rehash, or a change), the login stands only if it still matches.
+        ``jkt``: the thumbprint of the DPoP key the session is bound to (its
+        refresh token then refreshes only with a proof by that key).
         """
         now = self.clock()
         iat = int(now)
@@ -86,7 +89,7 @@ class Opening(SessionCore):
             await self.ends.end([sid], user.id, EndReason.REVOKED, now)
             raise InvalidCredentials()
         claims = await self.access_claims(current, iat)
-        return self._pair(Grant(uid, current.username, sid, aj, rj, iat), claims, now)
+        return self._pair(Grant(uid, current.username, sid, aj, rj, iat, jkt), claims, now)
 
     async def _load_index(self, user_id: int, now: float) -> None:
         async with self.db() as db:

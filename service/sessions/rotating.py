@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import asyncio
 
-from .. import tokens
+from .. import dpop, tokens
 from ..db import repository as repo
 from ..db.repository import utc
-from ..errors import AuthUnavailable, TokenRevoked, Unauthorized
+from ..dpop import VerifiedProof
+from ..errors import (
+    AuthUnavailable,
+    InvalidToken,
+    TokenRequestProofRefused,
+    TokenRevoked,
+    Unauthorized,
+)
 from ..store.near import new_note
 from ..store.results import Ended, EndReason, RefreshResult, Rotation
 from ..tokens import Grant, TokenPair
@@ -21,10 +28,29 @@ ROTATION_WRITE_WAITS = (0.01, 0.02, 0.05, 0.1, 0.1, 0.1, 0.1)
 class Rotating(SessionCore):
     """``POST /auth/refresh``: one rotation, agreed by every instance, recorded in SQL."""
 
-    async def refresh(self, refresh_token: str) -> TokenPair:
-        """Trade a refresh token for a new pair; reuse past the grace window ends the session."""
+    async def refresh(
+        self, refresh_token: str, *, proof: VerifiedProof | None = None, required: bool = False
+    ) -> TokenPair:
+        """Trade a refresh token for a new pair; reuse past the grace window ends the session.
+
+        A bound session (its refresh token carries ``cnf.jkt``) refreshes only with
+        a ``proof`` by its key, and stays bound; one that is not stays a bearer
+        session, and with ``required`` (``TOKENGATE_DPOP=required``) is refused.
+        Both are checked before the rotation: a stolen token sent without its key
+        costs its session nothing.
+        """
         now = self.clock()
         claims = tokens.verify(self.signing, tokens.RefreshToken.kind, refresh_token, now=now)
+        jkt = dpop.token_jkt(claims)
+        if jkt is not None:
+            if proof is None:
+                raise TokenRequestProofRefused("This session is bound to a key: send a DPoP proof.")
+            try:
+                dpop.check_binding(proof, jkt)
+            except dpop.DPoPError as exc:
+                raise TokenRequestProofRefused(exc.reason) from None
+        elif required:
+            raise InvalidToken("This session is not bound to a key: log in again with a proof.")
         uid, sid, presented = claims["sub"], claims["sid"], claims["jti"]
         aj, rj, note = tokens.new_jti(), tokens.new_jti(), new_note()
         over = False
@@ -55,7 +81,7 @@ class Rotating(SessionCore):
         # auth_time stays the session's password login: a refresh is not a login.
         claims = await self.access_claims(user, int(row.created_at.timestamp()))
         grant = Grant(
-            uid, user.username, sid, rotation.access_jti, rotation.refresh_jti, rotation.iat
+            uid, user.username, sid, rotation.access_jti, rotation.refresh_jti, rotation.iat, jkt
         )
         pair = self._pair(grant, claims, now)
         # Only now may the retired token's grace run out: until here, any

@@ -10,6 +10,8 @@ script names each key it touches in ``KEYS``)::
                                  order), plus the sentinel "~" (score 0) that
                                  says the set was loaded from SQL
     tg:{u<uid>}:rl:c:<client_id>  hash  a client's rate counter (rate_lib.lua)
+    tg:{u<uid>}:dp:<digest>  string  a DPoP proof seen at a guarded request (check.lua)
+    tg:dp:<digest>        string  a DPoP proof seen at a token endpoint (``proof_once``)
 
 API keys' state lives under their own tag (``api_keys.py``); the password
 throttle's keys are in ``throttle.py``.
@@ -37,6 +39,7 @@ from .near import LEASE, LEASE_KEY, ack_key
 from .pipelined import PipelinedScripts
 from .results import (
     MISS,
+    REPLAYED,
     CheckResult,
     Ended,
     EndReason,
@@ -44,6 +47,7 @@ from .results import (
     Live,
     LoginResult,
     Opened,
+    ProofReplay,
     RateCount,
     RefreshResult,
     Reissue,
@@ -186,18 +190,24 @@ class RedisSessionStore(ThrottleScripts):
 
     # -- the session scripts ------------------------------------------------
     async def check(
-        self, user_id: str, sid: str, *, now: float, client: RateCount | None = None
-    ) -> CheckResult:
+        self, user_id: str, sid: str, *, now: float, client: RateCount | None = None,
+        proof: ProofReplay | None = None,
+    ) -> CheckResult:  # fmt: skip
         """The guard's one round trip: is the session alive? Slides last-seen.
 
         ``client``: a client's token under ``TOKENGATE_RATE_LIMIT``, counted in
-        the same script (``Limited`` when over).
+        the same script (``Limited`` when over). ``proof``: a DPoP proof's
+        replay key, set in the same script (``Replayed`` if it was there).
         """
         keys: tuple[str, ...] = self.session_keys(user_id, sid)
         args: tuple[Any, ...] = (sid, repr(now), *self._check_tail)
         if client is not None:
             keys = (*keys, rate_key(self.user_tag(user_id), client.ident))
             args = (*args, client.limit, client.window)
+        if proof is not None:
+            tag = self.user_tag(user_id)
+            keys = (*keys, f"{tag}dp:{proof.digest}")
+            args = (*args, *(() if client is not None else ("", "")), proof.ttl)
         pipelined = self.pipelined
         if pipelined is not None:
             sha, source = self._lean["check"]
@@ -229,6 +239,8 @@ class RedisSessionStore(ThrottleScripts):
             return Live(raw[1] == b"1", float(raw[2]))
         if raw[0] == b"limited":
             return Limited(int(raw[1]))
+        if raw[0] == b"replay":
+            return REPLAYED
         reply = _text(raw)
         return _ended(reply) if reply[0] == "ended" else MISS
 
@@ -270,6 +282,10 @@ class RedisSessionStore(ThrottleScripts):
             aj, rj, iat, name, previous = reply[1:6]
             return Rotation(reply[0] == "rotated", aj, rj, previous, int(iat), name)
         return _ended(reply) if reply[0] == "ended" else MISS
+
+    async def proof_once(self, digest: str, ttl: int) -> bool:
+        """Note a token request's DPoP proof; whether it is new (else a replay)."""
+        return bool(await self.redis.set(f"{KEY_PREFIX}dp:{digest}", "1", nx=True, ex=ttl))
 
     async def ping(self) -> None:
         await self.redis.ping()

@@ -143,6 +143,22 @@ class Limited:
 
 
 @dataclass(frozen=True, slots=True)
+class Replayed:
+    """The request's DPoP proof was seen before (its ``jti``): refused, nothing else done."""
+
+
+REPLAYED = Replayed()
+
+
+@dataclass(frozen=True, slots=True)
+class ProofReplay:
+    """A DPoP proof's replay key, noted in the check's own round trip for ``ttl`` seconds."""
+
+    digest: str  # hex: the proof's key and jti hashed, never the client's own text
+    ttl: int
+
+
+@dataclass(frozen=True, slots=True)
 class RateCount:
     """What a credential check counts: ``limit`` requests per ``window`` seconds, under ``ident``
     (``k`` for an API key, ``c:<client_id>`` for a service account's token)."""
@@ -186,7 +202,7 @@ class KeyEnded:
     why: str
 
 
-CheckResult = Live | Ended | Miss | Limited
+CheckResult = Live | Ended | Miss | Limited | Replayed
 KeyResult = KeyLive | KeyMiss | KeyUnknown | KeyEnded | Limited
 ReissueResult = Reissue | Ended | Miss
 RefreshResult = Rotation | Ended | Miss

@@ -434,3 +434,32 @@ async def test_an_api_key_never_confirms_a_device(app):
         assert r.status_code == 403, route
         assert (await r.get_json())["error"] == "api_key_not_allowed"
     assert await poll_error(client, started["device_code"]) == "authorization_pending"
+
+
+async def test_a_device_that_polls_with_a_dpop_proof_gets_a_bound_session(app):
+    """RFC 9449 section 5 at the device-code grant: the poll that succeeds binds the pair."""
+    import time
+
+    from quart_tokengate.client._dpop import generate_key, make_proof
+
+    client = app.test_client()
+    key = generate_key()
+    started = await authorize(client, client_id="cli", device="pi")
+    page = await user_page(app)
+    status, _ = await page.call("approve", started["user_code"])
+    assert status == 200
+    body = {"grant_type": GRANT, "device_code": started["device_code"], "client_id": "cli"}
+    url = "http://localhost/oauth/token"
+    proof = make_proof(key, "POST", url, now=time.time())
+    r = await client.post("/oauth/token", data=urlencode(body), headers={**FORM, "DPoP": proof})
+    pair = await r.get_json()
+    assert r.status_code == 200, pair
+    assert pair["token_type"] == "DPoP"
+    token = pair["access_token"]
+    me_url = "http://localhost/auth/me"
+    headers = {
+        "Authorization": f"DPoP {token}",
+        "DPoP": make_proof(key, "GET", me_url, now=time.time(), access_token=token),
+    }
+    assert (await client.get("/auth/me", headers=headers)).status_code == 200
+    assert await me(client, pair) == "invalid_token"  # as Bearer, refused

@@ -57,11 +57,13 @@ async def test_the_bearer_scheme_and_the_guards_answers_are_declared(app):
     operations = {(m, p): op for p, item in doc["paths"].items() for m, op in item.items()}
     for key, op in operations.items():
         if key in GUARDED:
-            assert op["security"] == [{"bearer": []}], key
+            # TOKENGATE_DPOP=allowed (the default): a bound token works wherever a bearer does.
+            assert op["security"] == [{"bearer": []}, {"dpop": []}], key
             unauthorized = op["responses"]["401"]
             assert "WWW-Authenticate" in unauthorized["headers"], key
             codes = unauthorized["content"]["application/json"]["schema"]["allOf"][1]
             assert "token_revoked" in codes["properties"]["error"]["enum"], key
+            assert "invalid_dpop_proof" in codes["properties"]["error"]["enum"], key
         elif key == ("post", "/auth/introspect"):
             assert op["security"] == [{"introspection_client": []}], op
         else:
@@ -72,6 +74,15 @@ async def test_the_bearer_scheme_and_the_guards_answers_are_declared(app):
             assert "Retry-After" in op["responses"]["503"]["headers"], key
         if "requestBody" in op:
             assert {"400", "413"} <= set(op["responses"]), key
+
+
+async def test_the_dpop_scheme_follows_tokengate_dpop(make_app):
+    for mode, schemes in (
+        ("off", [{"bearer": []}]), ("required", [{"dpop": []}]),
+    ):  # fmt: skip
+        doc = await document(await make_app(dpop=mode))
+        assert doc["paths"]["/auth/me"]["get"]["security"] == schemes, mode
+        assert ("dpop" in doc["components"]["securitySchemes"]) is (mode != "off"), mode
 
 
 async def test_no_content_answers_are_documented_as_such(app):

@@ -287,9 +287,6 @@ def test_dpop_settings_are_read():
         ("TOKENGATE_DPOP_MAX_AGE", "0", "at least 1 second"),
         ("TOKENGATE_DPOP_MAX_AGE", "a minute", "whole seconds"),
         ("TOKENGATE_DPOP_NONCE", "sometimes", "true or false"),
-        # Not wired into the token endpoints yet: enforcing it is refused, not ignored.
-        ("TOKENGATE_DPOP", "required", "not available yet"),
-        ("TOKENGATE_DPOP_NONCE", "true", "not available yet"),
     ],
 )
 def test_a_bad_dpop_setting_stops_start_up_in_one_line_naming_it(name, raw, says):

@@ -1,15 +1,21 @@
 -- The guard's one round trip: is the session alive? Slides last-seen.
--- KEYS: session, user set, and (a client's token under TOKENGATE_RATE_LIMIT)
--- the client's rate counter. ARGV: sid, now, idle, maxage, sync, and with the
--- counter: limit, window.
--- Returns {'miss'} | {'ended', why, fresh?} | {'limited', retry-after}
+-- KEYS: session, user set, then the client's rate counter (a client's token
+-- under TOKENGATE_RATE_LIMIT) and last the DPoP proof's replay key (a request
+-- with a proof). ARGV: sid, now, idle, maxage, sync, then limit and window
+-- ('' without a counter) and the replay key's TTL.
+-- Returns {'miss'} | {'ended', why, fresh?} | {'replay'} | {'limited', retry-after}
 --       | {'ok', sync ('1' or ''), created}
 local k, z, sid = KEYS[1], KEYS[2], ARGV[1]
 local now, idle = tonumber(ARGV[2]), tonumber(ARGV[3])
 local maxage, sync = tonumber(ARGV[4]), tonumber(ARGV[5])
 local h, reply = alive(k, z, sid, now, idle, maxage, 'sy')
 if not h then return reply end
-if KEYS[3] then
+-- Only a live session's proof is noted: a request answered 'miss' is sent
+-- again, with the same proof, once the session is rebuilt.
+if ARGV[8] and not redis.call('SET', KEYS[#KEYS], '1', 'NX', 'EX', ARGV[8]) then
+  return {'replay'}
+end
+if ARGV[6] and ARGV[6] ~= '' then
   local ok, left = rate(KEYS[3], now, ARGV[2], tonumber(ARGV[6]), tonumber(ARGV[7]))
   if not ok then return {'limited', left} end
 end
