@@ -63,6 +63,7 @@ MISSING_TOKEN = "missing_token"  # noqa: S105 - an error code, not a secret
 FRESH_LOGIN_REQUIRED = "fresh_login_required"
 # The service wants a proof carrying its nonce (RFC 9449 sections 8 and 9).
 USE_DPOP_NONCE = "use_dpop_nonce"
+INVALID_DPOP_PROOF = "invalid_dpop_proof"
 # 401 codes after which the session is over: only a new login helps.
 SESSION_OVER = frozenset({"token_revoked", "session_expired", "session_replaced", "invalid_token"})
 
@@ -346,6 +347,13 @@ def login_flow(
     except httpx.HTTPError as exc:
         raise AuthError(f"Could not log in: {describe(exc)}.") from exc
     if response.status_code != 200:
+        if not dpop and error_code(response) == INVALID_DPOP_PROOF:
+            raise AuthError(
+                "The service requires DPoP-bound tokens: log in with dpop=True "
+                "(tokengate-client login --dpop).",
+                code=INVALID_DPOP_PROOF,
+                response=response,
+            )
         raise failure(response, "log in")
     tokens = parse_pair(response, clock)
     issued = response.json().get("device_token")

@@ -21,6 +21,7 @@ import pytest
 from quart_tokengate.client import (
     AsyncAuthClient,
     AuthClient,
+    AuthError,
     FileTokenStore,
     MemoryTokenStore,
     Tokens,
@@ -28,7 +29,14 @@ from quart_tokengate.client import (
 )
 from quart_tokengate.client._dpop import key_from_json
 from quart_tokengate.service.tokens import AccessToken, mint
-from tests.support import PrivateRedis, ServiceProcess, refresh_waiters, start_service
+from tests.e2e.test_admin_cli import Admin
+from tests.support import (
+    PrivateRedis,
+    ServiceProcess,
+    refresh_waiters,
+    service_env,
+    start_service,
+)
 
 from .session_helpers import PASSWORD, new_user
 from .test_client_cli import cli
@@ -40,13 +48,22 @@ REQUESTS_EACH = 20
 
 
 @pytest.fixture(scope="module")
-def service(
+def deployment(
     module_redis: PrivateRedis, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ServiceProcess]:
-    """The service on its defaults: TOKENGATE_DPOP=allowed."""
-    started = start_service(tmp_path_factory.mktemp("client-dpop"), module_redis.url)
-    yield started
+) -> Iterator[tuple[ServiceProcess, Admin]]:
+    """The service on its defaults (TOKENGATE_DPOP=allowed), polled for device logins each
+    second, and its admin command."""
+    workdir = tmp_path_factory.mktemp("client-dpop")
+    env = service_env(workdir, module_redis.url, device_poll_interval=1)
+    started = ServiceProcess(env, workdir)
+    started.start()
+    yield started, Admin(env, workdir)
     started.stop()
+
+
+@pytest.fixture
+def service(deployment: tuple[ServiceProcess, Admin]) -> ServiceProcess:
+    return deployment[0]
 
 
 def claims(token: str) -> dict[str, Any]:
@@ -125,6 +142,47 @@ def test_a_login_without_dpop_is_bearer_as_before(service):
         tokens = api.login(name, PASSWORD)
         assert tokens.token_type == "Bearer" and "cnf" not in claims(tokens.access_token)
         assert api.get("/auth/me").status_code == 200
+
+
+def approve(base_url: str, username: str, code: str) -> None:
+    """What a person does in the browser, over HTTP: log in, approve the code."""
+    with httpx.Client(base_url=base_url, timeout=TIMEOUT) as page:
+        r = page.post("/account/login", json={"username": username, "password": PASSWORD})
+        assert r.status_code == 200, r.text
+        csrf = {"X-CSRF-Token": page.cookies["account_csrf"]}
+        r = page.post("/account/device/approve", json={"user_code": code}, headers=csrf)
+        assert r.status_code == 200 and r.json()["status"] == "approved", r.text
+
+
+def test_a_device_login_with_dpop_gets_bound_tokens(service):
+    name = new_user(service.base_url)
+    store = MemoryTokenStore()
+    with AuthClient(
+        base_url=service.base_url, token_store=store, dpop=True, timeout=TIMEOUT
+    ) as api:
+        tokens = api.login_device(
+            lambda uri, complete, code: approve(service.base_url, name, code), device="dpop"
+        )
+        assert tokens.bound and claims(tokens.access_token)["cnf"] == {"jkt": kept_jkt(store)}
+        assert api.get("/auth/me").json()["username"] == name
+
+
+async def test_a_service_account_with_dpop_fetches_one_bound_token(deployment):
+    service, admin = deployment
+    out = admin.ok("clients", "create", "dpop-worker")
+    ids = dict(line.split(": ", 1) for line in out.splitlines() if ": " in line)
+    transport = CountingTransport()
+    store = MemoryTokenStore()
+    async with AsyncAuthClient.for_client(
+        service.base_url, ids["client_id"], ids["client_secret"], token_store=store,
+        dpop=True, transport=transport, timeout=TIMEOUT,
+    ) as api:  # fmt: skip
+        responses = await asyncio.gather(*(api.get("/auth/me") for _ in range(20)))
+        assert [r.status_code for r in responses] == [200] * 20
+        tokens = api.tokens
+    assert tokens is not None and tokens.bound
+    assert claims(tokens.access_token)["cnf"] == {"jkt": kept_jkt(store)}
+    assert transport.answered["POST /oauth/token", 200] == 1 and transport.unauthorized == 0
 
 
 # -- one refresh ---------------------------------------------------------------------------
@@ -266,6 +324,30 @@ def test_with_nonces_the_sync_client_resends_once_and_then_works(nonce_service):
         api.login(name, PASSWORD)
         assert [api.get("/auth/me").status_code for _ in range(3)] == [200] * 3
     assert nonce_refusals(transport) == 1
+
+
+# -- TOKENGATE_DPOP=required ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def required_service(
+    module_redis: PrivateRedis, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServiceProcess]:
+    started = start_service(
+        tmp_path_factory.mktemp("client-dpop-required"), f"redis://127.0.0.1:{module_redis.port}/2",
+        dpop="required",
+    )  # fmt: skip
+    yield started
+    started.stop()
+
+
+def test_a_service_that_requires_dpop_takes_the_dpop_client_only(required_service):
+    name = new_user(required_service.base_url)
+    with AuthClient(base_url=required_service.base_url, timeout=TIMEOUT) as api:
+        with pytest.raises(AuthError, match="requires DPoP-bound tokens: log in with dpop=True"):
+            api.login(name, PASSWORD)
+        assert api.tokens is None
+    with AuthClient(base_url=required_service.base_url, dpop=True, timeout=TIMEOUT) as api:
+        assert api.login(name, PASSWORD).bound
+        assert api.get("/auth/me").status_code == 200
 
 
 # -- the command line ----------------------------------------------------------------------

@@ -225,6 +225,15 @@ def test_a_login_with_dpop_carries_a_proof_and_one_resend_for_a_nonce():
     assert stop.value.value.bound
 
 
+def test_a_login_refused_for_want_of_a_proof_says_to_turn_dpop_on():
+    flow = login_flow("alice", "pw")
+    next(flow)
+    flow.send(None)
+    with pytest.raises(AuthError, match="dpop=True") as refused:
+        flow.send(problem(400, "invalid_dpop_proof"))
+    assert refused.value.code == "invalid_dpop_proof"
+
+
 def test_a_login_again_through_credentials_keeps_asking_for_bound_tokens():
     flow = obtain(bound(), relogin=True, reason="session_expired", can_login=True)
     next(flow)  # AskCredentials
