@@ -8,6 +8,11 @@ that is unset), or the file --token-file names.
 prints an address and a code, a person confirms the code in a browser on any
 other machine, and the tokens are stored here.
 
+`login --dpop` binds the tokens to a key kept in the token file (DPoP, RFC
+9449; needs pip install "quart-tokengate[dpop]"): a copy of the tokens is of
+no use without the key. The other commands sign their requests with it by
+themselves; they take --dpop too.
+
 Exit status: 0 done; 1 failed; 2 bad arguments; 3 not logged in (run
 tokengate-client login); 130 interrupted (Ctrl-C); 141 the output pipe was
 closed (e.g. | head -1).
@@ -29,6 +34,7 @@ from typing import Any
 import httpx
 
 from ._client import AuthClient
+from ._dpop import DPoPUnavailable
 from ._exceptions import AuthError, InvalidCredentials, LoginRequired
 from ._store import FileTokenStore
 from ._tokens import Tokens, unverified_claims
@@ -113,7 +119,7 @@ def cmd_login(args: argparse.Namespace, store: FileTokenStore) -> int:
     else:
         password = getpass.getpass(f"Password for {args.username}: ")
     try:
-        with AuthClient(base_url=args.base_url, token_store=store) as api:
+        with AuthClient(base_url=args.base_url, token_store=store, dpop=args.dpop) as api:
             tokens = api.login(args.username, password, device=args.device)
     except AuthError as exc:
         return fail(explain(exc))
@@ -127,12 +133,12 @@ def cmd_login(args: argparse.Namespace, store: FileTokenStore) -> int:
     return 0
 
 
-def _client_for_request(base_url: str, store: FileTokenStore) -> AuthClient:
+def _client_for_request(base_url: str, store: FileTokenStore, dpop: bool) -> AuthClient:
     """The stored session's client, or an API key's when ``TOKENGATE_API_KEY`` is set."""
     api_key = os.environ.get(API_KEY_VARIABLE, "").strip()
     if api_key:
-        return AuthClient(base_url=base_url, api_key=api_key)
-    return AuthClient(base_url=base_url, token_store=store)
+        return AuthClient(base_url=base_url, api_key=api_key, dpop=dpop)
+    return AuthClient(base_url=base_url, token_store=store, dpop=dpop)
 
 
 def cmd_login_device(args: argparse.Namespace, store: FileTokenStore) -> int:
@@ -147,7 +153,7 @@ def cmd_login_device(args: argparse.Namespace, store: FileTokenStore) -> int:
         print("Waiting for the confirmation (Ctrl-C to stop)...", file=out, flush=True)
 
     try:
-        with AuthClient(base_url=args.base_url, token_store=store) as api:
+        with AuthClient(base_url=args.base_url, token_store=store, dpop=args.dpop) as api:
             tokens = api.login_device(on_code, device=name, client_id=PROG)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; not logged in", file=sys.stderr)
@@ -181,7 +187,7 @@ def cmd_request(args: argparse.Namespace, store: FileTokenStore) -> int:
         except ValueError as exc:
             return fail(f"--json is not valid JSON: {exc}")
     try:
-        api = _client_for_request(base_url, store)
+        api = _client_for_request(base_url, store, args.dpop)
     except ValueError as exc:
         return fail(f"{API_KEY_VARIABLE}: {exc}")
     try:
@@ -213,7 +219,7 @@ def cmd_logout(args: argparse.Namespace, store: FileTokenStore) -> int:
             print("not logged in")
         return 0
     try:
-        with AuthClient(base_url=base_url, token_store=store) as api:
+        with AuthClient(base_url=base_url, token_store=store, dpop=args.dpop) as api:
             api.logout()
     except AuthError as exc:
         return failed(exc)
@@ -236,6 +242,7 @@ def describe(tokens: Tokens, base_url: str, path: Path) -> dict[str, Any]:
         "username": access.get("name"),
         "user_id": access.get("sub"),
         "session_id": tokens.session_id or access.get("sid"),
+        "token_type": tokens.token_type,
         "access_expires_at": utc_time(tokens.expires_at),
         "refresh_expires_at": utc_time(refresh.get("exp")),
         "token_file": str(path),
@@ -250,7 +257,7 @@ def cmd_status(args: argparse.Namespace, store: FileTokenStore) -> int:
             emit({"logged_in": False})
         return not_logged_in()
     try:
-        with AuthClient(base_url=base_url, token_store=store) as api:
+        with AuthClient(base_url=base_url, token_store=store, dpop=args.dpop) as api:
             me = api.get("/auth/me")  # refreshed on the way if need be
     except LoginRequired as exc:
         reason: str | None = exc.code
@@ -331,6 +338,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     status.add_argument("--base-url", default=None, help="override the stored base URL")
     status.set_defaults(func=cmd_status)
 
+    for command in (login, request, logout, status):
+        command.add_argument(
+            "--dpop",
+            action="store_true",
+            help="bind the tokens to a key kept in the token file (DPoP, RFC 9449); "
+            "tokens bound at login are signed for whether this is given or not",
+        )
     for command in (login, logout, status):
         command.add_argument(
             "--json",
@@ -348,6 +362,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result: int = args.func(args, store)
         sys.stdout.flush()
+    except DPoPUnavailable as exc:  # --dpop without the extra: one line, no traceback
+        return fail(str(exc))
     except KeyboardInterrupt:  # Ctrl-C: a line, never a traceback
         print(f"{PROG}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -4,6 +4,7 @@ The pieces it puts together, each in its own module:
 
     _flow.py     the pure flows: operations, the request flow, refresh and login
     _device.py   the pure flows of the device login (RFC 8628)
+    _dpop.py     DPoP keys and proofs (RFC 9449), pure
     _flight.py   the single flight: one renewal for any number of requests
     _edges.py    the blocking and the async edge that run the flows
     _tokens.py   ``Tokens`` and the ``TokenStore`` protocol
@@ -14,13 +15,23 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable, Generator
+from collections.abc import AsyncGenerator, Callable, Generator, Mapping
 from functools import partial
 from typing import Any
 
 import httpx
 
 from ._device import DeviceCode, poll_flow, start_flow
+from ._dpop import (
+    HAVE_CRYPTOGRAPHY,
+    DPoPKeyError,
+    DPoPUnavailable,
+    ProofKey,
+    generate_key,
+    key_from_json,
+    key_to_json,
+    make_proof,
+)
 from ._edges import (
     AsyncEdge,
     SyncEdge,
@@ -29,8 +40,10 @@ from ._edges import (
     resolve_async,
     resolve_sync,
 )
+from ._exceptions import AuthError
 from ._flight import SingleFlight
 from ._flow import (
+    Call,
     Clock,
     Credentials,
     ErrorHook,
@@ -42,6 +55,7 @@ from ._flow import (
     TokensHook,
     endpoint,
     login_flow,
+    origin_key,
     request_flow,
     same_origin,
 )
@@ -53,6 +67,54 @@ from ._tokens import Tokens, TokenStore
 log = logging.getLogger("tokengate.client")
 # on_code(verification_uri, verification_uri_complete, user_code), sync or async.
 OnCode = Callable[[str, str, str], object]
+# A service's nonce longer than this is not kept: it would go into every proof.
+MAX_NONCE_LENGTH = 1024
+
+
+def _dpop_setting(dpop: object) -> tuple[bool, ProofKey | None]:
+    """What ``dpop=`` asks for: bound tokens or not, and the caller's own key if one is given.
+
+    ``True`` asks for a key made once and kept in the token store; a
+    ``ProofKey``, a ``cryptography`` P-256 or Ed25519 private key, or a
+    private JWK (as ``_dpop.key_to_json`` writes it) is the caller's own.
+    """
+    if dpop is False or dpop is None:
+        return False, None
+    if not HAVE_CRYPTOGRAPHY:
+        raise DPoPUnavailable
+    if dpop is True:
+        return True, None
+    if isinstance(dpop, ProofKey):
+        return True, dpop
+    if isinstance(dpop, Mapping):
+        return True, key_from_json(dpop)
+    return True, ProofKey.from_private_key(dpop)
+
+
+def _new_key() -> dict[str, str]:
+    return key_to_json(generate_key())
+
+
+class Nonces:
+    """The latest ``DPoP-Nonce`` each origin sent (RFC 9449 sections 8 and 9).
+
+    Every response may bring one, an error's or a success's; the next proof
+    for that origin carries it. A plain dict: one assignment or lookup at a
+    time, atomic for threads.
+    """
+
+    def __init__(self) -> None:
+        self._latest: dict[tuple[str, str, int | None], str] = {}
+
+    def get(self, url: httpx.URL) -> str | None:
+        return self._latest.get(origin_key(url))
+
+    def keep(self, url: httpx.URL, nonce: str) -> None:
+        # RFC 9449's NQCHAR: printable ASCII but for the double quote and backslash.
+        if 0 < len(nonce) <= MAX_NONCE_LENGTH and all(
+            "!" <= c <= "~" and c not in '"\\' for c in nonce
+        ):
+            self._latest[origin_key(url)] = nonce
 
 
 class TokenAuth(httpx.Auth):
@@ -76,6 +138,17 @@ class TokenAuth(httpx.Auth):
     ``401`` raises ``LoginRequired``). A ``429`` raises ``RateLimited``
     unless its ``Retry-After`` is at most ``rate_limit_wait`` seconds (default
     0): then the request waits and is sent once more.
+
+    ``dpop=True`` binds the tokens to a key (DPoP, RFC 9449): a P-256 key
+    made once and kept in the token store beside the tokens (in the file of
+    a ``FileTokenStore``, so processes sharing it share the key), or
+    ``dpop=<key>``, a key of the caller's (a ``cryptography`` P-256 or
+    Ed25519 private key). Logins, refreshes and token fetches then carry a
+    proof and get bound tokens, and every request with a bound token carries
+    a fresh proof; a ``use_dpop_nonce`` answer is met by one resend with the
+    service's nonce, remembered per origin. Tokens the store holds as bound
+    are sent with proofs by the stored key whatever ``dpop`` says. Needs
+    ``pip install "quart-tokengate[dpop]"``.
     """
 
     def __init__(
@@ -91,6 +164,7 @@ class TokenAuth(httpx.Auth):
         clock: Clock = time.time,
         api_key: str | None = None,
         rate_limit_wait: float = 0,
+        dpop: bool | ProofKey | Any = False,
     ) -> None:
         if refresh_margin < 0:
             raise ValueError("refresh_margin must not be negative")
@@ -98,6 +172,14 @@ class TokenAuth(httpx.Auth):
             raise ValueError("rate_limit_wait must not be negative")
         if api_key is not None and credentials is not None:
             raise ValueError("an API key needs no credentials: pass one or the other")
+        if api_key is not None and dpop not in (False, None):
+            raise ValueError("an API key is never bound to a DPoP key: pass one or the other")
+        # Token requests carry proofs; the caller's own key, if one is given.
+        self._dpop, self._own_key = _dpop_setting(dpop)
+        self._own_key_kept = False
+        # The stored key as last read, and the key made from it.
+        self._key_cache: tuple[dict[str, str], ProofKey] | None = None
+        self._nonces = Nonces()
         self._api_key = check_api_key(api_key) if api_key is not None else None
         self.rate_limit_wait = rate_limit_wait
         self.base_url = httpx.URL(base_url) if base_url is not None else None
@@ -135,9 +217,9 @@ class TokenAuth(httpx.Auth):
         ``AsyncAuthClient`` bind their auth to themselves.
         """
         if isinstance(client, httpx.AsyncClient):
-            self._async.call = async_client_call(client)
+            self._async.call = async_client_call(client, self._sign_call)
         else:
-            self._sync.call = client_call(client)
+            self._sync.call = client_call(client, self._sign_call)
         self._client_base_url = lambda: client.base_url
 
     # -- the policy the flows follow ---------------------------------------------
@@ -196,11 +278,70 @@ class TokenAuth(httpx.Auth):
         grant, fetch = self.grant, None
         if grant is not None:
             token_url = str(endpoint(self._service_url() or op.origin, TOKEN_PATH))
-            fetch = partial(fetch_flow, grant, token_url, self.clock)
+            fetch = partial(fetch_flow, grant, token_url, self.clock, dpop=self._dpop)
         return self._single_flight.renewal(
             op, self.token_store, usable=self._usable, can_login=self._can_login,
-            clock=self.clock, fetch=fetch,
+            clock=self.clock, fetch=fetch, dpop=self._dpop,
         )  # fmt: skip
+
+    # -- DPoP: the key, the proofs, the nonces ----------------------------------
+    @property
+    def dpop(self) -> bool:
+        """Whether logins, refreshes and token fetches ask for DPoP-bound tokens."""
+        return self._dpop
+
+    def _proof_key(self) -> ProofKey:
+        """The key that signs: the caller's, else the store's (made once, with ``dpop``)."""
+        own = self._own_key
+        if own is not None:
+            if not self._own_key_kept:
+                # Kept beside the tokens when the store holds no key yet, so that
+                # another client of the same file can use the tokens bound to it.
+                self.token_store.dpop_key(lambda: key_to_json(own))
+                self._own_key_kept = True
+            return own
+        kept = self.token_store.dpop_key(_new_key if self._dpop else None)
+        if kept is None:
+            raise AuthError(
+                "The tokens are DPoP-bound and the token store keeps no DPoP key: log in again."
+            )
+        cached = self._key_cache
+        if cached is not None and cached[0] == kept:
+            return cached[1]
+        try:
+            key = key_from_json(kept)
+        except DPoPKeyError as exc:
+            raise AuthError(f"{exc} ({self.token_store!r})") from None
+        self._key_cache = (dict(kept), key)
+        return key
+
+    def _proof(self, method: str, url: httpx.URL, access_token: str | None) -> str:
+        return make_proof(
+            self._proof_key(), method, str(url), now=self.clock(),
+            access_token=access_token, nonce=self._nonces.get(url),
+        )  # fmt: skip
+
+    def _sign(self, op: Send) -> None:
+        """Add a fresh proof to a request that presents a bound token (the edges call it)."""
+        if op.proof_token is not None:
+            op.request.headers["DPoP"] = self._proof(
+                op.request.method, op.request.url, op.proof_token
+            )
+
+    def _sign_call(self, call: Call, request: httpx.Request) -> None:
+        """Add a fresh proof to the request built for a token request that asks for one."""
+        if call.dpop:
+            request.headers["DPoP"] = self._proof(request.method, request.url, None)
+
+    def _saw(self, response: httpx.Response) -> None:
+        """Keep the ``DPoP-Nonce`` a response brings, for its origin's next proofs."""
+        nonce = response.headers.get("DPoP-Nonce")
+        if nonce:
+            try:
+                url = response.request.url
+            except RuntimeError:  # a response built by hand has no request
+                return
+            self._nonces.keep(url, nonce)
 
     def _push(self, op: Push) -> None:
         def change(current: Tokens | None) -> Tokens | None:
@@ -239,14 +380,14 @@ class TokenAuth(httpx.Auth):
 
     def sync_login(self, username: str, password: str, device: str | None = None) -> Tokens:
         """Log in through the blocking edge and store the new tokens."""
-        flow = login_flow(username, password, device, clock=self.clock)
+        flow = login_flow(username, password, device, clock=self.clock, dpop=self._dpop)
         tokens = self._sync.run(flow, self._origin("login"))
         self.token_store.save(tokens)
         return tokens
 
     async def async_login(self, username: str, password: str, device: str | None = None) -> Tokens:
         """Log in through the async edge and store the new tokens."""
-        flow = login_flow(username, password, device, clock=self.clock)
+        flow = login_flow(username, password, device, clock=self.clock, dpop=self._dpop)
         tokens = await self._async.run(flow, self._origin("login"))
         self.token_store.save(tokens)
         return tokens
@@ -260,7 +401,9 @@ class TokenAuth(httpx.Auth):
             start_flow(client_id=client_id, scope=scope, device=device), origin
         )
         resolve_sync(on_code(code.verification_uri, code.verification_uri_complete, code.user_code))
-        tokens = self._sync.run(poll_flow(code, client_id=client_id, clock=self.clock), origin)
+        tokens = self._sync.run(
+            poll_flow(code, client_id=client_id, clock=self.clock, dpop=self._dpop), origin
+        )
         self.token_store.save(tokens)
         return tokens
 
@@ -275,7 +418,7 @@ class TokenAuth(httpx.Auth):
         await resolve_async(
             on_code(code.verification_uri, code.verification_uri_complete, code.user_code)
         )
-        flow = poll_flow(code, client_id=client_id, clock=self.clock)
+        flow = poll_flow(code, client_id=client_id, clock=self.clock, dpop=self._dpop)
         tokens = await self._async.run(flow, origin)
         self.token_store.save(tokens)
         return tokens

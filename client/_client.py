@@ -14,6 +14,7 @@ from typing import Any, Self, cast
 import httpx
 
 from ._auth import OnCode, TokenAuth
+from ._dpop import ProofKey
 from ._exceptions import LoginRequired
 from ._flow import Clock, Credentials, ErrorHook, LoginRequiredHook, TokensHook, failure
 from ._grants import ClientCredentials
@@ -35,6 +36,7 @@ def _make_auth(
     kwargs: dict[str, Any],
     api_key: str | None = None,
     rate_limit_wait: float = 0,
+    dpop: Any = False,
 ) -> TokenAuth:
     if "auth" in kwargs:
         raise TypeError(
@@ -51,6 +53,7 @@ def _make_auth(
         clock=clock,
         api_key=api_key,
         rate_limit_wait=rate_limit_wait,
+        dpop=dpop,
     )
 
 
@@ -75,7 +78,8 @@ class _Shared:
 
         It authenticates with ``client_secret`` (HTTP Basic) or ``private_key``
         (``private_key_jwt``; ``key_id`` names its public half in the
-        registered JWKS), asks for ``scope`` (default: all of the client's),
+        registered JWKS), asks for ``scope`` (default: all of the client's;
+        ``dpop=True`` binds the tokens to a key, as for a login),
         and fetches a new access token before the old one expires, once for
         any number of concurrent requests (and processes sharing a
         ``FileTokenStore``). A refused fetch raises ``InvalidClient``. Every
@@ -102,9 +106,11 @@ class AsyncAuthClient(_Shared, httpx.AsyncClient):
     (a callable returning ``(username, password)``, sync or async, used to log
     in again when the session is over), the hooks ``on_refreshed``,
     ``on_refresh_failed`` and ``on_login_required`` (sync or async),
-    ``clock``, ``api_key`` (a ``tgk_...`` key sent as is, never refreshed)
-    and ``rate_limit_wait`` (a ``429`` whose ``Retry-After`` is at most this
-    many seconds is waited out and sent once more; else ``RateLimited``).
+    ``clock``, ``api_key`` (a ``tgk_...`` key sent as is, never refreshed),
+    ``rate_limit_wait`` (a ``429`` whose ``Retry-After`` is at most this
+    many seconds is waited out and sent once more; else ``RateLimited``) and
+    ``dpop`` (``True``, or a key of the caller's: tokens bound to the key,
+    a fresh proof with every request; see ``TokenAuth``).
     """
 
     def __init__(
@@ -119,12 +125,13 @@ class AsyncAuthClient(_Shared, httpx.AsyncClient):
         clock: Clock = time.time,
         api_key: str | None = None,
         rate_limit_wait: float = 0,
+        dpop: bool | ProofKey | Any = False,
         **kwargs: Any,
     ) -> None:
         token_auth = _make_auth(
             token_store, refresh_margin, credentials,
             on_refreshed, on_refresh_failed, on_login_required, clock, kwargs,
-            api_key, rate_limit_wait,
+            api_key, rate_limit_wait, dpop,
         )  # fmt: skip
         super().__init__(auth=token_auth, **kwargs)
         token_auth.bind(self)
@@ -212,12 +219,13 @@ class AuthClient(_Shared, httpx.Client):
         clock: Clock = time.time,
         api_key: str | None = None,
         rate_limit_wait: float = 0,
+        dpop: bool | ProofKey | Any = False,
         **kwargs: Any,
     ) -> None:
         token_auth = _make_auth(
             token_store, refresh_margin, credentials,
             on_refreshed, on_refresh_failed, on_login_required, clock, kwargs,
-            api_key, rate_limit_wait,
+            api_key, rate_limit_wait, dpop,
         )  # fmt: skip
         super().__init__(auth=token_auth, **kwargs)
         token_auth.bind(self)

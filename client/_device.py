@@ -23,7 +23,18 @@ from typing import Any
 import httpx
 
 from ._exceptions import AuthError, DeviceAccessDenied, DeviceCodeExpired
-from ._flow import Call, Clock, Op, Sleep, describe, error_code, failure, parse_pair, retry_after
+from ._flow import (
+    Call,
+    Clock,
+    Op,
+    Sleep,
+    describe,
+    error_code,
+    failure,
+    parse_pair,
+    retry_after,
+    send_call,
+)
 from ._tokens import Tokens
 
 DEVICE_AUTHORIZATION_PATH = "/oauth/device_authorization"
@@ -92,9 +103,16 @@ def start_flow(
 
 
 def poll_flow(
-    code: DeviceCode, *, client_id: str | None = None, clock: Clock | None = None
+    code: DeviceCode,
+    *,
+    client_id: str | None = None,
+    clock: Clock | None = None,
+    dpop: bool = False,
 ) -> Generator[Op, Any, Tokens]:
-    """Poll the token endpoint until the code is confirmed: the session's token pair."""
+    """Poll the token endpoint until the code is confirmed: the session's token pair.
+
+    With ``dpop`` every poll carries a fresh proof and the pair is bound to its key.
+    """
     body = {"grant_type": DEVICE_GRANT, "device_code": code.device_code}
     if client_id is not None:
         body["client_id"] = client_id
@@ -109,7 +127,7 @@ def poll_flow(
         yield Sleep(wait)
         waited += wait
         try:
-            response = yield Call("POST", TOKEN_PATH, body, form=True)
+            response = yield from send_call(Call("POST", TOKEN_PATH, body, form=True, dpop=dpop))
         except httpx.HTTPError:
             continue  # the network or the service is down for now: the code still is good
         if response.status_code == 200:
@@ -121,7 +139,9 @@ def poll_flow(
                 yield Sleep(extra - interval)
                 waited += extra - interval
             continue
-        if error == "authorization_pending":
+        if error in ("authorization_pending", "use_dpop_nonce"):
+            # A nonce refused twice in a row (it changed meanwhile): the next
+            # poll's proof carries the newest, and the code is still good.
             continue
         if error == "slow_down":
             interval += SLOW_DOWN_STEP

@@ -2,7 +2,10 @@
 
 Only the edges do I/O: they send requests (through httpx, or through the
 client a ``TokenAuth`` is bound to), wait for a flight, sleep, and call the
-user's callbacks. Everything they decide comes from the flows.
+user's callbacks. Everything they decide comes from the flows. Just before a
+request goes out they add the DPoP proof the flow asked for (made from the
+key the store keeps, the clock and the origin's latest nonce), and they note
+the ``DPoP-Nonce`` of every response that comes back.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 SyncCall = Callable[[Call, httpx.URL], httpx.Response]
 AsyncCall = Callable[[Call, httpx.URL], Awaitable[httpx.Response]]
+# Adds the DPoP proof a Call asks for to the request built for it.
+SignCall = Callable[[Call, httpx.Request], None]
 
 
 class Step:
@@ -80,13 +85,14 @@ def _body(call: Call) -> dict[str, Any]:
     return {"data": call.body} if call.form else {"json": call.body}
 
 
-def client_call(client: httpx.Client) -> SyncCall:
+def client_call(client: httpx.Client, sign: SignCall) -> SyncCall:
     """Send ``/auth`` calls through ``client``: its transport, timeouts and hooks apply."""
 
     def call(op: Call, origin: httpx.URL) -> httpx.Response:
         request = client.build_request(
             op.method, _call_url(client, op, origin), headers=op.headers, **_body(op)
         )
+        sign(op, request)
         try:
             return client.send(request, auth=None)
         except httpx.HTTPStatusError as exc:  # an event hook called raise_for_status()
@@ -95,13 +101,14 @@ def client_call(client: httpx.Client) -> SyncCall:
     return call
 
 
-def async_client_call(client: httpx.AsyncClient) -> AsyncCall:
+def async_client_call(client: httpx.AsyncClient, sign: SignCall) -> AsyncCall:
     """Send ``/auth`` calls through ``client``: its transport, timeouts and hooks apply."""
 
     async def call(op: Call, origin: httpx.URL) -> httpx.Response:
         request = client.build_request(
             op.method, _call_url(client, op, origin), headers=op.headers, **_body(op)
         )
+        sign(op, request)
         try:
             return await client.send(request, auth=None)
         except httpx.HTTPStatusError as exc:  # an event hook called raise_for_status()
@@ -125,9 +132,15 @@ class SyncEdge:
         try:
             while (op := step.next(flow)) is not None:
                 if isinstance(op, Send):
+                    try:
+                        self.auth._sign(op)
+                    except Exception as exc:
+                        step.error = exc
+                        continue
                     response = yield op.request
                     if response.status_code in (401, 429):
                         response.read()
+                    self.auth._saw(response)
                     step.value = response
                     continue
                 try:
@@ -159,7 +172,9 @@ class SyncEdge:
         if isinstance(op, Push):
             return auth._push(op)
         if isinstance(op, Call):
-            return self.call(op, origin)
+            response = self.call(op, origin)
+            auth._saw(response)
+            return response
         if isinstance(op, AskCredentials):
             assert auth.credentials is not None
             return resolve_sync(auth.credentials())
@@ -186,7 +201,9 @@ class SyncEdge:
     def _own_call(self, call: Call, origin: httpx.URL) -> httpx.Response:
         with httpx.Client() as http:
             url = endpoint(self.auth.base_url or origin, call.path)
-            return http.request(call.method, url, headers=call.headers, **_body(call))
+            request = http.build_request(call.method, url, headers=call.headers, **_body(call))
+            self.auth._sign_call(call, request)
+            return http.send(request)
 
 
 class AsyncEdge:
@@ -207,9 +224,15 @@ class AsyncEdge:
         try:
             while (op := step.next(flow)) is not None:
                 if isinstance(op, Send):
+                    try:
+                        self.auth._sign(op)
+                    except Exception as exc:
+                        step.error = exc
+                        continue
                     response = yield op.request
                     if response.status_code in (401, 429):
                         await response.aread()
+                    self.auth._saw(response)
                     step.value = response
                     continue
                 try:
@@ -241,7 +264,9 @@ class AsyncEdge:
         if isinstance(op, Renew):
             return await self.run(auth.renewal(op), op.origin)
         if isinstance(op, Call):
-            return await self.call(op, origin)
+            response = await self.call(op, origin)
+            auth._saw(response)
+            return response
         if isinstance(op, AskCredentials):
             assert auth.credentials is not None
             return await resolve_async(auth.credentials())
@@ -264,4 +289,6 @@ class AsyncEdge:
     async def _own_call(self, call: Call, origin: httpx.URL) -> httpx.Response:
         async with httpx.AsyncClient() as http:
             url = endpoint(self.auth.base_url or origin, call.path)
-            return await http.request(call.method, url, headers=call.headers, **_body(call))
+            request = http.build_request(call.method, url, headers=call.headers, **_body(call))
+            self.auth._sign_call(call, request)
+            return await http.send(request)

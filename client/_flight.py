@@ -124,11 +124,13 @@ class SingleFlight:
         can_login: bool,
         clock: Clock,
         fetch: Fetch | None = None,
+        dpop: bool = False,
     ) -> Generator[Op, Any, Tokens]:
         """Serve ``op``: tokens newer than ``op.stale``, or raise why there are none.
 
         ``fetch`` makes the renewal another grant's flow (a service account's
-        ``_grants.fetch_flow``) instead of a refresh or a login.
+        ``_grants.fetch_flow``) instead of a refresh or a login; ``dpop`` has
+        the refresh or login ask for DPoP-bound tokens (``obtain``).
         """
         while True:
             turn = self._join(op.stale, store, usable)
@@ -144,7 +146,7 @@ class SingleFlight:
         outcome: Renewal | None = None
         try:
             outcome = yield from _lead(
-                op, store, usable=usable, can_login=can_login, clock=clock, fetch=fetch
+                op, store, usable=usable, can_login=can_login, clock=clock, fetch=fetch, dpop=dpop
             )
         except AuthError as exc:  # the store could not be locked
             outcome = Renewal(error=exc)
@@ -164,6 +166,7 @@ def _lead(
     can_login: bool,
     clock: Clock,
     fetch: Fetch | None = None,
+    dpop: bool = False,
 ) -> Generator[Op, Any, Renewal]:
     while True:
         claim = store.begin_refresh(op.stale, usable)
@@ -183,6 +186,7 @@ def _lead(
                 reason=op.reason,
                 can_login=can_login,
                 clock=clock,
+                dpop=dpop,
             )
         change = outcome.change
     finally:

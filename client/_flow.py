@@ -8,20 +8,31 @@ The request flow, ``request_flow``, yields:
 
     Load()                    the stored tokens
     Renew(stale, ...)         tokens newer than ``stale``: at most one refresh
-    Send(request)             the response (yielded to httpx; a 401's body is read)
+    Send(request, proof_token) the response (yielded to httpx; a 401's body is read);
+                              with ``proof_token``, the edge adds a fresh DPoP
+                              proof for that token first
     Push(stamped, token)      None; stores an access token the service pushed
 
 The token flows, ``obtain`` and ``login_flow``, yield:
 
     Call(method, path, body)  the response of an ``/auth`` (or ``/oauth/token``, a
                               form) request the edge sends itself (a
-                              transport error is thrown back in)
+                              transport error is thrown back in); with
+                              ``dpop``, carrying a fresh DPoP proof
     AskCredentials()          ``(username, password)`` from ``credentials``
     DeviceToken(username)     the device token the store keeps for ``username``
     DeviceToken(username, t)  None; the store keeps ``t`` for ``username`` from now on
 
 A ``Renew`` is served by the single flight (``_flight.py``), which also yields
 ``Wait``, ``Sleep`` and ``Hook``.
+
+DPoP (RFC 9449): the flows say which request carries a proof, for which
+access token (``Send.proof_token``; ``Call.dpop`` at a token endpoint), and
+send a request once more, with a fresh proof, when the service answers
+``use_dpop_nonce``; once only. The edge makes each proof just before the
+request goes out, with ``_dpop.make_proof`` (a pure function of the key, the
+method, the URL, the token, the origin's latest ``DPoP-Nonce`` and the
+clock), and notes the ``DPoP-Nonce`` of every response, per origin.
 """
 
 from __future__ import annotations
@@ -50,6 +61,9 @@ REFRESH_PATH = "/auth/refresh"
 TOKEN_EXPIRED = "token_expired"  # noqa: S105 - an error code, not a secret
 MISSING_TOKEN = "missing_token"  # noqa: S105 - an error code, not a secret
 FRESH_LOGIN_REQUIRED = "fresh_login_required"
+# The service wants a proof carrying its nonce (RFC 9449 sections 8 and 9).
+USE_DPOP_NONCE = "use_dpop_nonce"
+INVALID_DPOP_PROOF = "invalid_dpop_proof"
 # 401 codes after which the session is over: only a new login helps.
 SESSION_OVER = frozenset({"token_revoked", "session_expired", "session_replaced", "invalid_token"})
 
@@ -69,6 +83,9 @@ class Load:
 @dataclass(frozen=True, slots=True)
 class Send:
     request: httpx.Request
+    # A DPoP-bound access token the request presents: the edge adds a fresh
+    # proof for it (its hash in ``ath``). None: no proof.
+    proof_token: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +112,8 @@ class Call:
     # A form body (the OAuth token endpoint) instead of JSON, and headers of its own.
     form: bool = False
     headers: dict[str, str] = field(default_factory=dict, repr=False)
+    # Carry a fresh DPoP proof (no ``ath``): ask for bound tokens, or refresh bound ones.
+    dpop: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,13 +268,14 @@ def origin_of(url: httpx.URL) -> httpx.URL:
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
+def origin_key(url: httpx.URL) -> tuple[str, str, int | None]:
+    """Scheme, host and port of ``url`` (a default port spelled or not)."""
+    return url.scheme, url.host, url.port or DEFAULT_PORTS.get(url.scheme)
+
+
 def same_origin(a: httpx.URL, b: httpx.URL) -> bool:
     """Do ``a`` and ``b`` share scheme, host and port (a default port spelled or not)?"""
-
-    def key(url: httpx.URL) -> tuple[str, str, int | None]:
-        return url.scheme, url.host, url.port or DEFAULT_PORTS.get(url.scheme)
-
-    return key(a) == key(b)
+    return origin_key(a) == origin_key(b)
 
 
 def endpoint(base: httpx.URL, path: str) -> httpx.URL:
@@ -263,9 +283,32 @@ def endpoint(base: httpx.URL, path: str) -> httpx.URL:
     return base.copy_with(path=base.path.rstrip("/") + path, query=None, fragment=None)
 
 
-def stamp(request: httpx.Request, tokens: Tokens) -> httpx.Request:
+def stamp(request: httpx.Request, tokens: Tokens) -> Send:
+    """``request`` with ``tokens``' access token: a DPoP-bound one with a proof to come."""
+    if tokens.bound:
+        request.headers["Authorization"] = f"DPoP {tokens.access_token}"
+        return Send(request, proof_token=tokens.access_token)
     request.headers["Authorization"] = f"Bearer {tokens.access_token}"
-    return request
+    request.headers.pop("DPoP", None)  # a proof from an earlier send with bound tokens
+    return Send(request)
+
+
+def wants_nonce(response: httpx.Response) -> bool:
+    """Did the service refuse a proof for want of its nonce (``400``/``401 use_dpop_nonce``)?"""
+    return response.status_code in (400, 401) and error_code(response) == USE_DPOP_NONCE
+
+
+def send_call(call: Call) -> Generator[Op, Any, httpx.Response]:
+    """Send ``call``; a DPoP call refused with ``use_dpop_nonce`` is sent once more.
+
+    The resend carries a fresh proof with the nonce the refusal brought (the
+    edge notes every ``DPoP-Nonce``). A second refusal is the caller's to
+    judge: the service keeps changing its nonce, and looping helps nobody.
+    """
+    response: httpx.Response = yield call
+    if call.dpop and wants_nonce(response):
+        response = yield call
+    return response
 
 
 def absorb(response: httpx.Response, stamped: Tokens) -> Generator[Op, Any, None]:
@@ -277,9 +320,16 @@ def absorb(response: httpx.Response, stamped: Tokens) -> Generator[Op, Any, None
 
 # -- the token flows ------------------------------------------------------------
 def login_flow(
-    username: str, password: str, device: str | None = None, clock: Clock | None = None
+    username: str,
+    password: str,
+    device: str | None = None,
+    clock: Clock | None = None,
+    *,
+    dpop: bool = False,
 ) -> Generator[Op, Any, Tokens]:
     """Log in: return the new pair (arrived by ``clock``), or raise the typed error.
+
+    With ``dpop``, the login carries a proof and the pair is bound to its key.
 
     The device token kept from an earlier login to this account goes along, so
     that the service throttles this login on the device's own count (an attack
@@ -293,10 +343,17 @@ def login_flow(
     if isinstance(known, str) and known:
         body["device_token"] = known
     try:
-        response = yield Call("POST", LOGIN_PATH, body)
+        response = yield from send_call(Call("POST", LOGIN_PATH, body, dpop=dpop))
     except httpx.HTTPError as exc:
         raise AuthError(f"Could not log in: {describe(exc)}.") from exc
     if response.status_code != 200:
+        if not dpop and error_code(response) == INVALID_DPOP_PROOF:
+            raise AuthError(
+                "The service requires DPoP-bound tokens: log in with dpop=True "
+                "(tokengate-client login --dpop).",
+                code=INVALID_DPOP_PROOF,
+                response=response,
+            )
         raise failure(response, "log in")
     tokens = parse_pair(response, clock)
     issued = response.json().get("device_token")
@@ -312,23 +369,28 @@ def obtain(
     reason: str | None,
     can_login: bool,
     clock: Clock | None = None,
+    dpop: bool = False,
 ) -> Generator[Op, Any, Renewal]:
     """Get new tokens: refresh ``tokens``, else log in through the credentials.
 
-    ``clock`` notes when new tokens arrived (``Tokens.received_at``).
+    ``clock`` notes when new tokens arrived (``Tokens.received_at``). The
+    refresh and the login carry a DPoP proof with ``dpop``, and whenever
+    ``tokens`` are bound: a bound session refreshes only with its key's proof.
 
     Never raises for a failure: the outcome carries the error, whether the old
     tokens are dead (a ``401`` from the refresh) or kept (network error, other
     status), and the hooks to call.
     """
     notes: list[tuple[str, Any]] = []
+    dpop = dpop or (tokens is not None and tokens.bound)
     if tokens is None:
         ended = LoginRequired("Not logged in.", code=MISSING_TOKEN)
     elif relogin:
         ended = LoginRequired(f"The session is over ({reason}): log in again.", code=reason)
     else:
         try:
-            response = yield Call("POST", REFRESH_PATH, {"refresh_token": tokens.refresh_token})
+            body = {"refresh_token": tokens.refresh_token}
+            response = yield from send_call(Call("POST", REFRESH_PATH, body, dpop=dpop))
         except httpx.HTTPError as exc:
             error = AuthError(f"Could not refresh the tokens ({describe(exc)}); they are kept.")
             error.__cause__ = exc
@@ -355,7 +417,7 @@ def obtain(
             and all(isinstance(p, str) for p in pair)
         ):
             raise TypeError("credentials must return (username, password)")
-        fresh = yield from login_flow(pair[0], pair[1], clock=clock)
+        fresh = yield from login_flow(pair[0], pair[1], clock=clock, dpop=dpop)
     except LoginRequired as exc:  # InvalidCredentials among them
         notes.append(("login_required", exc))
         return Renewal(error=exc, dead=True, notes=tuple(notes))
@@ -394,7 +456,9 @@ def request_flow(
     stored ones when the refused token is not the newest (no refresh), else
     those of one refresh, shared by every concurrent request
     (``Renew``/``_flight.py``); up to ``MAX_EXPIRED_RESENDS`` times. Any other
-    ``401`` that new tokens can cure is resent once.
+    ``401`` that new tokens can cure is resent once. A DPoP-bound token goes
+    with a fresh proof on every send, and ``401 use_dpop_nonce`` is resent
+    once with the same tokens (the new proof carries the service's nonce).
     """
     origin = origin_of(request.url)
     tokens: Tokens | None = yield Load()
@@ -408,13 +472,29 @@ def request_flow(
         tokens = yield Renew(tokens, origin)
     assert tokens is not None
     resendable = make_replayable(request)
-    response: httpx.Response = yield Send(stamp(request, tokens))
+    response: httpx.Response = yield stamp(request, tokens)
     yield from absorb(response, tokens)
     expired_resends = 0
     renewed_session = False
+    nonce_resent = False
     while response.status_code == 401:
         code = error_code(response)
         fresh: Tokens | None
+        if code == USE_DPOP_NONCE:
+            if nonce_resent or not tokens.bound:
+                return response
+            nonce_resent = True
+            if not resendable:
+                raise AuthError(
+                    "The service asked for a DPoP proof with its nonce (401 use_dpop_nonce) "
+                    "and this request's body is a stream that cannot be sent twice, so it "
+                    "was not resent; the nonce is kept: send the request again.",
+                    code=code,
+                    response=response,
+                )
+            response = yield stamp(request, tokens)
+            yield from absorb(response, tokens)
+            continue
         if code == TOKEN_EXPIRED:
             if expired_resends == MAX_EXPIRED_RESENDS:
                 return response
@@ -454,6 +534,6 @@ def request_flow(
                 response=response,
             )
         tokens = fresh
-        response = yield Send(stamp(request, tokens))
+        response = yield stamp(request, tokens)
         yield from absorb(response, tokens)
     return response

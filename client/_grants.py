@@ -26,7 +26,7 @@ from urllib.parse import quote
 import httpx
 
 from ._exceptions import AuthError, InvalidClient
-from ._flow import Call, Clock, Op, Renewal, describe, failure
+from ._flow import Call, Clock, Op, Renewal, describe, failure, send_call
 from ._tokens import Tokens, unverified_claims
 
 TOKEN_PATH = "/oauth/token"  # noqa: S105 - a path, not a secret
@@ -104,8 +104,11 @@ def _basic(client_id: str, secret: str) -> str:
     return "Basic " + base64.b64encode(raw).decode()
 
 
-def token_request(grant: ClientCredentials, token_url: str, now: float) -> Call:
-    """The token request for ``grant`` at ``now``: a form, the client authenticated one way."""
+def token_request(
+    grant: ClientCredentials, token_url: str, now: float, *, dpop: bool = False
+) -> Call:
+    """The token request for ``grant`` at ``now``: a form, the client authenticated one way;
+    with ``dpop``, carrying a proof, so that the token is bound to its key."""
     body: dict[str, Any] = {"grant_type": "client_credentials"}
     if grant.scope is not None:
         body["scope"] = grant.scope
@@ -118,7 +121,7 @@ def token_request(grant: ClientCredentials, token_url: str, now: float) -> Call:
             grant.private_key, client_id=grant.client_id, audience=token_url, now=now,
             jti=secrets.token_urlsafe(16), key_id=grant.key_id,
         )  # fmt: skip
-    return Call("POST", TOKEN_PATH, body, form=True, headers=headers)
+    return Call("POST", TOKEN_PATH, body, form=True, headers=headers, dpop=dpop)
 
 
 def parse_token(response: httpx.Response, at: float) -> Tokens:
@@ -133,24 +136,29 @@ def parse_token(response: httpx.Response, at: float) -> Tokens:
             "The service's answer is not a token response.", code=None, response=response
         ) from None
     sid = unverified_claims(access).get("sid")
-    return Tokens(access, "", sid if isinstance(sid, str) else None, "Bearer", received_at=at)
+    kind = data.get("token_type")
+    kind = kind if isinstance(kind, str) and kind else "Bearer"
+    return Tokens(access, "", sid if isinstance(sid, str) else None, kind, received_at=at)
 
 
 def fetch_flow(
-    grant: ClientCredentials, token_url: str, clock: Clock
+    grant: ClientCredentials, token_url: str, clock: Clock, *, dpop: bool = False
 ) -> Generator[Op, Any, Renewal]:
     """Fetch a new access token for ``grant``; like ``obtain``, it never raises.
+
+    With ``dpop`` the request carries a proof (a fresh one for the one resend
+    that ``use_dpop_nonce`` calls for) and the token is bound to its key.
 
     A ``401`` (``invalid_client``: the client is unknown, disabled, or its
     secret or key is wrong) is ``InvalidClient`` and clears the tokens; a
     network error or another status keeps them.
     """
     try:
-        call = token_request(grant, token_url, clock())
+        call = token_request(grant, token_url, clock(), dpop=dpop)
     except AuthError as exc:
         return Renewal(error=exc, notes=(("refresh_failed", exc),))
     try:
-        response = yield call
+        response = yield from send_call(call)
     except httpx.HTTPError as exc:
         error = AuthError(f"Could not fetch an access token ({describe(exc)}).")
         error.__cause__ = exc

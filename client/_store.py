@@ -83,8 +83,10 @@ class FileTokenStore(TokenStore):
     right now (its lease is in the file) it waits for the result. So the
     processes sharing a file refresh once between them, and none of them is
     logged out by another's refresh-token rotation. The file also keeps the
-    service's base URL for the command line, and the device tokens of the
-    accounts logged in to (``device_tokens``, by username).
+    service's base URL for the command line, the device tokens of the
+    accounts logged in to (``device_tokens``, by username) and the DPoP key
+    the tokens are bound to (``dpop_key``), so processes sharing the file
+    share the key too.
     """
 
     def __init__(
@@ -217,6 +219,22 @@ class FileTokenStore(TokenStore):
             kept = data.get("device_tokens")
             data["device_tokens"] = {**(kept if isinstance(kept, dict) else {}), username: token}
             self._write(data)
+
+    def dpop_key(self, create: Callable[[], dict[str, str]] | None = None) -> dict[str, str] | None:
+        # In the file beside the tokens, in a key older versions never read
+        # (and keep as they rewrite the file). Made under the file's lock, and
+        # only when the file, read again under it, still holds none: processes
+        # sharing the file make one key between them, never two.
+        kept = self._current()[0].get("dpop_key")
+        if isinstance(kept, dict) or create is None:
+            return kept if isinstance(kept, dict) else None
+        with self._locked():
+            data = self._read()
+            kept = data.get("dpop_key")
+            if not isinstance(kept, dict):
+                kept = data["dpop_key"] = create()
+                self._write(data)
+            return kept
 
     # -- the refresh, across processes -------------------------------------
     def _lease_live(self, lease: Any) -> bool:

@@ -14,12 +14,16 @@ import binascii
 import enum
 import json
 import secrets
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 # ``iat`` is whole seconds: a token may have been issued up to this much after it.
 IAT_ROUNDING = 1.0
+DPOP = "DPoP"
+# The base class keeps a DPoP key in memory; this makes its creation once only.
+_memory_key_lock = threading.Lock()
 
 
 def unverified_claims(token: str) -> dict[str, Any]:
@@ -69,6 +73,15 @@ class Tokens:
 
     def __repr__(self) -> str:
         return f"Tokens(session_id={self.session_id!r}, expires_at={self.expires_at!r})"
+
+    @property
+    def bound(self) -> bool:
+        """Is this a DPoP-bound pair (``token_type`` DPoP, RFC 9449 section 5)?
+
+        A bound access token is sent as ``Authorization: DPoP <token>`` with a
+        proof, and the session refreshes only with a proof by the same key.
+        """
+        return self.token_type.lower() == DPOP.lower()
 
     @property
     def local_expiry(self) -> float | None:
@@ -204,6 +217,24 @@ class TokenStore:
     def keep_device_token(self, username: str, token: str) -> None:
         """Keep ``token`` as ``username``'s device token from now on."""
         self.__dict__.setdefault("_device_tokens", {})[username] = token
+
+    def dpop_key(self, create: Callable[[], dict[str, str]] | None = None) -> dict[str, str] | None:
+        """The DPoP key kept beside the tokens (a private JWK), or ``None``.
+
+        With ``create``, a store that keeps no key yet keeps ``create()``'s and
+        returns it, so a key is made once however many requests ask at the
+        same time (``FileTokenStore``: once for every process sharing the
+        file). The key outlives logouts, as a device token does. This base
+        class keeps it in memory, so a store of one's own written before DPoP
+        works unchanged; ``FileTokenStore`` keeps it in its file.
+        """
+        kept: dict[str, str] | None = self.__dict__.get("_dpop_key")
+        if kept is None and create is not None:
+            with _memory_key_lock:
+                kept = self.__dict__.get("_dpop_key")
+                if kept is None:
+                    kept = self.__dict__["_dpop_key"] = create()
+        return kept
 
     def end_refresh(self, lease: Lease, change: Change) -> None:
         """Store the refresh's result, unless a refresh or login replaced the tokens meanwhile."""
