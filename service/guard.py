@@ -154,7 +154,8 @@ async def authenticate_request(
         # The one place that tells credential kinds apart (docs/design.md).
         try:
             credential = read_credential(gate.settings)
-        except DPoPError as exc:  # two DPoP headers
+        except DPoPError as exc:  # two DPoP headers, which only the DPoP scheme reads
+            dpop_scheme = True  # so the challenge is that scheme's (RFC 9449 section 7.1)
             raise DPoPProofRefused(exc.reason) from None
         kind = credential.kind
         dpop_scheme = kind is CredentialKind.DPOP_JWT

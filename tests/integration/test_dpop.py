@@ -144,6 +144,10 @@ async def test_two_dpop_headers_are_refused(app):
     r = await client.get("/auth/me", headers=headers)
     assert r.status_code == 401
     assert (await r.get_json())["error"] == "invalid_dpop_proof"
+    # RFC 9449 section 7.1: the error of the DPoP scheme, in its own challenge.
+    challenge = r.headers["WWW-Authenticate"]
+    assert challenge.startswith("DPoP ") and 'error="invalid_dpop_proof"' in challenge
+    assert 'algs="ES256 EdDSA"' in challenge
 
 
 async def test_a_replayed_proof_is_refused_here_and_on_another_instance(make_app):
