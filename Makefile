@@ -50,20 +50,37 @@ format: $(STAMP)
 	$(BIN)/ruff format service client tests bench examples
 	$(BIN)/ruff check --fix service client tests bench examples
 
-# The Flask-JWT-Extended peer runs from its own venv, built here and nowhere else.
+# The peers run from their own venvs, built here on first use and nowhere else:
+# Flask-JWT-Extended in bench/peers/.venv, each other peer in bench/peers/<peer>/.venv,
+# from the pinned bench/peers/<peer>/requirements.txt.
 PEER_VENV := bench/peers/.venv
 PEER_STAMP := $(PEER_VENV)/.installed
+PEERS := fastapi_users_redis authx_redis simplejwt
+PEER_VENVS := $(PEER_VENV) $(foreach p,$(PEERS),bench/peers/$(p)/.venv)
+PEER_STAMPS := $(PEER_STAMP) $(foreach p,$(PEERS),bench/peers/$(p)/.venv/.installed)
+# What only the bench needs in the service's venv (matplotlib for bench/results.png):
+# not a runtime dependency, and not in [dev], so that CI and `make install` skip it.
+BENCH_STAMP := $(VENV)/.installed-bench
 
 $(PEER_STAMP): bench/peers/flask_jwt/requirements.txt
 	test -x $(PEER_VENV)/bin/python || $(PYTHON) -m venv $(PEER_VENV)
 	$(PEER_VENV)/bin/python -m pip install --quiet -r bench/peers/flask_jwt/requirements.txt
 	touch $(PEER_STAMP)
 
-bench: $(STAMP) $(PEER_STAMP)
+bench/peers/%/.venv/.installed: bench/peers/%/requirements.txt
+	test -x bench/peers/$*/.venv/bin/python || $(PYTHON) -m venv bench/peers/$*/.venv
+	bench/peers/$*/.venv/bin/python -m pip install --quiet -r $<
+	touch $@
+
+$(BENCH_STAMP): $(STAMP) bench/requirements.txt
+	$(BIN)/python -m pip install --quiet -r bench/requirements.txt
+	touch $(BENCH_STAMP)
+
+bench: $(STAMP) $(BENCH_STAMP) $(PEER_STAMPS)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 bench-servers: $(STAMP)
 	$(BIN)/python -m bench.servers
 
 clean:
-	rm -rf $(VENV) $(PEER_VENV) instance .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(PEER_VENVS) instance .pytest_cache .mypy_cache .ruff_cache

@@ -45,6 +45,21 @@ from .harness import HOST, ROOT, Load, Process
 
 PEER_DIR = ROOT / "bench" / "peers" / "flask_jwt"
 PEER_VENV = ROOT / "bench" / "peers" / ".venv"
+# The other peers: each in bench/peers/<name>/, run from its own venv there.
+ASYNC_PEERS = ("fastapi_users_redis", "authx_redis")
+DJANGO_PEER = "simplejwt"
+PEER_EMAIL = "bench-user@example.com"
+# How each library checks revocation on the protected route (the table says it).
+EVERY_REQUEST = "every request: Redis"
+REVOCATION = {
+    "ours": "every request: Redis script",
+    "key": "every request: Redis script",
+    "peer": EVERY_REQUEST,
+    "fau": "every request: Redis + SQL user row",
+    "authx": EVERY_REQUEST,
+    "sjwt": "refresh only (SQL user row)",
+    "": "no guard",
+}
 
 SESSIONS = 1_000_000
 USERS = 100_000
@@ -52,6 +67,7 @@ USERS = 100_000
 FIRST_UID = 10_000_000
 BATCH = 10_000
 USERNAME, PASSWORD = "bench-user", "bench-password-1234"
+DEFAULT_PNG = ROOT / "bench" / "results.png"
 
 
 def start_redis(tmp: Path) -> tuple[Process, int]:
@@ -91,6 +107,8 @@ def service_env(tmp: Path, redis_port: int, database_url: str) -> dict[str, str]
             "TOKENGATE_DATABASE_URL": database_url,
             "TOKENGATE_INSTANCE_DIR": str(tmp / "instance"),
             "TOKENGATE_ACCESS_TTL": "3600",
+            # The bench registers 21 accounts from 127.0.0.1 (the default allows 10 an hour).
+            "TOKENGATE_ADDRESS_MAX_REGISTRATIONS": "1000",
         }
     )
     return env
@@ -143,6 +161,91 @@ def peer_token(base: str) -> str:
     r = httpx.post(base + "/login", timeout=10.0)
     r.raise_for_status()
     token: str = r.json()["access_token"]
+    return token
+
+
+def peer_venv(name: str) -> Path:
+    return ROOT / "bench" / "peers" / name / ".venv"
+
+
+def peer_env(redis_port: int, secret: str, db: int, database: Path | None = None) -> dict[str, str]:
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "PEER_SECRET_KEY": secret,
+        "PEER_REDIS_URL": f"redis://{HOST}:{redis_port}/{db}",
+    }
+    if database is not None:
+        env["PEER_DB"] = str(database)
+    return env
+
+
+def peer_setup(name: str, args: Sequence[str], env: dict[str, str], tmp: Path) -> None:
+    """One command of a peer's own set-up (tables, migrations, its user), from its venv."""
+    done = subprocess.run(
+        [str(peer_venv(name) / "bin" / "python"), *args],
+        cwd=ROOT / "bench" / "peers" / name, env=env, capture_output=True, text=True,
+        timeout=120, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"{name} set-up {args[:2]} failed:\n{done.stdout}{done.stderr}")
+
+
+def start_uvicorn_peer(
+    tmp: Path, name: str, env: dict[str, str], server: str, workers: int
+) -> tuple[Process, str]:
+    """A FastAPI peer as its docs deploy it: uvicorn[standard] (uvloop, httptools)."""
+    port = harness.free_port()
+    args = [
+        str(peer_venv(name) / "bin" / "uvicorn"), "app:app",
+        "--app-dir", str(ROOT / "bench" / "peers" / name), "--workers", str(workers),
+        "--host", HOST, "--port", str(port), "--loop", "uvloop", "--http", "httptools",
+        "--no-access-log", "--log-level", "warning",
+    ]  # fmt: skip
+    process = Process(server, args, env=env, cwd=tmp, log=tmp / f"{server}.log")
+    base = f"http://{HOST}:{port}"
+    harness.wait_http(f"{base}/protected", process)
+    return process, base
+
+
+def start_django_peer(
+    tmp: Path, env: dict[str, str], server: str, workers: int, threads: int
+) -> tuple[Process, str]:
+    port = harness.free_port()
+    worker_class = ["-k", "gthread", "--threads", str(threads)] if threads > 1 else ["-k", "sync"]
+    args = [
+        str(peer_venv(DJANGO_PEER) / "bin" / "gunicorn"),
+        "--chdir", str(ROOT / "bench" / "peers" / DJANGO_PEER), "-w", str(workers),
+        *worker_class, "-b", f"{HOST}:{port}", "--log-level", "warning", "--backlog", "2048",
+        "benchsite.wsgi",
+    ]  # fmt: skip
+    process = Process(server, args, env=env, cwd=tmp, log=tmp / f"{server}.log")
+    base = f"http://{HOST}:{port}"
+    harness.wait_http(f"{base}/protected", process)
+    return process, base
+
+
+def fastapi_users_token(base: str) -> str:
+    """Register the bench user through fastapi-users' router, then log in (RedisStrategy)."""
+    with httpx.Client(base_url=base, timeout=30.0) as http:
+        r = http.post("/auth/register", json={"email": PEER_EMAIL, "password": PASSWORD})
+        if r.status_code != 201:
+            raise RuntimeError(f"fastapi-users register answered {r.status_code}: {r.text[:200]}")
+        r = http.post("/auth/redis/login", data={"username": PEER_EMAIL, "password": PASSWORD})
+        if r.status_code != 200:
+            raise RuntimeError(f"fastapi-users login answered {r.status_code}: {r.text[:200]}")
+        token: str = r.json()["access_token"]
+        return token
+
+
+def simplejwt_token(base: str) -> str:
+    """An access token from simplejwt's TokenObtainPairView (its refresh token is recorded
+    as outstanding by the blacklist app)."""
+    r = httpx.post(
+        base + "/api/token/", json={"username": USERNAME, "password": PASSWORD}, timeout=30.0
+    )
+    if r.status_code != 200:
+        raise RuntimeError(f"simplejwt /api/token/ answered {r.status_code}: {r.text[:200]}")
+    token: str = r.json()["access"]
     return token
 
 
@@ -280,7 +383,7 @@ class Target:
     server: str
     path: str
     connections: int = 64
-    auth: str = ""  # "ours" | "peer" | ""
+    auth: str = ""  # "ours" | "key" | "peer" | "fau" | "authx" | "sjwt" | ""
 
 
 @dataclass
@@ -316,6 +419,20 @@ def targets(ablations: bool = False) -> list[Target]:
                    f"near{workers}", "/auth/me", 200, "ours"),
             Target(f"near-io{workers}-200", f"GET /bench/io (50 ms), near checks, {workers}w, 200c",
                    f"near{workers}", "/bench/io", 200, "ours"),
+            Target(f"fau-me{workers}", f"fastapi-users (Redis) x{workers}, protected, 200c",
+                   f"fau{workers}", "/protected", 200, "fau"),
+            Target(f"fau-io{workers}", f"fastapi-users (Redis) x{workers}, io (50 ms), 200c",
+                   f"fau{workers}", "/io", 200, "fau"),
+            Target(f"authx-me{workers}", f"authx x{workers}, protected, 200c",
+                   f"authx{workers}", "/protected", 200, "authx"),
+            Target(f"authx-io{workers}", f"authx x{workers}, io (50 ms), 200c",
+                   f"authx{workers}", "/io", 200, "authx"),
+            Target(f"sjwt-sync{workers}", f"simplejwt sync x{workers}, protected, 200c",
+                   f"sjwt-sync{workers}", "/protected", 200, "sjwt"),
+            Target(f"sjwt-gthread{workers}", f"simplejwt gthread(8) x{workers}, protected, 200c",
+                   f"sjwt-gthread{workers}", "/protected", 200, "sjwt"),
+            Target(f"sjwt-io{workers}", f"simplejwt gthread(8) x{workers}, io (50 ms), 200c",
+                   f"sjwt-gthread{workers}", "/io", 200, "sjwt"),
         ]  # fmt: skip
     if ablations:
         t += [
@@ -404,6 +521,7 @@ class Bench:
         errors = sum(load.errors for load in s.loads)
         return [
             target.label,
+            REVOCATION[target.auth],
             f"{statistics.median(rps):,.0f} ({min(rps):,.0f}-{max(rps):,.0f})",
             f"{statistics.median(p50):.1f}",
             f"{statistics.median(p99):.1f}",
@@ -418,7 +536,10 @@ def warm(bench: Bench, all_targets: list[Target]) -> None:
         headers = bench.headers.get(target.auth, {})
         r = httpx.get(url, headers=headers, timeout=10.0)
         if r.status_code != 200:
-            raise RuntimeError(f"GET {url} answered {r.status_code}: {r.text[:200]}")
+            # A row's first request must answer 200: a bench of errors is worth nothing.
+            raise RuntimeError(
+                f"{target.label}: GET {url} answered {r.status_code}: {r.text[:200]}"
+            )
         wrk(url, 1, target.connections, headers)
 
 
@@ -471,15 +592,14 @@ def p5(base: str, token: str, seconds: float) -> dict[str, dict[str, float]]:
 
 # -- the report --------------------------------------------------------------------
 
+COLUMNS = [
+    "route", "revocation checked", "req/s median (range)", "p50 ms", "p99 ms", "CPU us/req",
+    "errors",
+]  # fmt: skip
+
 
 def report(bench: Bench, all_targets: list[Target], p5_result: dict, sessions: dict) -> str:
-    lines = [
-        harness.table(
-            ["route", "req/s median (range)", "p50 ms", "p99 ms", "CPU us/req", "errors"],
-            [bench.row(t) for t in all_targets],
-        ),
-        "",
-    ]
+    lines = [harness.table(COLUMNS, [bench.row(t) for t in all_targets]), ""]
     rows = [
         ["mounting: gated / plain, dict route", ">= 0.95",
          ratio_summary(bench.ratios("gated-dict", "plain-dict"))],
@@ -510,6 +630,25 @@ def report(bench: Bench, all_targets: list[Target], p5_result: dict, sessions: d
             [f"P2: p99 /auth/me / peer's best p99, {w} worker(s)", "<= 1",
              ratio_summary(bench.against_best(f"me{w}-200", peers, "p99_ms"))],
         ]  # fmt: skip
+    for w in (1, 2):
+        async_me, async_io = (f"fau-me{w}", f"authx-me{w}"), (f"fau-io{w}", f"authx-io{w}")
+        rows += [
+            [f"async peers: /auth/me / best async peer's protected, {w} worker(s)", ">= 1.5",
+             ratio_summary(bench.against_best(f"me{w}-200", async_me, "rps"))],
+            [f"async peers: p99 /auth/me / best async peer's p99, {w} worker(s)", "<= 1",
+             ratio_summary(bench.against_best(f"me{w}-200", async_me, "p99_ms"))],
+            [f"async peers: 50 ms route / best async peer's 50 ms route, {w} worker(s)", ">= 1",
+             ratio_summary(bench.against_best(f"io{w}-200", async_io, "rps"))],
+            [f"simplejwt: /auth/me / its best protected, {w} worker(s)", "",
+             ratio_summary(bench.against_best(
+                 f"me{w}-200", (f"sjwt-sync{w}", f"sjwt-gthread{w}"), "rps"))],
+            [f"guard on a real route: 50 ms guarded / unguarded, {w} worker(s)", ">= 0.85",
+             ratio_summary(bench.ratios(f"io{w}-200", f"sleep{w}-200"))],
+            [f"guard on a real route: CPU us/req guarded / unguarded, {w} worker(s)", "",
+             ratio_summary(bench.cpu_ratios(f"io{w}-200", f"sleep{w}-200"))],
+            [f"50 ms route, {w} worker(s) / Flask-JWT-Extended's best configuration", ">= 10",
+             ratio_summary(bench.against_best(f"io{w}-200", ("peer-io1", "peer-io2"), "rps"))],
+        ]  # fmt: skip
     rows += [
         ["fast path: /auth/me / same without the pipelined Redis path", "> 1",
          ratio_summary(bench.ratios("me", "me-redis-py"))],
@@ -519,8 +658,21 @@ def report(bench: Bench, all_targets: list[Target], p5_result: dict, sessions: d
          ratio_summary(bench.cpu_ratios("me-key", "me"))],
     ]  # fmt: skip
     rows = [r for r in rows if "n/a" not in r[2]]
+    if p5_result:
+        rows += p5_rows(p5_result)
+    if sessions:
+        rows.append(
+            [f"/auth/me req/s, 0 / {sessions['count']:,} ended sessions", "<= 1.1",
+             ratio_summary(sessions["ratios"])]
+        )  # fmt: skip
+    if rows:
+        lines.append(harness.table(["ratio", "target", "median (range over rounds)"], rows))
+    return "\n".join(lines)
+
+
+def p5_rows(p5_result: dict) -> list[list[str]]:
     quiet, storm, before = p5_result["quiet"], p5_result["20 logins"], p5_result["before"]
-    rows += [
+    return [
         ["P5: guarded p99 ms, 20 logins (no logins; hashing as before)", "< 20",
          f"{storm['p99_ms']:.1f} ({quiet['p99_ms']:.1f}; {before['p99_ms']:.1f})"],
         ["P5: loop lag p99 ms, 20 logins (no logins; hashing as before)", "< 20",
@@ -528,13 +680,6 @@ def report(bench: Bench, all_targets: list[Target], p5_result: dict, sessions: d
         ["P5: logins per second (hashing as before)", "",
          f"{storm['logins_per_second']:.1f} ({before['logins_per_second']:.1f})"],
     ]  # fmt: skip
-    if sessions:
-        rows.append(
-            [f"/auth/me req/s, 0 / {sessions['count']:,} ended sessions", "<= 1.1",
-             ratio_summary(sessions["ratios"])]
-        )  # fmt: skip
-    lines.append(harness.table(["ratio", "target", "median (range over rounds)"], rows))
-    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -554,11 +699,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="also /auth/me without the pipelined Redis path, and without the claims cache",
     )
+    parser.add_argument(
+        "--png",
+        default=None,
+        help=f"where to draw the picture (default: {DEFAULT_PNG.relative_to(ROOT)} "
+        "unless --only is given)",
+    )
     args = parser.parse_args(argv)  # fmt: skip
     if args.rounds < 1 or args.seconds <= 0 or args.sessions < 0:
         parser.error("--rounds >= 1, --seconds > 0, --sessions >= 0")
-    if not (PEER_VENV / "bin" / "gunicorn").exists():
-        raise SystemExit(f"the peer's venv is missing: run make bench (it builds {PEER_VENV})")
+    for venv in (PEER_VENV, *(peer_venv(n) for n in (*ASYNC_PEERS, DJANGO_PEER))):
+        if not (venv / ".installed").exists():
+            raise SystemExit(f"a peer's venv is missing: run make bench (it builds {venv})")
     started = time.monotonic()
     print(f"machine: {harness.machine()}; load average {os.getloadavg()[0]:.1f} at start")
     all_targets = targets(args.ablations)
@@ -606,16 +758,55 @@ def main(argv: Sequence[str] | None = None) -> int:
                     )
                     processes.append(process)
                     groups[server] = process.pid
+            tokens: dict[str, str] = {}
+            # fastapi-users: its tables first (once, so two workers never race), then
+            # the user registered and logged in through its own routers.
+            fau_env = peer_env(redis_port, secret, 2, tmp / "fastapi_users.db")
+            if servers & {"fau1", "fau2"}:
+                peer_setup("fastapi_users_redis", ["app.py"], fau_env, tmp)
+            authx_env = peer_env(redis_port, secret, 3)
+            # simplejwt: Django's migrations (auth, the blacklist's tables), then its user.
+            sjwt_env = peer_env(redis_port, secret, 4, tmp / "simplejwt.db")
+            if any(s.startswith("sjwt-") for s in servers):
+                peer_setup(DJANGO_PEER, ["manage.py", "migrate", "--noinput"], sjwt_env, tmp)
+                create = (
+                    "from django.contrib.auth.models import User; "
+                    f"User.objects.create_user({USERNAME!r}, password={PASSWORD!r})"
+                )
+                peer_setup(DJANGO_PEER, ["manage.py", "shell", "-c", create], sjwt_env, tmp)
+            for server, kind, workers, threads in (
+                ("fau1", "fastapi_users_redis", 1, 0), ("fau2", "fastapi_users_redis", 2, 0),
+                ("authx1", "authx_redis", 1, 0), ("authx2", "authx_redis", 2, 0),
+                ("sjwt-sync1", DJANGO_PEER, 1, 1), ("sjwt-sync2", DJANGO_PEER, 2, 1),
+                ("sjwt-gthread1", DJANGO_PEER, 1, 8), ("sjwt-gthread2", DJANGO_PEER, 2, 8),
+            ):  # fmt: skip
+                if server not in servers:
+                    continue
+                if kind == DJANGO_PEER:
+                    process, bases[server] = start_django_peer(
+                        tmp, sjwt_env, server, workers, threads
+                    )
+                else:
+                    kind_env = fau_env if kind == "fastapi_users_redis" else authx_env
+                    process, bases[server] = start_uvicorn_peer(
+                        tmp, kind, kind_env, server, workers
+                    )
+                processes.append(process)
+                groups[server] = process.pid
             token = access_token(bases["gated1"])
-            headers = {
-                "ours": {"Authorization": f"Bearer {token}"},
-                "key": {"Authorization": f"Bearer {api_key(bases['gated1'], token)}"},
-            }
-            peer_base = next(
-                (bases[s] for s in ("gthread1", "sync1", "gthread2", "sync2") if s in bases), None
-            )
-            if peer_base is not None:
-                headers["peer"] = {"Authorization": f"Bearer {peer_token(peer_base)}"}
+            tokens["ours"] = token
+            tokens["key"] = api_key(bases["gated1"], token)
+            for auth, candidates, fetch in (
+                ("peer", ("gthread1", "sync1", "gthread2", "sync2"), peer_token),
+                ("fau", ("fau1", "fau2"), fastapi_users_token),
+                ("authx", ("authx1", "authx2"), peer_token),
+                ("sjwt", ("sjwt-gthread1", "sjwt-sync1", "sjwt-gthread2", "sjwt-sync2"),
+                 simplejwt_token),
+            ):  # fmt: skip
+                base = next((bases[s] for s in candidates if s in bases), None)
+                if base is not None:
+                    tokens[auth] = fetch(base)
+            headers = {k: {"Authorization": f"Bearer {v}"} for k, v in tokens.items()}
             bench = Bench(bases, groups, headers, args.seconds)
             print("warming up ...", flush=True)
             warm(bench, all_targets)
@@ -634,6 +825,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         flush=True,
                     )
             load_averages.append(os.getloadavg()[0])
+            # The rounds' table now, so that a failure in the parts below loses nothing.
+            print(harness.table(COLUMNS, [bench.row(t) for t in all_targets]), flush=True)
             p5_result: dict = {}
             if not args.no_p5:
                 print("P5: 20 logins against the loop ...", flush=True)
@@ -674,20 +867,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             for process in reversed(processes):
                 process.stop()
     print()
-    if p5_result:
-        print(report(bench, all_targets, p5_result, sessions))
-    else:
-        print(harness.table(
-            ["route", "req/s median (range)", "p50 ms", "p99 ms", "CPU us/req", "errors"],
-            [bench.row(t) for t in all_targets],
-        ))  # fmt: skip
-        if bench.cpu_ratios("me-key", "me"):
-            print("\nAPI key: CPU us/req of /auth/me with a key / with a bearer token: "
-                  + ratio_summary(bench.cpu_ratios("me-key", "me")))  # fmt: skip
-    print(
-        f"\n(took {time.monotonic() - started:.0f} s; 1-minute load average during the rounds "
-        f"{min(load_averages):.1f}-{max(load_averages):.1f}, {os.getloadavg()[0]:.1f} at the end)"
+    print(report(bench, all_targets, p5_result, sessions))
+    rounds = ", ".join(f"{x:.1f}" for x in load_averages[:-1])
+    caption = (
+        f"1-minute load average at the start of each round: {rounds}; "
+        f"{load_averages[-1]:.1f} after the last"
     )
+    print(
+        f"\n(took {time.monotonic() - started:.0f} s; {caption}; "
+        f"{os.getloadavg()[0]:.1f} at the end)"
+    )
+    png = args.png if args.png is not None else (None if args.only else DEFAULT_PNG)
+    if png is not None:
+        from . import plot
+
+        plot.draw([(t.label, bench.samples[t.key]) for t in all_targets], caption, Path(png))
+        print(f"wrote {png}")
+    broken = [t.label for t in all_targets if sum(x.errors for x in bench.samples[t.key].loads)]
+    if broken:
+        # A row with errors measured error responses: not a result.
+        print("BROKEN (errors in these rows, not results): " + "; ".join(broken))
+        return 1
     return 0
 
 
