@@ -155,7 +155,6 @@ async def authenticate_request(
         try:
             credential = read_credential(gate.settings)
         except DPoPError as exc:  # two DPoP headers, which only the DPoP scheme reads
-            dpop_scheme = True  # so the challenge is that scheme's (RFC 9449 section 7.1)
             raise DPoPProofRefused(exc.reason) from None
         kind = credential.kind
         dpop_scheme = kind is CredentialKind.DPOP_JWT
@@ -180,13 +179,23 @@ async def authenticate_request(
                 raise AuthUnavailable() from exc
             raise
     except ApiError as exc:
-        if isinstance(exc, Unauthorized) and (dpop_scheme or proofs.required):
-            exc.dpop_algs = proofs.algs  # the challenge names the DPoP scheme
+        # A request that used the DPoP scheme (even one refused while it was read), or
+        # any under `required`, is challenged in that scheme (RFC 9449 section 7.1).
+        if isinstance(exc, Unauthorized) and (
+            dpop_scheme or proofs.required or (proofs.enabled and _sent_dpop_scheme())
+        ):
+            exc.dpop_algs = proofs.algs
         guard_outcome(exc.error).inc()
         raise
     guard_outcome("ok").inc()
     state.identity = identity
     return identity
+
+
+def _sent_dpop_scheme() -> bool:
+    """Whether this request's ``Authorization`` header names the DPoP scheme."""
+    scheme = request.headers.get("Authorization", "").strip().partition(" ")[0]
+    return scheme.lower() == "dpop"
 
 
 def _address() -> str | None:

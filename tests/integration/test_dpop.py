@@ -150,6 +150,13 @@ async def test_two_dpop_headers_are_refused(app):
     assert 'algs="ES256 EdDSA"' in challenge
 
 
+async def test_the_dpop_scheme_without_a_token_is_challenged_in_that_scheme(app):
+    r = await app.test_client().get("/auth/me", headers={"Authorization": "DPoP "})
+    assert r.status_code == 401
+    assert (await r.get_json())["error"] == "invalid_token"
+    assert r.headers["WWW-Authenticate"].startswith("DPoP ")
+
+
 async def test_a_replayed_proof_is_refused_here_and_on_another_instance(make_app):
     first, second = await make_app(), await make_app()
     a, b = first.test_client(), second.test_client()
