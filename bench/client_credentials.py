@@ -27,7 +27,6 @@ import httpx
 
 from . import harness
 from .harness import Process
-from .run import service_env, start_app, start_redis
 
 GOAL = 500  # fetches per second per worker (Ory Hydra's published figure: 513/s on 2 vCPU)
 WRK_SCRIPT = """wrk.method = "POST"
@@ -63,6 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="measured rounds (default 3)")
     parser.add_argument("--seconds", type=float, default=6.0, help="per round (default 6)")
     args = parser.parse_args(argv)
+    from .run import service_env, start_app, start_redis  # run.py imports this module
+
     if args.rounds < 1 or args.seconds <= 0:
         parser.error("--rounds >= 1, --seconds > 0")
     print(f"machine: {harness.machine()}; load average {os.getloadavg()[0]:.1f} at start")

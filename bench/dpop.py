@@ -30,7 +30,6 @@ from quart_tokengate.client._dpop import ProofKey, generate_key, make_proof
 
 from . import harness
 from .harness import HOST, Process
-from .run import service_env, start_app, start_redis
 
 GOAL = 1.5  # DPoP CPU per request at most 1.5x the bearer check's (issue 23)
 PASSWORD = "correct horse battery"
@@ -48,12 +47,15 @@ end
 """
 
 
-def login(base: str, key: ProofKey | None) -> str:
+def login(
+    base: str, key: ProofKey | None, username: str = "bench", password: str = PASSWORD
+) -> str:
+    """An access token of ``username``: bound to ``key``, or a bearer one with ``None``."""
     headers = {}
     if key is not None:
         headers["DPoP"] = make_proof(key, "POST", base + "/auth/login", now=time.time())
     r = httpx.post(
-        base + "/auth/login", json={"username": "bench", "password": PASSWORD}, headers=headers
+        base + "/auth/login", json={"username": username, "password": password}, headers=headers
     )
     r.raise_for_status()
     pair = r.json()
@@ -100,6 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--proofs", type=int, default=40_000, help="proofs signed per DPoP round (default 40,000)"
     )
     args = parser.parse_args(argv)
+    from .run import service_env, start_app, start_redis  # run.py imports this module
+
     if args.rounds < 1 or args.seconds <= 0 or args.proofs < 1:
         parser.error("--rounds >= 1, --seconds > 0, --proofs >= 1")
     print(f"machine: {harness.machine()}; load average {os.getloadavg()[0]:.1f} at start")

@@ -36,10 +36,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import redis
 
+from quart_tokengate.client._dpop import generate_key, make_proof
+
+from . import client_credentials as cc_bench
+from . import dpop as dpop_bench
 from . import harness
 from .harness import HOST, ROOT, Load, Process
 
@@ -58,6 +63,8 @@ REVOCATION = {
     "fau": "every request: Redis + SQL user row",
     "authx": EVERY_REQUEST,
     "sjwt": "refresh only (SQL user row)",
+    "dpop": "every request: proof + Redis script",
+    "cc": "client's secret: SQL + Redis script",
     "": "no guard",
 }
 
@@ -383,7 +390,7 @@ class Target:
     server: str
     path: str
     connections: int = 64
-    auth: str = ""  # "ours" | "key" | "peer" | "fau" | "authx" | "sjwt" | ""
+    auth: str = ""  # "ours" | "key" | "dpop" | "cc" | "peer" | "fau" | "authx" | "sjwt" | ""
 
 
 @dataclass
@@ -400,7 +407,11 @@ def targets(ablations: bool = False) -> list[Target]:
         Target("gated-jsonify", "host app + TokenGate, jsonify route", "gated1", "/bench/jsonify"),
         Target("me", "GET /auth/me", "gated1", "/auth/me", auth="ours"),
         Target("me-key", "GET /auth/me, API key", "gated1", "/auth/me", auth="key"),
-    ]
+        Target("me-dpop", "GET /auth/me, DPoP-bound token + proof", "gated1", "/auth/me",
+               auth="dpop"),
+        Target("cc-fetch", "POST /oauth/token (client credentials)", "gated1", "/oauth/token",
+               auth="cc"),
+    ]  # fmt: skip
     for workers in (1, 2):
         t += [
             Target(f"me{workers}-200", f"GET /auth/me, {workers}w, 200c", f"gated{workers}",
@@ -444,17 +455,49 @@ def targets(ablations: bool = False) -> list[Target]:
     return t
 
 
-def wrk(url: str, seconds: float, connections: int, headers: dict[str, str]) -> Load:
+def wrk(
+    url: str, seconds: float, connections: int, headers: dict[str, str],
+    script: Sequence[str] = (),
+) -> Load:  # fmt: skip
+    """One wrk run; ``script`` is wrk's Lua script and its arguments, if the row has one."""
     wrk_bin = harness.wrk_path()
     if wrk_bin is None:
         raise SystemExit("make bench needs wrk on PATH (apt-get install wrk)")
     args = [wrk_bin, "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", "--timeout", "5s"]
     for name, value in headers.items():
         args += ["-H", f"{name}: {value}"]
+    tail = [url]
+    if script:
+        args += ["-s", script[0]]
+        tail += ["--", *script[1:]]
     done = subprocess.run(
-        [*args, url], capture_output=True, text=True, timeout=seconds + 60, check=True
+        [*args, *tail], capture_output=True, text=True, timeout=seconds + 60, check=True
     )
     return harness.parse_wrk(done.stdout)
+
+
+@dataclass
+class Scripts:
+    """The rows whose requests wrk cannot repeat as they are: a DPoP proof is good once
+    (signed here, fresh, before each run: bench/dpop.py), a token request is a form POST."""
+
+    tmp: Path
+    key: Any = None  # the DPoP key the "dpop" token is bound to
+    bound: str = ""
+    proofs: int = 40_000
+
+    def for_target(self, target: Target, url: str) -> list[str]:
+        if target.auth == "dpop":
+            proofs = self.tmp / "proofs.txt"
+            dpop_bench.sign_proofs(proofs, self.key, url, self.bound, self.proofs)
+            lua = self.tmp / "dpop.lua"
+            lua.write_text(dpop_bench.WRK_SCRIPT)
+            return [str(lua), str(proofs)]
+        if target.auth == "cc":
+            lua = self.tmp / "fetch.lua"
+            lua.write_text(cc_bench.WRK_SCRIPT)
+            return [str(lua)]
+        return []
 
 
 def ratio_summary(values: Sequence[float]) -> str:
@@ -469,14 +512,16 @@ class Bench:
     groups: dict[str, int]
     headers: dict[str, dict[str, str]]
     seconds: float
+    scripts: Scripts
     samples: dict[str, Samples] = field(default_factory=dict)
 
     def measure(self, target: Target) -> Load:
         url = self.bases[target.server] + target.path
         headers = self.headers.get(target.auth, {})
+        script = self.scripts.for_target(target, url)
         group = self.groups[target.server]
         before = harness.group_cpu_seconds(group)
-        load = wrk(url, self.seconds, target.connections, headers)
+        load = wrk(url, self.seconds, target.connections, headers, script)
         cpu = (harness.group_cpu_seconds(group) - before) / max(load.requests, 1) * 1e6
         entry = self.samples.setdefault(target.key, Samples())
         entry.loads.append(load)
@@ -530,17 +575,28 @@ class Bench:
         ]
 
 
+def first_request(bench: Bench, target: Target, url: str) -> httpx.Response:
+    """The row's first request, as its load sends them."""
+    headers = dict(bench.headers.get(target.auth, {}))
+    if target.auth == "cc":
+        return httpx.post(url, headers=headers, data={"grant_type": "client_credentials"})
+    if target.auth == "dpop":
+        key, token = bench.scripts.key, bench.scripts.bound
+        headers["DPoP"] = make_proof(key, "GET", url, now=time.time(), access_token=token)
+    return httpx.get(url, headers=headers, timeout=10.0)
+
+
 def warm(bench: Bench, all_targets: list[Target]) -> None:
     for target in all_targets:
         url = bench.bases[target.server] + target.path
-        headers = bench.headers.get(target.auth, {})
-        r = httpx.get(url, headers=headers, timeout=10.0)
+        r = first_request(bench, target, url)
         if r.status_code != 200:
             # A row's first request must answer 200: a bench of errors is worth nothing.
             raise RuntimeError(
-                f"{target.label}: GET {url} answered {r.status_code}: {r.text[:200]}"
+                f"{target.label}: {r.request.method} {url} answered {r.status_code}: {r.text[:200]}"
             )
-        wrk(url, 1, target.connections, headers)
+        wrk(url, 1, target.connections, bench.headers.get(target.auth, {}),
+            bench.scripts.for_target(target, url))  # fmt: skip
 
 
 # -- P5: logins against the event loop ---------------------------------------------
@@ -656,6 +712,10 @@ def report(bench: Bench, all_targets: list[Target], p5_result: dict, sessions: d
          ratio_summary(bench.ratios("me", "me-no-cache"))],
         ["API key: CPU us/req of /auth/me with a key / with a bearer token", "<= 1.1",
          ratio_summary(bench.cpu_ratios("me-key", "me"))],
+        ["DPoP: CPU us/req of /auth/me with a bound token / with a bearer token", "<= 1.5",
+         ratio_summary(bench.cpu_ratios("me-dpop", "me"))],
+        ["client credentials: token fetches per second, 1 worker", ">= 500",
+         ratio_summary(bench.per_round("cc-fetch"))],
     ]  # fmt: skip
     rows = [r for r in rows if "n/a" not in r[2]]
     if p5_result:
@@ -796,6 +856,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             token = access_token(bases["gated1"])
             tokens["ours"] = token
             tokens["key"] = api_key(bases["gated1"], token)
+            scripts = Scripts(tmp)
+            if any(t.auth == "dpop" for t in all_targets):
+                scripts.key = generate_key()
+                scripts.bound = dpop_bench.login(bases["gated1"], scripts.key, USERNAME, PASSWORD)
+            cc_auth = ""
+            if any(t.auth == "cc" for t in all_targets):
+                client_id, secret = cc_bench.register_client(env, tmp)
+                cc_auth = "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode()
             for auth, candidates, fetch in (
                 ("peer", ("gthread1", "sync1", "gthread2", "sync2"), peer_token),
                 ("fau", ("fau1", "fau2"), fastapi_users_token),
@@ -807,7 +875,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if base is not None:
                     tokens[auth] = fetch(base)
             headers = {k: {"Authorization": f"Bearer {v}"} for k, v in tokens.items()}
-            bench = Bench(bases, groups, headers, args.seconds)
+            headers["dpop"] = {"Authorization": f"DPoP {scripts.bound}"}
+            headers["cc"] = {"Authorization": cc_auth}
+            bench = Bench(bases, groups, headers, args.seconds, scripts)
             print("warming up ...", flush=True)
             warm(bench, all_targets)
             load_averages: list[float] = []
