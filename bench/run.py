@@ -915,7 +915,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"  written in {took:.1f} s: {keys:,} keys, {mib(used)}", flush=True)
                 me = next(t for t in all_targets if t.key == "me")
                 bare = next(t for t in all_targets if t.key == "gated-jsonify")
-                full = Bench(bases, groups, headers, args.seconds)
+                full = Bench(bases, groups, headers, args.seconds, scripts)
                 for _ in range(args.rounds):
                     full.measure(bare)
                     full.measure(me)
