@@ -512,13 +512,13 @@ class Bench:
     groups: dict[str, int]
     headers: dict[str, dict[str, str]]
     seconds: float
-    scripts: Scripts
+    scripts: Scripts | None = None  # rows whose requests wrk cannot repeat (DPoP, forms)
     samples: dict[str, Samples] = field(default_factory=dict)
 
     def measure(self, target: Target) -> Load:
         url = self.bases[target.server] + target.path
         headers = self.headers.get(target.auth, {})
-        script = self.scripts.for_target(target, url)
+        script = self.scripts.for_target(target, url) if self.scripts is not None else []
         group = self.groups[target.server]
         before = harness.group_cpu_seconds(group)
         load = wrk(url, self.seconds, target.connections, headers, script)
@@ -580,7 +580,7 @@ def first_request(bench: Bench, target: Target, url: str) -> httpx.Response:
     headers = dict(bench.headers.get(target.auth, {}))
     if target.auth == "cc":
         return httpx.post(url, headers=headers, data={"grant_type": "client_credentials"})
-    if target.auth == "dpop":
+    if target.auth == "dpop" and bench.scripts is not None:
         key, token = bench.scripts.key, bench.scripts.bound
         headers["DPoP"] = make_proof(key, "GET", url, now=time.time(), access_token=token)
     return httpx.get(url, headers=headers, timeout=10.0)
@@ -595,8 +595,8 @@ def warm(bench: Bench, all_targets: list[Target]) -> None:
             raise RuntimeError(
                 f"{target.label}: {r.request.method} {url} answered {r.status_code}: {r.text[:200]}"
             )
-        wrk(url, 1, target.connections, bench.headers.get(target.auth, {}),
-            bench.scripts.for_target(target, url))  # fmt: skip
+        script = bench.scripts.for_target(target, url) if bench.scripts is not None else []
+        wrk(url, 1, target.connections, bench.headers.get(target.auth, {}), script)
 
 
 # -- P5: logins against the event loop ---------------------------------------------
