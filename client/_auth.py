@@ -176,7 +176,6 @@ class TokenAuth(httpx.Auth):
             raise ValueError("an API key is never bound to a DPoP key: pass one or the other")
         # Token requests carry proofs; the caller's own key, if one is given.
         self._dpop, self._own_key = _dpop_setting(dpop)
-        self._own_key_kept = False
         # The stored key as last read, and the key made from it.
         self._key_cache: tuple[dict[str, str], ProofKey] | None = None
         self._nonces = Nonces()
@@ -294,11 +293,9 @@ class TokenAuth(httpx.Auth):
         """The key that signs: the caller's, else the store's (made once, with ``dpop``)."""
         own = self._own_key
         if own is not None:
-            if not self._own_key_kept:
-                # Kept beside the tokens when the store holds no key yet, so that
-                # another client of the same file can use the tokens bound to it.
-                self.token_store.dpop_key(lambda: key_to_json(own))
-                self._own_key_kept = True
+            # Never written to the store: a key of the caller's own stays where the
+            # caller keeps it (an unexportable one cannot be read out at all), and
+            # every process using the tokens bound to it passes it in too.
             return own
         kept = self.token_store.dpop_key(_new_key if self._dpop else None)
         if kept is None:

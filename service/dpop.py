@@ -363,12 +363,14 @@ def verify_proof(
     if abs(iat - now) > policy.max_age + policy.leeway:
         raise InvalidDPoPProof("The proof's iat is too far from the server's clock.")
     jti = claims.get("jti")
-    if not isinstance(jti, str) or not 0 < len(jti) <= MAX_JTI_LENGTH:
+    if not isinstance(jti, str) or not 0 < len(jti) <= MAX_JTI_LENGTH or not _utf8(jti):
         raise InvalidDPoPProof("The proof's jti is missing or malformed.")
     if access_token is not None:
         sent = claims.get("ath")
-        if not isinstance(sent, str) or not hmac.compare_digest(
-            sent.encode("utf-8"), ath(access_token).encode("ascii")
+        if (
+            not isinstance(sent, str)
+            or not sent.isascii()
+            or not hmac.compare_digest(sent.encode("utf-8"), ath(access_token).encode("ascii"))
         ):
             raise InvalidDPoPProof("The proof is not made for this access token.")
     if nonce_key is not None:
@@ -415,6 +417,15 @@ def _read_header(segment: str, policy: DPoPPolicy) -> _Header:
         del _HEADERS[next(iter(_HEADERS))]
     _HEADERS[segment] = found
     return found
+
+
+def _utf8(text: str) -> bool:
+    """Whether ``text`` is UTF-8 text (JSON's ``\ud800`` escapes make lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _check_request(claims: dict[str, Any], *, method: str, url: str) -> None:

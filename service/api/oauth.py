@@ -16,7 +16,7 @@ from ..errors import InvalidClient, InvalidRequest, Unauthorized, handle_excepti
 from ..guard import get_gate
 from ..openapi import document
 from . import schemas
-from .auth import raw_body, validate
+from .auth import raw_body, token_request_proof, validate
 
 oauth_bp = Blueprint("tokengate_oauth", __name__)
 oauth_bp.register_error_handler(Exception, handle_exception)
@@ -113,16 +113,21 @@ async def introspect() -> Response:
 
 
 @oauth_bp.post("/revoke")
-@document(form=schemas.RevokeForm, responses={200: schemas.Empty})
+@document(
+    form=schemas.RevokeForm, responses={200: schemas.Empty},
+    errors={400: ["invalid_dpop_proof", "use_dpop_nonce"]},
+)  # fmt: skip
 async def revoke() -> Response:
     """End the session of an access or refresh token, or revoke an API key (RFC 7009).
 
-    ``200`` whatever the token.
+    ``200`` whatever the token. A DPoP-bound token's session ends only when the
+    request carries a proof by its key (``DPoP`` header), as its refresh would.
     """
     token = (await token_form(schemas.RevokeForm)).token
     gate = get_gate()
     if looks_like_key(token) and gate.settings.api_keys:
         await gate.api_keys.revoke_key(token)
     else:
-        await gate.manager.revoke(token)
+        # A DPoP-bound token ends its session only with a proof by its key.
+        await gate.manager.revoke(token, await token_request_proof())
     return jsonify({})

@@ -62,6 +62,8 @@ class Checking(SessionCore):
             # A bound token is renewed by a refresh with a proof, never implicitly.
             bound = "cnf" in exc.claims
             if s.implicit_refresh and implicit and renewable and not bound:
+                if sender is not None:  # the way it was sent must be allowed first
+                    sender(exc.claims, now)
                 return await self._implicit_refresh(exc.claims, now)
             # Off the hot path: an expired token of a session that is over says
             # why (session_expired, token_revoked...), so that the client logs

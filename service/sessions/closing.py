@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .. import tokens
+from .. import dpop, tokens
 from ..db import repository as repo
 from ..db.repository import utc
+from ..dpop import VerifiedProof
 from ..errors import NotFound, TokenExpired, Unauthorized, describe
 from ..identity import Identity, SessionInfo
 from ..store.results import EndReason
@@ -19,11 +20,13 @@ log = logging.getLogger("tokengate")
 class Closing(SessionCore):
     """What a user (or a token's holder) does to sessions: end them, list them."""
 
-    async def revoke(self, token: str) -> bool:
+    async def revoke(self, token: str, proof: VerifiedProof | None = None) -> bool:
         """End the session of an access or refresh token (RFC 7009); whether one was.
 
         The token must be genuine (signature, issuer, audience) and may have
-        expired: holding it is proof enough to end its own session.
+        expired: holding it is proof enough to end its own session, unless it is
+        DPoP-bound: then only with a ``proof`` by its key (a stolen bound token
+        cannot even end its session).
         """
         now = self.clock()
         claims: dict[str, Any] | None = None
@@ -37,6 +40,14 @@ class Closing(SessionCore):
             break
         if claims is None or "sid" not in claims:
             return False
+        jkt = dpop.token_jkt(claims)
+        if jkt is not None:
+            if proof is None:
+                return False
+            try:
+                dpop.check_binding(proof, jkt)
+            except dpop.DPoPError:
+                return False
         await self.ends.end([claims["sid"]], int(claims["sub"]), EndReason.REVOKED, now)
         return True
 

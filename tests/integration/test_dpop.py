@@ -429,3 +429,77 @@ async def test_htu_is_the_url_the_client_saw_through_trusted_proxies_only(make_a
     # ...and from anyone else the forwarded headers prove nothing.
     assert await call(public, "192.0.2.7") == 401
     assert await call(ME, "192.0.2.7") == 200
+
+
+async def test_the_account_pages_refuse_a_bound_token_without_its_key(app):
+    """A stolen bound token set as the page's cookie must not reach the page's routes
+    (where it could make an unbound API key or approve an unbound device)."""
+    client = app.test_client()
+    token = (await bound_login(client, generate_key()))["access_token"]
+    cookies = {"Cookie": f"account_access={token}; account_csrf=x", "X-CSRF-Token": "x"}
+    r = await client.get("/account/me", headers=cookies)
+    assert r.status_code == 401
+    r = await client.post("/account/api-keys", json={"name": "backdoor"}, headers=cookies)
+    assert r.status_code == 401
+
+
+async def test_required_refuses_an_expired_bearer_token_even_with_implicit_refresh(make_app, clock):
+    allowed = await make_app(clock=clock)
+    token = (await register_and_login(allowed.test_client()))["access_token"]
+    app = await make_app(clock=clock, dpop="required", implicit_refresh=True)
+    client = app.test_client()
+    clock.advance(app.extensions["tokengate"].settings.access_ttl + 1)
+    for scheme in ("Bearer", "DPoP"):
+        r = await client.get("/auth/me", headers={"Authorization": f"{scheme} {token}"})
+        assert r.status_code == 401, scheme
+        assert "X-Access-Token" not in r.headers, scheme
+
+
+async def test_lone_surrogates_in_a_proof_are_a_4xx_never_a_500(app):
+    client = app.test_client()
+    key = generate_key()
+    token = (await bound_login(client, key))["access_token"]
+    bad_jti = make_proof(key, "POST", f"{ORIGIN}/auth/login", now=time.time(), jti=lambda: "\ud800")
+    login = {"username": "alice", "password": "correct horse"}
+    r = await client.post("/auth/login", json=login, headers={"DPoP": bad_jti})
+    assert r.status_code == 400
+    bad_ath = proof(key, "GET", ME, access_token=token)
+    header = bad_ath.split(".")[0]
+    import base64
+    import json
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    body = {"jti": "a", "htm": "GET", "htu": ME, "iat": int(time.time()), "ath": "\ud800"}
+    raw = json.dumps(body).encode()  # ensure_ascii: the surrogate goes as \\ud800
+    signing_input = f"{header}.{b64(raw)}"
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+    der = key.private_key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256()))
+    r_, s_ = decode_dss_signature(der)
+    forged = f"{signing_input}.{b64(r_.to_bytes(32, 'big') + s_.to_bytes(32, 'big'))}"
+    r = await client.get("/auth/me", headers={"Authorization": f"DPoP {token}", "DPoP": forged})
+    assert r.status_code == 401
+    assert (await r.get_json())["error"] == "invalid_dpop_proof"
+
+
+async def test_revoking_a_bound_token_needs_its_key(app):
+    client = app.test_client()
+    key = generate_key()
+    pair = await bound_login(client, key)
+    url = f"{ORIGIN}/auth/revoke"
+    form = {"token": pair["refresh_token"]}
+    assert (await client.post("/auth/revoke", form=form)).status_code == 200
+    r = await client.get("/auth/me", headers=dpop_headers(key, pair["access_token"]))
+    assert r.status_code == 200  # not ended by the token alone
+    other = {"DPoP": proof(generate_key(), "POST", url)}
+    assert (await client.post("/auth/revoke", form=form, headers=other)).status_code == 200
+    r = await client.get("/auth/me", headers=dpop_headers(key, pair["access_token"]))
+    assert r.status_code == 200  # nor with another key's proof
+    mine = {"DPoP": proof(key, "POST", url)}
+    assert (await client.post("/auth/revoke", form=form, headers=mine)).status_code == 200
+    r = await client.get("/auth/me", headers=dpop_headers(key, pair["access_token"]))
+    assert (await r.get_json())["error"] == "token_revoked"

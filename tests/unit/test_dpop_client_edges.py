@@ -230,14 +230,15 @@ def test_a_query_is_left_out_of_the_proofs_htu():
     assert service.proofs[-1][2]["htu"] == f"{BASE}/auth/me"
 
 
-def test_a_key_of_the_callers_own_signs_and_is_kept_when_the_store_has_none():
+def test_a_key_of_the_callers_own_signs_and_is_never_written_to_the_store(tmp_path):
     service = DPoPService()
     key = _dpop.generate_key("EdDSA")
-    store = MemoryTokenStore()
+    store = FileTokenStore(tmp_path / "tokens.json")
     with sync_client(service, token_store=store, dpop=key.private_key) as api:
         api.login("alice", "pw")
         assert api.get("/auth/me").status_code == 200
-    assert service.bound_jkt == key.jkt == kept_jkt(store)
+    assert service.bound_jkt == key.jkt
+    assert "dpop_key" not in json.loads((tmp_path / "tokens.json").read_text())
 
 
 def test_a_custom_store_written_before_dpop_keeps_the_key_in_memory():
