@@ -29,6 +29,7 @@ from ..db.repository import utc
 from ..errors import AuthUnavailable, InvalidClient, describe
 from ..identity import ClientInfo
 from ..sessions import SessionManager
+from ..sessions.core import session_record
 from ..store.near import new_note
 from ..store.results import Ended, EndReason, Live, Miss, SessionRecord
 from .clients import ClientRegistry, Credential, RegisteredClient
@@ -113,15 +114,7 @@ class ClientSessions:
             row = await repo.get_session(db, sid)
         if row is None or str(row.user_id) != uid or row.ended_at is not None:
             return False
-        record = SessionRecord(
-            username=(await self._username(row.user_id)),
-            created=row.created_at.timestamp(),
-            last_seen=row.last_seen_at.timestamp(),
-            access_jti=row.access_jti,
-            refresh_jti=row.refresh_jti,
-            previous_refresh_jti=row.previous_refresh_jti or "",
-            iat=row.iat,
-        )
+        record = session_record(row, await self._username(row.user_id))
         await self.manager.store.load(uid, sid, record, now=now)
         return True
 
@@ -168,11 +161,7 @@ class ClientSessions:
         try:
             opened = await m.store.login(uid, sid, record, now=now, limit=0, note=new_note())
             if isinstance(opened, Miss):
-                async with m.db() as db:
-                    live = await repo.live_sessions(db, client.user_id)
-                await m.store.load_index(
-                    uid, [(r.id, r.created_at.timestamp()) for r in live], now=now
-                )
+                await m.load_index(client.user_id, now)
                 opened = await m.store.login(uid, sid, record, now=now, limit=0, note=new_note())
         except BaseException:
             await m.ends.record([sid], EndReason.REVOKED, now)

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from .. import tokens
 from ..background import Background
 from ..db import repository as repo
+from ..db.models import AuthSession
 from ..ending import SessionEnds
 from ..errors import (
     RefreshReused,
@@ -45,6 +46,20 @@ END_REASON_ERRORS: dict[EndReason, type[Unauthorized]] = {
     EndReason.REPLACED: SessionReplaced,
     EndReason.REUSED: TokenRevoked,
 }
+
+
+def session_record(row: AuthSession, username: str) -> SessionRecord:
+    """What Redis holds of a session, as its SQL row has it (to rebuild what Redis lost)."""
+    return SessionRecord(
+        username=username,
+        created=row.created_at.timestamp(),
+        last_seen=row.last_seen_at.timestamp(),
+        access_jti=row.access_jti,
+        refresh_jti=row.refresh_jti,
+        previous_refresh_jti=row.previous_refresh_jti or "",
+        iat=row.iat,
+        ended=EndReason.parse(row.end_reason) if row.ended_at else None,
+    )
 
 
 class SessionCore:
@@ -111,18 +126,7 @@ class SessionCore:
         user = await self.users.get_by_id(row.user_id)
         if user is None:
             raise TokenRevoked()
-        username = user.username
-        record = SessionRecord(
-            username=username,
-            created=row.created_at.timestamp(),
-            last_seen=row.last_seen_at.timestamp(),
-            access_jti=row.access_jti,
-            refresh_jti=row.refresh_jti,
-            previous_refresh_jti=row.previous_refresh_jti or "",
-            iat=row.iat,
-            ended=EndReason.parse(row.end_reason) if row.ended_at else None,
-        )
-        await self.store.load(user_id, sid, record, now=now)
+        await self.store.load(user_id, sid, session_record(row, user.username), now=now)
 
     async def _decide(
         self,

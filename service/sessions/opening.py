@@ -47,7 +47,7 @@ class Opening(SessionCore):
         try:
             opened = await self.store.login(uid, sid, record, now=now, limit=limit, note=note)
             if isinstance(opened, Miss):
-                await self._load_index(user.id, now)
+                await self.load_index(user.id, now)
                 opened = await self.store.login(uid, sid, record, now=now, limit=limit, note=note)
         except BaseException:
             await self.ends.record([sid], EndReason.REVOKED, now)
@@ -91,7 +91,8 @@ class Opening(SessionCore):
         claims = await self.access_claims(current, iat)
         return self._pair(Grant(uid, current.username, sid, aj, rj, iat, jkt), claims, now)
 
-    async def _load_index(self, user_id: int, now: float) -> None:
+    async def load_index(self, user_id: int, now: float) -> None:
+        """Put the user's live-session set back from SQL (Redis lost it)."""
         async with self.db() as db:
             live = await repo.live_sessions(db, user_id)
         created = [(row.id, row.created_at.timestamp()) for row in live]
