@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="measured rounds (default 3)")
     parser.add_argument("--seconds", type=float, default=6.0, help="per round (default 6)")
     args = parser.parse_args(argv)
-    from .run import service_env, start_app, start_redis  # run.py imports this module
+    from .run import start_app, start_storage  # run.py imports this module
 
     if args.rounds < 1 or args.seconds <= 0:
         parser.error("--rounds >= 1, --seconds > 0")
@@ -71,13 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="tokengate-bench-cc-") as name:
         tmp = Path(name)
         try:
-            redis_process, redis_port = start_redis(tmp)
-            processes.append(redis_process)
-            database_url = f"sqlite+aiosqlite:///{tmp / 'tokengate.db'}"
-            from quart_tokengate.service.db.migrate import upgrade
-
-            upgrade(database_url)
-            env = service_env(tmp, redis_port, database_url)
+            _, env = start_storage(tmp, processes)
             process, base = start_app(tmp, env, "bench.host:gated", "gated1")
             processes.append(process)
             client_id, secret = register_client(env, tmp)

@@ -102,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--proofs", type=int, default=40_000, help="proofs signed per DPoP round (default 40,000)"
     )
     args = parser.parse_args(argv)
-    from .run import service_env, start_app, start_redis  # run.py imports this module
+    from .run import start_app, start_storage  # run.py imports this module
 
     if args.rounds < 1 or args.seconds <= 0 or args.proofs < 1:
         parser.error("--rounds >= 1, --seconds > 0, --proofs >= 1")
@@ -112,13 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="tokengate-bench-dpop-") as name:
         tmp = Path(name)
         try:
-            redis_process, redis_port = start_redis(tmp)
-            processes.append(redis_process)
-            database_url = f"sqlite+aiosqlite:///{tmp / 'tokengate.db'}"
-            from quart_tokengate.service.db.migrate import upgrade
-
-            upgrade(database_url)
-            env = service_env(tmp, redis_port, database_url)
+            redis_port, env = start_storage(tmp, processes)
             process, base = start_app(tmp, env, "bench.host:gated", "gated1")
             processes.append(process)
             user = {"username": "bench", "password": PASSWORD}

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from . import harness
 from .harness import Process
-from .run import access_token, service_env, start_app, start_redis, wrk
+from .run import access_token, start_app, start_storage, wrk
 
 # (group, substrings of a frame "function (file)"); the first group that matches wins.
 GROUPS: list[tuple[str, tuple[str, ...]]] = [
@@ -85,13 +85,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="tokengate-profile-") as name:
         tmp = Path(name)
         try:
-            redis_process, redis_port = start_redis(tmp)
-            processes.append(redis_process)
-            database_url = f"sqlite+aiosqlite:///{tmp / 'tokengate.db'}"
-            from quart_tokengate.service.db.migrate import upgrade
-
-            upgrade(database_url)
-            env = service_env(tmp, redis_port, database_url)
+            _, env = start_storage(tmp, processes)
             gated, gated_base = start_app(tmp, env, "bench.host:gated", "gated", args.workers)
             processes.append(gated)
             plain, plain_base = start_app(tmp, env, "bench.host:plain", "plain", args.workers)

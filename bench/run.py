@@ -104,6 +104,18 @@ def start_redis(tmp: Path) -> tuple[Process, int]:
     return process, port
 
 
+def start_storage(tmp: Path, processes: list[Process]) -> tuple[int, dict[str, str]]:
+    """A private redis-server (added to ``processes``, to be stopped) and a migrated
+    SQLite file in ``tmp``: the Redis port, and the service's environment on them."""
+    redis_process, redis_port = start_redis(tmp)
+    processes.append(redis_process)
+    database_url = f"sqlite+aiosqlite:///{tmp / 'tokengate.db'}"
+    from quart_tokengate.service.db.migrate import upgrade
+
+    upgrade(database_url)
+    return redis_port, service_env(tmp, redis_port, database_url)
+
+
 def service_env(tmp: Path, redis_port: int, database_url: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENGATE_")}
     env.update(
@@ -781,13 +793,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="tokengate-bench-") as name:
         tmp = Path(name)
         try:
-            redis_process, redis_port = start_redis(tmp)
-            processes.append(redis_process)
-            database_url = f"sqlite+aiosqlite:///{tmp / 'tokengate.db'}"
-            from quart_tokengate.service.db.migrate import upgrade
-
-            upgrade(database_url)
-            env = service_env(tmp, redis_port, database_url)
+            redis_port, env = start_storage(tmp, processes)
             bases: dict[str, str] = {}
             groups: dict[str, int] = {}
             servers = {t.server for t in all_targets} | {"gated1"}
