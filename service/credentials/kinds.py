@@ -59,11 +59,15 @@ def read_credential(settings: Settings) -> Credential:
     """
     header = request.headers.get("Authorization", "").strip()
     scheme, _, text = header.partition(" ")
-    text = text.strip()
-    if scheme.lower() == "bearer" and looks_like_key(text):
-        return Credential(CredentialKind.API_KEY, text)
-    if scheme.lower() == "dpop" and settings.dpop != "off":
+    scheme, text = scheme.lower(), text.strip()
+    if scheme == "bearer" and text:
+        if looks_like_key(text):
+            return Credential(CredentialKind.API_KEY, text)
+        if settings.use_headers:  # the header read once: the common case
+            return Credential(CredentialKind.BEARER_JWT, text)
+    if scheme == "dpop" and settings.dpop != "off":
         if not text:
             raise InvalidToken("The Authorization header must be 'DPoP <token>'.")
         return Credential(CredentialKind.DPOP_JWT, text, sent_proof())
+    # No header, another scheme, or cookies only: where the token location says.
     return Credential(CredentialKind.BEARER_JWT, read_access_token(settings))
