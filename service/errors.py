@@ -35,6 +35,9 @@
             └── DPoPProofRefused     invalid_dpop_proof (+ DPoP challenge, RFC 9449 7.1)
                 └── DPoPNonceRequired  use_dpop_nonce (+ DPoP-Nonce)
 
+``HandsOutNonce`` is mixed into both DPoP refusals (the token endpoint's and the
+resource's): with a nonce, their answer carries ``DPoP-Nonce``.
+
 The handler renders every ``HTTPException`` (ours and Quart's own 404, 405,
 413...) as ``{"error", "error_description"}``; infrastructure failures become
 ``503 auth_unavailable``; anything else is a logged ``500`` with no traceback
@@ -116,18 +119,26 @@ class ExpiredToken(OAuthError):
     description = "The device code expired; start the device login again."
 
 
-class TokenRequestProofRefused(OAuthError):
-    """A token request's ``DPoP`` proof failed a check (RFC 9449 section 5)."""
-
-    error = "invalid_dpop_proof"
-    description = "The DPoP proof is invalid."
+class HandsOutNonce(ApiError):
+    """A refused DPoP proof's answer; with ``nonce``, it hands out the server's
+    ``DPoP-Nonce`` (RFC 9449 sections 8 and 9), at a token endpoint or a resource."""
 
     def __init__(self, description: str | None = None, *, nonce: str | None = None) -> None:
         super().__init__(description)
         self.nonce = nonce
 
     def extra_headers(self) -> dict[str, str]:
-        return {} if self.nonce is None else {"DPoP-Nonce": self.nonce}
+        headers = super().extra_headers()
+        if self.nonce is not None:
+            headers["DPoP-Nonce"] = self.nonce
+        return headers
+
+
+class TokenRequestProofRefused(HandsOutNonce, OAuthError):
+    """A token request's ``DPoP`` proof failed a check (RFC 9449 section 5)."""
+
+    error = "invalid_dpop_proof"
+    description = "The DPoP proof is invalid."
 
 
 class TokenRequestNonceRequired(TokenRequestProofRefused):
@@ -255,21 +266,11 @@ class MissingToken(Unauthorized):
         return {"WWW-Authenticate": f'Bearer realm="{REALM}"'}
 
 
-class DPoPProofRefused(Unauthorized):
+class DPoPProofRefused(HandsOutNonce, Unauthorized):
     """A guarded request's ``DPoP`` proof failed a check (RFC 9449 section 7.1)."""
 
     error = challenge_error = "invalid_dpop_proof"
     description = "The DPoP proof is invalid."
-
-    def __init__(self, description: str | None = None, *, nonce: str | None = None) -> None:
-        super().__init__(description)
-        self.nonce = nonce
-
-    def extra_headers(self) -> dict[str, str]:
-        headers = super().extra_headers()
-        if self.nonce is not None:
-            headers["DPoP-Nonce"] = self.nonce
-        return headers
 
 
 class DPoPNonceRequired(DPoPProofRefused):
