@@ -341,7 +341,20 @@ def tokengate_device_approve(tokengate_server: TokengateServer) -> DeviceApprove
 
 
 # -- logged-in clients -----------------------------------------------------
-class KitAsyncAuthClient(AsyncAuthClient):
+class _KitClient:
+    """What both kit clients add: the ``user`` they logged in as, and a count of the
+    refreshes they made by themselves (their ``on_refreshed`` hook)."""
+
+    def __init__(self, user: TokengateUser, **kwargs: Any) -> None:
+        super().__init__(on_refreshed=self._count_refresh, **kwargs)  # type: ignore[call-arg]
+        self.user = user
+        self.refreshes = 0
+
+    def _count_refresh(self, _: Tokens) -> None:
+        self.refreshes += 1
+
+
+class KitAsyncAuthClient(_KitClient, AsyncAuthClient):
     """``auth_client``: an ``AsyncAuthClient`` logged in as ``user``, counting its refreshes.
 
     ``user`` is the ``TokengateUser`` it logged in as (``.username``,
@@ -349,25 +362,9 @@ class KitAsyncAuthClient(AsyncAuthClient):
     ``on_refreshed`` hook), so a test can assert how many refreshes a step took.
     """
 
-    def __init__(self, user: TokengateUser, **kwargs: Any) -> None:
-        super().__init__(on_refreshed=self._count_refresh, **kwargs)
-        self.user = user
-        self.refreshes = 0
 
-    def _count_refresh(self, _: Tokens) -> None:
-        self.refreshes += 1
-
-
-class KitAuthClient(AuthClient):
+class KitAuthClient(_KitClient, AuthClient):
     """``sync_auth_client``: an ``AuthClient`` logged in as ``user``, counting its refreshes."""
-
-    def __init__(self, user: TokengateUser, **kwargs: Any) -> None:
-        super().__init__(on_refreshed=self._count_refresh, **kwargs)
-        self.user = user
-        self.refreshes = 0
-
-    def _count_refresh(self, _: Tokens) -> None:
-        self.refreshes += 1
 
 
 @pytest.fixture
