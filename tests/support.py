@@ -7,6 +7,7 @@ import contextlib
 import glob
 import inspect
 import math
+import multiprocessing
 import os
 import resource
 import shutil
@@ -464,3 +465,31 @@ async def postgres_admin(url: str, statement: str) -> None:
             await conn.execute(text(statement))
     finally:
         await engine.dispose()
+
+
+def run_together(
+    count: int, target: Callable[..., None], *args: Any, counter: bool = False
+) -> tuple[list[dict[str, Any]], int]:
+    """Run ``count`` spawned processes of ``target(*args, start, results[, met])`` that
+    all set off at once (``start``, a barrier), and collect the report (a dict) each puts
+    on ``results``; with ``counter``, ``met`` is a shared integer they may count in, and
+    its final value comes back too. A process still running at the end is killed."""
+    context = multiprocessing.get_context("spawn")
+    start = context.Barrier(count + 1)
+    results = context.Queue()
+    met = context.Value("i", 0) if counter else None
+    extra = () if met is None else (met,)
+    processes = [
+        context.Process(target=target, args=(*args, start, results, *extra)) for _ in range(count)
+    ]
+    for process in processes:
+        process.start()
+    try:
+        start.wait(timeout=60)
+        reports = [results.get(timeout=60) for _ in processes]
+    finally:
+        for process in processes:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+    return reports, 0 if met is None else met.value

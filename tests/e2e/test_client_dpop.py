@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import multiprocessing
 import stat
 import threading
 import time
@@ -34,6 +33,7 @@ from tests.support import (
     PrivateRedis,
     ServiceProcess,
     refresh_waiters,
+    run_together,
     service_env,
     start_service,
 )
@@ -253,24 +253,7 @@ def test_processes_sharing_a_token_file_share_the_key_and_refresh_once(service, 
     old = expired(dpop_login(service.base_url, store))
     store.save(old)
     jkt = kept_jkt(store)
-    context = multiprocessing.get_context("spawn")
-    start = context.Barrier(PROCESSES + 1)
-    results = context.Queue()
-    met = context.Value("i", 0)
-    processes = [
-        context.Process(target=worker, args=(service.base_url, str(path), start, results, met))
-        for _ in range(PROCESSES)
-    ]
-    for process in processes:
-        process.start()
-    try:
-        start.wait(timeout=60)
-        reports = [results.get(timeout=60) for _ in processes]
-    finally:
-        for process in processes:
-            process.join(timeout=10)
-            if process.is_alive():
-                process.kill()
+    reports, _ = run_together(PROCESSES, worker, service.base_url, str(path), counter=True)
     assert not [r for r in reports if "error" in r], reports
     assert [r["statuses"] for r in reports] == [[200] * REQUESTS_EACH] * PROCESSES
     assert sum(r["refreshes"] for r in reports) == 1

@@ -15,7 +15,7 @@ import pytest
 
 from quart_tokengate.client import AsyncAuthClient, AuthClient, FileTokenStore, Tokens
 from quart_tokengate.client._tokens import Lease
-from tests.support import PrivateRedis, ServiceProcess
+from tests.support import PrivateRedis, ServiceProcess, run_together
 
 from .test_client_concurrency import (
     TIMEOUT,
@@ -85,28 +85,11 @@ def test_processes_sharing_a_token_file_refresh_once_between_them(service, tmp_p
     path = tmp_path / "tokens.json"
     old = expired(logged_in(service.base_url))
     FileTokenStore(path).save(old)
-    context = multiprocessing.get_context("spawn")
-    start = context.Barrier(PROCESSES + 1)
-    results = context.Queue()
-    met = context.Value("i", 0)
-    processes = [
-        context.Process(target=worker, args=(service.base_url, str(path), start, results, met))
-        for _ in range(PROCESSES)
-    ]
-    for process in processes:
-        process.start()
-    try:
-        start.wait(timeout=60)
-        reports = [results.get(timeout=60) for _ in processes]
-    finally:
-        for process in processes:
-            process.join(timeout=10)
-            if process.is_alive():
-                process.kill()
+    reports, met = run_together(PROCESSES, worker, service.base_url, str(path), counter=True)
     assert not [r for r in reports if "error" in r], reports
     assert [r["statuses"] for r in reports] == [[200] * REQUESTS_EACH] * PROCESSES
     assert sum(r["refreshes"] for r in reports) == 1
-    assert met.value == PROCESSES - 1
+    assert met == PROCESSES - 1
     stored = FileTokenStore(path).load()
     assert stored is not None and stored.refresh_token != old.refresh_token
     assert stat.S_IMODE(path.stat().st_mode) == 0o600

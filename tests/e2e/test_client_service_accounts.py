@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import multiprocessing
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from quart_tokengate.client import AsyncAuthClient, AuthClient, FileTokenStore, InvalidClient
 from tests.e2e.test_admin_cli import Admin
-from tests.support import PrivateRedis, ServiceProcess, service_env
+from tests.support import PrivateRedis, ServiceProcess, run_together, service_env
 
 from .test_client_concurrency import TIMEOUT, CountingTransport
 
@@ -101,26 +100,9 @@ def test_processes_sharing_a_token_file_fetch_once_between_them(deployment, tmp_
     service, admin = deployment
     ids = new_client(admin)
     path = str(tmp_path / "tokens.json")
-    context = multiprocessing.get_context("spawn")
-    start = context.Barrier(PROCESSES + 1)
-    results = context.Queue()
-    processes = [
-        context.Process(
-            target=worker,
-            args=(service.base_url, ids["client_id"], ids["client_secret"], path, start, results),
-        )
-        for _ in range(PROCESSES)
-    ]
-    for process in processes:
-        process.start()
-    try:
-        start.wait(timeout=60)
-        reports = [results.get(timeout=60) for _ in processes]
-    finally:
-        for process in processes:
-            process.join(timeout=10)
-            if process.is_alive():
-                process.kill()
+    reports, _ = run_together(
+        PROCESSES, worker, service.base_url, ids["client_id"], ids["client_secret"], path
+    )
     assert not [r for r in reports if "error" in r], reports
     assert [r["statuses"] for r in reports] == [[200] * REQUESTS_EACH] * PROCESSES
     assert sum(r["fetches"] for r in reports) == 1
