@@ -33,7 +33,6 @@ from quart import Blueprint, Response, g, jsonify, render_template, request, sen
 from ..cookies import CSRF_HEADER, UNSAFE_METHODS, request_auth, set_device_cookie
 from ..cookies import _flags as cookie_flags
 from ..credentials.manager import key_info
-from ..credentials.proofs import refuse_bound
 from ..errors import (
     ApiError,
     AuthUnavailable,
@@ -168,8 +167,8 @@ async def page_identity() -> Identity:
         _check_csrf()
         try:
             # A page's tokens are never bound: a bound one (stolen, with no key to
-            # prove it) is refused here as everywhere a proof is not checked.
-            identity = await get_gate().manager.authenticate(token, sender=refuse_bound)
+            # prove it) is refused, as by default wherever no proof is checked.
+            identity = await get_gate().manager.authenticate(token)
         except SESSION_OVER:
             g.tokengate_page_clear = True
             raise

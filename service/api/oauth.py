@@ -92,7 +92,8 @@ async def introspect() -> Response:
     authenticate_client()
     token = (await token_form(schemas.TokenForm)).token
     try:
-        identity = await get_gate().manager.authenticate(token, implicit=False)
+        # Any token, bound or not, is described (its binding as cnf): no sender check.
+        identity = await get_gate().manager.authenticate(token, implicit=False, sender=None)
     except Unauthorized:
         body: dict[str, Any] = {"active": False}
     else:

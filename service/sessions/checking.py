@@ -9,18 +9,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .. import tokens
+from ..credentials.proofs import SenderCheck, refuse_bound
 from ..db import repository as repo
 from ..db.repository import utc
 from ..errors import DPoPProofRefused, RateLimited, TokenExpired, describe
 from ..identity import Identity
 from ..store.results import CheckResult, Ended, Limited, Live, Miss, RateCount, Replayed
 from .core import SessionCore
-
-if TYPE_CHECKING:
-    from ..credentials.proofs import SenderCheck
 
 log = logging.getLogger("tokengate")
 
@@ -43,14 +41,17 @@ class Checking(SessionCore):
         return claims
 
     async def authenticate(
-        self, access_token: str, *, implicit: bool = True, sender: SenderCheck | None = None
-    ) -> Identity:
+        self, access_token: str, *, implicit: bool = True,
+        sender: SenderCheck | None = refuse_bound,
+    ) -> Identity:  # fmt: skip
         """Check an access token and its session: one JWT check, one round trip.
 
         ``implicit=False`` never renews an expired token (introspection).
         ``sender`` checks who sent it (``credentials/proofs.py``): given the
         verified claims, it refuses, or names the DPoP proof's replay key,
-        which the same round trip notes.
+        which the same round trip notes. By default a token sent without a proof:
+        a bound one is refused. ``None`` checks no sender (introspection, which
+        describes any token to a resource server, its binding included).
         """
         now = self.clock()
         try:
