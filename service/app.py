@@ -316,17 +316,19 @@ class TokenGate:
         self._manager = SessionManager(
             settings, keyring, store, db, users, clock=self.clock, claims_hook=self.claims_hook
         )
-        if settings.near_cache and self._pipelined is None:
-            log.warning(
-                "TOKENGATE_NEAR_CACHE needs one Redis over redis:// or unix:// "
-                "(not TLS, not a cluster): every request waits for Redis instead"
+        # Near checks: on by default where they are safe (store/near.py says when).
+        if settings.near_cache is not False and self._pipelined is None:
+            (log.warning if settings.near_cache else log.info)(
+                "near checks off: they need one Redis over redis:// or unix:// "
+                "(not TLS, not a cluster); every request waits for Redis"
             )
-        elif settings.near_cache and self._pipelined is not None:
+        elif settings.near_cache is not False and self._pipelined is not None:
             self.near = NearChecks(
                 self._pipelined,
                 idle_timeout=policy.idle_timeout,
                 max_age=policy.max_age,
                 clock=self.clock,
+                vouched=settings.near_cache is True,
             )
             self.near.start()
             self._manager.near = self.near

@@ -97,7 +97,10 @@ class Settings:
     log_format: str = "text"
     # Let a session seen live a moment ago through without waiting for Redis
     # (store/near.py); every end then waits for each instance to drop it.
-    near_cache: bool = False
+    # None (auto, the default): on where Redis is seen to keep what it holds
+    # and lets this user use the tg:* channels; True: on, also where the
+    # eviction settings cannot be read; False: off.
+    near_cache: bool | None = None
     # API keys (docs/credentials.md): on or off, default and longest lifetime.
     api_keys: bool = True
     api_key_ttl: int = 7_776_000
@@ -206,6 +209,16 @@ def _bool(raw: str) -> bool:
     if lowered in {"0", "false", "no", "off"}:
         return False
     raise ValueError(f"expected true or false, got {raw!r}")
+
+
+def _near_cache(raw: str) -> bool | None:
+    """``auto`` (``None``), or a boolean."""
+    if raw.lower() == "auto":
+        return None
+    try:
+        return _bool(raw)
+    except ValueError:
+        raise ValueError(f"expected auto, true or false, got {raw!r}") from None
 
 
 def _locations(raw: str) -> tuple[str, ...]:
@@ -364,7 +377,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "implicit_refresh": _bool,
     "allow_registration": _bool,
     "redis_cluster": _bool,
-    "near_cache": _bool,
+    "near_cache": _near_cache,
     "trusted_proxies": _networks,
     "token_location": _locations,
     "instance_dir": Path,

@@ -1,9 +1,14 @@
 """Near checks: a session this instance saw live a moment ago is let through
 without waiting for Redis, and never once it has been ended anywhere.
 
-``TOKENGATE_NEAR_CACHE=true`` turns them on (``docs/design.md``, "Near
-checks"). The guard still sends its check for every request; it only stops
-waiting for the answer when all of this holds:
+They are on by default (``TOKENGATE_NEAR_CACHE``, ``docs/design.md``, "Near
+checks"), where they are safe: before each subscription the instance makes sure
+Redis keeps what it holds (no ``maxmemory``, or ``maxmemory-policy noeviction``:
+an evicted lease set would hide this instance from an ender), and a Redis user
+refused the ``tg:*`` channels turns them off. Either way the instance says why
+and every request waits for Redis, as with ``TOKENGATE_NEAR_CACHE=false``. The
+guard still sends its check for every request; it only stops waiting for the
+answer when all of this holds:
 
 - **The entry.** Redis said the session was live less than ``NEAR_TTL``
   seconds ago (by the app's clock), its absolute age is not over, and the
@@ -50,7 +55,7 @@ from importlib import resources
 from typing import Any
 
 import hiredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from .pipelined import PipelinedScripts, _pack, auth_command, open_connection
 
@@ -107,7 +112,9 @@ class _Subscriber(asyncio.Protocol):
         self.reader.feed(data)
         while (reply := self.reader.gets()) is not False:
             if isinstance(reply, hiredis.ReplyError):
-                self._fail(RedisError(f"Redis refused the subscription: {reply}"))
+                # NOPERM (an ACL without the channels) is for good; the rest is retried.
+                error = ResponseError if str(reply).startswith("NOPERM") else RedisError
+                self._fail(error(f"Redis refused the subscription: {reply}"))
             elif isinstance(reply, list) and reply and reply[0] == b"message":
                 self.near.heard(reply[1], reply[2], self)
             elif isinstance(reply, list) and reply[:1] == [b"subscribe"] and reply[2] == 2:
@@ -145,8 +152,12 @@ class NearChecks:
         idle_timeout: int,
         max_age: int,
         clock: Callable[[], float] = time.time,
+        vouched: bool = False,
     ) -> None:
         self.scripts = scripts
+        # TOKENGATE_NEAR_CACHE=true: the operator vouches that Redis never
+        # evicts, where this user may not read the eviction settings.
+        self.vouched = vouched
         self.clock = clock
         self.params = scripts.params
         self.idle_timeout = idle_timeout
@@ -160,6 +171,8 @@ class NearChecks:
         self.valid_until = 0.0  # monotonic
         # How many requests were let through near (for tests and metrics).
         self.hits = 0
+        # Why near checks turned themselves off (``unsafe``, a refused channel).
+        self.off: str | None = None
         self._subscriber: _Subscriber | None = None
         self._sent: dict[int, float] = {}
         self._seq = 0
@@ -286,12 +299,48 @@ class NearChecks:
         async with asyncio.timeout(LEASE):
             await self.scripts.run(sha, source, (LEASE_KEY,), (self.id, int(LEASE * 1000), seq))
 
+    async def unsafe(self) -> str | None:
+        """Why near answers would not be safe on this Redis now, or ``None``.
+
+        An evicting Redis could drop the lease set, and an ender would then not
+        wait for this instance. A Redis that cannot be reached raises (the
+        caller tries again); one that refuses to show its settings is taken at
+        the operator's word only with ``TOKENGATE_NEAR_CACHE=true``.
+        """
+        try:
+            reply = await self.scripts.call("CONFIG", "GET", "maxmemory*")
+        except ResponseError as exc:
+            if self.vouched:
+                return None
+            return (
+                f"Redis does not show this user its eviction settings ({exc}); "
+                "set TOKENGATE_NEAR_CACHE=true if it never evicts keys"
+            )
+        found = dict(zip(reply[::2], reply[1::2], strict=False)) if isinstance(reply, list) else {}
+        # Anything but these two answers (a missing one too) is taken as "may evict".
+        limit, policy = found.get(b"maxmemory", b"?"), found.get(b"maxmemory-policy", b"?")
+        if limit == b"0" or policy == b"noeviction":
+            return None
+        return (
+            f"Redis may evict keys (maxmemory {limit.decode(errors='replace')}, "
+            f"maxmemory-policy {policy.decode(errors='replace')}); near checks need "
+            "maxmemory-policy noeviction or no maxmemory"
+        )
+
     async def _keep_up(self) -> None:
-        """Subscribe, then send heartbeats while the subscription lasts; again on loss."""
+        """Subscribe, then send heartbeats while the subscription lasts; again on loss.
+
+        Before each subscription, :meth:`unsafe`: a Redis that may evict keys, or
+        a user refused the ``tg:*`` channels, ends near checks for good (said once).
+        """
         failing = False
         while True:
             try:
-                subscriber = await self._subscribe()
+                why = await self.unsafe()
+                if why is None:
+                    subscriber = await self._subscribe()
+            except ResponseError as exc:  # a refused subscription (``NOPERM``)
+                why = f"{exc} (the Redis user needs the tg:* channels: &tg:*)"
             except (RedisError, OSError, TimeoutError) as exc:
                 # Once per outage, not every RECONNECT seconds.
                 (log.debug if failing else log.warning)(
@@ -300,6 +349,10 @@ class NearChecks:
                 failing = True
                 await asyncio.sleep(RECONNECT)
                 continue
+            if why is not None:
+                self.off = why
+                log.warning("near checks off: %s; every request waits for Redis", why)
+                return
             if failing:
                 log.warning("near checks: subscribed again")
                 failing = False

@@ -220,6 +220,11 @@ class PipelinedScripts:
             raise ResponseError(message)
         return reply
 
+    async def call(self, *command: Any) -> Any:
+        """One command other than a script (``CONFIG GET``, say); its reply as hiredis
+        gives it, or ``ResponseError`` for an error reply."""
+        return await self._call(_pack(*command))
+
     def send_nowait(
         self, sha: str, keys: Sequence[str], args: Sequence[Any]
     ) -> asyncio.Future[Any] | None:

@@ -167,14 +167,15 @@ async def test_a_hung_database_fails_twenty_requests_closed_within_a_second_then
 def frozen_redis_service(
     tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[tuple[ServiceProcess, FreezableRedis]]:
-    """A service on a Redis of its own: waiting for Redis on every request (the
-    default), or with near checks, which answer a session seen live less than a
-    second ago without waiting, for at most 0.9 s past the last heartbeat Redis returned."""
+    """A service on a Redis of its own: waiting for Redis on every request
+    (``TOKENGATE_NEAR_CACHE=false``), or as by default, with near checks, which answer
+    a session seen live less than a second ago without waiting, for at most 0.9 s past
+    the last heartbeat Redis returned."""
     server = FreezableRedis()
     server.start()
     workdir = tmp_path / "service"
-    near = "true" if request.param == "near" else "false"
-    env = service_env(workdir, server.url, refresh_grace=GRACE, near_cache=near)
+    near = {} if request.param == "near" else {"near_cache": "false"}
+    env = service_env(workdir, server.url, refresh_grace=GRACE, **near)
     service = ServiceProcess(env, workdir)
     try:
         service.start()
@@ -190,7 +191,7 @@ async def test_a_hung_redis_fails_twenty_requests_closed_within_a_second_then_re
     svc, server = frozen_redis_service
     async with client_for(svc) as http:
         names, pairs = await sign_up(http, 10)
-        near = svc.env.get("TOKENGATE_NEAR_CACHE") == "true"
+        near = svc.env.get("TOKENGATE_NEAR_CACHE") != "false"
         if near:
             # Near checks may let the sessions just checked through for up to a
             # second of a hung Redis; every request after that second fails closed.

@@ -1,4 +1,4 @@
-"""Near checks across real service processes (``TOKENGATE_NEAR_CACHE=true``).
+"""Near checks across real service processes, as they are by default (nothing set).
 
 Instances A (one worker) and B (two workers, each with its own near
 checks) share one Redis and one database. Whatever A ends, B refuses on the
@@ -38,10 +38,10 @@ def ab(
     try:
         for name, workers in (("a", 1), ("b", 2)):
             workdir = tmp_path / name
+            # No TOKENGATE_NEAR_CACHE: the default (auto) turns them on here.
             env = service_env(
-                workdir, private_redis.url, near_cache="true",
-                database_url=f"sqlite+aiosqlite:///{database}",
-            )  # fmt: skip
+                workdir, private_redis.url, database_url=f"sqlite+aiosqlite:///{database}"
+            )
             service = ServiceProcess(env, workdir, workers=workers)
             started.append(service)
             service.start()

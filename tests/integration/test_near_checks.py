@@ -264,3 +264,110 @@ async def test_near_checks_log_in_to_a_redis_with_a_password(
     await wait_for_async(lambda: answering(near), what="a subscription that logged in")
     pair = await register_and_login(app.test_client())
     await warm(app.test_client(), pair, near)
+
+
+# -- on by default, where they are safe -------------------------------------------
+
+
+async def off_because(app: Quart) -> str:
+    """Why the app's near checks turned themselves off (they say it once, then stop)."""
+    near = near_of(app)
+    await wait_for_async(lambda: near.off is not None, what="near checks turning off")
+    assert near.off is not None and not answering(near)
+    return near.off
+
+
+async def waits_for_redis(app: Quart) -> None:
+    """Logged in and asked twice: neither request is answered near."""
+    near = near_of(app)
+    pair = await register_and_login(app.test_client())
+    assert await me(app.test_client(), pair) == 200
+    assert await me(app.test_client(), pair) == 200
+    assert near.hits == 0
+
+
+async def test_near_checks_are_on_by_default(make_app: AppFactory):
+    app = await make_app()  # TOKENGATE_NEAR_CACHE unset: auto
+    near = near_of(app)
+    await wait_for_async(lambda: answering(near), what="the first heartbeat")
+    pair = await register_and_login(app.test_client())
+    await warm(app.test_client(), pair, near)
+    assert near.off is None
+
+
+async def test_false_turns_them_off(make_app: AppFactory):
+    app = await make_app(near_cache=False)
+    assert app.extensions["tokengate"].near is None
+
+
+@pytest.mark.parametrize("vouched", [None, True])
+async def test_a_redis_that_may_evict_keys_gets_no_near_answers(
+    make_app: AppFactory, private_redis: PrivateRedis, caplog, vouched: bool | None
+):
+    server = redis.Redis(port=private_redis.port)
+    server.config_set("maxmemory", "512mb")
+    server.config_set("maxmemory-policy", "allkeys-lru")
+    app = await make_app(near_cache=vouched, redis_url=private_redis.url)
+    why = await off_because(app)
+    # Seen, so not taken at the operator's word either.
+    assert "maxmemory-policy allkeys-lru" in why and "noeviction" in why
+    assert "near checks off" in caplog.text
+    await waits_for_redis(app)
+
+
+async def test_a_memory_limit_that_never_evicts_is_safe(
+    make_app: AppFactory, private_redis: PrivateRedis
+):
+    server = redis.Redis(port=private_redis.port)
+    server.config_set("maxmemory", "512mb")
+    server.config_set("maxmemory-policy", "noeviction")
+    app = await make_app(redis_url=private_redis.url)
+    near = near_of(app)
+    await wait_for_async(lambda: answering(near), what="the first heartbeat")
+    pair = await register_and_login(app.test_client())
+    await warm(app.test_client(), pair, near)
+
+
+def acl_user(private_redis: PrivateRedis, *rules: str) -> str:
+    """A Redis user ``app`` allowed every key and ``rules``; its URL."""
+    redis.Redis(port=private_redis.port).execute_command(
+        "ACL", "SETUSER", "app", "reset", "on", ">app-secret", "~*", *rules
+    )
+    return f"redis://app:app-secret@127.0.0.1:{private_redis.port}/0"
+
+
+async def test_auto_needs_to_see_the_eviction_settings(
+    make_app: AppFactory, private_redis: PrivateRedis
+):
+    url = acl_user(private_redis, "&*", "+@all", "-config")
+    app = await make_app(redis_url=url)
+    why = await off_because(app)
+    assert "NOPERM" in why and "TOKENGATE_NEAR_CACHE=true" in why
+    await waits_for_redis(app)
+
+
+async def test_true_takes_the_operator_at_their_word_where_redis_hides_them(
+    make_app: AppFactory, private_redis: PrivateRedis
+):
+    url = acl_user(private_redis, "&*", "+@all", "-config")
+    app = await make_app(near_cache=True, redis_url=url)
+    near = near_of(app)
+    await wait_for_async(lambda: answering(near), what="the first heartbeat")
+    pair = await register_and_login(app.test_client())
+    await warm(app.test_client(), pair, near)
+
+
+async def test_a_redis_user_refused_the_channels_gets_no_near_answers(
+    make_app: AppFactory, private_redis: PrivateRedis
+):
+    url = acl_user(private_redis, "resetchannels", "+@all")
+    app = await make_app(redis_url=url)
+    why = await off_because(app)
+    assert "NOPERM" in why and "&tg:*" in why
+    # Sessions still end: the scripts announce with pcall, refused or not.
+    pair = await register_and_login(app.test_client())
+    assert await me(app.test_client(), pair) == 200
+    out = await app.test_client().post("/auth/logout", headers=bearer(pair))
+    assert out.status_code == 204
+    assert await me(app.test_client(), pair) == "token_revoked"
+    assert near_of(app).hits == 0

@@ -29,7 +29,7 @@ def test_the_bench_lists_every_ratio_it_reports_on():
     assert {"plain-dict", "gated-dict", "plain-jsonify", "gated-jsonify", "me"} <= keys
     assert {"peer-sync1", "peer-gthread2", "peer-io2", "io1-200", "me2-200"} <= keys
     assert {"sleep1-200", "sleep2-200"} <= keys
-    assert {"near-me1-200", "near-io2-200"} <= keys
+    assert {"wait-me1-200", "wait-io2-200"} <= keys
     assert "me-key" in keys
 
 

@@ -27,6 +27,19 @@ def test_defaults_match_the_contract():
     assert s.redis_url is None and s.secret_key is None
     assert s.sqlalchemy_url.startswith("sqlite+aiosqlite:///")
     assert s.sqlalchemy_url.endswith("instance/tokengate.db")
+    assert s.near_cache is None  # auto: on where Redis is seen to allow it
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"), [("auto", None), ("AUTO", None), ("true", True), ("on", True), ("0", False)]
+)
+def test_near_cache_is_auto_or_a_boolean(raw: str, value: bool | None) -> None:
+    assert Settings.from_env({"TOKENGATE_NEAR_CACHE": raw}, dotenv=None).near_cache is value
+
+
+def test_near_cache_refuses_anything_else() -> None:
+    with pytest.raises(ValueError, match=r"TOKENGATE_NEAR_CACHE.*auto, true or false"):
+        Settings.from_env({"TOKENGATE_NEAR_CACHE": "sometimes"}, dotenv=None)
 
 
 def test_every_variable_is_read():
@@ -65,7 +78,7 @@ def test_every_variable_is_read():
         "TOKENGATE_COOKIE_SECURE": "false",
         "TOKENGATE_INTROSPECTION_CLIENTS": "api:s3cret, billing:other:colon",
         "TOKENGATE_LOG_FORMAT": "JSON",
-        "TOKENGATE_NEAR_CACHE": "true",
+        "TOKENGATE_NEAR_CACHE": "false",
         "TOKENGATE_API_KEYS": "off",
         "TOKENGATE_API_KEY_TTL": "3600",
         "TOKENGATE_API_KEY_MAX_TTL": "86400",
@@ -110,7 +123,7 @@ def test_every_variable_is_read():
     assert s.trusted_proxies == ("10.0.0.0/8", "192.168.1.7/32", "::1/128")
     assert s.redis_url == "redis://127.0.0.1:6379/3"
     assert s.log_format == "json"
-    assert s.near_cache
+    assert s.near_cache is False
     assert (s.api_keys, s.api_key_ttl, s.api_key_max_ttl) == (False, 3600, 86400)
     assert s.rate_limit == (100, 60)
     assert (s.header_timeout, s.body_timeout, s.max_connections) == (5, 7, 250)
