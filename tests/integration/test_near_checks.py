@@ -329,9 +329,9 @@ async def test_a_memory_limit_that_never_evicts_is_safe(
 
 
 def acl_user(private_redis: PrivateRedis, *rules: str) -> str:
-    """A Redis user ``app`` allowed every key and ``rules``; its URL."""
+    """A Redis user ``app`` with ``rules``; its URL."""
     redis.Redis(port=private_redis.port).execute_command(
-        "ACL", "SETUSER", "app", "reset", "on", ">app-secret", "~*", *rules
+        "ACL", "SETUSER", "app", "reset", "on", ">app-secret", *rules
     )
     return f"redis://app:app-secret@127.0.0.1:{private_redis.port}/0"
 
@@ -339,7 +339,7 @@ def acl_user(private_redis: PrivateRedis, *rules: str) -> str:
 async def test_auto_needs_to_see_the_eviction_settings(
     make_app: AppFactory, private_redis: PrivateRedis
 ):
-    url = acl_user(private_redis, "&*", "+@all", "-config")
+    url = acl_user(private_redis, "~*", "&*", "+@all", "-config")
     app = await make_app(redis_url=url)
     why = await off_because(app)
     assert "NOPERM" in why and "TOKENGATE_NEAR_CACHE=true" in why
@@ -349,7 +349,7 @@ async def test_auto_needs_to_see_the_eviction_settings(
 async def test_true_takes_the_operator_at_their_word_where_redis_hides_them(
     make_app: AppFactory, private_redis: PrivateRedis
 ):
-    url = acl_user(private_redis, "&*", "+@all", "-config")
+    url = acl_user(private_redis, "~*", "&*", "+@all", "-config")
     app = await make_app(near_cache=True, redis_url=url)
     near = near_of(app)
     await wait_for_async(lambda: answering(near), what="the first heartbeat")
@@ -360,7 +360,7 @@ async def test_true_takes_the_operator_at_their_word_where_redis_hides_them(
 async def test_a_redis_user_refused_the_channels_gets_no_near_answers(
     make_app: AppFactory, private_redis: PrivateRedis
 ):
-    url = acl_user(private_redis, "resetchannels", "+@all")
+    url = acl_user(private_redis, "~*", "resetchannels", "+@all")
     app = await make_app(redis_url=url)
     why = await off_because(app)
     assert "NOPERM" in why and "&tg:*" in why
@@ -371,3 +371,18 @@ async def test_a_redis_user_refused_the_channels_gets_no_near_answers(
     assert out.status_code == 204
     assert await me(app.test_client(), pair) == "token_revoked"
     assert near_of(app).hits == 0
+
+
+async def test_the_acl_user_docs_operations_md_suggests_gets_near_answers(
+    make_app: AppFactory, private_redis: PrivateRedis
+):
+    rules = "~tg:* resetchannels &tg:* +@all -@dangerous +config|get +client|setname +script"
+    url = acl_user(private_redis, *rules.split())
+    app = await make_app(redis_url=url)
+    near = near_of(app)
+    await wait_for_async(lambda: answering(near), what="the first heartbeat")
+    client = app.test_client()
+    pair = await register_and_login(client)
+    await warm(client, pair, near)
+    assert (await client.post("/auth/logout", headers=bearer(pair))).status_code == 204
+    assert await me(client, pair) == "token_revoked"
