@@ -24,9 +24,9 @@ from typing import Any, ClassVar
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
-from jwt.algorithms import get_default_algorithms
 
 from .errors import InvalidToken
+from .proof_signature import pyjwt_algorithm, signature_ok
 
 # Algorithm -> the JWK key type and curves it may be used with. Asymmetric only:
 # ``none`` and the HMACs can never be configured, so no proof can name them.
@@ -236,19 +236,6 @@ def public_key(algorithm: str, jwk: Any) -> Any:
         raise InvalidDPoPProof("The proof's key is malformed.") from None
 
 
-# PyJWT's implementations, looked up once; only allow-listed names are ever used.
-_ALGORITHMS = {name: get_default_algorithms()[name] for name in SUPPORTED_ALGORITHMS}
-
-
-def _signature_ok(algorithm: str, key: Any, signing_input: bytes, signature: bytes) -> bool:
-    """PyJWT's check of ``signature`` with ``algorithm`` pinned and ``key`` built from the
-    JWK (and passed through that implementation's ``prepare_key``)."""
-    try:
-        return bool(_ALGORITHMS[algorithm].verify(signing_input, key, signature))
-    except (jwt.PyJWTError, ValueError, TypeError):  # a signature they refuse
-        return False
-
-
 _URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):(?://([^/?#]*))?([^?#]*)")
 # A plain host (no user info, no percent-escapes) and an optional port of digits.
 _AUTHORITY = re.compile(
@@ -351,7 +338,7 @@ def verify_proof(
     except ValueError:
         raise InvalidDPoPProof("The proof is not a well-formed JWT.") from None
     signing_input = f"{header_segment}.{payload_segment}".encode("ascii")
-    if not _signature_ok(header.algorithm, header.key, signing_input, signature):
+    if not signature_ok(header.algorithm, header.key, signing_input, signature):
         raise InvalidDPoPProof("The proof's signature does not verify.")
     algorithm, jwk = header.algorithm, header.jwk
     claims = _json_object(payload_segment)
@@ -409,7 +396,7 @@ def _read_header(segment: str, policy: DPoPPolicy) -> _Header:
     jwk: dict[str, Any] = header["jwk"]
     try:
         # prepare_key checks the key's family (and curve) once more, on PyJWT's side.
-        prepared = _ALGORITHMS[algorithm].prepare_key(key)
+        prepared = pyjwt_algorithm(algorithm).prepare_key(key)
     except (jwt.PyJWTError, ValueError, TypeError):
         raise InvalidDPoPProof("The proof's key is malformed.") from None
     found = _Header(algorithm, prepared, jwk, thumbprint(jwk))
