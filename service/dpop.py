@@ -24,9 +24,9 @@ from typing import Any, ClassVar
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
-from jwt.algorithms import get_default_algorithms
 
 from .errors import InvalidToken
+from .proof_signature import pyjwt_algorithm, signature_ok
 
 # Algorithm -> the JWK key type and curves it may be used with. Asymmetric only:
 # ``none`` and the HMACs can never be configured, so no proof can name them.
@@ -144,6 +144,17 @@ def ath(access_token: str) -> str:
     return b64url(hashlib.sha256(access_token.encode("utf-8")).digest())
 
 
+# A client sends the same access token with many proofs: its ``ath`` is kept (bounded,
+# and only for a token of an access token's size, so that the cache stays small).
+_ATH_CACHE_LENGTH = 4096
+_kept_ath = functools.lru_cache(maxsize=256)(ath)
+
+
+def _expected_ath(access_token: str) -> str:
+    """``ath(access_token)``, kept for a token of an access token's size."""
+    return _kept_ath(access_token) if len(access_token) <= _ATH_CACHE_LENGTH else ath(access_token)
+
+
 def thumbprint(jwk: dict[str, Any]) -> str:
     """The RFC 7638 SHA-256 thumbprint of a public EC, OKP or RSA JWK.
 
@@ -161,22 +172,27 @@ def thumbprint(jwk: dict[str, Any]) -> str:
     return b64url(hashlib.sha256(canonical.encode("utf-8")).digest())
 
 
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        raise ValueError("duplicate member")
+    return found
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+# Made once: ``json.loads`` with hooks would build a new decoder for every segment.
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+
+
 def _json_object(segment: str) -> dict[str, Any]:
     """A JWS segment decoded as a JSON object: no duplicate names, no NaN or Infinity."""
-
-    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        found = dict(pairs)
-        if len(found) != len(pairs):
-            raise ValueError("duplicate member")
-        return found
-
-    def no_constants(name: str) -> Any:
-        raise ValueError(f"{name} is not JSON")
-
     try:
-        value = json.loads(
-            _unb64url(segment), object_pairs_hook=no_duplicates, parse_constant=no_constants
-        )
+        raw = _unb64url(segment)
+        # The bytes read as ``json.loads`` reads them (its encoding detection), then decoded.
+        value = _DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
     except (ValueError, RecursionError):
         raise InvalidDPoPProof("The proof is not a well-formed JWT.") from None
     if not isinstance(value, dict):
@@ -234,19 +250,6 @@ def public_key(algorithm: str, jwk: Any) -> Any:
         return rsa.RSAPublicNumbers(e, n).public_key()
     except (ValueError, TypeError):
         raise InvalidDPoPProof("The proof's key is malformed.") from None
-
-
-# PyJWT's implementations, looked up once; only allow-listed names are ever used.
-_ALGORITHMS = {name: get_default_algorithms()[name] for name in SUPPORTED_ALGORITHMS}
-
-
-def _signature_ok(algorithm: str, key: Any, signing_input: bytes, signature: bytes) -> bool:
-    """PyJWT's check of ``signature`` with ``algorithm`` pinned and ``key`` built from the
-    JWK (and passed through that implementation's ``prepare_key``)."""
-    try:
-        return bool(_ALGORITHMS[algorithm].verify(signing_input, key, signature))
-    except (jwt.PyJWTError, ValueError, TypeError):  # a signature they refuse
-        return False
 
 
 _URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):(?://([^/?#]*))?([^?#]*)")
@@ -351,7 +354,7 @@ def verify_proof(
     except ValueError:
         raise InvalidDPoPProof("The proof is not a well-formed JWT.") from None
     signing_input = f"{header_segment}.{payload_segment}".encode("ascii")
-    if not _signature_ok(header.algorithm, header.key, signing_input, signature):
+    if not signature_ok(header.algorithm, header.key, signing_input, signature):
         raise InvalidDPoPProof("The proof's signature does not verify.")
     algorithm, jwk = header.algorithm, header.jwk
     claims = _json_object(payload_segment)
@@ -370,7 +373,9 @@ def verify_proof(
         if (
             not isinstance(sent, str)
             or not sent.isascii()
-            or not hmac.compare_digest(sent.encode("utf-8"), ath(access_token).encode("ascii"))
+            or not hmac.compare_digest(
+                sent.encode("utf-8"), _expected_ath(access_token).encode("ascii")
+            )
         ):
             raise InvalidDPoPProof("The proof is not made for this access token.")
     if nonce_key is not None:
@@ -409,7 +414,7 @@ def _read_header(segment: str, policy: DPoPPolicy) -> _Header:
     jwk: dict[str, Any] = header["jwk"]
     try:
         # prepare_key checks the key's family (and curve) once more, on PyJWT's side.
-        prepared = _ALGORITHMS[algorithm].prepare_key(key)
+        prepared = pyjwt_algorithm(algorithm).prepare_key(key)
     except (jwt.PyJWTError, ValueError, TypeError):
         raise InvalidDPoPProof("The proof's key is malformed.") from None
     found = _Header(algorithm, prepared, jwk, thumbprint(jwk))
