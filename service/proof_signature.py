@@ -58,8 +58,13 @@ _ECDSA = {
 }
 
 
-# PyJWT's implementations, looked up once; only allow-listed names are ever asked for.
-_PYJWT: dict[str, Algorithm] = get_default_algorithms()
+# PyJWT's asymmetric implementations, looked up once: ``none`` and the HMACs are not
+# among them, whatever a caller asks for (the policy's allow-list comes first).
+_PYJWT: dict[str, Algorithm] = {
+    name: found
+    for name, found in get_default_algorithms().items()
+    if name.startswith(("ES", "RS", "PS", "EdDSA"))
+}
 
 
 def pyjwt_algorithm(algorithm: str) -> Algorithm:
