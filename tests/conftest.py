@@ -201,6 +201,15 @@ async def make_app(
 
 
 @pytest.fixture
+async def quiet_app(make_app: AppFactory) -> Quart:
+    """An app whose Redis traffic is its requests' alone, for exact command counts:
+    near checks off, whose heartbeats (lease.lua, four a second) would add to them.
+    With near checks on, a request still costs one EVALSHA: counted, heartbeats
+    aside, in tests/e2e/test_e2e_resilience.py."""
+    return await make_app(near_cache=False)
+
+
+@pytest.fixture
 async def app(make_app: AppFactory) -> Quart:
     return await make_app()
 

@@ -332,8 +332,8 @@ class TestHotPath:
     def redis_url(self, private_redis: PrivateRedis) -> str:
         return private_redis.url
 
-    async def test_a_dpop_request_costs_one_script_call(self, app, redis_client):
-        client = app.test_client()
+    async def test_a_dpop_request_costs_one_script_call(self, quiet_app, redis_client):
+        client = quiet_app.test_client()
         key = generate_key()
         token = (await bound_login(client, key))["access_token"]
         for _ in range(5):  # load the script, warm the pool
@@ -348,8 +348,8 @@ class TestHotPath:
         # proof's SET NX.
         assert stats == {"evalsha": 20, "exists": 20, "hmget": 20, "set": 20, "hset": 20}
 
-    async def test_a_forged_proof_costs_no_redis_command(self, app, redis_client):
-        client = app.test_client()
+    async def test_a_forged_proof_costs_no_redis_command(self, quiet_app, redis_client):
+        client = quiet_app.test_client()
         key = generate_key()
         token = (await bound_login(client, key))["access_token"]
         await redis_client.config_resetstat()

@@ -3,6 +3,7 @@
 import asyncio
 
 import pytest
+from quart import Quart
 from sqlalchemy import event
 
 from tests.integration.test_service_accounts import fetch_basic, registry
@@ -13,6 +14,11 @@ from tests.support import PrivateRedis, bearer, commandstats_async
 def redis_url(private_redis: PrivateRedis) -> str:
     """A server of the test's own: the counts are per server, and nothing else may add to them."""
     return private_redis.url
+
+
+@pytest.fixture
+def app(quiet_app: Quart) -> Quart:
+    return quiet_app
 
 
 def statements_of(app):
