@@ -145,6 +145,8 @@
   let pollTimer = null;
   let me = null; // {id, username, session_id} once loaded
   let pending = null; // the action that asked for a fresh login
+  // Counts log-outs: the answers to a load sent before one show nothing and say nothing.
+  let logouts = 0;
 
   function say(text, kind) {
     const message = $("message");
@@ -158,6 +160,7 @@
   }
 
   function loggedOut(reason) {
+    logouts += 1;
     window.clearInterval(pollTimer);
     pollTimer = null;
     me = null;
@@ -367,12 +370,28 @@
     return act(action);
   }
 
+  function dropStale() {
+    // A count of loads dropped as stale, for anything that watches the page (the tests do).
+    document.body.dataset.staleLoads = String(Number(document.body.dataset.staleLoads || 0) + 1);
+  }
+
   async function load() {
-    const [who, list, keys] = await Promise.all([
-      api("GET", `${PAGE}/me`).then((r) => r.json()),
-      api("GET", `${PAGE}/sessions`).then((r) => r.json()),
-      loadKeys(),
-    ]);
+    const sentAfter = logouts;
+    let answers;
+    try {
+      answers = await Promise.all([
+        api("GET", `${PAGE}/me`).then((r) => r.json()),
+        api("GET", `${PAGE}/sessions`).then((r) => r.json()),
+        loadKeys(),
+      ]);
+    } catch (err) {
+      if (logouts !== sentAfter) return dropStale(); // refused after a log-out: said already
+      throw err;
+    }
+    // A load sent before a log-out and answered after it (a Refresh, a poll) would
+    // show the account again, and poll again, on the login form.
+    if (logouts !== sentAfter) return dropStale();
+    const [who, list, keys] = answers;
     showKeys(keys);
     me = who;
     $("whoami").textContent = who.username;

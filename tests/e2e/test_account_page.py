@@ -275,6 +275,33 @@ def test_a_login_leaves_no_cancelled_request(tokengate_server, contexts):
     assert tab.errors == []
 
 
+def test_a_load_answered_after_a_logout_leaves_the_login_form(tokengate_server, contexts):
+    """A Refresh sent before Log out and answered after it shows no account again."""
+    with httpx.Client(base_url=tokengate_server.base_url) as api:
+        register(api, "alice")
+    tab = AccountPage(contexts(), tokengate_server.base_url)
+    tab.open()
+    tab.login()
+    held: list[Any] = []  # the Refresh's request, kept from the server until released
+    tab.page.route("**/account/sessions", lambda route: held.append(route))
+    before = tab.loads()
+    with tab.page.expect_request(lambda r: r.url.endswith("/account/sessions")):
+        tab.page.click("#reload")
+    tab.page.click("#logout")
+    expect(tab.page.locator("#login-form")).to_be_visible()
+    expect(tab.page.locator("#message")).to_have_text("You have logged out.")
+    assert len(held) == 1
+    # Sent before the log-out, answered after it (200 or 401, as the cookies go): dropped.
+    held[0].continue_()
+    tab.page.unroute("**/account/sessions")
+    expect(tab.page.locator("body")).to_have_attribute("data-stale-loads", "1")
+    expect(tab.page.locator("#login-form")).to_be_visible()
+    expect(tab.page.locator("#account")).to_be_hidden()
+    expect(tab.page.locator("#message")).to_have_text("You have logged out.")
+    assert tab.loads() == before
+    assert tab.errors == []
+
+
 def test_a_session_ended_elsewhere_lands_on_the_login_form(service_factory, contexts):
     service = service_factory(token_location="cookies")
     with httpx.Client(base_url=service.base_url) as api:
