@@ -2,10 +2,13 @@
 without waiting for Redis, and never once it has been ended anywhere.
 
 They are on by default (``TOKENGATE_NEAR_CACHE``, ``docs/design.md``, "Near
-checks"), where they are safe: before each subscription the instance makes sure
-Redis keeps what it holds (no ``maxmemory``, or ``maxmemory-policy noeviction``:
-an evicted lease set would hide this instance from an ender), and a Redis user
-refused the ``tg:*`` channels turns them off. Either way the instance says why
+checks"), where they are safe: before each subscription, and every
+``RECHECK_EVERY`` heartbeats while subscribed, the instance makes sure Redis
+keeps what it holds (no ``maxmemory``, or ``maxmemory-policy noeviction``: an
+evicted lease set would hide this instance from an ender) and lets this user
+read ``INFO`` (an ender reads Redis's uptime: just after a restart, which lost
+the lease set, it waits out any lease); a Redis user refused the ``tg:*``
+channels turns them off too. Either way the instance says why
 and every request waits for Redis, as with ``TOKENGATE_NEAR_CACHE=false``. The
 guard still sends its check for every request; it only stops waiting for the
 answer when all of this holds:
@@ -36,7 +39,10 @@ answer when all of this holds:
   way (the two travel on different connections) makes that check's answer
   too old to keep: ``epoch`` counts announcements and subscriptions.
 - **A lost subscription** forgets every entry and every heartbeat. A new
-  one counts only from its own first heartbeat.
+  one counts only from its own first heartbeat. One that brings none of the
+  instance's heartbeats back for ``SILENT`` seconds while they are sent (a
+  peer gone without a word; the socket also has TCP keepalive) is closed and
+  made again, so that ends stop waiting out this instance's lease.
 
 It runs over the lean pipelined connection (one Redis over ``redis://`` or
 ``unix://``); with anything else it stays off and says so at start-up.
@@ -49,6 +55,7 @@ import contextlib
 import hashlib
 import logging
 import secrets
+import socket
 import time
 from collections.abc import Callable
 from importlib import resources
@@ -78,6 +85,12 @@ MAX_ENTRIES = 100_000
 ACK_TTL_MS = 10_000
 # Waiting for a lost subscription to come back, between tries.
 RECONNECT = 0.2
+# While subscribed, Redis's eviction settings are read again every this many
+# heartbeats (a CONFIG SET at run time), and a subscription that has not brought
+# back one of the instance's own heartbeats for SILENT seconds, while they are
+# sent, is taken for dead (a peer whose FIN never came) and made again.
+RECHECK_EVERY = 8
+SILENT = 3 * LEASE
 
 
 def ack_key(note: str) -> str:
@@ -176,6 +189,7 @@ class NearChecks:
         self._subscriber: _Subscriber | None = None
         self._sent: dict[int, float] = {}
         self._seq = 0
+        self._heard_at = 0.0  # monotonic: the last of our heartbeats heard back
         self._task: asyncio.Task[None] | None = None
         self._acks: set[asyncio.Task[None]] = set()
         self._lease = _script("lease")
@@ -234,12 +248,14 @@ class NearChecks:
             sent = self._sent.pop(seq, None)
             for older in [s for s in self._sent if s < seq]:
                 del self._sent[older]
+            self._heard_at = time.monotonic()
             if sent is not None:
                 self.valid_until = max(self.valid_until, sent + LEASE - MARGIN)
 
     def subscribed(self, subscriber: _Subscriber) -> None:
         """A new subscription: every end announced from now on reaches us."""
         self._subscriber = subscriber
+        self._heard_at = time.monotonic()
         self.epoch += 1  # checks sent before it could have missed an end
 
     def forget(self, subscriber: _Subscriber) -> None:
@@ -271,6 +287,10 @@ class NearChecks:
             protocol = await open_connection(self.params, lambda: _Subscriber(self))
         transport = protocol.transport
         assert transport is not None
+        sock = transport.get_extra_info("socket")
+        if sock is not None:  # a peer gone without a word is found out in time
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         try:
             await self._send_subscribe(protocol, transport)
         except BaseException:
@@ -320,12 +340,40 @@ class NearChecks:
         # Anything but these two answers (a missing one too) is taken as "may evict".
         limit, policy = found.get(b"maxmemory", b"?"), found.get(b"maxmemory-policy", b"?")
         if limit == b"0" or policy == b"noeviction":
-            return None
+            return await self._restart_unseen()
         return (
             f"Redis may evict keys (maxmemory {limit.decode(errors='replace')}, "
             f"maxmemory-policy {policy.decode(errors='replace')}); near checks need "
             "maxmemory-policy noeviction or no maxmemory"
         )
+
+    async def _restart_unseen(self) -> str | None:
+        """Why an ender could not see that Redis restarted lately, or ``None``.
+
+        An ender reads Redis's uptime (``INFO server``, in ``holders.lua``) and,
+        just after a restart that lost the lease set, waits out any lease.
+        """
+        try:
+            await self.scripts.call("INFO", "server")
+        except ResponseError as exc:
+            if self.vouched:
+                return None
+            return (
+                f"Redis does not let this user read INFO ({exc}), which an end needs "
+                "to see a restart; grant +info, or set TOKENGATE_NEAR_CACHE=true"
+            )
+        return None
+
+    async def _turn_off(self, why: str, subscriber: _Subscriber) -> None:
+        """Near checks off for good: no more near answers, the lease given back."""
+        self.forget(subscriber)
+        if subscriber.transport is not None:
+            subscriber.transport.close()
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            async with asyncio.timeout(self.scripts.timeout):
+                await self.scripts.run(*_script("release"), (LEASE_KEY,), (self.id,))
+        self.off = why
+        log.warning("near checks off: %s; every request waits for Redis", why)
 
     async def _keep_up(self) -> None:
         """Subscribe, then send heartbeats while the subscription lasts; again on loss.
@@ -356,12 +404,23 @@ class NearChecks:
             if failing:
                 log.warning("near checks: subscribed again")
                 failing = False
+            beats = 0
             while not subscriber.lost.done():
                 self.prune()
+                beats += 1
                 try:
                     await self._heartbeat()
+                    if beats % RECHECK_EVERY == 0 and (why := await self.unsafe()) is not None:
+                        await self._turn_off(why, subscriber)
+                        return
                 except (RedisError, OSError, TimeoutError) as exc:
                     log.debug("near checks: heartbeat failed: %s", exc)
+                else:
+                    if time.monotonic() - self._heard_at > SILENT and subscriber.transport:
+                        # Heartbeats go out and none comes back: a dead subscription.
+                        log.warning("near checks: the subscription brings nothing; again")
+                        self.forget(subscriber)
+                        subscriber.transport.close()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(HEARTBEAT):
                         await asyncio.shield(subscriber.lost)

@@ -109,6 +109,9 @@ log = logging.getLogger("tokengate")
 ACK_POLL_FIRST, ACK_POLL_MAX, ACK_SLACK = 0.001, 0.05, 0.05
 # Lease holders whose lease ended this recently by Redis's clock are waited for too.
 RECENT_MS = 5000
+# For this long after Redis started (uptime_in_seconds), an end waits out any lease:
+# a restart lost the lease set, and a lease from before it runs for LEASE at most.
+RESTART_S = 2
 
 
 def _ended(reply: list[Any]) -> Ended:
@@ -388,7 +391,7 @@ class RedisSessionStore(ThrottleScripts):
         """
         loop = asyncio.get_running_loop()
         try:
-            holders = await self._run("holders", (LEASE_KEY,), (RECENT_MS,))
+            holders = await self._run("holders", (LEASE_KEY,), (RECENT_MS, RESTART_S))
         except Exception as exc:
             log.warning("cannot read the near-check leases (%s); waiting them out", exc)
             await asyncio.sleep(LEASE + ACK_SLACK)

@@ -4,7 +4,7 @@ Instance B lets a session it saw live a moment ago through without waiting
 for Redis. Whatever ends that session on instance A is refused by B on its
 very next request: while B's subscription to the announcements works, after
 it was cut, and while it is stalled (then A's end waits for B's lease to run
-out, and B has stopped answering near by then).
+out, and B has stopped answering near by then), Redis restarted under it too.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from quart import Quart
 from redis.asyncio import Redis
 
 from quart_tokengate.client.pytest_plugin import TokengateClock
-from quart_tokengate.service.store.near import ENDS_CHANNEL, LEASE, LEASE_KEY, NearChecks
+from quart_tokengate.service.store.near import ENDS_CHANNEL, LEASE, LEASE_KEY, SILENT, NearChecks
 from tests.conftest import AppFactory, bearer, me, register_and_login
 from tests.support import PrivateRedis, claims, wait_for_async
 
@@ -376,7 +376,7 @@ async def test_a_redis_user_refused_the_channels_gets_no_near_answers(
 async def test_the_acl_user_docs_operations_md_suggests_gets_near_answers(
     make_app: AppFactory, private_redis: PrivateRedis
 ):
-    rules = "~tg:* resetchannels &tg:* +@all -@dangerous +config|get +client|setname +script"
+    rules = "~tg:* resetchannels &tg:* +@all -@dangerous +config|get +info +client|setname +script"
     url = acl_user(private_redis, *rules.split())
     app = await make_app(redis_url=url)
     near = near_of(app)
@@ -386,3 +386,87 @@ async def test_the_acl_user_docs_operations_md_suggests_gets_near_answers(
     await warm(client, pair, near)
     assert (await client.post("/auth/logout", headers=bearer(pair))).status_code == 204
     assert await me(client, pair) == "token_revoked"
+
+
+async def test_auto_needs_info_to_let_an_end_see_a_restart(
+    make_app: AppFactory, private_redis: PrivateRedis
+):
+    url = acl_user(private_redis, "~*", "&*", "+@all", "-info")
+    app = await make_app(redis_url=url)
+    why = await off_because(app)
+    assert "INFO" in why and "+info" in why and "TOKENGATE_NEAR_CACHE=true" in why
+    await waits_for_redis(app)
+    # true takes the operator's word here too.
+    vouched = await make_app(near_cache=True, redis_url=url)
+    near = near_of(vouched)
+    await wait_for_async(lambda: answering(near), what="the first heartbeat")
+
+
+async def two_near_apps(make_app: AppFactory, url: str) -> tuple[Quart, Quart]:
+    a, b = await make_app(redis_url=url), await make_app(redis_url=url)  # the default: auto
+    for app in (a, b):
+        near = near_of(app)
+        await wait_for_async(lambda near=near: answering(near), what="the first heartbeat")
+    return a, b
+
+
+async def test_an_end_just_after_a_redis_restart_waits_out_a_lagging_instance(
+    make_app: AppFactory, private_redis: PrivateRedis
+):
+    """Redis restarts (it keeps nothing on disk: the lease set is gone) before B has read
+    that its subscription ended (a busy loop, a short freeze). A's logout finds no lease
+    of B's; Redis's uptime tells it to wait out any lease, so B never answers near."""
+    a, b = await two_near_apps(make_app, private_redis.url)
+    client_a, client_b, near = a.test_client(), b.test_client(), near_of(b)
+    pair = await register_and_login(client_a)
+    await warm(client_b, pair, near)
+    # Right after one of B's heartbeats came back: most of its lease still ahead.
+    await wait_for_async(lambda: near.valid_until - time.monotonic() > 0.8, what="a heartbeat")
+    assert await me(client_b, pair) == 200  # renews the entry
+    subscriber = near._subscriber
+    assert subscriber is not None and subscriber.transport is not None
+    subscriber.transport.pause_reading()  # B has not read its subscription yet
+    try:
+        private_redis.stop()
+        private_redis.start()
+        assert (await client_a.post("/auth/logout", headers=bearer(pair))).status_code == 204
+        assert await me(client_b, pair) == "token_revoked"
+    finally:
+        subscriber.transport.resume_reading()
+
+
+async def test_eviction_turned_on_at_run_time_turns_near_checks_off(
+    make_app: AppFactory, private_redis: PrivateRedis
+):
+    a, b = await two_near_apps(make_app, private_redis.url)
+    server = redis.Redis(port=private_redis.port)
+    server.config_set("maxmemory", "512mb")
+    server.config_set("maxmemory-policy", "allkeys-lru")
+    for app in (a, b):
+        why = await off_because(app)
+        assert "maxmemory-policy allkeys-lru" in why
+    # Both gave their lease back: an end waits for nobody.
+    assert server.zrange(LEASE_KEY, 0, -1) == []
+    await waits_for_redis(a)
+
+
+async def test_a_subscription_that_brings_nothing_back_is_made_again(
+    make_app: AppFactory, private_redis: PrivateRedis, caplog
+):
+    """A subscription that stops delivering without a word (a peer whose FIN never
+    comes) would make every end wait out this instance's lease for as long as it runs:
+    once its own heartbeats stop coming back, it is closed and made again."""
+    app = await make_app(redis_url=private_redis.url)
+    near = near_of(app)
+    await wait_for_async(lambda: answering(near), what="the first heartbeat")
+    silent = near._subscriber
+    assert silent is not None and silent.transport is not None
+    silent.transport.pause_reading()
+    await wait_for_async(
+        lambda: near._subscriber not in (None, silent) and answering(near),
+        timeout=SILENT + 10,
+        what="a new subscription",
+    )
+    assert "the subscription brings nothing" in caplog.text
+    pair = await register_and_login(app.test_client())
+    await warm(app.test_client(), pair, near)
