@@ -388,7 +388,7 @@ class NearChecks:
                 if why is None:
                     subscriber = await self._subscribe()
             except ResponseError as exc:  # a refused subscription (``NOPERM``)
-                why = f"{exc} (the Redis user needs the tg:* channels: &tg:*)"
+                why = f"{exc} (the Redis user needs the tg:* channels, &tg:*, and +client|setname)"
             except (RedisError, OSError, TimeoutError) as exc:
                 # Once per outage, not every RECONNECT seconds.
                 (log.debug if failing else log.warning)(
