@@ -125,6 +125,18 @@ async def wait_for_async(
     raise TimeoutError(f"not within {timeout}s: {what or 'condition'}")
 
 
+async def redis_up_a_while(client: Any) -> None:
+    """Wait until Redis has been up ``RESTART_S`` seconds: before that, every end waits
+    out any near-check lease (a restart may have lost them), which a test that counts
+    an end's commands or times it does not mean to see."""
+    from quart_tokengate.service.store.redis_store import RESTART_S
+
+    async def up() -> bool:
+        return int((await client.info("server"))["uptime_in_seconds"]) >= RESTART_S
+
+    await wait_for_async(up, timeout=RESTART_S + 10, what="Redis up a while")
+
+
 def refresh_waiters(api: Any) -> int:
     """How many requests of an ``AsyncAuthClient`` wait for the refresh under way.
 

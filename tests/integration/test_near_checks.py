@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 from quart_tokengate.client.pytest_plugin import TokengateClock
 from quart_tokengate.service.store.near import ENDS_CHANNEL, LEASE, LEASE_KEY, SILENT, NearChecks
 from tests.conftest import AppFactory, bearer, me, register_and_login
-from tests.support import PrivateRedis, claims, wait_for_async
+from tests.support import PrivateRedis, claims, redis_up_a_while, wait_for_async
 
 
 def near_of(app: Quart) -> NearChecks:
@@ -203,6 +203,7 @@ async def test_a_stopped_instance_gives_its_lease_back(ab, redis_client: Redis):
     assert await redis_client.zscore(LEASE_KEY, near.id) is None
     # An end now waits for nobody that is gone.
     pair = await register_and_login(a.test_client())
+    await redis_up_a_while(redis_client)
     loop = asyncio.get_running_loop()
     started = loop.time()
     assert (await a.test_client().post("/auth/logout", headers=bearer(pair))).status_code == 204
