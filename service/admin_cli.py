@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -82,11 +83,13 @@ def _read_password(args: argparse.Namespace) -> str:
 
 @contextlib.asynccontextmanager
 async def _started(settings: Settings) -> AsyncIterator[TokenGate]:
-    """The extension started on the configured database and Redis, as a worker starts it."""
+    """The extension started on the configured database and Redis, as a worker starts it,
+    but for near checks: a command answers no request, so it holds no lease either (its
+    ends still wait for the serving instances' acknowledgements)."""
     from .app import create_app
     from .guard import get_gate
 
-    app = create_app(settings)
+    app = create_app(dataclasses.replace(settings, near_cache=False))
     async with app.app_context():
         gate = get_gate()
         await gate.startup()

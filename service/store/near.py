@@ -142,14 +142,19 @@ class _Subscriber(asyncio.Protocol):
             self.near.subscribed(self)
 
     def _fail(self, exc: BaseException) -> None:
-        if not self.subscribed.done():
-            self.subscribed.set_exception(exc)
+        self._not_subscribed(exc)
         if self.transport is not None:
             self.transport.close()
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def _not_subscribed(self, exc: BaseException) -> None:
         if not self.subscribed.done():
-            self.subscribed.set_exception(RedisError("Connection to Redis lost."))
+            self.subscribed.set_exception(exc)
+            # Whoever awaits it still gets it; nobody may (an instance shutting
+            # down mid-subscription): then it is no "exception never retrieved".
+            self.subscribed.exception()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._not_subscribed(RedisError("Connection to Redis lost."))
         if not self.lost.done():
             self.lost.set_result(None)
         self.near.forget(self)

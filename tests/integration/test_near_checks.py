@@ -10,6 +10,7 @@ out, and B has stopped answering near by then), Redis restarted under it too.
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from typing import Any
 
@@ -19,7 +20,15 @@ from quart import Quart
 from redis.asyncio import Redis
 
 from quart_tokengate.client.pytest_plugin import TokengateClock
-from quart_tokengate.service.store.near import ENDS_CHANNEL, LEASE, LEASE_KEY, SILENT, NearChecks
+from quart_tokengate.service import Settings
+from quart_tokengate.service.store.near import (
+    ENDS_CHANNEL,
+    LEASE,
+    LEASE_KEY,
+    SILENT,
+    NearChecks,
+    _Subscriber,
+)
 from tests.conftest import AppFactory, bearer, me, register_and_login
 from tests.support import PrivateRedis, claims, redis_up_a_while, wait_for_async
 
@@ -471,3 +480,36 @@ async def test_a_subscription_that_brings_nothing_back_is_made_again(
     assert "the subscription brings nothing" in caplog.text
     pair = await register_and_login(app.test_client())
     await warm(app.test_client(), pair, near)
+
+
+async def test_a_command_holds_no_lease(redis_url: str, database_url: str, tmp_path, redis_client):
+    """A `tokengate` command answers no request: it starts no near checks (no lease,
+    no subscription left half made when it exits a moment later)."""
+    from quart_tokengate.service.admin_cli import _started
+    from tests.support import KEK, SECRET
+
+    settings = Settings(
+        secret_key=SECRET, key_encryption_key=KEK, redis_url=redis_url,
+        database_url=database_url, instance_dir=tmp_path / "instance",
+    )  # fmt: skip
+    assert settings.near_cache is None  # the default: auto
+    async with _started(settings) as gate:
+        assert gate.near is None
+    assert await redis_client.zrange(LEASE_KEY, 0, -1) == []
+
+
+async def test_a_subscription_lost_before_it_was_made_leaves_no_unretrieved_error(caplog):
+    """An instance shut down mid-subscription: nobody awaits the subscription any more,
+    and its loss is no "Future exception was never retrieved" on the way out."""
+
+    class Forgets:
+        def forget(self, subscriber: object) -> None:
+            pass
+
+    subscriber = _Subscriber(Forgets())  # type: ignore[arg-type]
+    subscriber.connection_lost(None)
+    assert subscriber.subscribed.done() and subscriber.lost.done()
+    del subscriber
+    gc.collect()
+    await asyncio.sleep(0)
+    assert "never retrieved" not in caplog.text
