@@ -199,6 +199,7 @@ class NearChecks:
         self._acks: set[asyncio.Task[None]] = set()
         self._lease = _script("lease")
         self._ack = _script("ack")
+        self._release_script = _script("release")
 
     # -- the guard's side --------------------------------------------------
     def fresh(self, sid: str, now: float) -> bool:
@@ -369,14 +370,22 @@ class NearChecks:
             )
         return None
 
-    async def _turn_off(self, why: str, subscriber: _Subscriber) -> None:
-        """Near checks off for good: no more near answers, the lease given back."""
+    def _hang_up(self, subscriber: _Subscriber) -> None:
+        """No more near answers from ``subscriber``'s news: forgotten, its connection closed."""
         self.forget(subscriber)
         if subscriber.transport is not None:
             subscriber.transport.close()
+
+    async def _release(self) -> None:
+        """Give the lease back: enders stop waiting for this instance at once."""
         with contextlib.suppress(RedisError, OSError, TimeoutError):
             async with asyncio.timeout(self.scripts.timeout):
-                await self.scripts.run(*_script("release"), (LEASE_KEY,), (self.id,))
+                await self.scripts.run(*self._release_script, (LEASE_KEY,), (self.id,))
+
+    async def _turn_off(self, why: str, subscriber: _Subscriber) -> None:
+        """Near checks off for good: no more near answers, the lease given back."""
+        self._hang_up(subscriber)
+        await self._release()
         self.off = why
         log.warning("near checks off: %s; every request waits for Redis", why)
 
@@ -421,11 +430,10 @@ class NearChecks:
                 except (RedisError, OSError, TimeoutError) as exc:
                     log.debug("near checks: heartbeat failed: %s", exc)
                 else:
-                    if time.monotonic() - self._heard_at > SILENT and subscriber.transport:
+                    if time.monotonic() - self._heard_at > SILENT:
                         # Heartbeats go out and none comes back: a dead subscription.
                         log.warning("near checks: the subscription brings nothing; again")
-                        self.forget(subscriber)
-                        subscriber.transport.close()
+                        self._hang_up(subscriber)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(HEARTBEAT):
                         await asyncio.shield(subscriber.lost)
@@ -442,14 +450,8 @@ class NearChecks:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        subscriber = self._subscriber
-        if subscriber is not None:
-            self.forget(subscriber)
-            if subscriber.transport is not None:
-                subscriber.transport.close()
+        if self._subscriber is not None:
+            self._hang_up(self._subscriber)
         for task in list(self._acks):
             task.cancel()
-        # Enders stop waiting for this instance at once.
-        with contextlib.suppress(RedisError, OSError, TimeoutError):
-            async with asyncio.timeout(self.scripts.timeout):
-                await self.scripts.run(*_script("release"), (LEASE_KEY,), (self.id,))
+        await self._release()
