@@ -10,11 +10,18 @@ the token's ``ath``), and wrk's script hands out the next one per request; signi
 this process, not the server. Prints req/s, p50, p99, the server's CPU per request, the
 Redis commands per request (``INFO commandstats``: the hot path is one ``EVALSHA``) and
 the DPoP/bearer CPU ratio; stops every process it started (by PID) before it exits.
+
+``--alg`` picks the client key's algorithm: ``ES256`` (P-256, the client's default),
+``EdDSA`` (Ed25519) or ``RS256`` (RSA-2048, which the client does not make: signed here,
+and accepted by the service with ``TOKENGATE_DPOP_ALGORITHMS`` naming it). The proof's
+signature check is most of what DPoP costs the service, and its cost is the algorithm's.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import json
 import os
 import statistics
 import subprocess
@@ -25,8 +32,11 @@ from pathlib import Path
 
 import httpx
 import redis
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from quart_tokengate.client._dpop import ProofKey, generate_key, make_proof
+from quart_tokengate.client._dpop import ProofKey, ath, generate_key, htu, make_proof, new_jti
+from quart_tokengate.service.dpop import thumbprint
 
 from . import harness
 from .harness import HOST, Process
@@ -47,13 +57,67 @@ end
 """
 
 
+ALGORITHMS = ("ES256", "EdDSA", "RS256")
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+class RSAKey:
+    """An RSA-2048 DPoP key (RS256), for this benchmark only: the client makes P-256 and
+    Ed25519 keys. Its proofs are made as the client makes its own (``proof``)."""
+
+    algorithm = "RS256"
+
+    def __init__(self) -> None:
+        self.private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        numbers = self.private_key.public_key().public_numbers()
+        self.public_jwk = {
+            "kty": "RSA",
+            "e": _b64url(numbers.e.to_bytes(3, "big")),
+            "n": _b64url(numbers.n.to_bytes(256, "big")),
+        }
+        self.jkt = thumbprint(self.public_jwk)
+
+
+BenchKey = ProofKey | RSAKey
+
+
+def new_key(algorithm: str) -> BenchKey:
+    """A key for ``algorithm`` (one of ``ALGORITHMS``)."""
+    return RSAKey() if algorithm == "RS256" else generate_key(algorithm)
+
+
+def proof(
+    key: BenchKey, method: str, url: str, *, now: float, access_token: str | None = None
+) -> str:
+    """A fresh proof by ``key``: the client's own ``make_proof``, or the same claims
+    signed with RS256 (RSASSA-PKCS1-v1_5 with SHA-256) for an ``RSAKey``."""
+    if isinstance(key, ProofKey):
+        return make_proof(key, method, url, now=now, access_token=access_token)
+    header = {"typ": "dpop+jwt", "alg": key.algorithm, "jwk": key.public_jwk}
+    claims: dict[str, object] = {"jti": new_jti(), "htm": method, "htu": htu(url),
+                                 "iat": int(now)}  # fmt: skip
+    if access_token is not None:
+        claims["ath"] = ath(access_token)
+    signing_input = ".".join(
+        _b64url(json.dumps(part, separators=(",", ":")).encode("utf-8"))
+        for part in (header, claims)
+    )
+    signature = key.private_key.sign(
+        signing_input.encode("ascii"), padding.PKCS1v15(), hashes.SHA256()
+    )
+    return f"{signing_input}.{_b64url(signature)}"
+
+
 def login(
-    base: str, key: ProofKey | None, username: str = "bench", password: str = PASSWORD
+    base: str, key: BenchKey | None, username: str = "bench", password: str = PASSWORD
 ) -> str:
     """An access token of ``username``: bound to ``key``, or a bearer one with ``None``."""
     headers = {}
     if key is not None:
-        headers["DPoP"] = make_proof(key, "POST", base + "/auth/login", now=time.time())
+        headers["DPoP"] = proof(key, "POST", base + "/auth/login", now=time.time())
     r = httpx.post(
         base + "/auth/login", json={"username": username, "password": password}, headers=headers
     )
@@ -81,11 +145,10 @@ def wrk(url: str, seconds: float, auth: str, script: Path | None, proofs: Path |
     return done.stdout
 
 
-def sign_proofs(path: Path, key: ProofKey, url: str, token: str, count: int) -> None:
+def sign_proofs(path: Path, key: BenchKey, url: str, token: str, count: int) -> None:
     now = time.time()
     path.write_text(
-        "\n".join(make_proof(key, "GET", url, now=now, access_token=token) for _ in range(count))
-        + "\n"
+        "\n".join(proof(key, "GET", url, now=now, access_token=token) for _ in range(count)) + "\n"
     )
 
 
@@ -101,6 +164,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--proofs", type=int, default=40_000, help="proofs signed per DPoP round (default 40,000)"
     )
+    parser.add_argument(
+        "--alg", choices=ALGORITHMS, default="ES256",
+        help="the client key's algorithm (default ES256, the client's own default)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     from .run import start_app, start_storage  # run.py imports this module
 
@@ -113,17 +180,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         tmp = Path(name)
         try:
             redis_port, env = start_storage(tmp, processes)
+            if args.alg == "RS256":  # not among the service's default algorithms
+                env = {**env, "TOKENGATE_DPOP_ALGORITHMS": "ES256 EdDSA RS256"}
             process, base = start_app(tmp, env, "bench.host:gated", "gated1")
             processes.append(process)
             user = {"username": "bench", "password": PASSWORD}
             httpx.post(base + "/auth/register", json=user).raise_for_status()
             url = base + "/auth/me"
-            key = generate_key()
+            key = new_key(args.alg)
             bearer, bound = login(base, None), login(base, key)
             first = httpx.get(
                 url, headers={
                     "Authorization": f"DPoP {bound}",
-                    "DPoP": make_proof(key, "GET", url, now=time.time(), access_token=bound),
+                    "DPoP": proof(key, "GET", url, now=time.time(), access_token=bound),
                 },
             )  # fmt: skip
             if first.status_code != 200:
@@ -166,7 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cpu = {row: statistics.median(c for _, c, _, _ in found) for row, found in results.items()}
     ratios = [d[1] / b[1] for b, d in zip(results["bearer"], results["dpop"], strict=True)]
     table_rows = []
-    for row, label in (("bearer", "GET /auth/me, Bearer"), ("dpop", "GET /auth/me, DPoP + proof")):
+    dpop_label = f"GET /auth/me, DPoP + {args.alg} proof"
+    for row, label in (("bearer", "GET /auth/me, Bearer"), ("dpop", dpop_label)):
         found = results[row]
         rps = [load.rps for load, _, _, _ in found]
         table_rows.append([
