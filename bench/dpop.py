@@ -20,8 +20,6 @@ signature check is most of what DPoP costs the service, and its cost is the algo
 from __future__ import annotations
 
 import argparse
-import base64
-import json
 import os
 import statistics
 import subprocess
@@ -35,8 +33,8 @@ import redis
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from quart_tokengate.client._dpop import ProofKey, ath, generate_key, htu, make_proof, new_jti
-from quart_tokengate.service.dpop import thumbprint
+from quart_tokengate.client._dpop import ProofKey, generate_key, make_proof
+from quart_tokengate.service.dpop import b64url, thumbprint
 
 from . import harness
 from .harness import HOST, Process
@@ -60,64 +58,37 @@ end
 ALGORITHMS = ("ES256", "EdDSA", "RS256")
 
 
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+class _RS256Signer:
+    """An RSA private key that signs as the client's ``make_proof`` asks a key to
+    (``sign(data)``): RSASSA-PKCS1-v1_5 with SHA-256."""
+
+    def __init__(self, private_key: rsa.RSAPrivateKey) -> None:
+        self.private_key = private_key
+
+    def sign(self, data: bytes) -> bytes:
+        return self.private_key.sign(data, padding.PKCS1v15(), hashes.SHA256())
 
 
-class RSAKey:
-    """An RSA-2048 DPoP key (RS256), for this benchmark only: the client makes P-256 and
-    Ed25519 keys. Its proofs are made as the client makes its own (``proof``)."""
-
-    algorithm = "RS256"
-
-    def __init__(self) -> None:
-        self.private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        numbers = self.private_key.public_key().public_numbers()
-        self.public_jwk = {
-            "kty": "RSA",
-            "e": _b64url(numbers.e.to_bytes(3, "big")),
-            "n": _b64url(numbers.n.to_bytes(256, "big")),
-        }
-        self.jkt = thumbprint(self.public_jwk)
-
-
-BenchKey = ProofKey | RSAKey
-
-
-def new_key(algorithm: str) -> BenchKey:
-    """A key for ``algorithm`` (one of ``ALGORITHMS``)."""
-    return RSAKey() if algorithm == "RS256" else generate_key(algorithm)
-
-
-def proof(
-    key: BenchKey, method: str, url: str, *, now: float, access_token: str | None = None
-) -> str:
-    """A fresh proof by ``key``: the client's own ``make_proof``, or the same claims
-    signed with RS256 (RSASSA-PKCS1-v1_5 with SHA-256) for an ``RSAKey``."""
-    if isinstance(key, ProofKey):
-        return make_proof(key, method, url, now=now, access_token=access_token)
-    header = {"typ": "dpop+jwt", "alg": key.algorithm, "jwk": key.public_jwk}
-    claims: dict[str, object] = {"jti": new_jti(), "htm": method, "htu": htu(url),
-                                 "iat": int(now)}  # fmt: skip
-    if access_token is not None:
-        claims["ath"] = ath(access_token)
-    signing_input = ".".join(
-        _b64url(json.dumps(part, separators=(",", ":")).encode("utf-8"))
-        for part in (header, claims)
-    )
-    signature = key.private_key.sign(
-        signing_input.encode("ascii"), padding.PKCS1v15(), hashes.SHA256()
-    )
-    return f"{signing_input}.{_b64url(signature)}"
+def new_key(algorithm: str) -> ProofKey:
+    """A key for ``algorithm`` (one of ``ALGORITHMS``). The client makes P-256 and Ed25519
+    keys; an RSA-2048 one (RS256) is made here, for this benchmark only, and signs its
+    proofs through the client's own ``make_proof``."""
+    if algorithm != "RS256":
+        return generate_key(algorithm)
+    private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    numbers = private_key.public_key().public_numbers()
+    jwk = {"kty": "RSA", "e": b64url(numbers.e.to_bytes(3, "big")),
+           "n": b64url(numbers.n.to_bytes(256, "big"))}  # fmt: skip
+    return ProofKey("RS256", _RS256Signer(private_key), jwk, thumbprint(jwk))
 
 
 def login(
-    base: str, key: BenchKey | None, username: str = "bench", password: str = PASSWORD
+    base: str, key: ProofKey | None, username: str = "bench", password: str = PASSWORD
 ) -> str:
     """An access token of ``username``: bound to ``key``, or a bearer one with ``None``."""
     headers = {}
     if key is not None:
-        headers["DPoP"] = proof(key, "POST", base + "/auth/login", now=time.time())
+        headers["DPoP"] = make_proof(key, "POST", base + "/auth/login", now=time.time())
     r = httpx.post(
         base + "/auth/login", json={"username": username, "password": password}, headers=headers
     )
@@ -145,10 +116,11 @@ def wrk(url: str, seconds: float, auth: str, script: Path | None, proofs: Path |
     return done.stdout
 
 
-def sign_proofs(path: Path, key: BenchKey, url: str, token: str, count: int) -> None:
+def sign_proofs(path: Path, key: ProofKey, url: str, token: str, count: int) -> None:
     now = time.time()
     path.write_text(
-        "\n".join(proof(key, "GET", url, now=now, access_token=token) for _ in range(count)) + "\n"
+        "\n".join(make_proof(key, "GET", url, now=now, access_token=token) for _ in range(count))
+        + "\n"
     )
 
 
@@ -192,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             first = httpx.get(
                 url, headers={
                     "Authorization": f"DPoP {bound}",
-                    "DPoP": proof(key, "GET", url, now=time.time(), access_token=bound),
+                    "DPoP": make_proof(key, "GET", url, now=time.time(), access_token=bound),
                 },
             )  # fmt: skip
             if first.status_code != 200:

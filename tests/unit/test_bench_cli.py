@@ -12,11 +12,16 @@ import sys
 from tests.support import ROOT
 
 
-def test_the_bench_command_line_answers_help():
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--help"],
+def _help(module: str) -> subprocess.CompletedProcess[str]:
+    """``python -m <module> --help``, run from the checkout."""
+    return subprocess.run(
+        [sys.executable, "-m", module, "--help"],
         cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
+
+
+def test_the_bench_command_line_answers_help():
+    done = _help("bench.run")
     assert done.returncode == 0, done.stderr
     for option in ("--rounds", "--seconds", "--sessions", "--ablations", "--no-p5"):
         assert option in done.stdout
@@ -50,10 +55,7 @@ def test_a_ratio_against_the_peers_best_takes_each_rounds_best():
 
 
 def test_the_dpop_bench_offers_each_key_algorithm():
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.dpop", "--help"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+    done = _help("bench.dpop")
     assert done.returncode == 0, done.stderr
     assert "--alg {ES256,EdDSA,RS256}" in done.stdout
 
@@ -65,7 +67,8 @@ def test_the_dpop_bench_signs_proofs_the_service_accepts_with_each_algorithm():
 
     import pytest
 
-    from bench.dpop import ALGORITHMS, new_key, proof
+    from bench.dpop import ALGORITHMS, new_key
+    from quart_tokengate.client._dpop import make_proof
     from quart_tokengate.service import dpop
 
     url, token, now = "http://127.0.0.1:8000/auth/me", "eyJ.a.b", time.time()
@@ -73,18 +76,18 @@ def test_the_dpop_bench_signs_proofs_the_service_accepts_with_each_algorithm():
     for algorithm in ALGORITHMS:
         key = new_key(algorithm)
         verified = dpop.verify_proof(
-            proof(key, "GET", url, now=now, access_token=token),
+            make_proof(key, "GET", url, now=now, access_token=token),
             method="GET", url=url, now=now, policy=policy, access_token=token,
         )  # fmt: skip
         assert (verified.algorithm, verified.jkt) == (algorithm, key.jkt)
         # Made for this request and token only.
         with pytest.raises(dpop.InvalidDPoPProof):
             dpop.verify_proof(
-                proof(key, "GET", url, now=now, access_token=token),
+                make_proof(key, "GET", url, now=now, access_token=token),
                 method="GET", url=url, now=now, policy=policy, access_token="eyJ.other.token",
             )  # fmt: skip
     # The service's defaults do not take RSA: the bench starts it naming RS256.
     with pytest.raises(dpop.InvalidDPoPProof, match="algorithm"):
         dpop.verify_proof(
-            proof(new_key("RS256"), "GET", url, now=now), method="GET", url=url, now=now
+            make_proof(new_key("RS256"), "GET", url, now=now), method="GET", url=url, now=now
         )
