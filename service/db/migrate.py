@@ -3,7 +3,8 @@
 Alembic is imported only to migrate. Start-up, ``/healthz`` and the commands
 compare a database with ``REVISIONS``, the shipped revisions written out here
 (a unit test holds them to alembic's own reading of ``migrations/``): loading
-alembic and every migration script cost each process more than half a second.
+alembic and every migration script cost every start and every command a few
+tenths of a second.
 """
 
 from __future__ import annotations
