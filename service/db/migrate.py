@@ -13,13 +13,15 @@ import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
 
 if TYPE_CHECKING:
     from alembic.config import Config
+
+T = TypeVar("T")
 
 # The migrations ship inside the package, so an installed copy finds them
 # with no alembic.ini: the configuration is built here, in code.
@@ -51,10 +53,10 @@ def alembic_config(url: str) -> Config:
     return config
 
 
-def _in_thread(work: Callable[[], None]) -> None:
+def _in_thread(work: Callable[[], T]) -> T:
     # env.py runs its own event loop, which cannot start inside a running one.
     with ThreadPoolExecutor(max_workers=1) as pool:
-        pool.submit(work).result()
+        return pool.submit(work).result()
 
 
 # A revision applied: its id and the first line of its message.
@@ -97,12 +99,10 @@ def _at_head(url: str) -> bool:
             await engine.dispose()
         return state == "ok"
 
-    found: list[bool] = []
     try:
-        _in_thread(lambda: found.append(asyncio.run(read())))
+        return _in_thread(lambda: asyncio.run(read()))
     except Exception:  # any failure: alembic's path meets it again and reports it
         return False
-    return found == [True]
 
 
 def downgrade(url: str, revision: str = "base") -> None:
