@@ -37,6 +37,8 @@ from homoglyph.data import load_prototypes, load_ucd
 from precis_i18n.derived import PVALID, derived_property
 from precis_i18n.unicode import UnicodeData
 
+from . import username_ranges
+
 MAX_LENGTH = 150
 # Besides ASCII's letters, digits and _ . @ + -: every code point the profile takes
 # as it is (PVALID in RFC 8264's IdentifierClass, so no context rule applies) and
@@ -49,6 +51,9 @@ _RIGHT_TO_LEFT = frozenset({"R", "AL", "AN"})
 
 
 def _ranges() -> list[tuple[int, int]]:
+    """The code-point ranges of ``PATTERN`` beyond ASCII, computed from the running
+    Python's Unicode database and precis-i18n's derived property (a few tenths of a
+    second: every code point of the Basic Multilingual Plane is looked at)."""
     ucd = UnicodeData()
     found: list[tuple[int, int]] = []
     for cp in range(0xA0, 0x10000):
@@ -63,12 +68,62 @@ def _ranges() -> list[tuple[int, int]]:
     return sorted([*found, *_FULL_WIDTH])
 
 
-def _escaped(first: int, last: int) -> str:
-    return f"\\u{first:04X}" if first == last else f"\\u{first:04X}-\\u{last:04X}"
+def _kept_ranges() -> list[tuple[int, int]] | None:
+    """``username_ranges.RANGES`` read, when this process runs the Unicode database and
+    precis-i18n they were computed with; ``None`` otherwise (the caller computes them)."""
+    made_with = (username_ranges.UNIDATA_VERSION, username_ranges.PRECIS_I18N_VERSION)
+    if made_with != (unicodedata.unidata_version, precis_i18n.__version__):
+        return None
+    return [
+        (int(first, 16), int(last or first, 16))
+        for first, _, last in (r.partition("-") for r in username_ranges.RANGES.split())
+    ]
 
 
-# Written with \uXXXX ranges only (no \w, no \p{...}), so every dialect reads it alike.
-PATTERN = "^[A-Za-z0-9._@+\\-" + "".join(_escaped(*r) for r in _ranges()) + f"]{{1,{MAX_LENGTH}}}$"
+_RANGES_MODULE = '''\
+"""The ranges of ``usernames.PATTERN`` beyond ASCII, as computed for the versions below.
+
+Computing them looks at every code point of the Basic Multilingual Plane, a few
+tenths of a second in every process that imports the service. ``usernames`` reads
+this table only in a process whose Unicode database (``unicodedata.unidata_version``)
+and precis-i18n are the ones named here, and computes the ranges otherwise; a unit
+test holds the table to the computation. Written by ``usernames.ranges_module()``:
+not edited by hand.
+"""
+
+UNIDATA_VERSION = "{unidata}"
+PRECIS_I18N_VERSION = "{precis}"
+RANGES = (
+{body})
+'''
+
+
+def ranges_module() -> str:
+    """The text of ``username_ranges.py`` for this process's versions, from ``_ranges()``.
+
+    ``python -c 'from quart_tokengate.service.usernames import ranges_module;
+    print(ranges_module(), end="")' > service/username_ranges.py`` writes it anew.
+    """
+    lines = [""]
+    for first, last in _ranges():
+        word = f"{first:04X}" if first == last else f"{first:04X}-{last:04X}"
+        if lines[-1] and len(lines[-1]) + len(word) >= 84:
+            lines.append("")
+        lines[-1] += f"{word} "
+    body = "".join(f'    "{line}"\n' for line in lines)
+    return _RANGES_MODULE.format(
+        unidata=unicodedata.unidata_version, precis=precis_i18n.__version__, body=body
+    )
+
+
+def _pattern(ranges: list[tuple[int, int]]) -> str:
+    escaped = (f"\\u{a:04X}" if a == b else f"\\u{a:04X}-\\u{b:04X}" for a, b in ranges)
+    return "^[A-Za-z0-9._@+\\-" + "".join(escaped) + f"]{{1,{MAX_LENGTH}}}$"
+
+
+# Written with \uXXXX ranges only (no \w, no \p{...}), so every dialect reads it alike;
+# the ranges are the kept table's where it was made for this process's versions.
+PATTERN = _pattern(_kept_ranges() or _ranges())
 DESCRIPTION = (
     "1 to 150 characters: letters and digits of any left-to-right script and _ . @ + -, "
     "as the PRECIS UsernameCaseMapped profile (RFC 8265) allows them. Case and width do not count "

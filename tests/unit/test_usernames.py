@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+import unicodedata
+from pathlib import Path
 from typing import Annotated
 
+import precis_i18n
 import pydantic
 import pytest
 
-from quart_tokengate.service import usernames
+from quart_tokengate.service import username_ranges, usernames
 
 
 @pytest.mark.parametrize(
@@ -66,3 +71,38 @@ def test_the_pattern_is_read_alike_by_pythons_and_pydantics_engines():
     ]
     differ = [s for s in samples if bool(python.match(s)) != rust(s)]
     assert differ == []
+
+
+def _table_fits() -> bool:
+    """Whether ``username_ranges.py`` was made for this process's versions."""
+    running = (unicodedata.unidata_version, precis_i18n.__version__)
+    return running == (username_ranges.UNIDATA_VERSION, username_ranges.PRECIS_I18N_VERSION)
+
+
+def test_the_kept_ranges_are_the_computed_ones():
+    """``username_ranges.py`` spares every process the computation, and says nothing else:
+    the pattern is the computed one, and the file is what ``ranges_module()`` writes for
+    the versions it names (else it is not read at all)."""
+    assert usernames._pattern(usernames._ranges()) == usernames.PATTERN
+    if _table_fits():
+        written = Path(username_ranges.__file__).read_text(encoding="utf-8")
+        assert written == usernames.ranges_module(), usernames.ranges_module.__doc__
+    else:
+        assert usernames._kept_ranges() is None
+
+
+def test_importing_the_definition_computes_no_ranges_where_the_table_fits():
+    """With precis-i18n's derived property made to fail, the import succeeds exactly when
+    the kept table is made for this process's versions (so it is what was read)."""
+    code = (
+        "import precis_i18n.derived as d\n"
+        "def refuse(*args):\n"
+        "    raise SystemExit('computed')\n"
+        "d.derived_property = refuse\n"
+        "import quart_tokengate.service.usernames\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    expected = (0, "") if _table_fits() else (1, "computed")
+    assert (done.returncode, done.stderr.strip()) == expected
