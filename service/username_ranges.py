@@ -1,11 +1,7 @@
-"""The ranges of ``usernames.PATTERN`` beyond ASCII, as computed for the versions below.
+"""The ranges of ``usernames.PATTERN`` beyond ASCII, for the versions below.
 
-Computing them looks at every code point of the Basic Multilingual Plane, a few
-tenths of a second in every process that imports the service. ``usernames`` reads
-this table only in a process whose Unicode database (``unicodedata.unidata_version``)
-and precis-i18n are the ones named here, and computes the ranges otherwise; a unit
-test holds the table to the computation. Written by ``usernames.ranges_module()``:
-not edited by hand.
+Written by ``usernames.ranges_module()``, not by hand; ``usernames._kept_ranges()``
+says when it is read.
 """
 
 UNIDATA_VERSION = "14.0.0"

@@ -69,8 +69,10 @@ def _ranges() -> list[tuple[int, int]]:
 
 
 def _kept_ranges() -> list[tuple[int, int]] | None:
-    """``username_ranges.RANGES`` read, when this process runs the Unicode database and
-    precis-i18n they were computed with; ``None`` otherwise (the caller computes them)."""
+    """``username_ranges.RANGES`` read, when this process runs the Unicode database
+    (``unicodedata.unidata_version``) and precis-i18n they were computed with; ``None``
+    otherwise (the caller computes them). It spares every process that imports the
+    service the computation; a unit test holds the table to it."""
     made_with = (username_ranges.UNIDATA_VERSION, username_ranges.PRECIS_I18N_VERSION)
     if made_with != (unicodedata.unidata_version, precis_i18n.__version__):
         return None
@@ -81,14 +83,10 @@ def _kept_ranges() -> list[tuple[int, int]] | None:
 
 
 _RANGES_MODULE = '''\
-"""The ranges of ``usernames.PATTERN`` beyond ASCII, as computed for the versions below.
+"""The ranges of ``usernames.PATTERN`` beyond ASCII, for the versions below.
 
-Computing them looks at every code point of the Basic Multilingual Plane, a few
-tenths of a second in every process that imports the service. ``usernames`` reads
-this table only in a process whose Unicode database (``unicodedata.unidata_version``)
-and precis-i18n are the ones named here, and computes the ranges otherwise; a unit
-test holds the table to the computation. Written by ``usernames.ranges_module()``:
-not edited by hand.
+Written by ``usernames.ranges_module()``, not by hand; ``usernames._kept_ranges()``
+says when it is read.
 """
 
 UNIDATA_VERSION = "{unidata}"
